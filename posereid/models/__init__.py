@@ -1,0 +1,1 @@
+"""posereid.models."""

@@ -1,0 +1,1 @@
+"""posereid.reid_integration."""

@@ -1,0 +1,327 @@
+"""Identity-consistency filter for generated people, and the ``posereid filter`` command.
+
+A generated image is useful for re-ID training only if it still looks like its source identity (the
+literature reports that unfiltered synthetic images can hurt). Each image is scored with a re-ID feature
+extractor against per-identity centroids of the REAL train images:
+
+- ``similarity``: cosine similarity to its own identity's centroid;
+- ``margin``: that similarity minus the highest similarity to any OTHER identity's centroid (negative →
+  the image looks more like someone else).
+
+Images are kept by a threshold on either score or by keeping the top fraction. ``posereid filter``
+re-scores an existing generated folder without regenerating: rejected images are moved to
+``<dir>/rejected/`` (outside ``bounding_box_train`` so torchreid never reads them; a later run with a
+looser threshold moves them back) and every manifest part is rewritten atomically with ``filter_score``,
+``filter_margin`` and ``kept``. Re-running is idempotent, so an interrupted run is finished by running it
+again.
+
+The feature extractor is any callable ``images (B, 3, H, W) float in [0, 1] -> (B, D) features``; the
+command loads :class:`posereid.reid_integration.torchreid_plugin.ReidFeatureExtractor` from a local
+re-ID checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+from PIL import Image
+from tqdm.auto import tqdm
+
+from posereid.augment.generate import (
+    REJECTED_DIR,
+    TRAIN_DIR,
+    manifest_paths,
+    read_manifest_file,
+    write_manifest_file,
+)
+from posereid.reid_integration.market1501 import Market1501, load_image
+
+logger = logging.getLogger(__name__)
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+ScoreName = Literal["similarity", "margin"]
+
+
+class FilterError(ValueError):
+    """Bad filter input: an unknown identity, a missing image, or an invalid threshold."""
+
+
+@dataclass
+class FilterSummary:
+    """What :func:`filter_folder` did."""
+
+    scored: int = 0
+    kept: int = 0
+    rejected: int = 0
+    moved_to_rejected: int = 0
+    restored: int = 0
+    missing_images: int = 0
+    unlisted_images: int = 0
+    threshold: float | None = None
+    score: str = "similarity"
+    mean_similarity: float | None = None
+    mean_margin: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _to_batch(images: torch.Tensor | Sequence[Image.Image | torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """``(B, 3, H, W)`` float in [0, 1] at ``size`` from a tensor batch or a list of PIL / tensors."""
+    if isinstance(images, torch.Tensor):
+        batch = images if images.ndim == 4 else images[None]
+        batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
+    else:
+        items = []
+        for im in images:
+            if isinstance(im, Image.Image):
+                im = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+            t = (im.float() / 255.0 if im.dtype == torch.uint8 else im.float())[None]
+            if tuple(t.shape[-2:]) != tuple(size):
+                t = TF.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
+            items.append(t[0])
+        batch = torch.stack(items)
+    if tuple(batch.shape[-2:]) != tuple(size):
+        batch = TF.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return batch.clamp(0, 1)
+
+
+class IdentityFilter:
+    """Score images by re-ID feature similarity to their identity's real-image centroid.
+
+    Args:
+        extractor: callable ``(B, 3, H, W) float [0, 1] -> (B, D)`` (normalised here, so any features do).
+        image_size: ``(H, W)`` every image is resized to before extraction (one batch, one size).
+        batch_size: images per extractor call.
+    """
+
+    def __init__(self, extractor: FeatureFn, *, image_size: tuple[int, int] = (128, 64), batch_size: int = 64):
+        self.extractor = extractor
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.batch_size = int(batch_size)
+        self.pids: np.ndarray | None = None
+        self.centroids: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ features
+    @torch.no_grad()
+    def features(self, images: torch.Tensor | Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        """L2-normalised ``(B, D)`` float32 CPU features."""
+        batch = _to_batch(images, self.image_size)
+        outs = []
+        for i in range(0, len(batch), self.batch_size):
+            f = torch.as_tensor(self.extractor(batch[i : i + self.batch_size])).float().cpu()
+            if f.ndim != 2 or f.shape[0] != len(batch[i : i + self.batch_size]):
+                raise FilterError(f"feature extractor returned shape {tuple(f.shape)}, expected (B, D)")
+            outs.append(TF.normalize(f, dim=1))
+        return torch.cat(outs) if outs else torch.zeros(0, 0)
+
+    def path_features(self, paths: Sequence[str | os.PathLike[str]], *, desc: str = "features") -> torch.Tensor:
+        """Features of image files (loaded in batches; an unreadable file raises naming it)."""
+        outs = []
+        for i in tqdm(range(0, len(paths), self.batch_size), desc=desc, unit="batch", leave=False):
+            ims = [load_image(p, size=self.image_size) for p in paths[i : i + self.batch_size]]
+            outs.append(self.features(ims))
+        return torch.cat(outs) if outs else torch.zeros(0, 0)
+
+    # ------------------------------------------------------------------ centroids
+    def fit(self, paths: Sequence[str | os.PathLike[str]], pids: Sequence[int]) -> IdentityFilter:
+        """Compute one centroid per identity from real images (paths and their pids)."""
+        if len(paths) != len(pids) or not paths:
+            raise FilterError(f"fit needs matching non-empty paths and pids, got {len(paths)} and {len(pids)}")
+        feats = self.path_features(paths, desc="real centroids")
+        self.set_centroids_from_features(feats, pids)
+        return self
+
+    def fit_market(self, market_root: str | os.PathLike[str]) -> IdentityFilter:
+        """Centroids of the real ``bounding_box_train`` images of a Market-1501 folder (pids > 0)."""
+        recs = [r for r in Market1501(market_root).train if r.pid > 0]
+        if not recs:
+            raise FilterError(f"{market_root}: no real train image with a pid > 0 to build centroids from")
+        return self.fit([r.path for r in recs], [r.pid for r in recs])
+
+    def set_centroids_from_features(self, features: torch.Tensor, pids: Sequence[int]) -> None:
+        pids_arr = np.asarray(pids, dtype=np.int64)
+        uniq = np.unique(pids_arr)
+        cents = torch.stack([features[torch.from_numpy(pids_arr == p)].mean(0) for p in uniq])
+        self.pids, self.centroids = uniq, TF.normalize(cents, dim=1)
+
+    # ------------------------------------------------------------------ scoring
+    def score_features(self, features: torch.Tensor, pids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(similarity, margin)`` arrays for normalised features of images claimed to be ``pids``."""
+        if self.centroids is None or self.pids is None:
+            raise FilterError("IdentityFilter has no centroids; call fit() / fit_market() first")
+        index = {int(p): i for i, p in enumerate(self.pids)}
+        unknown = sorted({int(p) for p in pids} - set(index))
+        if unknown:
+            raise FilterError(f"identities {unknown[:10]} have no real train image to compare with")
+        sims = features @ self.centroids.T  # (B, P)
+        own = torch.as_tensor([index[int(p)] for p in pids], dtype=torch.long)
+        sim = sims.gather(1, own[:, None])[:, 0]
+        if sims.shape[1] > 1:
+            others = sims.scatter(1, own[:, None], float("-inf")).max(1).values
+        else:
+            others = torch.full_like(sim, -1.0)  # a single identity: nothing to be confused with
+        return sim.numpy().astype(np.float64), (sim - others).numpy().astype(np.float64)
+
+    def score(
+        self, images: torch.Tensor | Sequence[Image.Image | torch.Tensor], pids: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(similarity, margin)`` of images (tensor batch or list of PIL) claimed to show ``pids``."""
+        return self.score_features(self.features(images), pids)
+
+
+def select(
+    scores: np.ndarray, *, threshold: float | None = None, keep_top: float | None = None
+) -> tuple[np.ndarray, float | None]:
+    """Keep mask for ``scores``: ``score >= threshold``, or the top ``keep_top`` fraction (ties kept).
+
+    Returns ``(keep, threshold_used)``; with neither option every image is kept.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if threshold is not None and keep_top is not None:
+        raise FilterError("give either a threshold or keep_top, not both")
+    if keep_top is not None:
+        if not 0.0 < keep_top <= 1.0:
+            raise FilterError(f"keep_top must be a fraction in (0, 1], got {keep_top}")
+        if len(scores) == 0:
+            return np.zeros(0, bool), None
+        n_keep = max(1, int(round(keep_top * len(scores))))
+        threshold = float(np.sort(scores)[::-1][n_keep - 1])
+    if threshold is None:
+        return np.ones(len(scores), bool), None
+    return scores >= threshold, float(threshold)
+
+
+def load_extractor(checkpoint: str | os.PathLike[str], device: str | torch.device | None = None) -> FeatureFn:
+    """A :class:`~posereid.reid_integration.torchreid_plugin.ReidFeatureExtractor` from a local
+    posereid re-ID checkpoint (``save_reid_checkpoint``; the model resizes images to its own input size)."""
+    from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"{checkpoint}: re-ID checkpoint not found (train one with `posereid train-reid`)")
+    return ReidFeatureExtractor.from_checkpoint(checkpoint, device=device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Re-filter an existing generated folder
+# --------------------------------------------------------------------------------------------------
+def filter_folder(
+    gen_dir: str | os.PathLike[str],
+    market_root: str | os.PathLike[str],
+    identity_filter: IdentityFilter,
+    *,
+    threshold: float | None = None,
+    keep_top: float | None = None,
+    score: ScoreName = "similarity",
+    mode: Literal["move", "manifest-only"] = "move",
+) -> FilterSummary:
+    """Score every generated image listed in the manifest(s) of ``gen_dir`` and apply the decision.
+
+    Centroids come from the real train images of ``market_root`` unless ``identity_filter`` already has
+    some. ``mode="move"`` moves rejected images to ``gen_dir/rejected/`` (and kept ones back);
+    ``"manifest-only"`` only records the scores and the ``kept`` flag.
+    """
+    if score not in ("similarity", "margin"):
+        raise FilterError(f"score must be 'similarity' or 'margin', got {score!r}")
+    if mode not in ("move", "manifest-only"):
+        raise FilterError(f"mode must be 'move' or 'manifest-only', got {mode!r}")
+    gen_dir = Path(gen_dir)
+    train_dir, rej_dir = gen_dir / TRAIN_DIR, gen_dir / REJECTED_DIR
+    parts = manifest_paths(gen_dir)
+    if not parts:
+        raise FilterError(f"{gen_dir}: no manifest*.jsonl (is this a folder written by `posereid generate`?)")
+    if identity_filter.centroids is None:
+        identity_filter.fit_market(market_root)
+    summary = FilterSummary(threshold=threshold, score=score)
+
+    part_entries = {p: read_manifest_file(p, drop_partial_last=False)[0] for p in parts}
+    located: list[tuple[Path, int, Path]] = []  # (part, index in part, current file)
+    listed: set[str] = set()
+    for part, entries in part_entries.items():
+        for i, e in enumerate(entries):
+            listed.add(e["name"])
+            here = next((d / e["name"] for d in (train_dir, rej_dir) if (d / e["name"]).is_file()), None)
+            if here is None:
+                summary.missing_images += 1
+                logger.warning("%s: %s is listed but missing from %s and %s", part, e["name"], train_dir, rej_dir)
+                continue
+            located.append((part, i, here))
+    on_disk = {p.name for d in (train_dir, rej_dir) if d.is_dir() for p in d.glob("*.jpg")}
+    summary.unlisted_images = len(on_disk - listed)
+    if summary.unlisted_images:
+        logger.warning("%s: %d image(s) have no manifest line (not scored; run `posereid generate` again "
+                       "to reconcile)", gen_dir, summary.unlisted_images)
+
+    pids = [int(part_entries[part][i]["source_pid"]) for part, i, _ in located]
+    feats = identity_filter.path_features([f for _, _, f in located], desc="generated")
+    sim, margin = identity_filter.score_features(feats, pids) if located else (np.zeros(0), np.zeros(0))
+    keep, summary.threshold = select(sim if score == "similarity" else margin, threshold=threshold, keep_top=keep_top)
+    summary.scored = len(located)
+    summary.kept, summary.rejected = int(keep.sum()), int((~keep).sum())
+    if len(located):
+        summary.mean_similarity, summary.mean_margin = float(sim.mean()), float(margin.mean())
+
+    for (part, i, path), k, s, m in zip(located, keep, sim, margin):
+        entry = part_entries[part][i]
+        entry.update(filter_score=round(float(s), 6), filter_margin=round(float(m), 6), kept=bool(k))
+        if mode == "move":
+            dest_dir = train_dir if k else rej_dir
+            if path.parent != dest_dir:
+                dest_dir.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), str(dest_dir / path.name))  # same filesystem: an atomic rename
+                if k:
+                    summary.restored += 1
+                else:
+                    summary.moved_to_rejected += 1
+    for part, entries in part_entries.items():
+        write_manifest_file(part, entries)
+    logger.info("filter %s: %s", gen_dir, summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: posereid filter
+# --------------------------------------------------------------------------------------------------
+def add_filter_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", required=True, help="folder written by `posereid generate`")
+    parser.add_argument("--data", required=True, help="Market-1501 folder with the REAL train images")
+    parser.add_argument("--reid-checkpoint", required=True, help="local posereid re-ID checkpoint")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, help="keep images whose score is >= this")
+    group.add_argument("--keep-top", type=float, metavar="FRACTION", help="keep the best-scoring fraction")
+    parser.add_argument("--score", choices=("similarity", "margin"), default="similarity",
+                        help="what the threshold / ranking applies to")
+    parser.add_argument("--mode", choices=("move", "manifest-only"), default="move",
+                        help="move rejected images to <dir>/rejected/, or only write scores to the manifest")
+    parser.add_argument("--device", default=None, help="device of the re-ID model (default: cuda if available)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, nargs=2, default=(128, 64), metavar=("H", "W"),
+                        help="size images are batched at (the re-ID model then resizes to its input size)")
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extractor = load_extractor(args.reid_checkpoint, device)
+    filt = IdentityFilter(extractor, image_size=tuple(args.image_size), batch_size=args.batch_size)
+    summary = filter_folder(
+        args.dir, args.data, filt, threshold=args.threshold, keep_top=args.keep_top, score=args.score, mode=args.mode
+    )
+    print(
+        f"scored {summary.scored}: kept {summary.kept}, rejected {summary.rejected} "
+        f"(threshold {summary.threshold}, moved {summary.moved_to_rejected}, restored {summary.restored}, "
+        f"missing {summary.missing_images}, unlisted {summary.unlisted_images})"
+    )
+    return 0
+
+
+__all__ = ["FilterError", "FilterSummary", "IdentityFilter", "filter_folder", "load_extractor", "select"]

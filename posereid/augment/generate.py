@@ -1,0 +1,602 @@
+"""Offline generation of synthetic people into a Market-1501-format folder: ``posereid generate``.
+
+For every real train image (pid > 0) of a Market-1501 folder, ``per_image`` images of the same person in
+target poses from a :class:`~posereid.augment.pose_bank.PoseBank` are written to
+``OUT/bounding_box_train/`` under the SOURCE pid (torchreid reads them as more images of that identity,
+never as new identities), with one JSON line per image in ``OUT/manifest.jsonl``.
+
+**File names.** ``PPPP_cCs9_QFFFFFFBB_KK.jpg``: pid and camera of the source, sequence ``9`` (reserved for
+synthetic images: Market-1501 uses s1–s6), a 9-digit frame field that encodes the source's sequence ``Q``,
+frame ``FFFFFF`` and box ``BB``, and the output index ``k`` in the box field. Names parse with
+:func:`~posereid.reid_integration.market1501.parse_market_name`, are unique per (source image, k), and
+cannot equal a real name (6-digit frames, s1–s6); the run also checks against every real file name.
+
+**Plan.** Output item ``i = source_index * per_image + k`` uses the pose and seed drawn from
+``numpy.random.default_rng([seed, source_index, k])``: a deterministic function of (seed, source, k),
+independent of batching, sharding and interruptions. Sources are the train records sorted by name.
+
+**Crash safety / resume.** Each image is written to ``NAME.tmp-<pid>`` and renamed into place; its
+manifest line is appended (and fsynced) only after that. Killed at any moment (SIGKILL included) and
+rerun with the same settings, a run first deletes its temporary leftovers, drops a torn last manifest line
+and lines whose image is gone, deletes images that have no line (they are regenerated, identically), and
+then skips every item already done. ``generate_config.json`` records the settings; resuming with
+different ones is an error (use a new ``--out``).
+
+**Shards.** ``shard=(i, n)`` takes the items with ``index % n == i`` and appends to
+``manifest.shard-i-of-n.jsonl``; shards can run at the same time on one folder (one process per shard).
+Under ``accelerate launch`` the shard defaults to ``(process_index, num_processes)``.
+:func:`read_manifest` reads all parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from posereid.augment.pose_bank import SAMPLINGS, PoseBank
+from posereid.models.io_utils import atomic_save, atomic_write, is_temp_file
+from posereid.models.pose import missing_pose, resize_keypoints, skeleton_tensor
+from posereid.reid_integration.market1501 import (
+    ImageReadError,
+    Market1501,
+    MarketFormatError,
+    MarketRecord,
+    format_market_name,
+    load_image,
+    parse_market_name,
+    read_patn_csv,
+)
+
+logger = logging.getLogger(__name__)
+
+TRAIN_DIR = "bounding_box_train"
+REJECTED_DIR = "rejected"
+MANIFEST_NAME = "manifest.jsonl"
+CONFIG_FILE = "generate_config.json"
+#: Market-1501 sequence number reserved for synthetic images (the real data uses s1–s6).
+SYNTHETIC_SEQ = 9
+_SEED_HIGH = 2**31 - 1
+
+
+class GenerateConfigError(ValueError):
+    """A resumed run whose settings differ from the ones the output folder was started with."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------------
+def synthetic_name(source_name: str, k: int) -> str:
+    """Name of output ``k`` generated from the real image ``source_name`` (see the module docstring)."""
+    pid, cam, seq, frame, bbox = parse_market_name(source_name)
+    if not (1 <= seq <= 9 and frame < 10**6 and bbox < 100):
+        raise MarketFormatError(
+            f"{source_name!r}: source names need seq 1..9, a frame < 1e6 and a box < 100 to encode"
+        )
+    return format_market_name(pid, cam, SYNTHETIC_SEQ, seq * 10**8 + frame * 100 + bbox, int(k), "jpg")
+
+
+def parse_synthetic_name(name: str) -> tuple[str, int]:
+    """``(source name stem, k)`` of a synthetic name, e.g. ``('0002_c1s1_000451_03', 0)``."""
+    pid, cam, seq, code, k = parse_market_name(name)
+    if seq != SYNTHETIC_SEQ or code < 10**8:
+        raise MarketFormatError(f"{name!r} is not a synthetic name (sequence s{SYNTHETIC_SEQ}, 9-digit frame)")
+    src_seq, rest = divmod(code, 10**8)
+    frame, bbox = divmod(rest, 100)
+    return format_market_name(pid, cam, src_seq, frame, bbox)[: -len(".jpg")], k
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifest I/O
+# --------------------------------------------------------------------------------------------------
+def manifest_part_name(shard: tuple[int, int]) -> str:
+    i, n = shard
+    return MANIFEST_NAME if n == 1 else f"manifest.shard-{i}-of-{n}.jsonl"
+
+
+def manifest_paths(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """All manifest parts of a generated folder (``manifest.jsonl`` and ``manifest.shard-*.jsonl``)."""
+    out = Path(out_dir)
+    return sorted(p for p in out.glob("manifest*.jsonl") if p.is_file() and not is_temp_file(p))
+
+
+def read_manifest_file(path: str | os.PathLike[str], *, drop_partial_last: bool = True) -> tuple[list[dict], int]:
+    """Entries of one manifest part and the number of dropped torn lines.
+
+    A killed run can leave a torn last line (no newline): it is dropped with ``drop_partial_last``, else
+    an error. Any other invalid line raises :class:`ValueError` naming the file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    entries: list[dict] = []
+    dropped = 0
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        last = lineno == len(lines)  # text after the final newline: a torn append
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise ValueError("not an object with a 'name'")
+        except (ValueError, UnicodeDecodeError) as exc:
+            if last and drop_partial_last:
+                dropped += 1
+                logger.info("%s line %d: dropping a torn last line", path, lineno)
+                continue
+            raise ValueError(f"{path} line {lineno}: invalid manifest line ({exc})") from None
+        if last and not drop_partial_last:
+            raise ValueError(f"{path} line {lineno}: last line has no newline (run `posereid generate` to reconcile)")
+        if last:  # valid JSON but unterminated: the append was cut before its newline; redo it
+            dropped += 1
+            continue
+        entries.append(entry)
+    return entries, dropped
+
+
+def write_manifest_file(path: str | os.PathLike[str], entries: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite a manifest part atomically (tmp + fsync + rename)."""
+    with atomic_write(path, "w", encoding="utf-8", newline="\n") as fh:
+        for e in entries:
+            fh.write(json.dumps(e, separators=(",", ":")) + "\n")
+
+
+def _append_line(path: Path, entry: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8", newline="\n") as fh:
+        fh.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict]:
+    """Entries of all manifest parts of ``out_dir`` (one per image name, parts in name order)."""
+    seen: dict[str, dict] = {}
+    for part in manifest_paths(out_dir):
+        for e in read_manifest_file(part)[0]:
+            seen.setdefault(e["name"], e)
+    return list(seen.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+def generator_sha256(generator: torch.nn.Module) -> str:
+    """SHA-256 of the generator's weights serialised as safetensors (``{"format": "pt"}`` metadata).
+
+    This equals the sha256 of the ``diffusion_pytorch_model.safetensors`` that ``save_pretrained`` writes
+    for the same weights, and identifies the weights actually used (EMA ones when loaded from EMA).
+    """
+    from safetensors.torch import save
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    return hashlib.sha256(save(state, metadata={"format": "pt"})).hexdigest()
+
+
+def _write_image(path: Path, image: Image.Image, quality: int = 95) -> None:
+    """JPEG to ``NAME.tmp-<pid>`` (never ``*.jpg``, so torchreid's glob cannot see it), fsync, rename."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            image.save(fh, format="JPEG", quality=quality)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _to_pil(img: torch.Tensor, size: tuple[int, int] | None) -> Image.Image:
+    arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    im = Image.fromarray(arr, "RGB")
+    if size is not None and (im.height, im.width) != tuple(size):
+        im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return im
+
+
+def _pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def _auto_shard() -> tuple[int, int]:
+    """``(process_index, num_processes)`` under ``accelerate launch`` / ``torchrun``, else ``(0, 1)``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes
+    return 0, 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One output: item ``index`` = ``source_index * per_image + k``."""
+
+    index: int
+    source_index: int
+    k: int
+    name: str
+
+
+@dataclass
+class GenerateSummary:
+    """What :func:`generate_offline` did (counts are for this shard)."""
+
+    shard: str
+    planned: int = 0
+    already_done: int = 0
+    generated: int = 0
+    rejected: int = 0
+    failed_items: int = 0
+    removed_temp_files: int = 0
+    dropped_manifest_lines: int = 0
+    removed_orphan_images: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    manifest: str = ""
+    failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume bookkeeping
+# --------------------------------------------------------------------------------------------------
+def _check_run_config(out_dir: Path, config: dict) -> None:
+    path = out_dir / CONFIG_FILE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise GenerateConfigError(f"{path}: unreadable ({exc}); delete it only if the folder is empty") from None
+        diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+        if diff:
+            listed = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise GenerateConfigError(
+                f"{out_dir} was started with other settings ({listed}); resume with the same settings "
+                "or write to a new --out"
+            )
+        return
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        json.dump(config, fh, indent=2, sort_keys=True)
+
+
+def _pid_alive(text: str) -> bool:
+    try:
+        os.kill(int(text.split(".")[0]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reconcile(out_dir: Path, part: Path, mine: set[str], summary: GenerateSummary) -> set[str]:
+    """Clean leftovers of a killed run of this shard; return the names already done (any shard)."""
+    dirs = [out_dir / TRAIN_DIR, out_dir / REJECTED_DIR]
+    for d in [*dirs, out_dir]:
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if not is_temp_file(p):
+                continue
+            base = p.name.split(".tmp-")[0]
+            own_meta = d == out_dir and base in (part.name, f"samples{part.stem[len('manifest'):]}.png")
+            stale_config = d == out_dir and base == CONFIG_FILE and not _pid_alive(p.name.split(".tmp-")[1])
+            if base in mine or own_meta or stale_config:
+                p.unlink()
+                summary.removed_temp_files += 1
+    on_disk = {p.name for d in dirs if d.is_dir() for p in d.iterdir() if p.suffix == ".jpg"}
+    entries, torn = read_manifest_file(part)
+    kept, seen = [], set()
+    for e in entries:
+        if e["name"] in on_disk and e["name"] not in seen:
+            kept.append(e)
+            seen.add(e["name"])
+    dropped = torn + len(entries) - len(kept)
+    if dropped:
+        write_manifest_file(part, kept)
+        summary.dropped_manifest_lines += dropped
+    listed = set(seen)
+    for other in manifest_paths(out_dir):
+        if other != part:
+            listed.update(e["name"] for e in read_manifest_file(other)[0])
+    for name in sorted((on_disk & mine) - listed):  # image written, line not: regenerate it
+        for d in dirs:
+            if (d / name).exists():
+                (d / name).unlink()
+        summary.removed_orphan_images += 1
+    if summary.removed_orphan_images or summary.removed_temp_files or dropped:
+        logger.info(
+            "resumed %s: removed %d temp file(s), %d orphan image(s), dropped %d manifest line(s)",
+            out_dir, summary.removed_temp_files, summary.removed_orphan_images, dropped,
+        )  # fmt: skip
+    return listed & on_disk
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------
+def generate_offline(
+    generator: Any,
+    market_root: str | os.PathLike[str],
+    annotations: str | os.PathLike[str] | Mapping[str, np.ndarray],
+    out_dir: str | os.PathLike[str],
+    *,
+    per_image: int,
+    pose_bank: PoseBank | None = None,
+    sampling: str = "uniform",
+    steps: int = 20,
+    sampler: str = "dpmsolver++",
+    guidance: tuple[float, float] = (2.0, 2.0),
+    batch_size: int = 16,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+    identity_filter: Any = None,
+    filter_threshold: float | None = None,
+    filter_score: str = "similarity",
+    annotation_hw: tuple[int, int] = (128, 64),
+    out_size: tuple[int, int] | None = None,
+    grid_items: int = 8,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> GenerateSummary:
+    """Generate ``per_image`` synthetic images per real train image into ``out_dir`` (resumable).
+
+    Args:
+        generator: a ``PoseTransferGenerator`` (on the device to run on).
+        market_root: Market-1501 folder; its ``bounding_box_train`` images (pid > 0) are the sources.
+        annotations: PATN CSV (or ``name → (18, 2)`` mapping) with source keypoints in ``annotation_hw``;
+            sources without a row are given no source pose.
+        pose_bank: target poses (default: the annotated train images of ``market_root``).
+        sampling: pose bank strategy (``uniform``, ``cluster``, ``view``).
+        steps, sampler, guidance: passed to ``generator.generate``.
+        seed: the plan's seed. shard: ``(i, n)``; ``None`` → from accelerate, else ``(0, 1)``.
+        identity_filter: an :class:`~posereid.augment.filter.IdentityFilter`; scores go into the
+            manifest, and with ``filter_threshold`` images scoring below it go to ``out_dir/rejected/``.
+        filter_score: ``similarity`` or ``margin`` (what the threshold applies to).
+        out_size: ``(H, W)`` of the written images (default: the source image's size).
+        grid_items: rows of the ``samples*.png`` grid (source | target skeleton | generated); 0 = none.
+    """
+    t_start = time.perf_counter()
+    if per_image < 1:
+        raise ValueError(f"per_image must be >= 1, got {per_image}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if filter_threshold is not None and identity_filter is None:
+        raise ValueError("filter_threshold needs an identity_filter (a re-ID checkpoint)")
+    shard = _auto_shard() if shard is None else (int(shard[0]), int(shard[1]))
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard {shard}: need 0 <= i < n")
+    out_dir = Path(out_dir)
+    train_dir, rej_dir = out_dir / TRAIN_DIR, out_dir / REJECTED_DIR
+    part = out_dir / manifest_part_name(shard)
+    summary = GenerateSummary(shard=f"{shard[0]}/{shard[1]}", manifest=str(part))
+
+    market = Market1501(market_root)
+    sources: list[MarketRecord] = [r for r in market.train if r.pid > 0]
+    if not sources:
+        raise ValueError(f"{market.root}: no train image with a pid > 0 to generate from")
+    ann = annotations if isinstance(annotations, Mapping) else read_patn_csv(annotations, image_hw=annotation_hw)
+    bank = pose_bank if pose_bank is not None else PoseBank.from_market(market_root, ann, image_hw=annotation_hw)
+
+    items = [
+        PlanItem(s * per_image + k, s, k, synthetic_name(rec.name, k))
+        for s, rec in enumerate(sources)
+        for k in range(per_image)
+    ]
+    real_names = {r.name for split in ("train", "query", "gallery", "gt_bbox") for r in market.split(split)}
+    clash = sorted({it.name for it in items} & real_names)
+    if clash:
+        raise MarketFormatError(f"{market.root}: synthetic names collide with real images, e.g. {clash[0]}")
+    mine = [it for it in items if it.index % shard[1] == shard[0]]
+    summary.planned = len(mine)
+
+    gen_hash = generator_sha256(generator)
+    bank_hash = hashlib.sha256(bank.keypoints.tobytes() + "\n".join(bank.names).encode()).hexdigest()
+    src_hash = hashlib.sha256("\n".join(r.name for r in sources).encode()).hexdigest()
+    config = {
+        "format": 1, "seed": int(seed), "per_image": int(per_image), "sampling": sampling,
+        "generator_sha256": gen_hash, "steps": int(steps), "sampler": sampler,
+        "guidance": [float(guidance[0]), float(guidance[1])], "pose_bank_sha256": bank_hash,
+        "pose_frame": list(bank.image_hw), "sources": len(sources), "sources_sha256": src_hash,
+        "out_size": None if out_size is None else list(out_size),
+    }  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_dir.mkdir(exist_ok=True)
+    _check_run_config(out_dir, config)
+
+    done = _reconcile(out_dir, part, {it.name for it in mine}, summary)
+    pending = [it for it in mine if it.name not in done]
+    summary.already_done = len(mine) - len(pending)
+    gen_hw = tuple(int(v) for v in generator.image_size)
+    device = torch.device(generator.device)
+    grid_rows: list[torch.Tensor] = []
+
+    bar = tqdm(total=len(pending), desc=f"generate {summary.shard}", unit="img", disable=not progress)
+    for start in range(0, len(pending), batch_size):
+        batch: list[tuple[PlanItem, torch.Tensor, tuple[int, int], np.ndarray, int, int]] = []
+        for it in pending[start : start + batch_size]:
+            rec = sources[it.source_index]
+            try:
+                im = load_image(rec.path)
+            except ImageReadError as exc:
+                summary.failed_items += 1
+                summary.failures.append(str(exc))
+                logger.warning("skipping %s: %s", it.name, exc)
+                continue
+            src_kps = ann.get(rec.name)
+            src_kps = missing_pose() if src_kps is None else resize_keypoints(src_kps, annotation_hw, gen_hw)
+            rng = np.random.default_rng([int(seed), it.source_index, it.k])
+            pose_index = int(bank.sample_indices(1, rng, sampling=sampling)[0])
+            gen_seed = int(rng.integers(0, _SEED_HIGH))
+            src = _pil_to_tensor(im.resize((gen_hw[1], gen_hw[0]), Image.Resampling.BILINEAR))
+            batch.append((it, src, (im.height, im.width), src_kps, pose_index, gen_seed))
+        if not batch:
+            bar.update(min(batch_size, len(pending) - start))
+            continue
+        src_b = torch.stack([b[1] for b in batch]).to(device)
+        targets = bank.get([b[4] for b in batch], size=gen_hw)
+        images = generator.generate(
+            src_b,
+            torch.from_numpy(targets).to(device),
+            torch.from_numpy(np.stack([b[3] for b in batch])).to(device),
+            steps=steps,
+            sampler=sampler,
+            guidance=tuple(guidance),
+            seeds=[b[5] for b in batch],
+            autocast_dtype=autocast_dtype,
+        ).cpu()
+        sims = margins = None
+        if identity_filter is not None:
+            pids = [sources[b[0].source_index].pid for b in batch]
+            sims, margins = identity_filter.score(images, pids)
+        for j, (it, _, src_hw, _, pose_index, gen_seed) in enumerate(batch):
+            rec = sources[it.source_index]
+            score = None if sims is None else float((sims if filter_score == "similarity" else margins)[j])
+            kept = filter_threshold is None or score is None or score >= filter_threshold
+            dest = train_dir if kept else rej_dir
+            dest.mkdir(exist_ok=True)
+            _write_image(dest / it.name, _to_pil(images[j], out_size or src_hw))
+            entry = {
+                "name": it.name, "index": it.index, "k": it.k, "source": rec.name, "source_pid": rec.pid,
+                "camid": rec.camid, "target_pose": np.round(bank.get(pose_index), 2).tolist(),
+                "pose_frame": list(bank.image_hw), "target_source": bank.names[pose_index], "seed": gen_seed,
+                "generator_sha256": gen_hash, "steps": int(steps), "sampler": sampler,
+                "guidance": [float(guidance[0]), float(guidance[1])], "sampling": sampling,
+                "filter_score": None if sims is None else round(float(sims[j]), 6),
+                "filter_margin": None if margins is None else round(float(margins[j]), 6), "kept": bool(kept),
+            }  # fmt: skip
+            _append_line(part, entry)
+            summary.generated += 1
+            summary.rejected += int(not kept)
+        if len(grid_rows) < grid_items * 3:
+            skel = skeleton_tensor(targets, *gen_hw)
+            for j in range(len(batch)):
+                grid_rows.extend([src_b[j].cpu(), skel[j], images[j]])
+            grid_rows = grid_rows[: grid_items * 3]
+        bar.update(min(batch_size, len(pending) - start))
+    bar.close()
+    if grid_rows:
+        _save_grid(out_dir / f"samples{part.stem[len('manifest'):]}.png", grid_rows)
+    summary.seconds = time.perf_counter() - t_start
+    summary.images_per_s = summary.generated / summary.seconds if summary.seconds > 0 else 0.0
+    logger.info("generate %s: %s", out_dir, {k: v for k, v in summary.as_dict().items() if k != "failures"})
+    return summary
+
+
+def _save_grid(path: Path, tiles: list[torch.Tensor]) -> None:
+    from torchvision.utils import make_grid, save_image
+
+    grid = make_grid(torch.stack(tiles), nrow=3, padding=2, pad_value=1.0)
+    atomic_save(path, lambda tmp: save_image(grid, str(tmp), format="png"))
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: posereid generate
+# --------------------------------------------------------------------------------------------------
+def add_generate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generator", required=True, help="generator checkpoint directory (save_pretrained)")
+    parser.add_argument("--data", required=True, help="Market-1501 folder whose train images are the sources")
+    parser.add_argument("--annotations", required=True, help="PATN annotation CSV of the source images")
+    parser.add_argument("--per-image", type=int, required=True, help="synthetic images per source image")
+    parser.add_argument("--out", required=True, help="output folder (Market format + manifest.jsonl)")
+    parser.add_argument("--pose-bank", help="target poses: PATN CSV or PoseBank .npz (default: train annotations)")
+    parser.add_argument("--sampling", choices=SAMPLINGS, default="uniform", help="pose sampling strategy")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sampler", default="dpmsolver++")
+    parser.add_argument("--guidance-pose", type=float, default=2.0)
+    parser.add_argument("--guidance-appearance", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard", help="i/n: generate items with index %% n == i (default: accelerate rank)")
+    parser.add_argument("--filter-checkpoint", help="re-ID checkpoint: score each image by identity")
+    parser.add_argument("--filter-threshold", type=float, help="reject images scoring below this")
+    parser.add_argument("--filter-score", choices=("similarity", "margin"), default="similarity")
+    parser.add_argument("--out-size", type=int, nargs=2, metavar=("H", "W"), help="size of written images")
+    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from posereid.models.generator import PoseTransferGenerator
+
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        device = PartialState().device
+    else:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    generator = PoseTransferGenerator.from_pretrained(args.generator).to(device).eval()
+    bank = None
+    if args.pose_bank:
+        bank = PoseBank.load(args.pose_bank) if args.pose_bank.endswith(".npz") else PoseBank.from_csv(args.pose_bank)
+    identity_filter = None
+    if args.filter_checkpoint:
+        from posereid.augment.filter import IdentityFilter, load_extractor
+
+        identity_filter = IdentityFilter(load_extractor(args.filter_checkpoint, device)).fit_market(args.data)
+    summary = generate_offline(
+        generator, args.data, args.annotations, args.out, per_image=args.per_image, pose_bank=bank,
+        sampling=args.sampling, steps=args.steps, sampler=args.sampler,
+        guidance=(args.guidance_pose, args.guidance_appearance), batch_size=args.batch_size, seed=args.seed,
+        shard=shard, identity_filter=identity_filter, filter_threshold=args.filter_threshold,
+        filter_score=args.filter_score, out_size=tuple(args.out_size) if args.out_size else None,
+        autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast],
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"shard {summary.shard}: {summary.generated} generated, {summary.already_done} already done, "
+        f"{summary.rejected} rejected, {summary.failed_items} failed of {summary.planned} planned "
+        f"({summary.images_per_s:.2f} images/s); manifest {summary.manifest}"
+    )
+    return 1 if summary.failed_items else 0
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "MANIFEST_NAME",
+    "REJECTED_DIR",
+    "SYNTHETIC_SEQ",
+    "TRAIN_DIR",
+    "GenerateConfigError",
+    "GenerateSummary",
+    "PlanItem",
+    "generate_offline",
+    "generator_sha256",
+    "manifest_paths",
+    "parse_shard",
+    "parse_synthetic_name",
+    "read_manifest",
+    "read_manifest_file",
+    "synthetic_name",
+    "write_manifest_file",
+]

@@ -1,0 +1,240 @@
+"""``PoseTransferAugment``: a torchvision v2 transform that re-renders people in new poses.
+
+It replaces (with probability ``p`` per item) the person in an image by the generator's rendering of the
+same person in a target pose drawn from a :class:`~posereid.augment.pose_bank.PoseBank`. It composes
+with the other v2 transforms (``v2.Compose([PoseTransferAugment(...), v2.RandomHorizontalFlip(), ...])``)
+and follows their rules: every random draw happens once per call in :meth:`make_params`, the work in
+:meth:`transform`, and ``forward`` is torchvision's.
+
+Inputs: a PIL image, a ``(3, H, W)`` tensor / ``tv_tensors.Image``, or a ``(B, 3, H, W)`` batch. The batch
+is the fast path: all selected items go through ONE ``generator.generate`` call on the generator's device.
+Images are resized to ``generator.image_size`` and back; dtype (uint8 / float) and type (PIL, tensor,
+tv_tensor) are preserved. Labels and other entries pass through. ``tv_tensors.KeyPoints`` /
+:class:`~posereid.models.pose.PoseKeypoints` entries are replaced by the target pose in their own frame,
+and a ``PoseKeypoints`` entry is also given to the generator as the source pose.
+
+Reproducibility: with ``seed=<int>`` the draws of the k-th call come from a generator seeded by
+``(seed, DataLoader worker id, k)``; with ``seed=<torch.Generator>`` they come from that generator; with
+``seed=None`` from torch's global RNG (so ``torch.manual_seed`` and the DataLoader's per-worker seeding
+apply, like every torchvision transform). The per-item generation seed is one of the draws, and the
+generator gives the same image for a seed whatever else is in the batch.
+
+DataLoader caveat: a transform inside a dataset runs in the DataLoader's worker processes, one item at a
+time. With the generator on a GPU that is slow (batch of one) and fragile (CUDA in forked workers fails;
+use ``multiprocessing_context="spawn"`` and each worker holds its own copy of the model). For training,
+call the transform on the collated ``(B, 3, H, W)`` batch in the training loop instead (e.g. the
+torchreid batch hook of :mod:`posereid.reid_integration`). The per-item path is for CPU use and debugging.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+from torch.utils.data import get_worker_info
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import Transform
+from torchvision.transforms.v2 import functional as F
+from torchvision.transforms.v2._utils import is_pure_tensor
+
+from posereid.augment.pose_bank import SAMPLINGS, PoseBank
+from posereid.models.pose import NUM_KEYPOINTS, PoseKeypoints, as_keypoints, resize_keypoints
+
+logger = logging.getLogger(__name__)
+
+_SEED_HIGH = 2**31 - 1
+
+
+def _image_batch_size(inpt: Any) -> int | None:
+    """Items in an image input (``None`` for a non-image)."""
+    if isinstance(inpt, PIL.Image.Image):
+        return 1
+    if isinstance(inpt, tv_tensors.Image) or is_pure_tensor(inpt):
+        if inpt.ndim == 3:
+            return 1
+        if inpt.ndim == 4:
+            return int(inpt.shape[0])
+        raise ValueError(f"PoseTransferAugment: image tensors must be (3, H, W) or (B, 3, H, W), got {tuple(inpt.shape)}")
+    return None
+
+
+class PoseTransferAugment(Transform):
+    """Replace people by the generator's rendering of them in a pose drawn from ``pose_bank``.
+
+    Args:
+        generator: a ``PoseTransferGenerator`` (anything with ``image_size``, ``device`` and
+            ``generate(source, target_kps, source_kps, *, steps, sampler, guidance, seeds)``).
+        pose_bank: the target poses.
+        p: probability that an item is replaced (``0`` → identity, ``1`` → every item).
+        steps, guidance, sampler: passed to ``generator.generate``; ``guidance=(w_pose, w_appearance)``.
+        sampling: pose bank strategy: ``uniform``, ``cluster`` or ``view``.
+        seed: ``int`` (reproducible per call counter), ``torch.Generator`` or ``None`` (global RNG).
+        source_keypoints: ``"sample"`` gives the generator the sample's ``PoseKeypoints`` entry as the
+            source pose when there is one; ``"none"`` never does (the model then conditions on appearance
+            only).
+
+    After each call, :attr:`last_params` holds the draws (``apply`` mask, ``pose_index``, ``seeds``) so a
+    caller can log which pose and seed produced an image.
+    """
+
+    def __init__(
+        self,
+        generator: Any,
+        pose_bank: PoseBank,
+        p: float = 0.5,
+        steps: int = 20,
+        guidance: tuple[float, float] = (2.0, 2.0),
+        sampler: str = "dpmsolver++",
+        sampling: Literal["uniform", "cluster", "view"] = "uniform",
+        seed: int | torch.Generator | None = None,
+        source_keypoints: Literal["sample", "none"] = "sample",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if source_keypoints not in ("sample", "none"):
+            raise ValueError(f"source_keypoints must be 'sample' or 'none', got {source_keypoints!r}")
+        if len(pose_bank) == 0:
+            raise ValueError("PoseTransferAugment: the pose bank is empty")
+        if seed is not None and not isinstance(seed, (int, np.integer, torch.Generator)):
+            raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
+        self.generator = generator
+        self.pose_bank = pose_bank
+        self.p = float(p)
+        self.steps = int(steps)
+        self.guidance = (float(guidance[0]), float(guidance[1]))
+        self.sampler = sampler
+        self.sampling = sampling
+        self.source_keypoints = source_keypoints
+        self._seed = int(seed) if isinstance(seed, (int, np.integer)) else seed
+        self.calls = 0
+        self.last_params: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ randomness
+    def reset(self, calls: int = 0) -> None:
+        """Restart the per-call counter (with an int seed, the next call repeats call ``calls``'s draws)."""
+        self.calls = int(calls)
+
+    def _rng(self) -> np.random.Generator:
+        if isinstance(self._seed, int):
+            info = get_worker_info()
+            worker = 0 if info is None else info.id + 1
+            return np.random.default_rng([self._seed, worker, self.calls])
+        # one draw from torch (global RNG or the user's Generator) seeds this call's numpy stream
+        entropy = int(torch.randint(0, 2**62, (1,), generator=self._seed).item())
+        return np.random.default_rng(entropy)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        sizes = {b for b in (_image_batch_size(x) for x in flat_inputs) if b is not None}
+        if len(sizes) > 1:
+            raise ValueError(f"PoseTransferAugment: image inputs of different batch sizes {sorted(sizes)}")
+        n = sizes.pop() if sizes else 0
+        rng = self._rng()
+        self.calls += 1
+        apply = rng.random(n) < self.p
+        pose_index = self.pose_bank.sample_indices(n, rng, sampling=self.sampling)
+        seeds = rng.integers(0, _SEED_HIGH, size=n)
+        source = None
+        if self.source_keypoints == "sample":
+            source = next((x for x in flat_inputs if isinstance(x, PoseKeypoints)), None)
+        params = {"apply": apply, "pose_index": pose_index, "seeds": seeds, "source_kps": source}
+        self.last_params = {k: v for k, v in params.items() if k != "source_kps"}
+        return params
+
+    # ------------------------------------------------------------------ work
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        apply: np.ndarray = params["apply"]
+        if not apply.any():
+            return inpt
+        if isinstance(inpt, tv_tensors.KeyPoints):
+            return self._replace_keypoints(inpt, params)
+        if isinstance(inpt, PIL.Image.Image):
+            x = F.pil_to_tensor(inpt.convert("RGB"))[None]
+            out = self._generate_into(x, params)
+            return F.to_pil_image(out[0])
+        if isinstance(inpt, tv_tensors.Image) or is_pure_tensor(inpt):
+            plain = inpt.as_subclass(torch.Tensor)
+            single = plain.ndim == 3
+            out = self._generate_into(plain[None] if single else plain, params)
+            out = out[0] if single else out
+            return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+        # masks, boxes, videos: not re-rendered (a pose change invalidates them; we do not guess)
+        return inpt
+
+    def _generate_into(self, images: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """Replace the selected items of a ``(B, 3, H, W)`` batch; returns a new tensor of the same dtype."""
+        if images.shape[1] != 3:
+            raise ValueError(f"PoseTransferAugment: expected 3-channel RGB images, got shape {tuple(images.shape)}")
+        apply = params["apply"]
+        sel = np.flatnonzero(apply)
+        in_hw = (int(images.shape[-2]), int(images.shape[-1]))
+        gen_hw = tuple(int(v) for v in self.generator.image_size)
+        device = torch.device(self.generator.device)
+        src = F.to_dtype(images[torch.as_tensor(sel)], torch.float32, scale=True).to(device)
+        if in_hw != gen_hw:
+            src = F.resize(src, list(gen_hw), antialias=True).clamp(0, 1)
+        target = self.pose_bank.get(params["pose_index"][sel], size=gen_hw)
+        source_kps = self._source_keypoints(params["source_kps"], sel, len(apply), gen_hw)
+        with torch.no_grad():
+            gen = self.generator.generate(
+                src,
+                torch.from_numpy(target).to(device),
+                None if source_kps is None else torch.from_numpy(source_kps).to(device),
+                steps=self.steps,
+                sampler=self.sampler,
+                guidance=self.guidance,
+                seeds=[int(s) for s in params["seeds"][sel]],
+            )
+        if in_hw != gen_hw:
+            gen = F.resize(gen, list(in_hw), antialias=True)
+        gen = F.to_dtype(gen.clamp(0, 1).to(images.device), images.dtype, scale=True)
+        out = images.clone()
+        out[torch.as_tensor(sel, device=images.device)] = gen
+        return out
+
+    def _source_keypoints(
+        self, kps: Any, sel: np.ndarray, n: int, gen_hw: tuple[int, int]
+    ) -> np.ndarray | None:
+        if kps is None:
+            return None
+        arr = as_keypoints(kps.as_subclass(torch.Tensor), source="source PoseKeypoints")
+        arr = arr.reshape(-1, NUM_KEYPOINTS, 2)
+        if len(arr) != n:
+            raise ValueError(
+                f"PoseTransferAugment: {len(arr)} source pose(s) for a batch of {n} images; "
+                "give one (18, 2) pose per image"
+            )
+        return resize_keypoints(arr[sel], tuple(kps.canvas_size), gen_hw)
+
+    def _replace_keypoints(self, inpt: tv_tensors.KeyPoints, params: dict[str, Any]) -> tv_tensors.KeyPoints:
+        plain = inpt.as_subclass(torch.Tensor)
+        if plain.shape[-2:] != (NUM_KEYPOINTS, 2):
+            raise ValueError(
+                f"PoseTransferAugment: keypoints of shape {tuple(plain.shape)} are not COCO-18 (…, 18, 2); "
+                "they cannot be replaced by the target pose"
+            )
+        apply = params["apply"]
+        flat = plain.reshape(-1, NUM_KEYPOINTS, 2)
+        if flat.shape[0] != len(apply):
+            raise ValueError(
+                f"PoseTransferAugment: {flat.shape[0]} keypoint sets for a batch of {len(apply)} images"
+            )
+        target = self.pose_bank.get(params["pose_index"], size=tuple(inpt.canvas_size))
+        out = flat.clone()
+        sel = torch.as_tensor(np.flatnonzero(apply), device=out.device)
+        out[sel] = torch.from_numpy(target[apply]).to(out.device, out.dtype)
+        return tv_tensors.wrap(out.reshape(plain.shape), like=inpt)
+
+    def extra_repr(self) -> str:
+        return (
+            f"p={self.p}, steps={self.steps}, guidance={self.guidance}, sampler={self.sampler!r}, "
+            f"sampling={self.sampling!r}, poses={len(self.pose_bank)}"
+        )
+
+
+__all__ = ["PoseTransferAugment"]

@@ -1,0 +1,662 @@
+"""Generator quality (``posereid evaluate-generator``): does it keep the person and follow the pose?
+
+Before spending GPU days on augmentation, a re-ID user wants to know whether a generator checkpoint is
+any good. For a fixed, seeded selection of test pairs (source image → target pose, same person; the PATN
+``market-pairs-test.csv`` or same-pid pairs of the test split) this module generates the target and
+scores it three ways against the real target image:
+
+* **image** — SSIM, LPIPS and their body-masked variants (Mask-SSIM / Mask-LPIPS: both images multiplied
+  by a mask drawn from the target pose, as PATN/PIDM report them), and FID against the real training
+  images (the PATN-line convention);
+* **pose** — keypoints detected on the generated image (mediapipe) vs the target keypoints: PCKh@0.5
+  (see :func:`~posereid.experiments.quality_metrics.pose_normaliser` for the head length), mean joint
+  error in pixels, and the number of images where no person was found;
+* **identity** — with a re-ID model: cosine similarity to the source identity's centroid vs the nearest
+  other identity's centroid (over the real gallery), and rank-1 / mAP of the generated images used as
+  queries against the real gallery.
+
+Three systems are scored side by side: the **real target images** themselves (the ceiling: what a
+perfect generator would get, including the pose detector's own errors), the **trained** generator, and
+an **untrained** generator of the same config (the floor). ``sweep={"steps": [...], "guidance": [...]}``
+repeats the trained generator's scores over a grid and plots them, to pick the fastest setting that
+keeps quality. Outputs: ``report.md``, ``report.json``, ``sheet.png`` and ``sweep.png``.
+
+Pretrained metric networks are never downloaded: a metric whose weights are absent is reported as "not
+computed (…)" unless its flag was given, in which case a missing file is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from posereid.experiments.quality_metrics import (
+    FidScorer,
+    Lpips,
+    MissingWeightsError,
+    body_mask,
+    detect_keypoints,
+    identity_fidelity,
+    pose_fidelity,
+    ssim_scores,
+)
+from posereid.experiments.quality_report import (
+    parse_guidance,
+    parse_sweep,
+    render_markdown,
+    to_jsonable,
+    write_sheet,
+    write_sweep_plot,
+)
+from posereid.models.io_utils import atomic_write
+from posereid.models.pose import missing_pose, resize_keypoints
+from posereid.reid_integration.evaluate import evaluate_features
+from posereid.reid_integration.market1501 import (
+    Market1501,
+    MarketRecord,
+    load_image,
+    read_pairs_csv,
+    read_patn_csv,
+)
+
+logger = logging.getLogger(__name__)
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+CEILING, TRAINED, FLOOR = "real (ceiling)", "trained", "untrained (floor)"
+ANNOTATIONS_NAME, PAIRS_NAME = "market-annotation-test.csv", "market-pairs-test.csv"
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class EvalPairs:
+    """The selected test pairs, with images and keypoints at the generator's image size."""
+
+    names: list[tuple[str, str]]
+    source: torch.Tensor
+    target: torch.Tensor
+    source_kps: np.ndarray
+    target_kps: np.ndarray
+    source_pid: np.ndarray
+    source_camid: np.ndarray
+    target_camid: np.ndarray
+    total: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    origin: str = ""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _find_default(root: Path, data_root: Path, name: str) -> Path | None:
+    for cand in (data_root / name, root / name, data_root.parent / name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _load_resized(path: Path, kps: np.ndarray | None, size: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
+    im = load_image(path)
+    native = (im.height, im.width)
+    if native != size:
+        im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    k = missing_pose() if kps is None else resize_keypoints(kps, native, size)
+    return t, k
+
+
+def load_eval_pairs(
+    market_root: str | os.PathLike[str],
+    image_size: tuple[int, int],
+    *,
+    pairs: str | os.PathLike[str] | None = None,
+    annotations: str | os.PathLike[str] | None = None,
+    n_pairs: int | None = 200,
+    seed: int = 0,
+    market: Market1501 | None = None,
+) -> EvalPairs:
+    """Select test pairs and load their images and keypoints at ``image_size``.
+
+    ``annotations`` (PATN CSV; default ``market-annotation-test.csv`` beside the data) gives the target
+    poses. ``pairs`` (default ``market-pairs-test.csv`` there, else every ordered same-pid pair of the
+    test split) lists ``(from, to)`` names. Pairs naming an image not in the folder, or whose target has
+    no annotation, are skipped and counted. ``n_pairs`` of the rest are drawn with ``seed`` (kept in file
+    order), so two runs with the same seed score the same pairs.
+    """
+    root = Path(market_root)
+    market = market or Market1501(root)
+    if annotations is None:
+        found = _find_default(root, market.root, ANNOTATIONS_NAME)
+        if found is None:
+            raise FileNotFoundError(
+                f"no keypoint annotations: {ANNOTATIONS_NAME} not found in {market.root} or {root}; pass "
+                "--annotations CSV (a PATN annotation CSV; `posereid annotate` writes one with mediapipe)"
+            )
+        annotations = found
+    kps = read_patn_csv(annotations, image_hw=None)
+    records: dict[str, MarketRecord] = {}
+    for split in ("gallery", "query", "train"):
+        for rec in market.split(split):
+            records.setdefault(rec.name, rec)
+    if pairs is None and (found := _find_default(root, market.root, PAIRS_NAME)) is not None:
+        pairs = found
+    if pairs is not None:
+        candidates, origin = read_pairs_csv(pairs), str(pairs)
+    else:
+        by_pid: dict[int, list[str]] = {}
+        for rec in sorted(market.query + market.gallery, key=lambda r: r.name):
+            if rec.pid > 0 and rec.name in kps:
+                by_pid.setdefault(rec.pid, []).append(rec.name)
+        candidates = [(a, b) for names in by_pid.values() for a in names for b in names if a != b]
+        origin = "same-pid pairs of the test split (query + gallery)"
+    skipped = {"image_not_found": 0, "no_target_pose": 0, "different_pid": 0}
+    valid = []
+    for a, b in candidates:
+        if a not in records or b not in records:
+            skipped["image_not_found"] += 1
+        elif b not in kps or not (kps[b] >= 0).all(-1).any():
+            skipped["no_target_pose"] += 1
+        elif records[a].pid != records[b].pid:
+            skipped["different_pid"] += 1
+        else:
+            valid.append((a, b))
+    for why, n in skipped.items():
+        if n:
+            logger.warning("%s: skipped %d pair(s): %s", origin, n, why.replace("_", " "))
+    if not valid:
+        raise ValueError(f"{origin}: no usable pair (skipped: {skipped}); check --data / --pairs / --annotations")
+    if n_pairs is not None and len(valid) > n_pairs:
+        idx = np.sort(np.random.default_rng(seed).choice(len(valid), size=n_pairs, replace=False))
+        valid = [valid[i] for i in idx]
+    src, tgt, skp, tkp = [], [], [], []
+    for a, b in tqdm(valid, desc="loading pairs", leave=False, disable=len(valid) < 64):
+        s, sk = _load_resized(records[a].path, kps.get(a), image_size)
+        t, tk = _load_resized(records[b].path, kps[b], image_size)
+        src.append(s), tgt.append(t), skp.append(sk), tkp.append(tk)
+    return EvalPairs(
+        names=valid,
+        source=torch.stack(src),
+        target=torch.stack(tgt),
+        source_kps=np.stack(skp),
+        target_kps=np.stack(tkp),
+        source_pid=np.array([records[a].pid for a, _ in valid]),
+        source_camid=np.array([records[a].camid for a, _ in valid]),
+        target_camid=np.array([records[b].camid for _, b in valid]),
+        total=len(candidates),
+        skipped=skipped,
+        origin=origin,
+    )
+
+
+def _image_batches(records: Sequence[MarketRecord], size: tuple[int, int] | None, batch: int, desc: str):
+    """Yield ``(B, 3, H, W)`` batches of real images (``size=None``: native size, must all agree)."""
+    for i in tqdm(range(0, len(records), batch), desc=desc, leave=False, disable=len(records) <= batch):
+        ims = [load_image(r.path, size=size) for r in records[i : i + batch]]
+        arr = np.stack([np.asarray(im, dtype=np.uint8) for im in ims])
+        yield torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Metric back-ends (resolved once)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Backends:
+    """The optional metric networks, and for each one that is absent the reason shown in the report."""
+
+    lpips: Lpips | None = None
+    fid: FidScorer | None = None
+    pose: Any = None
+    reid: FeatureFn | None = None
+    status: dict[str, str] = field(default_factory=dict)
+
+
+def _resolve_lpips(weights: Any, net: str) -> tuple[Lpips | None, str]:
+    try:
+        m = Lpips.from_local(weights, net=net)  # type: ignore[arg-type]
+    except MissingWeightsError as exc:
+        if weights is not None:
+            raise
+        return None, f"not computed (missing weights: {exc})"
+    return m, f"computed ({net}; backbone {m.sources['backbone']}, linear layers {m.sources['linear']})"
+
+
+def _resolve_fid(weights: Any, image_size: tuple[int, int]) -> tuple[FidScorer | None, str]:
+    if isinstance(weights, torch.nn.Module):
+        f = FidScorer.from_module(weights, image_size)
+        return f, f"computed ({f.description}; not comparable with published Inception FID)"
+    try:
+        f = FidScorer.from_weights(weights)
+    except MissingWeightsError as exc:
+        if weights is not None:
+            raise
+        return None, f"not computed (missing weights: {exc})"
+    except ImportError as exc:
+        if weights is not None:
+            raise
+        return None, f"not computed ({exc})"
+    return f, f"computed ({f.description})"
+
+
+def _resolve_pose(estimator: Any) -> tuple[Any, str]:
+    if estimator is None:
+        return None, "not computed (pose estimator disabled)"
+    if estimator != "auto":
+        return estimator, f"computed ({type(estimator).__name__})"
+    from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
+
+    try:
+        return PoseEstimator(), "computed (mediapipe BlazePose → COCO-18)"
+    except MissingExtraError as exc:
+        return None, f"not computed ({exc})"
+
+
+def _resolve_reid(checkpoint: Any, device: torch.device) -> tuple[FeatureFn | None, str]:
+    if checkpoint is None:
+        return None, "not computed (no re-ID model: pass --reid-checkpoint PATH)"
+    if callable(checkpoint):
+        return checkpoint, f"computed ({getattr(checkpoint, '__name__', type(checkpoint).__name__)})"
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--reid-checkpoint {path}: no such file")
+    from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
+
+    return ReidFeatureExtractor.from_checkpoint(path, device=device), f"computed (re-ID model {path})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------
+def _features(fn: FeatureFn, images: torch.Tensor, batch: int) -> torch.Tensor:
+    out = [fn(images[i : i + batch]).detach().float().cpu() for i in range(0, images.shape[0], batch)]
+    return torch.cat(out)
+
+
+class QualityScorer:
+    """Scores generated image sets against one fixed set of pairs and real reference data.
+
+    The real-data side (FID reference statistics, gallery features, the masks) is computed once in the
+    constructor and reused for every scored set (ceiling, trained, floor, each sweep point).
+    """
+
+    def __init__(
+        self,
+        pairs: EvalPairs,
+        market: Market1501,
+        backends: Backends,
+        *,
+        batch_size: int = 32,
+        pose_upscale: int | None = None,
+        fid_reference_max: int = 5000,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.pairs, self.backends, self.batch = pairs, backends, batch_size
+        self.device = torch.device(device)
+        h, w = pairs.target.shape[-2:]
+        self.size = (int(h), int(w))
+        self.pose_upscale = pose_upscale or max(1, math.ceil(128 / self.size[0]))
+        self.mask = body_mask(pairs.target_kps, *self.size)
+        self.info: dict[str, Any] = {}
+        if backends.fid is not None:
+            ref = market.train or market.gallery
+            ref = [r for r in ref if r.pid != -1]
+            if len(ref) > fid_reference_max:
+                keep = np.sort(np.random.default_rng(seed).choice(len(ref), fid_reference_max, replace=False))
+                ref = [ref[i] for i in keep]
+            backends.fid.to(self.device)
+            for batch in _image_batches(ref, self.size, batch_size, "FID reference"):
+                backends.fid.add_real(batch)
+            self.info["fid_reference"] = f"{len(ref)} real {'train' if market.train else 'gallery'} images"
+        if backends.reid is not None:
+            gal = [r for r in market.gallery if r.pid != -1]
+            if not gal:
+                raise ValueError(f"{market.root}: the gallery (bounding_box_test) is empty; identity metrics need it")
+            feats = [_features(backends.reid, b, batch_size) for b in _image_batches(gal, None, batch_size, "gallery")]
+            self.gallery_feats = torch.cat(feats)
+            self.gallery_pids = np.array([r.pid for r in gal])
+            self.gallery_camids = np.array([r.camid for r in gal])
+            row = {r.name: i for i, r in enumerate(gal)}
+            # leave each pair's own source and target images out of its identity centroid
+            self.exclude = np.array([[row.get(a, -1), row.get(b, -1)] for a, b in pairs.names])
+            self.info["gallery"] = f"{len(gal)} real gallery images, {len(set(self.gallery_pids.tolist()))} pids"
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, *, query_camids: np.ndarray) -> dict[str, float]:
+        """All available metrics of ``images`` (aligned with the pairs) against the real targets."""
+        p, b = self.pairs, self.backends
+        images = images.detach().float().cpu().clamp(0, 1)
+        if images.shape != p.target.shape:
+            raise ValueError(f"expected {tuple(p.target.shape)} images, got {tuple(images.shape)}")
+        out: dict[str, float] = {
+            "ssim": float(ssim_scores(images, p.target).mean()),
+            "mask_ssim": float(ssim_scores(images, p.target, mask=self.mask).mean()),
+        }
+        if b.lpips is not None:
+            lp = [b.lpips(images[i : i + self.batch], p.target[i : i + self.batch]) for i in range(0, len(p), self.batch)]
+            mlp = [
+                b.lpips(images[i : i + self.batch], p.target[i : i + self.batch], self.mask[i : i + self.batch])
+                for i in range(0, len(p), self.batch)
+            ]
+            out["lpips"], out["mask_lpips"] = float(torch.cat(lp).mean()), float(torch.cat(mlp).mean())
+        if b.fid is not None:
+            out["fid"] = b.fid.score(images, self.batch) if len(p) >= 2 else float("nan")
+        if b.pose is not None:
+            detected = detect_keypoints(b.pose, images, upscale=self.pose_upscale)
+            for k, v in pose_fidelity(detected, p.target_kps).items():
+                out[k if k in ("pckh", "joint_error_px", "no_person") else f"pose_{k}"] = v
+        if b.reid is not None:
+            feats = _features(b.reid, images, self.batch)
+            ids = identity_fidelity(feats, p.source_pid, self.gallery_feats, self.gallery_pids, exclude=self.exclude)
+            s = ids.summary()
+            out.update(
+                own_centroid_cos=s["own_centroid_cos"],
+                other_centroid_cos=s["other_centroid_cos"],
+                id_margin=s["margin"],
+                id_closer_to_own=s["closer_to_own"],
+            )
+            r = evaluate_features(
+                feats, self.gallery_feats, p.source_pid, self.gallery_pids, query_camids, self.gallery_camids,
+                metric="cosine",
+            )  # fmt: skip
+            out.update(rank1=r["rank1"], rank5=r["rank5"], mAP=r["mAP"], reid_valid_queries=r["num_valid_queries"])
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------
+def generate_for_pairs(
+    generator: Any,
+    pairs: EvalPairs,
+    *,
+    steps: int,
+    guidance: tuple[float, float],
+    sampler: str,
+    seed: int,
+    batch_size: int,
+) -> tuple[torch.Tensor, float]:
+    """Generated images for every pair (pair ``i`` uses seed ``seed + i``) and the seconds per image."""
+    dev = next(generator.parameters()).device
+    out = []
+    t0 = time.perf_counter()
+    for i in tqdm(range(0, len(pairs), batch_size), desc=f"generate {steps} steps, guidance {guidance}", leave=False):
+        j = min(i + batch_size, len(pairs))
+        imgs = generator.generate(
+            pairs.source[i:j].to(dev),
+            torch.from_numpy(pairs.target_kps[i:j]).to(dev),
+            torch.from_numpy(pairs.source_kps[i:j]).to(dev),
+            steps=steps,
+            sampler=sampler,
+            guidance=guidance,
+            seeds=list(range(seed + i, seed + j)),
+        )
+        out.append(imgs.detach().float().cpu())
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return torch.cat(out), (time.perf_counter() - t0) / max(1, len(pairs))
+
+
+def untrained_like(generator: Any, seed: int) -> Any:
+    """A freshly initialised generator of the same class and config (the floor), seeded for repeatability."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(generator).from_config(generator.config)
+    return fresh.to(next(generator.parameters()).device).eval()
+
+
+def _score_all(
+    generator: Any,
+    pairs: EvalPairs,
+    scorer: QualityScorer,
+    *,
+    steps: int,
+    guidance: tuple[float, float],
+    sampler: str,
+    seed: int,
+    batch_size: int,
+    include_ceiling: bool,
+    include_floor: bool,
+    sweep: Mapping[str, Sequence] | None,
+) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Scores of the ceiling, the trained and the untrained generator, and the sweep rows."""
+    systems: dict[str, dict[str, float]] = {}
+    sheet_cols: dict[str, torch.Tensor] = {}
+    if include_ceiling:
+        systems[CEILING] = scorer.score(pairs.target, query_camids=pairs.target_camid)
+    gen_kw = dict(sampler=sampler, seed=seed, batch_size=batch_size)
+    runs = [(TRAINED, generator)] + ([(FLOOR, None)] if include_floor else [])
+    for name, model in runs:
+        model = model if model is not None else untrained_like(generator, seed)
+        images, spi = generate_for_pairs(model, pairs, steps=steps, guidance=guidance, **gen_kw)
+        systems[name] = {**scorer.score(images, query_camids=pairs.source_camid), "sec_per_image": spi}
+        sheet_cols[name] = images
+    sweep_rows: list[dict[str, Any]] = []
+    if sweep:
+        for s in [int(v) for v in sweep.get("steps", [steps])]:
+            for g in [parse_guidance(v) for v in sweep.get("guidance", [guidance])]:
+                images, spi = generate_for_pairs(generator, pairs, steps=s, guidance=g, **gen_kw)
+                scores = scorer.score(images, query_camids=pairs.source_camid)
+                sweep_rows.append({"steps": s, "guidance": list(g), **scores, "sec_per_image": spi})
+    return systems, sheet_cols, sweep_rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
+def evaluate_generator(
+    generator: Any,
+    market_root: str | os.PathLike[str],
+    *,
+    pairs: str | os.PathLike[str] | None = None,
+    annotations: str | os.PathLike[str] | None = None,
+    reid_checkpoint: str | os.PathLike[str] | FeatureFn | None = None,
+    fid_weights: str | os.PathLike[str] | torch.nn.Module | None = None,
+    lpips_weights: str | os.PathLike[str] | None = None,
+    lpips_net: str = "alex",
+    pose_estimator: Any = "auto",
+    steps: int = 20,
+    guidance: tuple[float, float] | float | str = (2.0, 2.0),
+    sampler: str = "dpmsolver++",
+    n_pairs: int | None = 200,
+    seed: int = 0,
+    out_dir: str | os.PathLike[str] | None = None,
+    include_ceiling: bool = True,
+    include_floor: bool = True,
+    sweep: Mapping[str, Sequence] | None = None,
+    batch_size: int = 32,
+    pose_upscale: int | None = None,
+    sheet_rows: int = 8,
+    generator_name: str | None = None,
+) -> dict[str, Any]:
+    """Score a pose-transfer generator on test pairs; write the report when ``out_dir`` is given.
+
+    Args:
+        generator: a :class:`~posereid.models.generator.PoseTransferGenerator` (on its device).
+        market_root: Market-1501-format folder (its gallery is the re-ID gallery, its train split the FID
+            reference).
+        pairs / annotations: PATN pairs / annotation CSVs (defaults: ``market-pairs-test.csv`` /
+            ``market-annotation-test.csv`` beside the data; without a pairs file, same-pid test pairs).
+        reid_checkpoint: local re-ID checkpoint, or a callable ``(B,3,H,W) [0,1] → (B,D)`` features.
+        fid_weights: FID Inception weights file (or a directory holding it), or a feature ``nn.Module``.
+        lpips_weights: LPIPS backbone file or directory (see :meth:`Lpips.from_local`).
+            For all three, ``None`` means "use the default location if the file is there, else report the
+            metric as not computed"; a given path that does not exist raises.
+        pose_estimator: ``"auto"`` (mediapipe when installed), a callable ``uint8 HxWx3 → (18, 2)``, or None.
+        steps, guidance, sampler: the sampling setting scored as "trained" (guidance: number = both weights,
+            or ``(w_pose, w_appearance)`` / ``"wp:wa"``).
+        n_pairs, seed: how many pairs to draw, and the seed of the draw and of every image's noise.
+        include_ceiling / include_floor: also score the real targets / an untrained generator.
+        sweep: ``{"steps": [...], "guidance": [...]}`` grid for the trained generator (plot + table).
+
+    Returns:
+        ``{"config", "data", "metric_status", "reference", "systems": {name: metrics}, "sweep": [rows],
+        "files"}``.
+    """
+    g = parse_guidance(guidance)
+    dev = next(generator.parameters()).device
+    generator.eval()
+    size = tuple(int(v) for v in generator.image_size)
+    # metric networks first: an explicit path to a missing file fails before any work is done
+    backends = Backends()
+    backends.lpips, backends.status["LPIPS"] = _resolve_lpips(lpips_weights, lpips_net)
+    if backends.lpips is not None:
+        backends.lpips.to(dev)
+    backends.fid, backends.status["FID"] = _resolve_fid(fid_weights, size)  # type: ignore[arg-type]
+    backends.reid, backends.status["identity (re-ID)"] = _resolve_reid(reid_checkpoint, dev)
+    market = Market1501(market_root)
+    pairs_ = load_eval_pairs(
+        market_root, size, pairs=pairs, annotations=annotations, n_pairs=n_pairs, seed=seed, market=market
+    )
+    logger.info("scoring %d pairs from %s", len(pairs_), pairs_.origin)
+    backends.pose, backends.status["pose (PCKh)"] = _resolve_pose(pose_estimator)
+    try:
+        scorer = QualityScorer(
+            pairs_, market, backends, batch_size=batch_size, pose_upscale=pose_upscale, seed=seed, device=dev
+        )
+        systems, sheet_cols, sweep_rows = _score_all(
+            generator, pairs_, scorer, steps=steps, guidance=g, sampler=sampler, seed=seed, batch_size=batch_size,
+            include_ceiling=include_ceiling, include_floor=include_floor, sweep=sweep,
+        )  # fmt: skip
+    finally:
+        if pose_estimator == "auto" and backends.pose is not None:
+            backends.pose.close()  # we opened it
+
+    result: dict[str, Any] = {
+        "config": {
+            "generator": generator_name or type(generator).__name__,
+            "image_size": list(size),
+            "steps": steps,
+            "guidance": list(g),
+            "sampler": sampler,
+            "n_pairs": n_pairs,
+            "seed": seed,
+            "data": str(market_root),
+            "device": str(dev),
+        },
+        "data": {
+            "pairs_origin": pairs_.origin,
+            "pairs_total": pairs_.total,
+            "pairs_used": len(pairs_),
+            "skipped": pairs_.skipped,
+            "pairs": [list(p) for p in pairs_.names],
+        },
+        "metric_status": dict(backends.status),
+        "reference": scorer.info,
+        "systems": systems,
+        "sweep": sweep_rows,
+        "files": {},
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {"sheet": out / "sheet.png", "report_json": out / "report.json", "report_md": out / "report.md"}
+        write_sheet(files["sheet"], pairs_.source, pairs_.target, pairs_.target_kps, sheet_cols, rows=sheet_rows)
+        if sweep_rows:
+            files["sweep_plot"] = out / "sweep.png"
+            refs = {k: v for k, v in systems.items() if k != TRAINED}
+            write_sweep_plot(files["sweep_plot"], sweep_rows, refs)
+        result["files"] = {k: str(v) for k, v in files.items()}
+        with atomic_write(files["report_json"]) as fh:
+            json.dump(to_jsonable(result), fh, indent=2, allow_nan=False)
+        with atomic_write(files["report_md"]) as fh:
+            fh.write(render_markdown(result))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
+    """Options of ``posereid evaluate-generator``."""
+    parser.add_argument("--generator", required=True, help="generator checkpoint directory (save_pretrained)")
+    parser.add_argument("--data", required=True, help="Market-1501-format folder")
+    parser.add_argument("--annotations", help=f"PATN keypoint CSV (default: {ANNOTATIONS_NAME} beside the data)")
+    parser.add_argument("--pairs", help=f"PATN pairs CSV (default: {PAIRS_NAME}, else same-pid test pairs)")
+    parser.add_argument("--reid-checkpoint", help="local re-ID model checkpoint for the identity metrics")
+    parser.add_argument(
+        "--fid-weights",
+        help="FID Inception weights file weights-inception-2015-12-05-6726825d.pth (or its folder); "
+        "default: the torch hub cache, else FID is not computed",
+    )
+    parser.add_argument(
+        "--lpips-weights",
+        help="LPIPS backbone file (torchvision, e.g. alexnet-owt-7be5be79.pth) or a folder with it "
+        "(+ optional <net>.pth linear layers); default: the torch hub cache, else LPIPS is not computed",
+    )
+    parser.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
+    parser.add_argument("--n-pairs", type=int, default=200, help="pairs to score (seeded draw); 0 = all")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", default="2", help="w (both weights) or w_pose:w_appearance")
+    parser.add_argument("--sampler", default="dpmsolver++", choices=["dpmsolver++", "ddim", "unipc", "euler", "ddpm"])
+    parser.add_argument(
+        "--sweep", nargs="+", metavar="KEY=V,V", help="grid for the trained generator, e.g. steps=10,20,50 guidance=1,2,3"
+    )
+    parser.add_argument("--compare-untrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score an untrained generator of the same config (the floor)")  # fmt: skip
+    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score the real target images as if generated (the ceiling)")  # fmt: skip
+    parser.add_argument("--no-pose", action="store_true", help="skip the pose metrics (no mediapipe)")
+    parser.add_argument("--pose-upscale", type=int, help="enlarge images by this factor before pose detection")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    parser.add_argument("--out", required=True, help="report directory")
+
+
+def run_evaluate_generator(args: argparse.Namespace) -> int:
+    """CLI entry: load the generator, evaluate, print where the report is."""
+    from posereid.models.generator import PoseTransferGenerator
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    generator = PoseTransferGenerator.from_pretrained(args.generator).to(device)
+    result = evaluate_generator(
+        generator,
+        args.data,
+        pairs=args.pairs,
+        annotations=args.annotations,
+        reid_checkpoint=args.reid_checkpoint,
+        fid_weights=args.fid_weights,
+        lpips_weights=args.lpips_weights,
+        lpips_net=args.lpips_net,
+        pose_estimator=None if args.no_pose else "auto",
+        steps=args.steps,
+        guidance=parse_guidance(args.guidance),
+        sampler=args.sampler,
+        n_pairs=args.n_pairs or None,
+        seed=args.seed,
+        out_dir=args.out,
+        include_ceiling=args.ceiling,
+        include_floor=args.compare_untrained,
+        sweep=parse_sweep(args.sweep) if args.sweep else None,
+        batch_size=args.batch_size,
+        pose_upscale=args.pose_upscale,
+        generator_name=str(args.generator),
+    )
+    print(render_markdown(result).split("\n\nMetric status")[0])
+    print(f"\nreport: {result['files']['report_md']}")
+    return 0
+
+
+__all__ = [
+    "EvalPairs",
+    "QualityScorer",
+    "add_evaluate_generator_args",
+    "evaluate_generator",
+    "generate_for_pairs",
+    "load_eval_pairs",
+    "run_evaluate_generator",
+    "untrained_like",
+]

@@ -1,0 +1,245 @@
+"""Reports of ``posereid evaluate-generator``: option parsing, markdown, JSON, image sheet, sweep plot.
+
+Split from :mod:`posereid.experiments.quality` (which computes the numbers) so each file stays focused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from posereid.models.io_utils import atomic_save
+from posereid.models.pose import resize_keypoints, skeleton_tensor
+
+#: metric key → (label, higher is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "ssim": ("SSIM", True),
+    "mask_ssim": ("Mask-SSIM", True),
+    "lpips": ("LPIPS", False),
+    "mask_lpips": ("Mask-LPIPS", False),
+    "fid": ("FID", False),
+    "pckh": ("PCKh@0.5", True),
+    "joint_error_px": ("joint error (px)", False),
+    "no_person": ("no person found", False),
+    "own_centroid_cos": ("cos to own identity", True),
+    "other_centroid_cos": ("cos to nearest other identity", False),
+    "id_margin": ("identity margin (own - other)", True),
+    "rank1": ("re-ID rank-1", True),
+    "mAP": ("re-ID mAP", True),
+    "sec_per_image": ("seconds / image", False),
+}
+
+
+
+# --------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------
+def parse_guidance(text: str | float | Sequence[float]) -> tuple[float, float]:
+    """``"2"`` → ``(2, 2)`` (both weights); ``"1.5:3"`` → ``(w_pose, w_appearance) = (1.5, 3)``."""
+    if isinstance(text, (int, float)):
+        return float(text), float(text)
+    if not isinstance(text, str):
+        vals = tuple(float(v) for v in text)
+        if len(vals) != 2:
+            raise ValueError(f"guidance must be one number or a (pose, appearance) pair, got {text!r}")
+        return vals  # type: ignore[return-value]
+    parts = text.split(":")
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"guidance {text!r}: expected a number like 2 or a pose:appearance pair like 1.5:3") from None
+    if len(vals) == 1:
+        return vals[0], vals[0]
+    if len(vals) != 2:
+        raise ValueError(f"guidance {text!r}: expected a number like 2 or a pose:appearance pair like 1.5:3")
+    return vals[0], vals[1]
+
+
+def parse_sweep(items: Sequence[str]) -> dict[str, list]:
+    """``["steps=10,20,50", "guidance=1,2,1.5:3"]`` → ``{"steps": [10, 20, 50], "guidance": [(1, 1), …]}``."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or key not in ("steps", "guidance") or not values.strip():
+            raise ValueError(f"--sweep {item!r}: expected steps=N,N,... or guidance=G,G,... (G = w or w_pose:w_app)")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if key == "steps":
+            try:
+                grid[key] = [int(v) for v in vals]
+            except ValueError:
+                raise ValueError(f"--sweep {item!r}: steps must be integers") from None
+            if any(v < 1 for v in grid[key]):
+                raise ValueError(f"--sweep {item!r}: steps must be >= 1")
+        else:
+            grid[key] = [parse_guidance(v) for v in vals]
+    return grid
+
+
+# --------------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------------
+def to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    return obj
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def _to_pil(t: torch.Tensor, scale: int) -> Image.Image:
+    arr = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr)
+    return im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) if scale > 1 else im
+
+
+def write_sheet(
+    path: Path,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    target_kps: np.ndarray,
+    columns: Mapping[str, torch.Tensor],
+    rows: int = 8,
+) -> None:
+    """PNG grid, one row per pair: source | target pose | each generated set (``columns``) | real target.
+
+    Small images are enlarged by an integer factor (nearest neighbour, so no detail is invented) to at
+    least 160 px high; the skeleton is drawn at the enlarged size so it stays legible.
+    """
+    n = min(rows, len(target))
+    h, w = (int(v) for v in target.shape[-2:])
+    scale = max(1, math.ceil(160 / h))
+    ch, cw = h * scale, w * scale
+    skel = skeleton_tensor(resize_keypoints(target_kps[:n], (h, w), (ch, cw)), ch, cw)
+    cols: dict[str, tuple[torch.Tensor, int]] = {"source": (source[:n], scale), "target pose": (skel, 1)}
+    cols.update({k: (v[:n], scale) for k, v in columns.items()})
+    cols["real target"] = (target[:n], scale)
+    head, gap = 14, 4
+    sheet = Image.new("RGB", ((cw + gap) * len(cols), head + (ch + gap) * n), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for c, (label, (ims, s)) in enumerate(cols.items()):
+        x = c * (cw + gap)
+        draw.text((x + 2, 1), label[: max(4, cw // 6)], fill=(0, 0, 0))
+        for r in range(n):
+            sheet.paste(_to_pil(ims[r], s), (x, head + r * (ch + gap)))
+    atomic_save(path, lambda tmp: sheet.save(tmp, format="PNG"))
+
+
+def write_sweep_plot(
+    path: Path, rows: Sequence[Mapping[str, Any]], references: Mapping[str, Mapping[str, Any]] | None = None
+) -> None:
+    """One panel per metric: metric vs sampling steps, one line per guidance setting.
+
+    ``references`` (e.g. the ceiling and floor systems) are drawn as horizontal dashed lines.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def ok(v: Any) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    keys = [k for k in METRICS if any(ok(r.get(k)) for r in rows)]
+    cols = min(3, max(1, len(keys)))
+    nrows = max(1, math.ceil(len(keys) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    guidances = sorted({tuple(r["guidance"]) for r in rows})
+    steps = sorted({int(r["steps"]) for r in rows})
+    for ax, key in zip(axes.flat, keys):
+        label, higher = METRICS[key]
+        for g in guidances:
+            pts = sorted((r["steps"], r[key]) for r in rows if tuple(r["guidance"]) == g and ok(r.get(key)))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"guidance {g[0]:g}:{g[1]:g}")
+        for (name, ref), style in zip((references or {}).items(), ("--", ":", "-.")):
+            if ok(ref.get(key)):
+                ax.axhline(ref[key], color="grey", linestyle=style, linewidth=1, label=name)
+        ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
+        ax.set_xlabel("sampling steps")
+        ax.set_xticks(steps)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    if keys:
+        axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    """The human-readable report."""
+    cfg, systems = result["config"], result["systems"]
+    names = list(systems)
+    lines = [
+        "# Generator quality",
+        "",
+        f"Generator: `{cfg['generator']}` ({cfg['image_size'][0]}x{cfg['image_size'][1]}), sampler "
+        f"{cfg['sampler']}, {cfg['steps']} steps, guidance pose:appearance {cfg['guidance'][0]:g}:{cfg['guidance'][1]:g}, "
+        f"seed {cfg['seed']}.",
+        f"Data: `{cfg['data']}`; pairs from {result['data']['pairs_origin']}: {result['data']['pairs_used']} used "
+        f"of {result['data']['pairs_total']} (skipped: {result['data']['skipped']}).",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for key, (label, higher) in METRICS.items():
+        if any(key in s for s in systems.values()):
+            arrow = "↑" if higher else "↓"
+            lines.append(f"| {label} {arrow} | " + " | ".join(_fmt(systems[n].get(key)) for n in names) + " |")
+    lines += ["", "Metric status:", ""]
+    lines += [f"- **{k}**: {v}" for k, v in result["metric_status"].items()]
+    for k, v in result.get("reference", {}).items():
+        lines.append(f"- {k}: {v}")
+    if result.get("sweep"):
+        keys = [k for k in METRICS if any(k in r for r in result["sweep"])]
+        lines += ["", "## Sweep (trained generator)", "", "| steps | guidance | " + " | ".join(METRICS[k][0] for k in keys) + " |"]
+        lines.append("|---|---|" + "---|" * len(keys))
+        for r in result["sweep"]:
+            g = r["guidance"]
+            lines.append(f"| {r['steps']} | {g[0]:g}:{g[1]:g} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+        lines += ["", "![sweep](sweep.png)"]
+    lines += [
+        "",
+        "![sheet: source | target pose | generated | ground truth](sheet.png)",
+        "",
+        "Definitions: SSIM uses a Gaussian 11x11 window (sigma 1.5) on [0,1] images; Mask-* multiply both "
+        "images by a body mask drawn from the target pose (thick limbs, torso, head, dilated). FID is against "
+        "real training images. PCKh@0.5: a target joint is correct when the joint detected on the image is "
+        "within 0.5 x head length, head length = 2 x neck-to-nose distance (0.5 x neck-to-hip when neck or "
+        "nose is missing); an undetected joint is wrong. Identity: cosine of the re-ID feature to the source "
+        "identity's gallery centroid (the pair's own images left out) vs the nearest other identity's "
+        "centroid; re-ID uses the images as queries against the real gallery, the query camera being that "
+        "of the image the appearance comes from. The ceiling scores the real target images as if generated.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "METRICS",
+    "parse_guidance",
+    "parse_sweep",
+    "render_markdown",
+    "to_jsonable",
+    "write_sheet",
+    "write_sweep_plot",
+]

@@ -1,0 +1,508 @@
+"""Synthetic Market-1501-format datasets where pose is the re-ID nuisance.
+
+Every test, the demo and the benchmarks need people (no real data can be downloaded). An identity is a
+fixed appearance (:class:`Identity`) rendered by :func:`render_person` in varied poses (view direction,
+gait phase, scale, shift) by cameras with their own background, tint, blur and noise. The renderer lives
+in :mod:`posereid.experiments.synthetic_people` and is re-exported here.
+
+:func:`write_synthetic_market` follows the Market-1501 protocol: train identities are disjoint from test
+identities; every test identity has one query image per camera it appears in (the first of that camera)
+and gallery images from its other cameras; distractors (pid 0, partial people) and junk (pid -1,
+background or a cut-off person) are gallery-only. ``train_views`` restricts each training identity to
+some view directions while query and gallery show all four, so a re-ID model must generalise across
+views it never saw for that identity (what pose-transfer augmentation is meant to fix).
+
+Besides the three split folders the output holds ``market-annotation-{train,test}.csv`` (exact keypoints
+in the images' own pixel frame; PATN format), ``market-pairs-{train,test}.csv`` (same-pid pairs whose
+images both show >= 8 joints), ``synthetic-meta.csv`` (split, view, pose per image) and
+``synthetic-identities.json`` (appearance per pid and the cameras). The same seed gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from posereid.experiments.synthetic_people import (
+    VIEW_YAW,
+    VIEWS,
+    Camera,
+    Identity,
+    PoseParams,
+    make_cameras,
+    render_background,
+    render_person,
+    sample_camera,
+    sample_identity,
+    sample_pose,
+)
+from posereid.models.io_utils import atomic_save, atomic_write
+from posereid.models.pose import draw_skeleton, visible_mask
+from posereid.reid_integration.market1501 import (
+    SPLIT_DIRS,
+    MarketWriter,
+    format_market_name,
+    write_pairs_csv,
+    write_patn_csv,
+)
+
+logger = logging.getLogger(__name__)
+
+META_CSV = "synthetic-meta.csv"
+IDENTITIES_JSON = "synthetic-identities.json"
+META_FIELDS = (
+    "name",
+    "split",
+    "pid",
+    "cam",
+    "kind",
+    "view",
+    "yaw",
+    "phase",
+    "stride",
+    "scale",
+    "dx",
+    "dy",
+    "visible",
+)
+MIN_PAIR_JOINTS = 8  # both images of a pair must show at least this many joints
+
+
+@dataclass
+class SynthConfig:
+    """What :func:`write_synthetic_market` renders.
+
+    Args:
+        n_train_ids / n_test_ids: identities in the train split / in query + gallery (disjoint).
+        per_camera: images of an identity per camera it appears in.
+        cameras: number of cameras (2-9); each identity appears in a random ``min_cameras``..``cameras`` of them.
+        n_distractors / n_junk: gallery images with pid 0 / pid -1.
+        height / width: image size (Market-1501 is 128 x 64).
+        train_views: ``"all"`` or how many of the 4 view directions each train identity is shown in.
+        max_pairs_per_id: cap on same-pid pairs per identity in the pairs CSVs (``None``: all).
+    """
+
+    n_train_ids: int = 40
+    n_test_ids: int = 40
+    per_camera: int = 4
+    cameras: int = 6
+    min_cameras: int = 2
+    n_distractors: int = 40
+    n_junk: int = 10
+    height: int = 128
+    width: int = 64
+    train_views: int | str = 2
+    seed: int = 0
+    max_pairs_per_id: int | None = 200
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_views, str) and self.train_views.isdigit():
+            self.train_views = int(self.train_views)
+        checks = [
+            (self.n_train_ids >= 0 and self.n_test_ids >= 0, "n_train_ids and n_test_ids must be >= 0"),
+            (self.n_train_ids + self.n_test_ids <= 9999, "at most 9999 identities (4-digit Market pids)"),
+            (self.per_camera >= 1, "per_camera must be >= 1"),
+            (2 <= self.cameras <= 9, "cameras must be 2..9 (one digit, query and gallery need two)"),
+            (2 <= self.min_cameras <= self.cameras, "min_cameras must be 2..cameras"),
+            (self.n_distractors >= 0 and self.n_junk >= 0, "n_distractors and n_junk must be >= 0"),
+            (self.height >= 8 and self.width >= 4, "height x width must be at least 8 x 4"),
+            (
+                self.train_views == "all" or self.train_views in range(1, 5),
+                "train_views must be 'all' or 1..4",
+            ),
+            (self.max_pairs_per_id is None or self.max_pairs_per_id >= 0, "max_pairs_per_id must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"SynthConfig: {msg} (got {self})")
+
+
+@dataclass
+class SynthSample:
+    """One planned (and, from :func:`iter_synthetic`, rendered) image. ``cam`` is 1-based like the name."""
+
+    split: str  # train | query | gallery
+    pid: int
+    cam: int
+    name: str
+    kind: str  # person | partial | background
+    pose: PoseParams | None
+    identity: Identity | None
+    stream: int  # images of one stream are rendered in order from one random generator
+    image: np.ndarray | None = None
+    keypoints: np.ndarray | None = None
+
+
+def _views_for(rng: np.random.Generator, train: bool, train_views: int | str) -> tuple[str, ...]:
+    if not train or train_views == "all":
+        return VIEWS
+    picked = set(rng.choice(len(VIEWS), int(train_views), replace=False).tolist())
+    return tuple(v for i, v in enumerate(VIEWS) if i in picked)
+
+
+def plan_synthetic(config: SynthConfig) -> tuple[list[SynthSample], list[Camera], dict[int, Identity]]:
+    """Decide every image (split, pid, camera, name, pose) without rendering; deterministic in the seed."""
+    cams = make_cameras(config.cameras, config.seed)
+    frames: dict[tuple[int, int], int] = defaultdict(int)
+    plan: list[SynthSample] = []
+    identities: dict[int, Identity] = {}
+
+    def name_for(pid: int, cam: int) -> str:
+        frames[(pid, cam)] += 1
+        return format_market_name(pid, cam, 1, frames[(pid, cam)] * 7, 1)
+
+    pids = range(1, config.n_train_ids + config.n_test_ids + 1)
+    for stream, pid in enumerate(pids):
+        rng = np.random.default_rng([config.seed, 1, pid])
+        train = pid <= config.n_train_ids
+        identities[pid] = idn = sample_identity(rng)
+        n_cams = int(rng.integers(config.min_cameras, config.cameras + 1))
+        id_cams = sorted(rng.choice(config.cameras, n_cams, replace=False).tolist())
+        views = _views_for(rng, train, config.train_views)
+        for cam in id_cams:
+            for j in range(config.per_camera):
+                if train:
+                    split = "train"
+                else:  # the first image of each camera is a query, unless it would leave no gallery image
+                    split = (
+                        "query"
+                        if j == 0 and not (config.per_camera == 1 and cam == id_cams[-1])
+                        else "gallery"
+                    )
+                pose = sample_pose(rng, views)
+                plan.append(
+                    SynthSample(split, pid, cam + 1, name_for(pid, cam + 1), "person", pose, idn, stream)
+                )
+    stream = len(pids)
+    for i in range(config.n_distractors):  # badly cropped people nobody is looking for
+        rng = np.random.default_rng([config.seed, 3, i])
+        pose = dataclasses.replace(
+            sample_pose(rng),
+            scale=float(rng.uniform(1.2, 2.0)),
+            dx=float(rng.choice([-1, 1]) * rng.uniform(0.25, 0.5)),
+            dy=float(rng.uniform(-0.5, 0.3)),
+        )
+        cam = int(rng.integers(config.cameras)) + 1
+        plan.append(
+            SynthSample(
+                "gallery", 0, cam, name_for(0, cam), "partial", pose, sample_identity(rng), stream + i
+            )
+        )
+    stream += config.n_distractors
+    for i in range(config.n_junk):  # background only, or just the feet of a passer-by
+        rng = np.random.default_rng([config.seed, 4, i])
+        cam = int(rng.integers(config.cameras)) + 1
+        if rng.random() < 0.5:
+            plan.append(
+                SynthSample("gallery", -1, cam, name_for(-1, cam), "background", None, None, stream + i)
+            )
+        else:
+            pose = dataclasses.replace(sample_pose(rng), dy=float(rng.uniform(-0.75, -0.6)))
+            plan.append(
+                SynthSample(
+                    "gallery", -1, cam, name_for(-1, cam), "partial", pose, sample_identity(rng), stream + i
+                )
+            )
+    return plan, cams, identities
+
+
+def iter_synthetic(config: SynthConfig, plan: list[SynthSample] | None = None) -> Iterator[SynthSample]:
+    """Render the planned images in order (``image`` uint8 HxWx3, ``keypoints`` (18, 2), -1 missing)."""
+    if plan is None:
+        plan = plan_synthetic(config)[0]
+    cams = make_cameras(config.cameras, config.seed)
+    h, w = config.height, config.width
+    rng, current = None, None
+    for s in plan:
+        if s.stream != current:
+            rng, current = np.random.default_rng([config.seed, 2, s.stream]), s.stream
+        camera = cams[s.cam - 1]
+        if s.kind == "background":
+            s.image = render_background(camera, height=h, width=w, rng=rng)
+            s.keypoints = np.full((18, 2), -1.0, dtype=np.float32)
+        else:
+            s.image, s.keypoints = render_person(s.identity, s.pose, camera, height=h, width=w, rng=rng)
+        yield s
+
+
+def _pairs(names: dict[int, list[str]], seed: int, tag: int, cap: int | None) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for pid in sorted(names):
+        pairs = list(itertools.combinations(names[pid], 2))
+        if cap is not None and len(pairs) > cap:
+            keep = np.random.default_rng([seed, tag, pid]).choice(len(pairs), cap, replace=False)
+            pairs = [pairs[i] for i in sorted(keep.tolist())]
+        out += pairs
+    return out
+
+
+def write_synthetic_market(
+    out_dir: str | Path, config: SynthConfig | None = None, *, progress: bool = True
+) -> dict[str, object]:
+    """Render ``config`` into a Market-1501-format folder ``out_dir`` (see the module docstring).
+
+    Refuses a folder whose split folders already hold images (the same seed must give the same files).
+
+    Returns:
+        Counts per split, like :meth:`Market1501.summary`: ``{"train"|"query"|"gallery": {"images",
+        "identities", "cameras", "junk", "distractors"}}``, plus ``"pairs_train"``, ``"pairs_test"`` and
+        ``"views_per_train_id"`` (pid -> sorted views shown in train).
+    """
+    config = config or SynthConfig()
+    out = Path(out_dir)
+    for split in ("train", "query", "gallery"):
+        folder = out / SPLIT_DIRS[split]
+        if folder.is_dir() and any(folder.iterdir()):
+            raise FileExistsError(f"{folder} is not empty; write a synthetic dataset into a new folder")
+    plan, cams, identities = plan_synthetic(config)
+    writer = MarketWriter(out)
+    ann: dict[str, dict[str, np.ndarray]] = {"train": {}, "test": {}}
+    pair_names: dict[str, dict[int, list[str]]] = {"train": defaultdict(list), "test": defaultdict(list)}
+    meta = io.StringIO()
+    mw = csv.writer(meta, lineterminator="\n")
+    mw.writerow(META_FIELDS)
+    counts = {
+        s: {"images": 0, "identities": set(), "cameras": set(), "junk": 0, "distractors": 0}
+        for s in ("train", "query", "gallery")
+    }
+    views: dict[int, set[str]] = defaultdict(set)
+    bar = tqdm(
+        iter_synthetic(config, plan),
+        total=len(plan),
+        desc="synthetic market",
+        unit="img",
+        disable=not progress,
+    )
+    for s in bar:
+        writer.add(s.split, s.image, s.pid, s.cam, name=s.name)
+        group = "train" if s.split == "train" else "test"
+        ann[group][s.name] = s.keypoints
+        n_vis = int(visible_mask(s.keypoints).sum())
+        if s.pid > 0 and n_vis >= MIN_PAIR_JOINTS:
+            pair_names[group][s.pid].append(s.name)
+        c = counts[s.split]
+        c["images"] += 1
+        c["junk"] += s.pid == -1
+        c["distractors"] += s.pid == 0
+        if s.pid > 0:
+            c["identities"].add(s.pid)
+        if s.pid != -1:
+            c["cameras"].add(s.cam)
+        if s.split == "train":
+            views[s.pid].add(s.pose.view)
+        p = s.pose
+        pose_cols = (
+            ["", "", "", "", "", "", ""]
+            if p is None
+            else [
+                p.view,
+                f"{p.yaw:.2f}",
+                f"{p.phase:.4f}",
+                f"{p.stride:.3f}",
+                f"{p.scale:.3f}",
+                f"{p.dx:.3f}",
+                f"{p.dy:.3f}",
+            ]
+        )
+        mw.writerow([s.name, s.split, s.pid, s.cam, s.kind, *pose_cols, n_vis])
+        s.image = None  # keep memory flat on large runs
+    write_patn_csv(out / "market-annotation-train.csv", ann["train"])
+    write_patn_csv(out / "market-annotation-test.csv", ann["test"])
+    pairs_train = _pairs(pair_names["train"], config.seed, 5, config.max_pairs_per_id)
+    pairs_test = _pairs(pair_names["test"], config.seed, 6, config.max_pairs_per_id)
+    write_pairs_csv(out / "market-pairs-train.csv", pairs_train)
+    write_pairs_csv(out / "market-pairs-test.csv", pairs_test)
+    with atomic_write(out / META_CSV, "w", encoding="utf-8", newline="") as fh:
+        fh.write(meta.getvalue())
+    doc = {
+        "config": dataclasses.asdict(config),
+        "cameras": [dataclasses.asdict(c) for c in cams],
+        "identities": {str(pid): dataclasses.asdict(idn) for pid, idn in identities.items()},
+    }
+    with atomic_write(out / IDENTITIES_JSON, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1)
+    summary: dict[str, object] = {
+        split: {k: len(v) if isinstance(v, set) else int(v) for k, v in c.items()}
+        for split, c in counts.items()
+    }
+    summary["pairs_train"], summary["pairs_test"] = len(pairs_train), len(pairs_test)
+    summary["views_per_train_id"] = {pid: sorted(v, key=VIEWS.index) for pid, v in sorted(views.items())}
+    logger.info("wrote %s: %s", out, {k: summary[k] for k in ("train", "query", "gallery")})
+    return summary
+
+
+def read_synthetic_meta(path: str | Path) -> list[dict[str, str]]:
+    """Rows of ``synthetic-meta.csv`` (a folder or the file itself), as dicts of strings."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / META_CSV
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != META_FIELDS:
+            raise ValueError(
+                f"{path} line 1: expected header {','.join(META_FIELDS)}, got {reader.fieldnames}"
+            )
+        return list(reader)
+
+
+# --------------------------------------------------------------------------------------------------
+# A grid for people to look at
+# --------------------------------------------------------------------------------------------------
+def render_grid(
+    out_png: str | Path,
+    *,
+    n_ids: int = 6,
+    n_cols: int = 8,
+    seed: int = 0,
+    skeleton: bool = True,
+    scale: int = 2,
+    height: int = 128,
+    width: int = 64,
+) -> Image.Image:
+    """Save a PNG grid: rows = identities, columns = views cycling front/left/back/right over the cameras.
+
+    Each cell is upscaled ``scale`` x (nearest neighbour); with ``skeleton`` the keypoints are drawn on a
+    copy beside it. Labels name the view and camera. Returns the grid image.
+    """
+    rng = np.random.default_rng([seed, 9])
+    cams = make_cameras(6, seed)
+    cell_w = width * scale * (2 if skeleton else 1)
+    label_h, left = 12, 34
+    grid = Image.new(
+        "RGB", (left + n_cols * (cell_w + 4), n_ids * (height * scale + label_h + 4)), (255, 255, 255)
+    )
+    draw = ImageDraw.Draw(grid)
+    for r in range(n_ids):
+        idn = sample_identity(rng)
+        y = r * (height * scale + label_h + 4)
+        draw.text((2, y + label_h + height * scale // 2 - 6), f"id {r + 1}", fill=(0, 0, 0))
+        for c in range(n_cols):
+            view, cam = VIEWS[c % len(VIEWS)], cams[(c + r) % len(cams)]
+            img, kps = render_person(idn, sample_pose(rng, [view]), cam, height=height, width=width, rng=rng)
+            big = Image.fromarray(img).resize((width * scale, height * scale), Image.NEAREST)
+            x = left + c * (cell_w + 4)
+            draw.text((x + 2, y), f"{view} c{cam.index + 1}", fill=(0, 0, 0))
+            grid.paste(big, (x, y + label_h))
+            if skeleton:
+                up = np.where(kps >= 0, (kps + 0.5) * scale - 0.5, -1.0)
+                grid.paste(draw_skeleton(big, up), (x + width * scale, y + label_h))
+    atomic_save(out_png, lambda tmp: grid.save(tmp, format="PNG"))
+    return grid
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+def _train_views(text: str) -> int | str:
+    if text == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--train-views must be 'all' or 1..4, got {text!r}") from None
+    if not 1 <= value <= 4:
+        raise argparse.ArgumentTypeError(f"--train-views must be 'all' or 1..4, got {value}")
+    return value
+
+
+def add_synth_market_args(parser: argparse.ArgumentParser) -> None:
+    d = SynthConfig()
+    parser.add_argument("out", metavar="OUT", help="new folder for the Market-1501-format dataset")
+    parser.add_argument("--train-ids", type=int, default=d.n_train_ids, help="training identities")
+    parser.add_argument("--test-ids", type=int, default=d.n_test_ids, help="query/gallery identities")
+    parser.add_argument("--per-camera", type=int, default=d.per_camera, help="images per identity per camera")
+    parser.add_argument("--cameras", type=int, default=d.cameras, help="cameras (2-9)")
+    parser.add_argument(
+        "--distractors", type=int, default=d.n_distractors, help="gallery distractors (pid 0)"
+    )
+    parser.add_argument("--junk", type=int, default=d.n_junk, help="gallery junk images (pid -1)")
+    parser.add_argument("--height", type=int, default=d.height)
+    parser.add_argument("--width", type=int, default=d.width)
+    parser.add_argument(
+        "--train-views",
+        type=_train_views,
+        default=d.train_views,
+        help="'all' or views (1-4) per train identity",
+    )
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_synth_market(args: argparse.Namespace) -> int:
+    config = SynthConfig(
+        n_train_ids=args.train_ids, n_test_ids=args.test_ids, per_camera=args.per_camera, cameras=args.cameras,
+        n_distractors=args.distractors, n_junk=args.junk, height=args.height, width=args.width,
+        train_views=args.train_views, seed=args.seed,
+    )  # fmt: skip
+    summary = write_synthetic_market(args.out, config, progress=not args.no_progress)
+    print(f"{'split':<8} {'images':>7} {'ids':>5} {'cams':>5} {'distr':>6} {'junk':>5}")
+    for split in ("train", "query", "gallery"):
+        c = summary[split]
+        print(
+            f"{split:<8} {c['images']:>7} {c['identities']:>5} {c['cameras']:>5} {c['distractors']:>6} {c['junk']:>5}"
+        )
+    print(f"pairs: train {summary['pairs_train']}, test {summary['pairs_test']}; written to {args.out}")
+    return 0
+
+
+def add_synth_grid_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="PNG", help="output PNG")
+    parser.add_argument("--ids", type=int, default=6, help="identities (rows)")
+    parser.add_argument("--cols", type=int, default=8, help="poses per identity (columns)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling")
+    parser.add_argument("--no-skeleton", action="store_true", help="images only, no skeleton copies")
+
+
+def run_synth_grid(args: argparse.Namespace) -> int:
+    grid = render_grid(
+        args.out,
+        n_ids=args.ids,
+        n_cols=args.cols,
+        seed=args.seed,
+        skeleton=not args.no_skeleton,
+        scale=args.scale,
+    )
+    print(f"wrote {args.out} ({grid.width}x{grid.height})")
+    return 0
+
+
+__all__ = [
+    "IDENTITIES_JSON",
+    "META_CSV",
+    "VIEWS",
+    "VIEW_YAW",
+    "Camera",
+    "Identity",
+    "PoseParams",
+    "SynthConfig",
+    "SynthSample",
+    "add_synth_grid_args",
+    "add_synth_market_args",
+    "iter_synthetic",
+    "make_cameras",
+    "plan_synthetic",
+    "read_synthetic_meta",
+    "render_background",
+    "render_grid",
+    "render_person",
+    "run_synth_grid",
+    "run_synth_market",
+    "sample_camera",
+    "sample_identity",
+    "sample_pose",
+    "write_synthetic_market",
+]

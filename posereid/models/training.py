@@ -1,0 +1,696 @@
+"""Training loop for the pose-transfer generator: pair dataset, config, and an exactly resumable loop.
+
+Reproducibility is by construction, not by saved RNG state: every random draw of a step (which pairs,
+which source image of the identity, the flip, the timesteps/noise/condition dropout inside
+``model.training_loss``, and the global torch RNG for any dropout) is derived from
+``(config.seed, step, micro-batch, rank)``. A run killed after N steps and resumed from its checkpoint
+therefore ends with the same weights as an uninterrupted run (checked on CPU in ``tests/test_training.py``).
+
+Output directory layout::
+
+    checkpoints/step-0000500/   model/ (save_pretrained, EMA included) + training_state.pt
+    samples/step-0000500.png    rows: source | target skeleton | generated (EMA) | ground truth
+    train_log.csv               step,loss,lr,grad_norm,skipped
+    tensorboard/                SummaryWriter events
+    final/                      save_pretrained of the last step (EMA included)
+
+Checkpoints are written into ``step-XXXXXXX.tmp-<pid>`` and renamed into place, so a kill never leaves a
+half checkpoint; leftovers are deleted on resume. ``training_state.pt`` holds only tensors and plain
+Python values and is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from posereid.models.io_utils import atomic_save, atomic_write, is_temp_file
+from posereid.models.pose import as_keypoints, flip_keypoints, resize_keypoints, skeleton_tensor
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "training_state.pt"
+LOG_FILE = "train_log.csv"
+LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "skipped")
+_STEP_RE = re.compile(r"^step-(\d{7,})$")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient: training diverged."""
+
+
+class ImageLoadError(OSError):
+    """A training image that cannot be read (the message names the file)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class PoseRecord:
+    """One training image: an image (path, PIL, or uint8 ``HxWx3`` array), its identity and its COCO-18
+    ``(18, 2)`` (x, y) keypoints in the image's own pixel frame (``-1`` missing)."""
+
+    image: str | Path | Image.Image | np.ndarray
+    pid: int
+    keypoints: np.ndarray
+    name: str | None = None
+
+
+def _record_name(rec: PoseRecord, index: int) -> str:
+    if rec.name:
+        return rec.name
+    if isinstance(rec.image, (str, Path)):
+        return Path(rec.image).name
+    return str(index)
+
+
+def _load_rgb(image: Any, where: str) -> Image.Image:
+    """PIL RGB from a path, a PIL image or a uint8 array; unreadable files raise :class:`ImageLoadError`."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+            raise ValueError(f"{where}: array images must be uint8 HxWx3 or HxW, got {image.dtype} {image.shape}")
+        return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+    path = Path(image)
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: no such file ({where})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{path}: cannot decode image ({where}): {exc}") from None
+
+
+def derive_seed(*values: int) -> int:
+    """A 63-bit seed that is a pure function of the given non-negative integers (numpy SeedSequence)."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class PosePairDataset(Dataset):
+    """Pairs ``(source, target)`` of images of the same identity, resized to the model's ``image_size``.
+
+    Args:
+        records: the images (:class:`PoseRecord`).
+        image_size: ``(H, W)`` of the model; images are resized (bilinear) and keypoints rescaled.
+        pairs: explicit ``(source, target)`` pairs as record indices or record names (a PATN pairs CSV).
+            Pairs naming an unknown record or two different identities are skipped and counted in
+            :attr:`skipped`. With ``both_directions`` each pair is also used reversed (deduplicated).
+            Without ``pairs``, item ``k`` takes target ``k`` and a random *other* image of its identity as
+            the source, drawn afresh every epoch.
+        singletons: without ``pairs``, identities with one image are ``"skip"``-ped (default: a self
+            pair teaches copying, not pose transfer) or paired with ``"self"``. Skips are logged.
+        flip_prob: probability of a horizontal flip applied to BOTH images and skeletons (L/R swapped).
+        seed: all randomness of item ``k`` in epoch ``e`` comes from ``(seed, e, k)``.
+
+    Index with ``(epoch, k)`` (what the training loop does) or with ``k`` (uses :meth:`set_epoch`'s epoch).
+    Items are dicts: ``source``/``target`` ``(3, H, W)`` float in ``[0, 1]``, ``source_kps``/``target_kps``
+    ``(18, 2)`` float32, ``pid`` int.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[PoseRecord],
+        image_size: tuple[int, int],
+        *,
+        pairs: Sequence[tuple[int, int]] | Sequence[tuple[str, str]] | None = None,
+        both_directions: bool = True,
+        singletons: Literal["skip", "self"] = "skip",
+        flip_prob: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        if singletons not in ("skip", "self"):
+            raise ValueError(f"singletons must be 'skip' or 'self', got {singletons!r}")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.records = list(records)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.flip_prob = float(flip_prob)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.skipped: dict[str, int] = defaultdict(int)
+        self._kps = [
+            as_keypoints(r.keypoints, source=f"record {i} ({_record_name(r, i)}) keypoints")
+            for i, r in enumerate(self.records)
+        ]
+        for i, k in enumerate(self._kps):
+            if k.shape != (18, 2):
+                raise ValueError(f"record {i} ({_record_name(self.records[i], i)}): keypoints must be (18, 2)")
+        self.pairs: list[tuple[int, int]] | None = None
+        self._targets: list[int] = []
+        self._partners: dict[int, list[int]] = {}
+        if pairs is not None:
+            self.pairs = self._resolve_pairs(pairs, both_directions)
+        else:
+            self._build_auto(singletons)
+        if len(self) == 0:
+            raise ValueError(f"no training pairs (records={len(self.records)}, skipped={dict(self.skipped)})")
+
+    def _resolve_pairs(self, pairs: Sequence[tuple[Any, Any]], both: bool) -> list[tuple[int, int]]:
+        by_name: dict[str, int] = {}
+        for i, r in enumerate(self.records):
+            by_name.setdefault(_record_name(r, i), i)
+        out: dict[tuple[int, int], None] = {}
+        for a, b in pairs:
+            ij = []
+            for x in (a, b):
+                if isinstance(x, (int, np.integer)):
+                    if not 0 <= int(x) < len(self.records):
+                        raise IndexError(f"pair index {x} out of range for {len(self.records)} records")
+                    ij.append(int(x))
+                else:
+                    ij.append(by_name.get(str(x), -1))
+            if -1 in ij:
+                self.skipped["pair with an unknown image"] += 1
+                continue
+            i, j = ij
+            if self.records[i].pid != self.records[j].pid:
+                self.skipped["pair of two identities"] += 1
+                continue
+            out[(i, j)] = None
+            if both:
+                out[(j, i)] = None
+        for why, n in self.skipped.items():
+            logger.warning("PosePairDataset: skipped %d %s", n, why)
+        return list(out)
+
+    def _build_auto(self, singletons: str) -> None:
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, r in enumerate(self.records):
+            groups[int(r.pid)].append(i)
+        for idx in groups.values():
+            for i in idx:
+                others = [j for j in idx if j != i]
+                if not others:
+                    if singletons == "skip":
+                        self.skipped["image of a single-image identity"] += 1
+                        continue
+                    others = [i]
+                self._targets.append(i)
+                self._partners[i] = others
+        self._targets.sort()
+        if self.skipped:
+            logger.warning(
+                "PosePairDataset: skipped %d image(s) whose identity has no other image",
+                self.skipped["image of a single-image identity"],
+            )
+
+    def __len__(self) -> int:
+        return len(self.pairs) if self.pairs is not None else len(self._targets)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used when indexing with a plain integer."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, k = key if isinstance(key, tuple) else (self.epoch, key)
+        return self.get(int(k), epoch=int(epoch))
+
+    def get(self, k: int, *, epoch: int = 0, flip: bool | None = None) -> dict[str, Any]:
+        """Item ``k`` of ``epoch``; ``flip`` overrides the random flip (``None`` = draw it)."""
+        if not 0 <= k < len(self):
+            raise IndexError(f"item {k} out of range for {len(self)} pairs")
+        rng = np.random.default_rng([self.seed, epoch, k])
+        if self.pairs is not None:
+            s, t = self.pairs[k]
+        else:
+            t = self._targets[k]
+            partners = self._partners[t]
+            s = partners[int(rng.integers(len(partners)))]
+        draw = bool(rng.random() < self.flip_prob)
+        flip = draw if flip is None else flip
+        src_img, src_kps = self._load(s, flip)
+        tgt_img, tgt_kps = self._load(t, flip)
+        return {
+            "source": src_img,
+            "target": tgt_img,
+            "source_kps": src_kps,
+            "target_kps": tgt_kps,
+            "pid": int(self.records[t].pid),
+        }
+
+    def _load(self, i: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = self.records[i]
+        im = _load_rgb(rec.image, f"record {i} ({_record_name(rec, i)})")
+        h, w = self.image_size
+        kps = resize_keypoints(self._kps[i], (im.height, im.width), (h, w))
+        if (im.height, im.width) != (h, w):
+            im = im.resize((w, h), Image.Resampling.BILINEAR)
+        if flip:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            kps = flip_keypoints(kps, w)
+        img = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        return img, torch.from_numpy(kps)
+
+
+class _StepBatchSampler(torch.utils.data.Sampler):
+    """Infinite ``(epoch, k)`` batches; micro-batch ``m`` of rank ``r`` covers global sample positions
+    ``[(m·world + r)·B, … + B)``, each epoch a fresh permutation seeded by ``(seed, epoch)``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_micro: int, rank: int, world: int) -> None:
+        self.n, self.b, self.seed = n, batch_size, seed
+        self.start, self.rank, self.world = start_micro, rank, world
+        self._perm_epoch, self._perm = -1, np.arange(0)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm_epoch, self._perm = epoch, np.random.default_rng([self.seed, 1, epoch]).permutation(self.n)
+        return self._perm
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        m = self.start
+        while True:
+            first = (m * self.world + self.rank) * self.b
+            batch = []
+            for pos in range(first, first + self.b):
+                epoch, k = divmod(pos, self.n)
+                batch.append((epoch, int(self._order(epoch)[k])))
+            yield batch
+            m += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Config and result
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train_generator` (defaults follow PCDMs/PIDM: AdamW 1e-4, clip 1, EMA 0.9999).
+
+    ``steps`` counts optimizer steps; each consumes ``grad_accum`` micro-batches of ``batch_size`` per
+    process. ``ema_start``: EMA updates begin after this many steps. ``sample_every``/``checkpoint_every``
+    = 0 disables them. ``max_nonfinite_in_row``: abort (:class:`NonFiniteLossError`) after more
+    consecutive non-finite steps than this.
+    """
+
+    steps: int = 10000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema_decay: float = 0.9999
+    ema_start: int = 0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    sample_every: int = 1000
+    num_samples: int = 4
+    sample_steps: int = 20
+    log_every: int = 10
+    max_nonfinite_in_row: int = 20
+    seed: int = 0
+    num_workers: int = 0
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "log_every", "num_samples", "sample_steps")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "ema_start", "checkpoint_every", "sample_every", "num_workers",
+                     "max_nonfinite_in_row", "keep_checkpoints", "seed"):  # fmt: skip
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr_schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"lr_schedule must be cosine, linear or constant, got {self.lr_schedule!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if not 0.0 <= self.ema_decay < 1.0 or not self.lr > 0:
+            raise ValueError(f"need 0 <= ema_decay < 1 and lr > 0, got {self.ema_decay}, {self.lr}")
+
+
+@dataclass
+class TrainResult:
+    """``steps``: global step reached; ``losses``: one per step run in THIS call (``nan`` when skipped),
+    i.e. steps ``start_step + 1 … steps``."""
+
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    skipped_nonfinite: int = 0
+    final_loss: float = float("nan")
+    output_dir: Path = Path(".")
+    start_step: int = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints ``(step, dir)`` in ``output_dir/checkpoints``, oldest first."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    found = []
+    if root.is_dir():
+        for entry in root.iterdir():
+            m = _STEP_RE.match(entry.name)
+            if m and entry.is_dir():
+                if (entry / STATE_FILE).is_file() and (entry / "model").is_dir():
+                    found.append((int(m.group(1)), entry))
+                else:
+                    logger.warning("ignoring incomplete checkpoint %s (no %s or model/)", entry, STATE_FILE)
+    return sorted(found)
+
+
+def _clean_temp_checkpoints(output_dir: Path) -> None:
+    root = output_dir / CHECKPOINT_DIR
+    if root.is_dir():
+        for entry in root.iterdir():
+            if is_temp_file(entry.name):
+                logger.warning("removing leftover partial checkpoint %s", entry)
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _save_model_dir(model: nn.Module, target: Path, ema_state: dict[str, torch.Tensor] | None) -> None:
+    """``save_pretrained`` into a temporary sibling, then rename over ``target``."""
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, ema_state_dict=ema_state)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ema_state_dict(model: nn.Module, ema: Any) -> dict[str, torch.Tensor]:
+    """The model's state dict with parameters replaced by their EMA (buffers as they are)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    for (name, _), shadow in zip(model.named_parameters(), ema.shadow_params):
+        state[name] = shadow.detach().cpu().clone()
+    return state
+
+
+# --------------------------------------------------------------------------------------------------
+# Logging helpers
+# --------------------------------------------------------------------------------------------------
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Keep only well-formed rows with ``step <= last_step`` (rows after the resumed checkpoint are redone)."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = [r for r in csv.reader(fh)]
+    keep = [list(LOG_COLUMNS)]
+    for r in rows[1:]:
+        if len(r) == len(LOG_COLUMNS) and r[0].isdigit() and int(r[0]) <= last_step:
+            keep.append(r)
+    with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows(keep)
+
+
+def _append_log(path: Path, rows: list[tuple]) -> None:
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(LOG_COLUMNS)
+        w.writerows(rows)
+    rows.clear()
+
+
+@torch.no_grad()
+def save_sample_grid(model: nn.Module, batch: dict[str, torch.Tensor], path: Path, *, steps: int, seed: int) -> None:
+    """PNG grid, one row per pair: source | target skeleton | generated | ground truth."""
+    from torchvision.utils import make_grid, save_image
+
+    device = next(model.parameters()).device
+    n = batch["source"].shape[0]
+    gen = model.generate(
+        batch["source"].to(device), batch["target_kps"].to(device), batch["source_kps"].to(device),
+        steps=steps, seeds=[seed + i for i in range(n)],
+    ).float().cpu()  # fmt: skip
+    h, w = batch["source"].shape[-2:]
+    skel = skeleton_tensor(batch["target_kps"], h, w)
+    tiles = torch.stack([batch["source"], skel, gen.clamp(0, 1), batch["target"]], dim=1).flatten(0, 1)
+    grid = make_grid(tiles, nrow=4, padding=1, pad_value=1.0)
+    atomic_save(path, lambda tmp: save_image(grid, tmp))
+
+
+# --------------------------------------------------------------------------------------------------
+# Training loop
+# --------------------------------------------------------------------------------------------------
+class _LossModule(nn.Module):
+    """Routes ``forward`` to ``model.training_loss`` so DDP (``accelerate launch``) sees a forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, source, target, source_kps, target_kps, generator=None):  # noqa: ANN001
+        return self.model.training_loss(source, target, source_kps, target_kps, generator=generator)
+
+
+def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    from diffusers.optimization import get_scheduler
+
+    name = config.lr_schedule
+    if name == "constant":
+        name = "constant_with_warmup"
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+    )
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise RuntimeError(f"{path}: cannot read training state ({exc})") from exc
+
+
+def train_generator(
+    model: nn.Module,
+    dataset: PosePairDataset,
+    config: TrainConfig,
+    output_dir: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` (a ``PoseTransferGenerator``) on ``dataset``; see the module docstring for outputs.
+
+    Runs under ``accelerate`` (mixed precision, gradient accumulation, ``accelerate launch``/``torchrun``
+    multi-GPU; only the main process writes files). With ``resume=True`` training continues from the
+    latest complete checkpoint in ``output_dir``; with ``resume=False`` the directory must hold none.
+    A step whose loss (or gradient norm) is non-finite makes no update and is counted; more than
+    ``config.max_nonfinite_in_row`` in a row raises :class:`NonFiniteLossError`.
+    """
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+
+    output_dir = Path(output_dir)
+    cfg = config
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    main = acc.is_main_process
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _clean_temp_checkpoints(output_dir)
+    acc.wait_for_everyone()
+    existing = list_checkpoints(output_dir)
+    if existing and not resume:
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints up to step {existing[-1][0]}; pass resume=True "
+            "(--resume) to continue, or choose an empty output directory"
+        )
+
+    wrapper = _LossModule(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = _make_scheduler(cfg, optimizer)
+    wrapper, optimizer = acc.prepare(wrapper, optimizer)
+    net = acc.unwrap_model(wrapper).model
+    params = list(net.parameters())
+    ema = EMAModel(params, decay=cfg.ema_decay, update_after_step=cfg.ema_start)
+
+    start_step, skipped_total, in_row = 0, 0, 0
+    if resume and existing:
+        step, ckpt = existing[-1]
+        state = _load_state(ckpt / STATE_FILE)
+        net.load_state_dict(type(net).from_pretrained(ckpt / "model", use_ema=False).state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ema.load_state_dict(state["ema"])  # counters; the averaged weights are model/'s EMA weights
+        averaged = type(net).from_pretrained(ckpt / "model", use_ema=True)
+        ema.shadow_params = [p.detach().to(acc.device).clone() for p in averaged.parameters()]
+        if acc.scaler is not None and "scaler" in state:
+            acc.scaler.load_state_dict(state["scaler"])
+        start_step, skipped_total, in_row = int(state["step"]), int(state["skipped"]), int(state["in_row"])
+        if state.get("config") != asdict(cfg):
+            logger.warning("resuming %s with a different TrainConfig than it was saved with", ckpt)
+        logger.info("resuming from %s (step %d)", ckpt, start_step)
+    if main:
+        (output_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        _truncate_log(output_dir / LOG_FILE, start_step)
+
+    sampler = _StepBatchSampler(
+        len(dataset), cfg.batch_size, cfg.seed, start_step * cfg.grad_accum, acc.process_index, acc.num_processes
+    )
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers)
+    sample_batch = None
+    if main and cfg.sample_every:
+        items = [dataset.get(k, epoch=0, flip=False) for k in range(min(cfg.num_samples, len(dataset)))]
+        sample_batch = torch.utils.data.default_collate(items)
+    writer = None
+    if main and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step + 1)
+
+    def checkpoint(step: int) -> None:
+        if not main:
+            return
+        root = output_dir / CHECKPOINT_DIR
+        final = root / f"step-{step:07d}"
+        tmp = root / f"{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        net.save_pretrained(tmp / "model", ema_state_dict=_ema_state_dict(net, ema))
+        ema_state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}  # in model/
+        state = {
+            "step": step, "skipped": skipped_total, "in_row": in_row, "config": asdict(cfg),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ema": ema_state,
+        }  # fmt: skip
+        if acc.scaler is not None:
+            state["scaler"] = acc.scaler.state_dict()
+        torch.save(state, tmp / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        done = list_checkpoints(output_dir)
+        for _, old in done[: max(0, len(done) - cfg.keep_checkpoints)] if cfg.keep_checkpoints else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def samples(step: int) -> None:
+        ema.store(params)
+        ema.copy_to(params)
+        net.eval()
+        try:
+            save_sample_grid(net, sample_batch, output_dir / "samples" / f"step-{step:07d}.png",
+                             steps=cfg.sample_steps, seed=cfg.seed)  # fmt: skip
+        finally:
+            ema.restore(params)
+            net.train()
+
+    rows: list[tuple] = []
+    losses: list[float] = []
+    it = iter(loader)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not (progress and main))
+    wrapper.train()
+    step = start_step
+    try:
+        while step < cfg.steps:
+            torch.manual_seed(derive_seed(cfg.seed, 2, step, acc.process_index))  # dropout etc.
+            bad, step_loss = False, torch.zeros((), device=acc.device)
+            for micro in range(cfg.grad_accum):
+                batch = next(it)
+                gen = torch.Generator(device=acc.device)
+                gen.manual_seed(derive_seed(cfg.seed, 3, step, micro, acc.process_index))
+                sync = micro == cfg.grad_accum - 1 or acc.num_processes == 1
+                with contextlib.nullcontext() if sync else acc.no_sync(wrapper):
+                    loss = wrapper(
+                        batch["source"].to(acc.device), batch["target"].to(acc.device),
+                        batch["source_kps"].to(acc.device), batch["target_kps"].to(acc.device), generator=gen,
+                    )  # fmt: skip
+                    flag = torch.tensor(float(not torch.isfinite(loss.detach()).all()), device=acc.device)
+                    bad = bad or bool(acc.reduce(flag, "sum") > 0)
+                    # On a bad step still run backward (on a zero loss) so DDP's reducer stays in step.
+                    acc.backward(loss.nan_to_num(0.0, 0.0, 0.0) * 0.0 if bad else loss)
+                step_loss = step_loss + loss.detach().float() / cfg.grad_accum
+            grad_norm = float("nan")
+            if not bad:
+                clip = cfg.grad_clip if cfg.grad_clip and cfg.grad_clip > 0 else float("inf")
+                grad_norm = float(acc.clip_grad_norm_(wrapper.parameters(), clip))
+                bad = not math.isfinite(grad_norm) and acc.scaler is None  # fp16: the scaler skips
+            if not bad:
+                optimizer.step()
+                if not acc.optimizer_step_was_skipped:
+                    ema.step(params)
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()
+            step += 1
+            loss_value = float(acc.reduce(step_loss, "mean")) if not bad else float("nan")
+            losses.append(loss_value)
+            if bad:
+                skipped_total += 1
+                in_row += 1
+                logger.warning("step %d: non-finite loss/gradient, update skipped (%d in a row)", step, in_row)
+                if in_row > cfg.max_nonfinite_in_row:
+                    raise NonFiniteLossError(
+                        f"{in_row} consecutive steps (up to step {step}) had a non-finite loss or gradient "
+                        f"(limit max_nonfinite_in_row={cfg.max_nonfinite_in_row}); training diverged. Lower "
+                        f"the learning rate, use bf16 instead of fp16, or check the data"
+                    )
+            else:
+                in_row = 0
+            if main:
+                rows.append((step, f"{loss_value:.6g}", f"{lr:.6g}", f"{grad_norm:.6g}", int(bad)))
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                if writer is not None and not bad and (step % cfg.log_every == 0 or step == cfg.steps):
+                    writer.add_scalar("train/loss", loss_value, step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("train/grad_norm", grad_norm, step)
+                if step % cfg.log_every == 0:
+                    _append_log(output_dir / LOG_FILE, rows)
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                if main:
+                    _append_log(output_dir / LOG_FILE, rows)
+                checkpoint(step)
+                acc.wait_for_everyone()
+            if main and sample_batch is not None and step % cfg.sample_every == 0:
+                samples(step)
+    finally:
+        bar.close()
+        if main:
+            _append_log(output_dir / LOG_FILE, rows) if rows else None
+            if writer is not None:
+                writer.close()
+
+    if main:
+        _save_model_dir(net, output_dir / "final", _ema_state_dict(net, ema))
+        logger.info("trained to step %d; final model in %s", step, output_dir / "final")
+    acc.wait_for_everyone()
+    finite = [v for v in losses if math.isfinite(v)]
+    return TrainResult(
+        steps=step, losses=losses, skipped_nonfinite=skipped_total,
+        final_loss=finite[-1] if finite else float("nan"), output_dir=output_dir, start_step=start_step,
+    )  # fmt: skip
+
+
+__all__ = [
+    "ImageLoadError",
+    "NonFiniteLossError",
+    "PosePairDataset",
+    "PoseRecord",
+    "TrainConfig",
+    "TrainResult",
+    "derive_seed",
+    "list_checkpoints",
+    "save_sample_grid",
+    "train_generator",
+]

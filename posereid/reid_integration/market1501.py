@@ -1,0 +1,628 @@
+"""Market-1501 folder I/O: file names, folders, images, PATN keypoint CSVs and pair CSVs.
+
+Market-1501 names its files ``PPPP_cCsS_FFFFFF_BB.jpg``: person id (``-1`` = junk, ``0000`` =
+distractor), 1-based camera, sequence, frame and detection box. :class:`Market1501` parses a folder laid
+out like the official release (``bounding_box_train``, ``query``, ``bounding_box_test``, ``gt_bbox``);
+:class:`MarketWriter` writes one that torchreid's own ``Market1501`` dataset loads.
+
+Keypoints are ``(18, 2)`` float32 **(x, y)** arrays (COCO-18 order, ``-1`` missing, see
+:mod:`posereid.models.pose`). The PATN annotation CSV stores **y first**; only :func:`read_patn_csv` and
+:func:`write_patn_csv` know that.
+
+Every reader raises an error that names the file (and line); every writer writes a temporary sibling and
+moves it into place, so a killed job never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from posereid.models.io_utils import atomic_save, atomic_write, is_temp_file
+from posereid.models.pose import NUM_KEYPOINTS, as_keypoints
+
+logger = logging.getLogger(__name__)
+
+
+class MarketFormatError(ValueError):
+    """A file name, CSV row or folder that does not follow the Market-1501 / PATN format."""
+
+
+class ImageReadError(OSError):
+    """An image file that cannot be decoded (missing, empty, truncated, not an image)."""
+
+
+#: split name → folder name inside a Market-1501 data directory.
+SPLIT_DIRS: dict[str, str] = {
+    "train": "bounding_box_train",
+    "query": "query",
+    "gallery": "bounding_box_test",
+    "gt_bbox": "gt_bbox",
+}
+#: Extensions treated as images when scanning a split folder (other files, e.g. ``Thumbs.db``, are ignored).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: Sub-folder the official archive unpacks to; :class:`Market1501` and torchreid both look for it.
+RELEASE_DIR = "Market-1501-v15.09.15"
+
+PATN_HEADER = "name:keypoints_y:keypoints_x"
+PAIRS_HEADER = ("from", "to")
+
+_NAME_RE = re.compile(r"^(-1|\d+)_c(\d)s(\d+)_(\d+)_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------------
+# File names
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MarketRecord:
+    """One image of a Market-1501 folder. ``camid`` is 0-based (like torchreid); the file name's is 1-based."""
+
+    path: Path
+    pid: int
+    camid: int
+    seq: int
+    frame: int
+    bbox: int
+    split: str
+
+    @property
+    def name(self) -> str:
+        """The file name (the key of PATN annotation and pair CSVs)."""
+        return self.path.name
+
+    @property
+    def is_junk(self) -> bool:
+        return self.pid == -1
+
+    @property
+    def is_distractor(self) -> bool:
+        return self.pid == 0
+
+
+def parse_market_name(name: str) -> tuple[int, int, int, int, int]:
+    """Parse ``'0002_c1s1_000451_03.jpg'`` → ``(pid, cam, seq, frame, bbox)`` with ``cam`` 1-based.
+
+    ``pid`` is ``-1`` for junk and ``0`` for distractors. Raises :class:`MarketFormatError` otherwise.
+    """
+    base = os.path.basename(str(name))
+    m = _NAME_RE.match(base)
+    if m is None:
+        raise MarketFormatError(
+            f"{name!r} is not a Market-1501 file name (expected PPPP_cCsS_FFFFFF_BB.jpg, "
+            "e.g. '0002_c1s1_000451_03.jpg')"
+        )
+    pid, cam, seq, frame, bbox = (int(g) for g in m.groups()[:5])
+    if cam < 1:
+        raise MarketFormatError(f"{name!r}: camera must be 1..9 (the file name's camera is 1-based)")
+    return pid, cam, seq, frame, bbox
+
+
+def format_market_name(
+    pid: int, cam: int, seq: int = 1, frame: int = 0, bbox: int = 1, ext: str = "jpg"
+) -> str:
+    """Build a Market-1501 file name; ``cam`` is 1-based. ``format_market_name(2, 1, 1, 451, 3)`` →
+    ``'0002_c1s1_000451_03.jpg'``; ``pid=-1`` gives ``'-1_c1s1_…'`` like the official junk images."""
+    pid, cam, seq, frame, bbox = (int(v) for v in (pid, cam, seq, frame, bbox))
+    if pid < -1:
+        raise ValueError(f"pid must be >= -1 (-1 junk, 0 distractor), got {pid}")
+    if not 1 <= cam <= 9:
+        raise ValueError(f"cam must be 1..9 (1-based, one digit), got {cam}")
+    if seq < 0 or frame < 0 or bbox < 0:
+        raise ValueError(f"seq, frame and bbox must be >= 0, got seq={seq} frame={frame} bbox={bbox}")
+    ext = ext.lstrip(".").lower()
+    if f".{ext}" not in IMAGE_EXTENSIONS:
+        raise ValueError(f"ext must be one of {IMAGE_EXTENSIONS}, got {ext!r}")
+    pid_str = "-1" if pid == -1 else f"{pid:04d}"
+    return f"{pid_str}_c{cam}s{seq}_{frame:06d}_{bbox:02d}.{ext}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Folder parser
+# --------------------------------------------------------------------------------------------------
+def resolve_data_dir(root: str | os.PathLike[str]) -> Path:
+    """The folder that holds the split folders: ``root`` itself, ``root/Market-1501-v15.09.15``,
+    ``root/market1501/Market-1501-v15.09.15`` or ``root/market1501`` (torchreid's layouts)."""
+    root = Path(root).expanduser()
+    candidates = [root, root / RELEASE_DIR, root / "market1501" / RELEASE_DIR, root / "market1501"]
+    for cand in candidates:
+        if any((cand / d).is_dir() for d in SPLIT_DIRS.values()):
+            return cand
+    raise MarketFormatError(
+        f"{root}: no Market-1501 split folder found (looked for {', '.join(SPLIT_DIRS.values())} in "
+        f"{', '.join(str(c) for c in candidates)})"
+    )
+
+
+class Market1501:
+    """A Market-1501-format folder parsed into :class:`MarketRecord` lists.
+
+    Args:
+        root: the data directory or a parent (see :func:`resolve_data_dir`).
+        strict: raise :class:`MarketFormatError` on an image file whose name is not a Market name; with
+            ``strict=False`` such files are logged and counted in :attr:`skipped` instead.
+
+    Splits whose folder is absent are empty lists (``gt_bbox`` is often not shipped). Records are sorted
+    by file name, so two parses of the same folder give the same order.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, strict: bool = True) -> None:
+        self.root = resolve_data_dir(root)
+        self.strict = strict
+        self.skipped: dict[str, int] = {}
+        self.train: list[MarketRecord] = []
+        self.query: list[MarketRecord] = []
+        self.gallery: list[MarketRecord] = []
+        self.gt_bbox: list[MarketRecord] = []
+        for split, folder in SPLIT_DIRS.items():
+            setattr(self, split, self._scan(split, self.root / folder))
+
+    def _scan(self, split: str, folder: Path) -> list[MarketRecord]:
+        self.skipped[split] = 0
+        if not folder.is_dir():
+            return []
+        records: list[MarketRecord] = []
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if not entry.is_file() or is_temp_file(entry.name):
+                continue
+            if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                continue  # Thumbs.db, manifests, …
+            try:
+                pid, cam, seq, frame, bbox = parse_market_name(entry.name)
+            except MarketFormatError as exc:
+                if self.strict:
+                    raise MarketFormatError(f"{folder / entry.name}: {exc}") from None
+                self.skipped[split] += 1
+                logger.warning("skipping %s: not a Market-1501 file name", folder / entry.name)
+                continue
+            records.append(MarketRecord(folder / entry.name, pid, cam - 1, seq, frame, bbox, split))
+        if self.skipped[split]:
+            logger.warning("%s: skipped %d file(s) with bad names", folder, self.skipped[split])
+        return records
+
+    def split(self, name: str) -> list[MarketRecord]:
+        """Records of ``'train'``, ``'query'``, ``'gallery'`` or ``'gt_bbox'``."""
+        if name not in SPLIT_DIRS:
+            raise KeyError(f"unknown split {name!r}; choose from {', '.join(SPLIT_DIRS)}")
+        return getattr(self, name)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per split: ``images`` (all files, junk included), ``identities`` (distinct pids > 0),
+        ``cameras`` (distinct cameras of non-junk images), ``junk`` (pid -1), ``distractors`` (pid 0) and
+        ``skipped`` (bad names with ``strict=False``).
+
+        torchreid drops junk, so its count is ``images - junk`` and its pid count is ``identities`` plus
+        one when there are distractors.
+        """
+        out: dict[str, dict[str, int]] = {}
+        for split in SPLIT_DIRS:
+            recs = self.split(split)
+            out[split] = {
+                "images": len(recs),
+                "identities": len({r.pid for r in recs if r.pid > 0}),
+                "cameras": len({r.camid for r in recs if r.pid != -1}),
+                "junk": sum(r.pid == -1 for r in recs),
+                "distractors": sum(r.pid == 0 for r in recs),
+                "skipped": self.skipped[split],
+            }
+        return out
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={len(self.split(s))}" for s in SPLIT_DIRS)
+        return f"Market1501({str(self.root)!r}, {sizes})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------------
+def _open_decoded(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and fully decode an image, turning every decoder failure into :class:`ImageReadError`."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as im:
+            im.load()  # full decode: raises on truncated data (torchreid's read_image would loop forever)
+            if im.width == 0 or im.height == 0:
+                raise ImageReadError(f"{path}: image has zero size {im.width}x{im.height}")
+            return im
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file PIL can identify") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{path}: cannot decode image ({exc})") from None
+
+
+def check_image(path: str | os.PathLike[str]) -> None:
+    """Decode ``path`` fully; raise :class:`ImageReadError` naming the file if it is unreadable."""
+    _open_decoded(path)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    if im.mode in ("I", "I;16", "I;16B", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
+
+
+def load_image(path: str | os.PathLike[str], *, size: tuple[int, int] | None = None) -> Image.Image:
+    """Load an image as PIL RGB (grayscale, palette, RGBA, 16-bit are converted; alpha is dropped).
+
+    Args:
+        size: optional ``(H, W)`` to resize to (bilinear).
+
+    Raises:
+        ImageReadError: missing, empty, truncated or undecodable file (the message names it).
+    """
+    im = _to_rgb(_open_decoded(path))
+    if size is not None:
+        h, w = int(size[0]), int(size[1])
+        if (im.height, im.width) != (h, w):
+            im = im.resize((w, h), Image.Resampling.BILINEAR)
+    return im
+
+
+# --------------------------------------------------------------------------------------------------
+# PATN annotation CSV
+# --------------------------------------------------------------------------------------------------
+class PatnAnnotations(dict):
+    """``name → (18, 2)`` float32 (x, y) keypoints, plus :attr:`skipped` rows and their :attr:`errors`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped: int = 0
+        self.errors: list[str] = []
+
+
+def _parse_int_list(text: str, where: str, what: str) -> list[int]:
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        raise MarketFormatError(f"{where}: {what} must be a bracketed list like [12, -1, ...], got {text!r}")
+    parts = [p.strip() for p in text[1:-1].split(",")]
+    if parts == [""]:
+        parts = []
+    if len(parts) != NUM_KEYPOINTS:
+        raise MarketFormatError(f"{where}: {what} has {len(parts)} values, expected {NUM_KEYPOINTS}")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        bad = next(p for p in parts if not re.fullmatch(r"[+-]?\d+", p))
+        raise MarketFormatError(f"{where}: {what} value {bad!r} is not an integer") from None
+
+
+def _parse_patn_row(line: str, where: str, image_hw: tuple[int, int] | None) -> tuple[str, np.ndarray]:
+    fields = line.split(":")
+    if len(fields) != 3:
+        raise MarketFormatError(
+            f"{where}: expected 3 ':'-separated fields (name:keypoints_y:keypoints_x), got {len(fields)}"
+        )
+    name = fields[0].strip()
+    if not name:
+        raise MarketFormatError(f"{where}: empty image name")
+    ys = np.array(_parse_int_list(fields[1], where, "keypoints_y"), dtype=np.int64)
+    xs = np.array(_parse_int_list(fields[2], where, "keypoints_x"), dtype=np.int64)
+    for arr, axis in ((ys, "y"), (xs, "x")):
+        if (arr < -1).any():
+            raise MarketFormatError(f"{where}: {axis} value {int(arr[arr < -1][0])} < -1 (-1 means missing)")
+    missing = (xs == -1) | (ys == -1)
+    if image_hw is not None:
+        h, w = image_hw
+        bad = ~missing & ((ys >= h) | (xs >= w))
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise MarketFormatError(
+                f"{where}: joint {j} at (x={xs[j]}, y={ys[j]}) is outside the {h}x{w} image"
+            )
+    kps = np.stack([xs, ys], axis=-1).astype(np.float32)
+    kps[missing] = -1.0
+    return name, kps
+
+
+def read_patn_csv(
+    path: str | os.PathLike[str],
+    *,
+    image_hw: tuple[int, int] | None = (128, 64),
+    on_error: Literal["raise", "skip"] = "raise",
+) -> PatnAnnotations:
+    """Read a PATN annotation CSV (``market-annotation-{train,test}.csv``).
+
+    Format: separator ``:``, header ``name:keypoints_y:keypoints_x``, then one row per image with two
+    lists of 18 ints (y first, then x), ``-1`` for a missing joint.
+
+    Args:
+        image_hw: ``(H, W)`` frame the coordinates must lie in (``None`` skips the range check).
+        on_error: ``"raise"`` → :class:`MarketFormatError` naming the file and line; ``"skip"`` → the row is
+            logged and counted in the result's ``skipped`` / ``errors``.
+
+    Returns:
+        :class:`PatnAnnotations` (a dict ``name → (18, 2)`` float32 (x, y), in file order).
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    path = Path(path)
+    out = PatnAnnotations()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MarketFormatError(f"{path}: not a UTF-8 text file ({exc})") from None
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != PATN_HEADER:
+        got = lines[0].strip()[:80] if lines else "an empty file"
+        raise MarketFormatError(f"{path} line 1: expected header {PATN_HEADER!r}, got {got!r}")
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        where = f"{path} line {lineno}"
+        try:
+            name, kps = _parse_patn_row(line, where, image_hw)
+            if name in out:
+                raise MarketFormatError(f"{where}: duplicate image name {name!r}")
+        except MarketFormatError as exc:
+            if on_error == "raise":
+                raise
+            out.skipped += 1
+            out.errors.append(str(exc))
+            logger.debug("skipping row: %s", exc)
+            continue
+        out[name] = kps
+    if out.skipped:
+        logger.warning("%s: skipped %d bad row(s); first: %s", path, out.skipped, out.errors[0])
+    return out
+
+
+def _format_int_list(values: np.ndarray) -> str:
+    return "[" + ", ".join(str(int(v)) for v in values) + "]"
+
+
+def write_patn_csv(path: str | os.PathLike[str], annotations: Mapping[str, np.ndarray]) -> None:
+    """Write ``name → (18, 2)`` (x, y) keypoints as a PATN CSV (y list first); atomic.
+
+    Coordinates are rounded to the nearest integer pixel; missing joints (any negative or non-finite
+    coordinate) are written as ``-1``. Names containing ``:`` or a line break are rejected.
+    """
+    rows = [PATN_HEADER]
+    for name, kps in annotations.items():
+        if not name or any(c in name for c in ":\r\n"):
+            raise MarketFormatError(f"{path}: image name {name!r} is empty or contains ':' or a line break")
+        arr = as_keypoints(kps, source=f"{path}: keypoints of {name!r}")
+        if arr.shape != (NUM_KEYPOINTS, 2):
+            raise MarketFormatError(f"{path}: keypoints of {name!r} must be (18, 2), got {arr.shape}")
+        ints = np.rint(arr).astype(np.int64)
+        ints[(arr < 0).any(-1)] = -1
+        rows.append(f"{name}:{_format_int_list(ints[:, 1])}:{_format_int_list(ints[:, 0])}")
+    with atomic_write(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("\n".join(rows) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pairs CSV
+# --------------------------------------------------------------------------------------------------
+def read_pairs_csv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """Read a PATN pairs CSV (``market-pairs-{train,test}.csv``: header ``from,to``)."""
+    path = Path(path)
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != PAIRS_HEADER:
+            raise MarketFormatError(f"{path} line 1: expected header 'from,to', got {header!r}")
+        pairs: list[tuple[str, str]] = []
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                raise MarketFormatError(
+                    f"{path} line {reader.line_num}: expected 2 non-empty columns 'from,to', got {row!r}"
+                )
+            pairs.append((row[0].strip(), row[1].strip()))
+    return pairs
+
+
+def write_pairs_csv(path: str | os.PathLike[str], pairs: Iterable[tuple[str, str]]) -> None:
+    """Write ``(from, to)`` name pairs with header ``from,to``; atomic."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(PAIRS_HEADER)
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
+            raise MarketFormatError(f"{path}: pair {i} must be two non-empty names, got {pair!r}")
+        writer.writerow(pair)
+    with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# Writer
+# --------------------------------------------------------------------------------------------------
+def _as_pil(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
+    """PIL RGB from PIL, uint8 ``HxWx3`` / ``HxW`` numpy, or a ``(3, H, W)`` tensor (float in [0, 1] or uint8)."""
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim != 3 or t.shape[0] not in (1, 3):
+            raise ValueError(f"tensor image must be (3, H, W) or (1, H, W), got {tuple(t.shape)}")
+        if t.is_floating_point():
+            if not torch.isfinite(t).all():
+                raise ValueError("tensor image contains NaN or inf")
+            t = (t.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        elif t.dtype != torch.uint8:
+            raise ValueError(f"integer tensor images must be uint8, got {t.dtype}")
+        arr = t.expand(3, -1, -1).permute(1, 2, 0).contiguous().numpy()
+        return Image.fromarray(arr, "RGB")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"numpy images must be uint8 HxWx3 (or HxW), got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        return Image.fromarray(arr, "L").convert("RGB")
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"numpy images must be HxWx3 (or HxW), got shape {arr.shape}")
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+class MarketWriter:
+    """Write images into a Market-1501-format data directory (``root/bounding_box_train/…``).
+
+    ``frame=None`` numbers frames per ``(split, pid, cam, seq)`` after the highest one already on disk,
+    so names never collide with earlier runs. Each file is written to a temporary sibling and linked
+    into place without overwriting (a concurrent writer that took the name makes us try the next frame).
+
+    Args:
+        root: the data directory (pass ``<torchreid root>/market1501/Market-1501-v15.09.15`` to make a
+            folder torchreid's ``Market1501(root=<torchreid root>)`` loads).
+        quality: JPEG quality.
+        ext: ``"jpg"`` (what torchreid globs) or ``"png"``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, quality: int = 95, ext: str = "jpg") -> None:
+        self.root = Path(root)
+        self.quality = int(quality)
+        self.ext = ext.lstrip(".").lower()
+        if f".{self.ext}" not in IMAGE_EXTENSIONS:
+            raise ValueError(f"ext must be one of {IMAGE_EXTENSIONS}, got {ext!r}")
+        self.written = 0
+        self._next_frame: dict[str, dict[tuple[int, int, int], int]] = {}
+
+    def split_dir(self, split: str) -> Path:
+        if split not in SPLIT_DIRS:
+            raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLIT_DIRS)}")
+        return self.root / SPLIT_DIRS[split]
+
+    def _frames(self, split: str) -> dict[tuple[int, int, int], int]:
+        if split not in self._next_frame:
+            nxt: dict[tuple[int, int, int], int] = defaultdict(int)
+            folder = self.split_dir(split)
+            if folder.is_dir():
+                for entry in os.scandir(folder):
+                    try:
+                        pid, cam, seq, frame, _ = parse_market_name(entry.name)
+                    except MarketFormatError:
+                        continue
+                    nxt[(pid, cam, seq)] = max(nxt[(pid, cam, seq)], frame + 1)
+            self._next_frame[split] = nxt
+        return self._next_frame[split]
+
+    def _save(self, im: Image.Image, target: Path) -> None:
+        fmt = "JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+        kwargs = {"quality": self.quality} if fmt == "JPEG" else {}
+        im.save(target, format=fmt, **kwargs)
+
+    def _place_new(self, im: Image.Image, target: Path) -> bool:
+        """Write ``target`` atomically only if it does not exist; False if the name is taken."""
+        if target.exists():
+            return False
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}{target.suffix}")
+        try:
+            self._save(im, tmp)
+            try:
+                os.link(tmp, target)  # atomic, never overwrites
+            except FileExistsError:
+                return False
+            except OSError:  # filesystem without hard links: best effort check-then-rename
+                if target.exists():
+                    return False
+                os.replace(tmp, target)
+            return True
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def add(
+        self,
+        split: str,
+        image: Image.Image | np.ndarray | torch.Tensor,
+        pid: int,
+        cam: int,
+        *,
+        seq: int = 1,
+        frame: int | None = None,
+        bbox: int = 1,
+        name: str | None = None,
+        overwrite: bool = False,
+    ) -> str:
+        """Write one image and return its file name.
+
+        Args:
+            split: ``train``, ``query``, ``gallery`` or ``gt_bbox``.
+            image: PIL image, uint8 ``HxWx3`` array, or ``(3, H, W)`` float tensor in ``[0, 1]``.
+            pid: person id (``-1`` junk, ``0`` distractor). cam: 1-based camera.
+            frame: ``None`` → next free frame number for ``(pid, cam, seq)``.
+            name: explicit file name (must be a Market name agreeing with ``pid``/``cam``).
+            overwrite: replace an existing file of an explicit ``name``/``frame`` instead of raising
+                :class:`FileExistsError`.
+        """
+        folder = self.split_dir(split)
+        folder.mkdir(parents=True, exist_ok=True)
+        im = _as_pil(image)
+        if name is not None:
+            p, c, s, f, b = parse_market_name(name)
+            if (p, c) != (int(pid), int(cam)):
+                raise ValueError(f"name {name!r} has pid {p} cam {c}, but pid={pid} cam={cam} were given")
+            self._note_frame(split, p, c, s, f)
+            return self._write_fixed(im, folder / name, overwrite)
+        if frame is not None:
+            fname = format_market_name(pid, cam, seq, frame, bbox, self.ext)
+            self._note_frame(split, int(pid), int(cam), int(seq), int(frame))
+            return self._write_fixed(im, folder / fname, overwrite)
+        frames = self._frames(split)
+        key = (int(pid), int(cam), int(seq))
+        while True:
+            fname = format_market_name(pid, cam, seq, frames[key], bbox, self.ext)
+            frames[key] += 1
+            if self._place_new(im, folder / fname):
+                self.written += 1
+                return fname
+
+    def _note_frame(self, split: str, pid: int, cam: int, seq: int, frame: int) -> None:
+        frames = self._frames(split)
+        frames[(pid, cam, seq)] = max(frames[(pid, cam, seq)], frame + 1)
+
+    def _write_fixed(self, im: Image.Image, target: Path, overwrite: bool) -> str:
+        if overwrite:
+            atomic_save(target, lambda tmp: self._save(im, tmp))
+        elif not self._place_new(im, target):
+            raise FileExistsError(f"{target} already exists (pass overwrite=True to replace it)")
+        self.written += 1
+        return target.name
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "Market1501",
+    "MarketFormatError",
+    "MarketRecord",
+    "MarketWriter",
+    "PatnAnnotations",
+    "RELEASE_DIR",
+    "SPLIT_DIRS",
+    "check_image",
+    "format_market_name",
+    "load_image",
+    "parse_market_name",
+    "read_pairs_csv",
+    "read_patn_csv",
+    "resolve_data_dir",
+    "write_pairs_csv",
+    "write_patn_csv",
+]

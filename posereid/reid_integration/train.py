@@ -1,0 +1,280 @@
+"""``posereid train-reid``: train a torchreid model for a fixed number of optimisation steps, then evaluate.
+
+The re-ID gain protocol compares a baseline with an augmented training set (DESIGN.md §6). For that
+comparison to be fair both arms must get the same number of updates, so training is a fixed budget of
+``steps`` optimiser steps whatever the dataset size (torchreid's engine counts epochs instead). Each
+step is one call of a torchreid engine's ``forward_backward`` (softmax or triplet + softmax loss, with
+the optional batch hook of :class:`~posereid.reid_integration.torchreid_plugin.BatchAugmentEngine`);
+the data loader restarts when an epoch ends. Evaluation uses posereid's fast evaluator on the query and
+gallery splits. Outputs in ``--out``: ``results.json`` and ``model.safetensors`` (+ ``.json`` meta).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import platform
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torchreid.reid.optim import build_optimizer
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from posereid.models.io_utils import atomic_write
+from posereid.reid_integration.evaluate import evaluate_features
+from posereid.reid_integration.torchreid_plugin import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BatchAugmentSoftmaxEngine,
+    BatchAugmentTripletEngine,
+    BatchTransform,
+    PosereidDataManager,
+    build_reid_model,
+    build_reid_transforms,
+    save_reid_checkpoint,
+    scan_reid_lists,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReidTrainConfig:
+    """Everything one re-ID training run depends on (written into results.json)."""
+
+    data: str
+    synthetic: Sequence[str] = ()
+    model: str = "osnet_x0_25"
+    loss: Literal["softmax", "triplet"] = "softmax"
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    optimizer: str = "adam"
+    warmup_frac: float = 0.1  # linear warm-up share of the steps, then cosine decay to 1 % of lr
+    height: int = 128
+    width: int = 64
+    augment: Literal["plain", "strong"] = "plain"  # strong = random flip + random erasing
+    seed: int = 0
+    out: str | None = None
+    pretrained: str | None = None
+    device: str | None = None
+    num_instances: int = 4  # triplet loss: images per identity in a batch
+    margin: float = 0.3
+    workers: int = 0
+    eval_batch_size: int = 128
+    metric: Literal["euclidean", "cosine"] = "cosine"
+    check_images: bool = True
+    on_corrupt: Literal["raise", "skip"] = "raise"
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form tags recorded with the results
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        if self.loss not in ("softmax", "triplet"):
+            raise ValueError(f"loss must be 'softmax' or 'triplet', got {self.loss!r}")
+        if self.augment not in ("plain", "strong"):
+            raise ValueError(f"augment must be 'plain' or 'strong', got {self.augment!r}")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        self.synthetic = tuple(str(s) for s in self.synthetic)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["synthetic"] = list(self.synthetic)
+        return d
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy (torchreid's identity sampler uses both) and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(steps: int, warmup_frac: float) -> Callable[[int], float]:
+    warm = int(round(steps * warmup_frac))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, steps - warm)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+@torch.no_grad()
+def extract_loader_features(model: torch.nn.Module, loader, device: torch.device
+                            ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Eval-mode features, pids and camids of a torchreid-style loader (images already normalised)."""
+    model.eval()
+    feats, pids, camids = [], [], []
+    for data in loader:
+        feats.append(model(data["img"].to(device)).float().cpu())
+        pids.append(np.asarray(data["pid"]))
+        camids.append(np.asarray(data["camid"]))
+    return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
+
+
+def train_reid(
+    config: ReidTrainConfig,
+    *,
+    batch_transform: BatchTransform | None = None,
+    dataset_transform: Callable | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train for exactly ``config.steps`` optimiser steps, evaluate, save; return the results dict.
+
+    Args:
+        batch_transform: ``(imgs in [0, 1] on device, pids) -> imgs`` run on every training batch before
+            the forward pass (e.g. online pose-transfer augmentation).
+        dataset_transform: a per-image transform on ``(3, H, W)`` float tensors in ``[0, 1]`` (any
+            torchvision v2 transform), applied after resizing in the train pipeline.
+    """
+    t0 = time.perf_counter()
+    seed_everything(config.seed)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    use_gpu = device.type == "cuda"
+    lists = scan_reid_lists(config.data, config.synthetic, check_images=config.check_images,
+                            on_corrupt=config.on_corrupt)
+    strong = config.augment == "strong"
+    # erasing runs after the batch hook, so a generator never sees erased patches
+    train_tf, test_tf = build_reid_transforms(config.height, config.width, flip=strong, extra=dataset_transform)
+    post_tf = v2.RandomErasing(p=0.5, value=0) if strong else None
+    manager = PosereidDataManager(
+        lists, train_transform=train_tf, test_transform=test_tf, batch_size=config.batch_size,
+        batch_size_test=config.eval_batch_size,
+        sampler="RandomIdentitySampler" if config.loss == "triplet" else "RandomSampler",
+        num_instances=config.num_instances, workers=config.workers, seed=config.seed, use_gpu=use_gpu,
+    )
+    model = build_reid_model(config.model, lists.num_train_pids, loss=config.loss,
+                             pretrained=config.pretrained).to(device)
+    optimizer = build_optimizer(model, optim=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.steps, config.warmup_frac))
+    hooks = {"batch_transform": batch_transform, "post_transform": post_tf}
+    if config.loss == "triplet":
+        engine = BatchAugmentTripletEngine(manager, model, optimizer, margin=config.margin, use_gpu=use_gpu,
+                                           **hooks)
+    else:
+        engine = BatchAugmentSoftmaxEngine(manager, model, optimizer, use_gpu=use_gpu, **hooks)
+
+    counter = {"steps": 0, "synthetic_seen": 0, "images_seen": 0}
+    handle = optimizer.register_step_post_hook(lambda *_: counter.__setitem__("steps", counter["steps"] + 1))
+    losses: list[float] = []
+    model.train()
+    batches = iter(manager.train_loader)
+    bar = tqdm(range(config.steps), desc=f"train-reid {config.model}", unit="step", disable=not progress)
+    for step in bar:
+        try:
+            data = next(batches)
+        except StopIteration:
+            batches = iter(manager.train_loader)
+            data = next(batches)
+        summary = engine.forward_backward(data)
+        scheduler.step()
+        loss = float(sum(v for k, v in summary.items() if k.startswith("loss")))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss} at step {step + 1}")
+        losses.append(loss)
+        counter["images_seen"] += len(data["pid"])
+        counter["synthetic_seen"] += int(torch.as_tensor(data["synthetic"]).sum())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+    handle.remove()
+    train_time = time.perf_counter() - t0
+
+    query_loader, gallery_loader = manager.fetch_test_loaders("posereid")
+    qf, q_pids, q_cams = extract_loader_features(model, query_loader, device)
+    gf, g_pids, g_cams = extract_loader_features(model, gallery_loader, device)
+    metrics = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=config.metric)
+
+    results: dict[str, Any] = {
+        **metrics,
+        "steps": counter["steps"],
+        "batch_size": manager.batch_size,
+        "images": len(lists.train),
+        "real_images": len(lists.train) - lists.num_synthetic,
+        "synthetic_images": lists.num_synthetic,
+        "identities": lists.num_train_pids,
+        "images_seen": counter["images_seen"],
+        "synthetic_seen": counter["synthetic_seen"],
+        "query_images": len(lists.query),
+        "gallery_images": len(lists.gallery),
+        "skipped": lists.skipped,
+        "final_loss": float(np.mean(losses[-10:])),
+        "seed": config.seed,
+        "config": config.to_json(),
+        "train_time_s": round(train_time, 3),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "device": str(device),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    if config.out:
+        out = Path(config.out)
+        meta = {"model": config.model, "num_classes": lists.num_train_pids, "loss": config.loss,
+                "height": config.height, "width": config.width, "norm_mean": list(IMAGENET_MEAN),
+                "norm_std": list(IMAGENET_STD), "pid_labels": lists.pid_labels, "steps": counter["steps"],
+                "seed": config.seed, "rank1": metrics["rank1"], "mAP": metrics["mAP"]}
+        save_reid_checkpoint(out / "model.safetensors", model, meta=meta)
+        with atomic_write(out / "results.json") as fh:
+            fh.write(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        results["checkpoint"] = str(out / "model.safetensors")
+    logger.info("train-reid: rank1 %.4f  mAP %.4f  (%d steps, %d images, %d synthetic)",
+                metrics["rank1"], metrics["mAP"], counter["steps"], results["images"], results["synthetic_images"])
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
+    d = ReidTrainConfig(data="")
+    parser.add_argument("--data", required=True, help="Market-1501-format folder (bounding_box_train, query, …)")
+    parser.add_argument("--synthetic", action="append", default=[], metavar="DIR",
+                        help="Market-format folder of generated train images under their source pids (repeatable)")
+    parser.add_argument("--model", default=d.model, help="torchreid model name, e.g. osnet_x0_25, resnet50")
+    parser.add_argument("--loss", choices=["softmax", "triplet"], default=d.loss)
+    parser.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (fixed budget)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--height", type=int, default=d.height)
+    parser.add_argument("--width", type=int, default=d.width)
+    parser.add_argument("--augment", choices=["plain", "strong"], default=d.augment,
+                        help="strong = random horizontal flip + random erasing")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--out", required=True, help="output folder (results.json, model.safetensors)")
+    parser.add_argument("--pretrained", default=None, metavar="LOCAL_FILE",
+                        help="local weights (.safetensors or torch state dict); never downloaded")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    parser.add_argument("--num-instances", type=int, default=d.num_instances)
+    parser.add_argument("--workers", type=int, default=d.workers)
+    parser.add_argument("--metric", choices=["euclidean", "cosine"], default=d.metric)
+    parser.add_argument("--on-corrupt", choices=["raise", "skip"], default=d.on_corrupt)
+
+
+def run_train_reid(args: argparse.Namespace) -> int:
+    config = ReidTrainConfig(
+        data=args.data, synthetic=tuple(args.synthetic), model=args.model, loss=args.loss, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, height=args.height,
+        width=args.width, augment=args.augment, seed=args.seed, out=args.out, pretrained=args.pretrained,
+        device=args.device, num_instances=args.num_instances, workers=args.workers, metric=args.metric,
+        on_corrupt=args.on_corrupt,
+    )
+    r = train_reid(config)
+    print(f"rank1 {r['rank1']:.4f}  rank5 {r['rank5']:.4f}  rank10 {r['rank10']:.4f}  mAP {r['mAP']:.4f}  "
+          f"steps {r['steps']}  images {r['images']} ({r['synthetic_images']} synthetic)  -> {args.out}")
+    return 0

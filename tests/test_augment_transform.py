@@ -1,0 +1,211 @@
+"""PoseTransferAugment: a torchvision v2 transform that renders people in new poses (tiny untrained model)."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from posereid.augment.pose_bank import PoseBank
+from posereid.augment.transform import PoseTransferAugment
+from posereid.models.generator import PoseTransferGenerator
+from posereid.models.pose import PoseKeypoints, resize_keypoints
+
+STEPS = 2
+GEN_HW = (32, 16)
+
+
+def _poses(n: int, seed: int = 0) -> np.ndarray:
+    """Plausible standing poses in the 128x64 frame (all joints visible), jittered."""
+    base = np.array(
+        [
+            [32, 20], [32, 30], [22, 31], [20, 45], [19, 58], [42, 31], [44, 45], [45, 58], [26, 62],
+            [26, 85], [26, 108], [38, 62], [38, 85], [38, 108], [30, 18], [34, 18], [27, 19], [37, 19],
+        ],
+        dtype=np.float32,
+    )  # fmt: skip
+    rng = np.random.default_rng(seed)
+    return np.stack([base + rng.integers(-4, 5, size=base.shape) for _ in range(n)]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def gen() -> PoseTransferGenerator:
+    torch.manual_seed(0)
+    return PoseTransferGenerator.from_preset("tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def bank() -> PoseBank:
+    return PoseBank(_poses(12))
+
+
+def _aug(gen, bank, **kw) -> PoseTransferAugment:
+    kw.setdefault("steps", STEPS)
+    return PoseTransferAugment(gen, bank, **kw)
+
+
+def _direct(gen, bank, images: torch.Tensor, params: dict, source_kps=None) -> torch.Tensor:
+    """What the generator itself gives for the transform's draws (its images at the generator size)."""
+    sel = np.flatnonzero(params["apply"])
+    target = torch.from_numpy(bank.get(params["pose_index"][sel], size=GEN_HW))
+    return gen.generate(
+        images[sel], target, source_kps, steps=STEPS, guidance=(2.0, 2.0), seeds=[int(s) for s in params["seeds"][sel]]
+    )
+
+
+def test_p0_is_identity_on_every_input_type(gen, bank):
+    aug = _aug(gen, bank, p=0.0, seed=0)
+    pil = PIL.Image.new("RGB", (16, 32), (10, 200, 30))
+    img = tv_tensors.Image(torch.rand(3, 32, 16))
+    batch = torch.rand(4, 3, 32, 16)
+    kps = PoseKeypoints(torch.from_numpy(_poses(1)[0] / 4), canvas_size=(32, 16))
+    assert aug(pil) is pil
+    assert aug(batch) is batch
+    out_img, out_kps, pid = aug(img, kps, 7)
+    assert out_img is img and out_kps is kps and pid == 7
+
+
+def test_p1_batch_is_the_generators_output_in_one_call(gen, bank, monkeypatch):
+    aug = _aug(gen, bank, p=1.0, seed=3)
+    batch = tv_tensors.Image(torch.rand(5, 3, *GEN_HW))
+    calls = []
+    real = gen.generate
+
+    def counting(*a, **k):
+        calls.append(a[0].shape[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen, "generate", counting)
+    out = aug(batch)
+    monkeypatch.undo()
+    assert calls == [5]  # the batch fast path: ONE generate call for all selected items
+    assert isinstance(out, tv_tensors.Image) and out.shape == batch.shape and out.dtype == batch.dtype
+    params = aug.last_params
+    assert params["apply"].all()
+    expected = _direct(gen, bank, batch.as_subclass(torch.Tensor), params)
+    torch.testing.assert_close(out.as_subclass(torch.Tensor), expected, atol=1e-4, rtol=0)
+    # every item was replaced
+    assert ((out - batch).abs().flatten(1).mean(1) > 0.05).all()
+
+
+def test_partial_p_replaces_only_selected_items(gen, bank):
+    aug = _aug(gen, bank, p=0.5, seed=11)
+    batch = torch.rand(8, 3, *GEN_HW)
+    out = aug(batch)
+    apply = aug.last_params["apply"]
+    assert 0 < apply.sum() < 8, "seed 11 should select some but not all items"
+    for i in range(8):
+        if apply[i]:
+            assert (out[i] - batch[i]).abs().mean() > 0.05
+        else:
+            assert torch.equal(out[i], batch[i])
+    # the selected items are the generator's images for their seeds (independent of batch composition)
+    expected = _direct(gen, bank, batch, aug.last_params)
+    torch.testing.assert_close(out[torch.from_numpy(apply)], expected, atol=2e-3, rtol=0)
+
+
+def test_inside_compose_on_pil_tensor_and_batch_with_labels(gen, bank):
+    aug = _aug(gen, bank, p=1.0, seed=0)
+    pipeline = v2.Compose(
+        [
+            aug,
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.Resize((64, 32)),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomErasing(p=0.5),
+        ]
+    )
+    # PIL input at a size other than the generator's (it is resized there and back)
+    pil = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 64, 3), dtype=np.uint8))
+    sample = {"img": pil, "pid": 17, "camid": 2, "impath": "0017_c3s1_000001_01.jpg", "meta": {"k": [1, 2]}}
+    out = pipeline(sample)
+    assert out["pid"] == 17 and out["camid"] == 2 and out["impath"] == sample["impath"]
+    assert out["meta"] == {"k": [1, 2]}
+    assert isinstance(out["img"], tv_tensors.Image) and out["img"].shape == (3, 64, 32)
+    # the same PIL through the augmentation alone stays PIL at its own size
+    alone = _aug(gen, bank, p=1.0, seed=0)(pil)
+    assert isinstance(alone, PIL.Image.Image) and alone.size == pil.size and alone.mode == "RGB"
+    assert np.abs(np.asarray(alone, np.float32) - np.asarray(pil, np.float32)).mean() > 10
+    # (3, H, W) tensor + label tuple
+    img, label = pipeline(torch.rand(3, 128, 64), 5)
+    assert label == 5 and img.shape == (3, 64, 32)
+    # (B, 3, H, W) batch + label tensor (a pure tensor beside an explicit image passes through)
+    pids = torch.tensor([1, 2, 3])
+    out_b, out_pids = pipeline(tv_tensors.Image(torch.rand(3, 3, 128, 64)), pids)
+    assert out_b.shape == (3, 3, 64, 32) and out_pids is pids
+
+
+def test_same_seed_same_output_and_counter_advances(gen, bank):
+    batch = torch.rand(4, 3, *GEN_HW)
+    a, b = _aug(gen, bank, p=0.7, seed=5), _aug(gen, bank, p=0.7, seed=5)
+    first_a, first_b = a(batch), b(batch)
+    assert torch.equal(first_a, first_b)
+    second_a = a(batch)
+    assert not torch.equal(first_a, second_a)  # call 1's draws differ from call 0's
+    a.reset()
+    assert torch.equal(a(batch), first_a)
+    other = _aug(gen, bank, p=0.7, seed=6)(batch)
+    assert not torch.equal(other, first_a)
+    # a torch.Generator works too
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(_aug(gen, bank, p=1.0, seed=g1)(batch), _aug(gen, bank, p=1.0, seed=g2)(batch))
+    # seed=None follows torch's global RNG
+    torch.manual_seed(1)
+    x1 = _aug(gen, bank, p=1.0)(batch)
+    torch.manual_seed(1)
+    assert torch.equal(_aug(gen, bank, p=1.0)(batch), x1)
+
+
+def test_pose_keypoints_are_replaced_by_the_target_and_used_as_source(gen, bank):
+    aug = _aug(gen, bank, p=1.0, seed=2)
+    hw = (64, 32)
+    src_pose = resize_keypoints(_poses(1, seed=9)[0], (128, 64), hw)
+    img = tv_tensors.Image(torch.rand(3, *hw))
+    kps = PoseKeypoints(torch.from_numpy(src_pose), canvas_size=hw)
+    out_img, out_kps, pid = aug(img, kps, 3)
+    assert pid == 3
+    assert type(out_kps) is PoseKeypoints and tuple(out_kps.canvas_size) == hw
+    expected = bank.get(aug.last_params["pose_index"], size=hw)[0]
+    np.testing.assert_allclose(out_kps.numpy(), expected, atol=1e-5)
+    assert not np.allclose(out_kps.numpy(), src_pose)
+    # the source pose went to the generator (rescaled to its frame)
+    small = torch.nn.functional.interpolate(img[None].as_subclass(torch.Tensor), size=GEN_HW, mode="bilinear",
+                                            antialias=True, align_corners=False)
+    src_small = torch.from_numpy(resize_keypoints(src_pose, hw, GEN_HW))[None]
+    with_src = _direct(gen, bank, small, aug.last_params, source_kps=src_small)
+    without = _direct(gen, bank, small, aug.last_params)
+    got = torch.nn.functional.interpolate(out_img[None].as_subclass(torch.Tensor), size=GEN_HW, mode="bilinear",
+                                          antialias=True, align_corners=False)
+    assert (got - with_src).abs().mean() < (got - without).abs().mean()
+    # batch: (B, 18, 2) keypoints, only selected rows replaced
+    aug_half = _aug(gen, bank, p=0.5, seed=11)
+    poses = torch.from_numpy(resize_keypoints(_poses(8, seed=4), (128, 64), hw))
+    _, out_b = aug_half(tv_tensors.Image(torch.rand(8, 3, *hw)), PoseKeypoints(poses, canvas_size=hw))
+    apply = aug_half.last_params["apply"]
+    np.testing.assert_array_equal(out_b.numpy()[~apply], poses.numpy()[~apply])
+    np.testing.assert_allclose(
+        out_b.numpy()[apply], bank.get(aug_half.last_params["pose_index"], size=hw)[apply], atol=1e-5
+    )
+
+
+def test_uint8_in_uint8_out_and_values_match_float_path(gen, bank):
+    u8 = torch.randint(0, 256, (2, 3, *GEN_HW), dtype=torch.uint8)
+    out = _aug(gen, bank, p=1.0, seed=4)(u8)
+    assert out.dtype == torch.uint8 and out.shape == u8.shape
+    ref = _aug(gen, bank, p=1.0, seed=4)(u8.float() / 255)
+    assert (out.float() - ref * 255).abs().max() <= 1.0
+
+
+def test_bad_inputs_raise_clear_errors(gen, bank):
+    aug = _aug(gen, bank, p=1.0, seed=0)
+    with pytest.raises(ValueError, match=r"\(3, H, W\) or \(B, 3, H, W\)"):
+        aug(torch.rand(2, 2, 3, 32, 16))
+    with pytest.raises(ValueError, match="3-channel"):
+        aug(torch.rand(1, 32, 16))
+    with pytest.raises(ValueError, match="p must be in"):
+        PoseTransferAugment(gen, bank, p=1.5)
+    kps17 = tv_tensors.KeyPoints(torch.zeros(17, 2), canvas_size=GEN_HW)
+    with pytest.raises(ValueError, match="not COCO-18"):
+        aug(tv_tensors.Image(torch.rand(3, *GEN_HW)), kps17)

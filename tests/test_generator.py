@@ -1,0 +1,243 @@
+"""PoseTransferGenerator: conditioning, training loss, checkpoints, local backbone (tiny preset, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from posereid.models.appearance import BackboneNotFoundError
+from posereid.models.generator import (
+    EMA_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    CheckpointMismatchError,
+    PoseTransferGenerator,
+)
+from posereid.models.pose import POSE_CHANNELS
+
+H, W = 32, 16
+
+
+def _pose(shift: float, b: int = 1) -> torch.Tensor:
+    """A plausible upright skeleton in a 32x16 frame, shifted horizontally."""
+    base = torch.tensor(
+        [[8, 3], [8, 7], [6, 7], [5, 11], [5, 15], [10, 7], [11, 11], [11, 15], [7, 16], [7, 22], [7, 29],
+         [9, 16], [9, 22], [9, 29], [7, 2], [9, 2], [6, 3], [10, 3]],
+        dtype=torch.float32,
+    )  # fmt: skip
+    base[:, 0] = (base[:, 0] + shift).clamp(0, W - 1)
+    return base.expand(b, -1, -1).clone()
+
+
+def _images(b: int, seed: int) -> torch.Tensor:
+    """Smooth random images (blobs of colour, like a blurred person crop) in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(b, 3, 8, 4, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def model() -> PoseTransferGenerator:
+    torch.manual_seed(0)
+    return PoseTransferGenerator.from_preset("tiny").eval()
+
+
+def test_presets_and_sizes() -> None:
+    torch.manual_seed(0)
+    tiny = PoseTransferGenerator.from_preset("tiny")
+    assert tiny.image_size == (H, W)
+    n = sum(p.numel() for p in tiny.unet.parameters())
+    assert 100_000 < n < 1_000_000
+    wide = PoseTransferGenerator.from_preset("tiny", image_size=(64, 32))
+    assert wide.image_size == (64, 32)
+    out = wide.generate(torch.rand(1, 3, 64, 32), _pose(0.0) * 2, steps=2, seeds=[0])
+    assert out.shape == (1, 3, 64, 32)
+    with pytest.raises(ValueError, match="down-sampling 4"):
+        PoseTransferGenerator.from_preset("tiny", image_size=(30, 16))
+    with pytest.raises(ValueError, match="unknown preset"):
+        PoseTransferGenerator.from_preset("huge")
+    sched = tiny.noise_scheduler()
+    assert sched.config.num_train_timesteps == 1000
+    assert sched.betas[0].item() == pytest.approx(1e-4) and sched.betas[-1].item() == pytest.approx(2e-2)
+
+
+def test_wrong_image_size_raises(model: PoseTransferGenerator) -> None:
+    with pytest.raises(ValueError, match=r"64x32 but this generator works at 32x16"):
+        model.generate(torch.rand(1, 3, 64, 32), _pose(0.0), steps=1)
+    with pytest.raises(ValueError, match="expected a \\(B, 3, H, W\\)"):
+        model.encode_appearance(torch.rand(3, H, W))
+    with pytest.raises(ValueError, match="keypoints"):
+        model.generate(torch.rand(2, 3, H, W), _pose(0.0), steps=1)  # 1 pose for 2 images
+
+
+def test_condition_dropout_semantics(model: PoseTransferGenerator) -> None:
+    src = _images(2, 1)
+    tokens = model.encode_appearance(src, _pose(0.0, 2))
+    assert tokens.shape == (2, model.appearance.num_conv_tokens, model.config.cross_attention_dim)
+    x = torch.randn(2, 3, H, W)
+    t = torch.tensor([10, 700])
+    kps = torch.stack([_pose(-2.0)[0], _pose(2.0)[0]])
+    yes = torch.ones(2, dtype=torch.bool)
+    with torch.no_grad():
+        cond = model(x, t, kps, tokens)
+        # keypoints and pre-rendered maps are the same input
+        assert torch.equal(cond, model(x, t, model.pose_maps(kps), tokens))
+        # a dropped pose is the same as empty pose maps
+        no_pose = model(x, t, kps, tokens, drop_pose=yes)
+        assert torch.allclose(no_pose, model(x, t, torch.zeros(2, POSE_CHANNELS, H, W), tokens), atol=1e-6)
+        assert not torch.allclose(no_pose, cond)
+        # a dropped appearance ignores the source entirely
+        other = model.encode_appearance(_images(2, 2), _pose(0.0, 2))
+        a = model(x, t, kps, tokens, drop_appearance=yes)
+        b = model(x, t, kps, other, drop_appearance=yes)
+        assert torch.allclose(a, b, atol=1e-6)
+        assert not torch.allclose(a, cond)
+        # per-sample masks act per sample
+        mixed = model(x, t, kps, tokens, drop_appearance=torch.tensor([True, False]))
+        assert torch.allclose(mixed[0], a[0], atol=1e-6) and torch.allclose(mixed[1], cond[1], atol=1e-6)
+
+
+def test_training_loss_reproducible_and_differentiable() -> None:
+    torch.manual_seed(0)
+    m = PoseTransferGenerator.from_preset("tiny")
+    src, tgt = _images(2, 3), _images(2, 4)
+    kps_s, kps_t = _pose(0.0, 2), _pose(3.0, 2)
+    l1 = m.training_loss(src, tgt, kps_s, kps_t, generator=torch.Generator().manual_seed(5))
+    l2 = m.training_loss(src, tgt, kps_s, kps_t, generator=torch.Generator().manual_seed(5))
+    assert l1.ndim == 0 and torch.isfinite(l1) and torch.equal(l1, l2)
+    l1.backward()
+    assert m.unet.conv_in.weight.grad is not None and m.unet.conv_in.weight.grad.abs().sum() > 0
+    assert m.appearance.stem.weight.grad is not None and m.appearance.stem.weight.grad.abs().sum() > 0
+
+
+def test_cubic_timesteps_favour_high_noise() -> None:
+    m = PoseTransferGenerator.from_preset("tiny", timestep_sampling="cubic")
+    t = m.sample_timesteps(4000, torch.Generator().manual_seed(0))
+    u = PoseTransferGenerator.from_preset("tiny").sample_timesteps(4000, torch.Generator().manual_seed(0))
+    assert 0 <= t.min() and t.max() <= 999
+    assert t.float().mean() > 700 and abs(u.float().mean().item() - 500) < 40
+
+
+def _fit(m: PoseTransferGenerator, steps: int) -> tuple[float, float]:
+    """Eval loss (fixed noise/timesteps) on 2 fixed pairs before and after ``steps`` Adam steps."""
+    src, tgt = _images(2, 10), _images(2, 11)
+    ks, kt = _pose(-2.0, 2), _pose(2.0, 2)
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return sum(
+                m.training_loss(src, tgt, ks, kt, generator=torch.Generator().manual_seed(s)).item()
+                for s in range(4)
+            )
+
+    before = eval_loss()
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(123)
+    m.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        m.training_loss(src, tgt, ks, kt, generator=g).backward()
+        opt.step()
+    m.eval()
+    return before, eval_loss()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_short_training_reduces_loss_and_samples(prediction_type: str) -> None:
+    torch.manual_seed(0)
+    m = PoseTransferGenerator.from_preset("tiny", prediction_type=prediction_type)
+    before, after = _fit(m, 30)
+    assert after < 0.7 * before, (before, after)
+    out = m.generate(_images(2, 10), _pose(2.0, 2), _pose(-2.0, 2), steps=4, seeds=[0, 1])
+    assert out.shape == (2, 3, H, W) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+
+
+def test_save_load_bit_identical_sampling(model: PoseTransferGenerator, tmp_path) -> None:
+    model.save_pretrained(tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert cfg["_class_name"] == "PoseTransferGenerator" and cfg["image_size"] == [H, W]
+    assert not list((tmp_path / "ckpt").glob("*.tmp-*"))
+    loaded = PoseTransferGenerator.from_pretrained(tmp_path / "ckpt")
+    src, kt, ks = _images(2, 20), _pose(3.0, 2), _pose(0.0, 2)
+    a = model.generate(src, kt, ks, steps=3, seeds=[7, 8])
+    b = loaded.generate(src, kt, ks, steps=3, seeds=[7, 8])
+    assert torch.equal(a, b)
+
+
+def test_ema_weights_preferred_on_load(model: PoseTransferGenerator, tmp_path) -> None:
+    ema = {k: v + 0.01 for k, v in model.state_dict().items()}
+    model.save_pretrained(tmp_path, ema_state_dict=ema)
+    assert (tmp_path / EMA_WEIGHTS_NAME).is_file()
+    key = "unet.conv_in.weight"
+    with_ema = PoseTransferGenerator.from_pretrained(tmp_path)
+    assert torch.equal(with_ema.state_dict()[key], ema[key])
+    raw = PoseTransferGenerator.from_pretrained(tmp_path, use_ema=False)
+    assert torch.equal(raw.state_dict()[key], model.state_dict()[key])
+    # saving again without EMA removes the stale EMA file instead of letting it win on load
+    model.save_pretrained(tmp_path)
+    assert not (tmp_path / EMA_WEIGHTS_NAME).exists()
+    assert torch.equal(
+        PoseTransferGenerator.from_pretrained(tmp_path).state_dict()[key], model.state_dict()[key]
+    )
+    with pytest.raises(CheckpointMismatchError, match="missing keys: unet.conv_in.bias"):
+        model.save_pretrained(
+            tmp_path, ema_state_dict={k: v for k, v in ema.items() if k != "unet.conv_in.bias"}
+        )
+
+
+def test_config_weights_mismatch_names_keys(model: PoseTransferGenerator, tmp_path) -> None:
+    model.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / WEIGHTS_NAME))
+    state["extra.weight"] = torch.zeros(2)
+    del state["unet.conv_out.bias"]
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    with pytest.raises(CheckpointMismatchError) as err:
+        PoseTransferGenerator.from_pretrained(tmp_path)
+    msg = str(err.value)
+    assert "missing keys: unet.conv_out.bias" in msg and "unexpected keys: extra.weight" in msg
+    assert WEIGHTS_NAME in msg
+    # a config that builds a differently shaped model
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["cross_attention_dim"] = 48
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch: .*attn2\.to_k\.weight"):
+        PoseTransferGenerator.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        PoseTransferGenerator.from_pretrained(tmp_path / "nope")
+
+
+def test_local_transformers_backbone(tmp_path) -> None:
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    bb_dir = tmp_path / "dino"
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=8,
+        )
+    ).save_pretrained(bb_dir)
+    m = PoseTransferGenerator.from_preset("tiny", backbone_path=str(bb_dir)).eval()
+    src = _images(2, 30)
+    tokens = m.encode_appearance(src, _pose(0.0, 2))
+    n_bb = (32 // 8) ** 2 + 1  # patches + CLS
+    assert tokens.shape == (2, m.appearance.num_conv_tokens + n_bb, m.config.cross_attention_dim)
+    # the backbone tokens depend on the source, and the backbone is frozen
+    other = m.encode_appearance(_images(2, 31), _pose(0.0, 2))
+    assert not torch.allclose(tokens[:, -n_bb:], other[:, -n_bb:])
+    assert not any(p.requires_grad for p in m.appearance.backbone.parameters())
+    out = m.generate(src, _pose(2.0, 2), _pose(0.0, 2), steps=2, seeds=[0, 1])
+    m.save_pretrained(tmp_path / "ckpt")
+    bb_dir.rename(tmp_path / "moved")  # the checkpoint carries its own backbone copy
+    loaded = PoseTransferGenerator.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(out, loaded.generate(src, _pose(2.0, 2), _pose(0.0, 2), steps=2, seeds=[0, 1]))
+    missing = tmp_path / "no-such-backbone"
+    with pytest.raises(BackboneNotFoundError, match="no-such-backbone"):
+        PoseTransferGenerator.from_preset("tiny", backbone_path=str(missing))

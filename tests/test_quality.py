@@ -1,0 +1,277 @@
+"""Generator-quality evaluation: metrics, local-weights loading, pose/identity scoring, reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from posereid.experiments import quality_metrics as qm
+from posereid.experiments.quality_report import parse_guidance, parse_sweep
+from posereid.models.pose import KEYPOINT_NAMES, missing_pose
+
+J = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
+H, W = 64, 32
+
+
+def _standing_pose(h: int = H, w: int = W, dx: float = 0.0) -> np.ndarray:
+    """A frontal standing person in an h x w frame (fractions of the frame)."""
+    frac = {
+        "nose": (0.5, 0.12), "neck": (0.5, 0.22), "r_shoulder": (0.35, 0.23), "r_elbow": (0.3, 0.38),
+        "r_wrist": (0.28, 0.52), "l_shoulder": (0.65, 0.23), "l_elbow": (0.7, 0.38), "l_wrist": (0.72, 0.52),
+        "r_hip": (0.42, 0.55), "r_knee": (0.42, 0.72), "r_ankle": (0.42, 0.9), "l_hip": (0.58, 0.55),
+        "l_knee": (0.58, 0.72), "l_ankle": (0.58, 0.9), "r_eye": (0.46, 0.1), "l_eye": (0.54, 0.1),
+        "r_ear": (0.42, 0.12), "l_ear": (0.58, 0.12),
+    }  # fmt: skip
+    kps = missing_pose()
+    for name, (fx, fy) in frac.items():
+        kps[J[name]] = (fx * (w - 1) + dx, fy * (h - 1))
+    return kps
+
+
+# --------------------------------------------------------------------------------------------------
+# SSIM and the body mask
+# --------------------------------------------------------------------------------------------------
+def test_ssim_identical_is_one_and_noise_lowers_it():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 3, H, W, generator=g)
+    same = qm.ssim_scores(a, a.clone())
+    assert torch.allclose(same, torch.ones(3), atol=1e-5)
+    noisy = (a + 0.2 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    worse = qm.ssim_scores(noisy, a)
+    assert (worse < 0.95).all()
+    much = (a + 0.5 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    assert (qm.ssim_scores(much, a) < worse).all()  # more noise, lower SSIM
+
+
+def test_body_mask_covers_joints_and_excludes_far_background():
+    kps = _standing_pose()
+    m = qm.body_mask(kps[None], H, W)
+    assert m.shape == (1, 1, H, W) and set(m.unique().tolist()) <= {0.0, 1.0}
+    for x, y in kps:
+        assert m[0, 0, round(y), round(x)] == 1
+    # the torso between shoulders and hips is filled
+    assert m[0, 0, round(0.4 * (H - 1)), round(0.5 * (W - 1))] == 1
+    # far background: image corners and the side edges beside the body
+    for y, x in [(0, 0), (0, W - 1), (H - 1, 0), (H - 1, W - 1), (H // 2, 0), (H // 2, W - 1)]:
+        assert m[0, 0, y, x] == 0
+    assert 0.1 < m.mean() < 0.75
+    # missing joints draw nothing
+    assert qm.body_mask(missing_pose()[None], H, W).sum() == 0
+
+
+def test_mask_ssim_ignores_background_changes():
+    g = torch.Generator().manual_seed(1)
+    kps = _standing_pose()[None]
+    mask = qm.body_mask(kps, H, W)
+    a = torch.rand(1, 3, H, W, generator=g)
+    b = torch.where(mask.bool(), a, torch.rand(1, 3, H, W, generator=g))  # same person, new background
+    assert qm.ssim_scores(b, a) < 0.9
+    assert qm.ssim_scores(b, a, mask=mask).item() == pytest.approx(1.0, abs=1e-5)
+    c = torch.where(mask.bool(), torch.rand(1, 3, H, W, generator=g), a)  # new person, same background
+    assert qm.ssim_scores(c, a, mask=mask) < 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# LPIPS and FID from local weights
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lpips_dir(tmp_path_factory):
+    """A random-weight SqueezeNet backbone (torchvision format) + positive linear layers on disk."""
+    import torchvision
+
+    d = tmp_path_factory.mktemp("lpips")
+    torch.manual_seed(0)
+    net = torchvision.models.squeezenet1_1(weights=None)
+    torch.save(net.state_dict(), d / qm.lpips_backbone_filename("squeeze"))
+    chans = [64, 128, 256, 384, 384, 512, 512]
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(chans)}, d / "squeeze.pth")
+    return d
+
+
+def test_lpips_loads_local_weights_and_scores(lpips_dir):
+    lp = qm.Lpips.from_local(lpips_dir, net="squeeze")
+    assert lp.sources["linear"].endswith("squeeze.pth") and str(lpips_dir) in lp.sources["linear"]
+    # the backbone really is the file's weights, not a fresh random init
+    saved = torch.load(lpips_dir / qm.lpips_backbone_filename("squeeze"), weights_only=True)
+    assert torch.equal(lp.network.net.slices[0][0].weight, saved["features.0.weight"])
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.rand(3, 3, H, W, generator=g), torch.rand(3, 3, H, W, generator=g)
+    assert torch.equal(lp(a, a.clone()), torch.zeros(3))
+    d = lp(a, b)
+    assert d.shape == (3,) and (d > 0).all()
+    near = lp(a, (a + 0.02 * torch.randn(a.shape, generator=g)).clamp(0, 1))
+    assert (near < d).all()
+    # a file path (not a directory) works too; the linear layers then come from torchmetrics' wheel
+    lp2 = qm.Lpips.from_local(lpips_dir / qm.lpips_backbone_filename("squeeze"), net="squeeze")
+    assert lp2.sources["linear"] == str(qm.bundled_lpips_linear("squeeze"))
+
+
+def test_lpips_missing_or_wrong_weights_errors(tmp_path, monkeypatch, lpips_dir):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(qm.MissingWeightsError) as err:
+        qm.Lpips.from_local(None, net="alex")
+    msg = str(err.value)
+    assert "alexnet-owt-7be5be79.pth" in msg and "--lpips-weights" in msg
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in msg
+    with pytest.raises(qm.MissingWeightsError, match="--lpips-weights"):
+        qm.Lpips.from_local(tmp_path / "nope.pth", net="alex")
+    bad = tmp_path / "bad.pth"
+    torch.save({"something.else": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="bad.pth"):
+        qm.Lpips.from_local(bad, net="squeeze")
+
+
+class _TinyFeatures(torch.nn.Module):
+    """A small random conv net standing in for Inception in the FID code path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 6, 5, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(torch.tanh(self.conv(x)), (2, 1)).flatten(1)
+
+
+def test_fid_with_a_feature_module():
+    g = torch.Generator().manual_seed(3)
+    real = torch.rand(24, 3, H, W, generator=g)
+    fid = qm.FidScorer.from_module(_TinyFeatures(), (H, W))
+    fid.add_real(real)
+    assert fid.score(real.clone()) == pytest.approx(0.0, abs=1e-4)
+    other = (torch.rand(24, 3, H, W, generator=g) * 0.5 + 0.5)  # brighter images
+    far = fid.score(other)
+    assert far > 1e-3
+    assert fid.score(real.clone()) == pytest.approx(0.0, abs=1e-4)  # the real statistics were kept
+    with pytest.raises(ValueError, match="at least 2"):
+        fid.score(real[:1])
+
+
+def test_fid_missing_weights_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    with pytest.raises(qm.MissingWeightsError) as err:
+        qm.FidScorer.from_weights(None)
+    msg = str(err.value)
+    assert "weights-inception-2015-12-05-6726825d.pth" in msg and "--fid-weights" in msg
+    assert str(tmp_path / "th" / "hub" / "checkpoints") in msg
+    with pytest.raises(qm.MissingWeightsError, match="--fid-weights"):
+        qm.FidScorer.from_weights(tmp_path / "missing.pth")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pose fidelity (pure scoring; the estimator is a separate step)
+# --------------------------------------------------------------------------------------------------
+def test_pckh_perfect_shifted_and_no_person():
+    t = np.stack([_standing_pose(128, 64)] * 3)
+    head = 2 * np.linalg.norm(t[0, J["neck"]] - t[0, J["nose"]])
+    s = qm.pose_fidelity(t.copy(), t)
+    assert s["pckh"] == 1.0 and s["joint_error_px"] == pytest.approx(0.0) and s["no_person"] == 0
+    assert s["head_rule"] == 3 and s["n_joints"] == 3 * 18
+    small = t.copy()
+    small[..., 0] += 0.4 * head  # within 0.5 x head: still correct
+    assert qm.pose_fidelity(small, t)["pckh"] == 1.0
+    big = t.copy()
+    big[..., 0] += 0.6 * head
+    r = qm.pose_fidelity(big, t)
+    assert r["pckh"] == 0.0 and r["joint_error_px"] == pytest.approx(0.6 * head, rel=1e-4)
+    mixed = t.copy()
+    mixed[1] = -1  # the detector found nobody in image 1
+    mixed[2, :9, 0] += 0.6 * head  # 9 joints of image 2 are off
+    m = qm.pose_fidelity(mixed, t)
+    assert m["no_person"] == 1
+    assert m["pckh"] == pytest.approx((18 + 0 + 9) / 54)
+    assert m["pckh_found"] == pytest.approx((18 + 9) / 36)
+    undetected = t.copy()
+    undetected[0, J["l_wrist"]] = -1  # a missed joint is wrong, not ignored
+    assert qm.pose_fidelity(undetected[:1], t[:1])["pckh"] == pytest.approx(17 / 18)
+
+
+def test_pckh_normaliser_falls_back_to_torso():
+    t = _standing_pose(128, 64)
+    size, rule = qm.pose_normaliser(t[None])
+    assert rule[0] == "head" and size[0] == pytest.approx(2 * np.linalg.norm(t[1] - t[0]))
+    no_nose = t.copy()
+    no_nose[J["nose"]] = -1
+    size, rule = qm.pose_normaliser(no_nose[None])
+    torso = np.linalg.norm(t[J["neck"]] - (t[J["r_hip"]] + t[J["l_hip"]]) / 2)
+    assert rule[0] == "torso" and size[0] == pytest.approx(0.5 * torso)
+    legs_only = missing_pose()
+    legs_only[[J["r_knee"], J["r_ankle"]]] = t[[J["r_knee"], J["r_ankle"]]]
+    s = qm.pose_fidelity(legs_only[None], legs_only[None])
+    assert s["no_scale"] == 1 and s["n_joints"] == 0 and np.isnan(s["pckh"])
+
+
+def test_detect_keypoints_with_upscale_maps_back():
+    seen = []
+
+    def estimator(im: np.ndarray) -> np.ndarray:  # a keypoint at a fixed fraction of the frame
+        seen.append(im.shape)
+        k = missing_pose()
+        k[0] = (0.25 * im.shape[1] - 0.5, 0.5 * im.shape[0] - 0.5)
+        return k
+
+    imgs = torch.rand(2, 3, 32, 16)
+    out1 = qm.detect_keypoints(estimator, imgs)
+    out4 = qm.detect_keypoints(estimator, imgs, upscale=4)
+    assert seen[0] == (32, 16, 3) and seen[-1] == (128, 64, 3)
+    np.testing.assert_allclose(out1[:, 0], out4[:, 0], atol=1e-4)
+    assert (out4[:, 1:] == -1).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Identity fidelity
+# --------------------------------------------------------------------------------------------------
+def _colour_features(images: torch.Tensor) -> torch.Tensor:
+    """A deterministic identity feature: mean colour of the upper and lower halves (L2-normalised)."""
+    h = images.shape[-2] // 2
+    f = torch.cat([images[..., :h, :].mean((-1, -2)), images[..., h:, :].mean((-1, -2))], dim=1)
+    return torch.nn.functional.normalize(f - 0.4, dim=1)
+
+
+def test_identity_fidelity_with_deterministic_features():
+    colours = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.9, 0.1), 3: (0.1, 0.1, 0.9)}
+    g = torch.Generator().manual_seed(4)
+
+    def person(pid: int, n: int) -> torch.Tensor:
+        c = torch.tensor(colours[pid]).view(1, 3, 1, 1)
+        return (c + 0.05 * torch.randn(n, 3, H, W, generator=g)).clamp(0, 1)
+
+    ref = torch.cat([person(p, 4) for p in (1, 2, 3)])
+    ref_pids = np.repeat([1, 2, 3], 4)
+    gallery = _colour_features(ref)
+    good = _colour_features(torch.cat([person(1, 2), person(2, 2)]))
+    s = qm.identity_fidelity(good, np.array([1, 1, 2, 2]), gallery, ref_pids).summary()
+    assert s["own_centroid_cos"] > 0.99 and s["closer_to_own"] == 1.0 and s["margin"] > 0.3
+    # the right colours under the wrong label: closer to another identity
+    swapped = qm.identity_fidelity(good, np.array([2, 2, 1, 1]), gallery, ref_pids).summary()
+    assert swapped["closer_to_own"] == 0.0 and swapped["margin"] < 0
+    # a query whose pid has no reference image is skipped, not scored
+    lone = qm.identity_fidelity(good[:1], np.array([7]), gallery, ref_pids).summary()
+    assert lone["n_scored"] == 0 and lone["n_skipped"] == 1
+    # exclusion: a real reference image scored against its own centroid leaves itself out
+    row = 0
+    inc = qm.identity_fidelity(gallery[row : row + 1], ref_pids[:1], gallery, ref_pids)
+    exc = qm.identity_fidelity(gallery[row : row + 1], ref_pids[:1], gallery, ref_pids, exclude=np.array([[row]]))
+    centroid_wo = torch.nn.functional.normalize(gallery[1:4].double().sum(0), dim=0)
+    assert exc.own[0] == pytest.approx(float(gallery[0].double() @ centroid_wo), abs=1e-6)
+    assert inc.own[0] > exc.own[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------
+def test_parse_guidance_and_sweep():
+    assert parse_guidance("2") == (2.0, 2.0)
+    assert parse_guidance("1.5:3") == (1.5, 3.0)
+    assert parse_guidance(2) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="pose:appearance"):
+        parse_guidance("a:b")
+    grid = parse_sweep(["steps=10,20,50", "guidance=1,2,1:3"])
+    assert grid == {"steps": [10, 20, 50], "guidance": [(1.0, 1.0), (2.0, 2.0), (1.0, 3.0)]}
+    for bad in (["steps=ten"], ["cfg=1"], ["steps="], ["steps=0"]):
+        with pytest.raises(ValueError, match="--sweep"):
+            parse_sweep(bad)

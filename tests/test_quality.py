@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -10,8 +11,11 @@ import torch
 from PIL import Image
 
 from posereid.experiments import quality_metrics as qm
+from posereid.experiments.quality import evaluate_generator, load_eval_pairs
 from posereid.experiments.quality_report import parse_guidance, parse_sweep
 from posereid.models.pose import KEYPOINT_NAMES, missing_pose
+
+HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
 
 J = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 H, W = 64, 32
@@ -88,7 +92,9 @@ def lpips_dir(tmp_path_factory):
     net = torchvision.models.squeezenet1_1(weights=None)
     torch.save(net.state_dict(), d / qm.lpips_backbone_filename("squeeze"))
     chans = [64, 128, 256, 384, 384, 512, 512]
-    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(chans)}, d / "squeeze.pth")
+    torch.save(
+        {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(chans)}, d / "squeeze.pth"
+    )
     return d
 
 
@@ -143,7 +149,7 @@ def test_fid_with_a_feature_module():
     fid = qm.FidScorer.from_module(_TinyFeatures(), (H, W))
     fid.add_real(real)
     assert fid.score(real.clone()) == pytest.approx(0.0, abs=1e-4)
-    other = (torch.rand(24, 3, H, W, generator=g) * 0.5 + 0.5)  # brighter images
+    other = torch.rand(24, 3, H, W, generator=g) * 0.5 + 0.5  # brighter images
     far = fid.score(other)
     assert far > 1e-3
     assert fid.score(real.clone()) == pytest.approx(0.0, abs=1e-4)  # the real statistics were kept
@@ -160,6 +166,17 @@ def test_fid_missing_weights_message(tmp_path, monkeypatch):
     assert str(tmp_path / "th" / "hub" / "checkpoints") in msg
     with pytest.raises(qm.MissingWeightsError, match="--fid-weights"):
         qm.FidScorer.from_weights(tmp_path / "missing.pth")
+    # the weights are there but torchmetrics' Inception needs torch-fidelity: say so
+    from posereid.models.pose_estimation import MissingExtraError
+
+    ckpt = tmp_path / "th" / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / qm.FID_WEIGHTS_FILENAMES[0]).write_bytes(b"not used")
+    assert qm.find_fid_weights(None) == ckpt / qm.FID_WEIGHTS_FILENAMES[0]
+    assert qm.find_fid_weights(ckpt) == ckpt / qm.FID_WEIGHTS_FILENAMES[0]  # a directory holding it
+    monkeypatch.setattr(qm, "torch_fidelity_available", lambda: False)
+    with pytest.raises(MissingExtraError, match="pip install torch-fidelity"):
+        qm.FidScorer.from_weights(None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,7 +272,9 @@ def test_identity_fidelity_with_deterministic_features():
     # exclusion: a real reference image scored against its own centroid leaves itself out
     row = 0
     inc = qm.identity_fidelity(gallery[row : row + 1], ref_pids[:1], gallery, ref_pids)
-    exc = qm.identity_fidelity(gallery[row : row + 1], ref_pids[:1], gallery, ref_pids, exclude=np.array([[row]]))
+    exc = qm.identity_fidelity(
+        gallery[row : row + 1], ref_pids[:1], gallery, ref_pids, exclude=np.array([[row]])
+    )
     centroid_wo = torch.nn.functional.normalize(gallery[1:4].double().sum(0), dim=0)
     assert exc.own[0] == pytest.approx(float(gallery[0].double() @ centroid_wo), abs=1e-6)
     assert inc.own[0] > exc.own[0]
@@ -275,3 +294,172 @@ def test_parse_guidance_and_sweep():
     for bad in (["steps=ten"], ["cfg=1"], ["steps="], ["steps=0"]):
         with pytest.raises(ValueError, match="--sweep"):
             parse_sweep(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# The real mediapipe estimator on synthetic people
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not HAS_MEDIAPIPE, reason="mediapipe (the posereid[pose] extra) is not installed")
+def test_pose_fidelity_with_mediapipe_on_synthetic_people():
+    from posereid.experiments import synthetic as syn
+    from posereid.models.pose_estimation import PoseEstimator
+
+    rng = np.random.default_rng(0)
+    cams = syn.make_cameras(2, seed=0)
+    ims, kps = [], []
+    for i in range(6):
+        pose = syn.sample_pose(rng, views=(syn.VIEWS[i % 4],))
+        im, k = syn.render_person(syn.sample_identity(rng), pose, cams[i % 2], rng=rng)
+        ims.append(im), kps.append(k)
+    x = torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).float() / 255
+    truth = np.stack(kps)
+    with PoseEstimator() as est:
+        real = qm.pose_fidelity(qm.detect_keypoints(est, x), truth)
+        shifted = qm.pose_fidelity(qm.detect_keypoints(est, torch.roll(x, 12, dims=-1)), truth)
+        blank = qm.pose_fidelity(qm.detect_keypoints(est, torch.full_like(x, 0.5)), truth)
+    assert real["no_person"] <= 3 and real["pckh_found"] > 0.6  # people in the right pose are found
+    assert shifted["pckh"] < real["pckh"] / 2  # the same people 12 px off the target pose score far lower
+    assert blank["no_person"] == 6 and blank["pckh"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end on a tiny synthetic Market folder with the tiny generator
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synth_market(tmp_path_factory):
+    from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
+
+    root = tmp_path_factory.mktemp("market")
+    cfg = SynthConfig(
+        n_train_ids=3, n_test_ids=3, per_camera=2, cameras=2, n_distractors=1, n_junk=1, height=64, width=32,
+        max_pairs_per_id=4,
+    )  # fmt: skip
+    write_synthetic_market(root, cfg, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_generator():
+    from posereid.models.generator import PoseTransferGenerator
+
+    torch.manual_seed(1)  # differs from the floor's fixed seed, so "trained" and "untrained" differ
+    return PoseTransferGenerator.from_preset("tiny").eval()
+
+
+def _strict_json(path):
+    def no_nan(c):
+        raise AssertionError(f"non-standard JSON constant {c}")
+
+    return json.loads(path.read_text(), parse_constant=no_nan)
+
+
+def test_evaluate_generator_end_to_end(synth_market, tiny_generator, lpips_dir, tmp_path):
+    out = tmp_path / "report"
+    evaluate_generator(
+        tiny_generator, synth_market, reid_checkpoint=_colour_features, fid_weights=_TinyFeatures(),
+        lpips_weights=lpips_dir, lpips_net="squeeze", pose_estimator="auto", steps=2, n_pairs=4, seed=0,
+        out_dir=out, sweep={"steps": [1, 2], "guidance": [1, "1:2"]}, batch_size=8,
+    )  # fmt: skip
+    for name in ("report.md", "report.json", "sheet.png", "sweep.png"):
+        assert (out / name).is_file(), name
+    doc = _strict_json(out / "report.json")
+    assert doc["data"]["pairs_used"] == 4 and doc["data"]["pairs_origin"].endswith("market-pairs-test.csv")
+    ceil, gen, floor = (doc["systems"][k] for k in ("real (ceiling)", "trained", "untrained (floor)"))
+    # the ceiling is the real target scored as if generated
+    assert ceil["ssim"] == pytest.approx(1.0, abs=1e-3) and ceil["mask_ssim"] == pytest.approx(1.0, abs=1e-3)
+    assert ceil["lpips"] == pytest.approx(0.0, abs=1e-6) and ceil["mask_lpips"] == pytest.approx(
+        0.0, abs=1e-6
+    )
+    for s in (gen, floor):
+        assert s["ssim"] < 0.5 and s["lpips"] > ceil["lpips"] and s["fid"] > ceil["fid"] >= 0
+        assert s["sec_per_image"] > 0
+    assert gen["ssim"] != floor["ssim"]  # a different generator than the fresh one
+    assert ceil["own_centroid_cos"] > floor["own_centroid_cos"]  # real people match their identity better
+    assert 0 <= gen["rank1"] <= 1 and 0 <= gen["mAP"] <= 1
+    if HAS_MEDIAPIPE:
+        assert doc["metric_status"]["pose (PCKh)"].startswith("computed")
+        for sys_ in (ceil, gen, floor):  # tiny 32x16 images: the detector mostly fails, but it is counted
+            assert sys_["pose_n_images"] == 4 and 0 <= sys_["no_person"] <= 4 and 0 <= sys_["pckh"] <= 1
+        assert gen["pckh"] <= ceil["pckh"]
+    else:
+        assert doc["metric_status"]["pose (PCKh)"].startswith("not computed")
+    assert [(r["steps"], tuple(r["guidance"])) for r in doc["sweep"]] == [
+        (1, (1.0, 1.0)), (1, (1.0, 2.0)), (2, (1.0, 1.0)), (2, (1.0, 2.0)),
+    ]  # fmt: skip
+    # the sweep point equal to the main setting reproduces it exactly (per-pair seeds)
+    res2 = evaluate_generator(
+        tiny_generator, synth_market, reid_checkpoint=_colour_features, pose_estimator=None, steps=1,
+        guidance="1:2", n_pairs=4, seed=0, include_ceiling=False, include_floor=False,
+    )  # fmt: skip
+    assert res2["systems"]["trained"]["ssim"] == pytest.approx(doc["sweep"][1]["ssim"], abs=1e-6)
+    md = (out / "report.md").read_text()
+    assert "| SSIM ↑ | 1.0000 |" in md and "sweep.png" in md and "sheet.png" in md
+    with Image.open(out / "sheet.png") as im:
+        # 4 pairs x 5 columns (source, pose, generated, untrained, real) of 32x16 images enlarged 5x, 4 px gaps
+        assert im.size == (5 * (80 + 4), 14 + 4 * (160 + 4))
+    with Image.open(out / "sweep.png") as im:
+        assert im.width > 400
+
+
+def test_missing_weights_reported_or_raised(synth_market, tiny_generator, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    res = evaluate_generator(
+        tiny_generator, synth_market, pose_estimator=None, steps=1, n_pairs=2, include_ceiling=False,
+        include_floor=False, out_dir=tmp_path / "r",
+    )  # fmt: skip
+    status = res["metric_status"]
+    assert (
+        status["LPIPS"].startswith("not computed (missing weights")
+        and "alexnet-owt-7be5be79.pth" in status["LPIPS"]
+    )
+    assert status["FID"].startswith("not computed") and "--fid-weights" in status["FID"]
+    assert status["identity (re-ID)"].startswith("not computed")
+    assert "lpips" not in res["systems"]["trained"] and "fid" not in res["systems"]["trained"]
+    assert "alexnet-owt-7be5be79.pth" in (tmp_path / "r" / "report.md").read_text()
+    # an explicit path to a missing file is an error, raised before any generation
+    with pytest.raises(qm.MissingWeightsError, match="--lpips-weights"):
+        evaluate_generator(tiny_generator, synth_market, lpips_weights=tmp_path / "no_such_dir" / "x.pth")
+    with pytest.raises(qm.MissingWeightsError, match="--fid-weights"):
+        evaluate_generator(tiny_generator, synth_market, fid_weights=tmp_path / "nope.pth")
+
+
+def test_pair_selection_is_seeded_and_skips_are_counted(synth_market, tmp_path):
+    a = load_eval_pairs(synth_market, (32, 16), n_pairs=3, seed=0)
+    b = load_eval_pairs(synth_market, (32, 16), n_pairs=3, seed=0)
+    c = load_eval_pairs(synth_market, (32, 16), n_pairs=3, seed=5)
+    assert a.names == b.names and a.names != c.names and len(a) == 3
+    assert a.source.shape == (3, 3, 32, 16) and a.target_kps.shape == (3, 18, 2)
+    assert torch.equal(a.target, b.target)
+    # keypoints follow the resize from the 64x32 files to the generator's 32x16
+    full = load_eval_pairs(synth_market, (64, 32), n_pairs=3, seed=0)
+    vis = (full.target_kps >= 0).all(-1)
+    np.testing.assert_allclose((a.target_kps[vis] + 0.5) * 2 - 0.5, full.target_kps[vis], atol=1e-4)
+    pairs = tmp_path / "pairs.csv"
+    first = a.names[0]
+    pairs.write_text(f"from,to\n{first[0]},{first[1]}\nmissing_c1s1_000000_01.jpg,{first[1]}\n")
+    d = load_eval_pairs(synth_market, (32, 16), pairs=pairs, n_pairs=None)
+    assert d.names == [first] and d.skipped["image_not_found"] == 1
+
+
+def test_cli_writes_report(synth_market, tiny_generator, lpips_dir, tmp_path, capsys):
+    from posereid.experiments.cli import main
+
+    gen_dir = tmp_path / "gen"
+    tiny_generator.save_pretrained(gen_dir)
+    out = tmp_path / "cli_out"
+    args = [
+        "evaluate-generator", "--generator", str(gen_dir), "--data", str(synth_market), "--out", str(out),
+        "--n-pairs", "2", "--steps", "1", "--guidance", "1.5:2", "--no-compare-untrained", "--no-pose",
+        "--lpips-weights", str(lpips_dir), "--lpips-net", "squeeze", "--sweep", "steps=1,2", "guidance=1",
+        "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    doc = _strict_json(out / "report.json")
+    assert doc["config"]["guidance"] == [1.5, 2.0] and doc["config"]["steps"] == 1
+    assert set(doc["systems"]) == {"real (ceiling)", "trained"} and len(doc["sweep"]) == 2
+    assert "lpips" in doc["systems"]["trained"] and (out / "sweep.png").is_file()
+    assert "report:" in capsys.readouterr().out
+    # a flag pointing to a missing weights file: a clear error naming the flag, exit code 2
+    assert main([*args[:-2], "--fid-weights", str(tmp_path / "nope.pth")]) == 2
+    assert "--fid-weights" in capsys.readouterr().err
+    assert main([*args[:-2], "--sweep", "steps=x"]) == 2

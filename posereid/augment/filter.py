@@ -263,6 +263,13 @@ def filter_folder(
                        "to reconcile)", gen_dir, summary.unlisted_images)
 
     pids = [int(part_entries[part][i]["source_pid"]) for part, i, _ in located]
+    known = {int(p) for p in identity_filter.pids}
+    for (part, i, _), pid in zip(located, pids):
+        if pid not in known:
+            raise FilterError(
+                f"{part}: {part_entries[part][i]['name']} has source_pid {pid}, which has no real train image "
+                f"in {market_root} (synthetic images must keep a real identity's pid)"
+            )
     feats = identity_filter.path_features([f for _, _, f in located], desc="generated")
     sim, margin = identity_filter.score_features(feats, pids) if located else (np.zeros(0), np.zeros(0))
     keep, summary.threshold = select(sim if score == "similarity" else margin, threshold=threshold, keep_top=keep_top)

@@ -50,11 +50,12 @@ def market_labels(num_query: int, num_gallery: int, num_ids: int, seed: int):
 
 
 def features(q_pids: np.ndarray, g_pids: np.ndarray, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Identity centre + noise; distractors get noise around the origin."""
+    """Identity centre + noise (scaled so rank-1 is ~0.85 and mAP ~0.45 at any dim); distractors: noise."""
     gen = torch.Generator().manual_seed(seed)
     centres = torch.randn(int(max(q_pids.max(), g_pids.max())) + 1, dim, generator=gen)
     centres[0] = 0.0
-    return tuple(centres[torch.from_numpy(p)] + 1.2 * torch.randn(len(p), dim, generator=gen)
+    noise = 0.38 * dim**0.25
+    return tuple(centres[torch.from_numpy(p)] + noise * torch.randn(len(p), dim, generator=gen)
                  for p in (q_pids, g_pids))
 
 
@@ -100,9 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (1 avoids oversubscription on a shared machine)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report ('-' = none)")
     args = p.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     labels = market_labels(args.num_query, args.num_gallery, args.num_ids, args.seed)
     header = (f"{args.num_query} queries x {args.num_gallery} gallery ({int((labels[1] == 0).sum())} "
               f"distractors), {args.num_ids} ids, 6 cameras")
@@ -124,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = [
             "# Evaluation benchmark: posereid vs torchreid 0.2.5 (python evaluator)",
             "",
-            f"Command: `python -m posereid.experiments.bench_evaluate --dims {' '.join(map(str, args.dims))}`",
+            "Command: `python -m posereid.experiments.bench_evaluate "
+            f"--dims {' '.join(map(str, args.dims))}{f' --threads {args.threads}' if args.threads else ''}`",
             "",
             f"Inputs: {header}; random features with identity structure (seed {args.seed}).",
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ from posereid.experiments.quality_report import (
 )
 from posereid.models.io_utils import atomic_write
 from posereid.models.pose import missing_pose, resize_keypoints
+from posereid.models.pose_estimation import MissingExtraError
 from posereid.reid_integration.evaluate import evaluate_features
 from posereid.reid_integration.market1501 import (
     Market1501,
@@ -77,6 +79,7 @@ logger = logging.getLogger(__name__)
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 CEILING, TRAINED, FLOOR = "real (ceiling)", "trained", "untrained (floor)"
 ANNOTATIONS_NAME, PAIRS_NAME = "market-annotation-test.csv", "market-pairs-test.csv"
+
 
 # --------------------------------------------------------------------------------------------------
 # Data
@@ -108,11 +111,13 @@ def _find_default(root: Path, data_root: Path, name: str) -> Path | None:
     return None
 
 
-def _load_resized(path: Path, kps: np.ndarray | None, size: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
+def _load_resized(
+    path: Path, kps: np.ndarray | None, size: tuple[int, int]
+) -> tuple[torch.Tensor, np.ndarray]:
     im = load_image(path)
     native = (im.height, im.width)
     if native != size:
-        im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # as load_image(size=...)
     t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
     k = missing_pose() if kps is None else resize_keypoints(kps, native, size)
     return t, k
@@ -177,7 +182,9 @@ def load_eval_pairs(
         if n:
             logger.warning("%s: skipped %d pair(s): %s", origin, n, why.replace("_", " "))
     if not valid:
-        raise ValueError(f"{origin}: no usable pair (skipped: {skipped}); check --data / --pairs / --annotations")
+        raise ValueError(
+            f"{origin}: no usable pair (skipped: {skipped}); check --data / --pairs / --annotations"
+        )
     if n_pairs is not None and len(valid) > n_pairs:
         idx = np.sort(np.random.default_rng(seed).choice(len(valid), size=n_pairs, replace=False))
         valid = [valid[i] for i in idx]
@@ -202,7 +209,10 @@ def load_eval_pairs(
 
 
 def _image_batches(records: Sequence[MarketRecord], size: tuple[int, int] | None, batch: int, desc: str):
-    """Yield ``(B, 3, H, W)`` batches of real images (``size=None``: native size, must all agree)."""
+    """Yield ``(B, 3, H, W)`` batches of real images at ``size`` (``None``: the first image's size)."""
+    if size is None and records:
+        first = load_image(records[0].path)
+        size = (first.height, first.width)
     for i in tqdm(range(0, len(records), batch), desc=desc, leave=False, disable=len(records) <= batch):
         ims = [load_image(r.path, size=size) for r in records[i : i + batch]]
         arr = np.stack([np.asarray(im, dtype=np.uint8) for im in ims])
@@ -243,7 +253,7 @@ def _resolve_fid(weights: Any, image_size: tuple[int, int]) -> tuple[FidScorer |
         if weights is not None:
             raise
         return None, f"not computed (missing weights: {exc})"
-    except ImportError as exc:
+    except MissingExtraError as exc:
         if weights is not None:
             raise
         return None, f"not computed ({exc})"
@@ -255,7 +265,7 @@ def _resolve_pose(estimator: Any) -> tuple[Any, str]:
         return None, "not computed (pose estimator disabled)"
     if estimator != "auto":
         return estimator, f"computed ({type(estimator).__name__})"
-    from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
+    from posereid.models.pose_estimation import PoseEstimator
 
     try:
         return PoseEstimator(), "computed (mediapipe BlazePose → COCO-18)"
@@ -321,17 +331,25 @@ class QualityScorer:
                 backends.fid.add_real(batch)
             self.info["fid_reference"] = f"{len(ref)} real {'train' if market.train else 'gallery'} images"
         if backends.reid is not None:
-            gal = [r for r in market.gallery if r.pid != -1]
+            gal = [r for r in market.gallery if r.pid != -1]  # real resolution; the re-ID model resizes
             if not gal:
-                raise ValueError(f"{market.root}: the gallery (bounding_box_test) is empty; identity metrics need it")
-            feats = [_features(backends.reid, b, batch_size) for b in _image_batches(gal, None, batch_size, "gallery")]
+                raise ValueError(
+                    f"{market.root}: the gallery (bounding_box_test) is empty; identity metrics need it"
+                )
+            feats = [
+                _features(backends.reid, b, batch_size)
+                for b in _image_batches(gal, None, batch_size, "gallery")
+            ]
             self.gallery_feats = torch.cat(feats)
             self.gallery_pids = np.array([r.pid for r in gal])
             self.gallery_camids = np.array([r.camid for r in gal])
             row = {r.name: i for i, r in enumerate(gal)}
             # leave each pair's own source and target images out of its identity centroid
             self.exclude = np.array([[row.get(a, -1), row.get(b, -1)] for a, b in pairs.names])
-            self.info["gallery"] = f"{len(gal)} real gallery images, {len(set(self.gallery_pids.tolist()))} pids"
+            n_ids = len({p for p in self.gallery_pids.tolist() if p > 0})
+            self.info["gallery"] = (
+                f"{len(gal)} real gallery images (distractors included), {n_ids} identities"
+            )
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, *, query_camids: np.ndarray) -> dict[str, float]:
@@ -345,9 +363,14 @@ class QualityScorer:
             "mask_ssim": float(ssim_scores(images, p.target, mask=self.mask).mean()),
         }
         if b.lpips is not None:
-            lp = [b.lpips(images[i : i + self.batch], p.target[i : i + self.batch]) for i in range(0, len(p), self.batch)]
+            lp = [
+                b.lpips(images[i : i + self.batch], p.target[i : i + self.batch])
+                for i in range(0, len(p), self.batch)
+            ]
             mlp = [
-                b.lpips(images[i : i + self.batch], p.target[i : i + self.batch], self.mask[i : i + self.batch])
+                b.lpips(
+                    images[i : i + self.batch], p.target[i : i + self.batch], self.mask[i : i + self.batch]
+                )
                 for i in range(0, len(p), self.batch)
             ]
             out["lpips"], out["mask_lpips"] = float(torch.cat(lp).mean()), float(torch.cat(mlp).mean())
@@ -359,7 +382,9 @@ class QualityScorer:
                 out[k if k in ("pckh", "joint_error_px", "no_person") else f"pose_{k}"] = v
         if b.reid is not None:
             feats = _features(b.reid, images, self.batch)
-            ids = identity_fidelity(feats, p.source_pid, self.gallery_feats, self.gallery_pids, exclude=self.exclude)
+            ids = identity_fidelity(
+                feats, p.source_pid, self.gallery_feats, self.gallery_pids, exclude=self.exclude
+            )
             s = ids.summary()
             out.update(
                 own_centroid_cos=s["own_centroid_cos"],
@@ -371,7 +396,9 @@ class QualityScorer:
                 feats, self.gallery_feats, p.source_pid, self.gallery_pids, query_camids, self.gallery_camids,
                 metric="cosine",
             )  # fmt: skip
-            out.update(rank1=r["rank1"], rank5=r["rank5"], mAP=r["mAP"], reid_valid_queries=r["num_valid_queries"])
+            out.update(
+                rank1=r["rank1"], rank5=r["rank5"], mAP=r["mAP"], reid_valid_queries=r["num_valid_queries"]
+            )
         return out
 
 
@@ -392,7 +419,9 @@ def generate_for_pairs(
     dev = next(generator.parameters()).device
     out = []
     t0 = time.perf_counter()
-    for i in tqdm(range(0, len(pairs), batch_size), desc=f"generate {steps} steps, guidance {guidance}", leave=False):
+    for i in tqdm(
+        range(0, len(pairs), batch_size), desc=f"generate {steps} steps, guidance {guidance}", leave=False
+    ):
         j = min(i + batch_size, len(pairs))
         imgs = generator.generate(
             pairs.source[i:j].to(dev),
@@ -430,8 +459,9 @@ def _score_all(
     include_ceiling: bool,
     include_floor: bool,
     sweep: Mapping[str, Sequence] | None,
+    sheet_rows: int,
 ) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Scores of the ceiling, the trained and the untrained generator, and the sweep rows."""
+    """Scores of the ceiling, the trained and the untrained generator, the sheet's images, the sweep rows."""
     systems: dict[str, dict[str, float]] = {}
     sheet_cols: dict[str, torch.Tensor] = {}
     if include_ceiling:
@@ -442,7 +472,8 @@ def _score_all(
         model = model if model is not None else untrained_like(generator, seed)
         images, spi = generate_for_pairs(model, pairs, steps=steps, guidance=guidance, **gen_kw)
         systems[name] = {**scorer.score(images, query_camids=pairs.source_camid), "sec_per_image": spi}
-        sheet_cols[name] = images
+        sheet_cols["generated" if name == TRAINED else "untrained"] = images[:sheet_rows].clone()
+        del images
     sweep_rows: list[dict[str, Any]] = []
     if sweep:
         for s in [int(v) for v in sweep.get("steps", [steps])]:
@@ -507,6 +538,7 @@ def evaluate_generator(
     """
     g = parse_guidance(guidance)
     dev = next(generator.parameters()).device
+    was_training = generator.training
     generator.eval()
     size = tuple(int(v) for v in generator.image_size)
     # metric networks first: an explicit path to a missing file fails before any work is done
@@ -528,9 +560,10 @@ def evaluate_generator(
         )
         systems, sheet_cols, sweep_rows = _score_all(
             generator, pairs_, scorer, steps=steps, guidance=g, sampler=sampler, seed=seed, batch_size=batch_size,
-            include_ceiling=include_ceiling, include_floor=include_floor, sweep=sweep,
+            include_ceiling=include_ceiling, include_floor=include_floor, sweep=sweep, sheet_rows=sheet_rows,
         )  # fmt: skip
     finally:
+        generator.train(was_training)
         if pose_estimator == "auto" and backends.pose is not None:
             backends.pose.close()  # we opened it
 
@@ -562,8 +595,14 @@ def evaluate_generator(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        files = {"sheet": out / "sheet.png", "report_json": out / "report.json", "report_md": out / "report.md"}
-        write_sheet(files["sheet"], pairs_.source, pairs_.target, pairs_.target_kps, sheet_cols, rows=sheet_rows)
+        files = {
+            "sheet": out / "sheet.png",
+            "report_json": out / "report.json",
+            "report_md": out / "report.md",
+        }
+        write_sheet(
+            files["sheet"], pairs_.source, pairs_.target, pairs_.target_kps, sheet_cols, rows=sheet_rows
+        )
         if sweep_rows:
             files["sweep_plot"] = out / "sweep.png"
             refs = {k: v for k, v in systems.items() if k != TRAINED}
@@ -583,7 +622,9 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``posereid evaluate-generator``."""
     parser.add_argument("--generator", required=True, help="generator checkpoint directory (save_pretrained)")
     parser.add_argument("--data", required=True, help="Market-1501-format folder")
-    parser.add_argument("--annotations", help=f"PATN keypoint CSV (default: {ANNOTATIONS_NAME} beside the data)")
+    parser.add_argument(
+        "--annotations", help=f"PATN keypoint CSV (default: {ANNOTATIONS_NAME} beside the data)"
+    )
     parser.add_argument("--pairs", help=f"PATN pairs CSV (default: {PAIRS_NAME}, else same-pid test pairs)")
     parser.add_argument("--reid-checkpoint", help="local re-ID model checkpoint for the identity metrics")
     parser.add_argument(
@@ -600,16 +641,23 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-pairs", type=int, default=200, help="pairs to score (seeded draw); 0 = all")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", default="2", help="w (both weights) or w_pose:w_appearance")
-    parser.add_argument("--sampler", default="dpmsolver++", choices=["dpmsolver++", "ddim", "unipc", "euler", "ddpm"])
     parser.add_argument(
-        "--sweep", nargs="+", metavar="KEY=V,V", help="grid for the trained generator, e.g. steps=10,20,50 guidance=1,2,3"
+        "--sampler", default="dpmsolver++", choices=["dpmsolver++", "ddim", "unipc", "euler", "ddpm"]
+    )
+    parser.add_argument(
+        "--sweep",
+        nargs="+",
+        metavar="KEY=V,V",
+        help="grid for the trained generator, e.g. steps=10,20,50 guidance=1,2,3",
     )
     parser.add_argument("--compare-untrained", action=argparse.BooleanOptionalAction, default=True,
                         help="also score an untrained generator of the same config (the floor)")  # fmt: skip
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="also score the real target images as if generated (the ceiling)")  # fmt: skip
     parser.add_argument("--no-pose", action="store_true", help="skip the pose metrics (no mediapipe)")
-    parser.add_argument("--pose-upscale", type=int, help="enlarge images by this factor before pose detection")
+    parser.add_argument(
+        "--pose-upscale", type=int, help="enlarge images by this factor before pose detection"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
@@ -621,8 +669,27 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
     from posereid.models.generator import PoseTransferGenerator
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        sweep = parse_sweep(args.sweep) if args.sweep else None
+        guidance = parse_guidance(args.guidance)
+    except ValueError as exc:
+        print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
+        return 2
     generator = PoseTransferGenerator.from_pretrained(args.generator).to(device)
-    result = evaluate_generator(
+    try:
+        result = _evaluate_from_args(generator, args, guidance, sweep)
+    except (FileNotFoundError, MissingExtraError) as exc:  # missing weights / data / package: say which
+        print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
+        return 2
+    print(render_markdown(result).split("\n\nMetric status")[0])
+    print(f"\nreport: {result['files']['report_md']}")
+    return 0
+
+
+def _evaluate_from_args(
+    generator: Any, args: argparse.Namespace, guidance: tuple[float, float], sweep: Any
+) -> dict:
+    return evaluate_generator(
         generator,
         args.data,
         pairs=args.pairs,
@@ -633,21 +700,18 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
         lpips_net=args.lpips_net,
         pose_estimator=None if args.no_pose else "auto",
         steps=args.steps,
-        guidance=parse_guidance(args.guidance),
+        guidance=guidance,
         sampler=args.sampler,
         n_pairs=args.n_pairs or None,
         seed=args.seed,
         out_dir=args.out,
         include_ceiling=args.ceiling,
         include_floor=args.compare_untrained,
-        sweep=parse_sweep(args.sweep) if args.sweep else None,
+        sweep=sweep,
         batch_size=args.batch_size,
         pose_upscale=args.pose_upscale,
         generator_name=str(args.generator),
     )
-    print(render_markdown(result).split("\n\nMetric status")[0])
-    print(f"\nreport: {result['files']['report_md']}")
-    return 0
 
 
 __all__ = [

@@ -121,7 +121,9 @@ def _check_pair(preds: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
-def ssim_scores(preds: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+def ssim_scores(
+    preds: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-image SSIM ``(N,)`` of ``[0, 1]`` images (Gaussian window 11, σ 1.5, as PATN/PIDM report it).
 
     With ``mask`` ``(N, 1, H, W)`` both images are multiplied by it first (Mask-SSIM).
@@ -183,9 +185,13 @@ class Lpips(nn.Module):
     torchmetrics' own ``LearnedPerceptualImagePatchSimilarity`` would fetch the backbone from the
     internet; here the backbone is built empty (``weights=None``) and filled from a torchvision state dict
     on disk, and the linear layers come from torchmetrics' bundled ``lpips_models/<net>.pth`` (or a file
-    you give). Use :meth:`from_local`. ``forward(a, b)`` takes ``[0, 1]`` images and returns ``(N,)``
-    distances (0 for identical images).
+    you give). Use :meth:`from_local`. ``forward(a, b, mask=None)`` takes ``[0, 1]`` images and returns
+    ``(N,)`` distances (0 for identical images); images whose shorter side is below :attr:`min_side` are
+    enlarged first, since the backbones downsample 16-32x.
     """
+
+    #: images with a shorter side are enlarged (bilinear, aspect kept) before the backbone
+    min_side = 64
 
     def __init__(self, network: nn.Module, net: str, sources: dict[str, str]) -> None:
         super().__init__()
@@ -218,7 +224,9 @@ class Lpips(nn.Module):
         try:
             from torchmetrics.functional.image.lpips import _NoTrainLpips
         except ImportError as exc:  # pragma: no cover - depends on the torchmetrics version
-            raise ImportError(f"this torchmetrics has no LPIPS network class ({exc}); need torchmetrics>=1.4") from exc
+            raise ImportError(
+                f"this torchmetrics has no LPIPS network class ({exc}); need torchmetrics>=1.4"
+            ) from exc
 
         fname = lpips_backbone_filename(net)
         if weights is None:
@@ -280,7 +288,15 @@ class Lpips(nn.Module):
             mask = mask.to(a)
             a, b = a * mask, b * mask
         p = next(self.network.parameters())
-        out = self.network(a.to(p).clamp(0, 1), b.to(p).clamp(0, 1), normalize=True)
+        a, b = a.to(p).clamp(0, 1), b.to(p).clamp(0, 1)
+        short = min(a.shape[-2:])
+        if short < self.min_side:  # the backbones downsample 16-32x: enlarge tiny images first
+            f = self.min_side / short
+            size = (round(a.shape[-2] * f), round(a.shape[-1] * f))
+            a, b = (
+                nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (a, b)
+            )
+        out = self.network(a, b, normalize=True)
         return out.reshape(-1).float().cpu()
 
 
@@ -326,12 +342,16 @@ class FidScorer:
         self.n_real = 0
 
     @classmethod
-    def from_weights(cls, weights: str | os.PathLike[str] | None = None, *, flag: str = "--fid-weights") -> FidScorer:
+    def from_weights(
+        cls, weights: str | os.PathLike[str] | None = None, *, flag: str = "--fid-weights"
+    ) -> FidScorer:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         path = find_fid_weights(weights, flag=flag)
         if not torch_fidelity_available():
-            raise ImportError(
+            from posereid.models.pose_estimation import MissingExtraError
+
+            raise MissingExtraError(
                 f"FID with the Inception weights ({path}) needs the torch-fidelity package, which torchmetrics "
                 "uses for its Inception network: pip install torch-fidelity"
             )
@@ -367,7 +387,9 @@ class FidScorer:
     def score(self, images: torch.Tensor, batch_size: int = 64) -> float:
         """FID of a generated set against the reference (needs ≥ 2 images on each side)."""
         if self.n_real < 2 or images.shape[0] < 2:
-            raise ValueError(f"FID needs at least 2 real and 2 generated images (got {self.n_real}, {images.shape[0]})")
+            raise ValueError(
+                f"FID needs at least 2 real and 2 generated images (got {self.n_real}, {images.shape[0]})"
+            )
         self.metric.reset()  # keeps the real statistics (reset_real_features=False)
         for i in range(0, images.shape[0], batch_size):
             self.metric.update(images[i : i + batch_size].to(self._device()).clamp(0, 1), real=False)
@@ -462,7 +484,9 @@ def detect_keypoints(estimator: Any, images: torch.Tensor, *, upscale: int = 1) 
 
     if upscale < 1:
         raise ValueError(f"upscale must be >= 1, got {upscale}")
-    arr = (images.detach().float().clamp(0, 1).cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    arr = (
+        (images.detach().float().clamp(0, 1).cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    )
     h, w = arr.shape[1:3]
     out = np.empty((arr.shape[0], NUM_KEYPOINTS, 2), dtype=np.float32)
     for i, im in enumerate(tqdm(arr, desc="pose", leave=False, disable=len(arr) < 16)):
@@ -526,7 +550,11 @@ def identity_fidelity(
     if len(pids) == 0:
         raise ValueError("identity fidelity needs reference images with pids > 0")
     index = {int(p): k for k, p in enumerate(pids)}
-    excl = np.full((len(qp), 1), -1) if exclude is None else np.asarray(exclude, dtype=np.int64).reshape(len(qp), -1)
+    excl = (
+        np.full((len(qp), 1), -1)
+        if exclude is None
+        else np.asarray(exclude, dtype=np.int64).reshape(len(qp), -1)
+    )
     onehot = torch.zeros(len(pids), r.shape[0], dtype=r.dtype)
     for row in np.flatnonzero(keep):
         onehot[index[int(rp[row])], row] = 1.0

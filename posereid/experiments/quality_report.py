@@ -26,7 +26,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "fid": ("FID", False),
     "pckh": ("PCKh@0.5", True),
     "joint_error_px": ("joint error (px)", False),
-    "no_person": ("no person found", False),
+    "no_person": ("images with no person found", False),
     "own_centroid_cos": ("cos to own identity", True),
     "other_centroid_cos": ("cos to nearest other identity", False),
     "id_margin": ("identity margin (own - other)", True),
@@ -34,7 +34,6 @@ METRICS: dict[str, tuple[str, bool]] = {
     "mAP": ("re-ID mAP", True),
     "sec_per_image": ("seconds / image", False),
 }
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -53,7 +52,11 @@ def parse_guidance(text: str | float | Sequence[float]) -> tuple[float, float]:
     try:
         vals = [float(p) for p in parts]
     except ValueError:
-        raise ValueError(f"guidance {text!r}: expected a number like 2 or a pose:appearance pair like 1.5:3") from None
+        raise ValueError(
+            f"guidance {text!r}: expected a number like 2 or a pose:appearance pair like 1.5:3"
+        ) from None
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"guidance {text!r}: weights must be finite numbers")
     if len(vals) == 1:
         return vals[0], vals[0]
     if len(vals) != 2:
@@ -68,7 +71,9 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list]:
         key, sep, values = item.partition("=")
         key = key.strip()
         if not sep or key not in ("steps", "guidance") or not values.strip():
-            raise ValueError(f"--sweep {item!r}: expected steps=N,N,... or guidance=G,G,... (G = w or w_pose:w_app)")
+            raise ValueError(
+                f"--sweep {item!r}: expected steps=N,N,... or guidance=G,G,... (G = w or w_pose:w_app)"
+            )
         vals = [v.strip() for v in values.split(",") if v.strip()]
         if key == "steps":
             try:
@@ -205,18 +210,27 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     for key, (label, higher) in METRICS.items():
         if any(key in s for s in systems.values()):
             arrow = "↑" if higher else "↓"
-            lines.append(f"| {label} {arrow} | " + " | ".join(_fmt(systems[n].get(key)) for n in names) + " |")
+            lines.append(
+                f"| {label} {arrow} | " + " | ".join(_fmt(systems[n].get(key)) for n in names) + " |"
+            )
     lines += ["", "Metric status:", ""]
     lines += [f"- **{k}**: {v}" for k, v in result["metric_status"].items()]
     for k, v in result.get("reference", {}).items():
         lines.append(f"- {k}: {v}")
     if result.get("sweep"):
         keys = [k for k in METRICS if any(k in r for r in result["sweep"])]
-        lines += ["", "## Sweep (trained generator)", "", "| steps | guidance | " + " | ".join(METRICS[k][0] for k in keys) + " |"]
+        lines += [
+            "",
+            "## Sweep (trained generator)",
+            "",
+            "| steps | guidance | " + " | ".join(METRICS[k][0] for k in keys) + " |",
+        ]
         lines.append("|---|---|" + "---|" * len(keys))
         for r in result["sweep"]:
             g = r["guidance"]
-            lines.append(f"| {r['steps']} | {g[0]:g}:{g[1]:g} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+            lines.append(
+                f"| {r['steps']} | {g[0]:g}:{g[1]:g} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |"
+            )
         lines += ["", "![sweep](sweep.png)"]
     lines += [
         "",

@@ -394,7 +394,7 @@ def render_grid(
             img, kps = render_person(idn, sample_pose(rng, [view]), cam, height=height, width=width, rng=rng)
             big = Image.fromarray(img).resize((width * scale, height * scale), Image.NEAREST)
             x = left + c * (cell_w + 4)
-            draw.text((x + 2, y), f"{view} c{cam.index + 1}", fill=(0, 0, 0))
+            draw.text((x + 2, y), f"{view}, cam {cam.index + 1}", fill=(0, 0, 0))
             grid.paste(big, (x, y + label_h))
             if skeleton:
                 up = np.where(kps >= 0, (kps + 0.5) * scale - 0.5, -1.0)

@@ -88,7 +88,7 @@ class PoseParams:
 @dataclass(frozen=True)
 class Camera:
     """A camera's look: background kind and colours, illumination, blur (px at 128 rows), noise (σ in
-    grey levels) and the chance of clutter (a pole or a passer-by at the edge)."""
+    grey levels), per-image brightness jitter and the chance of clutter (a pole or a passer-by's edge)."""
 
     index: int
     background: str  # plain | tiles | brick | foliage | street
@@ -99,6 +99,7 @@ class Camera:
     contrast: float
     blur: float
     noise: float
+    flicker: float  # per-image brightness jitter (fraction)
     clutter: float
     texture_seed: int
 
@@ -223,6 +224,7 @@ def sample_camera(rng: np.random.Generator, index: int) -> Camera:
         contrast=float(rng.uniform(0.8, 1.1)),
         blur=float(rng.uniform(0.2, 1.0)),
         noise=float(rng.uniform(1.5, 6.0)),
+        flicker=float(rng.uniform(0.03, 0.1)),
         clutter=float(rng.uniform(0.0, 0.35)),
         texture_seed=int(rng.integers(2**31)),
     )
@@ -543,7 +545,7 @@ class _Painter:
         for j, side in ((14, -1), (15, 1)):
             hidden[j] = not _eye_visible(side, c, s)
         for j, side in ((16, -1), (17, 1)):  # ears: outward normal (±1, 0, -0.2), normalised
-            hidden[j] = side * 0.98 * s - 0.196 * c < -0.3
+            hidden[j] = side * 0.98 * s - 0.196 * c < -0.5
         for j, side in ((2, -1), (5, 1), (8, -1), (11, 1)):  # far shoulder / hip of a side view
             hidden[j] = side * s < -0.6
         occl = sorted(self.occl, key=lambda o: -o[0])
@@ -613,16 +615,16 @@ def _finish(im: Image.Image, camera: Camera, u: list[float], box: tuple, ss: int
     x1, y1 = min(width, int(box[2]) + 2), min(height, int(box[3]) + 2)
     if e > 0.05 and x1 - x0 > 2 and y1 - y0 > 2:
         r = img[y0:y1, x0:x1]
-        h = r * (1 - 2 * e)
-        h[:, 1:] += e * r[:, :-1]
-        h[:, :-1] += e * r[:, 1:]
-        v = h * (1 - 2 * e)
-        v[1:] += e * h[:-1]
-        v[:-1] += e * h[1:]
-        img[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] = v[1:-1, 1:-1]
+        h = r[:, :-2] + r[:, 2:]  # horizontal pass over the interior columns
+        h *= e
+        h += (1 - 2 * e) * r[:, 1:-1]
+        v = h[:-2] + h[2:]  # vertical pass over the interior rows
+        v *= e
+        v += (1 - 2 * e) * h[1:-1]
+        img[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] = v
     gain, noise = _sensor(camera, height, width)
     img *= gain
-    img *= 1 + 0.16 * (u[9] - 0.5)  # per-image brightness jitter ±8 %
+    img *= 1 + camera.flicker * (2 * u[9] - 1)  # per-image brightness jitter
     nx, ny = int(u[10] * width), int(u[11] * height)
     img += noise[ny : ny + height, nx : nx + width]
     np.clip(img, 0, 255, out=img)
@@ -656,7 +658,8 @@ def render_person(
     im, ss = _canvas(camera, height, width, u)
     hw, ww = im.height, im.width
     k = pose.scale * identity.height * 0.9 * hw  # pixels per body height
-    cx, ground = ww / 2 + pose.dx * ww, hw * 0.975 + pose.dy * hw
+    # pixel centres sit at integer coordinates, so the continuous frame is shifted by half a pixel
+    cx, ground = ww / 2 + pose.dx * ww - 0.5, hw * 0.975 + pose.dy * hw - 0.5
     painter = _Painter(
         im, identity, _body(identity, pose), _D(VIEW_YAW[pose.view] + pose.yaw), k, (cx, ground)
     )
@@ -673,7 +676,16 @@ def render_person(
     xs = [p[0] for p in painter.pts.values()]
     ys = [p[1] for p in painter.pts.values()]
     img = _finish(im, camera, u, (min(xs) - m, min(ys) - m, max(xs) + m, max(ys) + m), ss)
-    return img, drop_outside(kps.astype(np.float32), height, width)
+    return img, _inside(kps, height, width)
+
+
+def _inside(kps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Joints outside the image become missing; those within half a pixel of the border are clamped
+    onto it (``drop_outside`` keeps x in (-0.5, 0), which ``as_keypoints`` would read as missing)."""
+    out = drop_outside(kps.astype(np.float32), height, width)
+    vis = (out >= 0).any(-1)
+    out[vis] = np.clip(out[vis], 0, [width - 1, height - 1])
+    return out
 
 
 def render_background(

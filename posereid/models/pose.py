@@ -263,7 +263,7 @@ def skeleton_tensor(kps: np.ndarray | torch.Tensor, height: int, width: int) -> 
     if arr.ndim == 2:
         arr = arr[None]
     imgs = [
-        torch.from_numpy(np.asarray(draw_skeleton(None, k, size=(height, width)))).permute(2, 0, 1)
+        torch.from_numpy(np.array(draw_skeleton(None, k, size=(height, width)))).permute(2, 0, 1)
         for k in arr
     ]
     return torch.stack(imgs).float() / 255.0

@@ -199,10 +199,6 @@ class PoseEstimator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        with contextlib.suppress(Exception):
-            self.close()
-
 
 __all__ = [
     "BLAZEPOSE_TO_COCO18",

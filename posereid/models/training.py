@@ -517,12 +517,12 @@ def train_generator(
 
     wrapper = _LossModule(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     scheduler = _make_scheduler(cfg, optimizer)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
     net = acc.unwrap_model(wrapper).model
     params = list(net.parameters())
-    ema = EMAModel(params, decay=cfg.ema_decay, update_after_step=cfg.ema_start)
+    ema = EMAModel(params, decay=cfg.ema_decay, update_after_step=cfg.ema_start, foreach=True)
 
     start_step, skipped_total, in_row = 0, 0, 0
     if resume and existing:
@@ -615,8 +615,8 @@ def train_generator(
                     )  # fmt: skip
                     flag = torch.tensor(float(not torch.isfinite(loss.detach()).all()), device=acc.device)
                     bad = bad or bool(acc.reduce(flag, "sum") > 0)
-                    # On a bad step still run backward (on a zero loss) so DDP's reducer stays in step.
-                    acc.backward(loss.nan_to_num(0.0, 0.0, 0.0) * 0.0 if bad else loss)
+                    if loss.requires_grad:  # a bad step still runs backward (on zero) to keep DDP in step
+                        acc.backward(loss.nan_to_num(0.0, 0.0, 0.0) * 0.0 if bad else loss)
                 step_loss = step_loss + loss.detach().float() / cfg.grad_accum
             grad_norm = float("nan")
             if not bad:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +33,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchreid.reid.data import datasets as _tr_datasets
-from torchreid.reid.data.datasets.dataset import ImageDataset
-from torchreid.reid.data.sampler import RandomIdentitySampler
-from torchreid.reid.engine import ImageSoftmaxEngine, ImageTripletEngine
-from torchreid.reid.models import build_model
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.reid_integration.market1501 import ImageReadError, Market1501, check_image, load_image
+
+with warnings.catch_warnings():
+    # torchreid warns on import that its Cython evaluator is missing; posereid.evaluate replaces it
+    warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
+    from torchreid.reid.data import datasets as _tr_datasets
+    from torchreid.reid.data.datasets.dataset import ImageDataset
+    from torchreid.reid.data.sampler import RandomIdentitySampler
+    from torchreid.reid.engine import ImageSoftmaxEngine, ImageTripletEngine
+    from torchreid.reid.models import build_model
 
 logger = logging.getLogger(__name__)
 

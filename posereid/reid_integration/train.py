@@ -19,6 +19,7 @@ import math
 import platform
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torchreid.reid.optim import build_optimizer
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
@@ -44,6 +44,10 @@ from posereid.reid_integration.torchreid_plugin import (
     save_reid_checkpoint,
     scan_reid_lists,
 )
+
+with warnings.catch_warnings():  # torchreid's "Cython evaluation is unavailable" (we do not use it)
+    warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
+    from torchreid.reid.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +152,8 @@ def train_reid(
     seed_everything(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     use_gpu = device.type == "cuda"
+    if use_gpu and device.index is not None:
+        torch.cuda.set_device(device)  # torchreid's engine and loss move tensors with a bare .cuda()
     lists = scan_reid_lists(config.data, config.synthetic, check_images=config.check_images,
                             on_corrupt=config.on_corrupt)
     strong = config.augment == "strong"

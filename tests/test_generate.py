@@ -256,3 +256,60 @@ def test_generated_folder_loads_in_torchreid_under_source_pids(setup):
     real_label = {parse_market_name(os.path.basename(p))[0]: lab for p, lab, _, _ in real_only.train}
     for e in read_manifest(ref):  # each synthetic image carries its source identity's label
         assert label_of[e["name"]] == real_label[e["source_pid"]]
+
+
+def test_pose_augmented_dataset_mixes_offline_images_under_source_pids(setup):
+    from posereid.augment.dataset import PoseAugmentedDataset
+    from posereid.reid_integration.torchreid_plugin import PosereidMarketDataset
+
+    _, market, _, ref, _ = setup
+    base = [(str(r.path), r.pid, r.camid) for r in Market1501(market).train]
+    ds = PoseAugmentedDataset(base, synthetic_dir=ref, ratio=0.5, seed=0)
+    assert len(ds) == len(base) + len(base) // 2
+    manifest = {e["name"]: e for e in read_manifest(ref)}
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["is_synthetic"] == (i >= len(base)) == ds.is_synthetic(i)
+        if item["is_synthetic"]:
+            e = manifest[Path(item["impath"]).name]
+            assert item["pid"] == e["source_pid"] and item["camid"] == e["camid"]
+            assert item["img"].size == (64, 128)
+        else:
+            assert (item["impath"], item["pid"], item["camid"]) == base[i]
+    # deterministic mapping; another seed picks other synthetic images; ratio 2 cycles through all of them
+    again = PoseAugmentedDataset(base, synthetic_dir=ref, ratio=0.5, seed=0)
+    assert [again.source_of(i) for i in range(len(ds))] == [ds.source_of(i) for i in range(len(ds))]
+    other = PoseAugmentedDataset(base, synthetic_dir=ref, ratio=0.5, seed=1)
+    assert [other.source_of(i) for i in range(len(ds))] != [ds.source_of(i) for i in range(len(ds))]
+    full = PoseAugmentedDataset(base, synthetic_dir=ref, ratio=float(PER_IMAGE), seed=0)
+    assert sorted(full.source_of(i)[1] for i in range(len(base), len(full))) == list(range(len(manifest)))
+    # torchreid base: relabelled pids; synthetic items get the label of their source identity
+    tr = PosereidMarketDataset(market, check_images=False)
+    label = {parse_market_name(Path(p).name)[0]: lab for p, lab, _, _ in tr.train}
+    mixed = PoseAugmentedDataset(tr, synthetic_dir=ref, ratio=1.0)
+    for i in range(len(tr), len(mixed)):
+        item = mixed[i]
+        assert item["pid"] == label[manifest[Path(item["impath"]).name]["source_pid"]]
+    assert mixed[0]["is_synthetic"] is False and "dsetid" in mixed[0]
+    # synthetic identities must exist in the base: the error names the manifest and the image
+    only_pid_1 = [b for b in base if b[1] == 1]
+    with pytest.raises(ValueError, match=r"manifest\.jsonl: \d{4}_c\ds9_\d+_\d+\.jpg has source pid [234]"):
+        PoseAugmentedDataset(only_pid_1, synthetic_dir=ref)
+
+
+def test_pose_augmented_dataset_on_the_fly(setup):
+    from posereid.augment.dataset import PoseAugmentedDataset
+    from posereid.augment.pose_bank import PoseBank
+    from posereid.augment.transform import PoseTransferAugment
+
+    _, market, gen, _, _ = setup
+    base = [(str(r.path), r.pid, r.camid) for r in Market1501(market).train]
+    aug = PoseTransferAugment(gen, PoseBank.from_csv(market / "ann.csv"), p=0.0, steps=1, seed=0)
+    ds = PoseAugmentedDataset(base, generator_augment=aug, ratio=0.25, seed=3, annotations=market / "ann.csv")
+    assert len(ds) == len(base) + 2 and aug.p == 0.0  # the caller's transform is not modified
+    for i in range(len(base), len(ds)):
+        kind, src = ds.source_of(i)
+        item = ds[i]
+        assert kind == "on-the-fly" and item["is_synthetic"] and item["pid"] == base[src][1]
+        real = np.asarray(load_image(base[src][0]), np.float32)
+        assert item["img"].size == (64, 128) and np.abs(np.asarray(item["img"], np.float32) - real).mean() > 10

@@ -404,3 +404,14 @@ def test_pairs_round_trip_and_errors(tmp_path):
     p.write_text("src,dst\na.jpg,b.jpg\n")
     with pytest.raises(MarketFormatError, match="line 1"):
         read_pairs_csv(p)
+
+
+def test_csv_readers_tolerate_bom_and_crlf(tmp_path):
+    ann = _random_annotations(3)
+    write_patn_csv(tmp_path / "a.csv", ann)
+    text = (tmp_path / "a.csv").read_text()
+    (tmp_path / "win.csv").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    back = read_patn_csv(tmp_path / "win.csv")
+    assert list(back) == list(ann) and all((back[k] == ann[k]).all() for k in ann)
+    (tmp_path / "p.csv").write_bytes(b"\xef\xbb\xbffrom,to\r\na.jpg,b.jpg\r\n")
+    assert read_pairs_csv(tmp_path / "p.csv") == [("a.jpg", "b.jpg")]

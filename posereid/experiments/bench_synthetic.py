@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import os
 import platform
 import statistics
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 import torch
+from PIL import Image
 
 from posereid.experiments.synthetic import make_cameras, render_person, sample_identity, sample_pose
 from posereid.models.io_utils import atomic_write
@@ -67,13 +69,21 @@ def _bench_size(h: int, w: int, ids, cams, rng, n: int, repeats: int) -> list[tu
             writer.add("train", img, 1 + k % 999, 1, name=format_market_name(1 + k % 999, 1, 1, k, 1))
 
         r_only = _rate(render, n, repeats)
+        r_encode = _rate(lambda i: _encode(render(i)[0]), n, repeats)
         r_write = _rate(lambda i: write(render(i)[0]), n, repeats)
         w_only = _rate(lambda i: write(images[i % len(images)]), n, repeats)
     return [
         (f"{h}x{w}", "render only", *r_only),
-        (f"{h}x{w}", "render + JPEG write", *r_write),
+        (f"{h}x{w}", "render + JPEG encode (in memory)", *r_encode),
+        (f"{h}x{w}", "render + JPEG write (MarketWriter)", *r_write),
         (f"{h}x{w}", "JPEG write only (baseline)", *w_only),
     ]
+
+
+def _encode(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
 
 
 def run_benchmark(
@@ -108,15 +118,17 @@ def format_report(rows, n: int, repeats: int) -> str:
     base = {r[0]: r[4] for r in rows if r[1].startswith("JPEG")}
     for size, what, best, med, cpu in rows:
         lines.append(f"| {size} | {what} | {best:,.0f} | {med:,.0f} | {cpu:,.0f} | {cpu / base[size]:.2f} |")
-    render128 = next(r for r in rows if r[0] == "128x64" and r[1] == "render only")
-    verdict = "meets" if min(render128[2], render128[4]) >= TARGET else "does NOT meet in every column"
+    r128 = next(r for r in rows if r[0] == "128x64" and r[1] == "render only")
     lines += [
         "",
-        f"Target: >= {TARGET:,.0f} images/s rendering 128x64 to arrays on one core; this run {verdict} it "
-        f"(best wall {render128[2]:,.0f}/s, CPU time {render128[4]:,.0f}/s).",
-        "The last column compares CPU-time rates with writing the same kind of image as JPEG alone.",
-        "Images smaller than 64 rows are drawn at 2x or 4x and box-downsampled, so they cost about as much as "
-        "128x64.",
+        f"Target: >= {TARGET:,.0f} images/s rendering 128x64 to arrays on one core. This run: "
+        f"{r128[4]:,.0f}/s in CPU time ({'meets' if r128[4] >= TARGET else 'misses'} the target), "
+        f"{r128[2]:,.0f}/s best wall-clock ({'meets' if r128[2] >= TARGET else 'misses'} it; wall-clock counts "
+        "the time other processes hold the core).",
+        "The last column compares CPU-time rates with writing the same kind of image through MarketWriter "
+        "alone (temporary file, hard link, unlink per image).",
+        "Images under 64 rows (32x16 here) are drawn at 64 rows or more and box-downsampled, and most of the cost is "
+        "per drawing call, so smaller images are barely cheaper.",
     ]
     return "\n".join(lines) + "\n"
 

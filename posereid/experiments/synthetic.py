@@ -63,21 +63,8 @@ logger = logging.getLogger(__name__)
 
 META_CSV = "synthetic-meta.csv"
 IDENTITIES_JSON = "synthetic-identities.json"
-META_FIELDS = (
-    "name",
-    "split",
-    "pid",
-    "cam",
-    "kind",
-    "view",
-    "yaw",
-    "phase",
-    "stride",
-    "scale",
-    "dx",
-    "dy",
-    "visible",
-)
+META_FIELDS = ("name", "split", "pid", "cam", "kind", "view", "yaw", "phase", "stride", "scale", "dx", "dy",
+               "visible")  # fmt: skip
 MIN_PAIR_JOINTS = 8  # both images of a pair must show at least this many joints
 
 
@@ -249,6 +236,20 @@ def _pairs(names: dict[int, list[str]], seed: int, tag: int, cap: int | None) ->
     return out
 
 
+def _pose_columns(p: PoseParams | None) -> list[str]:
+    if p is None:
+        return [""] * 7
+    return [
+        p.view,
+        f"{p.yaw:.2f}",
+        f"{p.phase:.4f}",
+        f"{p.stride:.3f}",
+        f"{p.scale:.3f}",
+        f"{p.dx:.3f}",
+        f"{p.dy:.3f}",
+    ]
+
+
 def write_synthetic_market(
     out_dir: str | Path, config: SynthConfig | None = None, *, progress: bool = True
 ) -> dict[str, object]:
@@ -266,7 +267,9 @@ def write_synthetic_market(
     for split in ("train", "query", "gallery"):
         folder = out / SPLIT_DIRS[split]
         if folder.is_dir() and any(folder.iterdir()):
-            raise FileExistsError(f"{folder} is not empty; write a synthetic dataset into a new folder")
+            raise FileExistsError(
+                f"{folder} is not empty; write a synthetic dataset into a new folder (or delete this one)"
+            )
     plan, cams, identities = plan_synthetic(config)
     writer = MarketWriter(out)
     ann: dict[str, dict[str, np.ndarray]] = {"train": {}, "test": {}}
@@ -303,21 +306,7 @@ def write_synthetic_market(
             c["cameras"].add(s.cam)
         if s.split == "train":
             views[s.pid].add(s.pose.view)
-        p = s.pose
-        pose_cols = (
-            ["", "", "", "", "", "", ""]
-            if p is None
-            else [
-                p.view,
-                f"{p.yaw:.2f}",
-                f"{p.phase:.4f}",
-                f"{p.stride:.3f}",
-                f"{p.scale:.3f}",
-                f"{p.dx:.3f}",
-                f"{p.dy:.3f}",
-            ]
-        )
-        mw.writerow([s.name, s.split, s.pid, s.cam, s.kind, *pose_cols, n_vis])
+        mw.writerow([s.name, s.split, s.pid, s.cam, s.kind, *_pose_columns(s.pose), n_vis])
         s.image = None  # keep memory flat on large runs
     write_patn_csv(out / "market-annotation-train.csv", ann["train"])
     write_patn_csv(out / "market-annotation-test.csv", ann["test"])

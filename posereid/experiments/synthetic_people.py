@@ -112,24 +112,11 @@ def _jitter(rng: np.random.Generator, c: Sequence[int], amount: int) -> RGB:
     return tuple(int(np.clip(v + rng.integers(-amount, amount + 1), 0, 255)) for v in c)  # type: ignore[return-value]
 
 
-_SKINS = (
-    (255, 224, 196),
-    (241, 194, 160),
-    (224, 172, 125),
-    (198, 134, 94),
-    (161, 102, 68),
-    (120, 77, 50),
-    (88, 57, 39),
-)
-_HAIRS = (
-    (28, 24, 24),
-    (28, 24, 24),
-    (66, 42, 28),
-    (108, 72, 42),
-    (196, 164, 104),
-    (138, 66, 36),
-    (150, 150, 150),
-)
+_SKINS = ((255, 224, 196), (241, 194, 160), (224, 172, 125), (198, 134, 94), (161, 102, 68), (120, 77, 50),
+          (88, 57, 39))  # fmt: skip
+_HAIRS = ((28, 24, 24), (28, 24, 24), (66, 42, 28), (108, 72, 42), (196, 164, 104), (138, 66, 36),
+          (150, 150, 150))  # fmt: skip
+_SHOES = ((20, 20, 20), (235, 235, 235), (110, 70, 40), (120, 120, 120))
 
 
 def _garment_colour(rng: np.random.Generator, kind: str) -> RGB:
@@ -172,9 +159,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         sleeves=str(rng.choice(["long", "short"], p=[0.6, 0.4])),
         lower=_garment_colour(rng, "lower"),
         lower_kind=str(rng.choice(["trousers", "shorts", "skirt"], p=[0.7, 0.15, 0.15])),
-        shoes=_jitter(
-            rng, [(20, 20, 20), (235, 235, 235), (110, 70, 40), (120, 120, 120)][rng.integers(4)], 10
-        )
+        shoes=_jitter(rng, _SHOES[rng.integers(4)], 10)
         if rng.random() < 0.9
         else _hsv(rng.random(), 0.8, 0.8),
         bag=bag,
@@ -278,7 +263,7 @@ def _base_background(cam: Camera) -> Image.Image:
     return im
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _background(cam: Camera, height: int, width: int) -> Image.Image:
     """The camera's blurred background at 1.25x the frame height and 1.5x its width (random crops shift
     it a little per image)."""
@@ -287,7 +272,7 @@ def _background(cam: Camera, height: int, width: int) -> Image.Image:
     return im.filter(ImageFilter.BoxBlur(blur)) if blur > 0.2 else im
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)  # about 0.5 MB each at 128x64
 def _sensor(cam: Camera, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel gain ``(H, W, 3)`` (contrast x brightness x tint) and, twice the frame size, Gaussian noise
     plus the contrast offset (random crops differ per image). Full-size arrays keep numpy's inner loops long."""

@@ -74,9 +74,18 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p("--seed", type=int, default=d.seed)
     p("--num-workers", type=int, default=d.num_workers, help="data loader workers")
     p("--min-joints", type=int, default=7, help="skip images with fewer visible keypoints")
-    p("--annotation-size", type=parse_hw, help="HxW frame of the CSV coordinates (default: each image's size)")
+    p(
+        "--annotation-size",
+        type=parse_hw,
+        help="HxW frame of the CSV coordinates (default: each image's size)",
+    )
     p("--singletons", default="skip", choices=("skip", "self"), help="identities with one image")
-    p("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from the latest checkpoint")
+    p(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the latest checkpoint",
+    )
     p("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
 
 
@@ -129,7 +138,9 @@ def run_train_generator(args: argparse.Namespace) -> int:
         overrides = {"image_size": tuple(args.image_size)} if args.image_size else {}
         model = PoseTransferGenerator.from_preset(args.preset, **overrides)
     pairs = read_pairs_csv(args.pairs) if args.pairs else None
-    dataset = PosePairDataset(records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed)
+    dataset = PosePairDataset(
+        records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
+    )
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=min(args.warmup_steps, args.steps), lr_schedule=args.lr_schedule, grad_accum=args.grad_accum,
@@ -137,7 +148,9 @@ def run_train_generator(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints, sample_every=args.sample_every, log_every=args.log_every,
         seed=args.seed, num_workers=args.num_workers,
     )  # fmt: skip
-    logger.info("%d training pairs; %.2f M parameters", len(dataset), sum(p.numel() for p in model.parameters()) / 1e6)
+    logger.info(
+        "%d training pairs; %.2f M parameters", len(dataset), sum(p.numel() for p in model.parameters()) / 1e6
+    )
     result = train_generator(model, dataset, config, args.out, resume=args.resume, progress=args.progress)
     print(f"trained steps {result.start_step}..{result.steps}, final loss {result.final_loss:.4f}, "
           f"{result.skipped_nonfinite} non-finite step(s) skipped")  # fmt: skip
@@ -161,7 +174,11 @@ def add_sample_args(parser: argparse.ArgumentParser) -> None:
     p("--guidance-pose", type=float, default=2.0)
     p("--guidance-appearance", type=float, default=2.0)
     p("--seed", type=int, default=0)
-    p("--annotation-size", type=parse_hw, help="HxW frame of the CSV coordinates (default: the source's size)")
+    p(
+        "--annotation-size",
+        type=parse_hw,
+        help="HxW frame of the CSV coordinates (default: the source's size)",
+    )
     p("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
 
 
@@ -191,7 +208,9 @@ def run_sample(args: argparse.Namespace) -> int:
     )  # fmt: skip
     from torchvision.utils import make_grid, save_image
 
-    grid = make_grid(torch.cat([src, skeleton_tensor(target_kps, h, w), out.cpu()]), nrow=3, padding=1, pad_value=1.0)
+    grid = make_grid(
+        torch.cat([src, skeleton_tensor(target_kps, h, w), out.cpu()]), nrow=3, padding=1, pad_value=1.0
+    )
     atomic_save(args.out, lambda tmp: save_image(grid, tmp))
     print(f"wrote {args.out}")
     return 0

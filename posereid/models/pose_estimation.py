@@ -59,25 +59,28 @@ def _import_mediapipe() -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr(enabled: bool = True) -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null while mediapipe's C++ side (absl/glog/TFLite) prints banners."""
-    if not enabled:
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (e.g. some notebooks): leave it alone
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+def _quiet(native: bool = True) -> Iterator[None]:
+    """Hide protobuf's deprecation warning and, with ``native``, send file descriptor 2 to /dev/null while
+    mediapipe's C++ side (absl/glog/TFLite) prints its start-up banners."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*GetPrototype.*", category=UserWarning)
+        if not native:
+            yield
+            return
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real fd 2 (e.g. some notebooks): leave it alone
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 def _as_rgb_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
@@ -139,7 +142,8 @@ class PoseEstimator:
     Args:
         min_visibility: joints below this BlazePose visibility are missing.
         min_detection_confidence: person-detector threshold (below → no person, all ``-1``).
-        quiet: silence mediapipe's native absl/TFLite log lines.
+        quiet: silence mediapipe's native absl/TFLite start-up log lines (stderr is redirected only
+            while the graph starts, in the constructor).
 
     Not thread-safe (one mediapipe graph); use one estimator per worker.
     """
@@ -156,8 +160,7 @@ class PoseEstimator:
         mp = _import_mediapipe()
         self.min_visibility = float(min_visibility)
         self.quiet = quiet
-        self._landmark_model_started = False
-        with _quiet_native_stderr(quiet):
+        with _quiet(quiet):
             self._pose = mp.solutions.pose.Pose(
                 static_image_mode=True,
                 model_complexity=1,  # the only BlazePose model bundled in the wheel
@@ -165,19 +168,19 @@ class PoseEstimator:
                 enable_segmentation=False,
                 min_detection_confidence=float(min_detection_confidence),
             )
+            # The graph opens its TFLite models asynchronously and prints a one-time INFO banner then;
+            # one blocking warm-up call makes that happen while stderr is still silenced.
+            self._pose.process(np.zeros((64, 64, 3), np.uint8))
 
     def __call__(self, image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
         """``(18, 2)`` float32 (x, y) keypoints of the most prominent person; all ``-1`` if none."""
         if self._pose is None:
             raise RuntimeError("PoseEstimator is closed")
         arr = _as_rgb_array(image)
-        # The landmark model starts (and prints a TFLite INFO banner) at the first detected person.
-        with _quiet_native_stderr(self.quiet and not self._landmark_model_started), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*GetPrototype.*", category=UserWarning)
+        with _quiet(native=False):
             result = self._pose.process(arr)
         if result.pose_landmarks is None:
             return missing_pose()
-        self._landmark_model_started = True
         lms = result.pose_landmarks.landmark
         xyv = np.array([(lm.x, lm.y, lm.visibility) for lm in lms], dtype=np.float64)
         return landmarks_to_coco18(xyv, arr.shape[0], arr.shape[1], min_visibility=self.min_visibility)

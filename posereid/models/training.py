@@ -63,9 +63,7 @@ class ImageLoadError(OSError):
     """A training image that cannot be read (the message names the file)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------------
+# -------------------- Data -----------------------------------------------------------------------
 @dataclass
 class PoseRecord:
     """One training image: an image (path, PIL, or uint8 ``HxWx3`` array), its identity and its COCO-18
@@ -78,11 +76,7 @@ class PoseRecord:
 
 
 def _record_name(rec: PoseRecord, index: int) -> str:
-    if rec.name:
-        return rec.name
-    if isinstance(rec.image, (str, Path)):
-        return Path(rec.image).name
-    return str(index)
+    return rec.name or (Path(rec.image).name if isinstance(rec.image, (str, Path)) else str(index))
 
 
 def _load_rgb(image: Any, where: str) -> Image.Image:
@@ -91,7 +85,9 @@ def _load_rgb(image: Any, where: str) -> Image.Image:
         return image.convert("RGB")
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-            raise ValueError(f"{where}: array images must be uint8 HxWx3 or HxW, got {image.dtype} {image.shape}")
+            raise ValueError(
+                f"{where}: array images must be uint8 HxWx3 or HxW, got {image.dtype} {image.shape}"
+            )
         return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     path = Path(image)
     try:
@@ -105,7 +101,8 @@ def _load_rgb(image: Any, where: str) -> Image.Image:
 
 def derive_seed(*values: int) -> int:
     """A 63-bit seed that is a pure function of the given non-negative integers (numpy SeedSequence)."""
-    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    state = np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
 
 
 class PosePairDataset(Dataset):
@@ -151,12 +148,13 @@ class PosePairDataset(Dataset):
         self.epoch = 0
         self.skipped: dict[str, int] = defaultdict(int)
         self._kps = [
-            as_keypoints(r.keypoints, source=f"record {i} ({_record_name(r, i)}) keypoints")
-            for i, r in enumerate(self.records)
+            as_keypoints(r.keypoints, source=f"record {i} ({_record_name(r, i)})")
+            for i, r in enumerate(records)
         ]
-        for i, k in enumerate(self._kps):
-            if k.shape != (18, 2):
-                raise ValueError(f"record {i} ({_record_name(self.records[i], i)}): keypoints must be (18, 2)")
+        if bad := [i for i, k in enumerate(self._kps) if k.shape != (18, 2)]:
+            raise ValueError(
+                f"record {bad[0]} ({_record_name(self.records[bad[0]], bad[0])}): keypoints must be (18, 2)"
+            )
         self.pairs: list[tuple[int, int]] | None = None
         self._targets: list[int] = []
         self._partners: dict[int, list[int]] = {}
@@ -210,11 +208,8 @@ class PosePairDataset(Dataset):
                 self._targets.append(i)
                 self._partners[i] = others
         self._targets.sort()
-        if self.skipped:
-            logger.warning(
-                "PosePairDataset: skipped %d image(s) whose identity has no other image",
-                self.skipped["image of a single-image identity"],
-            )
+        for why, n in self.skipped.items():
+            logger.warning("PosePairDataset: skipped %d %s", n, why)
 
     def __len__(self) -> int:
         return len(self.pairs) if self.pairs is not None else len(self._targets)
@@ -240,15 +235,10 @@ class PosePairDataset(Dataset):
             s = partners[int(rng.integers(len(partners)))]
         draw = bool(rng.random() < self.flip_prob)
         flip = draw if flip is None else flip
-        src_img, src_kps = self._load(s, flip)
-        tgt_img, tgt_kps = self._load(t, flip)
-        return {
-            "source": src_img,
-            "target": tgt_img,
-            "source_kps": src_kps,
-            "target_kps": tgt_kps,
-            "pid": int(self.records[t].pid),
-        }
+        (src, src_kps), (tgt, tgt_kps) = self._load(s, flip), self._load(t, flip)
+        return dict(
+            source=src, target=tgt, source_kps=src_kps, target_kps=tgt_kps, pid=int(self.records[t].pid)
+        )
 
     def _load(self, i: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
         rec = self.records[i]
@@ -275,7 +265,8 @@ class _StepBatchSampler(torch.utils.data.Sampler):
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
-            self._perm_epoch, self._perm = epoch, np.random.default_rng([self.seed, 1, epoch]).permutation(self.n)
+            self._perm = np.random.default_rng([self.seed, 1, epoch]).permutation(self.n)
+            self._perm_epoch = epoch
         return self._perm
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -290,9 +281,7 @@ class _StepBatchSampler(torch.utils.data.Sampler):
             m += 1
 
 
-# --------------------------------------------------------------------------------------------------
-# Config and result
-# --------------------------------------------------------------------------------------------------
+# -------------------- Config and result ----------------------------------------------------------
 @dataclass
 class TrainConfig:
     """Hyper-parameters of :func:`train_generator` (defaults follow PCDMs/PIDM: AdamW 1e-4, clip 1, EMA 0.9999).
@@ -326,18 +315,17 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "grad_accum", "log_every", "num_samples", "sample_steps")
-        for name in positive:
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "num_samples", "sample_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "ema_start", "checkpoint_every", "sample_every", "num_workers",
                      "max_nonfinite_in_row", "keep_checkpoints", "seed"):  # fmt: skip
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr_schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"lr_schedule must be cosine, linear or constant, got {self.lr_schedule!r}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        choices = {"lr_schedule": ("cosine", "linear", "constant"), "mixed_precision": ("no", "fp16", "bf16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.ema_decay < 1.0 or not self.lr > 0:
             raise ValueError(f"need 0 <= ema_decay < 1 and lr > 0, got {self.ema_decay}, {self.lr}")
 
@@ -355,9 +343,7 @@ class TrainResult:
     start_step: int = 0
 
 
-# --------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------
+# -------------------- Checkpoints ----------------------------------------------------------------
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints ``(step, dir)`` in ``output_dir/checkpoints``, oldest first."""
     root = Path(output_dir) / CHECKPOINT_DIR
@@ -403,9 +389,7 @@ def _ema_state_dict(model: nn.Module, ema: Any) -> dict[str, torch.Tensor]:
     return state
 
 
-# --------------------------------------------------------------------------------------------------
-# Logging helpers
-# --------------------------------------------------------------------------------------------------
+# -------------------- Logging helpers ------------------------------------------------------------
 def _truncate_log(path: Path, last_step: int) -> None:
     """Keep only well-formed rows with ``step <= last_step`` (rows after the resumed checkpoint are redone)."""
     if not path.exists():
@@ -431,7 +415,9 @@ def _append_log(path: Path, rows: list[tuple]) -> None:
 
 
 @torch.no_grad()
-def save_sample_grid(model: nn.Module, batch: dict[str, torch.Tensor], path: Path, *, steps: int, seed: int) -> None:
+def save_sample_grid(
+    model: nn.Module, batch: dict[str, torch.Tensor], path: Path, *, steps: int, seed: int
+) -> None:
     """PNG grid, one row per pair: source | target skeleton | generated | ground truth."""
     from torchvision.utils import make_grid, save_image
 
@@ -448,9 +434,7 @@ def save_sample_grid(model: nn.Module, batch: dict[str, torch.Tensor], path: Pat
     atomic_save(path, lambda tmp: save_image(grid, tmp))
 
 
-# --------------------------------------------------------------------------------------------------
-# Training loop
-# --------------------------------------------------------------------------------------------------
+# -------------------- Training loop --------------------------------------------------------------
 class _LossModule(nn.Module):
     """Routes ``forward`` to ``model.training_loss`` so DDP (``accelerate launch``) sees a forward pass."""
 
@@ -462,22 +446,135 @@ class _LossModule(nn.Module):
         return self.model.training_loss(source, target, source_kps, target_kps, generator=generator)
 
 
-def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
-    from diffusers.optimization import get_scheduler
+class _Trainer:
+    """State of one :func:`train_generator` call (accelerator, optimizer, EMA, counters)."""
 
-    name = config.lr_schedule
-    if name == "constant":
-        name = "constant_with_warmup"
-    return get_scheduler(
-        name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
-    )
+    def __init__(self, model: nn.Module, dataset: PosePairDataset, cfg: TrainConfig, out: Path) -> None:
+        from accelerate import Accelerator
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel
 
+        self.cfg, self.out, self.dataset = cfg, out, dataset
+        self.acc = Accelerator(
+            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum
+        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        schedule = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
+        self.scheduler = get_scheduler(
+            schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps
+        )
+        self.wrapper, self.optimizer = self.acc.prepare(_LossModule(model), optimizer)
+        self.net = self.acc.unwrap_model(self.wrapper).model
+        self.params = list(self.net.parameters())
+        self.ema = EMAModel(self.params, decay=cfg.ema_decay, update_after_step=cfg.ema_start, foreach=True)
+        self.step, self.skipped, self.in_row = 0, 0, 0
 
-def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(f"{path}: cannot read training state ({exc})") from exc
+    def resume(self, ckpt: Path) -> None:
+        """Restore weights, EMA, optimizer, LR schedule, grad scaler and counters from a checkpoint."""
+        try:
+            state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+            raise RuntimeError(f"{ckpt / STATE_FILE}: cannot read the training state ({exc})") from exc
+        cls = type(self.net)
+        self.net.load_state_dict(cls.from_pretrained(ckpt / "model", use_ema=False).state_dict())
+        averaged = cls.from_pretrained(ckpt / "model", use_ema=True).parameters()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.ema.load_state_dict(state["ema"])  # counters; the averaged weights are model/'s EMA weights
+        self.ema.shadow_params = [p.detach().to(self.acc.device).clone() for p in averaged]
+        if self.acc.scaler is not None and "scaler" in state:
+            self.acc.scaler.load_state_dict(state["scaler"])
+        self.step, self.skipped, self.in_row = int(state["step"]), int(state["skipped"]), int(state["in_row"])
+        if state.get("config") != asdict(self.cfg):
+            logger.warning("resuming %s with a different TrainConfig than it was saved with", ckpt)
+        logger.info("resuming from %s (step %d)", ckpt, self.step)
+
+    def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> tuple[float, float, bool]:
+        """One optimizer step over ``grad_accum`` micro-batches → ``(loss, grad_norm, skipped)``."""
+        acc, cfg, rank = self.acc, self.cfg, self.acc.process_index
+        torch.manual_seed(derive_seed(cfg.seed, 2, self.step, rank))  # any global-RNG use (dropout)
+        bad, total = False, torch.zeros((), device=acc.device)
+        for micro in range(cfg.grad_accum):
+            batch = {k: v.to(acc.device) for k, v in next(batches).items() if k != "pid"}
+            gen = torch.Generator(device=acc.device).manual_seed(
+                derive_seed(cfg.seed, 3, self.step, micro, rank)
+            )
+            last = micro == cfg.grad_accum - 1 or acc.num_processes == 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.wrapper):
+                loss = self.wrapper(**batch, generator=gen)
+                flag = torch.tensor(float(not torch.isfinite(loss.detach()).all()), device=acc.device)
+                bad = bad or bool(acc.reduce(flag, "sum") > 0)  # every rank agrees on skipping
+                if loss.requires_grad:  # a bad step still runs backward (on zero) to keep DDP in step
+                    acc.backward(loss.nan_to_num(0.0, 0.0, 0.0) * 0.0 if bad else loss)
+            total = total + loss.detach().float() / cfg.grad_accum
+        grad_norm = float("nan")
+        if not bad:
+            clip = cfg.grad_clip if cfg.grad_clip and cfg.grad_clip > 0 else float("inf")
+            grad_norm = float(acc.clip_grad_norm_(self.wrapper.parameters(), clip))
+            bad = not math.isfinite(grad_norm) and acc.scaler is None  # fp16: the grad scaler skips it
+        if not bad:
+            self.optimizer.step()
+            if not acc.optimizer_step_was_skipped:
+                self.ema.step(self.params)
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # the LR schedule follows the step count, updates or not
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
+        self.step += 1
+        return (float("nan") if bad else float(acc.reduce(total, "mean"))), grad_norm, bad
+
+    def count_nonfinite(self, bad: bool) -> None:
+        if not bad:
+            self.in_row = 0
+            return
+        self.skipped += 1
+        self.in_row += 1
+        logger.warning(
+            "step %d: non-finite loss/gradient, update skipped (%d in a row)", self.step, self.in_row
+        )
+        if self.in_row > self.cfg.max_nonfinite_in_row:
+            raise NonFiniteLossError(
+                f"{self.in_row} consecutive steps (up to step {self.step}) had a non-finite loss or gradient "
+                f"(limit max_nonfinite_in_row={self.cfg.max_nonfinite_in_row}); training diverged. Lower the "
+                "learning rate, use bf16 instead of fp16, or check the data"
+            )
+
+    def checkpoint(self) -> None:
+        """Write ``checkpoints/step-XXXXXXX`` via a temp dir + rename; keep the newest ``keep_checkpoints``."""
+        root = self.out / CHECKPOINT_DIR
+        final = root / f"step-{self.step:07d}"
+        tmp = root / f"{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.net.save_pretrained(tmp / "model", ema_state_dict=_ema_state_dict(self.net, self.ema))
+        state = {
+            "step": self.step, "skipped": self.skipped, "in_row": self.in_row, "config": asdict(self.cfg),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "ema": {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"},  # in model/
+        }  # fmt: skip
+        if self.acc.scaler is not None:
+            state["scaler"] = self.acc.scaler.state_dict()
+        torch.save(state, tmp / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        done = list_checkpoints(self.out)
+        if self.cfg.keep_checkpoints:
+            for _, old in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def samples(self, batch: dict[str, torch.Tensor]) -> None:
+        """Sample grid with the EMA weights (swapped in and back)."""
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        self.net.eval()
+        try:
+            path = self.out / "samples" / f"step-{self.step:07d}.png"
+            save_sample_grid(self.net, batch, path, steps=self.cfg.sample_steps, seed=self.cfg.seed)
+        finally:
+            self.ema.restore(self.params)
+            self.net.train()
 
 
 def train_generator(
@@ -489,196 +586,86 @@ def train_generator(
     resume: bool = True,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` (a ``PoseTransferGenerator``) on ``dataset``; see the module docstring for outputs.
+    """Train ``model`` (a ``PoseTransferGenerator``) on ``dataset``; outputs as in the module docstring.
 
     Runs under ``accelerate`` (mixed precision, gradient accumulation, ``accelerate launch``/``torchrun``
     multi-GPU; only the main process writes files). With ``resume=True`` training continues from the
     latest complete checkpoint in ``output_dir``; with ``resume=False`` the directory must hold none.
     A step whose loss (or gradient norm) is non-finite makes no update and is counted; more than
-    ``config.max_nonfinite_in_row`` in a row raises :class:`NonFiniteLossError`.
+    ``config.max_nonfinite_in_row`` in a row raise :class:`NonFiniteLossError`.
     """
-    from accelerate import Accelerator
-    from diffusers.training_utils import EMAModel
-
-    output_dir = Path(output_dir)
-    cfg = config
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
-    main = acc.is_main_process
+    out, cfg = Path(output_dir), config
+    tr = _Trainer(model, dataset, cfg, out)
+    acc, main = tr.acc, tr.acc.is_main_process
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _clean_temp_checkpoints(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _clean_temp_checkpoints(out)
     acc.wait_for_everyone()
-    existing = list_checkpoints(output_dir)
+    existing = list_checkpoints(out)
     if existing and not resume:
         raise FileExistsError(
-            f"{output_dir} already holds checkpoints up to step {existing[-1][0]}; pass resume=True "
-            "(--resume) to continue, or choose an empty output directory"
+            f"{out} already holds checkpoints up to step {existing[-1][0]}; pass resume=True (--resume) to "
+            "continue, or choose an empty output directory"
         )
-
-    wrapper = _LossModule(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    scheduler = _make_scheduler(cfg, optimizer)
-    wrapper, optimizer = acc.prepare(wrapper, optimizer)
-    net = acc.unwrap_model(wrapper).model
-    params = list(net.parameters())
-    ema = EMAModel(params, decay=cfg.ema_decay, update_after_step=cfg.ema_start, foreach=True)
-
-    start_step, skipped_total, in_row = 0, 0, 0
-    if resume and existing:
-        step, ckpt = existing[-1]
-        state = _load_state(ckpt / STATE_FILE)
-        net.load_state_dict(type(net).from_pretrained(ckpt / "model", use_ema=False).state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ema.load_state_dict(state["ema"])  # counters; the averaged weights are model/'s EMA weights
-        averaged = type(net).from_pretrained(ckpt / "model", use_ema=True)
-        ema.shadow_params = [p.detach().to(acc.device).clone() for p in averaged.parameters()]
-        if acc.scaler is not None and "scaler" in state:
-            acc.scaler.load_state_dict(state["scaler"])
-        start_step, skipped_total, in_row = int(state["step"]), int(state["skipped"]), int(state["in_row"])
-        if state.get("config") != asdict(cfg):
-            logger.warning("resuming %s with a different TrainConfig than it was saved with", ckpt)
-        logger.info("resuming from %s (step %d)", ckpt, start_step)
+    if existing:
+        tr.resume(existing[-1][1])
+    start = tr.step
+    log = out / LOG_FILE
+    sample_batch, writer = None, None
     if main:
-        (output_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        _truncate_log(output_dir / LOG_FILE, start_step)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        _truncate_log(log, start)
+        if cfg.sample_every:
+            n = min(cfg.num_samples, len(dataset))
+            sample_batch = torch.utils.data.default_collate([dataset.get(k, flip=False) for k in range(n)])
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
+            writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
     sampler = _StepBatchSampler(
-        len(dataset), cfg.batch_size, cfg.seed, start_step * cfg.grad_accum, acc.process_index, acc.num_processes
+        len(dataset), cfg.batch_size, cfg.seed, start * cfg.grad_accum, acc.process_index, acc.num_processes
     )
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers)
-    sample_batch = None
-    if main and cfg.sample_every:
-        items = [dataset.get(k, epoch=0, flip=False) for k in range(min(cfg.num_samples, len(dataset)))]
-        sample_batch = torch.utils.data.default_collate(items)
-    writer = None
-    if main and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step + 1)
-
-    def checkpoint(step: int) -> None:
-        if not main:
-            return
-        root = output_dir / CHECKPOINT_DIR
-        final = root / f"step-{step:07d}"
-        tmp = root / f"{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        net.save_pretrained(tmp / "model", ema_state_dict=_ema_state_dict(net, ema))
-        ema_state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}  # in model/
-        state = {
-            "step": step, "skipped": skipped_total, "in_row": in_row, "config": asdict(cfg),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ema": ema_state,
-        }  # fmt: skip
-        if acc.scaler is not None:
-            state["scaler"] = acc.scaler.state_dict()
-        torch.save(state, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        done = list_checkpoints(output_dir)
-        for _, old in done[: max(0, len(done) - cfg.keep_checkpoints)] if cfg.keep_checkpoints else []:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def samples(step: int) -> None:
-        ema.store(params)
-        ema.copy_to(params)
-        net.eval()
-        try:
-            save_sample_grid(net, sample_batch, output_dir / "samples" / f"step-{step:07d}.png",
-                             steps=cfg.sample_steps, seed=cfg.seed)  # fmt: skip
-        finally:
-            ema.restore(params)
-            net.train()
-
+    batches = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers))
     rows: list[tuple] = []
     losses: list[float] = []
-    it = iter(loader)
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not (progress and main))
-    wrapper.train()
-    step = start_step
+    bar = tqdm(total=cfg.steps, initial=start, desc="train generator", disable=not (progress and main))
+    tr.wrapper.train()
     try:
-        while step < cfg.steps:
-            torch.manual_seed(derive_seed(cfg.seed, 2, step, acc.process_index))  # dropout etc.
-            bad, step_loss = False, torch.zeros((), device=acc.device)
-            for micro in range(cfg.grad_accum):
-                batch = next(it)
-                gen = torch.Generator(device=acc.device)
-                gen.manual_seed(derive_seed(cfg.seed, 3, step, micro, acc.process_index))
-                sync = micro == cfg.grad_accum - 1 or acc.num_processes == 1
-                with contextlib.nullcontext() if sync else acc.no_sync(wrapper):
-                    loss = wrapper(
-                        batch["source"].to(acc.device), batch["target"].to(acc.device),
-                        batch["source_kps"].to(acc.device), batch["target_kps"].to(acc.device), generator=gen,
-                    )  # fmt: skip
-                    flag = torch.tensor(float(not torch.isfinite(loss.detach()).all()), device=acc.device)
-                    bad = bad or bool(acc.reduce(flag, "sum") > 0)
-                    if loss.requires_grad:  # a bad step still runs backward (on zero) to keep DDP in step
-                        acc.backward(loss.nan_to_num(0.0, 0.0, 0.0) * 0.0 if bad else loss)
-                step_loss = step_loss + loss.detach().float() / cfg.grad_accum
-            grad_norm = float("nan")
-            if not bad:
-                clip = cfg.grad_clip if cfg.grad_clip and cfg.grad_clip > 0 else float("inf")
-                grad_norm = float(acc.clip_grad_norm_(wrapper.parameters(), clip))
-                bad = not math.isfinite(grad_norm) and acc.scaler is None  # fp16: the scaler skips
-            if not bad:
-                optimizer.step()
-                if not acc.optimizer_step_was_skipped:
-                    ema.step(params)
-            optimizer.zero_grad(set_to_none=True)
-            lr = scheduler.get_last_lr()[0]
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                scheduler.step()
-            step += 1
-            loss_value = float(acc.reduce(step_loss, "mean")) if not bad else float("nan")
-            losses.append(loss_value)
-            if bad:
-                skipped_total += 1
-                in_row += 1
-                logger.warning("step %d: non-finite loss/gradient, update skipped (%d in a row)", step, in_row)
-                if in_row > cfg.max_nonfinite_in_row:
-                    raise NonFiniteLossError(
-                        f"{in_row} consecutive steps (up to step {step}) had a non-finite loss or gradient "
-                        f"(limit max_nonfinite_in_row={cfg.max_nonfinite_in_row}); training diverged. Lower "
-                        f"the learning rate, use bf16 instead of fp16, or check the data"
-                    )
-            else:
-                in_row = 0
+        while tr.step < cfg.steps:
+            loss, grad_norm, bad = tr.train_step(batches)
+            losses.append(loss)
+            tr.count_nonfinite(bad)
+            step, lr = tr.step, tr.scheduler.get_last_lr()[0]
             if main:
-                rows.append((step, f"{loss_value:.6g}", f"{lr:.6g}", f"{grad_norm:.6g}", int(bad)))
+                rows.append((step, f"{loss:.6g}", f"{lr:.6g}", f"{grad_norm:.6g}", int(bad)))
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-                if writer is not None and not bad and (step % cfg.log_every == 0 or step == cfg.steps):
-                    writer.add_scalar("train/loss", loss_value, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/grad_norm", grad_norm, step)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if writer is not None and not bad and step % cfg.log_every == 0:
+                    for key, value in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm)):
+                        writer.add_scalar(f"train/{key}", value, step)
                 if step % cfg.log_every == 0:
-                    _append_log(output_dir / LOG_FILE, rows)
+                    _append_log(log, rows)
             if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 if main:
-                    _append_log(output_dir / LOG_FILE, rows)
-                checkpoint(step)
+                    _append_log(log, rows)
+                    tr.checkpoint()
                 acc.wait_for_everyone()
-            if main and sample_batch is not None and step % cfg.sample_every == 0:
-                samples(step)
+            if sample_batch is not None and step % cfg.sample_every == 0:
+                tr.samples(sample_batch)
     finally:
         bar.close()
-        if main:
-            _append_log(output_dir / LOG_FILE, rows) if rows else None
-            if writer is not None:
-                writer.close()
-
+        if main and rows:
+            _append_log(log, rows)
+        if writer is not None:
+            writer.close()
     if main:
-        _save_model_dir(net, output_dir / "final", _ema_state_dict(net, ema))
-        logger.info("trained to step %d; final model in %s", step, output_dir / "final")
+        _save_model_dir(tr.net, out / "final", _ema_state_dict(tr.net, tr.ema))
+        logger.info("trained to step %d; final model (EMA included) in %s", tr.step, out / "final")
     acc.wait_for_everyone()
     finite = [v for v in losses if math.isfinite(v)]
     return TrainResult(
-        steps=step, losses=losses, skipped_nonfinite=skipped_total,
-        final_loss=finite[-1] if finite else float("nan"), output_dir=output_dir, start_step=start_step,
+        steps=tr.step, losses=losses, skipped_nonfinite=tr.skipped,
+        final_loss=finite[-1] if finite else float("nan"), output_dir=out, start_step=start,
     )  # fmt: skip
 
 

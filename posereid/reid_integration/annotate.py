@@ -148,7 +148,10 @@ def add_annotate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recursive", action="store_true", help="also annotate images in sub-folders")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--min-visibility", type=float, default=0.5, help="BlazePose visibility below which a joint is missing"
+        "--min-visibility",
+        type=float,
+        default=0.5,
+        help="BlazePose visibility below which a joint is missing",
     )
 
 

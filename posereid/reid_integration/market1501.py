@@ -361,7 +361,7 @@ def read_patn_csv(
     path = Path(path)
     out = PatnAnnotations()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except UnicodeDecodeError as exc:
         raise MarketFormatError(f"{path}: not a UTF-8 text file ({exc})") from None
     lines = text.splitlines()
@@ -419,7 +419,7 @@ def write_patn_csv(path: str | os.PathLike[str], annotations: Mapping[str, np.nd
 def read_pairs_csv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """Read a PATN pairs CSV (``market-pairs-{train,test}.csv``: header ``from,to``)."""
     path = Path(path)
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) != PAIRS_HEADER:
@@ -486,6 +486,9 @@ class MarketWriter:
     ``frame=None`` numbers frames per ``(split, pid, cam, seq)`` after the highest one already on disk,
     so names never collide with earlier runs. Each file is written to a temporary sibling and linked
     into place without overwriting (a concurrent writer that took the name makes us try the next frame).
+
+    torchreid's own ``Market1501`` globs ``*.jpg`` and asserts ``0 <= pid <= 1501`` and cameras ``1..6``
+    (junk ``-1`` is dropped); stay inside those ranges for folders meant for it.
 
     Args:
         root: the data directory (pass ``<torchreid root>/market1501/Market-1501-v15.09.15`` to make a

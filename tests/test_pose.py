@@ -120,3 +120,14 @@ def test_draw_skeleton_draws_limbs():
     img = P.draw_skeleton(None, kps, size=(128, 64))
     arr = np.asarray(img)
     assert arr[50, 32].sum() > 0 and arr[50, 5].sum() == 0
+
+
+def test_joint_rounding_onto_border_is_clamped_not_half_missing():
+    kps = np.full((18, 2), -1, np.float32)
+    kps[1] = [0.2, 10]
+    kps[2] = [63.0, 127.0]
+    out = P.resize_keypoints(kps, (128, 64), (64, 32))  # 0.2 -> -0.15: rounds onto pixel 0
+    assert (out[1] >= 0).all() and out[1, 0] == 0
+    assert (out[2] >= 0).all() and out[2, 0] <= 31 and out[2, 1] <= 63
+    vis = P.visible_mask(out)
+    assert ((out[~vis] == -1).all()) and vis.sum() == 2

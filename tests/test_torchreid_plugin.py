@@ -17,7 +17,6 @@ from torchvision.transforms import v2
 from posereid.reid_integration.market1501 import ImageReadError, MarketWriter, load_image
 from posereid.reid_integration.torchreid_plugin import (
     BatchAugmentSoftmaxEngine,
-    PosereidDataManager,
     PosereidMarketDataset,
     ReidFeatureExtractor,
     SyntheticPidError,
@@ -32,6 +31,7 @@ from posereid.reid_integration.torchreid_plugin import (
     scan_reid_lists,
     unregister_posereid_dataset,
 )
+from posereid.reid_integration.train import PosereidDataManager
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

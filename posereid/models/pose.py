@@ -88,6 +88,10 @@ def drop_outside(kps: np.ndarray, height: int, width: int) -> np.ndarray:
     out = np.array(kps, dtype=np.float32, copy=True)
     x, y = out[..., 0], out[..., 1]
     inside = (x > -0.5) & (x < width - 0.5) & (y > -0.5) & (y < height - 0.5)
+    # A joint that rounds onto the border pixel is clamped onto it, so that no coordinate is ever
+    # negative while the joint counts as present (negative means missing everywhere else).
+    out[..., 0] = np.clip(x, 0, width - 1)
+    out[..., 1] = np.clip(y, 0, height - 1)
     out[~inside] = MISSING
     return out
 
@@ -299,6 +303,8 @@ if _HAS_TV_KEYPOINTS:
         x, y = out[..., 0], out[..., 1]
         outside = (x <= -0.5) | (x >= w - 0.5) | (y <= -0.5) | (y >= h - 0.5)
         out = out.clone()
+        out[..., 0] = out[..., 0].clamp(0, w - 1)
+        out[..., 1] = out[..., 1].clamp(0, h - 1)
         out[was_missing | outside] = MISSING
         return out
 

@@ -38,7 +38,8 @@ from posereid.reid_integration.torchreid_plugin import (
     BatchAugmentSoftmaxEngine,
     BatchAugmentTripletEngine,
     BatchTransform,
-    PosereidDataManager,
+    PosereidMarketDataset,
+    ReidLists,
     build_reid_model,
     build_reid_transforms,
     save_reid_checkpoint,
@@ -47,6 +48,7 @@ from posereid.reid_integration.torchreid_plugin import (
 
 with warnings.catch_warnings():  # torchreid's "Cython evaluation is unavailable" (we do not use it)
     warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
+    from torchreid.reid.data.sampler import RandomIdentitySampler
     from torchreid.reid.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,79 @@ class ReidTrainConfig:
         d = dataclasses.asdict(self)
         d["synthetic"] = list(self.synthetic)
         return d
+
+
+class PosereidDataManager:
+    """The parts of ``torchreid.data.ImageDataManager`` an engine uses, for one posereid dataset.
+
+    Unlike torchreid's manager it never drops a whole tiny train set: the train batch is capped to what
+    the set (and, for the identity sampler, ``identities × num_instances``) can fill, so every batch is
+    full and every epoch has at least one batch. Sampling is seeded by ``seed``.
+    """
+
+    data_type = "image"
+
+    def __init__(
+        self,
+        lists: ReidLists,
+        *,
+        train_transform: Callable,
+        test_transform: Callable,
+        batch_size: int = 32,
+        batch_size_test: int = 128,
+        sampler: Literal["RandomSampler", "RandomIdentitySampler"] = "RandomSampler",
+        num_instances: int = 4,
+        workers: int = 0,
+        seed: int = 0,
+        name: str = "posereid",
+        use_gpu: bool = False,
+    ) -> None:
+        def ds(mode: str, tf: Callable) -> PosereidMarketDataset:
+            return PosereidMarketDataset(lists=lists, transform=tf, mode=mode)
+
+        train = ds("train", train_transform)
+        n = len(train.train)
+        if n < 2:
+            raise ValueError(f"need at least 2 training images (batch norm), got {n}")
+        self.batch_size = min(int(batch_size), n)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        if sampler == "RandomIdentitySampler":
+            k = max(1, min(int(num_instances), self.batch_size))
+            pids_per_batch = max(1, min(self.batch_size // k, lists.num_train_pids))
+            self.batch_size = pids_per_batch * k
+            if self.batch_size < 2:
+                raise ValueError("the identity sampler needs batch_size >= 2 and num_instances >= 1")
+            train_sampler = RandomIdentitySampler(train.train, self.batch_size, k)
+        elif sampler == "RandomSampler":
+            train_sampler = torch.utils.data.RandomSampler(train, generator=self.generator)
+        else:
+            raise ValueError(f"sampler must be RandomSampler or RandomIdentitySampler, got {sampler!r}")
+        if self.batch_size != batch_size:
+            logger.info("train batch size capped from %d to %d for this set", batch_size, self.batch_size)
+        loader_kw = {"num_workers": workers, "pin_memory": use_gpu, "generator": self.generator}
+        self.train_loader = torch.utils.data.DataLoader(
+            train, sampler=train_sampler, batch_size=self.batch_size, drop_last=True, **loader_kw
+        )
+        self.test_loader = {name: {
+            mode: torch.utils.data.DataLoader(ds(mode, test_transform), batch_size=batch_size_test,
+                                              shuffle=False, drop_last=False, **loader_kw)
+            for mode in ("query", "gallery")
+        }}
+        self.sources = self.targets = [name]
+        self.train_set = train
+        self._num_train_pids = lists.num_train_pids
+        self._num_train_cams = train.num_train_cams
+
+    @property
+    def num_train_pids(self) -> int:
+        return self._num_train_pids
+
+    @property
+    def num_train_cams(self) -> int:
+        return self._num_train_cams
+
+    def fetch_test_loaders(self, name: str):
+        return self.test_loader[name]["query"], self.test_loader[name]["gallery"]
 
 
 def seed_everything(seed: int) -> None:

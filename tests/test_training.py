@@ -227,8 +227,9 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert any(not torch.equal(raw[k], ema[k]) for k in raw), "EMA weights should differ from raw weights"
 
     with open(tmp_path / "cut" / "train_log.csv", newline="") as fh:  # row 4 of the killed run redone
-        steps = [int(r["step"]) for r in csv.DictReader(fh)]
-    assert steps == list(range(1, 7))
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert [float(r["lr"]) for r in rows[:3]] == [0.0, 5e-4, 1e-3]  # lr used by the step (2 warm-up steps)
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         train_generator(_tiny(), ds, cfg, tmp_path / "cut", resume=False, progress=False)
     again = train_generator(_tiny(), ds, cfg, tmp_path / "cut", progress=False)  # finished: nothing to do

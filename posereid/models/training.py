@@ -455,9 +455,16 @@ class _Trainer:
         from diffusers.training_utils import EMAModel
 
         self.cfg, self.out, self.dataset = cfg, out, dataset
-        self.acc = Accelerator(
-            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum
-        )
+        kwargs = dict(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+        try:
+            self.acc = Accelerator(**kwargs)
+        except ValueError as exc:  # an earlier call in this process used another precision
+            if "already been initialized" not in str(exc):
+                raise
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state()  # keeps the process group (PartialState)
+            self.acc = Accelerator(**kwargs)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
         schedule = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
@@ -490,8 +497,8 @@ class _Trainer:
             logger.warning("resuming %s with a different TrainConfig than it was saved with", ckpt)
         logger.info("resuming from %s (step %d)", ckpt, self.step)
 
-    def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> tuple[float, float, bool]:
-        """One optimizer step over ``grad_accum`` micro-batches → ``(loss, grad_norm, skipped)``."""
+    def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> tuple[float, float, float, bool]:
+        """One optimizer step over ``grad_accum`` micro-batches → ``(loss, grad_norm, lr, skipped)``."""
         acc, cfg, rank = self.acc, self.cfg, self.acc.process_index
         torch.manual_seed(derive_seed(cfg.seed, 2, self.step, rank))  # any global-RNG use (dropout)
         bad, total = False, torch.zeros((), device=acc.device)
@@ -518,11 +525,12 @@ class _Trainer:
             if not acc.optimizer_step_was_skipped:
                 self.ema.step(self.params)
         self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # the LR schedule follows the step count, updates or not
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         self.step += 1
-        return (float("nan") if bad else float(acc.reduce(total, "mean"))), grad_norm, bad
+        return (float("nan") if bad else float(acc.reduce(total, "mean"))), grad_norm, lr, bad
 
     def count_nonfinite(self, bad: bool) -> None:
         if not bad:
@@ -632,10 +640,10 @@ def train_generator(
     tr.wrapper.train()
     try:
         while tr.step < cfg.steps:
-            loss, grad_norm, bad = tr.train_step(batches)
+            loss, grad_norm, lr, bad = tr.train_step(batches)
             losses.append(loss)
             tr.count_nonfinite(bad)
-            step, lr = tr.step, tr.scheduler.get_last_lr()[0]
+            step = tr.step
             if main:
                 rows.append((step, f"{loss:.6g}", f"{lr:.6g}", f"{grad_norm:.6g}", int(bad)))
                 bar.update(1)

@@ -7,6 +7,9 @@ step is one call of a torchreid engine's ``forward_backward`` (softmax or triple
 the optional batch hook of :class:`~posereid.reid_integration.torchreid_plugin.BatchAugmentEngine`);
 the data loader restarts when an epoch ends. Evaluation uses posereid's fast evaluator on the query and
 gallery splits. Outputs in ``--out``: ``results.json`` and ``model.safetensors`` (+ ``.json`` meta).
+
+:class:`PosereidDataManager` stands in for torchreid's ``ImageDataManager`` (which drops the last batch,
+so a set smaller than one batch trains nothing): it caps the batch to what the set can fill.
 """
 
 from __future__ import annotations

@@ -298,7 +298,7 @@ def test_partial_checkpoints_ignored_on_resume(tmp_path: Path, caplog: pytest.Lo
 # --------------------------------------------------------------------------------------------------
 def test_cli_train_generator_and_sample(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from posereid.experiments.cli import main
-    from posereid.reid_integration.market1501 import MarketWriter, write_patn_csv
+    from posereid.reid_integration.market1501 import MarketWriter, write_pairs_csv, write_patn_csv
 
     data = tmp_path / "market"
     writer = MarketWriter(data)
@@ -309,15 +309,21 @@ def test_cli_train_generator_and_sample(tmp_path: Path, caplog: pytest.LogCaptur
     unannotated = writer.add("train", Image.fromarray(_records()[0].image), pid=1, cam=3, frame=99)
     few = writer.add("train", Image.fromarray(_records()[0].image), pid=2, cam=3, frame=98)
     ann[few] = np.where(np.arange(18)[:, None] < 3, _pose(0), -1.0)  # only 3 visible joints
+    (data / "bounding_box_train" / "0001_c4s1_000050_01.jpg").write_bytes(b"truncated")
+    ann["0001_c4s1_000050_01.jpg"] = _pose(0)
     write_patn_csv(tmp_path / "ann.csv", ann)
+    names = list(ann)
+    write_pairs_csv(tmp_path / "pairs.csv", [(names[0], names[1]), (names[3], names[2]), (names[0], few)])
     out = tmp_path / "gen"
     args = ["train-generator", "--data", str(data), "--annotations", str(tmp_path / "ann.csv"),
-            "--preset", "tiny", "--out", str(out), "--steps", "2", "--batch-size", "2",
+            "--pairs", str(tmp_path / "pairs.csv"), "--preset", "tiny", "--out", str(out), "--steps", "2",
+            "--batch-size", "2",
             "--checkpoint-every", "2", "--sample-every", "2", "--seed", "1", "--no-progress"]  # fmt: skip
     with caplog.at_level(logging.INFO):
         assert main(args) == 0
     assert "skipped 1 image(s) without an annotation row" in caplog.text, caplog.text
-    assert "skipped 1 image(s) with fewer than" in caplog.text
+    assert "skipped 1 image(s) with fewer than" in caplog.text and "skipped 1 unreadable image" in caplog.text
+    assert "skipped 1 pair with an unknown image" in caplog.text and "4 training pairs" in caplog.text
     assert unannotated and PoseTransferGenerator.from_pretrained(out / "final").image_size == (H, W)
     with open(out / "train_log.csv", newline="") as fh:
         assert [r["step"] for r in csv.DictReader(fh)] == ["1", "2"]
@@ -326,7 +332,8 @@ def test_cli_train_generator_and_sample(tmp_path: Path, caplog: pytest.LogCaptur
     src = data / "bounding_box_train" / next(iter(ann))
     png = tmp_path / "sample.png"
     args = ["sample", "--generator", str(out / "final"), "--source", str(src), "--target-pose-from",
-            list(ann)[1], "--annotations", str(tmp_path / "ann.csv"), "--out", str(png), "--steps", "2"]  # fmt: skip
+            list(ann)[1], "--annotations", str(tmp_path / "ann.csv"), "--out", str(png),
+            "--steps", "2"]  # fmt: skip
     assert main(args) == 0
     with Image.open(png) as im:
         assert im.size[1] >= H and im.size[0] >= 3 * W  # source | target skeleton | generated

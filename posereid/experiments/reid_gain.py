@@ -473,14 +473,22 @@ def plot_results(summary: Sequence[dict[str, Any]], path: Path, title: str = "")
     import matplotlib.pyplot as plt
 
     arms = [a for a in ARMS if any(e["arm"] == a for e in summary)]
+    fractions = sorted({e["fraction"] for e in summary})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, metric, label in zip(axes, ("mAP", "rank1"), ("mAP (%)", "rank-1 (%)")):
-        for arm in arms:
-            pts = sorted((e["fraction"], e[metric], e[f"{metric}_std"]) for e in summary if e["arm"] == arm)
-            xs = [p[0] * 100 for p in pts]
-            ax.errorbar(xs, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                        linestyle="--" if "synthetic" not in arm else "-", label=arm)
-        ax.set_xlabel("train images kept (%)")
+        if len(fractions) == 1:  # one fraction: bars per arm (a line needs two points)
+            pts = [next(e for e in summary if e["arm"] == a) for a in arms]
+            colours = [f"C{i}" for i in range(len(arms))]
+            ax.bar(range(len(arms)), [e[metric] for e in pts], yerr=[e[f"{metric}_std"] for e in pts],
+                   capsize=4, color=colours, label=arms)
+            ax.set_xticks(range(len(arms)), arms, rotation=15, fontsize=8)
+            ax.set_xlabel(f"arm ({fractions[0] * 100:.0f}% of the train images kept)")
+        else:
+            for arm in arms:
+                pts = sorted((e["fraction"], e[metric], e[f"{metric}_std"]) for e in summary if e["arm"] == arm)
+                ax.errorbar([p[0] * 100 for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                            marker="o", capsize=3, linestyle="--" if "synthetic" not in arm else "-", label=arm)
+            ax.set_xlabel("train images kept (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -516,26 +524,6 @@ def synthetic_dir(config: GainConfig, fraction: float, *, filtered: bool = False
     return config.work / f"synthetic-{fraction_tag(fraction)}{'-filtered' if filtered else ''}"
 
 
-def generator_records(root: Path, annotations: Path, annotation_hw: tuple[int, int]) -> list[Any]:
-    """:class:`~posereid.models.training.PoseRecord` s of the annotated train images (pid > 0) of ``root``,
-    keypoints rescaled from the annotation frame to each image's size."""
-    from PIL import Image
-
-    from posereid.models.pose import resize_keypoints
-    from posereid.models.training import PoseRecord
-
-    ann = read_patn_csv(annotations, image_hw=annotation_hw)
-    records = []
-    for r in Market1501(root).train:
-        if r.pid <= 0 or r.name not in ann:
-            continue
-        with Image.open(r.path) as im:
-            hw = (im.height, im.width)
-        kps = ann[r.name] if hw == tuple(annotation_hw) else resize_keypoints(ann[r.name], annotation_hw, hw)
-        records.append(PoseRecord(image=r.path, pid=r.pid, keypoints=kps, name=r.name))
-    return records
-
-
 def ensure_generator(config: GainConfig, fraction: float, subset: Subset, *, device: str) -> Path:
     """Train (or reuse) the generator for ``fraction`` and return its checkpoint directory.
 
@@ -543,6 +531,7 @@ def ensure_generator(config: GainConfig, fraction: float, subset: Subset, *, dev
     a given ``config.generator`` is returned as is. A finished ``final/`` directory is reused; an
     interrupted run resumes from its last checkpoint (``train_generator(resume=True)``).
     """
+    from posereid.experiments.train_generator import market_pose_records
     from posereid.models import training
     from posereid.models.generator import PoseTransferGenerator
 
@@ -557,7 +546,7 @@ def ensure_generator(config: GainConfig, fraction: float, subset: Subset, *, dev
         root, annotations = config.data, config.annotations or find_annotations(config.data)
     else:
         root, annotations = subset.root, subset.annotations
-    records = generator_records(root, annotations, config.annotation_hw)
+    records = market_pose_records(root, annotations, annotation_size=config.annotation_hw)
     if not records:
         raise ValueError(f"{root}: no annotated train image to train the generator on ({annotations})")
     pairs_csv = Path(annotations).with_name("market-pairs-train.csv")

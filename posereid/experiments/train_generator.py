@@ -143,8 +143,9 @@ def run_train_generator(args: argparse.Namespace) -> int:
     )
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_steps=min(args.warmup_steps, args.steps), lr_schedule=args.lr_schedule, grad_accum=args.grad_accum,
-        mixed_precision=args.mixed_precision, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+        warmup_steps=min(args.warmup_steps, args.steps), lr_schedule=args.lr_schedule,
+        grad_accum=args.grad_accum, mixed_precision=args.mixed_precision, ema_decay=args.ema_decay,
+        checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, sample_every=args.sample_every, log_every=args.log_every,
         seed=args.seed, num_workers=args.num_workers,
     )  # fmt: skip

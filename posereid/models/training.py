@@ -31,7 +31,7 @@ import re
 import shutil
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -284,11 +284,13 @@ class _StepBatchSampler(torch.utils.data.Sampler):
 # -------------------- Config and result ----------------------------------------------------------
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of :func:`train_generator` (defaults follow PCDMs/PIDM: AdamW 1e-4, clip 1, EMA 0.9999).
+    """Hyper-parameters of :func:`train_generator` (defaults as PCDMs/PIDM: AdamW 1e-4, clip 1, EMA 0.9999).
 
     ``steps`` counts optimizer steps; each consumes ``grad_accum`` micro-batches of ``batch_size`` per
-    process. ``ema_start``: EMA updates begin after this many steps. ``sample_every``/``checkpoint_every``
-    = 0 disables them. ``max_nonfinite_in_row``: abort (:class:`NonFiniteLossError`) after more
+    process. ``ema_start``: EMA updates begin after this many steps. The last step is always
+    checkpointed (``checkpoint_every = 0``: only it); ``sample_every = 0`` draws no grids. Grids use
+    ``sample_sampler`` (DDIM clips its x0 estimate, so grids of an under-trained model stay
+    informative). ``max_nonfinite_in_row``: abort with :class:`NonFiniteLossError` after more
     consecutive non-finite steps than this.
     """
 
@@ -308,6 +310,7 @@ class TrainConfig:
     sample_every: int = 1000
     num_samples: int = 4
     sample_steps: int = 20
+    sample_sampler: str = "ddim"
     log_every: int = 10
     max_nonfinite_in_row: int = 20
     seed: int = 0
@@ -368,12 +371,13 @@ def _clean_temp_checkpoints(output_dir: Path) -> None:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def _save_model_dir(model: nn.Module, target: Path, ema_state: dict[str, torch.Tensor] | None) -> None:
-    """``save_pretrained`` into a temporary sibling, then rename over ``target``."""
+def _write_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a fresh temporary sibling directory, then rename it over ``target``."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(tmp, ema_state_dict=ema_state)
+        write(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -391,7 +395,7 @@ def _ema_state_dict(model: nn.Module, ema: Any) -> dict[str, torch.Tensor]:
 
 # -------------------- Logging helpers ------------------------------------------------------------
 def _truncate_log(path: Path, last_step: int) -> None:
-    """Keep only well-formed rows with ``step <= last_step`` (rows after the resumed checkpoint are redone)."""
+    """Keep well-formed rows with ``step <= last_step`` (steps after the resumed checkpoint are redone)."""
     if not path.exists():
         return
     with open(path, encoding="utf-8", newline="") as fh:
@@ -416,7 +420,13 @@ def _append_log(path: Path, rows: list[tuple]) -> None:
 
 @torch.no_grad()
 def save_sample_grid(
-    model: nn.Module, batch: dict[str, torch.Tensor], path: Path, *, steps: int, seed: int
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    path: Path,
+    *,
+    steps: int,
+    seed: int,
+    sampler: str = "ddim",
 ) -> None:
     """PNG grid, one row per pair: source | target skeleton | generated | ground truth."""
     from torchvision.utils import make_grid, save_image
@@ -425,7 +435,7 @@ def save_sample_grid(
     n = batch["source"].shape[0]
     gen = model.generate(
         batch["source"].to(device), batch["target_kps"].to(device), batch["source_kps"].to(device),
-        steps=steps, seeds=[seed + i for i in range(n)],
+        steps=steps, sampler=sampler, seeds=[seed + i for i in range(n)],
     ).float().cpu()  # fmt: skip
     h, w = batch["source"].shape[-2:]
     skel = skeleton_tensor(batch["target_kps"], h, w)
@@ -449,12 +459,12 @@ class _LossModule(nn.Module):
 class _Trainer:
     """State of one :func:`train_generator` call (accelerator, optimizer, EMA, counters)."""
 
-    def __init__(self, model: nn.Module, dataset: PosePairDataset, cfg: TrainConfig, out: Path) -> None:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, out: Path) -> None:
         from accelerate import Accelerator
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import EMAModel
 
-        self.cfg, self.out, self.dataset = cfg, out, dataset
+        self.cfg, self.out = cfg, out
         kwargs = dict(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
         try:
             self.acc = Accelerator(**kwargs)
@@ -549,13 +559,7 @@ class _Trainer:
             )
 
     def checkpoint(self) -> None:
-        """Write ``checkpoints/step-XXXXXXX`` via a temp dir + rename; keep the newest ``keep_checkpoints``."""
-        root = self.out / CHECKPOINT_DIR
-        final = root / f"step-{self.step:07d}"
-        tmp = root / f"{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.net.save_pretrained(tmp / "model", ema_state_dict=_ema_state_dict(self.net, self.ema))
+        """Write ``checkpoints/step-XXXXXXX`` (temp dir + rename); keep the newest ``keep_checkpoints``."""
         state = {
             "step": self.step, "skipped": self.skipped, "in_row": self.in_row, "config": asdict(self.cfg),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -563,10 +567,12 @@ class _Trainer:
         }  # fmt: skip
         if self.acc.scaler is not None:
             state["scaler"] = self.acc.scaler.state_dict()
-        torch.save(state, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+
+        def write(tmp: Path) -> None:
+            self.net.save_pretrained(tmp / "model", ema_state_dict=_ema_state_dict(self.net, self.ema))
+            torch.save(state, tmp / STATE_FILE)  # last: its presence marks a complete checkpoint
+
+        _write_dir(self.out / CHECKPOINT_DIR / f"step-{self.step:07d}", write)
         done = list_checkpoints(self.out)
         if self.cfg.keep_checkpoints:
             for _, old in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
@@ -579,7 +585,10 @@ class _Trainer:
         self.net.eval()
         try:
             path = self.out / "samples" / f"step-{self.step:07d}.png"
-            save_sample_grid(self.net, batch, path, steps=self.cfg.sample_steps, seed=self.cfg.seed)
+            cfg = self.cfg
+            save_sample_grid(
+                self.net, batch, path, steps=cfg.sample_steps, seed=cfg.seed, sampler=cfg.sample_sampler
+            )
         finally:
             self.ema.restore(self.params)
             self.net.train()
@@ -603,7 +612,10 @@ def train_generator(
     ``config.max_nonfinite_in_row`` in a row raise :class:`NonFiniteLossError`.
     """
     out, cfg = Path(output_dir), config
-    tr = _Trainer(model, dataset, cfg, out)
+    size = tuple(getattr(model, "image_size", dataset.image_size))
+    if size != dataset.image_size:
+        raise ValueError(f"dataset image_size {dataset.image_size} differs from the model's {size}")
+    tr = _Trainer(model, cfg, out)
     acc, main = tr.acc, tr.acc.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -653,7 +665,7 @@ def train_generator(
                         writer.add_scalar(f"train/{key}", value, step)
                 if step % cfg.log_every == 0:
                     _append_log(log, rows)
-            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 if main:
                     _append_log(log, rows)
                     tr.checkpoint()
@@ -667,7 +679,9 @@ def train_generator(
         if writer is not None:
             writer.close()
     if main:
-        _save_model_dir(tr.net, out / "final", _ema_state_dict(tr.net, tr.ema))
+        _write_dir(
+            out / "final", lambda d: tr.net.save_pretrained(d, ema_state_dict=_ema_state_dict(tr.net, tr.ema))
+        )
         logger.info("trained to step %d; final model (EMA included) in %s", tr.step, out / "final")
     acc.wait_for_everyone()
     finite = [v for v in losses if math.isfinite(v)]

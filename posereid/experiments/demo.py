@@ -1,0 +1,501 @@
+"""``posereid demo`` (``make demo``): the whole pipeline on synthetic people within a time budget.
+
+1. render a synthetic Market-1501-format dataset in which every TRAIN identity is shown in only two of the
+   four view directions (query and gallery show all four), so a re-ID model must recognise people from
+   views it never saw them in;
+2. get a generator: ``--generator DIR``, else the checkpoint shipped in ``posereid/assets/generator-small``,
+   else train the ``small`` preset on the train split for what the budget allows;
+3. generate one (or more) image per train image under its identity, in target poses drawn view-balanced
+   from the train pose bank, so the unseen views appear;
+4. train re-ID baseline(s) and the augmented arm(s) for the SAME number of steps with the same seed(s)
+   and evaluate (the :mod:`posereid.experiments.reid_gain` machinery, one fraction = 100 %);
+5. print the table and write the plot, a sample grid (source | target skeleton | generated) and a grid of
+   the synthetic identities (their real train views | generated new views).
+
+**Budget.** ``--budget-minutes`` (default 10) is split between the stages; the step counts of the generator
+training, the sampling and the re-ID runs are derived from it by timing a few steps of each model on this
+machine first (so a GPU gets proportionally more steps). The plan is saved in ``OUT/demo_plan.json``; a
+rerun with the same options reuses it and every finished stage (data, generator, synthetic images,
+re-ID results), so it completes in seconds. ``--tiny`` runs everything at toy sizes in seconds (tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from posereid.experiments import reid_gain as rg
+from posereid.models.io_utils import atomic_save, atomic_write
+
+logger = logging.getLogger(__name__)
+
+#: The generator checkpoint the package may ship (``config.json`` + safetensors).
+ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "generator-small"
+PLAN_FILE = "demo_plan.json"
+DATA_DONE = "synthetic-identities.json"  # written last by write_synthetic_market
+
+#: Share of the budget per stage (the rest covers imports, rendering, calibration, evaluation, reports).
+SHARES_TRAIN = {"generator": 0.36, "generate": 0.16, "reid": 0.34}
+SHARES_SHIPPED = {"generator": 0.0, "generate": 0.26, "reid": 0.60}
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing a few steps of each model (the budget → step counts)
+# --------------------------------------------------------------------------------------------------
+def _timed(fn: Callable[[], object], repeats: int) -> float:
+    """Seconds per call of ``fn`` (one untimed warm-up call first)."""
+    import torch
+
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
+
+
+def time_generator_step(preset: str, hw: tuple[int, int], batch_size: int, device: str) -> float:
+    """Seconds per optimisation step of a fresh ``preset`` generator (loss, backward, AdamW step)."""
+    import torch
+
+    from posereid.models.generator import PoseTransferGenerator
+
+    model = PoseTransferGenerator.from_preset(preset, image_size=hw).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.rand(batch_size, 3, *hw, device=device)
+    k = torch.rand(batch_size, 18, 2, device=device) * torch.tensor([hw[1] - 1, hw[0] - 1], device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model.training_loss(x, x, k, k).backward()
+        opt.step()
+
+    return _timed(step, 2)
+
+
+def time_generation(generator: Any, batch_size: int) -> float:
+    """Seconds per image per sampling step of ``generator`` without guidance (one model pass)."""
+    import torch
+
+    hw = generator.image_size
+    dev = generator.device
+    x = torch.rand(batch_size, 3, *hw, device=dev)
+    k = torch.rand(batch_size, 18, 2, device=dev) * torch.tensor([hw[1] - 1, hw[0] - 1], device=dev)
+    with torch.no_grad():
+        per_call = _timed(lambda: generator.generate(x, k, k, steps=2, guidance=(1.0, 1.0)), 1)
+    return per_call / (2 * batch_size)
+
+
+def time_reid_step(model_name: str, hw: tuple[int, int], batch_size: int, classes: int, device: str) -> float:
+    """Seconds per optimisation step of a fresh torchreid model on random images (no data loading)."""
+    import torch
+
+    from posereid.reid_integration.torchreid_plugin import build_reid_model
+
+    model = build_reid_model(model_name, classes).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=3.5e-4)
+    x = torch.rand(batch_size, 3, *hw, device=device)
+    y = torch.randint(0, classes, (batch_size,), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return _timed(step, 3)
+
+
+def _clamp(v: float, lo: int, hi: int) -> int:
+    return int(max(lo, min(hi, v)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------------
+def _synth_kwargs(tiny: bool, hw: tuple[int, int], seed: int) -> dict[str, Any]:
+    if tiny:
+        return dict(n_train_ids=6, n_test_ids=4, per_camera=2, cameras=2, n_distractors=2, n_junk=1,
+                    height=hw[0], width=hw[1], train_views=2, seed=seed)  # fmt: skip
+    return dict(n_train_ids=30, n_test_ids=30, per_camera=3, cameras=4, n_distractors=20, n_junk=5,
+                height=hw[0], width=hw[1], train_views=2, seed=seed)  # fmt: skip
+
+
+def _generator_source(args: argparse.Namespace) -> tuple[str | None, str]:
+    """``(checkpoint dir or None, how it was chosen)``."""
+    if args.generator:
+        return str(Path(args.generator)), "given"
+    if not args.tiny and not args.train_generator and (ASSET_DIR / "config.json").is_file():
+        return str(ASSET_DIR), "shipped"
+    return None, "train"
+
+
+def new_plan(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """The request (what must match for a rerun to reuse results) and the fixed part of the plan."""
+    gen, how = _generator_source(args)
+    if gen is not None:
+        cfg = json.loads((Path(gen) / "config.json").read_text())
+        hw = tuple(int(v) for v in cfg["image_size"])
+    else:
+        hw = (32, 16) if args.tiny else (int(args.height), int(args.width))
+    key = {"tiny": bool(args.tiny), "budget_minutes": float(args.budget_minutes), "device": device,
+           "generator": gen or "train", "seed": int(args.seed), "hw": list(hw), "arms": args.arms}  # fmt: skip
+    plan: dict[str, Any] = {"key": key, "generator": gen, "generator_how": how, "hw": list(hw),
+                            "synth": _synth_kwargs(args.tiny, hw, args.seed)}  # fmt: skip
+    if args.tiny:
+        plan.update(generator_preset="tiny", generator_steps=3, generator_batch_size=4, per_image=1,
+                    sampler="ddim", steps=2, guidance=[1.0, 1.0], reid_model="osnet_x0_25", reid_steps=4,
+                    reid_batch_size=8, arms=["plain", "plain+synthetic"], seeds=[int(args.seed)],
+                    filter=None)  # fmt: skip
+    else:
+        plan.update(generator_preset="small", generator_batch_size=16, sampler="ddim",
+                    reid_model="osnet_x0_25", reid_batch_size=32)  # fmt: skip
+    return plan
+
+
+def _gain_config(plan: dict[str, Any], out: Path, device: str, *, progress: bool = True) -> rg.GainConfig:
+    """The :class:`~posereid.experiments.reid_gain.GainConfig` of the plan (fields not yet planned get
+    placeholders; they are only read by the stages that come after planning them)."""
+    h, w = plan["hw"]
+    return rg.GainConfig(
+        data=out / "data", out=out / "gain", fractions=(1.0,), arms=tuple(plan.get("arms") or ("plain",)),
+        seeds=tuple(plan.get("seeds") or (plan["key"]["seed"],)), subset_seed=plan["key"]["seed"],
+        reid_steps=plan.get("reid_steps", 1), reid_model=plan["reid_model"],
+        reid_batch_size=plan["reid_batch_size"], height=h, width=w, generator_preset=plan["generator_preset"],
+        generator_steps=plan.get("generator_steps", 1), generator_batch_size=plan["generator_batch_size"],
+        generator=plan["generator"], per_image=plan.get("per_image", 1), sampler=plan["sampler"],
+        steps=plan.get("steps", 1), guidance=tuple(plan.get("guidance", (1.0, 1.0))), pose_sampling="view",
+        annotation_hw=(h, w), filter_checkpoint=plan.get("filter"), device=device, progress=progress,
+    )  # fmt: skip
+
+
+def _save_plan(out: Path, plan: dict[str, Any]) -> None:
+    with atomic_write(out / PLAN_FILE) as fh:
+        json.dump(plan, fh, indent=2)
+
+
+def load_or_start_plan(args: argparse.Namespace, out: Path, device: str) -> dict[str, Any]:
+    """Reuse ``OUT/demo_plan.json`` when the request matches; otherwise clear the demo's own outputs."""
+    fresh = new_plan(args, device)
+    path = out / PLAN_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("key") == fresh["key"]:
+            _say(f"reusing the plan and finished stages in {out} (same options as before)")
+            return old
+        _say(f"{out}: earlier demo run with other options; starting over")
+        for sub in ("data", "gain"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    elif (out / "data").exists() or (out / "gain").exists():
+        raise FileExistsError(f"{out} holds data/ or gain/ not written by the demo; choose another --out")
+    _save_plan(out, fresh)
+    return fresh
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------
+def stage_data(plan: dict[str, Any], out: Path) -> dict[str, Any]:
+    from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
+    from posereid.reid_integration.market1501 import Market1501
+
+    data = out / "data"
+    if (data / DATA_DONE).is_file():
+        _say(f"  already rendered: {data}")
+        return Market1501(data).summary()
+    shutil.rmtree(data, ignore_errors=True)  # an interrupted render of ours
+    summary = write_synthetic_market(data, SynthConfig(**plan["synth"]), progress=True)
+    return summary
+
+
+def plan_generator(plan: dict[str, Any], budget_s: float, device: str) -> None:
+    if "generator_steps" in plan:
+        return
+    if plan["generator"] is not None:
+        plan["generator_steps"] = 0
+        return
+    sps = time_generator_step(plan["generator_preset"], tuple(plan["hw"]), plan["generator_batch_size"], device)
+    plan["generator_steps"] = _clamp(budget_s / (sps * 1.15), 20, 4000)
+    plan["timing"] = {**plan.get("timing", {}), "generator_s_per_step": round(sps, 4)}
+
+
+def plan_generation(plan: dict[str, Any], generator_path: Path, n_sources: int, budget_s: float, device: str) -> None:
+    """Sampling steps, guidance and images per source that fit ``budget_s``."""
+    if "steps" in plan:
+        return
+    from posereid.models.generator import PoseTransferGenerator
+
+    model = PoseTransferGenerator.from_pretrained(generator_path).to(device).eval()
+    c1 = time_generation(model, min(32, n_sources)) * 1.15
+    choice = (4, 1.0)
+    for steps, g in ((25, 2.0), (15, 2.0), (12, 1.0), (8, 1.0), (6, 1.0)):
+        if n_sources * steps * c1 * (3 if g != 1.0 else 1) <= budget_s:
+            choice = (steps, g)
+            break
+    steps, g = choice
+    per_set = n_sources * steps * c1 * (3 if g != 1.0 else 1)
+    plan.update(steps=steps, guidance=[g, g], per_image=_clamp(budget_s / per_set, 1, 4))
+    plan["timing"] = {**plan.get("timing", {}), "generate_s_per_image_step": round(c1 / 1.15, 5)}
+
+
+def plan_reid(plan: dict[str, Any], classes: int, budget_s: float, device: str, arms_arg: str | None) -> None:
+    """Arms, seeds and the (shared) number of re-ID steps that fit ``budget_s``."""
+    if "reid_steps" in plan:
+        return
+    sps = time_reid_step(plan["reid_model"], tuple(plan["hw"]), plan["reid_batch_size"], classes, device)
+    cost = sps * 1.6 + 0.02  # data loading, transforms, scheduler; measured overhead on CPU
+    if arms_arg:
+        arms = [a.strip() for a in arms_arg.split(",") if a.strip()]
+    else:
+        arms = ["plain", "plain+synthetic"]
+        if budget_s / (4 * cost) >= 400:  # room for the strong (flip + erasing) pair too
+            arms += ["strong", "strong+synthetic"]
+            if _filter_available() and budget_s / (6 * cost) >= 400:
+                arms.append("strong+synthetic+filtered")
+    runs = len(arms) + (1 if "strong+synthetic+filtered" in arms else 0)  # + the filter's own model
+    seeds = [plan["key"]["seed"]]
+    if budget_s / (3 * runs * cost) >= 600:
+        seeds = [plan["key"]["seed"] + i for i in range(3)]
+    plan.update(
+        arms=arms, seeds=seeds, reid_steps=_clamp(budget_s / (len(seeds) * runs * cost), 40, 3000),
+        filter="auto" if "strong+synthetic+filtered" in arms else None,
+    )  # fmt: skip
+    plan["timing"] = {**plan.get("timing", {}), "reid_s_per_step": round(sps, 4)}
+
+
+def _filter_available() -> bool:
+    """The identity filter is optional: the demo runs without it."""
+    try:
+        from posereid.augment.filter import IdentityFilter, filter_folder  # noqa: F401
+        from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor  # noqa: F401
+    except ImportError as exc:
+        logger.info("identity filter unavailable (%s); skipping the filtered arm", exc)
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------------
+def _upscale(im: Any, scale: int) -> Any:
+    from PIL import Image
+
+    return im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+
+
+def _views_by_name(data: Path) -> dict[str, str]:
+    from posereid.experiments.synthetic import read_synthetic_meta
+
+    return {r["name"]: r["view"] for r in read_synthetic_meta(data) if r["split"] == "train"}
+
+
+def sample_grid(gain_cfg: rg.GainConfig, path: Path, *, rows: int = 8, scale: int = 3) -> int:
+    """Rows of source | target skeleton | generated, preferring target views the identity never showed in
+    train; returns the number of rows drawn."""
+    from PIL import Image, ImageDraw
+
+    from posereid.augment.generate import read_manifest
+    from posereid.models.pose import draw_skeleton, resize_keypoints
+
+    syn = rg.synthetic_dir(gain_cfg, 1.0)
+    entries = read_manifest(syn)
+    if not entries:
+        return 0
+    views = _views_by_name(gain_cfg.data)
+    seen: dict[int, set[str]] = defaultdict(set)
+    for name, v in views.items():
+        seen[int(name[:4])].add(v)
+    unseen = [e for e in entries if views.get(e["target_source"]) not in seen[int(e["source_pid"])]]
+    pick, pids = [], set()
+    for e in unseen + entries:  # one row per identity first, unseen views first
+        if int(e["source_pid"]) not in pids and (syn / "bounding_box_train" / e["name"]).is_file():
+            pick.append(e)
+            pids.add(int(e["source_pid"]))
+        if len(pick) == rows:
+            break
+    h, w = gain_cfg.height, gain_cfg.width
+    cw, ch, label = w * scale, h * scale, 26
+    sheet = Image.new("RGB", (max(3 * (cw + 4) + 4, 190), len(pick) * (ch + label + 4) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, e in enumerate(pick):
+        y = 4 + i * (ch + label + 4)
+        src = Image.open(gain_cfg.data / "bounding_box_train" / e["source"]).convert("RGB").resize((w, h))
+        kps = resize_keypoints(e["target_pose"], tuple(e["pose_frame"]), (h, w))
+        skel = draw_skeleton(None, kps, size=(h, w))
+        gen = Image.open(syn / "bounding_box_train" / e["name"]).convert("RGB").resize((w, h))
+        for j, im in enumerate((src, skel, gen)):
+            sheet.paste(_upscale(im, scale), (4 + j * (cw + 4), y + label))
+        pid = int(e["source_pid"])
+        tv = views.get(e["target_source"], "?")
+        mark = "" if tv in seen[pid] else " (unseen)"
+        draw.text((4, y), f"id {pid}: train views {','.join(sorted(seen[pid]))}", fill=(0, 0, 0))
+        draw.text((4, y + 12), f"source {views.get(e['source'], '?')} -> target {tv}{mark}", fill=(0, 0, 0))
+    atomic_save(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    return len(pick)
+
+
+def identity_grid(gain_cfg: rg.GainConfig, path: Path, *, ids: int = 6, per_side: int = 4, scale: int = 2) -> int:
+    """Per synthetic train identity: its real train images (restricted views) | generated images."""
+    from PIL import Image, ImageDraw
+
+    from posereid.augment.generate import read_manifest
+    from posereid.reid_integration.market1501 import Market1501
+
+    views = _views_by_name(gain_cfg.data)
+    real: dict[int, list[Path]] = defaultdict(list)
+    for r in Market1501(gain_cfg.data).train:
+        if r.pid > 0:
+            real[r.pid].append(r.path)
+    syn = rg.synthetic_dir(gain_cfg, 1.0)
+    fake: dict[int, list[dict]] = defaultdict(list)
+    for e in read_manifest(syn):
+        if (syn / "bounding_box_train" / e["name"]).is_file():
+            fake[int(e["source_pid"])].append(e)
+    pids = [p for p in sorted(real) if fake.get(p)][:ids]
+    h, w = gain_cfg.height * scale, gain_cfg.width * scale
+    gap, label = 12, 14
+    width = 2 * per_side * (w + 2) + gap + 8
+    sheet = Image.new("RGB", (width, label + len(pids) * (h + label + 4) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 1), "real train images", fill=(0, 0, 0))
+    draw.text((4 + per_side * (w + 2) + gap, 1), "generated (new poses)", fill=(0, 0, 0))
+    for i, pid in enumerate(pids):
+        y = label + i * (h + label + 4)
+        for j, p in enumerate(real[pid][:per_side]):
+            x = 4 + j * (w + 2)
+            sheet.paste(Image.open(p).convert("RGB").resize((w, h), Image.Resampling.NEAREST), (x, y + label))
+            draw.text((x, y), views.get(p.name, "?")[:5], fill=(0, 0, 0))
+        for j, e in enumerate(fake[pid][:per_side]):
+            x = 4 + per_side * (w + 2) + gap + j * (w + 2)
+            im = Image.open(syn / "bounding_box_train" / e["name"]).convert("RGB")
+            sheet.paste(im.resize((w, h), Image.Resampling.NEAREST), (x, y + label))
+            draw.text((x, y), views.get(e["target_source"], "?")[:5], fill=(0, 0, 120))
+    atomic_save(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    return len(pids)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+def add_demo_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    parser.add_argument("--budget-minutes", type=float, default=10.0, help="time budget for the whole demo")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, …")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--generator", help="use this generator checkpoint directory")
+    parser.add_argument("--train-generator", action="store_true",
+                        help="train a generator even when one is shipped in posereid/assets/generator-small")
+    parser.add_argument("--height", type=int, default=64, help="image height when training a generator")
+    parser.add_argument("--width", type=int, default=32, help="image width when training a generator")
+    parser.add_argument("--arms", help=f"comma list from {', '.join(rg.ARMS)} (default: what the budget allows)")
+    parser.add_argument("--tiny", "--quick", dest="tiny", action="store_true",
+                        help="toy sizes and step counts: the whole pipeline in seconds (for tests)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = rg.resolve_device(args.device)
+    budget = max(1.0, float(args.budget_minutes)) * 60.0
+    plan = load_or_start_plan(args, out, device)
+    shares = SHARES_SHIPPED if plan["generator"] is not None else SHARES_TRAIN
+    h, w = plan["hw"]
+    _say(f"posereid demo → {out}  (device {device}, budget {budget / 60:.0f} min"
+         f"{', tiny' if args.tiny else ''}, images {h}x{w})")  # fmt: skip
+
+    # 1. data ------------------------------------------------------------------------------------
+    s = plan["synth"]
+    _say(f"\n[1/5] rendering a synthetic Market-1501 dataset: {s['n_train_ids']} train identities, each "
+         f"seen in only {s['train_views']} of 4 view directions; {s['n_test_ids']} test identities in all views")
+    summary = stage_data(plan, out)
+    n_train = int(summary["train"]["images"])
+    _say("  " + ", ".join(f"{k}: {summary[k]['images']} images / {summary[k]['identities']} ids"
+                          for k in ("train", "query", "gallery")))  # fmt: skip
+
+    # 2. generator --------------------------------------------------------------------------------
+    plan_generator(plan, shares["generator"] * budget, device)
+    _save_plan(out, plan)
+    cfg = _gain_config(plan, out, device)
+    subset = rg.prepare_fraction(cfg, 1.0)
+    if plan["generator"] is not None:
+        _say(f"\n[2/5] generator: using the {plan['generator_how']} checkpoint {plan['generator']}")
+    else:
+        timing = plan.get("timing", {}).get("generator_s_per_step")
+        _say(f"\n[2/5] generator: training the '{plan['generator_preset']}' preset on the {n_train} train "
+             f"images for {plan['generator_steps']} steps (batch {plan['generator_batch_size']}"
+             + (f", {timing:.2f} s/step measured, ~{shares['generator'] * budget / 60:.1f} min budget" if timing else "")
+             + ")")  # fmt: skip
+    gen_path = rg.ensure_generator(cfg, 1.0, subset, device=device)
+    _say(f"  generator: {gen_path}")
+
+    # 3. synthetic images -------------------------------------------------------------------------
+    plan_generation(plan, gen_path, n_train, shares["generate"] * budget, device)
+    _save_plan(out, plan)
+    cfg = _gain_config(plan, out, device)
+    _say(f"\n[3/5] generating {plan['per_image']} image(s) per train image in new poses (view-balanced pose "
+         f"sampling, {plan['sampler']} {plan['steps']} steps, guidance {plan['guidance'][0]:g})")
+    n_syn = rg.ensure_synthetic(cfg, 1.0, subset, gen_path, device=device)
+    _say(f"  {n_syn} synthetic images under their source identities: {rg.synthetic_dir(cfg, 1.0)}")
+
+    # 4. re-ID ------------------------------------------------------------------------------------
+    plan_reid(plan, int(summary["train"]["identities"]), shares["reid"] * budget, device, args.arms)
+    _save_plan(out, plan)
+    cfg = _gain_config(plan, out, device)
+    _say(f"\n[4/5] re-ID: {cfg.reid_model} at {h}x{w}, {cfg.reid_steps} steps for EVERY run; arms "
+         f"{', '.join(cfg.arms)}; seed(s) {', '.join(map(str, cfg.seeds))}")
+    rows = rg.run_gain(cfg)
+
+    # 5. report -----------------------------------------------------------------------------------
+    _say("\n[5/5] results (mAP / rank-1 in %, on query/gallery identities never seen in training)\n")
+    summary_rows = rg.summarize(rows)
+    _say(rg.markdown_table(summary_rows))
+    for e in summary_rows:
+        if "synthetic" in e["arm"]:
+            base = "strong" if e["arm"].startswith("strong") else "plain"
+            d = e.get(f"d_mAP_{base}")
+            if d is not None and d == d:
+                _say(f"  {e['arm']} vs {base}: ΔmAP {d:+.1f}, Δrank-1 {e[f'd_rank1_{base}']:+.1f} "
+                     f"({e['seeds']} seed(s), same steps)")  # fmt: skip
+    samples = out / "samples.png"
+    identities = out / "identities.png"
+    people = out / "people.png"
+    n_rows = sample_grid(cfg, samples)
+    n_ids = identity_grid(cfg, identities)
+    from posereid.experiments.synthetic import render_grid
+
+    render_grid(people, n_ids=4, n_cols=8, seed=plan["key"]["seed"], height=h, width=w)
+    plan["seconds"] = round(time.perf_counter() - t_start, 1)
+    _save_plan(out, plan)
+    outputs = {
+        "results table": cfg.out / "results.md",
+        "results CSV": cfg.out / "results.csv",
+        "plot (mAP/rank-1 per arm)": cfg.out / "results.png",
+        f"sample grid ({n_rows} rows: source | target skeleton | generated)": samples,
+        f"identity grid ({n_ids} ids: real train views | generated)": identities,
+        "synthetic people (views x cameras)": people,
+        "synthetic dataset": cfg.data,
+        "generator": gen_path,
+        "synthetic images + manifest": rg.synthetic_dir(cfg, 1.0),
+        "plan and timings": out / PLAN_FILE,
+    }
+    _say(f"\ndone in {plan['seconds'] / 60:.1f} min. Outputs:")
+    for what, path in outputs.items():
+        _say(f"  {what:<58} {path}")
+    return 0
+
+
+__all__ = ["ASSET_DIR", "add_demo_args", "identity_grid", "run_demo", "sample_grid"]

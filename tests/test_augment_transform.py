@@ -50,7 +50,12 @@ def _direct(gen, bank, images: torch.Tensor, params: dict, source_kps=None) -> t
     sel = np.flatnonzero(params["apply"])
     target = torch.from_numpy(bank.get(params["pose_index"][sel], size=GEN_HW))
     return gen.generate(
-        images[sel], target, source_kps, steps=STEPS, guidance=(2.0, 2.0), seeds=[int(s) for s in params["seeds"][sel]]
+        images[sel],
+        target,
+        source_kps,
+        steps=STEPS,
+        guidance=(2.0, 2.0),
+        seeds=[int(s) for s in params["seeds"][sel]],
     )
 
 
@@ -171,13 +176,19 @@ def test_pose_keypoints_are_replaced_by_the_target_and_used_as_source(gen, bank)
     np.testing.assert_allclose(out_kps.numpy(), expected, atol=1e-5)
     assert not np.allclose(out_kps.numpy(), src_pose)
     # the source pose went to the generator (rescaled to its frame)
-    small = torch.nn.functional.interpolate(img[None].as_subclass(torch.Tensor), size=GEN_HW, mode="bilinear",
-                                            antialias=True, align_corners=False)
+    small = torch.nn.functional.interpolate(
+        img[None].as_subclass(torch.Tensor), size=GEN_HW, mode="bilinear", antialias=True, align_corners=False
+    )
     src_small = torch.from_numpy(resize_keypoints(src_pose, hw, GEN_HW))[None]
     with_src = _direct(gen, bank, small, aug.last_params, source_kps=src_small)
     without = _direct(gen, bank, small, aug.last_params)
-    got = torch.nn.functional.interpolate(out_img[None].as_subclass(torch.Tensor), size=GEN_HW, mode="bilinear",
-                                          antialias=True, align_corners=False)
+    got = torch.nn.functional.interpolate(
+        out_img[None].as_subclass(torch.Tensor),
+        size=GEN_HW,
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     assert (got - with_src).abs().mean() < (got - without).abs().mean()
     # batch: (B, 18, 2) keypoints, only selected rows replaced
     aug_half = _aug(gen, bank, p=0.5, seed=11)
@@ -209,3 +220,10 @@ def test_bad_inputs_raise_clear_errors(gen, bank):
     kps17 = tv_tensors.KeyPoints(torch.zeros(17, 2), canvas_size=GEN_HW)
     with pytest.raises(ValueError, match="not COCO-18"):
         aug(tv_tensors.Image(torch.rand(3, *GEN_HW)), kps17)
+
+
+def test_batch_transform_hook_for_the_torchreid_engine(gen, bank):
+    imgs, pids = torch.rand(3, 3, 64, 32), torch.tensor([4, 4, 9])
+    out = _aug(gen, bank, p=1.0, seed=8).batch_transform(imgs, pids)
+    assert isinstance(out, torch.Tensor) and out.shape == imgs.shape
+    assert torch.equal(out, _aug(gen, bank, p=1.0, seed=8)(imgs))

@@ -78,10 +78,21 @@ def test_budget_planning_scales_with_measured_speed(monkeypatch) -> None:
     assert slow["reid_steps"] == int(204.0 / (2 * (0.2 * 1.6 + 0.02)))
     monkeypatch.setattr(demo, "time_reid_step", lambda *a: 0.001)
     monkeypatch.setattr(demo, "_filter_available", lambda: True)
-    demo.plan_reid(fast, 30, 204.0, "cuda", None)
+    demo.plan_reid(fast, 30, 2000.0, "cuda", None)
     assert fast["arms"][:4] == ["plain", "plain+synthetic", "strong", "strong+synthetic"]
     assert fast["arms"][-1] == "strong+synthetic+filtered" and fast["filter"] == "auto"
     assert len(fast["seeds"]) == 3 and fast["reid_steps"] == 3000  # capped
+
+
+def test_later_stages_share_the_time_actually_left() -> None:
+    shares = demo.SHARES_TRAIN
+    usable = 600.0 * (1 - demo.FINAL_RESERVE)
+    on_time = demo.stage_budget(shares, "generate", 600.0, 0.0)
+    assert on_time == pytest.approx(usable * shares["generate"] / (shares["generate"] + shares["reid"]))
+    late = demo.stage_budget(shares, "generate", 600.0, 300.0)  # generator training overran
+    assert late < on_time
+    assert demo.stage_budget(shares, "reid", 600.0, 400.0) == pytest.approx(usable - 400.0)
+    assert demo.stage_budget(shares, "reid", 600.0, 10_000.0) == 0.0
 
 
 def test_planning_skips_the_filter_when_it_is_unavailable(monkeypatch) -> None:
@@ -106,5 +117,5 @@ def test_generation_planning_fits_the_budget(monkeypatch, tmp_path: Path) -> Non
     assert cost <= 60.0 and plan["per_image"] == 1 and plan["guidance"] == [1.0, 1.0]
     rich = demo.new_plan(_plan_args(), "cuda")
     monkeypatch.setattr(demo, "time_generation", lambda *a: 1e-5)
-    demo.plan_generation(rich, ckpt, 250, 60.0, "cuda")
+    demo.plan_generation(rich, ckpt, 250, 60.0, "cpu")
     assert rich["steps"] == 25 and rich["guidance"] == [2.0, 2.0] and rich["per_image"] == 4

@@ -113,7 +113,12 @@ def test_refilter_folder_moves_rejected_and_rewrites_manifests(data):
     market, gen_dir, truth = data
     s = filter_folder(gen_dir, market, IdentityFilter(mean_colour), threshold=0.5)
     n_bad = sum(not v for v in truth.values())
-    assert (s.scored, s.kept, s.rejected, s.moved_to_rejected) == (len(truth), len(truth) - n_bad, n_bad, n_bad)
+    assert (s.scored, s.kept, s.rejected, s.moved_to_rejected) == (
+        len(truth),
+        len(truth) - n_bad,
+        n_bad,
+        n_bad,
+    )
     kept_files = {p.name for p in (gen_dir / "bounding_box_train").iterdir()}
     rejected_files = {p.name for p in (gen_dir / "rejected").iterdir()}
     assert kept_files == {n for n, ok in truth.items() if ok}
@@ -161,7 +166,9 @@ def test_unknown_source_pid_names_the_manifest_and_image(data):
     entries = [json.loads(x) for x in part.read_text().splitlines()]
     entries[0]["source_pid"] = 77
     write_manifest_file(part, entries)
-    with pytest.raises(FilterError, match=rf"manifest.shard-0-of-2.jsonl: {entries[0]['name']} has source_pid 77"):
+    with pytest.raises(
+        FilterError, match=rf"manifest.shard-0-of-2.jsonl: {entries[0]['name']} has source_pid 77"
+    ):
         filter_folder(gen_dir, market, IdentityFilter(mean_colour), threshold=0.5)
 
 
@@ -173,8 +180,17 @@ def test_generation_with_filter_records_scores_and_rejects_below_threshold(data,
     gen = PoseTransferGenerator.from_preset("tiny").eval()
     filt = IdentityFilter(mean_colour).fit_market(market)
     out = tmp_path / "filtered"
-    s = generate_offline(gen, market, market / "ann.csv", out, per_image=2, steps=1, identity_filter=filt,
-                         filter_threshold=0.0, progress=False)
+    s = generate_offline(
+        gen,
+        market,
+        market / "ann.csv",
+        out,
+        per_image=2,
+        steps=1,
+        identity_filter=filt,
+        filter_threshold=0.0,
+        progress=False,
+    )
     entries = read_manifest(out)
     assert len(entries) == s.generated == 16 and s.rejected == sum(not e["kept"] for e in entries)
     assert 0 < s.rejected < 16, [e["filter_score"] for e in entries]
@@ -190,14 +206,41 @@ def test_filter_cli_with_a_reid_checkpoint(data, tmp_path):
     market, gen_dir, truth = data
     torch.manual_seed(0)
     ckpt = tmp_path / "reid.safetensors"
-    save_reid_checkpoint(ckpt, build_reid_model("osnet_x0_25", 4),
-                         meta={"model": "osnet_x0_25", "num_classes": 4, "height": 64, "width": 32})
-    rc = cli_main(["filter", "--dir", str(gen_dir), "--data", str(market), "--reid-checkpoint", str(ckpt),
-                   "--keep-top", "0.5", "--mode", "manifest-only", "--device", "cpu"])
+    save_reid_checkpoint(
+        ckpt,
+        build_reid_model("osnet_x0_25", 4),
+        meta={"model": "osnet_x0_25", "num_classes": 4, "height": 64, "width": 32},
+    )
+    rc = cli_main(
+        [
+            "filter",
+            "--dir",
+            str(gen_dir),
+            "--data",
+            str(market),
+            "--reid-checkpoint",
+            str(ckpt),
+            "--keep-top",
+            "0.5",
+            "--mode",
+            "manifest-only",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     entries = read_manifest(gen_dir)
     assert sum(e["kept"] for e in entries) == len(truth) // 2
     assert all(-1.0 <= e["filter_score"] <= 1.0 for e in entries)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        cli_main(["filter", "--dir", str(gen_dir), "--data", str(market),
-                  "--reid-checkpoint", str(tmp_path / "missing.safetensors")])
+        cli_main(
+            [
+                "filter",
+                "--dir",
+                str(gen_dir),
+                "--data",
+                str(market),
+                "--reid-checkpoint",
+                str(tmp_path / "missing.safetensors"),
+            ]
+        )

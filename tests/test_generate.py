@@ -50,7 +50,11 @@ def make_market(root: Path, n_pids: int = 4, per_pid: int = 2, seed: int = 0) ->
     """A tiny Market-1501 folder (one colour per identity) with a PATN CSV of its train images."""
     rng = np.random.default_rng(seed)
     ann = {}
-    splits = (("bounding_box_train", range(1, n_pids + 1)), ("query", (50, 51)), ("bounding_box_test", (50, 51)))
+    splits = (
+        ("bounding_box_train", range(1, n_pids + 1)),
+        ("query", (50, 51)),
+        ("bounding_box_test", (50, 51)),
+    )
     for folder, pids in splits:
         (root / folder).mkdir(parents=True, exist_ok=True)
         for pid in pids:
@@ -74,8 +78,9 @@ def setup(tmp_path_factory):
     gen.save_pretrained(tmp / "ckpt")
     # the reference: one uninterrupted in-process run
     ref = tmp / "ref"
-    summary = generate_offline(gen, market, market / "ann.csv", ref, per_image=PER_IMAGE, steps=STEPS,
-                               batch_size=4, progress=False)
+    summary = generate_offline(
+        gen, market, market / "ann.csv", ref, per_image=PER_IMAGE, steps=STEPS, batch_size=4, progress=False
+    )
     return tmp, market, gen, ref, summary
 
 
@@ -125,7 +130,9 @@ def test_synthetic_names_never_collide_with_real_ones(tmp_path):
     Image.new("RGB", (64, 128)).save(market / "query" / clash)
     gen = PoseTransferGenerator.from_preset("tiny").eval()
     with pytest.raises(MarketFormatError, match=clash):
-        generate_offline(gen, market, market / "ann.csv", tmp_path / "o", per_image=1, steps=1, progress=False)
+        generate_offline(
+            gen, market, market / "ann.csv", tmp_path / "o", per_image=1, steps=1, progress=False
+        )
 
 
 def _cli_args(ckpt: Path, market: Path, out: Path, *extra: str) -> list[str]:
@@ -138,8 +145,9 @@ def _cli_args(ckpt: Path, market: Path, out: Path, *extra: str) -> list[str]:
 
 def _generate_in_child(gen, market: Path, out: Path) -> None:
     torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
-    generate_offline(gen, market, market / "ann.csv", out, per_image=PER_IMAGE, steps=STEPS, batch_size=1,
-                     progress=False)
+    generate_offline(
+        gen, market, market / "ann.csv", out, per_image=PER_IMAGE, steps=STEPS, batch_size=1, progress=False
+    )
 
 
 def test_sigkill_at_random_points_then_resume_loses_and_duplicates_nothing(setup):
@@ -179,7 +187,11 @@ def test_sigkill_at_random_points_then_resume_loses_and_duplicates_nothing(setup
     ref_entries = {e["name"]: e for e in read_manifest(ref)}
     for e in lines:
         r = ref_entries[e["name"]]
-        assert (e["seed"], e["target_source"], e["target_pose"]) == (r["seed"], r["target_source"], r["target_pose"])
+        assert (e["seed"], e["target_source"], e["target_pose"]) == (
+            r["seed"],
+            r["target_source"],
+            r["target_pose"],
+        )
         a = np.asarray(load_image(out / "bounding_box_train" / e["name"]), np.float32)
         b = np.asarray(load_image(ref / "bounding_box_train" / e["name"]), np.float32)
         assert np.abs(a - b).mean() < 2.0  # equal up to batch-composition float noise + JPEG
@@ -218,10 +230,28 @@ def test_resume_reconciles_orphans_temp_files_and_torn_lines(setup, tmp_path):
 def test_shards_together_equal_the_unsharded_run(setup, tmp_path):
     _, market, gen, ref, _ = setup
     out = tmp_path / "sharded"
-    s0 = generate_offline(gen, market, market / "ann.csv", out, per_image=PER_IMAGE, steps=STEPS,
-                          batch_size=5, shard=(0, 2), progress=False)
-    s1 = generate_offline(gen, market, market / "ann.csv", out, per_image=PER_IMAGE, steps=STEPS,
-                          batch_size=5, shard=(1, 2), progress=False)
+    s0 = generate_offline(
+        gen,
+        market,
+        market / "ann.csv",
+        out,
+        per_image=PER_IMAGE,
+        steps=STEPS,
+        batch_size=5,
+        shard=(0, 2),
+        progress=False,
+    )
+    s1 = generate_offline(
+        gen,
+        market,
+        market / "ann.csv",
+        out,
+        per_image=PER_IMAGE,
+        steps=STEPS,
+        batch_size=5,
+        shard=(1, 2),
+        progress=False,
+    )
     assert s0.planned + s1.planned == len(_images(ref)) and s0.generated == s0.planned
     parts = [p.name for p in manifest_paths(out)]
     assert parts == ["manifest.shard-0-of-2.jsonl", "manifest.shard-1-of-2.jsonl"]
@@ -238,7 +268,9 @@ def test_unreadable_source_is_counted_and_skipped(tmp_path):
     bad = sorted((market / "bounding_box_train").iterdir())[0]
     bad.write_bytes(b"not a jpeg")
     gen = PoseTransferGenerator.from_preset("tiny").eval()
-    s = generate_offline(gen, market, market / "ann.csv", tmp_path / "o", per_image=2, steps=1, progress=False)
+    s = generate_offline(
+        gen, market, market / "ann.csv", tmp_path / "o", per_image=2, steps=1, progress=False
+    )
     assert s.failed_items == 2 and s.generated == 6 and bad.name in s.failures[0]
 
 
@@ -312,4 +344,6 @@ def test_pose_augmented_dataset_on_the_fly(setup):
         item = ds[i]
         assert kind == "on-the-fly" and item["is_synthetic"] and item["pid"] == base[src][1]
         real = np.asarray(load_image(base[src][0]), np.float32)
-        assert item["img"].size == (64, 128) and np.abs(np.asarray(item["img"], np.float32) - real).mean() > 10
+        assert (
+            item["img"].size == (64, 128) and np.abs(np.asarray(item["img"], np.float32) - real).mean() > 10
+        )

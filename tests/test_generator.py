@@ -149,7 +149,7 @@ def test_short_training_reduces_loss_and_samples(prediction_type: str) -> None:
     torch.manual_seed(0)
     m = PoseTransferGenerator.from_preset("tiny", prediction_type=prediction_type)
     before, after = _fit(m, 30)
-    assert after < 0.7 * before, (before, after)
+    assert after < 0.75 * before, (before, after)
     out = m.generate(_images(2, 10), _pose(2.0, 2), _pose(-2.0, 2), steps=4, seeds=[0, 1])
     assert out.shape == (2, 3, H, W) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
 

@@ -171,7 +171,9 @@ def test_save_load_round_trip(tmp_path):
     assert back.rejected == 1 and back.rejected_names == ["bad.jpg"] and back.min_visible == 6
     assert back.view_counts() == bank.view_counts()
     np.testing.assert_array_equal(back.cluster_labels(), bank.cluster_labels())
-    np.testing.assert_array_equal(back.sample(20, 4, sampling="cluster"), bank.sample(20, 4, sampling="cluster"))
+    np.testing.assert_array_equal(
+        back.sample(20, 4, sampling="cluster"), bank.sample(20, 4, sampling="cluster")
+    )
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="junk.npz"):
         PoseBank.load(tmp_path / "junk.npz")

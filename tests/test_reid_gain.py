@@ -222,3 +222,22 @@ def test_cli_with_a_given_generator_records_it(market: Path, tmp_path: Path, cap
     assert not (out / "work" / "generator-1").exists()  # nothing was trained
     printed = capsys.readouterr().out
     assert "| 100% | plain+synthetic |" in printed and str(out / "results.md") in printed
+
+
+def test_filtered_arm_uses_a_filter_trained_on_the_kept_images(market: Path, tmp_path: Path, monkeypatch) -> None:
+    reid_spy = Spy(reid_train.train_reid)
+    monkeypatch.setattr(reid_train, "train_reid", reid_spy)
+    config = _config(market, tmp_path / "out", fractions=(0.5,), arms=("strong+synthetic+filtered",),
+                     filter_checkpoint="auto")  # fmt: skip
+    (row,) = rg.run_gain(config)
+    filter_cfg, cell_cfg = (args[0] for args, _ in reid_spy.calls)
+    subset_root = str(config.work / "subset-0.5")
+    assert filter_cfg.data == subset_root and filter_cfg.augment == "strong" and filter_cfg.out
+    assert cell_cfg.synthetic == (str(rg.synthetic_dir(config, 0.5, filtered=True)),)
+    unfiltered = rg.synthetic_dir(config, 0.5) / "bounding_box_train"
+    kept = sorted(p.name for p in (rg.synthetic_dir(config, 0.5, filtered=True) / "bounding_box_train").iterdir())
+    assert len(list(unfiltered.iterdir())) == row["images"]  # the unfiltered folder is left whole
+    assert row["synthetic_images"] == len(kept) <= row["images"]
+    manifest = [json.loads(line) for line in (rg.synthetic_dir(config, 0.5, filtered=True) / "manifest.jsonl").open()]
+    assert sorted(m["name"] for m in manifest if m["kept"]) == kept
+    assert all((m["filter_margin"] >= 0) == m["kept"] for m in manifest)

@@ -53,7 +53,9 @@ def _records(base: Any) -> list[tuple]:
             f"got {type(base).__name__}"
         )
     first = recs[0]
-    if not (isinstance(first, (tuple, list)) and len(first) >= 3 and isinstance(first[0], (str, os.PathLike))):
+    if not (
+        isinstance(first, (tuple, list)) and len(first) >= 3 and isinstance(first[0], (str, os.PathLike))
+    ):
         raise TypeError(f"base records must be (path, pid, camid[, ...]) tuples, got {first!r}")
     return list(recs)
 
@@ -69,7 +71,9 @@ def _pid_labels(records: Sequence[tuple]) -> dict[int, int]:
             continue
         parsed += 1
         if mapping.setdefault(orig, int(rec[1])) != int(rec[1]):
-            raise ValueError(f"{rec[0]}: pid {orig} has two labels in the base dataset ({mapping[orig]}, {rec[1]})")
+            raise ValueError(
+                f"{rec[0]}: pid {orig} has two labels in the base dataset ({mapping[orig]}, {rec[1]})"
+            )
     if parsed == 0:  # not Market names: the base's pids are the identities themselves
         mapping = {int(r[1]): int(r[1]) for r in records}
     return mapping
@@ -137,7 +141,9 @@ class PoseAugmentedDataset(Dataset):
     def _scan_synthetic(self, folder: Path) -> list[tuple[str, int, int]]:
         parts = manifest_paths(folder)
         if not parts:
-            raise FileNotFoundError(f"{folder}: no manifest*.jsonl; is this a folder written by `posereid generate`?")
+            raise FileNotFoundError(
+                f"{folder}: no manifest*.jsonl; is this a folder written by `posereid generate`?"
+            )
         out: list[tuple[str, int, int]] = []
         for part in parts:
             for e in read_manifest_file(part)[0]:
@@ -152,7 +158,9 @@ class PoseAugmentedDataset(Dataset):
                     )
                 out.append((str(path), self.pid_labels[pid], int(e.get("camid", 0))))
         out.sort()
-        logger.info("%s: %d synthetic image(s) of %d identities", folder, len(out), len({p for _, p, _ in out}))
+        logger.info(
+            "%s: %d synthetic image(s) of %d identities", folder, len(out), len({p for _, p, _ in out})
+        )
         return out
 
     def _permutation(self, pool: int) -> np.ndarray:
@@ -191,8 +199,14 @@ class PoseAugmentedDataset(Dataset):
                 out["is_synthetic"] = bool(out.get("synthetic", False))
                 return out
         rec = self.records[i]
-        return {"img": self._apply(load_image(rec[0])), "pid": int(rec[1]), "camid": int(rec[2]),
-                "impath": str(rec[0]), "dsetid": int(rec[3]) if len(rec) > 3 else 0, "is_synthetic": False}
+        return {
+            "img": self._apply(load_image(rec[0])),
+            "pid": int(rec[1]),
+            "camid": int(rec[2]),
+            "impath": str(rec[0]),
+            "dsetid": int(rec[3]) if len(rec) > 3 else 0,
+            "is_synthetic": False,
+        }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         kind, i = self.source_of(index)
@@ -205,8 +219,14 @@ class PoseAugmentedDataset(Dataset):
             rec = self.records[i]
             path, pid, camid = str(rec[0]), int(rec[1]), int(rec[2])
             img = self._render(path)
-        return {"img": self._apply(img), "pid": pid, "camid": camid, "impath": path, "dsetid": 0,
-                "is_synthetic": True}
+        return {
+            "img": self._apply(img),
+            "pid": pid,
+            "camid": camid,
+            "impath": path,
+            "dsetid": 0,
+            "is_synthetic": True,
+        }
 
     def _render(self, path: str) -> Any:
         img = load_image(path)

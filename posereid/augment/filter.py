@@ -76,7 +76,9 @@ class FilterSummary:
         return asdict(self)
 
 
-def _to_batch(images: torch.Tensor | Sequence[Image.Image | torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+def _to_batch(
+    images: torch.Tensor | Sequence[Image.Image | torch.Tensor], size: tuple[int, int]
+) -> torch.Tensor:
     """``(B, 3, H, W)`` float in [0, 1] at ``size`` from a tensor batch or a list of PIL / tensors."""
     if isinstance(images, torch.Tensor):
         batch = images if images.ndim == 4 else images[None]
@@ -105,7 +107,9 @@ class IdentityFilter:
         batch_size: images per extractor call.
     """
 
-    def __init__(self, extractor: FeatureFn, *, image_size: tuple[int, int] = (128, 64), batch_size: int = 64):
+    def __init__(
+        self, extractor: FeatureFn, *, image_size: tuple[int, int] = (128, 64), batch_size: int = 64
+    ):
         self.extractor = extractor
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size = int(batch_size)
@@ -125,7 +129,9 @@ class IdentityFilter:
             outs.append(TF.normalize(f, dim=1))
         return torch.cat(outs) if outs else torch.zeros(0, 0)
 
-    def path_features(self, paths: Sequence[str | os.PathLike[str]], *, desc: str = "features") -> torch.Tensor:
+    def path_features(
+        self, paths: Sequence[str | os.PathLike[str]], *, desc: str = "features"
+    ) -> torch.Tensor:
         """Features of image files (loaded in batches; an unreadable file raises naming it)."""
         outs = []
         for i in tqdm(range(0, len(paths), self.batch_size), desc=desc, unit="batch", leave=False):
@@ -137,7 +143,9 @@ class IdentityFilter:
     def fit(self, paths: Sequence[str | os.PathLike[str]], pids: Sequence[int]) -> IdentityFilter:
         """Compute one centroid per identity from real images (paths and their pids)."""
         if len(paths) != len(pids) or not paths:
-            raise FilterError(f"fit needs matching non-empty paths and pids, got {len(paths)} and {len(pids)}")
+            raise FilterError(
+                f"fit needs matching non-empty paths and pids, got {len(paths)} and {len(pids)}"
+            )
         feats = self.path_features(paths, desc="real centroids")
         self.set_centroids_from_features(feats, pids)
         return self
@@ -208,7 +216,9 @@ def load_extractor(checkpoint: str | os.PathLike[str], device: str | torch.devic
     from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
 
     if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"{checkpoint}: re-ID checkpoint not found (train one with `posereid train-reid`)")
+        raise FileNotFoundError(
+            f"{checkpoint}: re-ID checkpoint not found (train one with `posereid train-reid`)"
+        )
     return ReidFeatureExtractor.from_checkpoint(checkpoint, device=device)
 
 
@@ -253,14 +263,19 @@ def filter_folder(
             here = next((d / e["name"] for d in (train_dir, rej_dir) if (d / e["name"]).is_file()), None)
             if here is None:
                 summary.missing_images += 1
-                logger.warning("%s: %s is listed but missing from %s and %s", part, e["name"], train_dir, rej_dir)
+                logger.warning(
+                    "%s: %s is listed but missing from %s and %s", part, e["name"], train_dir, rej_dir
+                )
                 continue
             located.append((part, i, here))
     on_disk = {p.name for d in (train_dir, rej_dir) if d.is_dir() for p in d.glob("*.jpg")}
     summary.unlisted_images = len(on_disk - listed)
     if summary.unlisted_images:
-        logger.warning("%s: %d image(s) have no manifest line (not scored; run `posereid generate` again "
-                       "to reconcile)", gen_dir, summary.unlisted_images)
+        logger.warning(
+            "%s: %d image(s) have no manifest line (not scored; run `posereid generate` again to reconcile)",
+            gen_dir,
+            summary.unlisted_images,
+        )
 
     pids = [int(part_entries[part][i]["source_pid"]) for part, i, _ in located]
     known = {int(p) for p in identity_filter.pids}
@@ -272,7 +287,9 @@ def filter_folder(
             )
     feats = identity_filter.path_features([f for _, _, f in located], desc="generated")
     sim, margin = identity_filter.score_features(feats, pids) if located else (np.zeros(0), np.zeros(0))
-    keep, summary.threshold = select(sim if score == "similarity" else margin, threshold=threshold, keep_top=keep_top)
+    keep, summary.threshold = select(
+        sim if score == "similarity" else margin, threshold=threshold, keep_top=keep_top
+    )
     summary.scored = len(located)
     summary.kept, summary.rejected = int(keep.sum()), int((~keep).sum())
     if len(located):
@@ -306,14 +323,30 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=float, help="keep images whose score is >= this")
     group.add_argument("--keep-top", type=float, metavar="FRACTION", help="keep the best-scoring fraction")
-    parser.add_argument("--score", choices=("similarity", "margin"), default="similarity",
-                        help="what the threshold / ranking applies to")
-    parser.add_argument("--mode", choices=("move", "manifest-only"), default="move",
-                        help="move rejected images to <dir>/rejected/, or only write scores to the manifest")
-    parser.add_argument("--device", default=None, help="device of the re-ID model (default: cuda if available)")
+    parser.add_argument(
+        "--score",
+        choices=("similarity", "margin"),
+        default="similarity",
+        help="what the threshold / ranking applies to",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("move", "manifest-only"),
+        default="move",
+        help="move rejected images to <dir>/rejected/, or only write scores to the manifest",
+    )
+    parser.add_argument(
+        "--device", default=None, help="device of the re-ID model (default: cuda if available)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-size", type=int, nargs=2, default=(128, 64), metavar=("H", "W"),
-                        help="size images are batched at (the re-ID model then resizes to its input size)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=(128, 64),
+        metavar=("H", "W"),
+        help="size images are batched at (the re-ID model then resizes to its input size)",
+    )
 
 
 def run_filter(args: argparse.Namespace) -> int:
@@ -321,7 +354,13 @@ def run_filter(args: argparse.Namespace) -> int:
     extractor = load_extractor(args.reid_checkpoint, device)
     filt = IdentityFilter(extractor, image_size=tuple(args.image_size), batch_size=args.batch_size)
     summary = filter_folder(
-        args.dir, args.data, filt, threshold=args.threshold, keep_top=args.keep_top, score=args.score, mode=args.mode
+        args.dir,
+        args.data,
+        filt,
+        threshold=args.threshold,
+        keep_top=args.keep_top,
+        score=args.score,
+        mode=args.mode,
     )
     print(
         f"scored {summary.scored}: kept {summary.kept}, rejected {summary.rejected} "

@@ -92,7 +92,9 @@ def parse_synthetic_name(name: str) -> tuple[str, int]:
     """``(source name stem, k)`` of a synthetic name, e.g. ``('0002_c1s1_000451_03', 0)``."""
     pid, cam, seq, code, k = parse_market_name(name)
     if seq != SYNTHETIC_SEQ or code < 10**8:
-        raise MarketFormatError(f"{name!r} is not a synthetic name (sequence s{SYNTHETIC_SEQ}, 9-digit frame)")
+        raise MarketFormatError(
+            f"{name!r} is not a synthetic name (sequence s{SYNTHETIC_SEQ}, 9-digit frame)"
+        )
     src_seq, rest = divmod(code, 10**8)
     frame, bbox = divmod(rest, 100)
     return format_market_name(pid, cam, src_seq, frame, bbox)[: -len(".jpg")], k
@@ -112,7 +114,9 @@ def manifest_paths(out_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in out.glob("manifest*.jsonl") if p.is_file() and not is_temp_file(p))
 
 
-def read_manifest_file(path: str | os.PathLike[str], *, drop_partial_last: bool = True) -> tuple[list[dict], int]:
+def read_manifest_file(
+    path: str | os.PathLike[str], *, drop_partial_last: bool = True
+) -> tuple[list[dict], int]:
     """Entries of one manifest part and the number of dropped torn lines.
 
     A killed run can leave a torn last line (no newline): it is dropped with ``drop_partial_last``, else
@@ -140,7 +144,9 @@ def read_manifest_file(path: str | os.PathLike[str], *, drop_partial_last: bool 
                 continue
             raise ValueError(f"{path} line {lineno}: invalid manifest line ({exc})") from None
         if last and not drop_partial_last:
-            raise ValueError(f"{path} line {lineno}: last line has no newline (run `posereid generate` to reconcile)")
+            raise ValueError(
+                f"{path} line {lineno}: last line has no newline (run `posereid generate` to reconcile)"
+            )
         if last:  # valid JSON but unterminated: the append was cut before its newline; redo it
             dropped += 1
             continue
@@ -274,7 +280,9 @@ def _check_run_config(out_dir: Path, config: dict) -> None:
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
-            raise GenerateConfigError(f"{path}: unreadable ({exc}); delete it only if the folder is empty") from None
+            raise GenerateConfigError(
+                f"{path}: unreadable ({exc}); delete it only if the folder is empty"
+            ) from None
         diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
         if diff:
             listed = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
@@ -307,7 +315,7 @@ def _reconcile(out_dir: Path, part: Path, mine: set[str], summary: GenerateSumma
             if not is_temp_file(p):
                 continue
             base = p.name.split(".tmp-")[0]
-            own_meta = d == out_dir and base in (part.name, f"samples{part.stem[len('manifest'):]}.png")
+            own_meta = d == out_dir and base in (part.name, f"samples{part.stem[len('manifest') :]}.png")
             stale_config = d == out_dir and base == CONFIG_FILE and not _pid_alive(p.name.split(".tmp-")[1])
             if base in mine or own_meta or stale_config:
                 p.unlink()
@@ -343,6 +351,70 @@ def _reconcile(out_dir: Path, part: Path, mine: set[str], summary: GenerateSumma
 # --------------------------------------------------------------------------------------------------
 # Generation
 # --------------------------------------------------------------------------------------------------
+def plan_draws(seed: int, source_index: int, k: int, bank: PoseBank, sampling: str) -> tuple[int, int]:
+    """``(pose index, generation seed)`` of output ``k`` of source ``source_index``: a pure function of
+    its arguments, which is what makes generation resumable and shardable."""
+    rng = np.random.default_rng([int(seed), int(source_index), int(k)])
+    pose_index = int(bank.sample_indices(1, rng, sampling=sampling)[0])
+    return pose_index, int(rng.integers(0, _SEED_HIGH))
+
+
+@dataclass
+class _Prepared:
+    item: PlanItem
+    source: torch.Tensor  # (3, H, W) at the generator's size, [0, 1]
+    source_hw: tuple[int, int]
+    source_kps: np.ndarray  # (18, 2) at the generator's size
+    pose_index: int
+    seed: int
+
+
+class _Run:
+    """The per-run context of :func:`generate_offline`: loads sources, writes images and manifest lines."""
+
+    def __init__(self, generator, sources, ann, annotation_hw, bank, sampling, seed, summary) -> None:
+        self.sources, self.ann, self.annotation_hw = sources, ann, annotation_hw
+        self.bank, self.sampling, self.seed, self.summary = bank, sampling, seed, summary
+        self.gen_hw = tuple(int(v) for v in generator.image_size)
+        self.device = torch.device(generator.device)
+
+    def prepare(self, items: Sequence[PlanItem]) -> list[_Prepared]:
+        """Load the sources of ``items`` (an unreadable one is counted, logged and skipped)."""
+        out = []
+        for it in items:
+            rec = self.sources[it.source_index]
+            try:
+                im = load_image(rec.path)
+            except ImageReadError as exc:
+                self.summary.failed_items += 1
+                self.summary.failures.append(str(exc))
+                logger.warning("skipping %s: %s", it.name, exc)
+                continue
+            kps = self.ann.get(rec.name)
+            kps = missing_pose() if kps is None else resize_keypoints(kps, self.annotation_hw, self.gen_hw)
+            pose_index, seed = plan_draws(self.seed, it.source_index, it.k, self.bank, self.sampling)
+            src = _pil_to_tensor(im.resize((self.gen_hw[1], self.gen_hw[0]), Image.Resampling.BILINEAR))
+            out.append(_Prepared(it, src, (im.height, im.width), kps, pose_index, seed))
+        return out
+
+    def write(self, b: _Prepared, image: torch.Tensor, dest: Path, part: Path, extra: dict, out_size) -> None:
+        """Image into place first, then its manifest line (fsynced): a kill never leaves a line without
+        its image."""
+        rec = self.sources[b.item.source_index]
+        dest.mkdir(exist_ok=True)
+        _write_image(dest / b.item.name, _to_pil(image, out_size or b.source_hw))
+        entry = {
+            "name": b.item.name, "index": b.item.index, "k": b.item.k, "source": rec.name,
+            "source_pid": rec.pid, "camid": rec.camid,
+            "target_pose": np.round(self.bank.get(b.pose_index), 2).tolist(),
+            "pose_frame": list(self.bank.image_hw), "target_source": self.bank.names[b.pose_index],
+            "seed": b.seed, **extra,
+        }  # fmt: skip
+        _append_line(part, entry)
+        self.summary.generated += 1
+        self.summary.rejected += int(not extra["kept"])
+
+
 def generate_offline(
     generator: Any,
     market_root: str | os.PathLike[str],
@@ -395,7 +467,6 @@ def generate_offline(
     if not 0 <= shard[0] < shard[1]:
         raise ValueError(f"shard {shard}: need 0 <= i < n")
     out_dir = Path(out_dir)
-    train_dir, rej_dir = out_dir / TRAIN_DIR, out_dir / REJECTED_DIR
     part = out_dir / manifest_part_name(shard)
     summary = GenerateSummary(shard=f"{shard[0]}/{shard[1]}", manifest=str(part))
 
@@ -403,8 +474,14 @@ def generate_offline(
     sources: list[MarketRecord] = [r for r in market.train if r.pid > 0]
     if not sources:
         raise ValueError(f"{market.root}: no train image with a pid > 0 to generate from")
-    ann = annotations if isinstance(annotations, Mapping) else read_patn_csv(annotations, image_hw=annotation_hw)
-    bank = pose_bank if pose_bank is not None else PoseBank.from_market(market_root, ann, image_hw=annotation_hw)
+    ann = (
+        annotations
+        if isinstance(annotations, Mapping)
+        else read_patn_csv(annotations, image_hw=annotation_hw)
+    )
+    bank = (
+        pose_bank if pose_bank is not None else PoseBank.from_market(market_root, ann, image_hw=annotation_hw)
+    )
 
     items = [
         PlanItem(s * per_image + k, s, k, synthetic_name(rec.name, k))
@@ -429,82 +506,66 @@ def generate_offline(
         "out_size": None if out_size is None else list(out_size),
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_dir.mkdir(exist_ok=True)
+    (out_dir / TRAIN_DIR).mkdir(exist_ok=True)
     _check_run_config(out_dir, config)
 
     done = _reconcile(out_dir, part, {it.name for it in mine}, summary)
     pending = [it for it in mine if it.name not in done]
     summary.already_done = len(mine) - len(pending)
-    gen_hw = tuple(int(v) for v in generator.image_size)
-    device = torch.device(generator.device)
+    run = _Run(generator, sources, ann, annotation_hw, bank, sampling, int(seed), summary)
+    settings = {
+        "generator_sha256": gen_hash,
+        "steps": int(steps),
+        "sampler": sampler,
+        "guidance": [float(guidance[0]), float(guidance[1])],
+        "sampling": sampling,
+    }
     grid_rows: list[torch.Tensor] = []
-
     bar = tqdm(total=len(pending), desc=f"generate {summary.shard}", unit="img", disable=not progress)
     for start in range(0, len(pending), batch_size):
-        batch: list[tuple[PlanItem, torch.Tensor, tuple[int, int], np.ndarray, int, int]] = []
-        for it in pending[start : start + batch_size]:
-            rec = sources[it.source_index]
-            try:
-                im = load_image(rec.path)
-            except ImageReadError as exc:
-                summary.failed_items += 1
-                summary.failures.append(str(exc))
-                logger.warning("skipping %s: %s", it.name, exc)
-                continue
-            src_kps = ann.get(rec.name)
-            src_kps = missing_pose() if src_kps is None else resize_keypoints(src_kps, annotation_hw, gen_hw)
-            rng = np.random.default_rng([int(seed), it.source_index, it.k])
-            pose_index = int(bank.sample_indices(1, rng, sampling=sampling)[0])
-            gen_seed = int(rng.integers(0, _SEED_HIGH))
-            src = _pil_to_tensor(im.resize((gen_hw[1], gen_hw[0]), Image.Resampling.BILINEAR))
-            batch.append((it, src, (im.height, im.width), src_kps, pose_index, gen_seed))
-        if not batch:
-            bar.update(min(batch_size, len(pending) - start))
-            continue
-        src_b = torch.stack([b[1] for b in batch]).to(device)
-        targets = bank.get([b[4] for b in batch], size=gen_hw)
-        images = generator.generate(
-            src_b,
-            torch.from_numpy(targets).to(device),
-            torch.from_numpy(np.stack([b[3] for b in batch])).to(device),
-            steps=steps,
-            sampler=sampler,
-            guidance=tuple(guidance),
-            seeds=[b[5] for b in batch],
-            autocast_dtype=autocast_dtype,
-        ).cpu()
-        sims = margins = None
-        if identity_filter is not None:
-            pids = [sources[b[0].source_index].pid for b in batch]
-            sims, margins = identity_filter.score(images, pids)
-        for j, (it, _, src_hw, _, pose_index, gen_seed) in enumerate(batch):
-            rec = sources[it.source_index]
-            score = None if sims is None else float((sims if filter_score == "similarity" else margins)[j])
-            kept = filter_threshold is None or score is None or score >= filter_threshold
-            dest = train_dir if kept else rej_dir
-            dest.mkdir(exist_ok=True)
-            _write_image(dest / it.name, _to_pil(images[j], out_size or src_hw))
-            entry = {
-                "name": it.name, "index": it.index, "k": it.k, "source": rec.name, "source_pid": rec.pid,
-                "camid": rec.camid, "target_pose": np.round(bank.get(pose_index), 2).tolist(),
-                "pose_frame": list(bank.image_hw), "target_source": bank.names[pose_index], "seed": gen_seed,
-                "generator_sha256": gen_hash, "steps": int(steps), "sampler": sampler,
-                "guidance": [float(guidance[0]), float(guidance[1])], "sampling": sampling,
-                "filter_score": None if sims is None else round(float(sims[j]), 6),
-                "filter_margin": None if margins is None else round(float(margins[j]), 6), "kept": bool(kept),
-            }  # fmt: skip
-            _append_line(part, entry)
-            summary.generated += 1
-            summary.rejected += int(not kept)
-        if len(grid_rows) < grid_items * 3:
-            skel = skeleton_tensor(targets, *gen_hw)
-            for j in range(len(batch)):
-                grid_rows.extend([src_b[j].cpu(), skel[j], images[j]])
-            grid_rows = grid_rows[: grid_items * 3]
-        bar.update(min(batch_size, len(pending) - start))
+        chunk = pending[start : start + batch_size]
+        batch = run.prepare(chunk)
+        if batch:
+            src = torch.stack([b.source for b in batch]).to(run.device)
+            targets = bank.get([b.pose_index for b in batch], size=run.gen_hw)
+            images = generator.generate(
+                src,
+                torch.from_numpy(targets).to(run.device),
+                torch.from_numpy(np.stack([b.source_kps for b in batch])).to(run.device),
+                steps=steps,
+                sampler=sampler,
+                guidance=tuple(guidance),
+                seeds=[b.seed for b in batch],
+                autocast_dtype=autocast_dtype,
+            ).cpu()
+            sims = margins = None
+            if identity_filter is not None:
+                sims, margins = identity_filter.score(
+                    images, [sources[b.item.source_index].pid for b in batch]
+                )
+            for j, b in enumerate(batch):
+                score = (
+                    None if sims is None else float((sims if filter_score == "similarity" else margins)[j])
+                )
+                kept = filter_threshold is None or score is None or score >= filter_threshold
+                entry = {
+                    **settings,
+                    "filter_score": None if sims is None else round(float(sims[j]), 6),
+                    "filter_margin": None if margins is None else round(float(margins[j]), 6),
+                    "kept": bool(kept),
+                }
+                run.write(
+                    b, images[j], out_dir / (TRAIN_DIR if kept else REJECTED_DIR), part, entry, out_size
+                )
+            if len(grid_rows) < grid_items * 3:
+                skel = skeleton_tensor(targets, *run.gen_hw)
+                for j in range(len(batch)):
+                    grid_rows.extend([src[j].cpu(), skel[j], images[j]])
+                grid_rows = grid_rows[: grid_items * 3]
+        bar.update(len(chunk))
     bar.close()
     if grid_rows:
-        _save_grid(out_dir / f"samples{part.stem[len('manifest'):]}.png", grid_rows)
+        _save_grid(out_dir / f"samples{part.stem[len('manifest') :]}.png", grid_rows)
     summary.seconds = time.perf_counter() - t_start
     summary.images_per_s = summary.generated / summary.seconds if summary.seconds > 0 else 0.0
     logger.info("generate %s: %s", out_dir, {k: v for k, v in summary.as_dict().items() if k != "failures"})
@@ -527,7 +588,9 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", required=True, help="PATN annotation CSV of the source images")
     parser.add_argument("--per-image", type=int, required=True, help="synthetic images per source image")
     parser.add_argument("--out", required=True, help="output folder (Market format + manifest.jsonl)")
-    parser.add_argument("--pose-bank", help="target poses: PATN CSV or PoseBank .npz (default: train annotations)")
+    parser.add_argument(
+        "--pose-bank", help="target poses: PATN CSV or PoseBank .npz (default: train annotations)"
+    )
     parser.add_argument("--sampling", choices=SAMPLINGS, default="uniform", help="pose sampling strategy")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="dpmsolver++")
@@ -549,16 +612,20 @@ def run_generate(args: argparse.Namespace) -> int:
     from posereid.models.generator import PoseTransferGenerator
 
     shard = parse_shard(args.shard) if args.shard else None
-    if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if args.device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        device = PartialState().device
+        device = PartialState().device  # this process's GPU under `accelerate launch`
     else:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     generator = PoseTransferGenerator.from_pretrained(args.generator).to(device).eval()
     bank = None
     if args.pose_bank:
-        bank = PoseBank.load(args.pose_bank) if args.pose_bank.endswith(".npz") else PoseBank.from_csv(args.pose_bank)
+        bank = (
+            PoseBank.load(args.pose_bank)
+            if args.pose_bank.endswith(".npz")
+            else PoseBank.from_csv(args.pose_bank)
+        )
     identity_filter = None
     if args.filter_checkpoint:
         from posereid.augment.filter import IdentityFilter, load_extractor
@@ -595,6 +662,7 @@ __all__ = [
     "manifest_paths",
     "parse_shard",
     "parse_synthetic_name",
+    "plan_draws",
     "read_manifest",
     "read_manifest_file",
     "synthetic_name",

@@ -203,9 +203,7 @@ class PoseBank:
         from posereid.reid_integration.market1501 import Market1501, read_patn_csv
 
         ann = (
-            annotations
-            if isinstance(annotations, Mapping)
-            else read_patn_csv(annotations, image_hw=image_hw)
+            annotations if isinstance(annotations, Mapping) else read_patn_csv(annotations, image_hw=image_hw)
         )
         records = Market1501(root).split(split)
         names = [r.name for r in records if r.name in ann]
@@ -231,7 +229,9 @@ class PoseBank:
         c = Counter(self.views)
         return {v: c.get(v, 0) for v in VIEWS}
 
-    def get(self, indices: int | Sequence[int] | np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    def get(
+        self, indices: int | Sequence[int] | np.ndarray, size: tuple[int, int] | None = None
+    ) -> np.ndarray:
         """Poses by index, rescaled to ``size=(H, W)`` (default: the reference frame)."""
         kps = self.keypoints[np.asarray(indices, dtype=np.int64)]
         if size is not None and tuple(size) != self.image_hw:

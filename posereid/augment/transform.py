@@ -57,7 +57,9 @@ def _image_batch_size(inpt: Any) -> int | None:
             return 1
         if inpt.ndim == 4:
             return int(inpt.shape[0])
-        raise ValueError(f"PoseTransferAugment: image tensors must be (3, H, W) or (B, 3, H, W), got {tuple(inpt.shape)}")
+        raise ValueError(
+            f"PoseTransferAugment: image tensors must be (3, H, W) or (B, 3, H, W), got {tuple(inpt.shape)}"
+        )
     return None
 
 
@@ -169,7 +171,9 @@ class PoseTransferAugment(Transform):
     def _generate_into(self, images: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         """Replace the selected items of a ``(B, 3, H, W)`` batch; returns a new tensor of the same dtype."""
         if images.shape[1] != 3:
-            raise ValueError(f"PoseTransferAugment: expected 3-channel RGB images, got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"PoseTransferAugment: expected 3-channel RGB images, got shape {tuple(images.shape)}"
+            )
         apply = params["apply"]
         sel = np.flatnonzero(apply)
         in_hw = (int(images.shape[-2]), int(images.shape[-1]))
@@ -177,7 +181,8 @@ class PoseTransferAugment(Transform):
         device = torch.device(self.generator.device)
         src = F.to_dtype(images[torch.as_tensor(sel)], torch.float32, scale=True).to(device)
         if in_hw != gen_hw:
-            src = F.resize(src, list(gen_hw), antialias=True).clamp(0, 1)
+            src = F.resize(src, list(gen_hw), antialias=True)
+        src = src.clamp(0, 1)
         target = self.pose_bank.get(params["pose_index"][sel], size=gen_hw)
         source_kps = self._source_keypoints(params["source_kps"], sel, len(apply), gen_hw)
         with torch.no_grad():
@@ -229,6 +234,12 @@ class PoseTransferAugment(Transform):
         sel = torch.as_tensor(np.flatnonzero(apply), device=out.device)
         out[sel] = torch.from_numpy(target[apply]).to(out.device, out.dtype)
         return tv_tensors.wrap(out.reshape(plain.shape), like=inpt)
+
+    def batch_transform(self, images: torch.Tensor, pids: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 3, H, W)`` → same shape: the hook signature ``(imgs, pids) -> imgs`` of
+        :class:`posereid.reid_integration.torchreid_plugin.BatchAugmentEngine` (pids are not needed: the
+        generated person keeps the source identity). Pass ``batch_transform=augment.batch_transform``."""
+        return self(images)
 
     def extra_repr(self) -> str:
         return (

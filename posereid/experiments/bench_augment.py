@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -66,36 +67,76 @@ def run(preset: str, device: torch.device, n_images: int, steps: int, batch_size
     with tempfile.TemporaryDirectory() as tmp:
         market = Path(tmp) / "market"
         n_ids = max(1, -(-n_images // (per_image * 2)))
-        write_synthetic_market(market, SynthConfig(n_train_ids=n_ids, n_test_ids=2, per_camera=1, cameras=2,
-                                                   min_cameras=2, n_distractors=0, n_junk=0), progress=False)
+        write_synthetic_market(
+            market,
+            SynthConfig(
+                n_train_ids=n_ids,
+                n_test_ids=2,
+                per_camera=1,
+                cameras=2,
+                min_cameras=2,
+                n_distractors=0,
+                n_junk=0,
+            ),
+            progress=False,
+        )
         ann_path = market / "market-annotation-train.csv"
         ann = read_patn_csv(ann_path)
         bank = PoseBank.from_market(market, ann)
         n_src = len(Market1501(market).train)
         # warm-up (allocations, cudnn autotune, lazy imports) outside the timed runs
-        gen.generate(torch.rand(2, 3, *hw, device=device), torch.full((2, 18, 2), 5.0, device=device), steps=2,
-                     seeds=[0, 1])
+        gen.generate(
+            torch.rand(2, 3, *hw, device=device),
+            torch.full((2, 18, 2), 5.0, device=device),
+            steps=2,
+            seeds=[0, 1],
+        )
         _sync(device)
         out = Path(tmp) / "out"
         t = time.perf_counter()
-        summary = generate_offline(gen, market, ann, out, per_image=per_image, pose_bank=bank, steps=steps,
-                                   batch_size=batch_size, progress=False)
+        summary = generate_offline(
+            gen,
+            market,
+            ann,
+            out,
+            per_image=per_image,
+            pose_bank=bank,
+            steps=steps,
+            batch_size=batch_size,
+            progress=False,
+        )
         _sync(device)
         t_offline = time.perf_counter() - t
         entries = sorted(read_manifest(out), key=lambda e: e["index"])[:n_images]
         src, skps, tkps, seeds = _inputs(entries, market, ann, bank, hw, device)
         n = len(entries)
-        res = {"preset": preset, "image_size": hw, "device": str(device), "steps": steps, "batch_size": batch_size,
-               "offline_images": summary.generated, "offline_s": t_offline, "sources": n_src, "n": n}
+        res = {
+            "preset": preset,
+            "image_size": hw,
+            "device": str(device),
+            "steps": steps,
+            "batch_size": batch_size,
+            "offline_images": summary.generated,
+            "offline_s": t_offline,
+            "sources": n_src,
+            "n": n,
+        }
         t = time.perf_counter()
         for i in range(0, n, batch_size):
-            gen.generate(src[i : i + batch_size], tkps[i : i + batch_size], skps[i : i + batch_size],
-                         steps=steps, seeds=seeds[i : i + batch_size])
+            gen.generate(
+                src[i : i + batch_size],
+                tkps[i : i + batch_size],
+                skps[i : i + batch_size],
+                steps=steps,
+                seeds=seeds[i : i + batch_size],
+            )
         _sync(device)
         res["bare_batched_s"] = time.perf_counter() - t
         t = time.perf_counter()
         for i in range(n):
-            gen.generate(src[i : i + 1], tkps[i : i + 1], skps[i : i + 1], steps=steps, seeds=seeds[i : i + 1])
+            gen.generate(
+                src[i : i + 1], tkps[i : i + 1], skps[i : i + 1], steps=steps, seeds=seeds[i : i + 1]
+            )
         _sync(device)
         res["one_at_a_time_s"] = time.perf_counter() - t
     return res
@@ -108,7 +149,9 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         f"`python -m posereid.experiments.bench_augment --images {args.images} --steps {args.steps} "
         f"--batch-size {args.batch_size}` — {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU") + ".",
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
+        + f"; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end (a shared machine "
+        "makes absolute numbers noisy; the ratios are measured in the same run).",
         "",
         "Randomly initialised generator (throughput does not depend on the weights), DPM-Solver++ with",
         "disentangled guidance (3 branches per step in one batched UNet call). `offline` is the full",
@@ -152,8 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     results = [run("small", torch.device("cpu"), args.images, args.steps, args.batch_size)]
     if torch.cuda.is_available():
-        results.append(run("market", torch.device("cuda"), max(args.images, 64), max(args.steps, 20),
-                           max(args.batch_size, 32)))
+        results.append(
+            run(
+                "market",
+                torch.device("cuda"),
+                max(args.images, 64),
+                max(args.steps, 20),
+                max(args.batch_size, 32),
+            )
+        )
     text = report(results, args)
     out = args.out or RESULTS / f"bench_augment_{'cuda' if torch.cuda.is_available() else 'cpu'}.md"
     with atomic_write(out) as fh:

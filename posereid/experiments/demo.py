@@ -41,9 +41,19 @@ ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "generator-small"
 PLAN_FILE = "demo_plan.json"
 DATA_DONE = "synthetic-identities.json"  # written last by write_synthetic_market
 
-#: Share of the budget per stage (the rest covers imports, rendering, calibration, evaluation, reports).
+#: Share of the budget per stage (the rest covers imports, rendering, timing, evaluation, reports). The
+#: later stages share what is actually left when they start, so an overrun early is absorbed later.
 SHARES_TRAIN = {"generator": 0.36, "generate": 0.16, "reid": 0.34}
 SHARES_SHIPPED = {"generator": 0.0, "generate": 0.26, "reid": 0.60}
+FINAL_RESERVE = 0.05  # of the budget, kept for the reports
+
+
+def stage_budget(shares: dict[str, float], stage: str, budget: float, elapsed: float) -> float:
+    """Seconds for ``stage`` (``generate`` or ``reid``): its share of the time still left, the later stages
+    and the final reserve sharing the rest in proportion."""
+    later = {"generate": ("generate", "reid"), "reid": ("reid",)}[stage]
+    left = budget * (1.0 - FINAL_RESERVE) - elapsed
+    return max(0.0, left) * shares[stage] / sum(shares[s] for s in later)
 
 
 def _say(text: str) -> None:
@@ -443,7 +453,8 @@ def run_demo(args: argparse.Namespace) -> int:
     _say(f"  generator: {gen_path}")
 
     # 3. synthetic images -------------------------------------------------------------------------
-    plan_generation(plan, gen_path, n_train, shares["generate"] * budget, device)
+    elapsed = time.perf_counter() - t_start
+    plan_generation(plan, gen_path, n_train, stage_budget(shares, "generate", budget, elapsed), device)
     _save_plan(out, plan)
     cfg = _gain_config(plan, out, device)
     _say(f"\n[3/5] generating {plan['per_image']} image(s) per train image in new poses (view-balanced pose "
@@ -452,7 +463,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _say(f"  {n_syn} synthetic images under their source identities: {rg.synthetic_dir(cfg, 1.0)}")
 
     # 4. re-ID ------------------------------------------------------------------------------------
-    plan_reid(plan, int(summary["train"]["identities"]), shares["reid"] * budget, device, args.arms)
+    elapsed = time.perf_counter() - t_start
+    plan_reid(plan, int(summary["train"]["identities"]), stage_budget(shares, "reid", budget, elapsed), device,
+              args.arms)  # fmt: skip
     _save_plan(out, plan)
     cfg = _gain_config(plan, out, device)
     _say(f"\n[4/5] re-ID: {cfg.reid_model} at {h}x{w}, {cfg.reid_steps} steps for EVERY run; arms "

@@ -558,7 +558,7 @@ def ensure_generator(config: GainConfig, fraction: float, subset: Subset, *, dev
         steps=steps, batch_size=config.generator_batch_size, lr=config.generator_lr,
         warmup_steps=min(500, steps // 10), checkpoint_every=max(1, steps // 5) if steps >= 50 else 0,
         sample_every=0, seed=config.subset_seed, tensorboard=False, num_workers=config.num_workers,
-        mixed_precision="bf16" if device.startswith("cuda") else "no",
+        mixed_precision="bf16" if device.startswith("cuda") and _bf16_ok() else "no",
     )  # fmt: skip
     logger.info("training the %s generator on %d images (%s) for %d steps → %s", config.generator_preset,
                 len(records), root, steps, final.parent)
@@ -567,6 +567,12 @@ def ensure_generator(config: GainConfig, fraction: float, subset: Subset, *, dev
     if not (final / "config.json").is_file():
         raise RuntimeError(f"generator training finished without writing {final}")
     return final
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 class _device_env:
@@ -647,7 +653,11 @@ def ensure_filtered(config: GainConfig, fraction: float, subset: Subset, *, devi
 
 
 def _link_or_copy_str(src: str, dst: str) -> str:
-    _link_or_copy(Path(src), Path(dst))
+    """Images are hard-linked (never modified in place); manifests and configs are copied."""
+    if src.lower().endswith((".jpg", ".jpeg", ".png")):
+        _link_or_copy(Path(src), Path(dst))
+    else:
+        shutil.copy2(src, dst)
     return dst
 
 
@@ -738,7 +748,7 @@ def prepare_fraction(config: GainConfig, fraction: float) -> Subset:
     )
 
 
-def run_gain(config: GainConfig, *, on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def run_gain(config: GainConfig) -> list[dict[str, Any]]:
     """Run every missing cell of the protocol and write ``results.csv`` / ``.md`` / ``.png``.
 
     Cells already in ``results.csv`` are not recomputed; subsets, generators and synthetic folders in
@@ -773,8 +783,6 @@ def run_gain(config: GainConfig, *, on_row: Callable[[dict[str, Any]], None] | N
                 rows.append(row)
                 done.add(cell_key(fraction, arm, seed))
                 write_results(csv_path, rows)
-                if on_row is not None:
-                    on_row(row)
                 bar.update(1)
     finally:
         bar.close()

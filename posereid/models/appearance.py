@@ -167,7 +167,7 @@ class AppearanceEncoder(nn.Module):
 
     def forward(self, source: torch.Tensor, source_maps: torch.Tensor | None = None) -> torch.Tensor:
         """``source`` ``(B, 3, H, W)`` in ``[0, 1]``; ``source_maps`` ``(B, C, H, W)`` when built with pose."""
-        x = source * 2.0 - 1.0
+        x = source.to(self.stem.weight.dtype) * 2.0 - 1.0
         if self.in_channels > 3:
             if source_maps is None:
                 source_maps = x.new_zeros(x.shape[0], self.in_channels - 3, *x.shape[-2:])

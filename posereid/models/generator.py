@@ -264,8 +264,9 @@ class PoseTransferGenerator(ModelMixin, ConfigMixin):
         self, noisy: torch.Tensor, timesteps: torch.Tensor, pose_maps: torch.Tensor, tokens: torch.Tensor
     ) -> torch.Tensor:
         """UNet call on precomputed conditions (the sampler's inner function)."""
-        x = torch.cat([noisy, pose_maps.to(noisy.dtype)], dim=1)
-        return self.unet(x, timesteps, encoder_hidden_states=tokens).sample
+        dtype = self.unet.conv_in.weight.dtype  # a half-precision model takes half inputs; autocast recasts
+        x = torch.cat([noisy.to(dtype), pose_maps.to(dtype)], dim=1)
+        return self.unet(x, timesteps, encoder_hidden_states=tokens.to(dtype)).sample
 
     def forward(
         self,

@@ -204,3 +204,15 @@ def test_bf16_autocast_runs_on_cpu(model: PoseTransferGenerator) -> None:
     out = model.generate(src, kt, ks, steps=2, seeds=[0, 1], autocast_dtype=torch.bfloat16)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out - ref).abs().mean() < 0.05
+
+
+def test_batched_guidance_matches_separate_unet_calls(model: PoseTransferGenerator) -> None:
+    """The benchmark's naive loop (one UNet call per branch, drop masks, re-encoding) gives the same images."""
+    from posereid.experiments.bench_generator import baseline_generate
+
+    src, ks, kt, *_ = _conditions(model)
+    naive = baseline_generate(model, src, kt, ks, [5, 6], steps=3, guidance=(2.5, 1.5))
+    fast = model.generate(src, kt, ks, steps=3, sampler="ddim", guidance=(2.5, 1.5), seeds=[5, 6])
+    assert torch.allclose(naive, fast, atol=1e-3, rtol=0)
+    swapped = model.generate(src, kt, ks, steps=3, sampler="ddim", guidance=(1.5, 2.5), seeds=[5, 6])
+    assert (swapped - naive).abs().max() > 1e-2  # the two weights are not interchangeable

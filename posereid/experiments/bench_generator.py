@@ -200,16 +200,16 @@ def bench_preset(args: argparse.Namespace, name: str, device: torch.device) -> t
     if device.type == "cuda" or args.cpu_bf16:
         ours("ours bf16 autocast DPM-Solver++", 20, amp=amp)
     if args.compile or device.type == "cuda":
+        use_bf16 = device.type == "cuda" or args.cpu_bf16
         model.unet = torch.compile(model.unet)
         t0 = time.perf_counter()
-        model.generate(
-            src, kt, ks, steps=2, seeds=seeds, autocast_dtype=amp if device.type == "cuda" else None
-        )
+        model.generate(src, kt, ks, steps=2, seeds=seeds, autocast_dtype=amp if use_bf16 else None)
         notes.append(f"`{name}`: torch.compile warm-up {time.perf_counter() - t0:.0f} s (not in the rates)")
-        if device.type == "cuda":
-            ours("ours bf16 + torch.compile DPM-Solver++", 20, amp=amp)
-        else:
-            ours("ours fp32 + torch.compile DPM-Solver++", 20)
+        ours(
+            f"ours {'bf16' if use_bf16 else 'fp32'} + torch.compile DPM-Solver++",
+            20,
+            amp=amp if use_bf16 else None,
+        )
         model.unet = model.unet._orig_mod
     rows.append(
         Row(
@@ -249,6 +249,16 @@ def bench_preset(args: argparse.Namespace, name: str, device: torch.device) -> t
     return rows, notes
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def render(rows: list[Row], notes: list[str], header: list[str]) -> str:
     lines = [
         *header,
@@ -279,6 +289,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on CPU")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (always on CUDA)")
+    p.add_argument("--note", default="", help="a line for the report (e.g. how loaded the machine was)")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
 
 
@@ -302,18 +313,21 @@ def main(argv: list[str] | None = None) -> int:
         notes += n
         print(render(r, [], []), flush=True)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     header = [
         "# Generator benchmark",
         "",
         f"`python -m posereid.experiments.bench_generator --presets {args.presets} --device {args.device} "
-        f"--batch {args.batch}{' --threads ' + str(args.threads) if args.threads else ''}"
-        f"{' --cpu-bf16' if args.cpu_bf16 else ''}`",
+        f"--batch {args.batch} --steps {','.join(map(str, args.steps))}"
+        f"{' --threads ' + str(args.threads) if args.threads else ''}"
+        f"{' --cpu-bf16' if args.cpu_bf16 else ''}{' --compile' if args.compile else ''}`",
         "",
         f"Device: {device.type} ({dev_name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"1-min load average {load0:.1f} at start / {load1:.1f} at end ({os.cpu_count()} cores), "
         f"total {time.perf_counter() - t0:.0f} s. Random weights, guidance (2, 2) = 3 branches.",
     ]
+    if args.note:
+        header += ["", args.note]
     text = render(rows, notes, header)
     print("\n".join(text.splitlines()[len(header) :]))
     if args.out:

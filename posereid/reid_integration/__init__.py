@@ -1,1 +1,25 @@
-"""posereid.reid_integration."""
+"""Market-1501 I/O, keypoint annotation, the torchreid plugin, re-ID training and fast evaluation."""
+
+from posereid._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "market1501": [
+            "IMAGE_EXTENSIONS", "ImageReadError", "Market1501", "MarketFormatError", "MarketRecord",
+            "MarketWriter", "PatnAnnotations", "RELEASE_DIR", "SPLIT_DIRS", "check_image",
+            "format_market_name", "load_image", "parse_market_name", "read_pairs_csv", "read_patn_csv",
+            "resolve_data_dir", "write_pairs_csv", "write_patn_csv",
+        ],
+        "annotate": ["AnnotateSummary", "annotate_folder", "list_images"],
+        "evaluate": ["compute_distance_matrix", "evaluate_features", "evaluate_rank"],
+        "torchreid_plugin": [
+            "BatchAugmentEngine", "BatchAugmentSoftmaxEngine", "BatchAugmentTripletEngine", "IMAGENET_MEAN",
+            "IMAGENET_STD", "PosereidMarketDataset", "ReidFeatureExtractor", "ReidLists", "SyntheticPidError",
+            "build_reid_model", "build_reid_transforms", "denormalize", "load_reid_checkpoint",
+            "load_state_dict_file", "load_torchreid_checkpoint", "normalize", "register_posereid_dataset",
+            "save_reid_checkpoint", "scan_reid_lists", "unregister_posereid_dataset",
+        ],
+        "train": ["PosereidDataManager", "ReidTrainConfig", "extract_loader_features", "seed_everything", "train_reid"],
+    },
+)  # fmt: skip

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv lint grid bench clean
+.PHONY: test demo venv lint grid bench clean generator-asset
 
 venv: $(STAMP)
 
@@ -30,3 +30,17 @@ grid: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
+
+# Reproduces the generator checkpoint shipped in posereid/assets/generator-small: the `small` preset trained
+# on the train split of the demo's synthetic dataset (same SynthConfig and seed as `posereid demo`).
+ASSET_WORK ?= runs/generator-asset
+ASSET_STEPS ?= 6000
+generator-asset: $(STAMP)
+	rm -rf $(ASSET_WORK)/data
+	$(BIN)/posereid synth-market $(ASSET_WORK)/data --train-ids 30 --test-ids 30 --per-camera 3 --cameras 4 \
+		--distractors 20 --junk 5 --height 64 --width 32 --train-views 2 --seed 0
+	$(BIN)/posereid train-generator --data $(ASSET_WORK)/data --annotations $(ASSET_WORK)/data/market-annotation-train.csv \
+		--preset small --prediction-type v_prediction --out $(ASSET_WORK)/train --steps $(ASSET_STEPS) --batch-size 16 \
+		--lr 3e-4 --warmup-steps 200 --ema-decay 0.999 --checkpoint-every 250 --sample-every 500 --seed 0
+	rm -rf posereid/assets/generator-small && mkdir -p posereid/assets
+	cp -r $(ASSET_WORK)/train/final posereid/assets/generator-small

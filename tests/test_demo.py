@@ -55,7 +55,21 @@ def test_tiny_demo_end_to_end_then_rerun_reuses_everything(tmp_path: Path, capsy
     assert cli_main(["demo", "--tiny", "--out", str(out), "--device", "cpu"]) == 0
     again = capsys.readouterr().out
     assert not calls, "a rerun with the same options must not retrain"
-    assert "reusing the plan" in again and "| 100% | plain+synthetic | 1 |" in again
+    assert "reusing the plan" in again and "reusing the one trained before" in again and "(already done)" in again
+    assert "| 100% | plain+synthetic | 1 |" in again
+
+
+def test_demo_with_a_given_generator_trains_none(tmp_path: Path, capsys) -> None:
+    from posereid.models.generator import PoseTransferGenerator
+
+    ckpt = tmp_path / "gen"
+    PoseTransferGenerator.from_preset("tiny", image_size=(32, 16)).save_pretrained(ckpt)
+    out = tmp_path / "demo_out"
+    assert cli_main(["demo", "--tiny", "--out", str(out), "--device", "cpu", "--generator", str(ckpt)]) == 0
+    assert f"using the given checkpoint {ckpt}" in capsys.readouterr().out
+    assert not (out / "gain" / "work" / "generator-1").exists()
+    (syn,) = [r for r in rg.read_results(out / "gain" / "results.csv") if r["arm"] == "plain+synthetic"]
+    assert syn["generator"] == f"given:{ckpt}" and syn["synthetic_images"] > 0
 
 
 def _plan_args(**kw) -> argparse.Namespace:
@@ -93,6 +107,21 @@ def test_later_stages_share_the_time_actually_left() -> None:
     assert late < on_time
     assert demo.stage_budget(shares, "reid", 600.0, 400.0) == pytest.approx(usable - 400.0)
     assert demo.stage_budget(shares, "reid", 600.0, 10_000.0) == 0.0
+
+
+@pytest.mark.parametrize("faster", [1, 2])
+def test_cpu_threads_are_chosen_by_measured_speed(monkeypatch, faster: int) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    # a busy machine makes 2 threads slower than 1; an idle one the reverse
+    monkeypatch.setattr(demo, "_timed", lambda fn, n: 1.0 if torch.get_num_threads() == faster else 5.0)
+    try:
+        assert demo.pick_cpu_threads(lambda: None) == faster
+        assert torch.get_num_threads() == faster
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_planning_skips_the_filter_when_it_is_unavailable(monkeypatch) -> None:

@@ -64,7 +64,9 @@ def test_from_csv_filters_invalid_poses_and_counts_them(tmp_path):
     names, kps, _ = make_bank_poses({"front": 5, "back": 3})
     ann = dict(zip(names, kps))
     no_hip = FRONT.copy()
-    no_hip[8] = -1
+    no_hip[[8, 11]] = -1
+    one_hip = FRONT.copy()  # a profile hides the far hip: still a usable pose
+    one_hip[11] = -1
     no_shoulder = FRONT.copy()
     no_shoulder[[2, 5]] = -1
     sparse = np.full((18, 2), -1, np.float32)
@@ -82,6 +84,7 @@ def test_from_csv_filters_invalid_poses_and_counts_them(tmp_path):
     loose = PoseBank.from_csv(csv, min_visible=4)
     assert len(loose) == 9 and loose.rejected == 2
     assert valid_pose_mask(np.stack([FRONT, no_hip, sparse]), min_visible=4).tolist() == [True, False, True]
+    assert valid_pose_mask(one_hip[None]).tolist() == [True]
 
 
 def test_from_csv_bad_row_names_file_and_line(tmp_path):

@@ -34,7 +34,7 @@ def _config(market: Path, out: Path, **kw) -> rg.GainConfig:
         data=market, out=out, fractions=(0.5, 1.0), arms=("plain", "plain+synthetic"), seeds=(0,),
         reid_steps=3, reid_model="osnet_x0_25", reid_batch_size=8, height=H, width=W,
         generator_preset="tiny", generator_steps=2, generator_batch_size=4, steps=2, gen_batch_size=16,
-        annotation_hw=(H, W), device="cpu", progress=False,
+        device="cpu", progress=False,
     )  # fmt: skip
     base.update(kw)
     return rg.GainConfig(**base)
@@ -241,3 +241,16 @@ def test_filtered_arm_uses_a_filter_trained_on_the_kept_images(market: Path, tmp
     manifest = [json.loads(line) for line in (rg.synthetic_dir(config, 0.5, filtered=True) / "manifest.jsonl").open()]
     assert sorted(m["name"] for m in manifest if m["kept"]) == kept
     assert all((m["filter_margin"] >= 0) == m["kept"] for m in manifest)
+
+
+def test_generator_data_full_trains_one_generator_on_all_images(market: Path, tmp_path: Path, monkeypatch) -> None:
+    gen_spy = Spy(training.train_generator)
+    monkeypatch.setattr(training, "train_generator", gen_spy)
+    config = _config(market, tmp_path / "out", arms=("plain+synthetic",), generator_data="full")
+    rows = rg.run_gain(config)
+    assert len(gen_spy.calls) == 1  # one generator, shared by every fraction
+    seen = {Path(rec.image).name for rec in gen_spy.calls[0][0][1].records}
+    half = set(json.loads((config.work / "subset-0.5" / "subset.json").read_text())["names"])
+    assert seen <= {r.name for r in Market1501(market).train} and not seen <= half  # beyond the 50 % subset
+    assert {r["generator"] for r in rows} == {"full"}
+    assert "ALL train images" in (config.out / "results.md").read_text()

@@ -4,7 +4,7 @@ Poses come from a PATN annotation CSV, a Market-1501 folder with annotations, or
 They are stored in one reference frame ``image_hw = (H, W)`` (128×64 for Market) and rescaled on request,
 so one bank serves a generator at any resolution.
 
-Only poses a generator can use are kept: both hips, at least one shoulder and ``min_visible`` joints in
+Only poses a generator can use are kept: a hip, a shoulder and ``min_visible`` joints in
 all (a pose with no torso gives the model nothing to place the body on). Rejected poses are counted.
 
 Three sampling strategies:
@@ -50,9 +50,13 @@ def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 
 def valid_pose_mask(kps: np.ndarray, *, min_visible: int = 8) -> np.ndarray:
-    """``(N,)`` bool: both hips, at least one shoulder and at least ``min_visible`` joints visible."""
+    """``(N,)`` bool: a hip, a shoulder and at least ``min_visible`` joints visible.
+
+    One hip (not both) is enough: in a side view the far hip is hidden, and requiring it would drop every
+    profile pose from the bank, so view-balanced sampling could never ask for one.
+    """
     vis = visible_mask(as_keypoints(kps).reshape(-1, NUM_KEYPOINTS, 2))
-    torso = vis[:, _RHIP] & vis[:, _LHIP] & (vis[:, _RSH] | vis[:, _LSH])
+    torso = (vis[:, _RHIP] | vis[:, _LHIP]) & (vis[:, _RSH] | vis[:, _LSH])
     return torso & (vis.sum(-1) >= int(min_visible))
 
 
@@ -112,7 +116,7 @@ class PoseBank:
         keypoints: ``(N, 18, 2)`` (x, y) keypoints in the ``image_hw`` frame, ``-1`` missing.
         names: one name per pose (e.g. the image it was annotated on); default ``pose_00000``, …
         image_hw: the reference frame ``(H, W)`` of ``keypoints``.
-        min_visible: minimum number of visible joints for a pose to be kept (besides both hips and a
+        min_visible: minimum number of visible joints for a pose to be kept (besides a hip and a
             shoulder); ``0`` keeps every pose with a torso.
         n_clusters: k for ``cluster`` sampling (capped at the bank size).
         seed: seed of the k-means initialisation (cluster labels are a deterministic function of it).
@@ -151,7 +155,7 @@ class PoseBank:
             logger.info("PoseBank: kept %d pose(s), rejected %d invalid", len(self), self.rejected)
         if len(self) == 0:
             raise ValueError(
-                f"PoseBank: no valid pose among {len(kps)} (each needs both hips, a shoulder and "
+                f"PoseBank: no valid pose among {len(kps)} (each needs a hip, a shoulder and "
                 f"≥ {self.min_visible} visible joints)"
             )
         self.views = [estimate_view(k) for k in self.keypoints]

@@ -102,7 +102,8 @@ class GainConfig:
         pose_sampling: how target poses are drawn from the kept images' pose bank
             (``uniform``/``cluster``/``view``).
         gen_batch_size: images per generator call.
-        annotation_hw: the ``(H, W)`` frame of the PATN annotation coordinates (Market: 128×64).
+        annotation_hw: the ``(H, W)`` frame of the PATN annotation coordinates; ``None``: the train images'
+            own size (the PATN convention; Market-1501 crops are all 128×64).
         filter_checkpoint: re-ID checkpoint for the identity-consistency filter of the
             ``strong+synthetic+filtered`` arm, or ``"auto"``: a strong-baseline model trained on each kept
             fraction (leakage-free). filter_score / filter_threshold: keep images scoring ≥ threshold
@@ -135,7 +136,7 @@ class GainConfig:
     guidance: tuple[float, float] = (2.0, 2.0)
     pose_sampling: str = "uniform"
     gen_batch_size: int = 32
-    annotation_hw: tuple[int, int] = (128, 64)
+    annotation_hw: tuple[int, int] | None = None
     filter_checkpoint: Path | str | None = None
     filter_score: Literal["similarity", "margin"] = "margin"
     filter_threshold: float = 0.0
@@ -154,7 +155,8 @@ class GainConfig:
         if len(g) != 2:
             raise ValueError(f"guidance must be one weight or (pose, appearance), got {self.guidance!r}")
         self.guidance = (float(g[0]), float(g[1]))
-        self.annotation_hw = (int(self.annotation_hw[0]), int(self.annotation_hw[1]))
+        if self.annotation_hw is not None:
+            self.annotation_hw = (int(self.annotation_hw[0]), int(self.annotation_hw[1]))
         self.fractions = tuple(float(f) for f in self.fractions)
         self.arms = tuple(self.arms)
         self.seeds = tuple(int(s) for s in self.seeds)
@@ -294,9 +296,9 @@ def materialize_subset(
     when the source has one, and ``subset.json``. Built in a temporary folder and renamed into place.
     """
     ds = Market1501(data)
-    train = [r for r in ds.train if r.pid >= 0]
+    train = [r for r in ds.train if r.pid > 0]  # junk and distractors never enter re-ID training
     if not train:
-        raise ValueError(f"{ds.root}: the train split has no images")
+        raise ValueError(f"{ds.root}: the train split has no identity images (pid > 0)")
     kept = select_subset(train, fraction, seed)
     names = [r.name for r in kept]
     meta_path = out_dir / "subset.json"
@@ -613,7 +615,7 @@ def ensure_synthetic(config: GainConfig, fraction: float, subset: Subset, genera
     summary = generate_offline(
         model, subset.root, subset.annotations, out, per_image=config.per_image, sampling=config.pose_sampling,
         steps=config.steps, sampler=config.sampler, guidance=config.guidance, batch_size=config.gen_batch_size,
-        seed=config.subset_seed, annotation_hw=config.annotation_hw, progress=config.progress,
+        seed=config.subset_seed, annotation_hw=_annotation_frame(config, subset.root), progress=config.progress,
     )  # fmt: skip
     if summary.failed_items:
         logger.warning("%s: %d source image(s) failed: %s", out, summary.failed_items, summary.failures[:3])
@@ -621,6 +623,19 @@ def ensure_synthetic(config: GainConfig, fraction: float, subset: Subset, genera
     with atomic_write(done) as fh:
         json.dump({"images": images, "generator": str(generator), **summary.as_dict()}, fh)
     return images
+
+
+def _annotation_frame(config: GainConfig, root: Path) -> tuple[int, int]:
+    """``config.annotation_hw``, else the size of the first train image of ``root``."""
+    if config.annotation_hw is not None:
+        return config.annotation_hw
+    from PIL import Image
+
+    first = next((r for r in Market1501(root).train if r.pid > 0), None)
+    if first is None:
+        raise ValueError(f"{root}: no train image to take the annotation frame from")
+    with Image.open(first.path) as im:
+        return im.height, im.width
 
 
 def ensure_filtered(config: GainConfig, fraction: float, subset: Subset, *, device: str) -> int:
@@ -887,8 +902,8 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
                         help="guidance weight, or pose,appearance weights")
     parser.add_argument("--pose-sampling", choices=("uniform", "cluster", "view"), default=d.pose_sampling)
     parser.add_argument("--gen-batch-size", type=int, default=d.gen_batch_size)
-    parser.add_argument("--annotation-hw", type=int, nargs=2, default=d.annotation_hw, metavar=("H", "W"),
-                        help="frame of the annotation coordinates (default 128 64)")
+    parser.add_argument("--annotation-hw", type=int, nargs=2, metavar=("H", "W"),
+                        help="frame of the annotation coordinates (default: the train images' own size)")
     parser.add_argument("--filter-checkpoint",
                         help="re-ID checkpoint for the strong+synthetic+filtered arm, or 'auto'")
     parser.add_argument("--filter-score", choices=("similarity", "margin"), default=d.filter_score)
@@ -912,7 +927,7 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         generator_lr=args.generator_lr, generator=args.generator, generator_data=args.generator_data,
         per_image=args.per_image, sampler=args.sampler, steps=args.steps,
         guidance=guidance * 2 if len(guidance) == 1 else guidance, pose_sampling=args.pose_sampling,
-        gen_batch_size=args.gen_batch_size, annotation_hw=tuple(args.annotation_hw),
+        gen_batch_size=args.gen_batch_size, annotation_hw=args.annotation_hw,
         filter_checkpoint=args.filter_checkpoint, filter_score=args.filter_score,
         filter_threshold=args.filter_threshold, device=args.device, num_workers=args.workers,
         progress=not args.no_progress,
@@ -931,21 +946,27 @@ def run_reid_gain(args: argparse.Namespace) -> int:
 
 __all__ = [
     "ARMS",
+    "CSV_FIELDS",
     "DEFAULT_ARMS",
     "GainConfig",
     "ProtocolMismatchError",
     "Subset",
+    "ensure_filtered",
     "ensure_generator",
     "ensure_synthetic",
     "generator_dir",
     "markdown_table",
     "materialize_subset",
+    "parse_fractions",
     "plot_results",
     "prepare_fraction",
     "read_results",
+    "resolve_device",
+    "run_cell",
     "run_gain",
     "select_subset",
     "summarize",
     "synthetic_dir",
     "write_reports",
+    "write_results",
 ]

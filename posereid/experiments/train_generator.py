@@ -56,6 +56,11 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p("--pairs", type=Path, help="PATN pairs CSV (from,to); default: all same-identity pairs, on the fly")
     p("--preset", default="market", choices=sorted(PoseTransferGenerator.PRESETS), help="model size")
     p("--image-size", type=parse_hw, help="override the preset's HxW, e.g. 64x32")
+    p(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction"),
+        help="override the preset's prediction target (v_prediction learns faster at small scale)",
+    )
     p("--init", type=Path, help="start from this generator directory (fine-tuning) instead of a preset")
     p("--out", required=True, type=Path, help="output directory (checkpoints, samples, log, final/)")
     p("--steps", type=int, default=d.steps)
@@ -135,7 +140,9 @@ def run_train_generator(args: argparse.Namespace) -> int:
         if args.image_size is not None and tuple(args.image_size) != model.image_size:
             raise SystemExit(f"--image-size {args.image_size} differs from {args.init}'s {model.image_size}")
     else:
-        overrides = {"image_size": tuple(args.image_size)} if args.image_size else {}
+        overrides: dict = {"image_size": tuple(args.image_size)} if args.image_size else {}
+        if args.prediction_type:
+            overrides["prediction_type"] = args.prediction_type
         model = PoseTransferGenerator.from_preset(args.preset, **overrides)
     pairs = read_pairs_csv(args.pairs) if args.pairs else None
     dataset = PosePairDataset(

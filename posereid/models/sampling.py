@@ -68,10 +68,18 @@ SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
             "solver_order": 2,
             "timestep_spacing": "trailing",
             "variance_type": None,
+            # Pixel space: clip each predicted x0 to the image range [-1, 1] (dynamic thresholding with
+            # sample_max_value=1 reduces to that). Without it an under-trained model's multistep
+            # extrapolation saturates into noise, where DDIM (clip_sample) still gives images.
+            "thresholding": True,
+            "sample_max_value": 1.0,
         },
     ),
     "ddim": (DDIMScheduler, {"clip_sample": True, "set_alpha_to_one": True, "timestep_spacing": "trailing"}),
-    "unipc": (UniPCMultistepScheduler, {"timestep_spacing": "trailing"}),
+    "unipc": (
+        UniPCMultistepScheduler,
+        {"timestep_spacing": "trailing", "thresholding": True, "sample_max_value": 1.0},
+    ),
     "euler": (EulerDiscreteScheduler, {"timestep_spacing": "trailing"}),
     "ddpm": (DDPMScheduler, {"clip_sample": True, "timestep_spacing": "trailing"}),
 }

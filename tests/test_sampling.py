@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from gen_inputs import H, W
+from gen_inputs import images as _images
+from gen_inputs import pose as _pose
 
 from posereid.models.generator import PoseTransferGenerator
 from posereid.models.sampling import (
@@ -15,23 +18,6 @@ from posereid.models.sampling import (
     make_sampler,
     sample_loop,
 )
-
-H, W = 32, 16
-
-
-def _pose(shift: float, b: int = 1) -> torch.Tensor:
-    base = torch.tensor(
-        [[8, 3], [8, 7], [6, 7], [5, 11], [5, 15], [10, 7], [11, 11], [11, 15], [7, 16], [7, 22], [7, 29],
-         [9, 16], [9, 22], [9, 29], [7, 2], [9, 2], [6, 3], [10, 3]],
-        dtype=torch.float32,
-    )  # fmt: skip
-    base[:, 0] = (base[:, 0] + shift).clamp(0, W - 1)
-    return base.expand(b, -1, -1).clone()
-
-
-def _images(b: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.interpolate(torch.rand(b, 3, 8, 4, generator=g), size=(H, W), mode="bilinear")
 
 
 @pytest.fixture(scope="module")

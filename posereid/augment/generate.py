@@ -193,17 +193,9 @@ def generator_sha256(generator: torch.nn.Module) -> str:
 
 
 def _write_image(path: Path, image: Image.Image, quality: int = 95) -> None:
-    """JPEG to ``NAME.tmp-<pid>`` (never ``*.jpg``, so torchreid's glob cannot see it), fsync, rename."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            image.save(fh, format="JPEG", quality=quality)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """JPEG via :func:`atomic_write`: the temp name ``NAME.tmp-<pid>`` never matches torchreid's ``*.jpg``."""
+    with atomic_write(path, "wb") as fh:
+        image.save(fh, format="JPEG", quality=quality)
 
 
 def _to_pil(img: torch.Tensor, size: tuple[int, int] | None) -> Image.Image:

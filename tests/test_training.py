@@ -328,6 +328,7 @@ def test_cli_train_generator_and_sample(tmp_path: Path, caplog: pytest.LogCaptur
     with open(out / "train_log.csv", newline="") as fh:
         assert [r["step"] for r in csv.DictReader(fh)] == ["1", "2"]
     assert (out / "samples" / "step-0000002.png").is_file()
+    assert (out / "loss.png").stat().st_size > 0  # the loss curve is plotted at the end
 
     src = data / "bounding_box_train" / next(iter(ann))
     png = tmp_path / "sample.png"

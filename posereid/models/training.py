@@ -683,6 +683,8 @@ def train_generator(
             out / "final", lambda d: tr.net.save_pretrained(d, ema_state_dict=_ema_state_dict(tr.net, tr.ema))
         )
         logger.info("trained to step %d; final model (EMA included) in %s", tr.step, out / "final")
+        if log.is_file():
+            plot_loss_curve(log, out / "loss.png")
     acc.wait_for_everyone()
     finite = [v for v in losses if math.isfinite(v)]
     return TrainResult(
@@ -691,7 +693,39 @@ def train_generator(
     )  # fmt: skip
 
 
+def plot_loss_curve(log_csv: str | Path, png: str | Path, *, window: int = 50) -> Path:
+    """Plot ``train_log.csv`` (raw loss and a running mean over ``window`` steps, LR on a second axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.genfromtxt(log_csv, delimiter=",", names=True)
+    data = np.atleast_1d(data)
+    steps, loss, lr = data["step"], data["loss"], data["lr"]
+    ok = np.isfinite(loss)
+    k = max(1, min(window, int(ok.sum()) // 5 or 1))
+    smooth = np.convolve(loss[ok], np.ones(k) / k, mode="valid")
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    ax.plot(steps[ok], loss[ok], lw=0.5, alpha=0.35, color="tab:blue", label="loss")
+    ax.plot(steps[ok][k - 1 :], smooth, lw=1.8, color="tab:blue", label=f"running mean ({k} steps)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax2 = ax.twinx()
+    ax2.plot(steps, lr, color="tab:orange", lw=1, label="learning rate")
+    ax2.set_ylabel("learning rate", color="tab:orange")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"{Path(log_csv).parent.name}: {int(steps[-1])} steps")
+    fig.tight_layout()
+    png = Path(png)
+    atomic_save(png, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return png
+
+
 __all__ = [
+    "plot_loss_curve",
     "ImageLoadError",
     "NonFiniteLossError",
     "PosePairDataset",

@@ -44,3 +44,4 @@ generator-asset: $(STAMP)
 		--lr 3e-4 --warmup-steps 200 --ema-decay 0.999 --checkpoint-every 250 --sample-every 500 --seed 0
 	rm -rf posereid/assets/generator-small && mkdir -p posereid/assets
 	cp -r $(ASSET_WORK)/train/final posereid/assets/generator-small
+	$(BIN)/python -c "from posereid.experiments.demo import write_asset_meta; write_asset_meta('posereid/assets/generator-small')"

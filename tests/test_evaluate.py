@@ -155,3 +155,35 @@ def test_short_gallery_pads_cmc_and_bad_inputs_raise():
         evaluate_rank(np.array([[np.nan, 0.1, 0.2]]), [1], [1, 2, 1], [0], [0, 1, 1])
     with pytest.raises(ValueError, match="g_pids has 2 entries"):
         evaluate_rank(distmat, [1], [1, 2], [0], [0, 1, 1])
+
+
+def test_exclude_drops_gallery_rows_per_query_like_removing_them():
+    """``exclude`` must give exactly what evaluating each query on a gallery without those rows gives."""
+    from posereid.reid_integration.evaluate import evaluate_rank as ours
+
+    rng = np.random.default_rng(7)
+    nq, ng = 12, 60
+    q_pids = rng.integers(1, 6, nq)
+    g_pids = rng.integers(1, 6, ng)
+    q_cams = rng.integers(0, 3, nq)
+    g_cams = rng.integers(0, 3, ng)
+    dist = rng.random((nq, ng)).astype(np.float32)
+    exclude = np.full((nq, 2), -1)
+    for i in range(nq):  # drop up to two of the query's own matches (e.g. a pair's source and target)
+        own = np.flatnonzero(g_pids == q_pids[i])
+        exclude[i, : min(2, own.size)] = own[:2]
+    cmc, mAP = ours(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, exclude=exclude)
+
+    firsts, aps = [], []
+    for i in range(nq):
+        keep = np.setdiff1d(np.arange(ng), exclude[i][exclude[i] >= 0])
+        try:
+            c, a = ours(dist[i : i + 1, keep], q_pids[i : i + 1], g_pids[keep], q_cams[i : i + 1], g_cams[keep], max_rank=5)
+        except ValueError:  # no valid match left for this query: skipped
+            continue
+        firsts.append(c)
+        aps.append(a)
+    np.testing.assert_allclose(cmc, np.mean(firsts, 0), atol=1e-6)
+    assert mAP == pytest.approx(float(np.mean(aps)), abs=1e-9)
+    plain_cmc, plain_map = ours(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+    assert mAP != pytest.approx(plain_map)  # the exclusion really changed something

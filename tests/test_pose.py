@@ -131,3 +131,18 @@ def test_joint_rounding_onto_border_is_clamped_not_half_missing():
     assert (out[2] >= 0).all() and out[2, 0] <= 31 and out[2, 1] <= 63
     vis = P.visible_mask(out)
     assert ((out[~vis] == -1).all()) and vis.sum() == 2
+
+
+def test_torchvision_resize_matches_resize_keypoints_pixel_centres():
+    rng = np.random.default_rng(5)
+    kps = _pose(rng)
+    pk = P.PoseKeypoints(torch.from_numpy(kps), canvas_size=(128, 64))
+    img = tv_tensors.Image(torch.rand(3, 128, 64))
+    _, out = v2.Resize((256, 128))(img, pk)
+    assert tuple(out.canvas_size) == (256, 128) and isinstance(out, P.PoseKeypoints)
+    np.testing.assert_allclose(out.numpy(), P.resize_keypoints(kps, (128, 64), (256, 128)), atol=1e-5)
+    # a crop then resize is the crop's shift followed by the same pixel-centre rescale
+    _, rc = v2.RandomResizedCrop((64, 32), scale=(0.99, 1.0), ratio=(0.5, 0.5))(img, pk)
+    assert tuple(rc.canvas_size) == (64, 32)
+    vis = P.visible_mask(rc.numpy())
+    assert (rc.numpy()[~vis] == -1).all() and (rc.numpy()[vis] >= 0).all()

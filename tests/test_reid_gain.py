@@ -183,6 +183,7 @@ def test_baseline_and_augmented_arms_get_the_same_steps(run) -> None:
     cfgs = [args[0] for args, _ in reid_spy.calls]
     assert {c.steps for c in cfgs} == {config.reid_steps}
     assert {r["steps"] for r in rows} == {config.reid_steps}  # steps actually taken, as counted
+    assert len({r["batch_size"] for r in rows}) == 1  # baseline and synthetic arms: same batch size
     assert [bool(c.synthetic) for c in cfgs] == [False, True, False, True]
 
 

@@ -76,7 +76,22 @@ def _pid_labels(records: Sequence[tuple]) -> dict[int, int]:
             )
     if parsed == 0:  # not Market names: the base's pids are the identities themselves
         mapping = {int(r[1]): int(r[1]) for r in records}
+    elif parsed < len(records):
+        # a mix of Market and other names: the others' identities cannot be matched to synthetic pids
+        raise ValueError(
+            f"base dataset mixes Market-1501 file names with others ({len(records) - parsed} of {len(records)} "
+            f"records, e.g. {next(r[0] for r in records if _not_market(r[0]))}); synthetic images are matched "
+            "to identities by the pid in Market names, so rename them or use one naming style"
+        )
     return mapping
+
+
+def _not_market(path: Any) -> bool:
+    try:
+        parse_market_name(os.path.basename(str(path)))
+    except MarketFormatError:
+        return True
+    return False
 
 
 class PoseAugmentedDataset(Dataset):

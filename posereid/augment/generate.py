@@ -496,6 +496,11 @@ def generate_offline(
         "guidance": [float(guidance[0]), float(guidance[1])], "pose_bank_sha256": bank_hash,
         "pose_frame": list(bank.image_hw), "sources": len(sources), "sources_sha256": src_hash,
         "out_size": None if out_size is None else list(out_size),
+        # what decides kept/rejected and the source keypoints of items still to come: a resume with other
+        # values would mix two runs in one folder
+        "annotation_hw": list(annotation_hw), "filter": identity_filter is not None,
+        "filter_threshold": None if filter_threshold is None else float(filter_threshold),
+        "filter_score": filter_score,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / TRAIN_DIR).mkdir(exist_ok=True)

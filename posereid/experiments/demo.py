@@ -34,11 +34,13 @@ from typing import Any
 
 from posereid.experiments import reid_gain as rg
 from posereid.models.io_utils import atomic_save, atomic_write
+from posereid.reid_integration.market1501 import load_image
 
 logger = logging.getLogger(__name__)
 
 #: The generator checkpoint the package may ship (``config.json`` + safetensors).
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "generator-small"
+ASSET_META = "trained_on.json"  # which synthetic train split the shipped generator saw
 PLAN_FILE = "demo_plan.json"
 DATA_DONE = "synthetic-identities.json"  # written last by write_synthetic_market
 
@@ -172,12 +174,37 @@ def _synth_kwargs(tiny: bool, hw: tuple[int, int], seed: int) -> dict[str, Any]:
                 height=hw[0], width=hw[1], train_views=2, seed=seed)  # fmt: skip
 
 
+def write_asset_meta(asset_dir: str | Path, seed: int = 0) -> Path:
+    """Record in a shipped generator which synthetic train split it saw (``make generator-asset``)."""
+    cfg = json.loads((Path(asset_dir) / "config.json").read_text())
+    hw = tuple(int(v) for v in cfg["image_size"])
+    path = Path(asset_dir) / ASSET_META
+    with atomic_write(path) as fh:
+        json.dump({"synthetic_train_split": _synth_kwargs(False, hw, seed)}, fh, indent=2)
+    return path
+
+
+def _shipped_generator_fits(hw: tuple[int, int], seed: int) -> bool:
+    """The shipped generator saw the train split of one synthetic dataset (one seed). Used with another
+    one it would be a generator trained on images this demo's re-ID never sees — not the protocol."""
+    meta = ASSET_DIR / ASSET_META
+    if not meta.is_file():
+        return False
+    trained_on = json.loads(meta.read_text()).get("synthetic_train_split")
+    if trained_on != _synth_kwargs(False, hw, seed):
+        _say(f"  the shipped generator was trained on another synthetic split ({meta}); training one instead")
+        return False
+    return True
+
+
 def _generator_source(args: argparse.Namespace) -> tuple[str | None, str]:
     """``(checkpoint dir or None, how it was chosen)``."""
     if args.generator:
         return str(Path(args.generator)), "given"
     if not args.tiny and not args.train_generator and (ASSET_DIR / "config.json").is_file():
-        return str(ASSET_DIR), "shipped"
+        cfg = json.loads((ASSET_DIR / "config.json").read_text())
+        if _shipped_generator_fits(tuple(int(v) for v in cfg["image_size"]), int(args.seed)):
+            return str(ASSET_DIR), "shipped"
     return None, "train"
 
 
@@ -374,10 +401,10 @@ def sample_grid(gain_cfg: rg.GainConfig, path: Path, *, rows: int = 8, scale: in
     draw = ImageDraw.Draw(sheet)
     for i, e in enumerate(pick):
         y = 4 + i * (ch + label + 4)
-        src = Image.open(gain_cfg.data / "bounding_box_train" / e["source"]).convert("RGB").resize((w, h))
+        src = load_image(gain_cfg.data / "bounding_box_train" / e["source"]).resize((w, h))
         kps = resize_keypoints(e["target_pose"], tuple(e["pose_frame"]), (h, w))
         skel = draw_skeleton(None, kps, size=(h, w))
-        gen = Image.open(syn / "bounding_box_train" / e["name"]).convert("RGB").resize((w, h))
+        gen = load_image(syn / "bounding_box_train" / e["name"]).resize((w, h))
         for j, im in enumerate((src, skel, gen)):
             sheet.paste(_upscale(im, scale), (4 + j * (cw + 4), y + label))
         pid = int(e["source_pid"])
@@ -418,11 +445,11 @@ def identity_grid(gain_cfg: rg.GainConfig, path: Path, *, ids: int = 6, per_side
         y = label + i * (h + label + 4)
         for j, p in enumerate(real[pid][:per_side]):
             x = 4 + j * (w + 2)
-            sheet.paste(Image.open(p).convert("RGB").resize((w, h), Image.Resampling.NEAREST), (x, y + label))
+            sheet.paste(load_image(p).resize((w, h), Image.Resampling.NEAREST), (x, y + label))
             draw.text((x, y), views.get(p.name, "?")[:5], fill=(0, 0, 0))
         for j, e in enumerate(fake[pid][:per_side]):
             x = 4 + per_side * (w + 2) + gap + j * (w + 2)
-            im = Image.open(syn / "bounding_box_train" / e["name"]).convert("RGB")
+            im = load_image(syn / "bounding_box_train" / e["name"])
             sheet.paste(im.resize((w, h), Image.Resampling.NEAREST), (x, y + label))
             draw.text((x, y), views.get(e["target_source"], "?")[:5], fill=(0, 0, 120))
     atomic_save(path, lambda tmp: sheet.save(tmp, format="PNG"))

@@ -392,9 +392,11 @@ class QualityScorer:
                 id_margin=s["margin"],
                 id_closer_to_own=s["closer_to_own"],
             )
+            # The pair's own source and target images leave the gallery for its query, for every system
+            # alike: a copy of either must not count as recognising the person.
             r = evaluate_features(
                 feats, self.gallery_feats, p.source_pid, self.gallery_pids, query_camids, self.gallery_camids,
-                metric="cosine",
+                metric="cosine", exclude=self.exclude,
             )  # fmt: skip
             out.update(
                 rank1=r["rank1"], rank5=r["rank5"], mAP=r["mAP"], reid_valid_queries=r["num_valid_queries"]
@@ -471,7 +473,7 @@ def _score_all(
     for name, model in runs:
         model = model if model is not None else untrained_like(generator, seed)
         images, spi = generate_for_pairs(model, pairs, steps=steps, guidance=guidance, **gen_kw)
-        systems[name] = {**scorer.score(images, query_camids=pairs.source_camid), "sec_per_image": spi}
+        systems[name] = {**scorer.score(images, query_camids=pairs.target_camid), "sec_per_image": spi}
         sheet_cols["generated" if name == TRAINED else "untrained"] = images[:sheet_rows].clone()
         del images
     sweep_rows: list[dict[str, Any]] = []
@@ -479,7 +481,7 @@ def _score_all(
         for s in [int(v) for v in sweep.get("steps", [steps])]:
             for g in [parse_guidance(v) for v in sweep.get("guidance", [guidance])]:
                 images, spi = generate_for_pairs(generator, pairs, steps=s, guidance=g, **gen_kw)
-                scores = scorer.score(images, query_camids=pairs.source_camid)
+                scores = scorer.score(images, query_camids=pairs.target_camid)
                 sweep_rows.append({"steps": s, "guidance": list(g), **scores, "sec_per_image": spi})
     return systems, sheet_cols, sweep_rows
 

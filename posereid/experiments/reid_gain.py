@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from posereid.models.io_utils import atomic_save, atomic_write, is_temp_file
+from posereid.models.io_utils import atomic_save, atomic_write, file_sha256, is_temp_file
 from posereid.reid_integration.market1501 import (
     SPLIT_DIRS,
     Market1501,
@@ -63,7 +63,7 @@ BASELINES: tuple[str, ...] = ("plain", "strong")
 #: results.csv columns, in order.
 CSV_FIELDS: tuple[str, ...] = (
     "fraction", "arm", "seed", "mAP", "rank1", "rank5", "rank10", "images", "identities",
-    "synthetic_images", "steps", "wall_s", "reid_model", "generator",
+    "synthetic_images", "steps", "batch_size", "wall_s", "reid_model", "generator",
 )  # fmt: skip
 
 #: config fields that change what a cached subset / generator / result means; a rerun must agree on them.
@@ -191,7 +191,16 @@ class GainConfig:
     def protocol(self) -> dict[str, Any]:
         """The settings a rerun into the same ``out`` must share (JSON-ready)."""
         d = {k: getattr(self, k) for k in _PROTOCOL_FIELDS}
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+        # The data itself: cached subsets, generators and results are only valid for the same images and
+        # keypoints, so a rerun with another folder or re-annotated images must not reuse them.
+        d["data"] = str(Path(self.data).resolve())
+        try:
+            ann: Path | None = self.annotations or find_annotations(self.data)
+        except FileNotFoundError:
+            ann = None
+        d["annotations_sha256"] = file_sha256(ann) if ann is not None and Path(ann).is_file() else None
+        return d
 
 
 # --------------------------------------------------------------------------------------------------
@@ -716,7 +725,7 @@ def run_cell(
         "rank5": 100.0 * float(res["rank5"]), "rank10": 100.0 * float(res["rank10"]),
         "images": int(res.get("real_images", subset.images)), "identities": int(res.get("identities", subset.identities)),
         "synthetic_images": int(res.get("synthetic_images", 0)), "steps": int(res.get("steps", config.reid_steps)),
-        "wall_s": round(wall, 2), "reid_model": config.reid_model,
+        "batch_size": int(res.get("batch_size", config.reid_batch_size)), "wall_s": round(wall, 2), "reid_model": config.reid_model,
         "generator": config.generator_source() if synthetic else "",
     }  # fmt: skip
     detail = {k: v for k, v in res.items() if k != "checkpoint"}

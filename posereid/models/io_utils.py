@@ -30,10 +30,14 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs) -
 
 
 def atomic_save(path: str | os.PathLike[str], save_fn) -> None:
-    """Call ``save_fn(tmp_path)`` (e.g. ``image.save`` or ``safetensors.torch.save_file``) then rename."""
+    """Call ``save_fn(tmp_path)`` (e.g. ``image.save`` or ``safetensors.torch.save_file``) then rename.
+
+    The temporary name keeps the suffix (savers infer the format from it) but starts with a dot, so a
+    leftover is a hidden file that glob patterns such as torchreid's ``*.jpg`` never match.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
     try:
         save_fn(tmp)
         os.replace(tmp, path)

@@ -330,10 +330,39 @@ if _HAS_TV_KEYPOINTS:
 
         return kernel
 
+    def _rescale_pixel_centres(
+        t: torch.Tensor, left: float, top: float, sx: float, sy: float
+    ) -> torch.Tensor:
+        """Pixel-index mapping of a crop + resize, as the image resampling does: ``(x - left + 0.5)·s - 0.5``
+        (torchvision's own KeyPoints kernels use ``x·s``, half a pixel off for pixel indices)."""
+        out = t.clone()
+        out[..., 0] = (t[..., 0] - left + 0.5) * sx - 0.5
+        out[..., 1] = (t[..., 1] - top + 0.5) * sy - 0.5
+        return out
+
+    _default_resize = F._utils._get_kernel(F.resize, tv_tensors.KeyPoints)
+    _default_resized_crop = F._utils._get_kernel(F.resized_crop, tv_tensors.KeyPoints)
+
+    def _resize_pose(inpt: PoseKeypoints, size: Any, *args: Any, **kwargs: Any) -> PoseKeypoints:
+        missing, (h0, w0) = _missing_and_canvas(inpt)
+        canvas = tuple(_default_resize(inpt, size, *args, **kwargs).canvas_size)  # torchvision's size rule
+        t = _rescale_pixel_centres(inpt.as_subclass(torch.Tensor), 0, 0, canvas[1] / w0, canvas[0] / h0)
+        return tv_tensors.wrap(_finish(t, missing, canvas), like=inpt, canvas_size=canvas)
+
+    def _resized_crop_pose(
+        inpt: PoseKeypoints, top: int, left: int, height: int, width: int, size: Any, *args: Any, **kwargs: Any
+    ) -> PoseKeypoints:
+        missing, _ = _missing_and_canvas(inpt)
+        out = _default_resized_crop(inpt, top, left, height, width, size, *args, **kwargs)
+        canvas = tuple(out.canvas_size)
+        t = _rescale_pixel_centres(inpt.as_subclass(torch.Tensor), left, top, canvas[1] / width, canvas[0] / height)
+        return tv_tensors.wrap(_finish(t, missing, canvas), like=inpt, canvas_size=canvas)
+
     F.register_kernel(F.horizontal_flip, PoseKeypoints)(_hflip_pose)
+    F.register_kernel(F.resize, PoseKeypoints)(_resize_pose)
+    F.register_kernel(F.resized_crop, PoseKeypoints)(_resized_crop_pose)
     for _fn in (
-        F.vertical_flip, F.resize, F.crop, F.resized_crop, F.center_crop, F.pad, F.affine, F.rotate,
-        F.perspective, F.elastic,
+        F.vertical_flip, F.crop, F.center_crop, F.pad, F.affine, F.rotate, F.perspective, F.elastic,
     ):  # fmt: skip
         try:
             F.register_kernel(_fn, PoseKeypoints)(_wrap_default(_fn))

@@ -633,7 +633,8 @@ def train_generator(
     log = out / LOG_FILE
     sample_batch, writer = None, None
     if main:
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        with atomic_write(out / "train_config.json") as fh:
+            fh.write(json.dumps(asdict(cfg), indent=2) + "\n")
         _truncate_log(log, start)
         if cfg.sample_every:
             n = min(cfg.num_samples, len(dataset))

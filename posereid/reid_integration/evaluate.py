@@ -136,14 +136,23 @@ def _as_labels(x: ArrayLike, name: str, n: int | None = None) -> np.ndarray:
 
 
 def _rows_exact(
-    rows: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray, g_cams: np.ndarray
+    rows: np.ndarray,
+    q_pids: np.ndarray,
+    q_cams: np.ndarray,
+    g_pids: np.ndarray,
+    g_cams: np.ndarray,
+    removed: np.ndarray | None = None,
 ) -> tuple[list[int], list[float]]:
-    """torchreid's per-query procedure (full argsort) for a few rows: (first-hit rank, AP) per row."""
+    """torchreid's per-query procedure (full argsort) for a few rows: (first-hit rank, AP) per row.
+
+    ``removed``: optional ``(rows, num_gallery)`` bool mask of extra gallery images dropped per row."""
     first, aps = [], []
-    for row, qp, qc in zip(rows, q_pids, q_cams):
+    for i, (row, qp, qc) in enumerate(zip(rows, q_pids, q_cams)):
         order = np.argsort(row)  # same call (same kind, same data) as torchreid → same tie order
         gp, gc = g_pids[order], g_cams[order]
         keep = ~((gp == qp) & (gc == qc))
+        if removed is not None:
+            keep &= ~removed[i][order]
         hits = np.flatnonzero(gp[keep] == qp)
         first.append(int(hits[0]))
         aps.append(float(np.mean(np.arange(1, hits.size + 1) / (hits + 1.0))))
@@ -164,6 +173,7 @@ def evaluate_rank(
     chunk_size: int = 256,
     device: str | torch.device | None = None,
     return_num_valid: bool = False,
+    exclude: ArrayLike | None = None,
 ) -> tuple[np.ndarray, float] | tuple[np.ndarray, float, int]:
     """CMC curve and mAP, equal to torchreid's ``evaluate_rank(..., use_metric_cuhk03=False)``.
 
@@ -177,6 +187,9 @@ def evaluate_rank(
         device: where the chunks are ranked (default CUDA when available). With ``distmat`` given, it is
             only moved there one chunk at a time.
         return_num_valid: also return the number of queries that had a correct match.
+        exclude: optional ``(num_query, k)`` gallery indices (``-1`` = none) dropped from that query's
+            ranking on top of the Market rule, neither match nor non-match. For scoring images made
+            from gallery images (a generated image must not be matched to its own source or target).
 
     Returns:
         ``(cmc, mAP)``: ``cmc`` float32 of length ``max_rank`` (``cmc[k]`` = fraction of valid queries with
@@ -209,6 +222,11 @@ def evaluate_rank(
     max_rank = min(int(max_rank), num_g)
     if max_rank < 1:
         raise ValueError("max_rank and the gallery size must be >= 1")
+    ex = None
+    if exclude is not None:
+        ex = np.asarray(exclude, dtype=np.int64).reshape(num_q, -1)
+        if ex.size and (ex.max() >= num_g or ex.min() < -1):
+            raise ValueError(f"exclude holds gallery indices outside [-1, {num_g - 1}]")
 
     gp_t = torch.from_numpy(gp).to(dev)
     gc_t = torch.from_numpy(gc).to(dev)
@@ -227,13 +245,21 @@ def evaluate_rank(
             qc_t = torch.from_numpy(qc[r0:r1]).to(dev)[:, None]
             same_pid = gp_t[None, :] == qp_t
             pos = same_pid & (gc_t[None, :] != qc_t)  # correct matches (kept)
+            neg = ~same_pid
+            removed = None
+            if ex is not None:
+                e = torch.from_numpy(ex[r0:r1]).to(dev)
+                rows_i = torch.arange(r1 - r0, device=dev)[:, None].expand_as(e)
+                removed = torch.zeros_like(same_pid)
+                removed[rows_i[e >= 0], e[e >= 0]] = True
+                pos &= ~removed
+                neg &= ~removed
             n_pos = pos.sum(dim=1)
             k = int(n_pos.max())
             if k == 0:
                 continue
             # sorted match distances, padded with +inf past each row's n_pos
             pos_d = torch.topk(torch.where(pos, d, torch.inf), k, dim=1, largest=False, sorted=True).values
-            neg = ~same_pid
             # bucket of each gallery image = #{match distances <= d}; a non-match lands before match j
             # exactly when its bucket is <= j (strictly smaller distance)
             bucket = torch.searchsorted(pos_d, d.contiguous(), right=True)
@@ -257,7 +283,8 @@ def evaluate_rank(
             ties = np.flatnonzero(tie_rows.cpu().numpy())
             if ties.size:
                 rows = d[torch.from_numpy(ties).to(dev)].cpu().numpy()
-                fh, aps = _rows_exact(rows, qp[r0 + ties], qc[r0 + ties], gp, gc)
+                rm = removed[torch.from_numpy(ties).to(dev)].cpu().numpy() if removed is not None else None
+                fh, aps = _rows_exact(rows, qp[r0 + ties], qc[r0 + ties], gp, gc, rm)
                 first_hit[r0 + ties] = fh
                 ap[r0 + ties] = aps
                 logger.debug("%d queries had match/non-match distance ties; ranked with np.argsort", ties.size)
@@ -285,14 +312,15 @@ def evaluate_features(
     *,
     chunk_size: int = 256,
     device: str | torch.device | None = None,
+    exclude: ArrayLike | None = None,
 ) -> dict[str, float | int]:
     """Features → ``{"rank1", "rank5", "rank10", "mAP", "num_valid_queries"}`` (fractions in [0, 1]).
 
-    Ranks beyond the gallery size report the last CMC value.
+    Ranks beyond the gallery size report the last CMC value. ``exclude``: see :func:`evaluate_rank`.
     """
     cmc, mAP, num_valid = evaluate_rank(
         None, q_pids, g_pids, q_camids, g_camids, qf=qf, gf=gf, metric=metric, max_rank=10,
-        chunk_size=chunk_size, device=device, return_num_valid=True,
+        chunk_size=chunk_size, device=device, return_num_valid=True, exclude=exclude,
     )
     at = lambda r: float(cmc[min(r, len(cmc)) - 1])  # noqa: E731
     return {"rank1": at(1), "rank5": at(5), "rank10": at(10), "mAP": mAP, "num_valid_queries": num_valid}

@@ -534,7 +534,8 @@ class MarketWriter:
         """Write ``target`` atomically only if it does not exist; False if the name is taken."""
         if target.exists():
             return False
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}{target.suffix}")
+        # hidden temp name: a leftover of a killed writer never matches torchreid's `*.jpg` glob
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}{target.suffix}")
         try:
             self._save(im, tmp)
             try:

@@ -138,7 +138,10 @@ class PosereidDataManager:
         n = len(train.train)
         if n < 2:
             raise ValueError(f"need at least 2 training images (batch norm), got {n}")
-        self.batch_size = min(int(batch_size), n)
+        # Cap on the REAL images: an arm with synthetic images added must train on the same batch size as
+        # its baseline, or the two would differ in more than the data.
+        n_real = n - lists.num_synthetic
+        self.batch_size = max(2, min(int(batch_size), n_real))
         self.generator = torch.Generator().manual_seed(int(seed))
         if sampler == "RandomIdentitySampler":
             k = max(1, min(int(num_instances), self.batch_size))

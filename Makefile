@@ -34,7 +34,7 @@ clean:
 # Reproduces the generator checkpoint shipped in posereid/assets/generator-small: the `small` preset trained
 # on the train split of the demo's synthetic dataset (same SynthConfig and seed as `posereid demo`).
 ASSET_WORK ?= runs/generator-asset
-ASSET_STEPS ?= 6000
+ASSET_STEPS ?= 3000
 generator-asset: $(STAMP)
 	rm -rf $(ASSET_WORK)/data
 	$(BIN)/posereid synth-market $(ASSET_WORK)/data --train-ids 30 --test-ids 30 --per-camera 3 --cameras 4 \

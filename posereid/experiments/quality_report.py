@@ -242,8 +242,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "within 0.5 x head length, head length = 2 x neck-to-nose distance (0.5 x neck-to-hip when neck or "
         "nose is missing); an undetected joint is wrong. Identity: cosine of the re-ID feature to the source "
         "identity's gallery centroid (the pair's own images left out) vs the nearest other identity's "
-        "centroid; re-ID uses the images as queries against the real gallery, the query camera being that "
-        "of the image the appearance comes from. The ceiling scores the real target images as if generated.",
+        "centroid; re-ID uses the images as queries against the real gallery with the target image's camera, "
+        "the pair's own source and target images removed from its gallery (a copy of either must not count "
+        "as a match). The ceiling scores the real target images as if generated.",
     ]
     return "\n".join(lines) + "\n"
 

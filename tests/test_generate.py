@@ -230,28 +230,13 @@ def test_resume_reconciles_orphans_temp_files_and_torn_lines(setup, tmp_path):
 def test_shards_together_equal_the_unsharded_run(setup, tmp_path):
     _, market, gen, ref, _ = setup
     out = tmp_path / "sharded"
-    s0 = generate_offline(
-        gen,
-        market,
-        market / "ann.csv",
-        out,
-        per_image=PER_IMAGE,
-        steps=STEPS,
-        batch_size=5,
-        shard=(0, 2),
-        progress=False,
-    )
-    s1 = generate_offline(
-        gen,
-        market,
-        market / "ann.csv",
-        out,
-        per_image=PER_IMAGE,
-        steps=STEPS,
-        batch_size=5,
-        shard=(1, 2),
-        progress=False,
-    )
+    s0, s1 = (
+        generate_offline(
+            gen, market, market / "ann.csv", out, per_image=PER_IMAGE, steps=STEPS, batch_size=5,
+            shard=(i, 2), progress=False,
+        )
+        for i in range(2)
+    )  # fmt: skip
     assert s0.planned + s1.planned == len(_images(ref)) and s0.generated == s0.planned
     parts = [p.name for p in manifest_paths(out)]
     assert parts == ["manifest.shard-0-of-2.jsonl", "manifest.shard-1-of-2.jsonl"]

@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Inputs: {header}; random features with identity structure (seed {args.seed}).",
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__} with {torch.get_num_threads()} threads, no GPU. The machine was SHARED "
-            f"with other jobs during the run (load average before: {load_before}, after: {_load()}), so "
-            "absolute times are noisy; both sides ran in the same process, one after the other.",
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads, no GPU. Load average before: "
+            f"{load_before}, after: {_load()} (above the core count means other jobs shared the machine and "
+            "absolute times are noisy); both sides ran in the same process, one after the other.",
             "",
             "| dim | ours: distances | ours: ranking+CMC/mAP | ours: total | ours: fused | torchreid: "
             "evaluate_rank | speed-up (total) | speed-up (ranking only) | torchreid full (its distances + eval) "

@@ -19,8 +19,7 @@ def attach(
 
     def __getattr__(name: str) -> object:
         if name in where:
-            value = getattr(importlib.import_module(f"{package}.{where[name]}"), name)
-            return value
+            return getattr(importlib.import_module(f"{package}.{where[name]}"), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:

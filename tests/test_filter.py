@@ -211,36 +211,14 @@ def test_filter_cli_with_a_reid_checkpoint(data, tmp_path):
         build_reid_model("osnet_x0_25", 4),
         meta={"model": "osnet_x0_25", "num_classes": 4, "height": 64, "width": 32},
     )
-    rc = cli_main(
-        [
-            "filter",
-            "--dir",
-            str(gen_dir),
-            "--data",
-            str(market),
-            "--reid-checkpoint",
-            str(ckpt),
-            "--keep-top",
-            "0.5",
-            "--mode",
-            "manifest-only",
-            "--device",
-            "cpu",
-        ]
-    )
+
+    def filter_args(checkpoint, *extra: str) -> list[str]:
+        return ["filter", "--dir", str(gen_dir), "--data", str(market), "--reid-checkpoint", str(checkpoint), *extra]
+
+    rc = cli_main(filter_args(ckpt, "--keep-top", "0.5", "--mode", "manifest-only", "--device", "cpu"))
     assert rc == 0
     entries = read_manifest(gen_dir)
     assert sum(e["kept"] for e in entries) == len(truth) // 2
     assert all(-1.0 <= e["filter_score"] <= 1.0 for e in entries)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        cli_main(
-            [
-                "filter",
-                "--dir",
-                str(gen_dir),
-                "--data",
-                str(market),
-                "--reid-checkpoint",
-                str(tmp_path / "missing.safetensors"),
-            ]
-        )
+        cli_main(filter_args(tmp_path / "missing.safetensors"))

@@ -199,3 +199,315 @@ def test_cli_annotate_end_to_end(tmp_path, estimator, capsys):
     assert len(read_patn_csv(tmp_path / "a.csv")) == 2
     rc = cli.main(["annotate", str(tmp_path / "nope"), "--out", str(tmp_path / "b.csv")])
     assert rc == 2 and "not a directory" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# (e) resumable runs (fake estimator, no mediapipe needed)
+# --------------------------------------------------------------------------------------------------
+class _FakeEstimator:
+    """Keypoints computed from an image's colour, with half pixels and negative joints to round.
+
+    Records the colour index of every image it sees; raises ``fail_with`` on call number
+    ``fail_after + 1`` (``fail_after=k`` → k images done, then the "crash"); black images have no person.
+    """
+
+    def __init__(self, fail_after: int | None = None, fail_with: type[BaseException] = KeyboardInterrupt):
+        self.fail_after, self.fail_with = fail_after, fail_with
+        self.seen: list[int] = []
+
+    @staticmethod
+    def keypoints(image: Image.Image) -> np.ndarray:
+        r, g, _ = (int(v) for v in np.asarray(image)[0, 0])
+        kps = np.full((18, 2), -1, np.float32)
+        if r == 0:
+            return kps  # no person
+        j = np.arange(18)
+        kps[:, 0] = r / 10 + j * 0.5  # x.5 values exercise round-half-to-even
+        kps[:, 1] = g / 4 - j * 0.25  # goes negative for the last joints → missing
+        return kps
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        if self.fail_after is not None and len(self.seen) >= self.fail_after:
+            raise self.fail_with("simulated interruption")
+        self.seen.append(int(np.asarray(image)[0, 0, 2]))
+        return self.keypoints(image)
+
+
+_COLOURS = {  # name → (r, g, b); b is the image's index, what _FakeEstimator records
+    "0001_c1s1_000001_01.png": (31, 17, 1),
+    "0002_c1s1_000002_01.png": (0, 0, 2),  # no person
+    "0003_c1s1_000003_01.png": (45, 9, 3),
+    "0004_c1s1_000004_01.png": (77, 30, 4),
+    "0005_c2s1_000005_01.png": (0, 0, 5),  # no person
+    "0006_c2s1_000006_01.png": (123, 3, 6),
+    "0007_c2s1_000007_01.png": (200, 60, 7),
+}
+_ANNOTATED = [b for (_, _, b) in _COLOURS.values()]  # indices in listing order
+
+
+def _make_colour_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, colour in _COLOURS.items():
+        Image.new("RGB", (8, 16), colour).save(folder / name)  # PNG: colours survive exactly
+    (folder / "0000_c1s1_000000_01.jpg").write_bytes(b"broken")  # unreadable: no row, retried each run
+    return folder
+
+
+def _legacy_csv(folder: Path, path: Path) -> bytes:
+    """What the one-pass writer produced: the raw estimator floats straight into write_patn_csv."""
+    from posereid.reid_integration.market1501 import load_image, write_patn_csv
+
+    names = sorted(_COLOURS)
+    write_patn_csv(path, {n: _FakeEstimator.keypoints(load_image(folder / n)) for n in names})
+    return path.read_bytes()
+
+
+def _run(folder: Path, out: Path, est: _FakeEstimator, **kwargs):
+    return annotate_folder(folder, out, estimator=est, progress=False, **kwargs)
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name)
+
+
+@pytest.mark.parametrize(
+    ("k", "exc"), [(0, KeyboardInterrupt), (1, KeyboardInterrupt), (4, RuntimeError), (6, KeyboardInterrupt)]
+)
+def test_interrupted_run_resumes_to_identical_csv(tmp_path, caplog, k, exc):
+    from posereid.reid_integration.annotate import partial_path
+
+    imgs = _make_colour_folder(tmp_path / "imgs")
+    expected = _legacy_csv(imgs, tmp_path / "legacy.csv")
+    full = _run(imgs, tmp_path / "full.csv", _FakeEstimator())
+    assert (tmp_path / "full.csv").read_bytes() == expected  # same bytes as before runs were resumable
+    assert (full.images, full.processed, full.no_person, full.unreadable, full.reused) == (8, 7, 2, 1, 0)
+
+    out = tmp_path / "out" / "ann.csv"
+    crashing = _FakeEstimator(fail_after=k, fail_with=exc)
+    with caplog.at_level("WARNING"), pytest.raises(exc, match="simulated"):
+        _run(imgs, out, crashing)
+    assert crashing.seen == _ANNOTATED[:k]
+    assert not out.exists() and _leftovers(out.parent) == []  # no CSV at all, let alone a half one
+    if k:
+        saved = read_patn_csv(partial_path(out), image_hw=None)  # the progress file is itself PATN
+        assert list(saved) == sorted(_COLOURS)[:k]
+        assert "run the same command again to resume" in caplog.text
+    caplog.clear()
+
+    rest = _FakeEstimator()
+    with caplog.at_level("INFO"):
+        s = _run(imgs, out, rest)
+    assert rest.seen == _ANNOTATED[k:]  # only the remaining images reached the estimator
+    assert out.read_bytes() == expected
+    assert (s.processed, s.no_person, s.unreadable, s.reused, s.annotated) == (7, 2, 1, k, 7 - k)
+    if k:
+        assert f"reusing {k} row(s)" in caplog.text
+    assert not partial_path(out).exists()  # done: the progress file is gone
+
+    again = _FakeEstimator()
+    mtime = out.stat().st_mtime_ns
+    s = _run(imgs, out, again)  # a finished run is a no-op that leaves the CSV alone
+    assert again.seen == [] and s.reused == 7 and out.stat().st_mtime_ns == mtime
+    assert out.read_bytes() == expected and not partial_path(out).exists()
+
+
+def test_truncated_last_line_of_progress_file_is_dropped(tmp_path, caplog):
+    from posereid.reid_integration.annotate import partial_path
+
+    imgs = _make_colour_folder(tmp_path / "imgs")
+    expected = _legacy_csv(imgs, tmp_path / "legacy.csv")
+    lines = expected.decode().splitlines(keepends=True)  # header, then rows in listing order
+    out = tmp_path / "ann.csv"
+    part = partial_path(out)
+
+    # a kill in the middle of row 3: a torn line that does not even parse
+    part.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    est = _FakeEstimator()
+    with caplog.at_level("WARNING"):
+        _run(imgs, out, est)
+    assert "truncated last line" in caplog.text
+    assert est.seen == _ANNOTATED[2:] and out.read_bytes() == expected
+
+    # a kill just before the newline: the row parses, but without its newline it was never committed, and
+    # the next row must start on a line of its own, not continue this one
+    out.unlink()
+    part.write_text("".join(lines[:3]) + lines[3].rstrip("\n"))
+    est = _FakeEstimator(fail_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        _run(imgs, out, est)
+    assert est.seen == [3]
+    assert part.read_text() == "".join(lines[:4])  # cut at the last newline, then row 3 appended whole
+    est = _FakeEstimator()
+    _run(imgs, out, est)
+    assert est.seen == _ANNOTATED[3:] and out.read_bytes() == expected
+
+    # only a torn header: as good as empty; a garbled complete line: ignored, its image redone
+    out.unlink()
+    part.write_text(lines[0][:7])
+    est = _FakeEstimator()
+    _run(imgs, out, est)
+    assert est.seen == _ANNOTATED and out.read_bytes() == expected
+    out.unlink()
+    part.write_text(lines[0] + lines[1] + "0002_c1s1_000002_01.png:[1, 2]:[3\x00\x00]\n" + lines[3])
+    est = _FakeEstimator()
+    with caplog.at_level("WARNING"):
+        _run(imgs, out, est)
+    assert "ignoring 1 malformed line" in caplog.text
+    assert est.seen == [_ANNOTATED[1], *_ANNOTATED[3:]] and out.read_bytes() == expected
+
+
+def test_killed_process_resumes(tmp_path):
+    """``kill -9`` (no ``finally``, no fsync): every row flushed before the kill is reused."""
+    import subprocess
+    import textwrap
+
+    from posereid.reid_integration.annotate import partial_path
+
+    imgs = _make_colour_folder(tmp_path / "imgs")
+    expected = _legacy_csv(imgs, tmp_path / "legacy.csv")
+    out = tmp_path / "ann.csv"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_annotate import _FakeEstimator
+        from posereid.reid_integration.annotate import annotate_folder
+
+        class Killer(_FakeEstimator):
+            def __call__(self, image):
+                if len(self.seen) == 3:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return super().__call__(image)
+
+        annotate_folder({str(imgs)!r}, {str(out)!r}, estimator=Killer(), progress=False)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert not out.exists() and _leftovers(tmp_path) == []
+    assert len(read_patn_csv(partial_path(out), image_hw=None)) == 3
+    est = _FakeEstimator()
+    assert _run(imgs, out, est).reused == 3
+    assert est.seen == _ANNOTATED[3:] and out.read_bytes() == expected
+
+
+def test_existing_csv_is_reused_and_never_half_replaced(tmp_path, monkeypatch):
+    import os
+
+    from posereid.reid_integration.annotate import partial_path
+
+    imgs = _make_colour_folder(tmp_path / "imgs")
+    expected = _legacy_csv(imgs, tmp_path / "legacy.csv")
+    last = sorted(_COLOURS)[-1]
+    moved = tmp_path / last
+    (imgs / last).rename(moved)
+    out = tmp_path / "ann.csv"
+    _run(imgs, out, _FakeEstimator())
+    old = out.read_bytes()
+
+    (imgs / last).write_bytes(moved.read_bytes())  # a new image: only it is annotated
+    with monkeypatch.context() as m:  # killed while moving the new CSV into place
+        m.setattr(os, "replace", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        est = _FakeEstimator()
+        with pytest.raises(KeyboardInterrupt):
+            _run(imgs, out, est)
+    assert est.seen == [7]
+    assert out.read_bytes() == old and _leftovers(tmp_path) == []  # the old CSV, whole
+    assert list(read_patn_csv(partial_path(out), image_hw=None)) == [last]
+    est = _FakeEstimator()
+    s = _run(imgs, out, est)
+    assert est.seen == [] and s.reused == 7 and out.read_bytes() == expected
+
+    est = _FakeEstimator()
+    s = _run(imgs, out, est, overwrite=True)  # start over: everything again, same result
+    assert est.seen == _ANNOTATED and s.reused == 0 and out.read_bytes() == expected
+    est = _FakeEstimator(fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(imgs, out, est, overwrite=True)  # overwrite discards the old CSV at once ...
+    assert not out.exists()
+    est = _FakeEstimator()
+    _run(imgs, out, est)  # ... so resuming an interrupted overwrite reuses only its own rows
+    assert est.seen == _ANNOTATED[2:] and out.read_bytes() == expected
+
+
+def test_rows_for_another_folder_are_refused(tmp_path):
+    from posereid.reid_integration.annotate import partial_path
+
+    imgs = _make_colour_folder(tmp_path / "imgs")
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (8, 16), (50, 50, 9)).save(other / "0009_c1s1_000009_01.png")
+    out = tmp_path / "ann.csv"
+    _run(imgs, out, _FakeEstimator())
+    before = out.read_bytes()
+    with pytest.raises(MarketFormatError, match=r"not in .*other.*--overwrite"):
+        _run(other, out, _FakeEstimator())
+    assert out.read_bytes() == before and not partial_path(out).exists()
+    with pytest.raises(KeyboardInterrupt):
+        _run(imgs, tmp_path / "b.csv", _FakeEstimator(fail_after=2))
+    with pytest.raises(MarketFormatError, match=r"b\.csv\.partial has rows for 2 image"):
+        _run(other, tmp_path / "b.csv", _FakeEstimator())
+    assert len(read_patn_csv(partial_path(tmp_path / "b.csv"), image_hw=None)) == 2  # kept
+    est = _FakeEstimator()
+    s = _run(other, out, est, overwrite=True)
+    assert (
+        est.seen == [9]
+        and s.processed == 1
+        and list(read_patn_csv(out, image_hw=None)) == ["0009_c1s1_000009_01.png"]
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock")
+def test_two_runs_on_the_same_output_are_refused(tmp_path):
+    from posereid.reid_integration.annotate import AnnotateLockedError
+
+    imgs = _make_colour_folder(tmp_path / "imgs")
+    out = tmp_path / "ann.csv"
+    errors: list[BaseException] = []
+
+    class Meddler(_FakeEstimator):
+        def __call__(self, image):
+            if not self.seen:
+                try:  # a second run while the first one is in its first image
+                    _run(imgs, out, _FakeEstimator())
+                except AnnotateLockedError as exc:
+                    errors.append(exc)
+            return super().__call__(image)
+
+    _run(imgs, out, Meddler())
+    assert len(errors) == 1 and "another `posereid annotate`" in str(errors[0])
+    assert out.read_bytes() == _legacy_csv(imgs, tmp_path / "legacy.csv")
+
+
+def test_cli_interrupt_resume_and_overwrite(tmp_path, monkeypatch, capsys):
+    from posereid.reid_integration import annotate
+
+    imgs = _make_colour_folder(tmp_path / "imgs")
+    out = tmp_path / "ann.csv"
+    made: list[_FakeEstimator] = []
+
+    class CliFake(_FakeEstimator):
+        fail_next: int | None = 3
+
+        def __init__(self, min_visibility: float = 0.5) -> None:
+            super().__init__(fail_after=CliFake.fail_next)
+            made.append(self)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(annotate, "PoseEstimator", CliFake)
+    argv = ["annotate", str(imgs), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "ann.csv.partial" in err and "Traceback" not in err
+    CliFake.fail_next = None
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "annotated 7/8 images" in printed and "(3 reused from an earlier run)" in printed
+    assert made[-1].seen == _ANNOTATED[3:]
+    assert out.read_bytes() == _legacy_csv(imgs, tmp_path / "legacy.csv")
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert made[-1].seen == _ANNOTATED and "reused" not in capsys.readouterr().out
+    parser, _ = cli.build_parser("annotate")
+    assert "--overwrite" in parser.format_help() and ".partial" in parser.format_help()

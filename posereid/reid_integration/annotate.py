@@ -6,7 +6,27 @@ image's own pixel frame: for Market-1501 crops that is PATN's 128×64 frame; ima
 their own size (read such a CSV with ``read_patn_csv(path, image_hw=None)`` or with their size).
 
 Unreadable images are logged and counted and get no row; images without a detected person get an all
-``-1`` row and are counted. The CSV is written atomically once every image is done.
+``-1`` row and are counted.
+
+Runs are resumable, because annotating Market-1501 takes hours:
+
+* every row goes to the progress file ``<out>.partial`` (see :func:`partial_path`) as soon as its image is
+  done: a PATN header, then one complete ``name:keypoints_y:keypoints_x`` line per image, flushed to the
+  OS after each line (so Ctrl-C or ``kill -9`` loses nothing) and ``fsync``'d every ``sync_every``
+  rows and when the run stops (so a power cut loses at most that many);
+* the CSV at ``out`` is written atomically (temporary sibling, ``os.replace``) only when every image is
+  done, then the progress file is deleted. It is never half-written, and it is byte-identical to the
+  CSV of an uninterrupted run;
+* running the same command again reuses the rows of ``<out>.partial`` and of an existing ``out`` CSV and
+  annotates only the other images (so a finished run is a no-op, and images added to the folder later
+  are annotated on their own). A last line without its newline (a kill mid-write) is dropped and its
+  image annotated again. No-person rows are reused like any other row (they are never retried);
+  unreadable files have no row, so they are tried again on every run (a fixed file gets annotated);
+* ``overwrite=True`` (``--overwrite``) deletes ``out`` and ``<out>.partial`` first and annotates every
+  image again: use it after changing the estimator's settings (e.g. ``--min-visibility``), which the
+  files do not record. A reused file with rows for images that are not in the folder (an ``--out`` meant
+  for another folder) is an error, never merged or silently dropped;
+* the progress file is locked (``flock``, POSIX only), so two runs cannot write the same output.
 """
 
 from __future__ import annotations
@@ -19,22 +39,39 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from posereid.models.io_utils import is_temp_file
-from posereid.models.pose import visible_mask
+from posereid.models.pose import NUM_KEYPOINTS, as_keypoints, visible_mask
 from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
 from posereid.reid_integration.market1501 import (
     IMAGE_EXTENSIONS,
+    PATN_HEADER,
     ImageReadError,
     MarketFormatError,
+    _format_int_list,  # the PATN row format, shared so progress lines read back like CSV rows
+    _parse_patn_row,
     load_image,
+    read_patn_csv,
     write_patn_csv,
 )
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, one run per output is the user's job
+    fcntl = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
+
+#: Appended to the output CSV's name to name the progress file of an unfinished run.
+PARTIAL_SUFFIX = ".partial"
+
+
+class AnnotateLockedError(OSError):
+    """Another run holds the progress file of the same output CSV."""
 
 
 @dataclass(frozen=True)
@@ -44,22 +81,35 @@ class AnnotateSummary:
     folder: Path
     out_csv: Path
     images: int  # image files found
-    processed: int  # decoded and run through the estimator (= rows written)
-    no_person: int  # processed images where no person was found (all -1 rows)
+    processed: int  # rows written (= images decoded and run through the estimator, now or in a run resumed)
+    no_person: int  # rows where no person was found (all -1)
     unreadable: int  # files that could not be decoded (no row, logged)
-    bad_names: int  # names a PATN CSV cannot hold (contain ':'), skipped and logged
+    bad_names: int  # names a PATN CSV cannot hold (contain ':' or a line break), skipped and logged
     seconds: float
+    reused: int = 0  # of ``processed``: rows taken from ``<out>.partial`` or an existing CSV, not re-run
+
+    @property
+    def annotated(self) -> int:
+        """Images run through the estimator in this call."""
+        return self.processed - self.reused
 
     @property
     def ms_per_image(self) -> float:
-        return 1000.0 * self.seconds / max(self.processed, 1)
+        return 1000.0 * self.seconds / max(self.annotated, 1)
 
     def __str__(self) -> str:
+        reused = f" ({self.reused} reused from an earlier run)" if self.reused else ""
         return (
-            f"annotated {self.processed}/{self.images} images from {self.folder} -> {self.out_csv}: "
+            f"annotated {self.processed}/{self.images} images from {self.folder} -> {self.out_csv}{reused}: "
             f"{self.no_person} without a person, {self.unreadable} unreadable (skipped), "
             f"{self.bad_names} bad names (skipped); {self.ms_per_image:.1f} ms/image"
         )
+
+
+def partial_path(out_csv: str | os.PathLike[str]) -> Path:
+    """The progress file of an unfinished run writing ``out_csv``: ``<out_csv>.partial``."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.name + PARTIAL_SUFFIX)
 
 
 def list_images(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
@@ -86,6 +136,165 @@ def list_images(folder: str | os.PathLike[str], *, recursive: bool = False) -> l
     return files
 
 
+def _bad_name_reason(name: str) -> str | None:
+    """Why ``name`` cannot be a PATN key (one ``:``-separated field of one UTF-8 line), or None."""
+    if ":" in name:
+        return "':' is the PATN separator and cannot be in a name"
+    if any(c in name for c in "\r\n\0"):
+        return "a line break or NUL cannot be in a name"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8"
+    return None
+
+
+def _patn_ints(kps: object, source: str) -> np.ndarray:
+    """``(18, 2)`` float32 keypoints holding exactly the integers :func:`write_patn_csv` writes for ``kps``.
+
+    Rounding once, here, is what makes a resumed run's CSV byte-identical: a row read back from the
+    progress file is already integral, so writing it again gives the same text.
+    """
+    arr = as_keypoints(kps, source=source)
+    if arr.shape != (NUM_KEYPOINTS, 2):
+        raise MarketFormatError(f"{source}: expected ({NUM_KEYPOINTS}, 2) keypoints, got {arr.shape}")
+    ints = np.rint(arr).astype(np.int64)
+    ints[(arr < 0).any(-1)] = -1
+    return ints.astype(np.float32)
+
+
+def _open_locked(path: Path) -> BinaryIO:
+    """Open (creating) ``path`` for reading and appending, holding an exclusive ``flock`` on it.
+
+    Raises :class:`AnnotateLockedError` if another process (or another open of it) holds the lock. If the
+    holder deleted the file between our open and our lock (it finished), the new file is opened instead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fh = open(path, "a+b")  # owned by _Journal, closed in _Journal.close
+        if fcntl is None:  # pragma: no cover
+            return fh
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise AnnotateLockedError(
+                f"{path} is locked: another `posereid annotate` is writing the same output"
+            ) from None
+        except OSError as exc:  # e.g. a filesystem without locks: carry on unprotected
+            logger.warning("%s: cannot lock (%s); do not run two annotate jobs on the same output", path, exc)
+            return fh
+        try:
+            same = os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fh
+        fh.close()
+
+
+class _Journal:
+    """The append-only progress file: a PATN header, then one complete row per line.
+
+    Only lines that end in ``\\n`` count: a torn last line is cut off the file before anything is
+    appended, so a new row never continues it.
+    """
+
+    def __init__(self, path: Path, *, sync_every: int, discard: bool = False) -> None:
+        self.path = path
+        self.sync_every = max(int(sync_every), 1)
+        self._unsynced = 0
+        self._fh = _open_locked(path)
+        try:
+            if discard:
+                self._fh.truncate(0)
+            self.rows = self._load()  # rows of earlier runs (name → PATN ints), file order
+        except BaseException:
+            self._fh.close()
+            raise
+        self.appended = 0
+
+    def _load(self) -> dict[str, np.ndarray]:
+        self._fh.seek(0)
+        data = self._fh.read()
+        end = data.rfind(b"\n") + 1  # everything after the last newline is an unfinished write
+        if end < len(data):
+            logger.warning(
+                "%s: dropping a truncated last line (%d bytes) left by an interrupted run; "
+                "its image is annotated again",
+                self.path,
+                len(data) - end,
+            )
+            self._fh.truncate(end)
+            self._sync()
+        lines = data[:end].split(b"\n")[:-1]
+        if not lines:
+            self._fh.write(f"{PATN_HEADER}\n".encode())
+            self._sync()
+            return {}
+        if lines[0] != PATN_HEADER.encode():
+            raise MarketFormatError(
+                f"{self.path} line 1: not a `posereid annotate` progress file (expected header "
+                f"{PATN_HEADER!r}); move it away or pass --overwrite"
+            )
+        rows: dict[str, np.ndarray] = {}
+        errors: list[str] = []
+        for lineno, raw in enumerate(lines[1:], start=2):
+            where = f"{self.path} line {lineno}"
+            try:
+                if b"\0" in raw:  # zero-filled blocks after an OS crash
+                    raise MarketFormatError(f"{where}: NUL bytes")
+                name, kps = _parse_patn_row(raw.decode("utf-8"), where, None)
+            except (MarketFormatError, UnicodeDecodeError) as exc:
+                errors.append(str(exc))
+                continue
+            rows[name] = kps
+        if errors:
+            logger.warning(
+                "%s: ignoring %d malformed line(s), their images are annotated again; first: %s",
+                self.path,
+                len(errors),
+                errors[0],
+            )
+        return rows
+
+    def append(self, name: str, ints: np.ndarray) -> None:
+        """Add one row as one complete line, handed to the OS at once (fsync'd every ``sync_every``)."""
+        line = f"{name}:{_format_int_list(ints[:, 1])}:{_format_int_list(ints[:, 0])}\n"
+        self._fh.write(line.encode("utf-8"))
+        self._fh.flush()
+        self.appended += 1
+        self._unsynced += 1
+        if self._unsynced >= self.sync_every:
+            self._sync()
+
+    def _sync(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._unsynced = 0
+
+    def close(self, *, remove: bool) -> None:
+        """Release the file; ``remove`` deletes it (the CSV is complete, or nothing was ever saved)."""
+        try:
+            if remove:
+                self.path.unlink(missing_ok=True)  # while locked, so no other run is appending to it
+            else:
+                self._sync()
+        finally:
+            self._fh.close()
+
+
+def _reject_foreign(rows: dict[str, np.ndarray], names: set[str], source: Path, folder: Path) -> None:
+    """Refuse to reuse a file with rows for images that are not in the folder (written for another one)."""
+    foreign = [n for n in rows if n not in names]
+    if foreign:
+        raise MarketFormatError(
+            f"{source} has rows for {len(foreign)} image(s) that are not in {folder} (e.g. {foreign[0]!r}); "
+            "was it written for another folder? Choose another --out, or pass --overwrite to annotate "
+            "this folder from scratch"
+        )
+
+
 def annotate_folder(
     folder: str | os.PathLike[str],
     out_csv: str | os.PathLike[str],
@@ -93,8 +302,15 @@ def annotate_folder(
     estimator: Callable[[object], np.ndarray] | None = None,
     recursive: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
+    sync_every: int = 256,
 ) -> AnnotateSummary:
-    """Run a pose estimator over every image in ``folder`` and write a PATN CSV to ``out_csv``.
+    """Run a pose estimator over every image in ``folder`` and write a PATN CSV to ``out_csv``; resumable.
+
+    Progress is saved in ``<out_csv>.partial`` as it goes; calling again with the same arguments after an
+    interruption (or after new images were added) annotates only the images that have no row yet in that
+    file or in an existing ``out_csv`` (see the module docstring). The CSV is the same, byte for byte, as
+    an uninterrupted run's.
 
     Args:
         estimator: callable ``PIL RGB image → (18, 2)`` (x, y) keypoints; default a new
@@ -102,22 +318,52 @@ def annotate_folder(
             when done.
         recursive: include sub-folders.
         progress: show a tqdm bar.
+        overwrite: delete ``out_csv`` and its progress file first and annotate every image again.
+        sync_every: ``fsync`` the progress file after this many new rows (each row is flushed at once).
 
     Raises:
         MissingExtraError: no ``estimator`` given and mediapipe is not installed.
+        MarketFormatError: ``out_csv`` or its progress file is not a PATN file, or has rows for images
+            that are not in ``folder``.
+        AnnotateLockedError: another run is writing the same ``out_csv``.
     """
     folder, out_csv = Path(folder), Path(out_csv)
     files = list_images(folder, recursive=recursive)
+    names = {p.name for p in files}
     own = estimator is None
     est = PoseEstimator() if own else estimator
+    journal: _Journal | None = None
+    started = completed = False
     rows: dict[str, np.ndarray] = {}
-    no_person = unreadable = bad_names = 0
+    reused = unreadable = bad_names = 0
     start = time.perf_counter()
     try:
-        for path in tqdm(files, desc="annotate", unit="img", disable=not progress):
-            if ":" in path.name:
+        journal = _Journal(partial_path(out_csv), sync_every=sync_every, discard=overwrite)
+        if overwrite:
+            out_csv.unlink(missing_ok=True)
+        previous = read_patn_csv(out_csv, image_hw=None) if out_csv.exists() else {}
+        _reject_foreign(previous, names, out_csv, folder)
+        _reject_foreign(journal.rows, names, journal.path, folder)
+        done: dict[str, np.ndarray] = {**previous, **journal.rows}
+        reused = len(done)
+        if reused:
+            logger.info(
+                "%s: reusing %d row(s) from an earlier run (%d from %s, %d from %s); %d image(s) left",
+                folder,
+                reused,
+                len(previous),
+                out_csv,
+                len(journal.rows),
+                journal.path,
+                len(files) - reused,
+            )
+        todo = [p for p in files if p.name not in done]
+        started = True
+        for path in tqdm(todo, desc="annotate", unit="img", disable=not progress):
+            reason = _bad_name_reason(path.name)
+            if reason is not None:
                 bad_names += 1
-                logger.warning("skipping %s: ':' is the PATN separator and cannot be in a name", path)
+                logger.warning("skipping %s: %s", path, reason)
                 continue
             try:
                 image = load_image(path)
@@ -125,18 +371,42 @@ def annotate_folder(
                 unreadable += 1
                 logger.warning("skipping unreadable image: %s", exc)
                 continue
-            kps = np.asarray(est(image), dtype=np.float32)
-            if not visible_mask(kps).any():
-                no_person += 1
-            rows[path.name] = kps
+            ints = _patn_ints(est(image), f"{path}: keypoints from the estimator")
+            journal.append(path.name, ints)
+            done[path.name] = ints
+        rows = {p.name: done[p.name] for p in files if p.name in done}  # listing order, as in one pass
+        if journal.appended or journal.rows or list(previous) != list(rows):
+            write_patn_csv(out_csv, rows)  # atomic: a kill here leaves the old file (or none) and the journal
+        completed = True
     finally:
         if own:
             est.close()  # type: ignore[union-attr]
+        if journal is not None:
+            saved = len(journal.rows) + journal.appended
+            journal.close(remove=completed or saved == 0)
+            if started and not completed and saved:
+                logger.warning(
+                    "%s: stopped before the end; %d row(s) are saved in %s, run the same command again "
+                    "to resume",
+                    folder,
+                    saved,
+                    journal.path,
+                )
     seconds = time.perf_counter() - start
-    write_patn_csv(out_csv, rows)
+    no_person = sum(not visible_mask(kps).any() for kps in rows.values())
     if unreadable or bad_names:
         logger.warning("%s: skipped %d unreadable image(s) and %d bad name(s)", folder, unreadable, bad_names)
-    return AnnotateSummary(folder, out_csv, len(files), len(rows), no_person, unreadable, bad_names, seconds)
+    return AnnotateSummary(
+        folder=folder,
+        out_csv=out_csv,
+        images=len(files),
+        processed=len(rows),
+        no_person=no_person,
+        unreadable=unreadable,
+        bad_names=bad_names,
+        seconds=seconds,
+        reused=reused,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,8 +414,24 @@ def annotate_folder(
 # --------------------------------------------------------------------------------------------------
 def add_annotate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, metavar="DIR", help="folder of person images")
-    parser.add_argument("--out", type=Path, required=True, metavar="CSV", help="PATN annotation CSV to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="CSV",
+        help=(
+            f"PATN annotation CSV to write (atomically, when every image is done). Progress is saved in "
+            f"CSV{PARTIAL_SUFFIX} as it goes: after an interruption run the same command again to resume. "
+            "Images that already have a row in CSV or CSV.partial are not annotated again"
+        ),
+    )
     parser.add_argument("--recursive", action="store_true", help="also annotate images in sub-folders")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"start over: delete CSV and CSV{PARTIAL_SUFFIX} and annotate every image again "
+        "(needed after changing --min-visibility)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--min-visibility",
@@ -163,15 +449,36 @@ def run_annotate(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = annotate_folder(
-            args.dir, args.out, estimator=estimator, recursive=args.recursive, progress=not args.no_progress
+            args.dir,
+            args.out,
+            estimator=estimator,
+            recursive=args.recursive,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
-    except (NotADirectoryError, MarketFormatError) as exc:
+    except (NotADirectoryError, MarketFormatError, AnnotateLockedError) as exc:
         print(f"posereid annotate: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"posereid annotate: interrupted; progress is saved in {partial_path(args.out)}, "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         estimator.close()
     print(summary)
     return 0
 
 
-__all__ = ["AnnotateSummary", "add_annotate_args", "annotate_folder", "list_images", "run_annotate"]
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "AnnotateLockedError",
+    "AnnotateSummary",
+    "add_annotate_args",
+    "annotate_folder",
+    "list_images",
+    "partial_path",
+    "run_annotate",
+]

@@ -236,6 +236,33 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert again.steps == 6 and again.losses == []
 
 
+def test_time_budget_checkpoints_and_resume_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_minutes`` stops a job cleanly (checkpoint + grid); the next call resumes to the same weights."""
+    import posereid.models.training as training
+
+    ds = PosePairDataset(_records(), (H, W), seed=0)
+    full = train_generator(
+        _tiny(), ds, _config(steps=5, checkpoint_every=0), tmp_path / "full", progress=False
+    )
+    ticks = iter(range(0, 10_000, 25))  # every clock read is 25 s later: the 1-minute budget ends at step 3
+    monkeypatch.setattr(training, "_clock", lambda: float(next(ticks)))
+    cfg = _config(steps=5, checkpoint_every=0, sample_every=100, max_minutes=1.0)
+    cut = train_generator(_tiny(), ds, cfg, tmp_path / "cut", progress=False)
+    assert cut.out_of_time and cut.steps == 3 and len(cut.losses) == 3
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut")] == [3]
+    assert (tmp_path / "cut" / "samples" / "step-0000003.png").is_file()  # a grid of where it stopped
+    monkeypatch.setattr(training, "_clock", lambda: 0.0)
+    rest = train_generator(_tiny(), ds, cfg, tmp_path / "cut", progress=False)
+    assert not rest.out_of_time and (rest.start_step, rest.steps) == (3, 5)
+    assert cut.losses + rest.losses == pytest.approx(full.losses, rel=1e-5)
+    a = PoseTransferGenerator.from_pretrained(tmp_path / "full" / "final").state_dict()
+    b = PoseTransferGenerator.from_pretrained(tmp_path / "cut" / "final").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    with pytest.raises(ValueError, match="max_minutes"):
+        _config(max_minutes=0)
+
+
 # --------------------------------------------------------------------------------------------------
 # Non-finite losses
 # --------------------------------------------------------------------------------------------------

@@ -78,6 +78,12 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p("--log-every", type=int, default=d.log_every)
     p("--seed", type=int, default=d.seed)
     p("--num-workers", type=int, default=d.num_workers, help="data loader workers")
+    p(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget: checkpoint and stop when it runs out (rerun to resume)",
+    )
     p("--min-joints", type=int, default=7, help="skip images with fewer visible keypoints")
     p(
         "--annotation-size",
@@ -154,7 +160,7 @@ def run_train_generator(args: argparse.Namespace) -> int:
         grad_accum=args.grad_accum, mixed_precision=args.mixed_precision, ema_decay=args.ema_decay,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, sample_every=args.sample_every, log_every=args.log_every,
-        seed=args.seed, num_workers=args.num_workers,
+        seed=args.seed, num_workers=args.num_workers, max_minutes=args.max_minutes,
     )  # fmt: skip
     logger.info(
         "%d training pairs; %.2f M parameters", len(dataset), sum(p.numel() for p in model.parameters()) / 1e6
@@ -162,6 +168,9 @@ def run_train_generator(args: argparse.Namespace) -> int:
     result = train_generator(model, dataset, config, args.out, resume=args.resume, progress=args.progress)
     print(f"trained steps {result.start_step}..{result.steps}, final loss {result.final_loss:.4f}, "
           f"{result.skipped_nonfinite} non-finite step(s) skipped")  # fmt: skip
+    if result.out_of_time:
+        print(f"stopped by --max-minutes {args.max_minutes:g} at step {result.steps} of {config.steps}; "
+              "run the same command again to continue")  # fmt: skip
     print(f"final model: {args.out / 'final'}\ncheckpoints: {args.out / 'checkpoints'}\n"
           f"samples:     {args.out / 'samples'}\nloss log:    {args.out / 'train_log.csv'}")  # fmt: skip
     return 0

@@ -29,6 +29,7 @@ import math
 import os
 import re
 import shutil
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -291,7 +292,9 @@ class TrainConfig:
     checkpointed (``checkpoint_every = 0``: only it); ``sample_every = 0`` draws no grids. Grids use
     ``sample_sampler`` (DDIM clips its x0 estimate, so grids of an under-trained model stay
     informative). ``max_nonfinite_in_row``: abort with :class:`NonFiniteLossError` after more
-    consecutive non-finite steps than this.
+    consecutive non-finite steps than this. ``max_minutes``: wall-clock budget of one call; when it runs
+    out, training checkpoints, draws a grid and returns early (the LR schedule still spans ``steps``,
+    so a later call with ``resume`` carries on where it stopped: a job under a cluster time limit).
     """
 
     steps: int = 10000
@@ -316,6 +319,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     tensorboard: bool = True
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "num_samples", "sample_steps"):
@@ -329,6 +333,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"TrainConfig.max_minutes must be > 0 or None, got {self.max_minutes}")
         if not 0.0 <= self.ema_decay < 1.0 or not self.lr > 0:
             raise ValueError(f"need 0 <= ema_decay < 1 and lr > 0, got {self.ema_decay}, {self.lr}")
 
@@ -336,7 +342,8 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """``steps``: global step reached; ``losses``: one per step run in THIS call (``nan`` when skipped),
-    i.e. steps ``start_step + 1 … steps``."""
+    i.e. steps ``start_step + 1 … steps``; ``out_of_time``: stopped by ``max_minutes`` before
+    ``config.steps``."""
 
     steps: int
     losses: list[float] = field(default_factory=list)
@@ -344,6 +351,7 @@ class TrainResult:
     final_loss: float = float("nan")
     output_dir: Path = Path(".")
     start_step: int = 0
+    out_of_time: bool = False
 
 
 # -------------------- Checkpoints ----------------------------------------------------------------
@@ -445,6 +453,14 @@ def save_sample_grid(
 
 
 # -------------------- Training loop --------------------------------------------------------------
+_clock = time.monotonic  # the time budget's clock (tests replace it)
+
+
+def _hyper_parameters(config: dict) -> dict:
+    """A saved TrainConfig without the run-control knobs a resumed job may change."""
+    return {k: v for k, v in config.items() if k not in ("max_minutes", "num_workers")}
+
+
 class _LossModule(nn.Module):
     """Routes ``forward`` to ``model.training_loss`` so DDP (``accelerate launch``) sees a forward pass."""
 
@@ -503,7 +519,7 @@ class _Trainer:
         if self.acc.scaler is not None and "scaler" in state:
             self.acc.scaler.load_state_dict(state["scaler"])
         self.step, self.skipped, self.in_row = int(state["step"]), int(state["skipped"]), int(state["in_row"])
-        if state.get("config") != asdict(self.cfg):
+        if _hyper_parameters(state.get("config") or {}) != _hyper_parameters(asdict(self.cfg)):
             logger.warning("resuming %s with a different TrainConfig than it was saved with", ckpt)
         logger.info("resuming from %s (step %d)", ckpt, self.step)
 
@@ -609,8 +625,10 @@ def train_generator(
     multi-GPU; only the main process writes files). With ``resume=True`` training continues from the
     latest complete checkpoint in ``output_dir``; with ``resume=False`` the directory must hold none.
     A step whose loss (or gradient norm) is non-finite makes no update and is counted; more than
-    ``config.max_nonfinite_in_row`` in a row raise :class:`NonFiniteLossError`.
+    ``config.max_nonfinite_in_row`` in a row raise :class:`NonFiniteLossError`. When
+    ``config.max_minutes`` runs out the call checkpoints and returns with ``out_of_time=True``.
     """
+    t_start = _clock()
     out, cfg = Path(output_dir), config
     size = tuple(getattr(model, "image_size", dataset.image_size))
     if size != dataset.image_size:
@@ -651,12 +669,16 @@ def train_generator(
     losses: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start, desc="train generator", disable=not (progress and main))
     tr.wrapper.train()
+    out_of_time = False
     try:
         while tr.step < cfg.steps:
             loss, grad_norm, lr, bad = tr.train_step(batches)
             losses.append(loss)
             tr.count_nonfinite(bad)
             step = tr.step
+            if cfg.max_minutes is not None and step < cfg.steps:
+                late = torch.tensor(float(_clock() - t_start > 60.0 * cfg.max_minutes))
+                out_of_time = bool(acc.reduce(late.to(acc.device), "sum") > 0)  # all ranks stop together
             if main:
                 rows.append((step, f"{loss:.6g}", f"{lr:.6g}", f"{grad_norm:.6g}", int(bad)))
                 bar.update(1)
@@ -666,13 +688,23 @@ def train_generator(
                         writer.add_scalar(f"train/{key}", value, step)
                 if step % cfg.log_every == 0:
                     _append_log(log, rows)
-            if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            if (
+                step == cfg.steps
+                or out_of_time
+                or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+            ):
                 if main:
                     _append_log(log, rows)
                     tr.checkpoint()
                 acc.wait_for_everyone()
-            if sample_batch is not None and step % cfg.sample_every == 0:
+            if sample_batch is not None and (step % cfg.sample_every == 0 or out_of_time):
                 tr.samples(sample_batch)
+            if out_of_time:
+                logger.warning(
+                    "max_minutes=%g reached at step %d of %d: checkpointed; rerun with resume to continue",
+                    cfg.max_minutes, step, cfg.steps,
+                )  # fmt: skip
+                break
     finally:
         bar.close()
         if main and rows:
@@ -691,6 +723,7 @@ def train_generator(
     return TrainResult(
         steps=tr.step, losses=losses, skipped_nonfinite=tr.skipped,
         final_loss=finite[-1] if finite else float("nan"), output_dir=out, start_step=start,
+        out_of_time=out_of_time,
     )  # fmt: skip
 
 

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv lint grid bench clean generator-asset
+.PHONY: test demo venv lint grid bench clean generator-asset gpu-wheels
 
 venv: $(STAMP)
 
@@ -45,3 +45,15 @@ generator-asset: $(STAMP)
 	rm -rf posereid/assets/generator-small && mkdir -p posereid/assets
 	cp -r $(ASSET_WORK)/train/final posereid/assets/generator-small
 	$(BIN)/python -c "from posereid.experiments.demo import write_asset_meta; write_asset_meta('posereid/assets/generator-small')"
+
+# Wheels a lent GPU machine lacks (Python 3.12 there; torch, accelerate, transformers, safetensors are
+# preinstalled). torchreid is published as an sdist only, so it is built here into a pure-Python wheel.
+# The device commands that use them are in docs/GPU.md.
+GPU_WHEELS := diffusers==0.42.1 importlib_metadata==10.2.0 faiss-cpu==1.15.1 gdown==6.5.1
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation torchreid==0.2.5 -w .whl
+	du -sh .whl

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -147,6 +149,16 @@ def test_save_load_bit_identical_sampling(model: PoseTransferGenerator, tmp_path
     a = model.generate(src, kt, ks, steps=3, seeds=[7, 8])
     b = loaded.generate(src, kt, ks, steps=3, seeds=[7, 8])
     assert torch.equal(a, b)
+
+
+def test_checkpoint_files_are_readable_like_other_outputs(model: PoseTransferGenerator, tmp_path) -> None:
+    """safetensors creates its files 0600; a checkpoint on a shared disk gets the umask's default mode."""
+    model.save_pretrained(tmp_path / "ckpt", ema_state_dict=model.state_dict())
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "ckpt").iterdir()}
+    assert set(modes) == {"config.json", WEIGHTS_NAME, EMA_WEIGHTS_NAME}
+    assert set(modes.values()) == {0o666 & ~mask}, modes
 
 
 def test_ema_weights_preferred_on_load(model: PoseTransferGenerator, tmp_path) -> None:

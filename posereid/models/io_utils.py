@@ -9,6 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Permissions of a newly created file under this process's umask. Some savers (safetensors) create
+# their file 0600; a checkpoint on a shared disk should be readable like any other output.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs) -> Iterator:
     """Open a temporary sibling of ``path`` for writing and move it into place only on success.
@@ -40,6 +51,7 @@ def atomic_save(path: str | os.PathLike[str], save_fn) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
     try:
         save_fn(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -23,6 +23,13 @@ keeps quality. Outputs: ``report.md``, ``report.json``, ``sheet.png`` and ``swee
 
 Pretrained metric networks are never downloaded: a metric whose weights are absent is reported as "not
 computed (…)" unless its flag was given, in which case a missing file is an error.
+
+The pieces live beside this module, which runs them and holds the API and the CLI:
+:mod:`~posereid.experiments.quality_pairs` selects and loads the pairs,
+:mod:`~posereid.experiments.quality_scoring` scores image sets, :mod:`~posereid.experiments.quality_metrics`
+holds the metrics and :mod:`~posereid.experiments.quality_report` writes the report. The names that
+moved out of this module (``EvalPairs``, ``load_eval_pairs``, ``QualityScorer``, ``Backends``, …) are
+still importable from here.
 """
 
 from __future__ import annotations
@@ -30,30 +37,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from posereid.experiments.quality_metrics import (
-    FidScorer,
-    Lpips,
-    MissingWeightsError,
-    body_mask,
-    detect_keypoints,
-    identity_fidelity,
-    pose_fidelity,
-    ssim_scores,
-)
+from posereid.experiments.quality_metrics import FidScorer, Lpips, MissingWeightsError
+from posereid.experiments.quality_pairs import ANNOTATIONS_NAME as ANNOTATIONS_NAME
+from posereid.experiments.quality_pairs import PAIRS_NAME as PAIRS_NAME
+from posereid.experiments.quality_pairs import EvalPairs, load_eval_pairs
 from posereid.experiments.quality_report import (
     parse_guidance,
     parse_sweep,
@@ -62,177 +59,21 @@ from posereid.experiments.quality_report import (
     write_sheet,
     write_sweep_plot,
 )
+from posereid.experiments.quality_scoring import Backends as Backends
+from posereid.experiments.quality_scoring import FeatureFn as FeatureFn
+from posereid.experiments.quality_scoring import QualityScorer
 from posereid.models.io_utils import atomic_write
-from posereid.models.pose import missing_pose, resize_keypoints
 from posereid.models.pose_estimation import MissingExtraError
-from posereid.reid_integration.evaluate import evaluate_features
-from posereid.reid_integration.market1501 import (
-    Market1501,
-    MarketRecord,
-    load_image,
-    read_pairs_csv,
-    read_patn_csv,
-)
+from posereid.reid_integration.market1501 import Market1501
 
 logger = logging.getLogger(__name__)
 
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 CEILING, TRAINED, FLOOR = "real (ceiling)", "trained", "untrained (floor)"
-ANNOTATIONS_NAME, PAIRS_NAME = "market-annotation-test.csv", "market-pairs-test.csv"
 
 
 # --------------------------------------------------------------------------------------------------
-# Data
+# Metric back-ends (resolved once; the Backends container is in quality_scoring)
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class EvalPairs:
-    """The selected test pairs, with images and keypoints at the generator's image size."""
-
-    names: list[tuple[str, str]]
-    source: torch.Tensor
-    target: torch.Tensor
-    source_kps: np.ndarray
-    target_kps: np.ndarray
-    source_pid: np.ndarray
-    source_camid: np.ndarray
-    target_camid: np.ndarray
-    total: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    origin: str = ""
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-def _find_default(root: Path, data_root: Path, name: str) -> Path | None:
-    for cand in (data_root / name, root / name, data_root.parent / name):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def _load_resized(
-    path: Path, kps: np.ndarray | None, size: tuple[int, int]
-) -> tuple[torch.Tensor, np.ndarray]:
-    im = load_image(path)
-    native = (im.height, im.width)
-    if native != size:
-        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # as load_image(size=...)
-    t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-    k = missing_pose() if kps is None else resize_keypoints(kps, native, size)
-    return t, k
-
-
-def load_eval_pairs(
-    market_root: str | os.PathLike[str],
-    image_size: tuple[int, int],
-    *,
-    pairs: str | os.PathLike[str] | None = None,
-    annotations: str | os.PathLike[str] | None = None,
-    n_pairs: int | None = 200,
-    seed: int = 0,
-    market: Market1501 | None = None,
-) -> EvalPairs:
-    """Select test pairs and load their images and keypoints at ``image_size``.
-
-    ``annotations`` (PATN CSV; default ``market-annotation-test.csv`` beside the data) gives the target
-    poses. ``pairs`` (default ``market-pairs-test.csv`` there, else every ordered same-pid pair of the
-    test split) lists ``(from, to)`` names. Pairs naming an image not in the folder, or whose target has
-    no annotation, are skipped and counted. ``n_pairs`` of the rest are drawn with ``seed`` (kept in file
-    order), so two runs with the same seed score the same pairs.
-    """
-    root = Path(market_root)
-    market = market or Market1501(root)
-    if annotations is None:
-        found = _find_default(root, market.root, ANNOTATIONS_NAME)
-        if found is None:
-            raise FileNotFoundError(
-                f"no keypoint annotations: {ANNOTATIONS_NAME} not found in {market.root} or {root}; pass "
-                "--annotations CSV (a PATN annotation CSV; `posereid annotate` writes one with mediapipe)"
-            )
-        annotations = found
-    kps = read_patn_csv(annotations, image_hw=None)
-    records: dict[str, MarketRecord] = {}
-    for split in ("gallery", "query", "train"):
-        for rec in market.split(split):
-            records.setdefault(rec.name, rec)
-    if pairs is None and (found := _find_default(root, market.root, PAIRS_NAME)) is not None:
-        pairs = found
-    if pairs is not None:
-        candidates, origin = read_pairs_csv(pairs), str(pairs)
-    else:
-        by_pid: dict[int, list[str]] = {}
-        for rec in sorted(market.query + market.gallery, key=lambda r: r.name):
-            if rec.pid > 0 and rec.name in kps:
-                by_pid.setdefault(rec.pid, []).append(rec.name)
-        candidates = [(a, b) for names in by_pid.values() for a in names for b in names if a != b]
-        origin = "same-pid pairs of the test split (query + gallery)"
-    skipped = {"image_not_found": 0, "no_target_pose": 0, "different_pid": 0}
-    valid = []
-    for a, b in candidates:
-        if a not in records or b not in records:
-            skipped["image_not_found"] += 1
-        elif b not in kps or not (kps[b] >= 0).all(-1).any():
-            skipped["no_target_pose"] += 1
-        elif records[a].pid != records[b].pid:
-            skipped["different_pid"] += 1
-        else:
-            valid.append((a, b))
-    for why, n in skipped.items():
-        if n:
-            logger.warning("%s: skipped %d pair(s): %s", origin, n, why.replace("_", " "))
-    if not valid:
-        raise ValueError(
-            f"{origin}: no usable pair (skipped: {skipped}); check --data / --pairs / --annotations"
-        )
-    if n_pairs is not None and len(valid) > n_pairs:
-        idx = np.sort(np.random.default_rng(seed).choice(len(valid), size=n_pairs, replace=False))
-        valid = [valid[i] for i in idx]
-    src, tgt, skp, tkp = [], [], [], []
-    for a, b in tqdm(valid, desc="loading pairs", leave=False, disable=len(valid) < 64):
-        s, sk = _load_resized(records[a].path, kps.get(a), image_size)
-        t, tk = _load_resized(records[b].path, kps[b], image_size)
-        src.append(s), tgt.append(t), skp.append(sk), tkp.append(tk)
-    return EvalPairs(
-        names=valid,
-        source=torch.stack(src),
-        target=torch.stack(tgt),
-        source_kps=np.stack(skp),
-        target_kps=np.stack(tkp),
-        source_pid=np.array([records[a].pid for a, _ in valid]),
-        source_camid=np.array([records[a].camid for a, _ in valid]),
-        target_camid=np.array([records[b].camid for _, b in valid]),
-        total=len(candidates),
-        skipped=skipped,
-        origin=origin,
-    )
-
-
-def _image_batches(records: Sequence[MarketRecord], size: tuple[int, int] | None, batch: int, desc: str):
-    """Yield ``(B, 3, H, W)`` batches of real images at ``size`` (``None``: the first image's size)."""
-    if size is None and records:
-        first = load_image(records[0].path)
-        size = (first.height, first.width)
-    for i in tqdm(range(0, len(records), batch), desc=desc, leave=False, disable=len(records) <= batch):
-        ims = [load_image(r.path, size=size) for r in records[i : i + batch]]
-        arr = np.stack([np.asarray(im, dtype=np.uint8) for im in ims])
-        yield torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
-
-
-# --------------------------------------------------------------------------------------------------
-# Metric back-ends (resolved once)
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class Backends:
-    """The optional metric networks, and for each one that is absent the reason shown in the report."""
-
-    lpips: Lpips | None = None
-    fid: FidScorer | None = None
-    pose: Any = None
-    reid: FeatureFn | None = None
-    status: dict[str, str] = field(default_factory=dict)
-
-
 def _resolve_lpips(weights: Any, net: str) -> tuple[Lpips | None, str]:
     try:
         m = Lpips.from_local(weights, net=net)  # type: ignore[arg-type]
@@ -284,124 +125,6 @@ def _resolve_reid(checkpoint: Any, device: torch.device) -> tuple[FeatureFn | No
     from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
 
     return ReidFeatureExtractor.from_checkpoint(path, device=device), f"computed (re-ID model {path})"
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------------
-def _features(fn: FeatureFn, images: torch.Tensor, batch: int) -> torch.Tensor:
-    out = [fn(images[i : i + batch]).detach().float().cpu() for i in range(0, images.shape[0], batch)]
-    return torch.cat(out)
-
-
-class QualityScorer:
-    """Scores generated image sets against one fixed set of pairs and real reference data.
-
-    The real-data side (FID reference statistics, gallery features, the masks) is computed once in the
-    constructor and reused for every scored set (ceiling, trained, floor, each sweep point).
-    """
-
-    def __init__(
-        self,
-        pairs: EvalPairs,
-        market: Market1501,
-        backends: Backends,
-        *,
-        batch_size: int = 32,
-        pose_upscale: int | None = None,
-        fid_reference_max: int = 5000,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self.pairs, self.backends, self.batch = pairs, backends, batch_size
-        self.device = torch.device(device)
-        h, w = pairs.target.shape[-2:]
-        self.size = (int(h), int(w))
-        self.pose_upscale = pose_upscale or max(1, math.ceil(128 / self.size[0]))
-        self.mask = body_mask(pairs.target_kps, *self.size)
-        self.info: dict[str, Any] = {}
-        if backends.fid is not None:
-            ref = market.train or market.gallery
-            ref = [r for r in ref if r.pid != -1]
-            if len(ref) > fid_reference_max:
-                keep = np.sort(np.random.default_rng(seed).choice(len(ref), fid_reference_max, replace=False))
-                ref = [ref[i] for i in keep]
-            backends.fid.to(self.device)
-            for batch in _image_batches(ref, self.size, batch_size, "FID reference"):
-                backends.fid.add_real(batch)
-            self.info["fid_reference"] = f"{len(ref)} real {'train' if market.train else 'gallery'} images"
-        if backends.reid is not None:
-            gal = [r for r in market.gallery if r.pid != -1]  # real resolution; the re-ID model resizes
-            if not gal:
-                raise ValueError(
-                    f"{market.root}: the gallery (bounding_box_test) is empty; identity metrics need it"
-                )
-            feats = [
-                _features(backends.reid, b, batch_size)
-                for b in _image_batches(gal, None, batch_size, "gallery")
-            ]
-            self.gallery_feats = torch.cat(feats)
-            self.gallery_pids = np.array([r.pid for r in gal])
-            self.gallery_camids = np.array([r.camid for r in gal])
-            row = {r.name: i for i, r in enumerate(gal)}
-            # leave each pair's own source and target images out of its identity centroid
-            self.exclude = np.array([[row.get(a, -1), row.get(b, -1)] for a, b in pairs.names])
-            n_ids = len({p for p in self.gallery_pids.tolist() if p > 0})
-            self.info["gallery"] = (
-                f"{len(gal)} real gallery images (distractors included), {n_ids} identities"
-            )
-
-    @torch.no_grad()
-    def score(self, images: torch.Tensor, *, query_camids: np.ndarray) -> dict[str, float]:
-        """All available metrics of ``images`` (aligned with the pairs) against the real targets."""
-        p, b = self.pairs, self.backends
-        images = images.detach().float().cpu().clamp(0, 1)
-        if images.shape != p.target.shape:
-            raise ValueError(f"expected {tuple(p.target.shape)} images, got {tuple(images.shape)}")
-        out: dict[str, float] = {
-            "ssim": float(ssim_scores(images, p.target).mean()),
-            "mask_ssim": float(ssim_scores(images, p.target, mask=self.mask).mean()),
-        }
-        if b.lpips is not None:
-            lp = [
-                b.lpips(images[i : i + self.batch], p.target[i : i + self.batch])
-                for i in range(0, len(p), self.batch)
-            ]
-            mlp = [
-                b.lpips(
-                    images[i : i + self.batch], p.target[i : i + self.batch], self.mask[i : i + self.batch]
-                )
-                for i in range(0, len(p), self.batch)
-            ]
-            out["lpips"], out["mask_lpips"] = float(torch.cat(lp).mean()), float(torch.cat(mlp).mean())
-        if b.fid is not None:
-            out["fid"] = b.fid.score(images, self.batch) if len(p) >= 2 else float("nan")
-        if b.pose is not None:
-            detected = detect_keypoints(b.pose, images, upscale=self.pose_upscale)
-            for k, v in pose_fidelity(detected, p.target_kps).items():
-                out[k if k in ("pckh", "joint_error_px", "no_person") else f"pose_{k}"] = v
-        if b.reid is not None:
-            feats = _features(b.reid, images, self.batch)
-            ids = identity_fidelity(
-                feats, p.source_pid, self.gallery_feats, self.gallery_pids, exclude=self.exclude
-            )
-            s = ids.summary()
-            out.update(
-                own_centroid_cos=s["own_centroid_cos"],
-                other_centroid_cos=s["other_centroid_cos"],
-                id_margin=s["margin"],
-                id_closer_to_own=s["closer_to_own"],
-            )
-            # The pair's own source and target images leave the gallery for its query, for every system
-            # alike: a copy of either must not count as recognising the person.
-            r = evaluate_features(
-                feats, self.gallery_feats, p.source_pid, self.gallery_pids, query_camids, self.gallery_camids,
-                metric="cosine", exclude=self.exclude,
-            )  # fmt: skip
-            out.update(
-                rank1=r["rank1"], rank5=r["rank5"], mAP=r["mAP"], reid_valid_queries=r["num_valid_queries"]
-            )
-        return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Training loop for the pose-transfer generator: pair dataset, config, and an exactly resumable loop.
+"""Training loop for the pose-transfer generator: config, checkpoints, grids and an exactly resumable loop.
 
 Reproducibility is by construction, not by saved RNG state: every random draw of a step (which pairs,
 which source image of the identity, the flip, the timesteps/noise/condition dropout inside
@@ -17,6 +17,9 @@ Output directory layout::
 Checkpoints are written into ``step-XXXXXXX.tmp-<pid>`` and renamed into place, so a kill never leaves a
 half checkpoint; leftovers are deleted on resume. ``training_state.pt`` holds only tensors and plain
 Python values and is read with ``torch.load(weights_only=True)``.
+
+The data side (:class:`PoseRecord`, :class:`PosePairDataset`, :class:`ImageLoadError` and the step batch
+sampler) lives in :mod:`posereid.models.training_data` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -31,21 +34,20 @@ import re
 import shutil
 import time
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from posereid.models.io_utils import atomic_save, atomic_write, is_temp_file
-from posereid.models.pose import as_keypoints, flip_keypoints, resize_keypoints, skeleton_tensor
+from posereid.models.pose import skeleton_tensor
+from posereid.models.training_data import ImageLoadError, PosePairDataset, PoseRecord, _StepBatchSampler
 
 logger = logging.getLogger(__name__)
 
@@ -60,226 +62,10 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient: training diverged."""
 
 
-class ImageLoadError(OSError):
-    """A training image that cannot be read (the message names the file)."""
-
-
-# -------------------- Data -----------------------------------------------------------------------
-@dataclass
-class PoseRecord:
-    """One training image: an image (path, PIL, or uint8 ``HxWx3`` array), its identity and its COCO-18
-    ``(18, 2)`` (x, y) keypoints in the image's own pixel frame (``-1`` missing)."""
-
-    image: str | Path | Image.Image | np.ndarray
-    pid: int
-    keypoints: np.ndarray
-    name: str | None = None
-
-
-def _record_name(rec: PoseRecord, index: int) -> str:
-    return rec.name or (Path(rec.image).name if isinstance(rec.image, (str, Path)) else str(index))
-
-
-def _load_rgb(image: Any, where: str) -> Image.Image:
-    """PIL RGB from a path, a PIL image or a uint8 array; unreadable files raise :class:`ImageLoadError`."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-            raise ValueError(
-                f"{where}: array images must be uint8 HxWx3 or HxW, got {image.dtype} {image.shape}"
-            )
-        return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
-    path = Path(image)
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: no such file ({where})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: cannot decode image ({where}): {exc}") from None
-
-
 def derive_seed(*values: int) -> int:
     """A 63-bit seed that is a pure function of the given non-negative integers (numpy SeedSequence)."""
     state = np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)
     return int(state[0] >> np.uint64(1))
-
-
-class PosePairDataset(Dataset):
-    """Pairs ``(source, target)`` of images of the same identity, resized to the model's ``image_size``.
-
-    Args:
-        records: the images (:class:`PoseRecord`).
-        image_size: ``(H, W)`` of the model; images are resized (bilinear) and keypoints rescaled.
-        pairs: explicit ``(source, target)`` pairs as record indices or record names (a PATN pairs CSV).
-            Pairs naming an unknown record or two different identities are skipped and counted in
-            :attr:`skipped`. With ``both_directions`` each pair is also used reversed (deduplicated).
-            Without ``pairs``, item ``k`` takes target ``k`` and a random *other* image of its identity as
-            the source, drawn afresh every epoch.
-        singletons: without ``pairs``, identities with one image are ``"skip"``-ped (default: a self
-            pair teaches copying, not pose transfer) or paired with ``"self"``. Skips are logged.
-        flip_prob: probability of a horizontal flip applied to BOTH images and skeletons (L/R swapped).
-        seed: all randomness of item ``k`` in epoch ``e`` comes from ``(seed, e, k)``.
-
-    Index with ``(epoch, k)`` (what the training loop does) or with ``k`` (uses :meth:`set_epoch`'s epoch).
-    Items are dicts: ``source``/``target`` ``(3, H, W)`` float in ``[0, 1]``, ``source_kps``/``target_kps``
-    ``(18, 2)`` float32, ``pid`` int.
-    """
-
-    def __init__(
-        self,
-        records: Sequence[PoseRecord],
-        image_size: tuple[int, int],
-        *,
-        pairs: Sequence[tuple[int, int]] | Sequence[tuple[str, str]] | None = None,
-        both_directions: bool = True,
-        singletons: Literal["skip", "self"] = "skip",
-        flip_prob: float = 0.5,
-        seed: int = 0,
-    ) -> None:
-        if singletons not in ("skip", "self"):
-            raise ValueError(f"singletons must be 'skip' or 'self', got {singletons!r}")
-        if not 0.0 <= flip_prob <= 1.0:
-            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-        self.records = list(records)
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.flip_prob = float(flip_prob)
-        self.seed = int(seed)
-        self.epoch = 0
-        self.skipped: dict[str, int] = defaultdict(int)
-        self._kps = [
-            as_keypoints(r.keypoints, source=f"record {i} ({_record_name(r, i)})")
-            for i, r in enumerate(records)
-        ]
-        if bad := [i for i, k in enumerate(self._kps) if k.shape != (18, 2)]:
-            raise ValueError(
-                f"record {bad[0]} ({_record_name(self.records[bad[0]], bad[0])}): keypoints must be (18, 2)"
-            )
-        self.pairs: list[tuple[int, int]] | None = None
-        self._targets: list[int] = []
-        self._partners: dict[int, list[int]] = {}
-        if pairs is not None:
-            self.pairs = self._resolve_pairs(pairs, both_directions)
-        else:
-            self._build_auto(singletons)
-        if len(self) == 0:
-            raise ValueError(f"no training pairs (records={len(self.records)}, skipped={dict(self.skipped)})")
-
-    def _resolve_pairs(self, pairs: Sequence[tuple[Any, Any]], both: bool) -> list[tuple[int, int]]:
-        by_name: dict[str, int] = {}
-        for i, r in enumerate(self.records):
-            by_name.setdefault(_record_name(r, i), i)
-        out: dict[tuple[int, int], None] = {}
-        for a, b in pairs:
-            ij = []
-            for x in (a, b):
-                if isinstance(x, (int, np.integer)):
-                    if not 0 <= int(x) < len(self.records):
-                        raise IndexError(f"pair index {x} out of range for {len(self.records)} records")
-                    ij.append(int(x))
-                else:
-                    ij.append(by_name.get(str(x), -1))
-            if -1 in ij:
-                self.skipped["pair with an unknown image"] += 1
-                continue
-            i, j = ij
-            if self.records[i].pid != self.records[j].pid:
-                self.skipped["pair of two identities"] += 1
-                continue
-            out[(i, j)] = None
-            if both:
-                out[(j, i)] = None
-        for why, n in self.skipped.items():
-            logger.warning("PosePairDataset: skipped %d %s", n, why)
-        return list(out)
-
-    def _build_auto(self, singletons: str) -> None:
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, r in enumerate(self.records):
-            groups[int(r.pid)].append(i)
-        for idx in groups.values():
-            for i in idx:
-                others = [j for j in idx if j != i]
-                if not others:
-                    if singletons == "skip":
-                        self.skipped["image of a single-image identity"] += 1
-                        continue
-                    others = [i]
-                self._targets.append(i)
-                self._partners[i] = others
-        self._targets.sort()
-        for why, n in self.skipped.items():
-            logger.warning("PosePairDataset: skipped %d %s", n, why)
-
-    def __len__(self) -> int:
-        return len(self.pairs) if self.pairs is not None else len(self._targets)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch used when indexing with a plain integer."""
-        self.epoch = int(epoch)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, k = key if isinstance(key, tuple) else (self.epoch, key)
-        return self.get(int(k), epoch=int(epoch))
-
-    def get(self, k: int, *, epoch: int = 0, flip: bool | None = None) -> dict[str, Any]:
-        """Item ``k`` of ``epoch``; ``flip`` overrides the random flip (``None`` = draw it)."""
-        if not 0 <= k < len(self):
-            raise IndexError(f"item {k} out of range for {len(self)} pairs")
-        rng = np.random.default_rng([self.seed, epoch, k])
-        if self.pairs is not None:
-            s, t = self.pairs[k]
-        else:
-            t = self._targets[k]
-            partners = self._partners[t]
-            s = partners[int(rng.integers(len(partners)))]
-        draw = bool(rng.random() < self.flip_prob)
-        flip = draw if flip is None else flip
-        (src, src_kps), (tgt, tgt_kps) = self._load(s, flip), self._load(t, flip)
-        return dict(
-            source=src, target=tgt, source_kps=src_kps, target_kps=tgt_kps, pid=int(self.records[t].pid)
-        )
-
-    def _load(self, i: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        rec = self.records[i]
-        im = _load_rgb(rec.image, f"record {i} ({_record_name(rec, i)})")
-        h, w = self.image_size
-        kps = resize_keypoints(self._kps[i], (im.height, im.width), (h, w))
-        if (im.height, im.width) != (h, w):
-            im = im.resize((w, h), Image.Resampling.BILINEAR)
-        if flip:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            kps = flip_keypoints(kps, w)
-        img = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-        return img, torch.from_numpy(kps)
-
-
-class _StepBatchSampler(torch.utils.data.Sampler):
-    """Infinite ``(epoch, k)`` batches; micro-batch ``m`` of rank ``r`` covers global sample positions
-    ``[(m·world + r)·B, … + B)``, each epoch a fresh permutation seeded by ``(seed, epoch)``."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, start_micro: int, rank: int, world: int) -> None:
-        self.n, self.b, self.seed = n, batch_size, seed
-        self.start, self.rank, self.world = start_micro, rank, world
-        self._perm_epoch, self._perm = -1, np.arange(0)
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, 1, epoch]).permutation(self.n)
-            self._perm_epoch = epoch
-        return self._perm
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        m = self.start
-        while True:
-            first = (m * self.world + self.rank) * self.b
-            batch = []
-            for pos in range(first, first + self.b):
-                epoch, k = divmod(pos, self.n)
-                batch.append((epoch, int(self._order(epoch)[k])))
-            yield batch
-            m += 1
 
 
 # -------------------- Config and result ----------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from posereid.augment import generate as G
+from posereid.augment import manifest as M
 from posereid.augment.filter import FilterError, IdentityFilter, filter_folder, select
 from posereid.augment.generate import generate_offline, read_manifest, synthetic_name, write_manifest_file
 from posereid.experiments.cli import main as cli_main
@@ -152,7 +152,7 @@ def test_manifest_rewrite_is_atomic(data, monkeypatch):
             raise RuntimeError("killed mid-write")
         return real_dumps(obj, **kw)
 
-    monkeypatch.setattr(G.json, "dumps", failing_dumps)
+    monkeypatch.setattr(M.json, "dumps", failing_dumps)
     with pytest.raises(RuntimeError, match="mid-write"):
         filter_folder(gen_dir, market, IdentityFilter(mean_colour), threshold=0.5, mode="manifest-only")
     monkeypatch.undo()
@@ -213,7 +213,16 @@ def test_filter_cli_with_a_reid_checkpoint(data, tmp_path):
     )
 
     def filter_args(checkpoint, *extra: str) -> list[str]:
-        return ["filter", "--dir", str(gen_dir), "--data", str(market), "--reid-checkpoint", str(checkpoint), *extra]
+        return [
+            "filter",
+            "--dir",
+            str(gen_dir),
+            "--data",
+            str(market),
+            "--reid-checkpoint",
+            str(checkpoint),
+            *extra,
+        ]
 
     rc = cli_main(filter_args(ckpt, "--keep-top", "0.5", "--mode", "manifest-only", "--device", "cpu"))
     assert rc == 0

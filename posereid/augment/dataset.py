@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from posereid.augment.generate import TRAIN_DIR, manifest_paths, read_manifest_file
+from posereid.augment.manifest import TRAIN_DIR, manifest_paths, read_manifest_file
 from posereid.augment.transform import PoseTransferAugment
 from posereid.models.pose import PoseKeypoints, resize_keypoints
 from posereid.reid_integration.market1501 import (

@@ -37,7 +37,7 @@ import torch.nn.functional as TF
 from PIL import Image
 from tqdm.auto import tqdm
 
-from posereid.augment.generate import (
+from posereid.augment.manifest import (
     REJECTED_DIR,
     TRAIN_DIR,
     manifest_paths,

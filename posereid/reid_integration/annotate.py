@@ -52,9 +52,9 @@ from posereid.reid_integration.market1501 import (
     PATN_HEADER,
     ImageReadError,
     MarketFormatError,
-    _format_int_list,  # the PATN row format, shared so progress lines read back like CSV rows
-    _parse_patn_row,
+    format_int_list,  # the PATN row format, shared so progress lines read back like CSV rows
     load_image,
+    parse_patn_row,
     read_patn_csv,
     write_patn_csv,
 )
@@ -244,7 +244,7 @@ class _Journal:
             try:
                 if b"\0" in raw:  # zero-filled blocks after an OS crash
                     raise MarketFormatError(f"{where}: NUL bytes")
-                name, kps = _parse_patn_row(raw.decode("utf-8"), where, None)
+                name, kps = parse_patn_row(raw.decode("utf-8"), where, None)
             except (MarketFormatError, UnicodeDecodeError) as exc:
                 errors.append(str(exc))
                 continue
@@ -260,7 +260,7 @@ class _Journal:
 
     def append(self, name: str, ints: np.ndarray) -> None:
         """Add one row as one complete line, handed to the OS at once (fsync'd every ``sync_every``)."""
-        line = f"{name}:{_format_int_list(ints[:, 1])}:{_format_int_list(ints[:, 0])}\n"
+        line = f"{name}:{format_int_list(ints[:, 1])}:{format_int_list(ints[:, 0])}\n"
         self._fh.write(line.encode("utf-8"))
         self._fh.flush()
         self.appended += 1

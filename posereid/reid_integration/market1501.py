@@ -309,7 +309,23 @@ def _parse_int_list(text: str, where: str, what: str) -> list[int]:
         raise MarketFormatError(f"{where}: {what} value {bad!r} is not an integer") from None
 
 
-def _parse_patn_row(line: str, where: str, image_hw: tuple[int, int] | None) -> tuple[str, np.ndarray]:
+def parse_patn_row(line: str, where: str, image_hw: tuple[int, int] | None) -> tuple[str, np.ndarray]:
+    """Parse one PATN row ``name:[y0, ..., y17]:[x0, ..., x17]`` into ``(name, (18, 2) float32 (x, y))``.
+
+    Shared by :func:`read_patn_csv` and the progress file of ``posereid annotate``, so both read rows the
+    same way.
+
+    Args:
+        line: the row, without its line break.
+        where: prefix of error messages (e.g. ``"FILE line N"``).
+        image_hw: ``(H, W)`` frame the joints must lie in; ``None`` skips the range check.
+
+    Returns:
+        ``(name, keypoints)`` with ``-1`` for a joint missing in either list.
+
+    Raises:
+        MarketFormatError: a malformed row, naming ``where``.
+    """
     fields = line.split(":")
     if len(fields) != 3:
         raise MarketFormatError(
@@ -373,7 +389,7 @@ def read_patn_csv(
             continue
         where = f"{path} line {lineno}"
         try:
-            name, kps = _parse_patn_row(line, where, image_hw)
+            name, kps = parse_patn_row(line, where, image_hw)
             if name in out:
                 raise MarketFormatError(f"{where}: duplicate image name {name!r}")
         except MarketFormatError as exc:
@@ -389,7 +405,12 @@ def read_patn_csv(
     return out
 
 
-def _format_int_list(values: np.ndarray) -> str:
+def format_int_list(values: np.ndarray) -> str:
+    """A PATN keypoint list, e.g. ``[12, -1, 40]``: the values as ints, comma + space separated, bracketed.
+
+    The inverse of the list parsing in :func:`parse_patn_row`; shared with ``posereid annotate`` so its
+    progress lines are byte-identical to the rows of :func:`write_patn_csv`.
+    """
     return "[" + ", ".join(str(int(v)) for v in values) + "]"
 
 
@@ -408,7 +429,7 @@ def write_patn_csv(path: str | os.PathLike[str], annotations: Mapping[str, np.nd
             raise MarketFormatError(f"{path}: keypoints of {name!r} must be (18, 2), got {arr.shape}")
         ints = np.rint(arr).astype(np.int64)
         ints[(arr < 0).any(-1)] = -1
-        rows.append(f"{name}:{_format_int_list(ints[:, 1])}:{_format_int_list(ints[:, 0])}")
+        rows.append(f"{name}:{format_int_list(ints[:, 1])}:{format_int_list(ints[:, 0])}")
     with atomic_write(path, "w", encoding="utf-8", newline="\n") as fh:
         fh.write("\n".join(rows) + "\n")
 
@@ -621,9 +642,11 @@ __all__ = [
     "RELEASE_DIR",
     "SPLIT_DIRS",
     "check_image",
+    "format_int_list",
     "format_market_name",
     "load_image",
     "parse_market_name",
+    "parse_patn_row",
     "read_pairs_csv",
     "read_patn_csv",
     "resolve_data_dir",

@@ -204,6 +204,8 @@ def test_rerun_resumes_without_recomputing(run, monkeypatch: pytest.MonkeyPatch)
     assert len(rg.read_results(config.out / "results.csv")) == 6
     with pytest.raises(rg.ProtocolMismatchError, match="reid_steps"):
         rg.run_gain(_config(config.data, config.out, reid_steps=4))
+    with pytest.raises(rg.ProtocolMismatchError, match="synthetic_ratio"):
+        rg.run_gain(_config(config.data, config.out, synthetic_ratio=0.3))
 
 
 def test_cli_with_a_given_generator_records_it(market: Path, tmp_path: Path, capsys) -> None:
@@ -214,10 +216,13 @@ def test_cli_with_a_given_generator_records_it(market: Path, tmp_path: Path, cap
         "reid-gain", "--data", str(market), "--out", str(out), "--fractions", "100", "--arms", "plain+synthetic",
         "--seeds", "0", "--reid-steps", "2", "--reid-model", "osnet_x0_25", "--reid-batch-size", "8",
         "--height", str(H), "--width", str(W), "--generator", str(ckpt), "--steps", "1", "--per-image", "2",
-        "--annotation-hw", str(H), str(W), "--device", "cpu", "--no-progress",
+        "--annotation-hw", str(H), str(W), "--device", "cpu", "--no-progress", "--synthetic-ratio", "0.25",
     ])  # fmt: skip
     assert rc == 0
     (row,) = rg.read_results(out / "results.csv")
+    cell = json.loads(next((out / "work" / "cells").glob("*.json")).read_text())
+    assert cell["config"]["synthetic_ratio"] == 0.25 and cell["synthetic_images"] > 0
+    assert "25 % of each batch synthetic" in (out / "results.md").read_text()
     assert row["generator"] == f"given:{ckpt}"
     assert row["synthetic_images"] == 2 * row["images"]
     assert not (out / "work" / "generator-1").exists()  # nothing was trained

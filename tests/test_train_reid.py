@@ -99,6 +99,23 @@ def test_synthetic_arm_gets_same_steps_and_batch_hook_runs_every_step(market):
     assert math.isfinite(res["mAP"])
 
 
+def test_synthetic_ratio_sets_the_share_of_synthetic_images_in_batches(market):
+    """8 of 20 images are synthetic (40 % when sampled uniformly); the ratio sets the share instead."""
+    seen = {}
+    for ratio in (None, 0.1, 0.75):
+        res = train_reid(config(market, synthetic=[str(market / "synthetic")], steps=30, synthetic_ratio=ratio),
+                         progress=False)
+        assert res["steps"] == 30 and res["batch_size"] == 12  # capped on the 12 real images, as before
+        seen[ratio] = res["synthetic_seen"] / res["images_seen"]
+    assert seen[None] == pytest.approx(0.4, abs=0.06)  # uniform: 12 of a 20-image permutation per epoch
+    assert seen[0.1] == pytest.approx(0.1, abs=0.05)  # 360 draws: the binomial sd is 0.016
+    assert seen[0.75] == pytest.approx(0.75, abs=0.07)
+    with pytest.raises(ValueError, match="synthetic_ratio"):
+        config(market, synthetic_ratio=1.0)
+    with pytest.raises(ValueError, match="softmax"):
+        config(market, synthetic_ratio=0.3, loss="triplet")
+
+
 def test_bad_config_is_rejected(market):
     with pytest.raises(ValueError, match="steps must be >= 1"):
         config(market, steps=0)

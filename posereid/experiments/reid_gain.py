@@ -291,6 +291,7 @@ def _reid_config(
         steps=config.reid_steps, batch_size=config.reid_batch_size, lr=config.reid_lr, height=config.height,
         width=config.width, augment="strong" if arm.startswith("strong") else "plain", seed=int(seed),
         device=device, workers=config.num_workers, extra={"fraction": subset.fraction, "arm": arm},
+        synthetic_ratio=config.synthetic_ratio if synthetic else None,
     )  # fmt: skip
 
 

@@ -34,7 +34,7 @@ _PROTOCOL_FIELDS: tuple[str, ...] = (
     "subset_seed", "reid_steps", "reid_model", "reid_batch_size", "reid_lr", "height", "width",
     "generator_preset", "generator_steps", "generator_batch_size", "generator_lr", "generator",
     "generator_data", "per_image", "sampler", "steps", "guidance", "pose_sampling", "annotation_hw",
-    "filter_checkpoint", "filter_score", "filter_threshold",
+    "filter_checkpoint", "filter_score", "filter_threshold", "synthetic_ratio",
 )  # fmt: skip
 
 
@@ -61,6 +61,8 @@ class GainConfig:
         generator_data: ``"kept"`` trains one generator per fraction on that fraction's images only;
             ``"full"`` trains one on all train images (PIDM's leaky setting, for comparison).
         per_image: synthetic images generated per kept source image.
+        synthetic_ratio: share of synthetic images in the synthetic arms' batches (in expectation);
+            ``None`` samples uniformly over real and synthetic images, so ``per_image=1`` gives half.
         sampler / steps / guidance: diffusion sampler name, sampling steps and guidance weight.
         pose_sampling: how target poses are drawn from the kept images' pose bank
             (``uniform``/``cluster``/``view``).
@@ -94,6 +96,7 @@ class GainConfig:
     generator: Path | None = None
     generator_data: Literal["kept", "full"] = "kept"
     per_image: int = 1
+    synthetic_ratio: float | None = None
     sampler: str = "dpmsolver++"
     steps: int = 20
     guidance: tuple[float, float] = (2.0, 2.0)
@@ -141,6 +144,8 @@ class GainConfig:
             raise ValueError("at least one seed is needed")
         if self.generator_data not in ("kept", "full"):
             raise ValueError(f"generator_data must be 'kept' or 'full', got {self.generator_data!r}")
+        if self.synthetic_ratio is not None and not 0.0 <= self.synthetic_ratio < 1.0:
+            raise ValueError(f"synthetic_ratio must be in [0, 1), got {self.synthetic_ratio}")
         for name in ("reid_steps", "generator_steps", "per_image", "steps", "height", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -267,6 +272,13 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--per-image", type=int, default=d.per_image, help="synthetic images per kept image")
     parser.add_argument(
+        "--synthetic-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="share of synthetic images in the synthetic arms' batches (default: uniform over all images)",
+    )
+    parser.add_argument(
         "--sampler", default=d.sampler, help="diffusion sampler (dpmsolver++, ddim, unipc, …)"
     )
     parser.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
@@ -307,7 +319,7 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         height=args.height, width=args.width, generator_preset=args.generator_preset,
         generator_steps=args.generator_steps, generator_batch_size=args.generator_batch_size,
         generator_lr=args.generator_lr, generator=args.generator, generator_data=args.generator_data,
-        per_image=args.per_image, sampler=args.sampler, steps=args.steps,
+        per_image=args.per_image, synthetic_ratio=args.synthetic_ratio, sampler=args.sampler, steps=args.steps,
         guidance=guidance * 2 if len(guidance) == 1 else guidance, pose_sampling=args.pose_sampling,
         gen_batch_size=args.gen_batch_size, annotation_hw=args.annotation_hw,
         filter_checkpoint=args.filter_checkpoint, filter_score=args.filter_score,

@@ -208,8 +208,13 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
         f"- data: `{config.data}`; re-ID model `{config.reid_model}` at {config.height}x{config.width}, "
         f"{config.reid_steps} optimisation steps in EVERY run (batch {config.reid_batch_size})\n"
         f"- generator: {gen_text}; {config.per_image} image(s) per kept image, `{config.sampler}` "
-        f"{config.steps} steps, guidance {tuple(config.guidance)}, pose sampling `{config.pose_sampling}`\n"
-        f"- subset seed {config.subset_seed}; metrics in %, mean ± std over seeds; deltas are paired by seed\n"
+        f"{config.steps} steps, guidance {tuple(config.guidance)}, pose sampling `{config.pose_sampling}`; "
+        + (
+            "batches sample real and synthetic images uniformly\n"
+            if config.synthetic_ratio is None
+            else f"{100 * config.synthetic_ratio:.0f} % of each batch synthetic (in expectation)\n"
+        )
+        + f"- subset seed {config.subset_seed}; metrics in %, mean ± std over seeds; deltas are paired by seed\n"
     )
     with atomic_write(md_path, "w", encoding="utf-8") as fh:
         fh.write(markdown_table(summary, header))

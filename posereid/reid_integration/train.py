@@ -74,6 +74,8 @@ class ReidTrainConfig:
     height: int = 128
     width: int = 64
     augment: Literal["plain", "strong"] = "plain"  # strong = random flip + random erasing
+    # share of synthetic images in the batches (in expectation); None: uniform over real ∪ synthetic
+    synthetic_ratio: float | None = None
     seed: int = 0
     out: str | None = None
     pretrained: str | None = None
@@ -96,6 +98,11 @@ class ReidTrainConfig:
             raise ValueError(f"loss must be 'softmax' or 'triplet', got {self.loss!r}")
         if self.augment not in ("plain", "strong"):
             raise ValueError(f"augment must be 'plain' or 'strong', got {self.augment!r}")
+        if self.synthetic_ratio is not None:
+            if not 0.0 <= self.synthetic_ratio < 1.0:
+                raise ValueError(f"synthetic_ratio must be in [0, 1), got {self.synthetic_ratio}")
+            if self.loss == "triplet":
+                raise ValueError("synthetic_ratio needs the softmax loss (the triplet loss samples by identity)")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
         self.synthetic = tuple(str(s) for s in self.synthetic)
@@ -130,6 +137,7 @@ class PosereidDataManager:
         seed: int = 0,
         name: str = "posereid",
         use_gpu: bool = False,
+        synthetic_ratio: float | None = None,
     ) -> None:
         def ds(mode: str, tf: Callable) -> PosereidMarketDataset:
             return PosereidMarketDataset(lists=lists, transform=tf, mode=mode)
@@ -150,6 +158,15 @@ class PosereidDataManager:
             if self.batch_size < 2:
                 raise ValueError("the identity sampler needs batch_size >= 2 and num_instances >= 1")
             train_sampler = RandomIdentitySampler(train.train, self.batch_size, k)
+        elif sampler == "RandomSampler" and synthetic_ratio is not None and 0 < lists.num_synthetic < n:
+            # epochs keep their length; each draw is synthetic with probability synthetic_ratio
+            is_syn = torch.tensor([item[0] in lists.synthetic for item in train.train], dtype=torch.bool)
+            weights = torch.where(
+                is_syn, synthetic_ratio / lists.num_synthetic, (1.0 - synthetic_ratio) / n_real
+            ).double()
+            train_sampler = torch.utils.data.WeightedRandomSampler(
+                weights, num_samples=n, replacement=True, generator=self.generator
+            )
         elif sampler == "RandomSampler":
             train_sampler = torch.utils.data.RandomSampler(train, generator=self.generator)
         else:
@@ -246,6 +263,7 @@ def train_reid(
         batch_size_test=config.eval_batch_size,
         sampler="RandomIdentitySampler" if config.loss == "triplet" else "RandomSampler",
         num_instances=config.num_instances, workers=config.workers, seed=config.seed, use_gpu=use_gpu,
+        synthetic_ratio=config.synthetic_ratio,
     )
     model = build_reid_model(config.model, lists.num_train_pids, loss=config.loss,
                              pretrained=config.pretrained).to(device)
@@ -343,6 +361,9 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", choices=["plain", "strong"], default=d.augment,
                         help="strong = random horizontal flip + random erasing")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--synthetic-ratio", type=float, default=None, metavar="R",
+                        help="share of synthetic images per batch, in expectation (default: uniform over "
+                             "real and synthetic images)")
     parser.add_argument("--out", required=True, help="output folder (results.json, model.safetensors)")
     parser.add_argument("--pretrained", default=None, metavar="LOCAL_FILE",
                         help="local weights (.safetensors or torch state dict); never downloaded")
@@ -359,7 +380,7 @@ def run_train_reid(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, height=args.height,
         width=args.width, augment=args.augment, seed=args.seed, out=args.out, pretrained=args.pretrained,
         device=args.device, num_instances=args.num_instances, workers=args.workers, metric=args.metric,
-        on_corrupt=args.on_corrupt,
+        on_corrupt=args.on_corrupt, synthetic_ratio=args.synthetic_ratio,
     )
     r = train_reid(config)
     print(f"rank1 {r['rank1']:.4f}  rank5 {r['rank5']:.4f}  rank10 {r['rank10']:.4f}  mAP {r['mAP']:.4f}  "

@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check posereid tests
+	$(BIN)/ruff format --check posereid tests
 
 grid: $(STAMP)
 	$(BIN)/posereid synth-grid --out docs/synthetic_grid.png

@@ -55,7 +55,11 @@ def test_tiny_demo_end_to_end_then_rerun_reuses_everything(tmp_path: Path, capsy
     assert cli_main(["demo", "--tiny", "--out", str(out), "--device", "cpu"]) == 0
     again = capsys.readouterr().out
     assert not calls, "a rerun with the same options must not retrain"
-    assert "reusing the plan" in again and "reusing the one trained before" in again and "(already done)" in again
+    assert (
+        "reusing the plan" in again
+        and "reusing the one trained before" in again
+        and "(already done)" in again
+    )
     assert "| 100% | plain+synthetic | 1 |" in again
 
 

@@ -17,8 +17,16 @@ with warnings.catch_warnings():
 
 
 def torchreid_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50):
-    return tr_evaluate_rank(np.asarray(distmat), q_pids, g_pids, q_cams, g_cams, max_rank=max_rank,
-                            use_metric_cuhk03=False, use_cython=False)
+    return tr_evaluate_rank(
+        np.asarray(distmat),
+        q_pids,
+        g_pids,
+        q_cams,
+        g_cams,
+        max_rank=max_rank,
+        use_metric_cuhk03=False,
+        use_cython=False,
+    )
 
 
 def assert_same(ours, ref):
@@ -48,8 +56,12 @@ def market_like(rng, num_q=120, num_g=900, num_ids=60, distractors=80):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_equals_torchreid_on_random_continuous_distances(seed):
     rng = np.random.default_rng(seed)
-    q_pids, g_pids, q_cams, g_cams = rng.integers(1, 40, 200), rng.integers(0, 40, 1500), \
-        rng.integers(0, 6, 200), rng.integers(0, 6, 1500)
+    q_pids, g_pids, q_cams, g_cams = (
+        rng.integers(1, 40, 200),
+        rng.integers(0, 40, 1500),
+        rng.integers(0, 6, 200),
+        rng.integers(0, 6, 1500),
+    )
     distmat = rng.random((200, 1500)).astype(np.float32)
     ours = evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50)
     assert_same(ours, torchreid_rank(distmat, q_pids, g_pids, q_cams, g_cams))
@@ -70,9 +82,7 @@ def test_equals_torchreid_on_market_shaped_features():
         assert_same((cmc, mAP), ref)
         assert 0.3 < cmc[0] < 1.0  # a meaningful ranking, not a degenerate one
         # queries 0 and 1 have no valid match; all others do (same-pid images on other cameras)
-        expected_valid = sum(
-            np.any((g_pids == p) & (g_cams != c)) for p, c in zip(q_pids, q_cams)
-        )
+        expected_valid = sum(np.any((g_pids == p) & (g_cams != c)) for p, c in zip(q_pids, q_cams))
         assert num_valid == expected_valid == len(q_pids) - 2
 
 
@@ -178,7 +188,14 @@ def test_exclude_drops_gallery_rows_per_query_like_removing_them():
     for i in range(nq):
         keep = np.setdiff1d(np.arange(ng), exclude[i][exclude[i] >= 0])
         try:
-            c, a = ours(dist[i : i + 1, keep], q_pids[i : i + 1], g_pids[keep], q_cams[i : i + 1], g_cams[keep], max_rank=5)
+            c, a = ours(
+                dist[i : i + 1, keep],
+                q_pids[i : i + 1],
+                g_pids[keep],
+                q_cams[i : i + 1],
+                g_cams[keep],
+                max_rank=5,
+            )
         except ValueError:  # no valid match left for this query: skipped
             continue
         firsts.append(c)

@@ -86,8 +86,12 @@ def test_subsets_keep_every_identity_are_nested_and_seeded() -> None:
         assert len(kept) == max(10, round(f * 55))
         assert prev <= names, "subsets of one seed must be nested"
         prev = names
-    assert {r.name for r in rg.select_subset(recs, 0.4, seed=1)} == {r.name for r in rg.select_subset(recs, 0.4, 1)}
-    assert {r.name for r in rg.select_subset(recs, 0.4, seed=1)} != {r.name for r in rg.select_subset(recs, 0.4, 2)}
+    assert {r.name for r in rg.select_subset(recs, 0.4, seed=1)} == {
+        r.name for r in rg.select_subset(recs, 0.4, 1)
+    }
+    assert {r.name for r in rg.select_subset(recs, 0.4, seed=1)} != {
+        r.name for r in rg.select_subset(recs, 0.4, 2)
+    }
     with pytest.raises(ValueError, match="fraction"):
         rg.select_subset(recs, 0.0, seed=0)
 
@@ -116,10 +120,10 @@ def test_summary_deltas_are_paired_by_seed(tmp_path: Path) -> None:
     back = rg.read_results(tmp_path / "r.csv")
     assert [(r["arm"], r["seed"], r["mAP"]) for r in back] == [(r["arm"], r["seed"], r["mAP"]) for r in rows]
     s = {e["arm"]: e for e in rg.summarize(back)}
-    assert s["plain"]["mAP"] == pytest.approx(12.0) and s["plain"]["mAP_std"] == pytest.approx(2 ** 1.5)
+    assert s["plain"]["mAP"] == pytest.approx(12.0) and s["plain"]["mAP_std"] == pytest.approx(2**1.5)
     # paired: seed 0: +3, seed 1: +1 → mean +2, std sqrt(2)
     assert s["plain+synthetic"]["d_mAP_plain"] == pytest.approx(2.0)
-    assert s["plain+synthetic"]["d_mAP_plain_std"] == pytest.approx(2 ** 0.5)
+    assert s["plain+synthetic"]["d_mAP_plain_std"] == pytest.approx(2**0.5)
     assert s["plain+synthetic"]["d_mAP_strong"] == pytest.approx(1.0)  # only seed 0 is shared
     assert s["plain+synthetic"]["d_rank1_plain"] == pytest.approx(4.0)
     md = rg.markdown_table(rg.summarize(back))
@@ -132,7 +136,12 @@ def test_summary_deltas_are_paired_by_seed(tmp_path: Path) -> None:
 def test_run_writes_csv_markdown_and_plot(run, market: Path) -> None:
     config, rows, _, _ = run
     keys = sorted((r["fraction"], r["arm"], r["seed"]) for r in rows)
-    assert keys == [(0.5, "plain", 0), (0.5, "plain+synthetic", 0), (1.0, "plain", 0), (1.0, "plain+synthetic", 0)]
+    assert keys == [
+        (0.5, "plain", 0),
+        (0.5, "plain+synthetic", 0),
+        (1.0, "plain", 0),
+        (1.0, "plain+synthetic", 0),
+    ]
     with open(config.out / "results.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
     assert len(csv_rows) == 4 and set(rg.CSV_FIELDS) <= set(csv_rows[0])
@@ -167,7 +176,9 @@ def test_generator_and_synthetic_images_see_only_the_kept_fraction(run, market: 
     for (args, _), f in zip(gen_spy.calls, sorted(config.fractions)):
         dataset = args[1]
         seen = {Path(rec.image).name for rec in dataset.records}
-        kept = set(json.loads((config.work / f"subset-{rg.fraction_tag(f)}" / "subset.json").read_text())["names"])
+        kept = set(
+            json.loads((config.work / f"subset-{rg.fraction_tag(f)}" / "subset.json").read_text())["names"]
+        )
         assert seen and seen <= kept, f"generator of fraction {f} saw images outside its subset"
         if f < 1.0:
             assert len(kept) < len(all_train)
@@ -230,7 +241,9 @@ def test_cli_with_a_given_generator_records_it(market: Path, tmp_path: Path, cap
     assert "| 100% | plain+synthetic |" in printed and str(out / "results.md") in printed
 
 
-def test_filtered_arm_uses_a_filter_trained_on_the_kept_images(market: Path, tmp_path: Path, monkeypatch) -> None:
+def test_filtered_arm_uses_a_filter_trained_on_the_kept_images(
+    market: Path, tmp_path: Path, monkeypatch
+) -> None:
     reid_spy = Spy(reid_train.train_reid)
     monkeypatch.setattr(reid_train, "train_reid", reid_spy)
     config = _config(market, tmp_path / "out", fractions=(0.5,), arms=("strong+synthetic+filtered",),
@@ -241,15 +254,21 @@ def test_filtered_arm_uses_a_filter_trained_on_the_kept_images(market: Path, tmp
     assert filter_cfg.data == subset_root and filter_cfg.augment == "strong" and filter_cfg.out
     assert cell_cfg.synthetic == (str(rg.synthetic_dir(config, 0.5, filtered=True)),)
     unfiltered = rg.synthetic_dir(config, 0.5) / "bounding_box_train"
-    kept = sorted(p.name for p in (rg.synthetic_dir(config, 0.5, filtered=True) / "bounding_box_train").iterdir())
+    kept = sorted(
+        p.name for p in (rg.synthetic_dir(config, 0.5, filtered=True) / "bounding_box_train").iterdir()
+    )
     assert len(list(unfiltered.iterdir())) == row["images"]  # the unfiltered folder is left whole
     assert row["synthetic_images"] == len(kept) <= row["images"]
-    manifest = [json.loads(line) for line in (rg.synthetic_dir(config, 0.5, filtered=True) / "manifest.jsonl").open()]
+    manifest = [
+        json.loads(line) for line in (rg.synthetic_dir(config, 0.5, filtered=True) / "manifest.jsonl").open()
+    ]
     assert sorted(m["name"] for m in manifest if m["kept"]) == kept
     assert all((m["filter_margin"] >= 0) == m["kept"] for m in manifest)
 
 
-def test_generator_data_full_trains_one_generator_on_all_images(market: Path, tmp_path: Path, monkeypatch) -> None:
+def test_generator_data_full_trains_one_generator_on_all_images(
+    market: Path, tmp_path: Path, monkeypatch
+) -> None:
     gen_spy = Spy(training.train_generator)
     monkeypatch.setattr(training, "train_generator", gen_spy)
     config = _config(market, tmp_path / "out", arms=("plain+synthetic",), generator_data="full")

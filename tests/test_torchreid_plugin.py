@@ -74,6 +74,7 @@ def make_synthetic(root: Path, pids=(3, 12), per_pid: int = 2, seed: int = 1) ->
 @contextmanager
 def time_limit(seconds: int):
     """Fail instead of hanging (torchreid's read_image loops forever on a corrupt JPEG)."""
+
     def _raise(*_):
         raise TimeoutError(f"took more than {seconds} s (hang?)")
 
@@ -141,8 +142,16 @@ def test_registered_dataset_works_with_torchreid_datamanager(market, tmp_path):
         assert len(trdata.datasets.__dict__["__image_datasets"]) == before
         with pytest.raises(ValueError, match="built-in"):
             register_posereid_dataset("market1501", market)
-        dm = trdata.ImageDataManager(root="unused", sources=name, height=32, width=16, batch_size_train=4,
-                                     batch_size_test=8, workers=0, use_gpu=False)
+        dm = trdata.ImageDataManager(
+            root="unused",
+            sources=name,
+            height=32,
+            width=16,
+            batch_size_train=4,
+            batch_size_test=8,
+            workers=0,
+            use_gpu=False,
+        )
         assert dm.num_train_pids == len(PIDS)
         train_set = dm.train_loader.dataset
         assert len(train_set.train) == 16 and train_set.num_synthetic == 4
@@ -203,8 +212,14 @@ def test_models_build_offline(monkeypatch, tmp_path):
 def test_checkpoint_round_trip_and_feature_extractor(tmp_path):
     torch.manual_seed(0)
     model = build_reid_model("osnet_x0_25", 4)
-    meta = {"model": "osnet_x0_25", "num_classes": 4, "loss": "softmax", "height": 64, "width": 32,
-            "rank1": np.float32(0.75)}
+    meta = {
+        "model": "osnet_x0_25",
+        "num_classes": 4,
+        "loss": "softmax",
+        "height": 64,
+        "width": 32,
+        "rank1": np.float32(0.75),
+    }
     path = save_reid_checkpoint(tmp_path / "ckpt" / "model.safetensors", model, meta=meta)
     assert not list(path.parent.glob("*.tmp-*"))
     sd, meta2 = load_reid_checkpoint(path)

@@ -45,16 +45,51 @@ def market(tmp_path_factory) -> Path:
 
 
 def config(market: Path, **kw) -> ReidTrainConfig:
-    base = dict(data=str(market), model="osnet_x0_25", steps=STEPS, batch_size=16, height=32, width=16,
-                lr=1e-3, seed=0, device="cpu")
+    base = dict(
+        data=str(market),
+        model="osnet_x0_25",
+        steps=STEPS,
+        batch_size=16,
+        height=32,
+        width=16,
+        lr=1e-3,
+        seed=0,
+        device="cpu",
+    )
     return ReidTrainConfig(**{**base, **kw})
 
 
 def test_cli_trains_exact_steps_and_writes_results(market, tmp_path):
     out = tmp_path / "run"
-    rc = cli_main(["train-reid", "--data", str(market), "--model", "osnet_x0_25", "--loss", "softmax",
-                   "--steps", str(STEPS), "--batch-size", "16", "--lr", "1e-3", "--height", "32", "--width", "16",
-                   "--augment", "strong", "--seed", "0", "--out", str(out), "--device", "cpu"])
+    rc = cli_main(
+        [
+            "train-reid",
+            "--data",
+            str(market),
+            "--model",
+            "osnet_x0_25",
+            "--loss",
+            "softmax",
+            "--steps",
+            str(STEPS),
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--height",
+            "32",
+            "--width",
+            "16",
+            "--augment",
+            "strong",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["steps"] == STEPS  # counted by an optimiser hook, not copied from the config
@@ -90,8 +125,11 @@ def test_synthetic_arm_gets_same_steps_and_batch_hook_runs_every_step(market):
         assert 0.0 <= float(imgs.min()) and float(imgs.max()) <= 1.0
         return imgs
 
-    res = train_reid(config(market, synthetic=[str(market / "synthetic")], loss="triplet", batch_size=8),
-                     batch_transform=hook, progress=False)
+    res = train_reid(
+        config(market, synthetic=[str(market / "synthetic")], loss="triplet", batch_size=8),
+        batch_transform=hook,
+        progress=False,
+    )
     assert res["steps"] == STEPS and len(calls) == STEPS
     assert res["images"] == 20 and res["synthetic_images"] == 8 and res["identities"] == 4
     assert res["real_images"] == 12 and res["synthetic_seen"] > 0
@@ -103,8 +141,10 @@ def test_synthetic_ratio_sets_the_share_of_synthetic_images_in_batches(market):
     """8 of 20 images are synthetic (40 % when sampled uniformly); the ratio sets the share instead."""
     seen = {}
     for ratio in (None, 0.1, 0.75):
-        res = train_reid(config(market, synthetic=[str(market / "synthetic")], steps=30, synthetic_ratio=ratio),
-                         progress=False)
+        res = train_reid(
+            config(market, synthetic=[str(market / "synthetic")], steps=30, synthetic_ratio=ratio),
+            progress=False,
+        )
         assert res["steps"] == 30 and res["batch_size"] == 12  # capped on the 12 real images, as before
         seen[ratio] = res["synthetic_seen"] / res["images_seen"]
     assert seen[None] == pytest.approx(0.4, abs=0.06)  # uniform: 12 of a 20-image permutation per epoch

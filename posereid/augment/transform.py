@@ -128,7 +128,9 @@ class PoseTransferAugment(Transform):
             worker = 0 if info is None else info.id + 1
             return np.random.default_rng([self._seed, worker, self.calls])
         # one draw from torch (global RNG or the user's Generator) seeds this call's numpy stream
-        device = self._seed.device if isinstance(self._seed, torch.Generator) else None  # a CUDA generator too
+        device = (
+            self._seed.device if isinstance(self._seed, torch.Generator) else None
+        )  # a CUDA generator too
         entropy = int(torch.randint(0, 2**62, (1,), generator=self._seed, device=device).item())
         return np.random.default_rng(entropy)
 

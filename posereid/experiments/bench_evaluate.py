@@ -49,14 +49,18 @@ def market_labels(num_query: int, num_gallery: int, num_ids: int, seed: int):
     return q_pids, g_pids, q_cams, g_cams
 
 
-def features(q_pids: np.ndarray, g_pids: np.ndarray, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def features(
+    q_pids: np.ndarray, g_pids: np.ndarray, dim: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Identity centre + noise (scaled so rank-1 is ~0.85 and mAP ~0.45 at any dim); distractors: noise."""
     gen = torch.Generator().manual_seed(seed)
     centres = torch.randn(int(max(q_pids.max(), g_pids.max())) + 1, dim, generator=gen)
     centres[0] = 0.0
     noise = 0.38 * dim**0.25
-    return tuple(centres[torch.from_numpy(p)] + noise * torch.randn(len(p), dim, generator=gen)
-                 for p in (q_pids, g_pids))
+    return tuple(
+        centres[torch.from_numpy(p)] + noise * torch.randn(len(p), dim, generator=gen)
+        for p in (q_pids, g_pids)
+    )
 
 
 def timed(fn):
@@ -69,20 +73,40 @@ def bench_dim(dim: int, labels, seed: int, chunk_size: int) -> dict:
     q_pids, g_pids, q_cams, g_cams = labels
     qf, gf = features(q_pids, g_pids, dim, seed)
     distmat, t_dist = timed(lambda: compute_distance_matrix(qf, gf, "euclidean"))
-    (cmc, mAP), t_rank = timed(lambda: evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams,
-                                                      chunk_size=chunk_size))
-    (cmc_f, mAP_f), t_fused = timed(lambda: evaluate_rank(None, q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf,
-                                                           chunk_size=chunk_size))
+    (cmc, mAP), t_rank = timed(
+        lambda: evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, chunk_size=chunk_size)
+    )
+    (cmc_f, mAP_f), t_fused = timed(
+        lambda: evaluate_rank(None, q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf, chunk_size=chunk_size)
+    )
     tr_dist, t_tr_dist = timed(lambda: tr_distance(qf, gf, "euclidean").numpy())
-    (ref_cmc, ref_mAP), t_tr = timed(lambda: tr_evaluate_rank(distmat.numpy(), q_pids, g_pids, q_cams, g_cams,
-                                                              max_rank=50, use_metric_cuhk03=False,
-                                                              use_cython=False))
+    (ref_cmc, ref_mAP), t_tr = timed(
+        lambda: tr_evaluate_rank(
+            distmat.numpy(),
+            q_pids,
+            g_pids,
+            q_cams,
+            g_cams,
+            max_rank=50,
+            use_metric_cuhk03=False,
+            use_cython=False,
+        )
+    )
     return {
-        "dim": dim, "t_dist": t_dist, "t_rank": t_rank, "t_ours": t_dist + t_rank, "t_fused": t_fused,
-        "t_tr_dist": t_tr_dist, "t_tr": t_tr,
-        "map_diff": abs(mAP - ref_mAP), "cmc_diff": float(np.abs(cmc - ref_cmc).max()),
-        "fused_map_diff": abs(mAP_f - ref_mAP), "fused_cmc_diff": float(np.abs(cmc_f - ref_cmc).max()),
-        "mAP": mAP, "rank1": float(cmc[0]), "tr_dist_max_diff": float(np.abs(tr_dist - distmat.numpy()).max()),
+        "dim": dim,
+        "t_dist": t_dist,
+        "t_rank": t_rank,
+        "t_ours": t_dist + t_rank,
+        "t_fused": t_fused,
+        "t_tr_dist": t_tr_dist,
+        "t_tr": t_tr,
+        "map_diff": abs(mAP - ref_mAP),
+        "cmc_diff": float(np.abs(cmc - ref_cmc).max()),
+        "fused_map_diff": abs(mAP_f - ref_mAP),
+        "fused_cmc_diff": float(np.abs(cmc_f - ref_cmc).max()),
+        "mAP": mAP,
+        "rank1": float(cmc[0]),
+        "tr_dist_max_diff": float(np.abs(tr_dist - distmat.numpy()).max()),
     }
 
 
@@ -101,16 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (1 avoids oversubscription on a shared machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (1 avoids oversubscription on a shared machine)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report ('-' = none)")
     args = p.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     labels = market_labels(args.num_query, args.num_gallery, args.num_ids, args.seed)
-    header = (f"{args.num_query} queries x {args.num_gallery} gallery ({int((labels[1] == 0).sum())} "
-              f"distractors), {args.num_ids} ids, 6 cameras")
+    header = (
+        f"{args.num_query} queries x {args.num_gallery} gallery ({int((labels[1] == 0).sum())} "
+        f"distractors), {args.num_ids} ids, 6 cameras"
+    )
     print(header)
     load_before = _load()
     rows, ok = [], True
@@ -119,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         agree = max(r["map_diff"], r["cmc_diff"], r["fused_map_diff"], r["fused_cmc_diff"]) <= 1e-6
         ok &= agree
-        print(f"dim {dim}: ours {r['t_ours']:.2f}s (dist {r['t_dist']:.2f} + rank {r['t_rank']:.2f}), "
-              f"fused {r['t_fused']:.2f}s, torchreid eval {r['t_tr']:.1f}s "
-              f"-> {r['t_tr'] / r['t_ours']:.1f}x (ranking alone {r['t_tr'] / r['t_rank']:.0f}x); "
-              f"mAP {r['mAP']:.4f} rank1 {r['rank1']:.4f}; |dmAP| {r['map_diff']:.1e} |dCMC| {r['cmc_diff']:.1e} "
-              f"{'AGREE' if agree else 'DISAGREE'}")
+        print(
+            f"dim {dim}: ours {r['t_ours']:.2f}s (dist {r['t_dist']:.2f} + rank {r['t_rank']:.2f}), "
+            f"fused {r['t_fused']:.2f}s, torchreid eval {r['t_tr']:.1f}s "
+            f"-> {r['t_tr'] / r['t_ours']:.1f}x (ranking alone {r['t_tr'] / r['t_rank']:.0f}x); "
+            f"mAP {r['mAP']:.4f} rank1 {r['rank1']:.4f}; |dmAP| {r['map_diff']:.1e} |dCMC| {r['cmc_diff']:.1e} "
+            f"{'AGREE' if agree else 'DISAGREE'}"
+        )
 
     if str(args.out) != "-":
         lines = [
@@ -159,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             "- Agreement: the CMC (all 50 ranks) and mAP equal torchreid's to within the listed differences "
             f"({'all <= 1e-6' if ok else 'SOME ABOVE 1e-6'}).",
             f"- Measured mAP {rows[0]['mAP']:.4f}, rank-1 {rows[0]['rank1']:.4f} (dim {rows[0]['dim']}).",
-            "- The distance matrix is a " + ", ".join(
-                f"{2 * args.num_query * args.num_gallery * r['dim'] / 1e9:.0f} GFLOP (dim {r['dim']})" for r in rows
-            ) + " matrix product; on CPU it dominates the total at large dims (a GPU makes it negligible). "
+            "- The distance matrix is a "
+            + ", ".join(
+                f"{2 * args.num_query * args.num_gallery * r['dim'] / 1e9:.0f} GFLOP (dim {r['dim']})"
+                for r in rows
+            )
+            + " matrix product; on CPU it dominates the total at large dims (a GPU makes it negligible). "
             "The ranking + CMC/mAP step is the part that replaces torchreid's evaluator.",
             "",
         ]

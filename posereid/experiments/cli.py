@@ -24,7 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filter": ("posereid.augment.filter", "re-score / re-filter a generated folder by identity"),
     "train-reid": ("posereid.reid_integration.train", "train and evaluate a re-ID model with torchreid"),
     "reid-gain": ("posereid.experiments.reid_gain", "the re-ID gain protocol (baseline vs augmented)"),
-    "evaluate-generator": ("posereid.experiments.quality", "generator quality: SSIM/LPIPS/FID, pose, identity"),
+    "evaluate-generator": (
+        "posereid.experiments.quality",
+        "generator quality: SSIM/LPIPS/FID, pose, identity",
+    ),
     "demo": ("posereid.experiments.demo", "end-to-end demo on synthetic people"),
 }
 
@@ -66,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if argv and argv[0] not in ("-h", "--help"):
             top.print_usage(sys.stderr)
-            print(f"posereid: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+            print(
+                f"posereid: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr
+            )
             return 2
         top.print_help()
         return 0

@@ -295,12 +295,16 @@ def plan_generator(plan: dict[str, Any], budget_s: float, device: str) -> None:
     if plan["generator"] is not None:
         plan["generator_steps"] = 0
         return
-    sps = time_generator_step(plan["generator_preset"], tuple(plan["hw"]), plan["generator_batch_size"], device)
+    sps = time_generator_step(
+        plan["generator_preset"], tuple(plan["hw"]), plan["generator_batch_size"], device
+    )
     plan["generator_steps"] = _clamp(budget_s / (sps * 1.15), 20, 4000)
     plan["timing"] = {**plan.get("timing", {}), "generator_s_per_step": round(sps, 4)}
 
 
-def plan_generation(plan: dict[str, Any], generator_path: Path, n_sources: int, budget_s: float, device: str) -> None:
+def plan_generation(
+    plan: dict[str, Any], generator_path: Path, n_sources: int, budget_s: float, device: str
+) -> None:
     """Sampling steps, guidance and images per source that fit ``budget_s``."""
     if "steps" in plan:
         return
@@ -416,7 +420,9 @@ def sample_grid(gain_cfg: rg.GainConfig, path: Path, *, rows: int = 8, scale: in
     return len(pick)
 
 
-def identity_grid(gain_cfg: rg.GainConfig, path: Path, *, ids: int = 6, per_side: int = 4, scale: int = 2) -> int:
+def identity_grid(
+    gain_cfg: rg.GainConfig, path: Path, *, ids: int = 6, per_side: int = 4, scale: int = 2
+) -> int:
     """Per synthetic train identity: its real train images (restricted views) | generated images."""
     from PIL import Image, ImageDraw
 
@@ -465,13 +471,23 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, …")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generator", help="use this generator checkpoint directory")
-    parser.add_argument("--train-generator", action="store_true",
-                        help="train a generator even when one is shipped in posereid/assets/generator-small")
+    parser.add_argument(
+        "--train-generator",
+        action="store_true",
+        help="train a generator even when one is shipped in posereid/assets/generator-small",
+    )
     parser.add_argument("--height", type=int, default=64, help="image height when training a generator")
     parser.add_argument("--width", type=int, default=32, help="image width when training a generator")
-    parser.add_argument("--arms", help=f"comma list from {', '.join(rg.ARMS)} (default: what the budget allows)")
-    parser.add_argument("--tiny", "--quick", dest="tiny", action="store_true",
-                        help="toy sizes and step counts: the whole pipeline in seconds (for tests)")
+    parser.add_argument(
+        "--arms", help=f"comma list from {', '.join(rg.ARMS)} (default: what the budget allows)"
+    )
+    parser.add_argument(
+        "--tiny",
+        "--quick",
+        dest="tiny",
+        action="store_true",
+        help="toy sizes and step counts: the whole pipeline in seconds (for tests)",
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -492,8 +508,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     # 1. data ------------------------------------------------------------------------------------
     s = plan["synth"]
-    _say(f"\n[1/5] rendering a synthetic Market-1501 dataset: {s['n_train_ids']} train identities, each "
-         f"seen in only {s['train_views']} of 4 view directions; {s['n_test_ids']} test identities in all views")
+    _say(
+        f"\n[1/5] rendering a synthetic Market-1501 dataset: {s['n_train_ids']} train identities, each "
+        f"seen in only {s['train_views']} of 4 view directions; {s['n_test_ids']} test identities in all views"
+    )
     summary = stage_data(plan, out)
     n_train = int(summary["train"]["images"])
     _say("  " + ", ".join(f"{k}: {summary[k]['images']} images / {summary[k]['identities']} ids"
@@ -523,8 +541,10 @@ def run_demo(args: argparse.Namespace) -> int:
     _save_plan(out, plan)
     cfg = _gain_config(plan, out, device)
     again = " (already done)" if (rg.synthetic_dir(cfg, 1.0) / "gain_done.json").is_file() else ""
-    _say(f"\n[3/5] generating{again} {plan['per_image']} image(s) per train image in new poses (view-balanced pose "
-         f"sampling, {plan['sampler']} {plan['steps']} steps, guidance {plan['guidance'][0]:g})")
+    _say(
+        f"\n[3/5] generating{again} {plan['per_image']} image(s) per train image in new poses (view-balanced pose "
+        f"sampling, {plan['sampler']} {plan['steps']} steps, guidance {plan['guidance'][0]:g})"
+    )
     n_syn = rg.ensure_synthetic(cfg, 1.0, subset, gen_path, device=device)
     _say(f"  {n_syn} synthetic images under their source identities: {rg.synthetic_dir(cfg, 1.0)}")
 
@@ -534,8 +554,10 @@ def run_demo(args: argparse.Namespace) -> int:
               args.arms)  # fmt: skip
     _save_plan(out, plan)
     cfg = _gain_config(plan, out, device)
-    _say(f"\n[4/5] re-ID: {cfg.reid_model} at {h}x{w}, {cfg.reid_steps} steps for EVERY run; arms "
-         f"{', '.join(cfg.arms)}; seed(s) {', '.join(map(str, cfg.seeds))}")
+    _say(
+        f"\n[4/5] re-ID: {cfg.reid_model} at {h}x{w}, {cfg.reid_steps} steps for EVERY run; arms "
+        f"{', '.join(cfg.arms)}; seed(s) {', '.join(map(str, cfg.seeds))}"
+    )
     rows = rg.run_gain(cfg)
 
     # 5. report -----------------------------------------------------------------------------------

@@ -267,8 +267,7 @@ def skeleton_tensor(kps: np.ndarray | torch.Tensor, height: int, width: int) -> 
     if arr.ndim == 2:
         arr = arr[None]
     imgs = [
-        torch.from_numpy(np.array(draw_skeleton(None, k, size=(height, width)))).permute(2, 0, 1)
-        for k in arr
+        torch.from_numpy(np.array(draw_skeleton(None, k, size=(height, width)))).permute(2, 0, 1) for k in arr
     ]
     return torch.stack(imgs).float() / 255.0
 
@@ -350,12 +349,21 @@ if _HAS_TV_KEYPOINTS:
         return tv_tensors.wrap(_finish(t, missing, canvas), like=inpt, canvas_size=canvas)
 
     def _resized_crop_pose(
-        inpt: PoseKeypoints, top: int, left: int, height: int, width: int, size: Any, *args: Any, **kwargs: Any
+        inpt: PoseKeypoints,
+        top: int,
+        left: int,
+        height: int,
+        width: int,
+        size: Any,
+        *args: Any,
+        **kwargs: Any,
     ) -> PoseKeypoints:
         missing, _ = _missing_and_canvas(inpt)
         out = _default_resized_crop(inpt, top, left, height, width, size, *args, **kwargs)
         canvas = tuple(out.canvas_size)
-        t = _rescale_pixel_centres(inpt.as_subclass(torch.Tensor), left, top, canvas[1] / width, canvas[0] / height)
+        t = _rescale_pixel_centres(
+            inpt.as_subclass(torch.Tensor), left, top, canvas[1] / width, canvas[0] / height
+        )
         return tv_tensors.wrap(_finish(t, missing, canvas), like=inpt, canvas_size=canvas)
 
     F.register_kernel(F.horizontal_flip, PoseKeypoints)(_hflip_pose)

@@ -52,7 +52,9 @@ def _as_features(x: ArrayLike, name: str) -> torch.Tensor:
     return t
 
 
-def _distance_block(q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor | None, metric: Metric) -> torch.Tensor:
+def _distance_block(
+    q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor | None, metric: Metric
+) -> torch.Tensor:
     """Distances of a block of queries to the whole gallery (features already prepared for ``metric``)."""
     if metric == "euclidean":
         # torchreid's "euclidean" is the SQUARED distance |q|^2 + |g|^2 - 2 q.g (same ranking, same numbers)
@@ -287,7 +289,9 @@ def evaluate_rank(
                 fh, aps = _rows_exact(rows, qp[r0 + ties], qc[r0 + ties], gp, gc, rm)
                 first_hit[r0 + ties] = fh
                 ap[r0 + ties] = aps
-                logger.debug("%d queries had match/non-match distance ties; ranked with np.argsort", ties.size)
+                logger.debug(
+                    "%d queries had match/non-match distance ties; ranked with np.argsort", ties.size
+                )
 
     valid = first_hit >= 0
     num_valid = int(valid.sum())
@@ -319,8 +323,19 @@ def evaluate_features(
     Ranks beyond the gallery size report the last CMC value. ``exclude``: see :func:`evaluate_rank`.
     """
     cmc, mAP, num_valid = evaluate_rank(
-        None, q_pids, g_pids, q_camids, g_camids, qf=qf, gf=gf, metric=metric, max_rank=10,
-        chunk_size=chunk_size, device=device, return_num_valid=True, exclude=exclude,
+        None,
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        qf=qf,
+        gf=gf,
+        metric=metric,
+        max_rank=10,
+        chunk_size=chunk_size,
+        device=device,
+        return_num_valid=True,
+        exclude=exclude,
     )
     at = lambda r: float(cmc[min(r, len(cmc)) - 1])  # noqa: E731
     return {"rank1": at(1), "rank5": at(5), "rank10": at(10), "mAP": mAP, "num_valid_queries": num_valid}

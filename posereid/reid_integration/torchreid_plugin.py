@@ -152,8 +152,11 @@ def scan_reid_lists(
         skipped["corrupt"] = len(bad)
 
     def items(recs, relabel: bool) -> list[tuple[str, int, int, int]]:
-        return [(str(r.path), label_of[r.pid] if relabel else r.pid, r.camid, 0) for r in recs
-                if str(r.path) not in bad]
+        return [
+            (str(r.path), label_of[r.pid] if relabel else r.pid, r.camid, 0)
+            for r in recs
+            if str(r.path) not in bad
+        ]
 
     lists = ReidLists(
         train=items(real, True) + items(synth, True),
@@ -212,8 +215,14 @@ class PosereidMarketDataset(ImageDataset):
         self.pid_labels = list(lists.pid_labels)
         self._synthetic = lists.synthetic
         super().__init__(
-            list(lists.train), list(lists.query), list(lists.gallery),
-            transform=transform, mode=mode, k_tfm=k_tfm, combineall=combineall, verbose=verbose,
+            list(lists.train),
+            list(lists.query),
+            list(lists.gallery),
+            transform=transform,
+            mode=mode,
+            k_tfm=k_tfm,
+            combineall=combineall,
+            verbose=verbose,
         )
 
     def is_synthetic(self, index: int) -> bool:
@@ -229,13 +238,25 @@ class PosereidMarketDataset(ImageDataset):
         img = load_image(img_path)  # raises ImageReadError instead of torchreid's endless retry
         if self.transform is not None:
             img = self._transform_image(self.transform, self.k_tfm, img)
-        return {"img": img, "pid": pid, "camid": camid, "impath": img_path, "dsetid": dsetid,
-                "synthetic": img_path in self._synthetic}
+        return {
+            "img": img,
+            "pid": pid,
+            "camid": camid,
+            "impath": img_path,
+            "dsetid": dsetid,
+            "synthetic": img_path in self._synthetic,
+        }
 
     def show_summary(self) -> None:
-        logger.info("%s: train %d images (%d synthetic) / %d ids, query %d, gallery %d",
-                    type(self).__name__, len(self.train), self.num_synthetic, self.num_train_pids,
-                    len(self.query), len(self.gallery))
+        logger.info(
+            "%s: train %d images (%d synthetic) / %d ids, query %d, gallery %d",
+            type(self).__name__,
+            len(self.train),
+            self.num_synthetic,
+            self.num_train_pids,
+            len(self.query),
+            len(self.gallery),
+        )
 
 
 def _registry() -> dict[str, type]:
@@ -276,8 +297,11 @@ def register_posereid_dataset(
             kwargs["transform"] = tf
         PosereidMarketDataset.__init__(self, lists=cache["lists"], **kwargs)
 
-    cls = type(f"PosereidDataset_{name}", (PosereidMarketDataset,),
-               {"__init__": __init__, "_posereid_registered": True, "_posereid_root": str(root)})
+    cls = type(
+        f"PosereidDataset_{name}",
+        (PosereidMarketDataset,),
+        {"__init__": __init__, "_posereid_registered": True, "_posereid_root": str(root)},
+    )
     registry[name] = cls
     return cls
 
@@ -323,14 +347,16 @@ def _stats(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
 
 
-def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def denormalize(
+    x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """Normalised ``(B, 3, H, W)`` batch → ``[0, 1]`` pixels (clamped)."""
     return (x * _stats(std, x) + _stats(mean, x)).clamp(0.0, 1.0)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """``[0, 1]`` ``(B, 3, H, W)`` batch → the model's normalised input."""
     return (x - _stats(mean, x)) / _stats(std, x)
 
@@ -373,7 +399,9 @@ class BatchAugmentEngine:
                 out = self.batch_transform(x, pids.to(self.device))
                 if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                    raise ValueError(f"batch_transform must return a tensor of shape {tuple(x.shape)}, got {got}")
+                    raise ValueError(
+                        f"batch_transform must return a tensor of shape {tuple(x.shape)}, got {got}"
+                    )
                 imgs = normalize(out.to(device=self.device, dtype=x.dtype), self.norm_mean, self.norm_std)
             if self.post_transform is not None:
                 imgs = torch.stack([self.post_transform(im) for im in imgs])
@@ -460,8 +488,14 @@ def build_reid_model(
         if not matched:
             raise ValueError(f"{pretrained}: no tensor matches {name}'s parameters (wrong architecture?)")
         model.load_state_dict(matched, strict=False)
-        logger.info("%s: loaded %d/%d tensors from %s (%d skipped)", name, len(matched), len(own),
-                    pretrained, len(sd) - len(matched))
+        logger.info(
+            "%s: loaded %d/%d tensors from %s (%d skipped)",
+            name,
+            len(matched),
+            len(own),
+            pretrained,
+            len(sd) - len(matched),
+        )
     return model
 
 
@@ -473,8 +507,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"checkpoint meta value of type {type(obj).__name__} is not JSON-serialisable")
 
 
-def save_reid_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module | Mapping[str, torch.Tensor],
-                         *, meta: Mapping[str, Any]) -> Path:
+def save_reid_checkpoint(
+    path: str | os.PathLike[str],
+    model: torch.nn.Module | Mapping[str, torch.Tensor],
+    *,
+    meta: Mapping[str, Any],
+) -> Path:
     """Write ``model``'s weights as safetensors with ``meta`` (JSON) in its header; atomic.
 
     A readable copy of ``meta`` goes to ``<path>.json``. Loading needs no unpickling at all.
@@ -535,19 +573,31 @@ class ReidFeatureExtractor:
         self.batch_size = int(batch_size)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], *, device: str | torch.device | None = None,
-                        batch_size: int = 64) -> ReidFeatureExtractor:
+    def from_checkpoint(
+        cls, path: str | os.PathLike[str], *, device: str | torch.device | None = None, batch_size: int = 64
+    ) -> ReidFeatureExtractor:
         """Build from a :func:`save_reid_checkpoint` file (its meta names model, classes, input size)."""
         sd, meta = load_reid_checkpoint(path)
         missing = [k for k in ("model", "num_classes", "height", "width") if k not in meta]
         if missing:
             raise ValueError(f"{path}: checkpoint meta lacks {missing}")
-        model = build_model(meta["model"], int(meta["num_classes"]), loss=meta.get("loss", "softmax"),
-                            pretrained=False, use_gpu=False)
+        model = build_model(
+            meta["model"],
+            int(meta["num_classes"]),
+            loss=meta.get("loss", "softmax"),
+            pretrained=False,
+            use_gpu=False,
+        )
         model.load_state_dict(sd)
-        return cls(model, height=meta["height"], width=meta["width"],
-                   norm_mean=meta.get("norm_mean", IMAGENET_MEAN), norm_std=meta.get("norm_std", IMAGENET_STD),
-                   device=device, batch_size=batch_size)
+        return cls(
+            model,
+            height=meta["height"],
+            width=meta["width"],
+            norm_mean=meta.get("norm_mean", IMAGENET_MEAN),
+            norm_std=meta.get("norm_std", IMAGENET_STD),
+            device=device,
+            batch_size=batch_size,
+        )
 
     def _prepare(self, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
@@ -555,10 +605,18 @@ class ReidFeatureExtractor:
             if x.ndim != 4 or x.shape[1] != 3:
                 raise ValueError(f"expected (B, 3, H, W) images in [0, 1], got shape {tuple(images.shape)}")
             return x.float()
-        tensors = [v2.functional.to_dtype(v2.functional.to_image(im.convert("RGB")), torch.float32, scale=True)
-                   for im in images]
-        return torch.stack([F.interpolate(t[None], size=self.size, mode="bilinear", antialias=True,
-                                          align_corners=False)[0] for t in tensors])
+        tensors = [
+            v2.functional.to_dtype(v2.functional.to_image(im.convert("RGB")), torch.float32, scale=True)
+            for im in images
+        ]
+        return torch.stack(
+            [
+                F.interpolate(t[None], size=self.size, mode="bilinear", antialias=True, align_corners=False)[
+                    0
+                ]
+                for t in tensors
+            ]
+        )
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:

@@ -102,7 +102,9 @@ class ReidTrainConfig:
             if not 0.0 <= self.synthetic_ratio < 1.0:
                 raise ValueError(f"synthetic_ratio must be in [0, 1), got {self.synthetic_ratio}")
             if self.loss == "triplet":
-                raise ValueError("synthetic_ratio needs the softmax loss (the triplet loss samples by identity)")
+                raise ValueError(
+                    "synthetic_ratio needs the softmax loss (the triplet loss samples by identity)"
+                )
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
         self.synthetic = tuple(str(s) for s in self.synthetic)
@@ -177,11 +179,18 @@ class PosereidDataManager:
         self.train_loader = torch.utils.data.DataLoader(
             train, sampler=train_sampler, batch_size=self.batch_size, drop_last=True, **loader_kw
         )
-        self.test_loader = {name: {
-            mode: torch.utils.data.DataLoader(ds(mode, test_transform), batch_size=batch_size_test,
-                                              shuffle=False, drop_last=False, **loader_kw)
-            for mode in ("query", "gallery")
-        }}
+        self.test_loader = {
+            name: {
+                mode: torch.utils.data.DataLoader(
+                    ds(mode, test_transform),
+                    batch_size=batch_size_test,
+                    shuffle=False,
+                    drop_last=False,
+                    **loader_kw,
+                )
+                for mode in ("query", "gallery")
+            }
+        }
         self.sources = self.targets = [name]
         self.train_set = train
         self._num_train_pids = lists.num_train_pids
@@ -219,8 +228,9 @@ def _lr_lambda(steps: int, warmup_frac: float) -> Callable[[int], float]:
 
 
 @torch.no_grad()
-def extract_loader_features(model: torch.nn.Module, loader, device: torch.device
-                            ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def extract_loader_features(
+    model: torch.nn.Module, loader, device: torch.device
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Eval-mode features, pids and camids of a torchreid-style loader (images already normalised)."""
     model.eval()
     feats, pids, camids = [], [], []
@@ -252,27 +262,38 @@ def train_reid(
     use_gpu = device.type == "cuda"
     if use_gpu and device.index is not None:
         torch.cuda.set_device(device)  # torchreid's engine and loss move tensors with a bare .cuda()
-    lists = scan_reid_lists(config.data, config.synthetic, check_images=config.check_images,
-                            on_corrupt=config.on_corrupt)
+    lists = scan_reid_lists(
+        config.data, config.synthetic, check_images=config.check_images, on_corrupt=config.on_corrupt
+    )
     strong = config.augment == "strong"
     # erasing runs after the batch hook, so a generator never sees erased patches
-    train_tf, test_tf = build_reid_transforms(config.height, config.width, flip=strong, extra=dataset_transform)
+    train_tf, test_tf = build_reid_transforms(
+        config.height, config.width, flip=strong, extra=dataset_transform
+    )
     post_tf = v2.RandomErasing(p=0.5, value=0) if strong else None
     manager = PosereidDataManager(
-        lists, train_transform=train_tf, test_transform=test_tf, batch_size=config.batch_size,
+        lists,
+        train_transform=train_tf,
+        test_transform=test_tf,
+        batch_size=config.batch_size,
         batch_size_test=config.eval_batch_size,
         sampler="RandomIdentitySampler" if config.loss == "triplet" else "RandomSampler",
-        num_instances=config.num_instances, workers=config.workers, seed=config.seed, use_gpu=use_gpu,
+        num_instances=config.num_instances,
+        workers=config.workers,
+        seed=config.seed,
+        use_gpu=use_gpu,
         synthetic_ratio=config.synthetic_ratio,
     )
-    model = build_reid_model(config.model, lists.num_train_pids, loss=config.loss,
-                             pretrained=config.pretrained).to(device)
+    model = build_reid_model(
+        config.model, lists.num_train_pids, loss=config.loss, pretrained=config.pretrained
+    ).to(device)
     optimizer = build_optimizer(model, optim=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.steps, config.warmup_frac))
     hooks = {"batch_transform": batch_transform, "post_transform": post_tf}
     if config.loss == "triplet":
-        engine = BatchAugmentTripletEngine(manager, model, optimizer, margin=config.margin, use_gpu=use_gpu,
-                                           **hooks)
+        engine = BatchAugmentTripletEngine(
+            manager, model, optimizer, margin=config.margin, use_gpu=use_gpu, **hooks
+        )
     else:
         engine = BatchAugmentSoftmaxEngine(manager, model, optimizer, use_gpu=use_gpu, **hooks)
 
@@ -329,16 +350,32 @@ def train_reid(
     }
     if config.out:
         out = Path(config.out)
-        meta = {"model": config.model, "num_classes": lists.num_train_pids, "loss": config.loss,
-                "height": config.height, "width": config.width, "norm_mean": list(IMAGENET_MEAN),
-                "norm_std": list(IMAGENET_STD), "pid_labels": lists.pid_labels, "steps": counter["steps"],
-                "seed": config.seed, "rank1": metrics["rank1"], "mAP": metrics["mAP"]}
+        meta = {
+            "model": config.model,
+            "num_classes": lists.num_train_pids,
+            "loss": config.loss,
+            "height": config.height,
+            "width": config.width,
+            "norm_mean": list(IMAGENET_MEAN),
+            "norm_std": list(IMAGENET_STD),
+            "pid_labels": lists.pid_labels,
+            "steps": counter["steps"],
+            "seed": config.seed,
+            "rank1": metrics["rank1"],
+            "mAP": metrics["mAP"],
+        }
         save_reid_checkpoint(out / "model.safetensors", model, meta=meta)
         with atomic_write(out / "results.json") as fh:
             fh.write(json.dumps(results, indent=2, sort_keys=True) + "\n")
         results["checkpoint"] = str(out / "model.safetensors")
-    logger.info("train-reid: rank1 %.4f  mAP %.4f  (%d steps, %d images, %d synthetic)",
-                metrics["rank1"], metrics["mAP"], counter["steps"], results["images"], results["synthetic_images"])
+    logger.info(
+        "train-reid: rank1 %.4f  mAP %.4f  (%d steps, %d images, %d synthetic)",
+        metrics["rank1"],
+        metrics["mAP"],
+        counter["steps"],
+        results["images"],
+        results["synthetic_images"],
+    )
     return results
 
 
@@ -347,9 +384,16 @@ def train_reid(
 # --------------------------------------------------------------------------------------------------
 def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
     d = ReidTrainConfig(data="")
-    parser.add_argument("--data", required=True, help="Market-1501-format folder (bounding_box_train, query, …)")
-    parser.add_argument("--synthetic", action="append", default=[], metavar="DIR",
-                        help="Market-format folder of generated train images under their source pids (repeatable)")
+    parser.add_argument(
+        "--data", required=True, help="Market-1501-format folder (bounding_box_train, query, …)"
+    )
+    parser.add_argument(
+        "--synthetic",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="Market-format folder of generated train images under their source pids (repeatable)",
+    )
     parser.add_argument("--model", default=d.model, help="torchreid model name, e.g. osnet_x0_25, resnet50")
     parser.add_argument("--loss", choices=["softmax", "triplet"], default=d.loss)
     parser.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (fixed budget)")
@@ -358,15 +402,28 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--height", type=int, default=d.height)
     parser.add_argument("--width", type=int, default=d.width)
-    parser.add_argument("--augment", choices=["plain", "strong"], default=d.augment,
-                        help="strong = random horizontal flip + random erasing")
+    parser.add_argument(
+        "--augment",
+        choices=["plain", "strong"],
+        default=d.augment,
+        help="strong = random horizontal flip + random erasing",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--synthetic-ratio", type=float, default=None, metavar="R",
-                        help="share of synthetic images per batch, in expectation (default: uniform over "
-                             "real and synthetic images)")
+    parser.add_argument(
+        "--synthetic-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="share of synthetic images per batch, in expectation (default: uniform over "
+        "real and synthetic images)",
+    )
     parser.add_argument("--out", required=True, help="output folder (results.json, model.safetensors)")
-    parser.add_argument("--pretrained", default=None, metavar="LOCAL_FILE",
-                        help="local weights (.safetensors or torch state dict); never downloaded")
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="LOCAL_FILE",
+        help="local weights (.safetensors or torch state dict); never downloaded",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--num-instances", type=int, default=d.num_instances)
     parser.add_argument("--workers", type=int, default=d.workers)
@@ -376,13 +433,30 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
 
 def run_train_reid(args: argparse.Namespace) -> int:
     config = ReidTrainConfig(
-        data=args.data, synthetic=tuple(args.synthetic), model=args.model, loss=args.loss, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, height=args.height,
-        width=args.width, augment=args.augment, seed=args.seed, out=args.out, pretrained=args.pretrained,
-        device=args.device, num_instances=args.num_instances, workers=args.workers, metric=args.metric,
-        on_corrupt=args.on_corrupt, synthetic_ratio=args.synthetic_ratio,
+        data=args.data,
+        synthetic=tuple(args.synthetic),
+        model=args.model,
+        loss=args.loss,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        height=args.height,
+        width=args.width,
+        augment=args.augment,
+        seed=args.seed,
+        out=args.out,
+        pretrained=args.pretrained,
+        device=args.device,
+        num_instances=args.num_instances,
+        workers=args.workers,
+        metric=args.metric,
+        on_corrupt=args.on_corrupt,
+        synthetic_ratio=args.synthetic_ratio,
     )
     r = train_reid(config)
-    print(f"rank1 {r['rank1']:.4f}  rank5 {r['rank5']:.4f}  rank10 {r['rank10']:.4f}  mAP {r['mAP']:.4f}  "
-          f"steps {r['steps']}  images {r['images']} ({r['synthetic_images']} synthetic)  -> {args.out}")
+    print(
+        f"rank1 {r['rank1']:.4f}  rank5 {r['rank5']:.4f}  rank10 {r['rank10']:.4f}  mAP {r['mAP']:.4f}  "
+        f"steps {r['steps']}  images {r['images']} ({r['synthetic_images']} synthetic)  -> {args.out}"
+    )
     return 0

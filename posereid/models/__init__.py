@@ -20,7 +20,7 @@ __getattr__, __dir__, __all__ = attach(
         ],
         "training": [
             "ImageLoadError", "NonFiniteLossError", "PosePairDataset", "PoseRecord", "TrainConfig", "TrainResult",
-            "derive_seed", "list_checkpoints", "save_sample_grid", "train_generator",
+            "derive_seed", "list_checkpoints", "plot_loss_curve", "save_sample_grid", "train_generator",
         ],
         "io_utils": ["atomic_save", "atomic_write", "file_sha256", "is_temp_file"],
     },

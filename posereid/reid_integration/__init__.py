@@ -8,10 +8,13 @@ __getattr__, __dir__, __all__ = attach(
         "market1501": [
             "IMAGE_EXTENSIONS", "ImageReadError", "Market1501", "MarketFormatError", "MarketRecord",
             "MarketWriter", "PatnAnnotations", "RELEASE_DIR", "SPLIT_DIRS", "check_image",
-            "format_market_name", "load_image", "parse_market_name", "read_pairs_csv", "read_patn_csv",
-            "resolve_data_dir", "write_pairs_csv", "write_patn_csv",
+            "format_int_list", "format_market_name", "load_image", "parse_market_name", "parse_patn_row",
+            "read_pairs_csv", "read_patn_csv", "resolve_data_dir", "write_pairs_csv", "write_patn_csv",
         ],
-        "annotate": ["AnnotateSummary", "annotate_folder", "list_images"],
+        "annotate": [
+            "AnnotateLockedError", "AnnotateSummary", "PARTIAL_SUFFIX", "annotate_folder", "list_images",
+            "partial_path",
+        ],
         "evaluate": ["compute_distance_matrix", "evaluate_features", "evaluate_rank"],
         "torchreid_plugin": [
             "BatchAugmentEngine", "BatchAugmentSoftmaxEngine", "BatchAugmentTripletEngine", "IMAGENET_MEAN",

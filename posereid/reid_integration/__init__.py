@@ -8,8 +8,9 @@ __getattr__, __dir__, __all__ = attach(
         "market1501": [
             "IMAGE_EXTENSIONS", "ImageReadError", "Market1501", "MarketFormatError", "MarketRecord",
             "MarketWriter", "PatnAnnotations", "RELEASE_DIR", "SPLIT_DIRS", "check_image",
-            "format_int_list", "format_market_name", "load_image", "parse_market_name", "parse_patn_row",
-            "read_pairs_csv", "read_patn_csv", "resolve_data_dir", "write_pairs_csv", "write_patn_csv",
+            "format_int_list", "format_market_name", "format_patn_row", "load_image", "parse_market_name",
+            "parse_patn_row", "read_pairs_csv", "read_patn_csv", "resolve_data_dir", "write_pairs_csv",
+            "write_patn_csv",
         ],
         "annotate": [
             "AnnotateLockedError", "AnnotateSummary", "PARTIAL_SUFFIX", "annotate_folder", "list_images",

@@ -45,14 +45,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from posereid.models.io_utils import is_temp_file
-from posereid.models.pose import NUM_KEYPOINTS, as_keypoints, visible_mask
+from posereid.models.pose import visible_mask
 from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
 from posereid.reid_integration.market1501 import (
     IMAGE_EXTENSIONS,
     PATN_HEADER,
     ImageReadError,
     MarketFormatError,
-    format_int_list,  # the PATN row format, shared so progress lines read back like CSV rows
+    format_patn_row,  # the PATN row format, shared so progress lines are the CSV's rows
     load_image,
     parse_patn_row,
     read_patn_csv,
@@ -147,20 +147,6 @@ def _bad_name_reason(name: str) -> str | None:
     except UnicodeEncodeError:
         return "the name is not valid UTF-8"
     return None
-
-
-def _patn_ints(kps: object, source: str) -> np.ndarray:
-    """``(18, 2)`` float32 keypoints holding exactly the integers :func:`write_patn_csv` writes for ``kps``.
-
-    Rounding once, here, is what makes a resumed run's CSV byte-identical: a row read back from the
-    progress file is already integral, so writing it again gives the same text.
-    """
-    arr = as_keypoints(kps, source=source)
-    if arr.shape != (NUM_KEYPOINTS, 2):
-        raise MarketFormatError(f"{source}: expected ({NUM_KEYPOINTS}, 2) keypoints, got {arr.shape}")
-    ints = np.rint(arr).astype(np.int64)
-    ints[(arr < 0).any(-1)] = -1
-    return ints.astype(np.float32)
 
 
 def _open_locked(path: Path) -> BinaryIO:
@@ -258,9 +244,9 @@ class _Journal:
             )
         return rows
 
-    def append(self, name: str, ints: np.ndarray) -> None:
+    def append(self, name: str, kps: np.ndarray, source: str) -> None:
         """Add one row as one complete line, handed to the OS at once (fsync'd every ``sync_every``)."""
-        line = f"{name}:{format_int_list(ints[:, 1])}:{format_int_list(ints[:, 0])}\n"
+        line = format_patn_row(name, kps, source=source) + "\n"
         self._fh.write(line.encode("utf-8"))
         self._fh.flush()
         self.appended += 1
@@ -371,9 +357,9 @@ def annotate_folder(
                 unreadable += 1
                 logger.warning("skipping unreadable image: %s", exc)
                 continue
-            ints = _patn_ints(est(image), f"{path}: keypoints from the estimator")
-            journal.append(path.name, ints)
-            done[path.name] = ints
+            kps = est(image)
+            journal.append(path.name, kps, source=f"{path}: the estimator's output")
+            done[path.name] = kps  # write_patn_csv rounds it exactly as the journal line did
         rows = {p.name: done[p.name] for p in files if p.name in done}  # listing order, as in one pass
         if journal.appended or journal.rows or list(previous) != list(rows):
             write_patn_csv(out_csv, rows)  # atomic: a kill here leaves the old file (or none) and the journal

@@ -414,22 +414,30 @@ def format_int_list(values: np.ndarray) -> str:
     return "[" + ", ".join(str(int(v)) for v in values) + "]"
 
 
+def format_patn_row(name: str, kps: object, *, source: str) -> str:
+    """One PATN CSV line (without its newline) for ``name`` → ``(18, 2)`` (x, y) keypoints.
+
+    Coordinates are rounded to the nearest integer pixel; missing joints (any negative or non-finite
+    coordinate) become ``-1``. The one place that defines a row, so that ``posereid annotate``'s progress
+    lines and :func:`write_patn_csv`'s rows are the same bytes. ``source`` names the file in errors.
+    """
+    if not name or any(c in name for c in ":\r\n"):
+        raise MarketFormatError(f"{source}: image name {name!r} is empty or contains ':' or a line break")
+    arr = as_keypoints(kps, source=f"{source}: keypoints of {name!r}")
+    if arr.shape != (NUM_KEYPOINTS, 2):
+        raise MarketFormatError(f"{source}: keypoints of {name!r} must be (18, 2), got {arr.shape}")
+    ints = np.rint(arr).astype(np.int64)
+    ints[(arr < 0).any(-1)] = -1
+    return f"{name}:{format_int_list(ints[:, 1])}:{format_int_list(ints[:, 0])}"
+
+
 def write_patn_csv(path: str | os.PathLike[str], annotations: Mapping[str, np.ndarray]) -> None:
     """Write ``name → (18, 2)`` (x, y) keypoints as a PATN CSV (y list first); atomic.
 
     Coordinates are rounded to the nearest integer pixel; missing joints (any negative or non-finite
     coordinate) are written as ``-1``. Names containing ``:`` or a line break are rejected.
     """
-    rows = [PATN_HEADER]
-    for name, kps in annotations.items():
-        if not name or any(c in name for c in ":\r\n"):
-            raise MarketFormatError(f"{path}: image name {name!r} is empty or contains ':' or a line break")
-        arr = as_keypoints(kps, source=f"{path}: keypoints of {name!r}")
-        if arr.shape != (NUM_KEYPOINTS, 2):
-            raise MarketFormatError(f"{path}: keypoints of {name!r} must be (18, 2), got {arr.shape}")
-        ints = np.rint(arr).astype(np.int64)
-        ints[(arr < 0).any(-1)] = -1
-        rows.append(f"{name}:{format_int_list(ints[:, 1])}:{format_int_list(ints[:, 0])}")
+    rows = [PATN_HEADER] + [format_patn_row(name, kps, source=str(path)) for name, kps in annotations.items()]
     with atomic_write(path, "w", encoding="utf-8", newline="\n") as fh:
         fh.write("\n".join(rows) + "\n")
 
@@ -643,6 +651,7 @@ __all__ = [
     "SPLIT_DIRS",
     "check_image",
     "format_int_list",
+    "format_patn_row",
     "format_market_name",
     "load_image",
     "parse_market_name",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from posereid.experiments.bench_generator import main
 
 
@@ -25,3 +27,15 @@ def test_bench_generator_report_with_flop_rates(tmp_path: Path) -> None:
     pct = re.search(r"ours fp32 DPM-Solver\+\+: [\d.e+-]+ TFLOP/s = (\d+) % of the fp32 matmul rate", text)
     assert pct is not None and 0 < int(pct.group(1)) < 150  # above the matmul rate = miscounted FLOPs
     assert "same computation, batched differently" in text
+
+
+def test_bench_generator_keeps_finished_presets_when_a_later_one_fails(tmp_path: Path) -> None:
+    """A run cut short (a time limit, an error) leaves the presets it measured in the report."""
+    out = tmp_path / "bench.md"
+    args = ["--presets", "tiny,no-such-preset", "--device", "cpu", "--batch", "1", "--steps", "2",
+            "--train-steps", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    with pytest.raises(ValueError, match="no-such-preset"):
+        main(args)
+    text = out.read_text()
+    assert "| tiny | ours fp32 DPM-Solver++ | 2 | 1 |" in text
+    assert "Incomplete: 1 of 2 presets measured so far." in text

@@ -334,33 +334,39 @@ def main(argv: list[str] | None = None) -> int:
     rows, notes = [], []
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     t0 = time.perf_counter()
-    for name in [n for n in args.presets.split(",") if n]:
+    presets = [n for n in args.presets.split(",") if n]
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+
+    def header(done: int) -> list[str]:
+        load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        lines = [
+            "# Generator benchmark",
+            "",
+            f"`python -m posereid.experiments.bench_generator --presets {args.presets} --device {args.device} "
+            f"--batch {args.batch} --steps {','.join(map(str, args.steps))}"
+            f"{' --threads ' + str(args.threads) if args.threads else ''}"
+            f"{' --cpu-bf16' if args.cpu_bf16 else ''}{' --compile' if args.compile else ''}"
+            f"{' --flops' if args.flops else ''}`",
+            "",
+            f"Device: {device.type} ({dev_name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"1-min load average {load0:.1f} at start / {load1:.1f} at end ({os.cpu_count()} cores), "
+            f"total {time.perf_counter() - t0:.0f} s. Random weights, guidance (2, 2) = 3 branches.",
+        ]
+        if done < len(presets):
+            lines += ["", f"Incomplete: {done} of {len(presets)} presets measured so far."]
+        return lines + (["", args.note] if args.note else [])
+
+    for k, name in enumerate(presets, start=1):
         r, n = bench_preset(args, name, device)
         rows += r
         notes += n
         print(render(r, [], []), flush=True)
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    header = [
-        "# Generator benchmark",
-        "",
-        f"`python -m posereid.experiments.bench_generator --presets {args.presets} --device {args.device} "
-        f"--batch {args.batch} --steps {','.join(map(str, args.steps))}"
-        f"{' --threads ' + str(args.threads) if args.threads else ''}"
-        f"{' --cpu-bf16' if args.cpu_bf16 else ''}{' --compile' if args.compile else ''}"
-        f"{' --flops' if args.flops else ''}`",
-        "",
-        f"Device: {device.type} ({dev_name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"1-min load average {load0:.1f} at start / {load1:.1f} at end ({os.cpu_count()} cores), "
-        f"total {time.perf_counter() - t0:.0f} s. Random weights, guidance (2, 2) = 3 branches.",
-    ]
-    if args.note:
-        header += ["", args.note]
-    text = render(rows, notes, header)
-    print("\n".join(text.splitlines()[len(header) :]))
+        if args.out:  # after every preset: a run stopped at a time limit keeps what it measured
+            with atomic_write(args.out) as fh:
+                fh.write(render(rows, notes, header(k)))
+    text = render(rows, notes, header(len(presets)))
+    print("\n".join(text.splitlines()[len(header(len(presets))) :]))
     if args.out:
-        with atomic_write(args.out) as fh:
-            fh.write(text)
         print(f"wrote {args.out}")
     return 0
 

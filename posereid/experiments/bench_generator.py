@@ -364,8 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:  # after every preset: a run stopped at a time limit keeps what it measured
             with atomic_write(args.out) as fh:
                 fh.write(render(rows, notes, header(k)))
-    text = render(rows, notes, header(len(presets)))
-    print("\n".join(text.splitlines()[len(header(len(presets))) :]))
+    final = header(len(presets))
+    text = render(rows, notes, final)
+    print("\n".join(text.splitlines()[len(final) :]))
     if args.out:
         print(f"wrote {args.out}")
     return 0

@@ -144,8 +144,10 @@ class GainConfig:
             raise ValueError("at least one seed is needed")
         if self.generator_data not in ("kept", "full"):
             raise ValueError(f"generator_data must be 'kept' or 'full', got {self.generator_data!r}")
-        if self.synthetic_ratio is not None and not 0.0 <= self.synthetic_ratio < 1.0:
-            raise ValueError(f"synthetic_ratio must be in [0, 1), got {self.synthetic_ratio}")
+        if self.synthetic_ratio is not None:  # checked here too: fail before any generation, not hours in
+            from posereid.reid_integration.train import check_synthetic_ratio  # (torchreid: import lazily)
+
+            check_synthetic_ratio(self.synthetic_ratio)
         for name in ("reid_steps", "generator_steps", "per_image", "steps", "height", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

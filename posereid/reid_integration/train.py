@@ -57,6 +57,12 @@ with warnings.catch_warnings():  # torchreid's "Cython evaluation is unavailable
 logger = logging.getLogger(__name__)
 
 
+def check_synthetic_ratio(ratio: float | None) -> None:
+    """Raise ``ValueError`` unless ``ratio`` is ``None`` or a share in ``[0, 1)`` (1 would leave no real image)."""
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise ValueError(f"synthetic_ratio must be in [0, 1), got {ratio}")
+
+
 @dataclass
 class ReidTrainConfig:
     """Everything one re-ID training run depends on (written into results.json)."""
@@ -98,9 +104,8 @@ class ReidTrainConfig:
             raise ValueError(f"loss must be 'softmax' or 'triplet', got {self.loss!r}")
         if self.augment not in ("plain", "strong"):
             raise ValueError(f"augment must be 'plain' or 'strong', got {self.augment!r}")
+        check_synthetic_ratio(self.synthetic_ratio)
         if self.synthetic_ratio is not None:
-            if not 0.0 <= self.synthetic_ratio < 1.0:
-                raise ValueError(f"synthetic_ratio must be in [0, 1), got {self.synthetic_ratio}")
             if self.loss == "triplet":
                 raise ValueError(
                     "synthetic_ratio needs the softmax loss (the triplet loss samples by identity)"

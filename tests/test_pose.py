@@ -113,6 +113,24 @@ def test_torchvision_resize_and_crop_keep_missing_missing():
     assert (out[vis_out][:, 0] < 100).all() and (out[vis_out][:, 1] < 200).all()
 
 
+def test_every_geometric_v2_transform_keeps_missing_missing_and_drops_leavers():
+    """Pad / affine shift the visible joints exactly; a joint pushed off the canvas becomes missing; a
+    missing joint (-1) is never turned into a real point by the transform's arithmetic."""
+    kps = np.full((18, 2), -1, np.float32)
+    kps[1], kps[8], kps[10] = [32, 20], [30, 80], [60, 120]
+    pk = P.PoseKeypoints(torch.from_numpy(kps), canvas_size=(128, 64))
+    padded = v2.functional.pad(pk, [5, 7])  # left/right 5, top/bottom 7
+    assert tuple(padded.canvas_size) == (142, 74) and isinstance(padded, P.PoseKeypoints)
+    np.testing.assert_allclose(padded[[1, 8, 10]].numpy(), kps[[1, 8, 10]] + [5, 7])
+    assert (padded[0] == -1).all()
+    moved = v2.functional.affine(pk, angle=0.0, translate=[6, 0], scale=1.0, shear=[0.0, 0.0])
+    np.testing.assert_allclose(moved[[1, 8]].numpy(), kps[[1, 8]] + [6, 0], atol=1e-4)
+    assert (moved[10] == -1).all()  # x = 66 left the 64-wide canvas
+    missing = [j for j in range(18) if j not in (1, 8, 10)]
+    for out in (padded, moved, v2.functional.vertical_flip(pk), v2.functional.rotate(pk, 3.0)):
+        assert (out[missing] == -1).all()
+
+
 def test_draw_skeleton_draws_limbs():
     kps = np.full((18, 2), -1, np.float32)
     kps[1] = [32, 20]

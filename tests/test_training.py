@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from posereid.models.generator import PoseTransferGenerator
+from posereid.models.pidm import PIDMPipeline
 from posereid.models.pose import LIMBS, flip_keypoints
 from posereid.models.training import (
     NonFiniteLossError,
     PosePairDataset,
     PoseRecord,
+    ResumeMismatchError,
     TrainConfig,
     list_checkpoints,
     train_generator,
@@ -77,9 +79,9 @@ def _records(size: tuple[int, int] = (H, W)) -> list[PoseRecord]:
     return recs
 
 
-def _tiny(**overrides) -> PoseTransferGenerator:
+def _tiny(**overrides) -> PIDMPipeline:
     torch.manual_seed(0)
-    return PoseTransferGenerator.from_preset("tiny", **overrides)
+    return PIDMPipeline.from_preset("tiny", **overrides)
 
 
 def _config(**kw) -> TrainConfig:
@@ -150,7 +152,7 @@ def test_training_learns_pose_transfer(tmp_path: Path) -> None:
     # dropout: this checks that the loop trains the conditional model (CFG is test_generator's business).
     model = _tiny(prediction_type="v_prediction", p_drop_pose=0.0, p_drop_appearance=0.0)
 
-    def eval_loss(m: PoseTransferGenerator) -> float:  # fixed timesteps/noise: comparable before/after
+    def eval_loss(m: PIDMPipeline) -> float:  # fixed timesteps/noise: comparable before/after
         with torch.no_grad():
             return float(np.mean([
                 m.training_loss(batch["source"], batch["target"], batch["source_kps"], batch["target_kps"],
@@ -158,7 +160,7 @@ def test_training_learns_pose_transfer(tmp_path: Path) -> None:
                 for s in range(8)
             ]))  # fmt: skip
 
-    def sample_mse(m: PoseTransferGenerator) -> float:
+    def sample_mse(m: PIDMPipeline) -> float:
         out = m.eval().generate(batch["source"], batch["target_kps"], batch["source_kps"], steps=10,
                                 guidance=(1.0, 1.0), seeds=list(range(len(ds))))  # fmt: skip
         return float(((out - batch["target"]) ** 2).mean())
@@ -169,7 +171,7 @@ def test_training_learns_pose_transfer(tmp_path: Path) -> None:
                   tensorboard=True)  # fmt: skip
     res = train_generator(model, ds, cfg, tmp_path / "run", progress=False)
     assert res.steps == 120 and len(res.losses) == 120 and res.skipped_nonfinite == 0
-    trained = PoseTransferGenerator.from_pretrained(tmp_path / "run" / "final")  # EMA weights
+    trained = PIDMPipeline.from_pretrained(tmp_path / "run" / "final")  # EMA weights
     loss1, mse1 = eval_loss(trained), sample_mse(trained)
     first, last = np.mean(res.losses[:20]), np.mean(res.losses[-20:])
     msg = f"eval loss {loss0:.3f} -> {loss1:.3f}; train loss first20 {first:.3f} last20 {last:.3f}; "
@@ -189,7 +191,7 @@ class _Interrupt(Exception):
 
 def _kill_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> None:
     """Make ``training_loss`` raise on call ``calls + 1`` (a job killed mid-run)."""
-    original = PoseTransferGenerator.training_loss
+    original = PIDMPipeline.training_loss
     count = {"n": 0}
 
     def patched(self, *args, **kwargs):
@@ -198,7 +200,7 @@ def _kill_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> None:
             raise _Interrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(PoseTransferGenerator, "training_loss", patched)
+    monkeypatch.setattr(PIDMPipeline, "training_loss", patched)
 
 
 def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,18 +214,18 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         with pytest.raises(_Interrupt):
             train_generator(_tiny(), ds, cfg, tmp_path / "cut", progress=False)
     assert [s for s, _ in list_checkpoints(tmp_path / "cut")] == [3]
-    other_init = PoseTransferGenerator.from_preset("tiny")  # weights come from the checkpoint, not init
+    other_init = PIDMPipeline.from_preset("tiny")  # weights come from the checkpoint, not init
     resumed = train_generator(other_init, ds, cfg, tmp_path / "cut", progress=False)
     assert resumed.start_step == 3 and resumed.steps == 6
     assert resumed.losses == pytest.approx(full.losses[3:], rel=1e-5)
 
     for use_ema in (False, True):
-        a = PoseTransferGenerator.from_pretrained(tmp_path / "full" / "final", use_ema=use_ema).state_dict()
-        b = PoseTransferGenerator.from_pretrained(tmp_path / "cut" / "final", use_ema=use_ema).state_dict()
+        a = PIDMPipeline.from_pretrained(tmp_path / "full" / "final", use_ema=use_ema).state_dict()
+        b = PIDMPipeline.from_pretrained(tmp_path / "cut" / "final", use_ema=use_ema).state_dict()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{k} (ema={use_ema})")
-    raw = PoseTransferGenerator.from_pretrained(tmp_path / "full" / "final", use_ema=False).state_dict()
-    ema = PoseTransferGenerator.from_pretrained(tmp_path / "full" / "final", use_ema=True).state_dict()
+    raw = PIDMPipeline.from_pretrained(tmp_path / "full" / "final", use_ema=False).state_dict()
+    ema = PIDMPipeline.from_pretrained(tmp_path / "full" / "final", use_ema=True).state_dict()
     assert any(not torch.equal(raw[k], ema[k]) for k in raw), "EMA weights should differ from raw weights"
 
     with open(tmp_path / "cut" / "train_log.csv", newline="") as fh:  # row 4 of the killed run redone
@@ -255,8 +257,8 @@ def test_time_budget_checkpoints_and_resume_finishes(tmp_path: Path, monkeypatch
     rest = train_generator(_tiny(), ds, cfg, tmp_path / "cut", progress=False)
     assert not rest.out_of_time and (rest.start_step, rest.steps) == (3, 5)
     assert cut.losses + rest.losses == pytest.approx(full.losses, rel=1e-5)
-    a = PoseTransferGenerator.from_pretrained(tmp_path / "full" / "final").state_dict()
-    b = PoseTransferGenerator.from_pretrained(tmp_path / "cut" / "final").state_dict()
+    a = PIDMPipeline.from_pretrained(tmp_path / "full" / "final").state_dict()
+    b = PIDMPipeline.from_pretrained(tmp_path / "cut" / "final").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     with pytest.raises(ValueError, match="max_minutes"):
@@ -268,7 +270,7 @@ def test_time_budget_checkpoints_and_resume_finishes(tmp_path: Path, monkeypatch
 # --------------------------------------------------------------------------------------------------
 def test_nonfinite_steps_skipped_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = PosePairDataset(_records(), (H, W), seed=0)
-    original = PoseTransferGenerator.training_loss
+    original = PIDMPipeline.training_loss
     seen: list[torch.Tensor] = []
 
     def patched(self, *args, **kwargs):
@@ -276,7 +278,7 @@ def test_nonfinite_steps_skipped_and_counted(tmp_path: Path, monkeypatch: pytest
         loss = original(self, *args, **kwargs)
         return loss * float("nan") if len(seen) in (2, 3) else loss
 
-    monkeypatch.setattr(PoseTransferGenerator, "training_loss", patched)
+    monkeypatch.setattr(PIDMPipeline, "training_loss", patched)
     cfg = _config(steps=5, warmup_steps=0, checkpoint_every=0)  # warm-up would make step 1 a no-op (lr 0)
     res = train_generator(_tiny(), ds, cfg, tmp_path / "nan", progress=False)
     assert res.skipped_nonfinite == 2
@@ -289,7 +291,7 @@ def test_nonfinite_steps_skipped_and_counted(tmp_path: Path, monkeypatch: pytest
         assert [int(r["skipped"]) for r in csv.DictReader(fh)] == [0, 1, 1, 0, 0]
 
     monkeypatch.setattr(
-        PoseTransferGenerator, "training_loss", lambda self, *a, **k: torch.tensor(float("inf"))
+        PIDMPipeline, "training_loss", lambda self, *a, **k: torch.tensor(float("inf"))
     )
     cfg = _config(steps=20, checkpoint_every=0, max_nonfinite_in_row=3)
     with pytest.raises(NonFiniteLossError, match=r"4 consecutive steps.*max_nonfinite_in_row=3"):
@@ -302,9 +304,10 @@ def test_nonfinite_steps_skipped_and_counted(tmp_path: Path, monkeypatch: pytest
 def test_partial_checkpoints_ignored_on_resume(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ds = PosePairDataset(_records(), (H, W), seed=0)
     out = tmp_path / "run"
-    train_generator(_tiny(), ds, _config(steps=6, checkpoint_every=2), out, progress=False)
+    train_generator(_tiny(), ds, _config(steps=8, checkpoint_every=2), out, progress=False)
     ckpts = out / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000004", "step-0000006"]  # keep_checkpoints=2
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000006", "step-0000008"]  # keep_checkpoints=2
+    shutil.rmtree(ckpts / "step-0000008")  # as if killed before step 8 was written
     # A job killed while writing step 8 leaves a temp dir; a hand-copied dir may lack its state file.
     leftover = ckpts / f"step-0000008.tmp-{os.getpid() + 1}"
     (leftover / "model").mkdir(parents=True)
@@ -317,7 +320,26 @@ def test_partial_checkpoints_ignored_on_resume(tmp_path: Path, caplog: pytest.Lo
     assert not leftover.exists()
     assert "incomplete checkpoint" in caplog.text and "leftover partial checkpoint" in caplog.text
     assert [s for s, _ in list_checkpoints(out)] == [6, 8]
-    PoseTransferGenerator.from_pretrained(ckpts / "step-0000008" / "model")
+    PIDMPipeline.from_pretrained(ckpts / "step-0000008" / "model")
+
+
+def test_resume_with_other_settings_stops_and_names_them(tmp_path: Path) -> None:
+    """Resuming with another LR or batch size would train a mix of two runs: it is an error, and nothing
+    (train_config.json, the log, the checkpoints) is touched."""
+    ds = PosePairDataset(_records(), (H, W), seed=0)
+    out = tmp_path / "run"
+    train_generator(_tiny(), ds, _config(steps=4, checkpoint_every=2), out, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ResumeMismatchError, match=r"lr: checkpoint 0\.001, now 0\.003.*--overwrite"):
+        train_generator(_tiny(), ds, _config(steps=4, checkpoint_every=2, lr=3e-3), out, progress=False)
+    with pytest.raises(ResumeMismatchError, match=r"batch_size: checkpoint 2, now 3"):
+        train_generator(_tiny(), ds, _config(steps=4, checkpoint_every=2, batch_size=3), out, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # run-control knobs may change on resume
+    res = train_generator(
+        _tiny(), ds, _config(steps=4, checkpoint_every=2, max_minutes=5.0), out, progress=False
+    )
+    assert res.start_step == 4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,7 +373,7 @@ def test_cli_train_generator_and_sample(tmp_path: Path, caplog: pytest.LogCaptur
     assert "skipped 1 image(s) without an annotation row" in caplog.text, caplog.text
     assert "skipped 1 image(s) with fewer than" in caplog.text and "skipped 1 unreadable image" in caplog.text
     assert "skipped 1 pair with an unknown image" in caplog.text and "4 training pairs" in caplog.text
-    assert unannotated and PoseTransferGenerator.from_pretrained(out / "final").image_size == (H, W)
+    assert unannotated and PIDMPipeline.from_pretrained(out / "final").image_size == (H, W)
     with open(out / "train_log.csv", newline="") as fh:
         assert [r["step"] for r in csv.DictReader(fh)] == ["1", "2"]
     assert (out / "samples" / "step-0000002.png").is_file()

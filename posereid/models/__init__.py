@@ -1,4 +1,5 @@
-"""The generator: pose vocabulary, keypoint extraction, denoiser, samplers, training and checkpoints."""
+"""Generators: pose vocabulary, keypoint extraction, the generator contract and loader, shared diffusion
+parts (guidance, samplers, training loop, checkpoints) and one folder per family (``pidm/``)."""
 
 from posereid._lazy import attach
 
@@ -12,14 +13,23 @@ __getattr__, __dir__, __all__ = attach(
             "render_pose_maps", "resize_keypoints", "skeleton_tensor", "visible_mask",
         ],
         "pose_estimation": ["BLAZEPOSE_TO_COCO18", "INSTALL_HINT", "MissingExtraError", "PoseEstimator", "landmarks_to_coco18"],
-        "generator": ["CONFIG_NAME", "EMA_WEIGHTS_NAME", "WEIGHTS_NAME", "CheckpointMismatchError", "PoseTransferGenerator", "check_state_dict"],
+        "contract": ["FAMILIES", "PoseTransferGenerator", "UnknownGeneratorError", "checkpoint_family", "family_class", "load_generator"],
+        "pipeline": ["GeneratorPipeline", "autocast_context", "load_scheduler"],
+        "pidm": ["PIDMModel", "PIDMPipeline"],
+        "checkpoint": [
+            "CONFIG_NAME", "EMA_WEIGHTS_NAME", "MODEL_INDEX_NAME", "SCHEDULER_CONFIG_NAME", "WEIGHTS_NAME",
+            "CheckpointError", "CheckpointMismatchError", "check_finite", "check_state_dict", "load_weights",
+            "read_json", "save_weights",
+        ],
+        "guidance": ["GuidanceFormula", "check_guidance", "condition_dropout", "guided_denoiser"],
         "appearance": ["AppearanceEncoder", "BackboneNotFoundError", "load_local_backbone"],
         "sampling": [
-            "GuidanceFormula", "SAMPLERS", "SamplerName", "guided_denoiser", "initial_noise", "make_generators",
-            "make_sampler", "sample_loop",
+            "NonFiniteSampleError", "SAMPLERS", "SamplerName", "diffusion_target", "initial_noise", "make_generators",
+            "make_sampler", "sample_loop", "sample_timesteps", "training_scheduler",
         ],
         "training": [
-            "ImageLoadError", "NonFiniteLossError", "PosePairDataset", "PoseRecord", "TrainConfig", "TrainResult",
+            "ImageLoadError", "NonFiniteLossError", "PosePairDataset", "PoseRecord", "ResumeMismatchError", "TrainConfig",
+            "TrainResult", "check_resume_config",
             "derive_seed", "list_checkpoints", "plot_loss_curve", "save_sample_grid", "train_generator",
         ],
         "io_utils": ["atomic_save", "atomic_write", "file_sha256", "is_temp_file"],

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 NUM_KEYPOINTS = 18
 MISSING = -1.0
@@ -240,7 +242,12 @@ def draw_skeleton(
     radius: float | None = None,
     width: int | None = None,
 ) -> Image.Image:
-    """Draw a COCO-18 skeleton onto a copy of ``image`` (or a black canvas of ``size=(H, W)``)."""
+    """Draw a COCO-18 skeleton onto a copy of ``image`` (or a black canvas of ``size=(H, W)``).
+
+    Limbs get OpenPose-like hues, so the subject's left and right differ; joints are white. Not
+    ``torchvision.utils.draw_keypoints``: it draws every connection in white and truncates coordinates to
+    integers (torchvision 0.29), which would hide exactly the left/right errors a grid is looked at for.
+    """
     kps = as_keypoints(kps)
     if image is None:
         if size is None:
@@ -273,111 +280,89 @@ def skeleton_tensor(kps: np.ndarray | torch.Tensor, height: int, width: int) -> 
 
 
 # --------------------------------------------------------------------------------------------------
-# torchvision v2 integration
+# torchvision v2 integration (tv_tensors.KeyPoints: torchvision >= 0.23, the declared floor)
 # --------------------------------------------------------------------------------------------------
-try:  # torchvision >= 0.23 has KeyPoints
-    from torchvision import tv_tensors
-    from torchvision.transforms.v2 import functional as F
+class PoseKeypoints(tv_tensors.KeyPoints):
+    """COCO-18 keypoints ``(..., 18, 2)`` as a torchvision tv_tensor.
 
-    _HAS_TV_KEYPOINTS = hasattr(tv_tensors, "KeyPoints")
-except ImportError:  # pragma: no cover - torchvision is a hard dependency
-    _HAS_TV_KEYPOINTS = False
+    Geometric v2 transforms keep missing joints (-1) missing and drop joints that leave the canvas;
+    horizontal flip also swaps left/right labels. Build with ``PoseKeypoints(kps, canvas_size=(H, W))``.
+    """
 
 
-if _HAS_TV_KEYPOINTS:
+def _plain(inpt: PoseKeypoints) -> tv_tensors.KeyPoints:
+    """The same points as torchvision's own ``KeyPoints`` (its functionals then run their own kernel)."""
+    return tv_tensors.KeyPoints(inpt.as_subclass(torch.Tensor), canvas_size=tuple(inpt.canvas_size))
 
-    class PoseKeypoints(tv_tensors.KeyPoints):
-        """COCO-18 keypoints ``(..., 18, 2)`` as a torchvision tv_tensor.
 
-        Geometric v2 transforms keep missing joints (-1) missing and drop joints that leave the canvas;
-        horizontal flip also swaps left/right labels. Build with
-        ``PoseKeypoints(kps, canvas_size=(H, W))``.
-        """
+def _missing(inpt: torch.Tensor) -> torch.Tensor:
+    return ~(inpt >= 0).all(-1)
 
-    def _missing_and_canvas(inpt: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        return ~(inpt >= 0).all(-1), tuple(inpt.canvas_size)
 
-    def _finish(out: torch.Tensor, was_missing: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
-        h, w = canvas
-        x, y = out[..., 0], out[..., 1]
-        outside = (x <= -0.5) | (x >= w - 0.5) | (y <= -0.5) | (y >= h - 0.5)
-        out = out.clone()
-        out[..., 0] = out[..., 0].clamp(0, w - 1)
-        out[..., 1] = out[..., 1].clamp(0, h - 1)
-        out[was_missing | outside] = MISSING
-        return out
+def _finish(out: torch.Tensor, was_missing: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
+    h, w = canvas
+    x, y = out[..., 0], out[..., 1]
+    outside = (x <= -0.5) | (x >= w - 0.5) | (y <= -0.5) | (y >= h - 0.5)
+    out = out.clone()
+    out[..., 0] = out[..., 0].clamp(0, w - 1)
+    out[..., 1] = out[..., 1].clamp(0, h - 1)
+    out[was_missing | outside] = MISSING
+    return out
 
-    def _hflip_pose(inpt: PoseKeypoints) -> PoseKeypoints:
-        h, w = inpt.canvas_size
-        t = inpt.as_subclass(torch.Tensor)
-        out = t[..., list(FLIP_PERMUTATION), :].clone()
-        miss = ~(out >= 0).all(-1)
-        out[..., 0] = (w - 1) - out[..., 0]
-        out[miss] = MISSING
-        return tv_tensors.wrap(out, like=inpt)
 
-    def _wrap_default(functional: Any) -> Any:
-        """Run torchvision's own KeyPoints kernel, then restore missing joints and drop leavers."""
-        default = F._utils._get_kernel(functional, tv_tensors.KeyPoints)
+def _hflip_pose(inpt: PoseKeypoints) -> PoseKeypoints:
+    h, w = inpt.canvas_size
+    t = inpt.as_subclass(torch.Tensor)
+    out = t[..., list(FLIP_PERMUTATION), :].clone()
+    miss = _missing(out)
+    out[..., 0] = (w - 1) - out[..., 0]
+    out[miss] = MISSING
+    return tv_tensors.wrap(out, like=inpt)
 
-        def kernel(inpt: PoseKeypoints, *args: Any, **kwargs: Any) -> PoseKeypoints:
-            missing, _ = _missing_and_canvas(inpt)
-            out = default(inpt, *args, **kwargs)
-            canvas = tuple(out.canvas_size)
-            res = _finish(out.as_subclass(torch.Tensor), missing, canvas)
-            return tv_tensors.wrap(res, like=out)
 
-        return kernel
+def _wrap_default(functional: Any) -> Any:
+    """Run torchvision's own KeyPoints version of ``functional``, then restore missing joints and drop
+    the joints that left the canvas."""
 
-    def _rescale_pixel_centres(
-        t: torch.Tensor, left: float, top: float, sx: float, sy: float
-    ) -> torch.Tensor:
-        """Pixel-index mapping of a crop + resize, as the image resampling does: ``(x - left + 0.5)·s - 0.5``
-        (torchvision's own KeyPoints kernels use ``x·s``, half a pixel off for pixel indices)."""
-        out = t.clone()
-        out[..., 0] = (t[..., 0] - left + 0.5) * sx - 0.5
-        out[..., 1] = (t[..., 1] - top + 0.5) * sy - 0.5
-        return out
-
-    _default_resize = F._utils._get_kernel(F.resize, tv_tensors.KeyPoints)
-    _default_resized_crop = F._utils._get_kernel(F.resized_crop, tv_tensors.KeyPoints)
-
-    def _resize_pose(inpt: PoseKeypoints, size: Any, *args: Any, **kwargs: Any) -> PoseKeypoints:
-        missing, (h0, w0) = _missing_and_canvas(inpt)
-        canvas = tuple(_default_resize(inpt, size, *args, **kwargs).canvas_size)  # torchvision's size rule
-        t = _rescale_pixel_centres(inpt.as_subclass(torch.Tensor), 0, 0, canvas[1] / w0, canvas[0] / h0)
-        return tv_tensors.wrap(_finish(t, missing, canvas), like=inpt, canvas_size=canvas)
-
-    def _resized_crop_pose(
-        inpt: PoseKeypoints,
-        top: int,
-        left: int,
-        height: int,
-        width: int,
-        size: Any,
-        *args: Any,
-        **kwargs: Any,
-    ) -> PoseKeypoints:
-        missing, _ = _missing_and_canvas(inpt)
-        out = _default_resized_crop(inpt, top, left, height, width, size, *args, **kwargs)
+    def kernel(inpt: PoseKeypoints, *args: Any, **kwargs: Any) -> PoseKeypoints:
+        out = functional(_plain(inpt), *args, **kwargs)
         canvas = tuple(out.canvas_size)
-        t = _rescale_pixel_centres(
-            inpt.as_subclass(torch.Tensor), left, top, canvas[1] / width, canvas[0] / height
-        )
-        return tv_tensors.wrap(_finish(t, missing, canvas), like=inpt, canvas_size=canvas)
+        res = _finish(out.as_subclass(torch.Tensor), _missing(inpt), canvas)
+        return tv_tensors.wrap(res, like=inpt, canvas_size=canvas)
 
-    F.register_kernel(F.horizontal_flip, PoseKeypoints)(_hflip_pose)
-    F.register_kernel(F.resize, PoseKeypoints)(_resize_pose)
-    F.register_kernel(F.resized_crop, PoseKeypoints)(_resized_crop_pose)
-    for _fn in (
-        F.vertical_flip, F.crop, F.center_crop, F.pad, F.affine, F.rotate, F.perspective, F.elastic,
-    ):  # fmt: skip
-        try:
-            F.register_kernel(_fn, PoseKeypoints)(_wrap_default(_fn))
-        except (ValueError, TypeError):  # pragma: no cover - kernel absent in this torchvision
-            pass
-else:  # pragma: no cover
-    PoseKeypoints = None  # type: ignore[assignment,misc]
+    return kernel
+
+
+def _rescale_pixel_centres(t: torch.Tensor, left: float, top: float, sx: float, sy: float) -> torch.Tensor:
+    """Pixel-index mapping of a crop + resize, as the image resampling does: ``(x - left + 0.5)·s - 0.5``
+    (torchvision's own KeyPoints kernels use ``x·s``, half a pixel off for pixel indices)."""
+    out = t.clone()
+    out[..., 0] = (t[..., 0] - left + 0.5) * sx - 0.5
+    out[..., 1] = (t[..., 1] - top + 0.5) * sy - 0.5
+    return out
+
+
+def _resize_pose(inpt: PoseKeypoints, size: Any, *args: Any, **kwargs: Any) -> PoseKeypoints:
+    h0, w0 = inpt.canvas_size
+    canvas = tuple(F.resize(_plain(inpt), size, *args, **kwargs).canvas_size)  # torchvision's size rule
+    t = _rescale_pixel_centres(inpt.as_subclass(torch.Tensor), 0, 0, canvas[1] / w0, canvas[0] / h0)
+    return tv_tensors.wrap(_finish(t, _missing(inpt), canvas), like=inpt, canvas_size=canvas)
+
+
+def _resized_crop_pose(
+    inpt: PoseKeypoints, top: int, left: int, height: int, width: int, size: Any, *args: Any, **kwargs: Any
+) -> PoseKeypoints:
+    out = F.resized_crop(_plain(inpt), top, left, height, width, size, *args, **kwargs)
+    canvas = tuple(out.canvas_size)
+    t = _rescale_pixel_centres(inpt.as_subclass(torch.Tensor), left, top, canvas[1] / width, canvas[0] / height)
+    return tv_tensors.wrap(_finish(t, _missing(inpt), canvas), like=inpt, canvas_size=canvas)
+
+
+F.register_kernel(F.horizontal_flip, PoseKeypoints)(_hflip_pose)
+F.register_kernel(F.resize, PoseKeypoints)(_resize_pose)
+F.register_kernel(F.resized_crop, PoseKeypoints)(_resized_crop_pose)
+for _fn in (F.vertical_flip, F.crop, F.center_crop, F.pad, F.affine, F.rotate, F.perspective, F.elastic):
+    F.register_kernel(_fn, PoseKeypoints)(_wrap_default(_fn))
 
 
 __all__ = [

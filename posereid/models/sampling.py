@@ -1,29 +1,18 @@
-"""Samplers and disentangled classifier-free guidance for pose-transfer diffusion.
+"""Noise schedules, samplers and the sampling loop shared by every generator family.
 
-The split follows diffusers: the model holds weights (:mod:`posereid.models.generator`), a diffusers
-scheduler holds the noise math, and this module holds the loop, which is one short function:
+The split follows diffusers: a family's model holds weights, a diffusers scheduler holds the noise math,
+and this module holds the loop, which is one short function:
 
     x = sample_loop(denoise_fn, scheduler, x, steps, callback=..., generator=...)
 
 ``denoise_fn(x_t, t) -> model output`` (ε or v, whatever the scheduler's ``prediction_type`` says) is the
-**extension point**: the PIDM-style generator passes a closure over its UNet, pose maps and appearance
-tokens (:func:`guided_denoiser`); a PCDMs-style stage (prior / inpainting canvas / refiner) or a CFLD-style
-latent UNet passes its own closure (and decodes latents afterwards) and reuses the same samplers,
+**extension point**: the PIDM-style pipeline passes a closure over its UNet, pose maps and appearance
+tokens (:func:`posereid.models.guidance.guided_denoiser`); a PCDMs-style stage (prior / inpainting
+canvas / refiner) or a CFLD-style latent UNet passes its own closure (and decodes latents afterwards) and reuses the same samplers,
 guidance and per-sample noise unchanged.
 
-Guidance (two conditions: pose ``p`` and source appearance ``s``; ``∅`` = dropped). The default
-``"anchored"`` form is
-
-    ε = ε(p,s) + (w_p − 1)·[ε(p,s) − ε(∅,s)] + (w_s − 1)·[ε(p,s) − ε(p,∅)]
-
-so ``(w_p, w_s) = (1, 1)`` is *exactly* the conditional model (and then only ``ε(p,s)`` is evaluated),
-and each weight scales one condition's contribution alone. PIDM's published form (its eq. for ε),
-
-    ε = ε(∅,∅) + w_p·[ε(p,∅) − ε(∅,∅)] + w_s·[ε(∅,s) − ε(∅,∅)],
-
-is available as ``formula="pidm"``; it assumes the two conditions act additively and with (1, 1) gives
-ε(p,∅) + ε(∅,s) − ε(∅,∅), not ε(p,s). Both are affine combinations (coefficients sum to 1), so they are
-equally valid for v-prediction. All branches go through ONE batched model call per step.
+Guidance lives in :mod:`posereid.models.guidance`; training-time noise (the training scheduler and the
+timestep draw) is here too, so every family shares one schedule format (``scheduler_config.json``).
 
 Reproducibility: pass one ``torch.Generator`` per sample (:func:`make_generators`). The initial noise and
 the stochastic samplers' per-step noise (``ddpm``) are drawn per sample from its own generator
@@ -54,9 +43,68 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 SamplerName = Literal["dpmsolver++", "ddim", "unipc", "euler", "ddpm"]
-GuidanceFormula = Literal["anchored", "pidm"]
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor], None]
+TimestepSampling = Literal["uniform", "cubic"]
+
+#: the noise-schedule fields a pre-scheduler checkpoint kept in its model config.json
+LEGACY_SCHEDULE_KEYS = ("prediction_type", "num_train_timesteps", "beta_schedule")
+
+
+class NonFiniteSampleError(FloatingPointError):
+    """Sampling produced NaN/Inf (names the step and the batch items); such an image is never returned."""
+
+
+def training_scheduler(
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
+    num_train_timesteps: int = 1000,
+    beta_schedule: str = "linear",
+    **overrides,
+) -> DDPMScheduler:
+    """The training noise schedule (PIDM's: linear betas 1e-4..2e-2, T = 1000), a diffusers ``DDPMScheduler``.
+
+    It is saved beside the weights (``scheduler_config.json``); samplers are built from its config.
+    """
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}")
+    kwargs = dict(beta_start=1e-4, beta_end=2e-2, clip_sample=False)
+    kwargs.update(overrides)
+    return DDPMScheduler(
+        num_train_timesteps=int(num_train_timesteps),
+        beta_schedule=beta_schedule,
+        prediction_type=prediction_type,
+        **kwargs,
+    )
+
+
+def sample_timesteps(
+    batch: int,
+    num_train_timesteps: int,
+    mode: TimestepSampling = "uniform",
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Training timesteps ``(batch,)``: uniform, or CFLD's cubic ``t = (1 − u³)·T`` (more weight on high noise)."""
+    if mode not in ("uniform", "cubic"):
+        raise ValueError(f"timestep_sampling must be 'uniform' or 'cubic', got {mode!r}")
+    dev = generator.device if generator is not None else torch.device(device)
+    u = torch.rand(batch, generator=generator, device=dev).to(device)
+    if mode == "cubic":
+        u = 1.0 - u**3
+    return (u * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+
+
+def diffusion_target(
+    scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the network regresses under ``scheduler``'s ``prediction_type``: ε, v or x0."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, timesteps)
+    return x0
 
 #: sampler name → (scheduler class, overrides of the training scheduler's config)
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
@@ -113,56 +161,6 @@ def make_generators(
     return generator
 
 
-def guided_denoiser(
-    model_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    pose: torch.Tensor,
-    tokens: torch.Tensor,
-    null_pose: torch.Tensor,
-    null_tokens: torch.Tensor,
-    guidance: tuple[float, float] = (2.0, 2.0),
-    *,
-    formula: GuidanceFormula = "anchored",
-) -> DenoiseFn:
-    """Wrap ``model_fn(x, t, pose, tokens)`` into ``denoise_fn(x, t)`` with disentangled guidance.
-
-    The conditions are precomputed once (pose maps, appearance tokens and their null versions); every call
-    stacks the needed branches along the batch and runs ``model_fn`` once. See the module docstring for
-    the formulas.
-    """
-    w_p, w_s = float(guidance[0]), float(guidance[1])
-    if formula == "anchored":
-        branches = [(pose, tokens)]  # ε(p,s)
-        if w_p != 1.0:
-            branches.append((null_pose, tokens))  # ε(∅,s)
-        if w_s != 1.0:
-            branches.append((pose, null_tokens))  # ε(p,∅)
-    elif formula == "pidm":
-        branches = [(null_pose, null_tokens), (pose, null_tokens), (null_pose, tokens)]
-    else:
-        raise ValueError(f"unknown guidance formula {formula!r}; choose 'anchored' or 'pidm'")
-    k = len(branches)
-    all_pose = torch.cat([b[0] for b in branches]) if k > 1 else pose
-    all_tokens = torch.cat([b[1] for b in branches]) if k > 1 else tokens
-
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if k == 1:
-            return model_fn(x, t, all_pose, all_tokens)
-        out = model_fn(torch.cat([x] * k), t, all_pose, all_tokens).chunk(k)
-        if formula == "pidm":
-            uncond, p_only, s_only = out
-            return uncond + w_p * (p_only - uncond) + w_s * (s_only - uncond)
-        cond, rest = out[0], list(out[1:])
-        guided = cond
-        if w_p != 1.0:
-            guided = guided + (w_p - 1.0) * (cond - rest.pop(0))
-        if w_s != 1.0:
-            guided = guided + (w_s - 1.0) * (cond - rest.pop(0))
-        return guided
-
-    denoise.num_branches = k  # type: ignore[attr-defined]
-    return denoise
-
-
 def initial_noise(
     shape: Sequence[int],
     generator: list[torch.Generator] | torch.Generator | None,
@@ -187,7 +185,8 @@ def sample_loop(
 
     ``x`` is scaled by the scheduler's ``init_noise_sigma`` (Euler needs it), every model input goes
     through ``scale_model_input``, and model outputs are cast to ``x``'s dtype (fp32) before the scheduler
-    step. ``callback(i, t, x)`` runs after each step.
+    step. ``callback(i, t, x)`` runs after each step. A NaN/Inf in the state stops the loop with
+    :class:`NonFiniteSampleError` naming the step and batch items (never a grey image downstream).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -200,16 +199,27 @@ def sample_loop(
         model_in = scheduler.scale_model_input(x, t)
         out = denoise_fn(model_in, t).to(x.dtype)
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+        finite = torch.isfinite(x.flatten(1)).all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            raise NonFiniteSampleError(
+                f"sampling produced NaN/Inf at step {i + 1} of {steps} (t={int(t)}) for batch items {bad}: "
+                "check the weights and the guidance weights"
+            )
         if callback is not None:
             callback(i, int(t), x)
     return x
 
 
 __all__ = [
+    "LEGACY_SCHEDULE_KEYS",
     "SAMPLERS",
-    "GuidanceFormula",
+    "NonFiniteSampleError",
+    "TimestepSampling",
+    "diffusion_target",
+    "sample_timesteps",
+    "training_scheduler",
     "SamplerName",
-    "guided_denoiser",
     "initial_noise",
     "make_generators",
     "make_sampler",

@@ -62,6 +62,10 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient: training diverged."""
 
 
+class ResumeMismatchError(ValueError):
+    """An output directory's checkpoint was trained with other settings than the ones asked for now."""
+
+
 def derive_seed(*values: int) -> int:
     """A 63-bit seed that is a pure function of the given non-negative integers (numpy SeedSequence)."""
     state = np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)
@@ -242,9 +246,25 @@ def save_sample_grid(
 _clock = time.monotonic  # the time budget's clock (tests replace it)
 
 
-def _hyper_parameters(config: dict) -> dict:
-    """A saved TrainConfig without the run-control knobs a resumed job may change."""
-    return {k: v for k, v in config.items() if k not in ("max_minutes", "num_workers")}
+#: TrainConfig fields a resumed job may change (run control, not the optimisation it continues)
+RUN_CONTROL_FIELDS = ("max_minutes", "num_workers", "tensorboard", "log_every")
+
+
+def check_resume_config(saved: dict, current: dict, *, source: str | Path) -> None:
+    """Raise :class:`ResumeMismatchError` naming every hyper-parameter that differs from the checkpoint's.
+
+    Resuming with another LR, batch size or schedule would silently train a mix of two runs.
+    """
+    diff = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if k not in RUN_CONTROL_FIELDS and saved.get(k) != current.get(k)
+    ]
+    if diff:
+        raise ResumeMismatchError(
+            f"{source}: this run was started with other settings ({'; '.join(diff)}); rerun with the same "
+            "settings to resume, or start over (--overwrite, or a new --out)"
+        )
 
 
 class _LossModule(nn.Module):
@@ -275,7 +295,9 @@ class _Trainer:
                 raise
             from accelerate.state import AcceleratorState
 
-            AcceleratorState._reset_state()  # keeps the process group (PartialState)
+            # No public API resets the process-wide AcceleratorState singleton; this keeps PartialState
+            # (the process group) and is what accelerate's own tests call between configurations.
+            AcceleratorState._reset_state()
             self.acc = Accelerator(**kwargs)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
@@ -295,6 +317,7 @@ class _Trainer:
             state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - re-raised naming the file
             raise RuntimeError(f"{ckpt / STATE_FILE}: cannot read the training state ({exc})") from exc
+        check_resume_config(state.get("config") or {}, asdict(self.cfg), source=ckpt / STATE_FILE)
         cls = type(self.net)
         self.net.load_state_dict(cls.from_pretrained(ckpt / "model", use_ema=False).state_dict())
         averaged = cls.from_pretrained(ckpt / "model", use_ema=True).parameters()
@@ -305,8 +328,6 @@ class _Trainer:
         if self.acc.scaler is not None and "scaler" in state:
             self.acc.scaler.load_state_dict(state["scaler"])
         self.step, self.skipped, self.in_row = int(state["step"]), int(state["skipped"]), int(state["in_row"])
-        if _hyper_parameters(state.get("config") or {}) != _hyper_parameters(asdict(self.cfg)):
-            logger.warning("resuming %s with a different TrainConfig than it was saved with", ckpt)
         logger.info("resuming from %s (step %d)", ckpt, self.step)
 
     def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> tuple[float, float, float, bool]:
@@ -405,11 +426,13 @@ def train_generator(
     resume: bool = True,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` (a ``PoseTransferGenerator``) on ``dataset``; outputs as in the module docstring.
+    """Train ``model`` (any family's pipeline, see :class:`~posereid.models.contract.PoseTransferGenerator`)
+    on ``dataset``; outputs as in the module docstring.
 
     Runs under ``accelerate`` (mixed precision, gradient accumulation, ``accelerate launch``/``torchrun``
     multi-GPU; only the main process writes files). With ``resume=True`` training continues from the
-    latest complete checkpoint in ``output_dir``; with ``resume=False`` the directory must hold none.
+    latest complete checkpoint in ``output_dir`` (its saved settings must match ``config``, else
+    :class:`ResumeMismatchError`); with ``resume=False`` the directory must hold none.
     A step whose loss (or gradient norm) is non-finite makes no update and is counted; more than
     ``config.max_nonfinite_in_row`` in a row raise :class:`NonFiniteLossError`. When
     ``config.max_minutes`` runs out the call checkpoints and returns with ``out_of_time=True``.
@@ -548,6 +571,8 @@ __all__ = [
     "plot_loss_curve",
     "ImageLoadError",
     "NonFiniteLossError",
+    "ResumeMismatchError",
+    "check_resume_config",
     "PosePairDataset",
     "PoseRecord",
     "TrainConfig",

@@ -1,0 +1,140 @@
+"""The generator contract every family implements, and the one loader that picks the family.
+
+Augment, offline generation, the identity filter, quality reports, the demo and the re-ID gain protocol
+only ever hold a :class:`PoseTransferGenerator`; :func:`load_generator` turns a checkpoint directory into
+one. A family is a folder under ``posereid/models/`` whose pipeline subclasses
+:class:`~posereid.models.pipeline.GeneratorPipeline` and is listed in :data:`FAMILIES`.
+
+Which family a directory holds is read as diffusers does: ``model_index.json``'s ``_class_name`` for a
+multi-stage pipeline, else ``config.json``'s ``_class_name`` (the main model's class).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from posereid.models.checkpoint import CONFIG_NAME, MODEL_INDEX_NAME, CheckpointError, read_json
+
+
+@runtime_checkable
+class PoseTransferGenerator(Protocol):
+    """Source image + keypoints, target keypoints → image; what every family's pipeline provides.
+
+    Implementations are ``torch.nn.Module`` s (``.to``, ``.eval``, ``.parameters`` work), so the shared
+    training loop (:func:`posereid.models.training.train_generator`) can optimise, average and checkpoint
+    them without knowing the family.
+    """
+
+    family: str
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the images the generator reads and writes."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are; inputs are moved there."""
+
+    def generate(
+        self,
+        source: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        steps: int = 20,
+        sampler: str = "dpmsolver++",
+        guidance: Sequence[float] = (2.0, 2.0),
+        seeds: Sequence[int] | None = None,
+        generator: list[torch.Generator] | torch.Generator | None = None,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """``(B, 3, H, W)`` images in ``[0, 1]``; one seed per sample makes each independent of the batch."""
+
+    def training_loss(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        source_kps: torch.Tensor,
+        target_kps: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Scalar loss of one batch of same-identity pairs (the shared training loop's hook)."""
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write a checkpoint directory that :func:`load_generator` reads back."""
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
+    ) -> PoseTransferGenerator:
+        """Load a checkpoint directory of this family."""
+
+
+#: family name → (``module:PipelineClass``, class names a checkpoint of it may carry)
+FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pidm": ("posereid.models.pidm:PIDMPipeline", ("PIDMPipeline", "PIDMModel", "PoseTransferGenerator")),
+}
+
+
+class UnknownGeneratorError(CheckpointError):
+    """A checkpoint directory names no known family (the message lists the known ones)."""
+
+
+def family_class(family: str) -> type:
+    """The pipeline class of ``family`` (imported on demand)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown generator family {family!r}; known: {', '.join(FAMILIES)}")
+    module, _, name = FAMILIES[family][0].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def checkpoint_family(path: str | os.PathLike[str]) -> str:
+    """The family a checkpoint directory holds, from ``model_index.json`` or ``config.json``."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: generator checkpoint directory not found")
+    meta = directory / MODEL_INDEX_NAME
+    if not meta.is_file():
+        meta = directory / CONFIG_NAME
+    if not meta.is_file():
+        raise FileNotFoundError(
+            f"{directory}: no {MODEL_INDEX_NAME} or {CONFIG_NAME}; expected a directory written by "
+            "save_pretrained (e.g. runs/gen/final)"
+        )
+    name = read_json(meta).get("_class_name")
+    for family, (_, names) in FAMILIES.items():
+        if name in names:
+            return family
+    known = "; ".join(f"{f} ({', '.join(n)})" for f, (_, n) in FAMILIES.items())
+    raise UnknownGeneratorError(f"{meta}: _class_name {name!r} is not a known generator family; known: {known}")
+
+
+def load_generator(
+    path: str | os.PathLike[str], *, use_ema: bool = True, device: torch.device | str | None = None
+) -> PoseTransferGenerator:
+    """Load any family's checkpoint directory (EMA weights preferred), in eval mode, on ``device``."""
+    pipe = family_class(checkpoint_family(path)).from_pretrained(path, use_ema=use_ema)
+    if device is not None:
+        pipe = pipe.to(device)
+    return pipe.eval()
+
+
+__all__ = [
+    "FAMILIES",
+    "PoseTransferGenerator",
+    "UnknownGeneratorError",
+    "checkpoint_family",
+    "family_class",
+    "load_generator",
+]

@@ -1,0 +1,196 @@
+"""The PIDM-style denoiser: weights only (a UNet over target ⊕ pose maps, and the appearance encoder).
+
+:class:`PIDMModel` is a diffusers ``ModelMixin``/``ConfigMixin``: it holds the weights and a
+self-describing config, nothing else. The denoiser is a ``UNet2DConditionModel`` in pixel space whose input
+is the noisy target ⊕ the target pose maps (:func:`posereid.models.pose.render_pose_maps`) and whose
+cross-attention reads the appearance tokens of the source image (:mod:`posereid.models.appearance`).
+The noise schedule is the pipeline's scheduler; the loss and the sampling loop are in
+:mod:`posereid.models.pidm.pipeline`.
+
+Files: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (+ ``ema.safetensors``; + ``backbone/``
+when a local vision backbone is used). Checkpoints written before the split (``_class_name``
+``PoseTransferGenerator``, noise fields in the config) load unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
+from diffusers.configuration_utils import register_to_config
+
+from posereid.models.appearance import AppearanceEncoder
+from posereid.models.checkpoint import (
+    CONFIG_NAME,
+    CheckpointError,
+    load_model_weights,
+    read_json,
+    save_model,
+)
+from posereid.models.io_utils import atomic_write
+from posereid.models.pose import POSE_CHANNELS
+from posereid.models.sampling import LEGACY_SCHEDULE_KEYS
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_DIR = "backbone"
+#: the class name checkpoints carried before the model/scheduler/pipeline split
+LEGACY_CLASS_NAME = "PoseTransferGenerator"
+
+
+class PIDMModel(ModelMixin, ConfigMixin):
+    """UNet denoiser + appearance encoder of the PIDM-style family (weights and config only).
+
+    Args:
+        image_size: ``(H, W)`` of every image the model sees (both divisible by the UNet's down-sampling).
+        block_out_channels: UNet channels per resolution level.
+        layers_per_block: ResNet layers per UNet level.
+        attention_levels: per UNet level, whether it has (self + cross) attention; the mid block always has.
+        attention_head_dim: channels per attention head.
+        norm_num_groups: GroupNorm groups (UNet and appearance encoder).
+        cross_attention_dim: appearance token width.
+        appearance_channels: channels of the appearance pyramid's levels.
+        appearance_stem_stride: stride of the appearance pyramid's first level.
+        appearance_use_pose: feed the source pose maps to the appearance encoder too.
+        timestep_sampling: training timesteps ``"uniform"`` or ``"cubic"`` (t = (1 − u³)·T, CFLD).
+        p_drop_pose, p_drop_appearance: independent training condition-dropout rates (for guidance).
+        pose_sigma: Gaussian width of pose maps in pixels (None: 2.5 % of the height).
+        backbone_path: local directory of a ``transformers`` vision model adding appearance tokens.
+    """
+
+    config_name = CONFIG_NAME
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        image_size: Sequence[int] = (128, 64),
+        block_out_channels: Sequence[int] = (64, 128, 256, 256),
+        layers_per_block: int = 2,
+        attention_levels: Sequence[bool] = (False, True, True, True),
+        attention_head_dim: int = 32,
+        norm_num_groups: int = 32,
+        cross_attention_dim: int = 256,
+        appearance_channels: Sequence[int] = (64, 128, 256),
+        appearance_stem_stride: int = 4,
+        appearance_use_pose: bool = True,
+        timestep_sampling: Literal["uniform", "cubic"] = "uniform",
+        p_drop_pose: float = 0.1,
+        p_drop_appearance: float = 0.1,
+        pose_sigma: float | None = None,
+        backbone_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        h, w = (int(v) for v in image_size)
+        chans = [int(c) for c in block_out_channels]
+        attn = [bool(a) for a in attention_levels]
+        if len(attn) != len(chans):
+            raise ValueError(f"attention_levels has {len(attn)} entries for {len(chans)} block_out_channels")
+        if timestep_sampling not in ("uniform", "cubic"):
+            raise ValueError(f"timestep_sampling must be 'uniform' or 'cubic', got {timestep_sampling!r}")
+        for name, p in (("p_drop_pose", p_drop_pose), ("p_drop_appearance", p_drop_appearance)):
+            if not 0.0 <= float(p) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        factor = 2 ** (len(chans) - 1)
+        if h % factor or w % factor:
+            raise ValueError(
+                f"image_size {h}x{w} must be divisible by the UNet's total down-sampling {factor} "
+                f"({len(chans)} levels)"
+            )
+        bad = [c for c in chans if c % norm_num_groups]
+        if bad:
+            raise ValueError(f"block_out_channels {bad} are not divisible by norm_num_groups={norm_num_groups}")
+        self.unet = UNet2DConditionModel(
+            sample_size=(h, w),
+            in_channels=3 + POSE_CHANNELS,
+            out_channels=3,
+            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+            block_out_channels=tuple(chans),
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            cross_attention_dim=cross_attention_dim,
+            # diffusers' historical naming: this argument is the number of heads per level
+            attention_head_dim=tuple(max(1, c // attention_head_dim) for c in chans),
+        )
+        self.appearance = AppearanceEncoder(
+            (h, w),
+            appearance_channels,
+            cross_attention_dim,
+            in_channels=3 + (POSE_CHANNELS if appearance_use_pose else 0),
+            stem_stride=appearance_stem_stride,
+            norm_groups=norm_num_groups,
+            backbone_path=backbone_path,
+        )
+
+    def encode_appearance(self, source: torch.Tensor, source_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """Appearance tokens ``(B, N, cross_attention_dim)`` of ``source`` ``(B, 3, H, W)`` in ``[0, 1]``.
+
+        ``source_maps``: the source pose maps when the config uses them; ``None`` gives empty maps.
+        """
+        return self.appearance(source.to(self.unet.conv_in.weight.device), source_maps)
+
+    def null_tokens(self, batch: int, num_tokens: int) -> torch.Tensor:
+        """The learned "appearance dropped" tokens, laid out like :meth:`encode_appearance`'s."""
+        return self.appearance.null_tokens(batch, num_tokens)
+
+    def forward(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, pose_maps: torch.Tensor, tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """Model output (ε or v) for ``noisy`` ``(B, 3, H, W)`` in ``[-1, 1]``, given the rendered target
+        ``pose_maps`` ``(B, POSE_CHANNELS, H, W)`` and appearance ``tokens``."""
+        dtype = self.unet.conv_in.weight.dtype  # a half-precision model takes half inputs; autocast recasts
+        x = torch.cat([noisy.to(dtype), pose_maps.to(noisy.device, dtype)], dim=1)
+        return self.unet(x, timesteps, encoder_hidden_states=tokens.to(dtype)).sample
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(  # type: ignore[override]
+        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write ``config.json`` + safetensors weights (+ EMA weights, + ``backbone/``), each file atomically."""
+        directory = Path(save_directory)
+        save_model(self, directory, ema_state_dict)
+        backbone = self.appearance.backbone
+        if backbone is not None:
+            tmp = directory / f"{BACKBONE_DIR}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            backbone.save_pretrained(str(tmp))
+            src_proc = Path(self.config.backbone_path) / "preprocessor_config.json"
+            if src_proc.is_file():
+                shutil.copy(src_proc, tmp / src_proc.name)
+            shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)
+            os.replace(tmp, directory / BACKBONE_DIR)
+        with atomic_write(directory / CONFIG_NAME) as fh:
+            fh.write(self.to_json_string())
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
+    ) -> PIDMModel:
+        """Load a local directory written by :meth:`save_pretrained` (EMA weights preferred when present)."""
+        directory = Path(pretrained_model_name_or_path)
+        cfg_path = directory / CONFIG_NAME
+        config = read_json(cfg_path)
+        name = config.get("_class_name", cls.__name__)
+        if name not in (cls.__name__, LEGACY_CLASS_NAME):
+            raise CheckpointError(f"{cfg_path}: is a {name} checkpoint, not {cls.__name__}")
+        config = {k: v for k, v in config.items() if k not in LEGACY_SCHEDULE_KEYS}  # now the scheduler's
+        config["_class_name"] = cls.__name__
+        if config.get("backbone_path") is not None:
+            config["backbone_path"] = str(directory / BACKBONE_DIR)
+        try:
+            model = cls.from_config(config)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{cfg_path}: invalid model config ({err})") from err
+        weights = load_model_weights(model, directory, use_ema=use_ema)
+        logger.info("loaded %s from %s", cls.__name__, weights)
+        return model.eval()
+
+
+__all__ = ["BACKBONE_DIR", "LEGACY_CLASS_NAME", "PIDMModel"]

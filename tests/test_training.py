@@ -178,6 +178,18 @@ def test_training_learns_pose_transfer(tmp_path: Path) -> None:
     msg += f"sample MSE {mse0:.4f} -> {mse1:.4f}"
     assert loss1 < 0.5 * loss0 and last < 0.6 * first, msg
     assert mse1 < 0.5 * mse0, msg
+    # The pose steers the image where the poses differ: one source, one seed, the two target poses. The
+    # samples must differ inside the region where the two real renders differ (raised arm, spread legs),
+    # and much less elsewhere; a generator that ignored the pose would give two equal images.
+    src = torch.from_numpy(_render(IDENTITIES[0], _pose(0))).permute(2, 0, 1)[None].float().div(255)
+    src2, ks2 = src.repeat(2, 1, 1, 1), torch.from_numpy(np.stack([_pose(0)] * 2))
+    kt2 = torch.from_numpy(np.stack([_pose(0), _pose(1)]))
+    a, b = trained.generate(src2, kt2, ks2, steps=10, guidance=(1.0, 1.0), seeds=[5, 5])
+    real = np.abs(_render(IDENTITIES[0], _pose(0)).astype(np.float32) - _render(IDENTITIES[0], _pose(1)))
+    where = torch.from_numpy(real.max(-1) > 60)
+    change = (a - b).abs().mean(0)
+    inside, outside = float(change[where].mean()), float(change[~where].mean())
+    assert inside > 0.1 and inside > 2 * outside, f"pose change: inside {inside:.3f}, outside {outside:.3f}"
     assert (tmp_path / "run" / "samples" / "step-0000120.png").is_file()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
 
@@ -290,9 +302,7 @@ def test_nonfinite_steps_skipped_and_counted(tmp_path: Path, monkeypatch: pytest
     with open(tmp_path / "nan" / "train_log.csv", newline="") as fh:
         assert [int(r["skipped"]) for r in csv.DictReader(fh)] == [0, 1, 1, 0, 0]
 
-    monkeypatch.setattr(
-        PIDMPipeline, "training_loss", lambda self, *a, **k: torch.tensor(float("inf"))
-    )
+    monkeypatch.setattr(PIDMPipeline, "training_loss", lambda self, *a, **k: torch.tensor(float("inf")))
     cfg = _config(steps=20, checkpoint_every=0, max_nonfinite_in_row=3)
     with pytest.raises(NonFiniteLossError, match=r"4 consecutive steps.*max_nonfinite_in_row=3"):
         train_generator(_tiny(), ds, cfg, tmp_path / "diverged", progress=False)

@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from posereid.augment.manifest import TRAIN_DIR, manifest_paths, read_manifest_file
+from posereid.augment.manifest import TRAIN_DIR, manifest_paths, read_manifest_lines
 from posereid.augment.transform import PoseTransferAugment
 from posereid.models.pose import PoseKeypoints, resize_keypoints
 from posereid.reid_integration.market1501 import (
     MarketFormatError,
+    load_annotations,
     load_image,
     parse_market_name,
-    read_patn_csv,
+    safe_child,
 )
 
 logger = logging.getLogger(__name__)
@@ -106,8 +107,11 @@ class PoseAugmentedDataset(Dataset):
         seed: seed of the slot → image permutation.
         transform: callable on a PIL image for the items this wrapper loads (plain-list base items and
             synthetic items); default: the base's ``transform`` (torchreid's) if it has one.
-        annotations: optional ``name → (18, 2)`` keypoints (or PATN CSV path, 128×64 frame) of the real
-            images, given to the generator as source poses on the fly.
+        annotations: optional ``name → (18, 2)`` keypoints (or PATN CSV path) of the real images, given to
+            the generator as source poses on the fly.
+        annotation_hw: the ``(H, W)`` frame of ``annotations``; ``None`` (default): the size of the base
+            images they annotate (mixed sizes are an error then). A keypoint outside the frame is an
+            error naming the file and line.
     """
 
     def __init__(
@@ -120,7 +124,7 @@ class PoseAugmentedDataset(Dataset):
         seed: int = 0,
         transform: Callable | None = None,
         annotations: Mapping[str, np.ndarray] | str | os.PathLike[str] | None = None,
-        annotation_hw: tuple[int, int] = (128, 64),
+        annotation_hw: tuple[int, int] | None = None,
     ) -> None:
         if (synthetic_dir is None) == (generator_augment is None):
             raise ValueError("give exactly one of synthetic_dir (offline) or generator_augment (on the fly)")
@@ -147,8 +151,12 @@ class PoseAugmentedDataset(Dataset):
         if self.num_synthetic and pool == 0:
             raise ValueError(f"{synthetic_dir}: no synthetic image to mix in (ratio={ratio})")
         self._slots = self._permutation(pool)
-        if isinstance(annotations, (str, os.PathLike)):
-            annotations = read_patn_csv(annotations, image_hw=annotation_hw)
+        if annotations is not None:
+            # the frame of the keypoints comes from the images they annotate (or annotation_hw); rows whose
+            # images are not in the base are never used, so a CSV annotating none of them is no error
+            annotations, annotation_hw = load_annotations(
+                annotations, [r[0] for r in self.records], frame=annotation_hw, required=False
+            )
         self.annotations = annotations
         self.annotation_hw = annotation_hw
 
@@ -161,8 +169,8 @@ class PoseAugmentedDataset(Dataset):
             )
         out: list[tuple[str, int, int]] = []
         for part in parts:
-            for e in read_manifest_file(part)[0]:
-                path = folder / TRAIN_DIR / e["name"]
+            for lineno, e in read_manifest_lines(part)[0]:
+                path = safe_child(folder / TRAIN_DIR, e["name"], source=f"{part} line {lineno}")
                 if not path.is_file():  # rejected by the filter, or not generated yet
                     continue
                 pid = int(e["source_pid"])
@@ -246,7 +254,7 @@ class PoseAugmentedDataset(Dataset):
     def _render(self, path: str) -> Any:
         img = load_image(path)
         kps = None if self.annotations is None else self.annotations.get(os.path.basename(path))
-        if kps is None:
+        if kps is None or self.annotation_hw is None:
             return self.augment(img)
         kps = resize_keypoints(kps, self.annotation_hw, (img.height, img.width))
         out, _ = self.augment(img, PoseKeypoints(kps, canvas_size=(img.height, img.width)))

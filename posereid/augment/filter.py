@@ -13,7 +13,9 @@ re-scores an existing generated folder without regenerating: rejected images are
 ``<dir>/rejected/`` (outside ``bounding_box_train`` so torchreid never reads them; a later run with a
 looser threshold moves them back) and every manifest part is rewritten atomically with ``filter_score``,
 ``filter_margin`` and ``kept``. Re-running is idempotent, so an interrupted run is finished by running it
-again.
+again. Manifest names are untrusted: a name that is not a plain file name, or a symlink leading out of
+the folder, stops the run before anything is read or moved, with an error naming the manifest, the line
+and the name.
 
 The feature extractor is any callable ``images (B, 3, H, W) float in [0, 1] -> (B, D) features``; the
 command loads :class:`posereid.reid_integration.torchreid_plugin.ReidFeatureExtractor` from a local
@@ -41,10 +43,10 @@ from posereid.augment.manifest import (
     REJECTED_DIR,
     TRAIN_DIR,
     manifest_paths,
-    read_manifest_file,
+    read_manifest_lines,
     write_manifest_file,
 )
-from posereid.reid_integration.market1501 import Market1501, load_image
+from posereid.reid_integration.market1501 import Market1501, load_image, safe_child
 
 logger = logging.getLogger(__name__)
 
@@ -250,17 +252,20 @@ def filter_folder(
     parts = manifest_paths(gen_dir)
     if not parts:
         raise FilterError(f"{gen_dir}: no manifest*.jsonl (is this a folder written by `posereid generate`?)")
-    if identity_filter.centroids is None:
-        identity_filter.fit_market(market_root)
     summary = FilterSummary(threshold=threshold, score=score)
 
-    part_entries = {p: read_manifest_file(p, drop_partial_last=False)[0] for p in parts}
+    # every name is checked (plain file name, no symlink out of the folder) before anything is read or
+    # moved: a crafted manifest aborts the run with the file, line and name, leaving the folder as it was
+    part_lines = {p: read_manifest_lines(p, drop_partial_last=False)[0] for p in parts}
+    part_entries = {p: [e for _, e in numbered] for p, numbered in part_lines.items()}
     located: list[tuple[Path, int, Path]] = []  # (part, index in part, current file)
     listed: set[str] = set()
-    for part, entries in part_entries.items():
-        for i, e in enumerate(entries):
+    for part, numbered in part_lines.items():
+        for i, (lineno, e) in enumerate(numbered):
             listed.add(e["name"])
-            here = next((d / e["name"] for d in (train_dir, rej_dir) if (d / e["name"]).is_file()), None)
+            where = f"{part} line {lineno}"
+            candidates = [safe_child(d, e["name"], source=where) for d in (train_dir, rej_dir)]
+            here = next((c for c in candidates if c.is_file()), None)
             if here is None:
                 summary.missing_images += 1
                 logger.warning(
@@ -277,6 +282,8 @@ def filter_folder(
             summary.unlisted_images,
         )
 
+    if identity_filter.centroids is None:
+        identity_filter.fit_market(market_root)
     pids = [int(part_entries[part][i]["source_pid"]) for part, i, _ in located]
     known = {int(p) for p in identity_filter.pids}
     for (part, i, _), pid in zip(located, pids):

@@ -15,6 +15,11 @@ independent of batching, sharding and interruptions. Sources are the train recor
 reconciles the folder (see :mod:`posereid.augment.manifest`) and then skips every item already done;
 resuming with different settings is an error (use a new ``--out``).
 
+**Keypoint frame.** The source annotations (and a pose bank built from them) are read in the frame of the
+images they annotate, or ``annotation_hw`` / ``--annotation-size HxW`` when given; a keypoint outside it,
+or annotated images of mixed sizes without an explicit frame, stop the run with an error naming the file
+(and line) — see :func:`~posereid.reid_integration.market1501.load_annotations`.
+
 **Shards.** ``shard=(i, n)`` takes the items with ``index % n == i`` and appends to
 ``manifest.shard-i-of-n.jsonl``; shards can run at the same time on one folder (one process per shard).
 Under ``accelerate launch`` the shard defaults to ``(process_index, num_processes)``.
@@ -65,8 +70,9 @@ from posereid.reid_integration.market1501 import (
     Market1501,
     MarketFormatError,
     MarketRecord,
+    add_annotation_size_arg,
+    load_annotations,
     load_image,
-    read_patn_csv,
 )
 
 logger = logging.getLogger(__name__)
@@ -181,7 +187,10 @@ class _Run:
                 logger.warning("skipping %s: %s", it.name, exc)
                 continue
             kps = self.ann.get(rec.name)
-            kps = missing_pose() if kps is None else resize_keypoints(kps, self.annotation_hw, self.gen_hw)
+            if kps is None or self.annotation_hw is None:
+                kps = missing_pose()
+            else:  # checked to lie in annotation_hw when read: the rescale never drops a joint
+                kps = resize_keypoints(kps, self.annotation_hw, self.gen_hw)
             pose_index, seed = plan_draws(self.seed, it.source_index, it.k, self.bank, self.sampling)
             src = _pil_to_tensor(im.resize((self.gen_hw[1], self.gen_hw[0]), Image.Resampling.BILINEAR))
             out.append(_Prepared(it, src, (im.height, im.width), kps, pose_index, seed))
@@ -223,7 +232,7 @@ def generate_offline(
     identity_filter: Any = None,
     filter_threshold: float | None = None,
     filter_score: str = "similarity",
-    annotation_hw: tuple[int, int] = (128, 64),
+    annotation_hw: tuple[int, int] | None = None,
     out_size: tuple[int, int] | None = None,
     grid_items: int = 8,
     autocast_dtype: torch.dtype | None = None,
@@ -232,11 +241,15 @@ def generate_offline(
     """Generate ``per_image`` synthetic images per real train image into ``out_dir`` (resumable).
 
     Args:
-        generator: a ``PoseTransferGenerator`` (on the device to run on).
+        generator: any family's :class:`~posereid.models.contract.PoseTransferGenerator` (on the device to run on).
         market_root: Market-1501 folder; its ``bounding_box_train`` images (pid > 0) are the sources.
         annotations: PATN CSV (or ``name → (18, 2)`` mapping) with source keypoints in ``annotation_hw``;
             sources without a row are given no source pose.
-        pose_bank: target poses (default: the annotated train images of ``market_root``).
+        annotation_hw: the ``(H, W)`` frame of ``annotations``' coordinates; ``None`` (default): the size of
+            the images of ``market_root`` they annotate (mixed sizes are an error then; see
+            :func:`~posereid.reid_integration.market1501.annotation_frame`). A keypoint outside the frame
+            raises :class:`MarketFormatError` naming the file and line; nothing is squeezed or clamped.
+        pose_bank: target poses (default: the annotated train images of ``market_root``, in the same frame).
         sampling: pose bank strategy (``uniform``, ``cluster``, ``view``).
         steps, sampler, guidance: passed to ``generator.generate``.
         seed: the plan's seed. shard: ``(i, n)``; ``None`` → from accelerate, else ``(0, 1)``.
@@ -264,14 +277,10 @@ def generate_offline(
     sources: list[MarketRecord] = [r for r in market.train if r.pid > 0]
     if not sources:
         raise ValueError(f"{market.root}: no train image with a pid > 0 to generate from")
-    ann = (
-        annotations
-        if isinstance(annotations, Mapping)
-        else read_patn_csv(annotations, image_hw=annotation_hw)
-    )
-    bank = (
-        pose_bank if pose_bank is not None else PoseBank.from_market(market_root, ann, image_hw=annotation_hw)
-    )
+    # the frame of the keypoints is that of the images they annotate (or the explicit annotation_hw), and
+    # every keypoint is checked to lie in it; frame None: no row annotates an image of market_root
+    ann, frame = load_annotations(annotations, market, frame=annotation_hw, required=False)
+    bank = pose_bank if pose_bank is not None else PoseBank.from_market(market_root, ann, image_hw=frame)
 
     items = [
         PlanItem(s * per_image + k, s, k, synthetic_name(rec.name, k))
@@ -296,7 +305,7 @@ def generate_offline(
         "out_size": None if out_size is None else list(out_size),
         # what decides kept/rejected and the source keypoints of items still to come: a resume with other
         # values would mix two runs in one folder
-        "annotation_hw": list(annotation_hw), "filter": identity_filter is not None,
+        "annotation_hw": None if frame is None else list(frame), "filter": identity_filter is not None,
         "filter_threshold": None if filter_threshold is None else float(filter_threshold),
         "filter_score": filter_score,
     }  # fmt: skip
@@ -307,7 +316,7 @@ def generate_offline(
     done = reconcile(out_dir, part, {it.name for it in mine}, summary)
     pending = [it for it in mine if it.name not in done]
     summary.already_done = len(mine) - len(pending)
-    run = _Run(generator, sources, ann, annotation_hw, bank, sampling, int(seed), summary)
+    run = _Run(generator, sources, ann, frame, bank, sampling, int(seed), summary)
     settings = {
         "generator_sha256": gen_hash,
         "steps": int(steps),
@@ -386,6 +395,7 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pose-bank", help="target poses: PATN CSV or PoseBank .npz (default: train annotations)"
     )
+    add_annotation_size_arg(parser, what="--annotations (and of a --pose-bank CSV)")
     parser.add_argument("--sampling", choices=SAMPLINGS, default="uniform", help="pose sampling strategy")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="dpmsolver++")
@@ -404,22 +414,18 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.contract import load_generator
+    from posereid.models.runtime import resolve_device
 
     shard = parse_shard(args.shard) if args.shard else None
-    if args.device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        device = PartialState().device  # this process's GPU under `accelerate launch`
-    else:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    generator = PoseTransferGenerator.from_pretrained(args.generator).to(device).eval()
+    device = resolve_device(args.device)
+    generator = load_generator(args.generator, device=device)
     bank = None
     if args.pose_bank:
         bank = (
             PoseBank.load(args.pose_bank)
             if args.pose_bank.endswith(".npz")
-            else PoseBank.from_csv(args.pose_bank)
+            else PoseBank.from_csv(args.pose_bank, image_hw=args.annotation_size, images=args.data)
         )
     identity_filter = None
     if args.filter_checkpoint:
@@ -431,7 +437,8 @@ def run_generate(args: argparse.Namespace) -> int:
         sampling=args.sampling, steps=args.steps, sampler=args.sampler,
         guidance=(args.guidance_pose, args.guidance_appearance), batch_size=args.batch_size, seed=args.seed,
         shard=shard, identity_filter=identity_filter, filter_threshold=args.filter_threshold,
-        filter_score=args.filter_score, out_size=tuple(args.out_size) if args.out_size else None,
+        filter_score=args.filter_score, annotation_hw=args.annotation_size,
+        out_size=tuple(args.out_size) if args.out_size else None,
         autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast],
         progress=not args.no_progress,
     )  # fmt: skip

@@ -35,7 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from posereid.models.io_utils import atomic_write, is_temp_file
-from posereid.reid_integration.market1501 import MarketFormatError, format_market_name, parse_market_name
+from posereid.reid_integration.market1501 import (
+    MarketFormatError,
+    check_file_name,
+    format_market_name,
+    parse_market_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,20 +96,35 @@ def manifest_paths(out_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in out.glob("manifest*.jsonl") if p.is_file() and not is_temp_file(p))
 
 
+#: Manifest fields holding image names (joined with folders by readers): each must be a plain file name.
+NAME_FIELDS = ("name", "source", "target_source")
+
+
 def read_manifest_file(
     path: str | os.PathLike[str], *, drop_partial_last: bool = True
 ) -> tuple[list[dict], int]:
     """Entries of one manifest part and the number of dropped torn lines.
 
     A killed run can leave a torn last line (no newline): it is dropped with ``drop_partial_last``, else
-    an error. Any other invalid line raises :class:`ValueError` naming the file and line.
+    an error. Any other invalid line raises :class:`ValueError` naming the file and line, and so does a
+    name (``name``, ``source``, ``target_source``) that is not a plain file name
+    (:class:`~posereid.reid_integration.market1501.UnsafeNameError`, e.g. ``../x.jpg`` or ``/abs/x.jpg``).
     """
+    numbered, dropped = read_manifest_lines(path, drop_partial_last=drop_partial_last)
+    return [e for _, e in numbered], dropped
+
+
+def read_manifest_lines(
+    path: str | os.PathLike[str], *, drop_partial_last: bool = True
+) -> tuple[list[tuple[int, dict]], int]:
+    """Like :func:`read_manifest_file`, with each entry's line number: ``([(line, entry), ...], dropped)``
+    (for messages that name the line of an entry)."""
     path = Path(path)
     if not path.exists():
         return [], 0
     data = path.read_bytes()
     lines = data.split(b"\n")
-    entries: list[dict] = []
+    entries: list[tuple[int, dict]] = []
     dropped = 0
     for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -127,7 +147,10 @@ def read_manifest_file(
         if last:  # valid JSON but unterminated: the append was cut before its newline; redo it
             dropped += 1
             continue
-        entries.append(entry)
+        for key in NAME_FIELDS:
+            if key == "name" or entry.get(key) is not None:
+                check_file_name(entry[key], source=f"{path} line {lineno} ({key})")
+        entries.append((lineno, entry))
     return entries, dropped
 
 
@@ -264,6 +287,7 @@ def reconcile(out_dir: Path, part: Path, mine: set[str], summary: GenerateSummar
 __all__ = [
     "CONFIG_FILE",
     "MANIFEST_NAME",
+    "NAME_FIELDS",
     "REJECTED_DIR",
     "SYNTHETIC_SEQ",
     "TRAIN_DIR",
@@ -276,6 +300,7 @@ __all__ = [
     "parse_synthetic_name",
     "read_manifest",
     "read_manifest_file",
+    "read_manifest_lines",
     "reconcile",
     "synthetic_name",
     "write_manifest_file",

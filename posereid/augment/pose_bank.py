@@ -1,8 +1,11 @@
 """A bank of target poses to sample from when generating synthetic people.
 
 Poses come from a PATN annotation CSV, a Market-1501 folder with annotations, or any list of keypoints.
-They are stored in one reference frame ``image_hw = (H, W)`` (128×64 for Market) and rescaled on request,
-so one bank serves a generator at any resolution.
+They are stored in one reference frame ``image_hw = (H, W)`` and rescaled on request, so one bank serves a
+generator at any resolution. Built from annotations, the frame is that of the images they annotate
+(128×64 for Market-1501; 64×32 for a 64×32 synthetic set) unless given explicitly, and a pose with a
+keypoint outside the frame is an error naming the file and line (see
+:func:`posereid.reid_integration.market1501.load_annotations`).
 
 Only poses a generator can use are kept: a hip, a shoulder and ``min_visible`` joints in
 all (a pose with no torso gives the model nothing to place the body on). Rejected poses are counted.
@@ -109,6 +112,19 @@ def estimate_view(kps: np.ndarray, *, side_ratio: float = 0.35) -> str:
     return "front" if face else "back"
 
 
+def _subset(annotations: Mapping[str, np.ndarray], names: Sequence[str]) -> Mapping[str, np.ndarray]:
+    """``annotations`` restricted to ``names``, keeping a PATN file's path and line numbers for messages."""
+    from posereid.reid_integration.market1501 import PatnAnnotations
+
+    out = PatnAnnotations((n, annotations[n]) for n in names)
+    if isinstance(annotations, PatnAnnotations):
+        out.path, out.lines = (
+            annotations.path,
+            {n: annotations.lines[n] for n in names if n in annotations.lines},
+        )
+    return out
+
+
 class PoseBank:
     """Target poses in one reference frame, with validity filtering and seeded sampling.
 
@@ -167,18 +183,35 @@ class PoseBank:
     def from_csv(
         cls,
         path: str | os.PathLike[str],
-        image_hw: tuple[int, int] = (128, 64),
+        image_hw: tuple[int, int] | None = None,
         *,
+        images: str | os.PathLike[str] | None = None,
         on_error: Literal["raise", "skip"] = "raise",
         **kwargs,
     ) -> PoseBank:
-        """Poses of a PATN annotation CSV (``name:keypoints_y:keypoints_x``) in the ``image_hw`` frame."""
-        from posereid.reid_integration.market1501 import read_patn_csv
+        """Poses of a PATN annotation CSV (``name:keypoints_y:keypoints_x``).
 
-        ann = read_patn_csv(path, image_hw=image_hw, on_error=on_error)
+        Args:
+            image_hw: the ``(H, W)`` frame of the CSV's coordinates; ``None`` (default): the size of the
+                images it annotates, looked up in ``images``.
+            images: the folder (Market-1501 or plain) holding the annotated images. ``None``: the CSV's own
+                folder, and when no annotated image is there, PATN's 128×64 frame (with a warning). Given
+                explicitly, not finding them is an error (pass ``image_hw``).
+            on_error: a malformed row or one with a keypoint outside the frame raises naming the file and
+                line (``"raise"``), or is skipped and counted (``"skip"``).
+        """
+        from posereid.reid_integration.market1501 import PATN_FRAME, load_annotations
+
+        ann, frame = load_annotations(
+            path,
+            Path(path).parent if images is None else images,
+            frame=image_hw,
+            on_error=on_error,
+            default_frame=PATN_FRAME if images is None else None,
+        )
         if not ann:
             raise ValueError(f"{path}: the annotation file holds no poses")
-        return cls.from_mapping(ann, image_hw=image_hw, **kwargs)
+        return cls.from_mapping(ann, image_hw=frame, **kwargs)
 
     @classmethod
     def from_mapping(
@@ -196,27 +229,30 @@ class PoseBank:
         annotations: str | os.PathLike[str] | Mapping[str, np.ndarray],
         *,
         split: str = "train",
-        image_hw: tuple[int, int] = (128, 64),
+        image_hw: tuple[int, int] | None = None,
         **kwargs,
     ) -> PoseBank:
         """Poses of the images of one split of a Market-1501 folder that have annotations.
 
         ``annotations`` is a PATN CSV path or a ``name → keypoints`` mapping; images without a row are
         skipped (logged), so a pose bank built from ``train`` never leaks query/gallery poses.
+        ``image_hw`` is the frame of the annotations' coordinates; ``None`` (default): the size of the
+        split's annotated images (mixed sizes are an error then). A keypoint of those images outside the
+        frame is an error naming the file and line.
         """
-        from posereid.reid_integration.market1501 import Market1501, read_patn_csv
+        from posereid.reid_integration.market1501 import Market1501, load_annotations, read_patn_csv
 
-        ann = (
-            annotations if isinstance(annotations, Mapping) else read_patn_csv(annotations, image_hw=image_hw)
-        )
         records = Market1501(root).split(split)
-        names = [r.name for r in records if r.name in ann]
+        if not isinstance(annotations, Mapping):
+            annotations = read_patn_csv(annotations, image_hw=None)  # the frame is checked below
+        names = [r.name for r in records if r.name in annotations]
         missing = len(records) - len(names)
         if missing:
             logger.info("PoseBank.from_market: %d %s image(s) have no annotation row", missing, split)
         if not names:
             raise ValueError(f"{root}: no {split} image has an annotation row")
-        return cls.from_mapping({n: ann[n] for n in names}, image_hw=image_hw, **kwargs)
+        ann, frame = load_annotations(_subset(annotations, names), [r.path for r in records], frame=image_hw)
+        return cls.from_mapping(ann, image_hw=frame, **kwargs)
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -353,6 +389,10 @@ class PoseBank:
             raise ValueError(f"{path}: not a PoseBank file ({exc})") from None
         if meta.get("format_version") != _FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported PoseBank format version {meta.get('format_version')!r}")
+        from posereid.reid_integration.market1501 import check_file_name
+
+        for i, name in enumerate(names):  # names are image names (they go into manifests as target_source)
+            check_file_name(name, source=f"{path} names[{i}]")
         bank = cls(
             kps,
             names,

@@ -32,6 +32,7 @@ __getattr__, __dir__, __all__ = attach(
             "TrainResult", "check_resume_config",
             "derive_seed", "list_checkpoints", "plot_loss_curve", "save_sample_grid", "train_generator",
         ],
+        "runtime": ["resolve_device"],
         "io_utils": ["atomic_save", "atomic_write", "file_sha256", "is_temp_file"],
     },
 )  # fmt: skip

@@ -29,18 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from posereid.models.runtime import resolve_device
+
 logger = logging.getLogger(__name__)
 
 Metric = Literal["euclidean", "cosine"]
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
 __all__ = ["compute_distance_matrix", "evaluate_features", "evaluate_rank"]
-
-
-def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _as_features(x: ArrayLike, name: str) -> torch.Tensor:
@@ -103,7 +99,7 @@ def compute_distance_matrix(
         return _faiss_distance_matrix(qf, gf, metric)
     if backend != "torch":
         raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
-    dev = _default_device(device)
+    dev = resolve_device(device)
     q, g, g_sq = _prepare(qf, gf, metric, dev, dtype)
     out = torch.empty((q.shape[0], g.shape[0]), dtype=q.dtype)
     with torch.no_grad():
@@ -203,7 +199,7 @@ def evaluate_rank(
         ValueError: shapes disagree, NaN distances, or no query has a correct match (±inf is ranked
             like torchreid: first/last).
     """
-    dev = _default_device(device)
+    dev = resolve_device(device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     fused = distmat is None

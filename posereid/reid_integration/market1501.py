@@ -11,10 +11,22 @@ Keypoints are ``(18, 2)`` float32 **(x, y)** arrays (COCO-18 order, ``-1`` missi
 
 Every reader raises an error that names the file (and line); every writer writes a temporary sibling and
 moves it into place, so a killed job never leaves a half-written file.
+
+**Names read from files are untrusted.** Every image name read from a PATN CSV, a pairs CSV, a generation
+manifest or a pose bank must be a plain file name (:func:`check_file_name`), and code that joins such a
+name with a folder does it through :func:`safe_child`, which also refuses a symlink that leads outside the
+folder. Both raise :class:`UnsafeNameError` naming the file, the line and the offending name.
+
+**The keypoint frame comes from the data.** The ``(H, W)`` frame of a PATN CSV's coordinates is the size
+of the images it annotates (:func:`annotation_frame`; images of mixed sizes are an error unless a frame is
+given explicitly, e.g. by ``--annotation-size HxW``, :func:`add_annotation_size_arg`), and a keypoint
+outside that frame is an error naming the file and line, or a counted skip (:func:`load_annotations`) —
+never silently squeezed or dropped.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import logging
@@ -23,7 +35,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
 
 import numpy as np
@@ -44,6 +56,11 @@ class ImageReadError(OSError):
     """An image file that cannot be decoded (missing, empty, truncated, not an image)."""
 
 
+class UnsafeNameError(MarketFormatError):
+    """A name read from a file (CSV, manifest, pose bank) that is not a plain file name inside its folder:
+    a path with separators, ``..``, an absolute path, or a symlink that resolves outside the folder."""
+
+
 #: split name → folder name inside a Market-1501 data directory.
 SPLIT_DIRS: dict[str, str] = {
     "train": "bounding_box_train",
@@ -56,6 +73,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 #: Sub-folder the official archive unpacks to; :class:`Market1501` and torchreid both look for it.
 RELEASE_DIR = "Market-1501-v15.09.15"
 
+#: The frame of the official PATN Market-1501 annotations (and of Market-1501's crops).
+PATN_FRAME: tuple[int, int] = (128, 64)
 PATN_HEADER = "name:keypoints_y:keypoints_x"
 PAIRS_HEADER = ("from", "to")
 
@@ -126,6 +145,54 @@ def format_market_name(
         raise ValueError(f"ext must be one of {IMAGE_EXTENSIONS}, got {ext!r}")
     pid_str = "-1" if pid == -1 else f"{pid:04d}"
     return f"{pid_str}_c{cam}s{seq}_{frame:06d}_{bbox:02d}.{ext}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Names read from files
+# --------------------------------------------------------------------------------------------------
+def check_file_name(name: object, *, source: str) -> str:
+    """Return ``name`` if it is a plain file name (no folder part), else raise :class:`UnsafeNameError`.
+
+    Refused: non-strings, empty names, ``.`` / ``..``, names with ``/`` or ``\\`` or NUL, absolute paths
+    and Windows drive names. ``source`` says where the name was read (e.g. ``"FILE line N"``) and starts
+    the error message.
+    """
+    if not isinstance(name, str) or not name:
+        raise UnsafeNameError(f"{source}: image name {name!r} is not a non-empty string")
+    if (
+        name in (".", "..")
+        or any(c in name for c in "/\\\0")
+        or os.path.isabs(name)
+        or PureWindowsPath(name).drive
+    ):
+        raise UnsafeNameError(
+            f"{source}: image name {name!r} is not a plain file name (a path, '..' or an absolute name "
+            "would reach outside its folder)"
+        )
+    return name
+
+
+def safe_child(root: str | os.PathLike[str], name: object, *, source: str) -> Path:
+    """``root / name`` for a ``name`` read from a file, guaranteed to stay inside ``root``.
+
+    ``name`` must be a plain file name (:func:`check_file_name`), and the path must resolve inside
+    ``root`` with symlinks followed (a symlink in ``root`` that points elsewhere is refused; ``root``
+    itself may be a symlink). The file need not exist. Raises :class:`UnsafeNameError` naming ``source``
+    (the file and line the name came from), the name and, for a symlink, where it leads.
+    """
+    check_file_name(name, source=source)
+    root = Path(root)
+    path = root / str(name)
+    try:
+        real_root, real = root.resolve(), path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise UnsafeNameError(f"{source}: image name {name!r} in {root} cannot be resolved ({exc})") from None
+    if real == real_root or not real.is_relative_to(real_root):
+        raise UnsafeNameError(
+            f"{source}: image name {name!r} resolves to {real}, outside {root} (a symlink leading out of "
+            "the folder); refusing to read or move it"
+        )
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,12 +352,24 @@ def load_image(path: str | os.PathLike[str], *, size: tuple[int, int] | None = N
 # PATN annotation CSV
 # --------------------------------------------------------------------------------------------------
 class PatnAnnotations(dict):
-    """``name → (18, 2)`` float32 (x, y) keypoints, plus :attr:`skipped` rows and their :attr:`errors`."""
+    """``name → (18, 2)`` float32 (x, y) keypoints, plus :attr:`skipped` rows and their :attr:`errors`.
+
+    When read from a file, :attr:`path` is that file and :attr:`lines` maps each name to its line number
+    (so later checks, e.g. of the keypoint frame, can name the line).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.skipped: int = 0
         self.errors: list[str] = []
+        self.path: Path | None = None
+        self.lines: dict[str, int] = {}
+
+    def where(self, name: str, default: str = "annotations") -> str:
+        """``"FILE line N"`` of ``name``'s row (or ``default`` for annotations not read from a file)."""
+        if self.path is not None and name in self.lines:
+            return f"{self.path} line {self.lines[name]}"
+        return str(self.path) if self.path is not None else default
 
 
 def _parse_int_list(text: str, where: str, what: str) -> list[int]:
@@ -334,6 +413,7 @@ def parse_patn_row(line: str, where: str, image_hw: tuple[int, int] | None) -> t
     name = fields[0].strip()
     if not name:
         raise MarketFormatError(f"{where}: empty image name")
+    check_file_name(name, source=where)
     ys = np.array(_parse_int_list(fields[1], where, "keypoints_y"), dtype=np.int64)
     xs = np.array(_parse_int_list(fields[2], where, "keypoints_x"), dtype=np.int64)
     for arr, axis in ((ys, "y"), (xs, "x")):
@@ -376,6 +456,7 @@ def read_patn_csv(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(path)
     out = PatnAnnotations()
+    out.path = path
     try:
         text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except UnicodeDecodeError as exc:
@@ -400,6 +481,7 @@ def read_patn_csv(
             logger.debug("skipping row: %s", exc)
             continue
         out[name] = kps
+        out.lines[name] = lineno
     if out.skipped:
         logger.warning("%s: skipped %d bad row(s); first: %s", path, out.skipped, out.errors[0])
     return out
@@ -423,6 +505,7 @@ def format_patn_row(name: str, kps: object, *, source: str) -> str:
     """
     if not name or any(c in name for c in ":\r\n"):
         raise MarketFormatError(f"{source}: image name {name!r} is empty or contains ':' or a line break")
+    check_file_name(name, source=source)
     arr = as_keypoints(kps, source=f"{source}: keypoints of {name!r}")
     if arr.shape != (NUM_KEYPOINTS, 2):
         raise MarketFormatError(f"{source}: keypoints of {name!r} must be (18, 2), got {arr.shape}")
@@ -440,6 +523,236 @@ def write_patn_csv(path: str | os.PathLike[str], annotations: Mapping[str, np.nd
     rows = [PATN_HEADER] + [format_patn_row(name, kps, source=str(path)) for name, kps in annotations.items()]
     with atomic_write(path, "w", encoding="utf-8", newline="\n") as fh:
         fh.write("\n".join(rows) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# The keypoint frame of an annotation file
+# --------------------------------------------------------------------------------------------------
+#: Where :func:`annotation_frame` looks for the images a CSV annotates: a Market-1501 folder (its train,
+#: query and gallery splits; ``gt_bbox`` holds uncropped boxes of other sizes), a plain folder of images,
+#: a parsed :class:`Market1501`, or image paths / :class:`MarketRecord` s.
+ImageSource = str | os.PathLike[str] | Market1501 | Iterable[str | os.PathLike[str] | MarketRecord]
+_FRAME_SPLITS = ("train", "query", "gallery")
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """``"128x64"`` → ``(128, 64)``: the argparse type of ``--annotation-size``."""
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW like 128x64, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return h, w
+
+
+def add_annotation_size_arg(parser: argparse.ArgumentParser, *, what: str = "the annotation CSV") -> None:
+    """Add ``--annotation-size HxW`` (``args.annotation_size``: ``(H, W)`` or ``None`` = from the data)."""
+    parser.add_argument(
+        "--annotation-size",
+        type=parse_hw,
+        default=None,
+        metavar="HxW",
+        help=f"frame of the keypoint coordinates of {what} (default: the size of the images it annotates; "
+        "required when those have mixed sizes)",
+    )
+
+
+def _image_paths(images: ImageSource) -> tuple[list[Path], str]:
+    """Candidate image files of an :data:`ImageSource` and a description of it for messages."""
+    if isinstance(images, Market1501):
+        return [r.path for s in _FRAME_SPLITS for r in images.split(s)], str(images.root)
+    if isinstance(images, (str, os.PathLike)):
+        folder = Path(images)
+        if not folder.is_dir():
+            return [], str(folder)
+        try:
+            root = resolve_data_dir(folder)
+            dirs = [root / SPLIT_DIRS[s] for s in _FRAME_SPLITS]
+        except MarketFormatError:
+            root, dirs = folder, [folder]
+        paths = [
+            Path(e.path)
+            for d in dirs
+            if d.is_dir()
+            for e in os.scandir(d)
+            if e.name.lower().endswith(IMAGE_EXTENSIONS) and not is_temp_file(e.name)
+        ]
+        return paths, str(root)
+    paths = [r.path if isinstance(r, MarketRecord) else Path(r) for r in images]
+    return paths, f"{len(paths)} given image(s)"
+
+
+def _image_hw(path: Path) -> tuple[int, int] | None:
+    """``(H, W)`` from the image header, or ``None`` when unreadable (reported where it is loaded)."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def annotation_frame(
+    names: Iterable[str],
+    images: ImageSource,
+    *,
+    explicit: tuple[int, int] | None = None,
+    source: str = "annotations",
+    default: tuple[int, int] | None = None,
+    required: bool = True,
+) -> tuple[int, int] | None:
+    """The ``(H, W)`` frame of the keypoints of an annotation file: ``explicit`` if given, else the common
+    size of the images it annotates.
+
+    Args:
+        names: the image names of the annotation rows (matched to image files by file name; never joined
+            with a folder).
+        images: where the annotated images are (an :data:`ImageSource`).
+        explicit: a frame given by the user (``--annotation-size`` / ``annotation_hw=``); returned as is.
+        source: the annotation file, for messages.
+        default: returned (with a warning) when none of ``names`` is an image of ``images``.
+        required: without a ``default``, ``True`` raises when no annotated image is found; ``False``
+            returns ``None`` (the annotations then annotate nothing there).
+
+    Raises:
+        MarketFormatError: the annotated images have different sizes (the message lists sizes and files;
+            pass an explicit frame), or no annotated image was found and neither ``default`` nor
+            ``required=False`` allows it.
+    """
+    if explicit is not None:
+        h, w = (int(explicit[0]), int(explicit[1]))
+        if h < 1 or w < 1:
+            raise ValueError(f"{source}: annotation frame must be positive, got {explicit!r}")
+        return h, w
+    wanted = set(names)
+    paths, where = _image_paths(images)
+    by_size: dict[tuple[int, int], list[Path]] = defaultdict(list)
+    for p in sorted(paths):
+        if p.name in wanted:
+            hw = _image_hw(p)
+            if hw is not None:
+                by_size[hw].append(p)
+    if not by_size:
+        if default is not None:
+            logger.warning(
+                "%s: none of its %d image(s) found in %s to take the keypoint frame from; assuming %dx%d "
+                "(pass --annotation-size HxW / annotation_hw= to say so)",
+                source, len(wanted), where, default[0], default[1],
+            )  # fmt: skip
+            return int(default[0]), int(default[1])
+        if not required:
+            return None
+        raise MarketFormatError(
+            f"{source}: cannot tell the frame of its keypoints: none of its {len(wanted)} image name(s) is a "
+            f"readable image in {where}; pass --annotation-size HxW (annotation_hw=)"
+        )
+    if len(by_size) > 1:
+        listed = "; ".join(
+            f"{h}x{w}: {len(ps)} image(s), e.g. {', '.join(str(p) for p in ps[:3])}"
+            for (h, w), ps in sorted(by_size.items(), key=lambda kv: -len(kv[1]))
+        )
+        raise MarketFormatError(
+            f"{source}: the images it annotates have different sizes ({listed}), so the frame of its "
+            "keypoints is ambiguous; pass --annotation-size HxW (annotation_hw=) to give it"
+        )
+    ((frame, ps),) = by_size.items()
+    logger.debug(
+        "%s: keypoint frame %dx%d (the size of the %d image(s) it annotates)", source, *frame, len(ps)
+    )
+    return frame
+
+
+def check_in_frame(
+    annotations: Mapping[str, np.ndarray],
+    frame: tuple[int, int],
+    *,
+    on_error: Literal["raise", "skip"] = "raise",
+    origin: str = "",
+    source: str = "annotations",
+) -> PatnAnnotations:
+    """Check that every visible keypoint lies in ``frame`` = ``(H, W)`` (after rounding to a pixel).
+
+    A row with a joint outside raises :class:`MarketFormatError` naming the file and line (``on_error=
+    "raise"``) or is dropped, logged and counted in the result's ``skipped`` / ``errors`` (``"skip"``);
+    it is never clamped or rescaled. ``origin`` says where the frame came from (appended to messages).
+    Returns the annotations that pass (a :class:`PatnAnnotations`; the input is returned when all pass).
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    ann = annotations if isinstance(annotations, PatnAnnotations) else PatnAnnotations(annotations)
+    if not ann:
+        return ann
+    h, w = int(frame[0]), int(frame[1])
+    names = list(ann)
+    kps = np.stack([as_keypoints(ann[n], source=ann.where(n, source)) for n in names])
+    vis = (kps >= 0).all(-1)
+    outside = vis & ((kps[..., 0] >= w - 0.5) | (kps[..., 1] >= h - 0.5))
+    bad_rows = np.flatnonzero(outside.any(-1))
+    if len(bad_rows) == 0:
+        return ann
+    errors = []
+    for i in bad_rows:
+        j = int(np.flatnonzero(outside[i])[0])
+        x, y = (float(v) for v in kps[i, j])
+        errors.append(
+            f"{ann.where(names[i], source)}: joint {j} of {names[i]!r} at (x={x:g}, y={y:g}) is outside the "
+            f"{h}x{w} frame{origin}"
+        )
+    if on_error == "raise":
+        more = f" ({len(errors) - 1} more row(s) like it)" if len(errors) > 1 else ""
+        raise MarketFormatError(errors[0] + more)
+    drop = {names[i] for i in bad_rows}
+    out = PatnAnnotations((n, k) for n, k in ann.items() if n not in drop)
+    out.path, out.lines = ann.path, {n: v for n, v in ann.lines.items() if n not in drop}
+    out.skipped, out.errors = ann.skipped + len(errors), [*ann.errors, *errors]
+    logger.warning(
+        "%s: skipped %d row(s) with a keypoint outside the %dx%d frame; first: %s",
+        ann.path or source, len(errors), h, w, errors[0],
+    )  # fmt: skip
+    return out
+
+
+def load_annotations(
+    annotations: str | os.PathLike[str] | Mapping[str, np.ndarray],
+    images: ImageSource,
+    *,
+    frame: tuple[int, int] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    default_frame: tuple[int, int] | None = None,
+    required: bool = True,
+) -> tuple[PatnAnnotations, tuple[int, int] | None]:
+    """Read a PATN CSV (or take a ``name → (18, 2)`` mapping), find its keypoint frame from the data, and
+    check every keypoint lies in it. The one way commands should read annotations they rescale.
+
+    Args:
+        annotations: PATN CSV path or mapping (e.g. an earlier :func:`read_patn_csv` result).
+        images: where the annotated images are (see :func:`annotation_frame`).
+        frame: an explicit ``(H, W)`` (``--annotation-size``); ``None`` → from the images.
+        on_error: malformed rows and rows with a keypoint outside the frame raise naming the file and line
+            (``"raise"``) or are skipped, logged and counted in ``skipped`` / ``errors`` (``"skip"``).
+        default_frame, required: see :func:`annotation_frame`.
+
+    Returns:
+        ``(annotations, frame)``; ``frame`` is ``None`` only with ``required=False`` when no annotated image
+        was found (then nothing is checked: the rows annotate no image of ``images``).
+    """
+    if isinstance(annotations, Mapping):
+        ann = annotations if isinstance(annotations, PatnAnnotations) else PatnAnnotations(annotations)
+    else:
+        ann = read_patn_csv(annotations, image_hw=None, on_error=on_error)
+    source = str(ann.path) if ann.path is not None else "annotations"
+    hw = annotation_frame(
+        ann.keys(), images, explicit=frame, source=source, default=default_frame, required=required
+    )
+    if hw is None:
+        return ann, None
+    if frame is not None:
+        origin = " given by --annotation-size / annotation_hw"
+    else:
+        origin = (
+            " of the images it annotates (pass --annotation-size HxW if its coordinates use another frame)"
+        )
+    return check_in_frame(ann, hw, on_error=on_error, origin=origin, source=source), hw
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,7 +774,10 @@ def read_pairs_csv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
                 raise MarketFormatError(
                     f"{path} line {reader.line_num}: expected 2 non-empty columns 'from,to', got {row!r}"
                 )
-            pairs.append((row[0].strip(), row[1].strip()))
+            where = f"{path} line {reader.line_num}"
+            pairs.append(
+                (check_file_name(row[0].strip(), source=where), check_file_name(row[1].strip(), source=where))
+            )
     return pairs
 
 
@@ -473,6 +789,8 @@ def write_pairs_csv(path: str | os.PathLike[str], pairs: Iterable[tuple[str, str
     for i, pair in enumerate(pairs):
         if len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
             raise MarketFormatError(f"{path}: pair {i} must be two non-empty names, got {pair!r}")
+        for name in pair:
+            check_file_name(name, source=f"{path}: pair {i}")
         writer.writerow(pair)
     with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(buf.getvalue())
@@ -647,18 +965,27 @@ __all__ = [
     "MarketRecord",
     "MarketWriter",
     "PatnAnnotations",
+    "PATN_FRAME",
     "RELEASE_DIR",
     "SPLIT_DIRS",
+    "UnsafeNameError",
+    "add_annotation_size_arg",
+    "annotation_frame",
+    "check_file_name",
     "check_image",
+    "check_in_frame",
     "format_int_list",
     "format_patn_row",
     "format_market_name",
+    "load_annotations",
     "load_image",
+    "parse_hw",
     "parse_market_name",
     "parse_patn_row",
     "read_pairs_csv",
     "read_patn_csv",
     "resolve_data_dir",
+    "safe_child",
     "write_pairs_csv",
     "write_patn_csv",
 ]

@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 
 from posereid.augment.pose_bank import PoseBank
 from posereid.augment.transform import PoseTransferAugment
-from posereid.models.generator import PoseTransferGenerator
+from posereid.models.pidm import PIDMPipeline
 from posereid.models.pose import PoseKeypoints, resize_keypoints
 
 STEPS = 2
@@ -32,7 +32,7 @@ def _poses(n: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def gen() -> PoseTransferGenerator:
     torch.manual_seed(0)
-    return PoseTransferGenerator.from_preset("tiny").eval()
+    return PIDMPipeline.from_preset("tiny").eval()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from posereid.experiments.bench_generator import main
+from posereid.experiments.bench.generator import main
 
 
 def test_bench_generator_report_with_flop_rates(tmp_path: Path) -> None:

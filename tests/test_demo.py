@@ -64,10 +64,10 @@ def test_tiny_demo_end_to_end_then_rerun_reuses_everything(tmp_path: Path, capsy
 
 
 def test_demo_with_a_given_generator_trains_none(tmp_path: Path, capsys) -> None:
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.pidm import PIDMPipeline
 
     ckpt = tmp_path / "gen"
-    PoseTransferGenerator.from_preset("tiny", image_size=(32, 16)).save_pretrained(ckpt)
+    PIDMPipeline.from_preset("tiny", image_size=(32, 16)).save_pretrained(ckpt)
     out = tmp_path / "demo_out"
     assert cli_main(["demo", "--tiny", "--out", str(out), "--device", "cpu", "--generator", str(ckpt)]) == 0
     assert f"using the given checkpoint {ckpt}" in capsys.readouterr().out
@@ -139,10 +139,10 @@ def test_planning_skips_the_filter_when_it_is_unavailable(monkeypatch) -> None:
 
 
 def test_generation_planning_fits_the_budget(monkeypatch, tmp_path: Path) -> None:
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.pidm import PIDMPipeline
 
     ckpt = tmp_path / "g"
-    PoseTransferGenerator.from_preset("tiny").save_pretrained(ckpt)
+    PIDMPipeline.from_preset("tiny").save_pretrained(ckpt)
     plan = demo.new_plan(_plan_args(), "cpu")
     monkeypatch.setattr(demo, "time_generation", lambda *a: 0.01)  # s per image per step
     demo.plan_generation(plan, ckpt, 250, 60.0, "cpu")

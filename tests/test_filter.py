@@ -173,11 +173,11 @@ def test_unknown_source_pid_names_the_manifest_and_image(data):
 
 
 def test_generation_with_filter_records_scores_and_rejects_below_threshold(data, tmp_path):
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.pidm import PIDMPipeline
 
     market, _, _ = data
     torch.manual_seed(0)
-    gen = PoseTransferGenerator.from_preset("tiny").eval()
+    gen = PIDMPipeline.from_preset("tiny").eval()
     filt = IdentityFilter(mean_colour).fit_market(market)
     out = tmp_path / "filtered"
     s = generate_offline(

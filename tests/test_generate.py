@@ -74,7 +74,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gen")
     market = make_market(tmp / "market")
     torch.manual_seed(0)
-    gen = PoseTransferGenerator.from_preset("tiny").eval()
+    gen = PIDMPipeline.from_preset("tiny").eval()
     gen.save_pretrained(tmp / "ckpt")
     # the reference: one uninterrupted in-process run
     ref = tmp / "ref"
@@ -128,7 +128,7 @@ def test_synthetic_names_never_collide_with_real_ones(tmp_path):
     market = make_market(tmp_path / "m", n_pids=2, per_pid=1)
     clash = synthetic_name(format_market_name(1, 1, 1, 5, 1), 0)
     Image.new("RGB", (64, 128)).save(market / "query" / clash)
-    gen = PoseTransferGenerator.from_preset("tiny").eval()
+    gen = PIDMPipeline.from_preset("tiny").eval()
     with pytest.raises(MarketFormatError, match=clash):
         generate_offline(
             gen, market, market / "ann.csv", tmp_path / "o", per_image=1, steps=1, progress=False
@@ -252,7 +252,7 @@ def test_unreadable_source_is_counted_and_skipped(tmp_path):
     market = make_market(tmp_path / "m", n_pids=2, per_pid=2)
     bad = sorted((market / "bounding_box_train").iterdir())[0]
     bad.write_bytes(b"not a jpeg")
-    gen = PoseTransferGenerator.from_preset("tiny").eval()
+    gen = PIDMPipeline.from_preset("tiny").eval()
     s = generate_offline(
         gen, market, market / "ann.csv", tmp_path / "o", per_image=2, steps=1, progress=False
     )

@@ -116,7 +116,10 @@ def test_training_loss_reproducible_and_differentiable() -> None:
     assert l1.ndim == 0 and torch.isfinite(l1) and torch.equal(l1, l2)
     l1.backward()
     assert m.model.unet.conv_in.weight.grad is not None and m.model.unet.conv_in.weight.grad.abs().sum() > 0
-    assert m.model.appearance.stem.weight.grad is not None and m.model.appearance.stem.weight.grad.abs().sum() > 0
+    assert (
+        m.model.appearance.stem.weight.grad is not None
+        and m.model.appearance.stem.weight.grad.abs().sum() > 0
+    )
 
 
 def test_cubic_timesteps_favour_high_noise() -> None:
@@ -197,9 +200,7 @@ def test_ema_weights_preferred_on_load(model: PIDMPipeline, tmp_path) -> None:
     # saving again without EMA removes the stale EMA file instead of letting it win on load
     model.save_pretrained(tmp_path)
     assert not (tmp_path / EMA_WEIGHTS_NAME).exists()
-    assert torch.equal(
-        PIDMPipeline.from_pretrained(tmp_path).state_dict()[key], model.state_dict()[key]
-    )
+    assert torch.equal(PIDMPipeline.from_pretrained(tmp_path).state_dict()[key], model.state_dict()[key])
     with pytest.raises(CheckpointMismatchError, match="missing keys: unet.conv_in.bias"):
         model.save_pretrained(
             tmp_path, ema_state_dict={k: v for k, v in ema.items() if k != "model.unet.conv_in.bias"}

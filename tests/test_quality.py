@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from posereid.experiments import quality_metrics as qm
 from posereid.experiments.quality import evaluate_generator, load_eval_pairs
-from posereid.experiments.quality_report import parse_guidance, parse_sweep
+from posereid.experiments.quality import metrics as qm
+from posereid.experiments.quality.report import parse_guidance, parse_sweep
 from posereid.models.pose import KEYPOINT_NAMES, missing_pose
 
 HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
@@ -340,10 +340,10 @@ def synth_market(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_generator():
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.pidm import PIDMPipeline
 
     torch.manual_seed(1)  # differs from the floor's fixed seed, so "trained" and "untrained" differ
-    return PoseTransferGenerator.from_preset("tiny").eval()
+    return PIDMPipeline.from_preset("tiny").eval()
 
 
 def _strict_json(path):

@@ -13,7 +13,7 @@ from posereid.experiments import reid_gain as rg
 from posereid.experiments.cli import main as cli_main
 from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
 from posereid.models import training
-from posereid.models.generator import PoseTransferGenerator
+from posereid.models.pidm import PIDMPipeline
 from posereid.reid_integration import train as reid_train
 from posereid.reid_integration.market1501 import Market1501, MarketRecord
 
@@ -221,7 +221,7 @@ def test_rerun_resumes_without_recomputing(run, monkeypatch: pytest.MonkeyPatch)
 
 def test_cli_with_a_given_generator_records_it(market: Path, tmp_path: Path, capsys) -> None:
     ckpt = tmp_path / "gen"
-    PoseTransferGenerator.from_preset("tiny", image_size=(H, W)).save_pretrained(ckpt)
+    PIDMPipeline.from_preset("tiny", image_size=(H, W)).save_pretrained(ckpt)
     out = tmp_path / "out"
     rc = cli_main([
         "reid-gain", "--data", str(market), "--out", str(out), "--fractions", "100", "--arms", "plain+synthetic",
@@ -279,3 +279,45 @@ def test_generator_data_full_trains_one_generator_on_all_images(
     assert seen <= {r.name for r in Market1501(market).train} and not seen <= half  # beyond the 50 % subset
     assert {r["generator"] for r in rows} == {"full"}
     assert "ALL train images" in (config.out / "results.md").read_text()
+
+
+def test_a_run_parses_the_market_folder_once(market: Path, tmp_path: Path, monkeypatch) -> None:
+    """The source folder and its annotation CSV are parsed once per run, not once per fraction or stage."""
+    import sys
+
+    from posereid.reid_integration import market1501 as m1501
+
+    root = m1501.resolve_data_dir(market)
+    annotations = rg.find_annotations(market)
+    scans: list[Path] = []
+    reads: list[Path] = []
+    init, read = m1501.Market1501.__init__, m1501.read_patn_csv
+
+    def counting_init(self, path, *args, **kwargs):
+        init(self, path, *args, **kwargs)
+        if self.root == root:
+            scans.append(self.root)
+
+    def counting_read(path, *args, **kwargs):
+        if Path(path).resolve() == annotations.resolve():
+            reads.append(Path(path))
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(m1501.Market1501, "__init__", counting_init)
+    for mod in [m for name, m in list(sys.modules.items()) if name.startswith("posereid")]:
+        if getattr(mod, "read_patn_csv", None) is read:  # every module that imported it by name
+            monkeypatch.setattr(mod, "read_patn_csv", counting_read)
+    monkeypatch.setattr(
+        reid_train, "train_reid", lambda cfg, **kw: {"mAP": 0.5, "rank1": 0.5, "rank5": 0.6, "rank10": 0.7}
+    )
+    config = _config(market, tmp_path / "out", fractions=(0.25, 0.5, 1.0), arms=("plain",), seeds=(0, 1))
+    rows = rg.run_gain(config)
+    assert len(rows) == 6  # 3 fractions x 2 seeds
+    assert len(scans) == 1, f"{root} parsed {len(scans)} times in one run"
+    assert len(reads) == 1, f"{annotations} read {len(reads)} times in one run"
+    # a given source is used as is: the caller's parse is the run's only one
+    scans.clear()
+    reads.clear()
+    source = rg.market_source(_config(market, tmp_path / "out2", fractions=(0.5, 1.0), arms=("plain",)))
+    rg.run_gain(_config(market, tmp_path / "out2", fractions=(0.5, 1.0), arms=("plain",)), source=source)
+    assert len(scans) == 1 and len(reads) == 1

@@ -194,7 +194,7 @@ def test_bf16_autocast_runs_on_cpu(model: PIDMPipeline) -> None:
 
 def test_batched_guidance_matches_separate_unet_calls(model: PIDMPipeline) -> None:
     """The benchmark's naive loop (one UNet call per branch, drop masks, re-encoding) gives the same images."""
-    from posereid.experiments.bench_generator import baseline_generate
+    from posereid.experiments.bench.generator import baseline_generate
 
     src, ks, kt, *_ = _conditions(model)
     naive = baseline_generate(model, src, kt, ks, [5, 6], steps=3, guidance=(2.5, 1.5))

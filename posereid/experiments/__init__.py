@@ -1,22 +1,30 @@
-"""Synthetic people, the re-ID gain protocol, generator quality, benchmarks, reports and the CLI."""
+"""Synthetic people, the re-ID gain protocol, generator quality, benchmarks, reports and the CLI.
+
+Subpackages: ``synthetic``, ``reid_gain``, ``quality``, ``bench``; modules: ``data`` (the Market input of
+a run, parsed once), ``train_generator`` and ``demo`` (commands), ``cli`` (the console script).
+"""
 
 from posereid._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "synthetic": [
-            "Camera", "Identity", "PoseParams", "SynthConfig", "SynthSample", "VIEWS", "iter_synthetic",
-            "make_cameras", "plan_synthetic", "read_synthetic_meta", "render_background", "render_grid",
-            "render_person", "sample_camera", "sample_identity", "sample_pose", "write_synthetic_market",
-        ],
-        "reid_gain": ["ARMS", "DEFAULT_ARMS", "GainConfig", "ProtocolMismatchError", "run_gain", "select_subset"],
-        "quality": ["EvalPairs", "QualityScorer", "evaluate_generator", "generate_for_pairs", "load_eval_pairs", "untrained_like"],
-        "quality_metrics": [
+        "synthetic.params": ["Camera", "Identity", "PoseParams", "VIEWS", "make_cameras", "sample_camera",
+                             "sample_identity", "sample_pose"],
+        "synthetic.people": ["render_background", "render_person"],
+        "synthetic.dataset": ["SynthConfig", "SynthSample", "iter_synthetic", "plan_synthetic", "read_synthetic_meta",
+                              "render_grid", "write_synthetic_market"],
+        "reid_gain.config": ["ARMS", "DEFAULT_ARMS", "GainConfig", "ProtocolMismatchError"],
+        "reid_gain.protocol": ["run_gain"],
+        "reid_gain.subset": ["select_subset"],
+        "quality.pairs": ["EvalPairs", "load_eval_pairs"],
+        "quality.scoring": ["QualityScorer"],
+        "quality.evaluate": ["evaluate_generator", "generate_for_pairs", "untrained_like"],
+        "quality.metrics": [
             "FidScorer", "IdentityScores", "Lpips", "MissingWeightsError", "body_mask", "identity_fidelity",
             "pose_fidelity", "ssim_scores",
         ],
-        "train_generator": ["market_pose_records"],
+        "data": ["MarketSource", "market_pose_records"],
         "cli": ["main"],
     },
 )  # fmt: skip

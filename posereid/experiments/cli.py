@@ -15,17 +15,17 @@ from collections.abc import Sequence
 
 #: command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth-market": ("posereid.experiments.synthetic", "render a synthetic Market-1501-format dataset"),
-    "synth-grid": ("posereid.experiments.synthetic", "grid PNG of synthetic identities x poses/cameras"),
+    "synth-market": ("posereid.experiments.synthetic.cli", "render a synthetic Market-1501-format dataset"),
+    "synth-grid": ("posereid.experiments.synthetic.cli", "grid PNG of synthetic identities x poses/cameras"),
     "annotate": ("posereid.reid_integration.annotate", "extract COCO-18 keypoints (mediapipe) to a PATN CSV"),
     "train-generator": ("posereid.experiments.train_generator", "train the pose-transfer generator"),
     "sample": ("posereid.experiments.train_generator", "generate images with a trained generator"),
     "generate": ("posereid.augment.generate", "offline generation into a Market-format folder"),
     "filter": ("posereid.augment.filter", "re-score / re-filter a generated folder by identity"),
     "train-reid": ("posereid.reid_integration.train", "train and evaluate a re-ID model with torchreid"),
-    "reid-gain": ("posereid.experiments.reid_gain", "the re-ID gain protocol (baseline vs augmented)"),
+    "reid-gain": ("posereid.experiments.reid_gain.cli", "the re-ID gain protocol (baseline vs augmented)"),
     "evaluate-generator": (
-        "posereid.experiments.quality",
+        "posereid.experiments.quality.cli",
         "generator quality: SSIM/LPIPS/FID, pose, identity",
     ),
     "demo": ("posereid.experiments.demo", "end-to-end demo on synthetic people"),

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from posereid.experiments import reid_gain as rg
+from posereid.experiments.data import MarketSource
 from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.reid_integration.market1501 import load_image
 
@@ -276,14 +277,15 @@ def load_or_start_plan(args: argparse.Namespace, out: Path, device: str) -> dict
 # --------------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------------
-def stage_data(plan: dict[str, Any], out: Path) -> dict[str, Any]:
-    from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
-    from posereid.reid_integration.market1501 import Market1501
+def stage_data(plan: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    """Render the synthetic dataset into ``out/data``; return its summary, or ``None`` when it was already
+    there (the caller takes the summary from its one parse of the folder)."""
+    from posereid.experiments.synthetic.dataset import SynthConfig, write_synthetic_market
 
     data = out / "data"
     if (data / DATA_DONE).is_file():
         _say(f"  already rendered: {data}")
-        return Market1501(data).summary()
+        return None
     shutil.rmtree(data, ignore_errors=True)  # an interrupted render of ours
     summary = write_synthetic_market(data, SynthConfig(**plan["synth"]), progress=True)
     return summary
@@ -369,7 +371,7 @@ def _upscale(im: Any, scale: int) -> Any:
 
 
 def _views_by_name(data: Path) -> dict[str, str]:
-    from posereid.experiments.synthetic import read_synthetic_meta
+    from posereid.experiments.synthetic.dataset import read_synthetic_meta
 
     return {r["name"]: r["view"] for r in read_synthetic_meta(data) if r["split"] == "train"}
 
@@ -379,7 +381,7 @@ def sample_grid(gain_cfg: rg.GainConfig, path: Path, *, rows: int = 8, scale: in
     train; returns the number of rows drawn."""
     from PIL import Image, ImageDraw
 
-    from posereid.augment.generate import read_manifest
+    from posereid.augment.manifest import read_manifest
     from posereid.models.pose import draw_skeleton, resize_keypoints
     from posereid.reid_integration.market1501 import parse_market_name
 
@@ -421,17 +423,25 @@ def sample_grid(gain_cfg: rg.GainConfig, path: Path, *, rows: int = 8, scale: in
 
 
 def identity_grid(
-    gain_cfg: rg.GainConfig, path: Path, *, ids: int = 6, per_side: int = 4, scale: int = 2
+    gain_cfg: rg.GainConfig,
+    path: Path,
+    *,
+    ids: int = 6,
+    per_side: int = 4,
+    scale: int = 2,
+    source: MarketSource | None = None,
 ) -> int:
-    """Per synthetic train identity: its real train images (restricted views) | generated images."""
+    """Per synthetic train identity: its real train images (restricted views) | generated images.
+
+    ``source``: the run's parsed ``gain_cfg.data`` (``None`` parses it here)."""
     from PIL import Image, ImageDraw
 
-    from posereid.augment.generate import read_manifest
-    from posereid.reid_integration.market1501 import Market1501
+    from posereid.augment.manifest import read_manifest
 
     views = _views_by_name(gain_cfg.data)
     real: dict[int, list[Path]] = defaultdict(list)
-    for r in Market1501(gain_cfg.data).train:
+    market = (source if source is not None else MarketSource(gain_cfg.data)).market
+    for r in market.train:
         if r.pid > 0:
             real[r.pid].append(r.path)
     syn = rg.synthetic_dir(gain_cfg, 1.0)
@@ -512,7 +522,10 @@ def run_demo(args: argparse.Namespace) -> int:
         f"\n[1/5] rendering a synthetic Market-1501 dataset: {s['n_train_ids']} train identities, each "
         f"seen in only {s['train_views']} of 4 view directions; {s['n_test_ids']} test identities in all views"
     )
-    summary = stage_data(plan, out)
+    rendered = stage_data(plan, out)
+    # the run's one parse of the dataset and its annotations, shared by every stage below
+    source = MarketSource(out / "data", rg.find_annotations(out / "data"))
+    summary = rendered if rendered is not None else source.market.summary()
     n_train = int(summary["train"]["images"])
     _say("  " + ", ".join(f"{k}: {summary[k]['images']} images / {summary[k]['identities']} ids"
                           for k in ("train", "query", "gallery")))  # fmt: skip
@@ -521,7 +534,7 @@ def run_demo(args: argparse.Namespace) -> int:
     plan_generator(plan, shares["generator"] * budget, device)
     _save_plan(out, plan)
     cfg = _gain_config(plan, out, device)
-    subset = rg.prepare_fraction(cfg, 1.0)
+    subset = rg.prepare_fraction(cfg, 1.0, source=source)
     if plan["generator"] is not None:
         _say(f"\n[2/5] generator: using the {plan['generator_how']} checkpoint {plan['generator']}")
     elif (rg.generator_dir(cfg, 1.0) / "config.json").is_file():
@@ -532,7 +545,7 @@ def run_demo(args: argparse.Namespace) -> int:
              f"images for {plan['generator_steps']} steps (batch {plan['generator_batch_size']}"
              + (f", {timing:.2f} s/step measured, ~{shares['generator'] * budget / 60:.1f} min budget" if timing else "")
              + ")")  # fmt: skip
-    gen_path = rg.ensure_generator(cfg, 1.0, subset, device=device)
+    gen_path = rg.ensure_generator(cfg, 1.0, subset, device=device, source=source)
     _say(f"  generator: {gen_path}")
 
     # 3. synthetic images -------------------------------------------------------------------------
@@ -558,7 +571,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"\n[4/5] re-ID: {cfg.reid_model} at {h}x{w}, {cfg.reid_steps} steps for EVERY run; arms "
         f"{', '.join(cfg.arms)}; seed(s) {', '.join(map(str, cfg.seeds))}"
     )
-    rows = rg.run_gain(cfg)
+    rows = rg.run_gain(cfg, source=source)
 
     # 5. report -----------------------------------------------------------------------------------
     _say("\n[5/5] results (mAP / rank-1 in %, on query/gallery identities never seen in training)\n")
@@ -575,8 +588,8 @@ def run_demo(args: argparse.Namespace) -> int:
     identities = out / "identities.png"
     people = out / "people.png"
     n_rows = sample_grid(cfg, samples)
-    n_ids = identity_grid(cfg, identities)
-    from posereid.experiments.synthetic import render_grid
+    n_ids = identity_grid(cfg, identities, source=source)
+    from posereid.experiments.synthetic.dataset import render_grid
 
     render_grid(people, n_ids=4, n_cols=8, seed=plan["key"]["seed"], height=h, width=w)
     plan["seconds"] = round(time.perf_counter() - t_start, 1)

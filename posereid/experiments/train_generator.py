@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
+from posereid.experiments.data import market_pose_records
 from posereid.models.generator import PoseTransferGenerator
 from posereid.models.io_utils import atomic_save
-from posereid.models.pose import resize_keypoints, skeleton_tensor, visible_mask
+from posereid.models.pose import resize_keypoints, skeleton_tensor
 from posereid.models.sampling import SAMPLERS
-from posereid.models.training import PosePairDataset, PoseRecord, TrainConfig, train_generator
-from posereid.reid_integration.market1501 import (
-    ImageReadError,
-    Market1501,
-    check_image,
-    load_image,
-    read_pairs_csv,
-    read_patn_csv,
-)
+from posereid.models.training import PosePairDataset, TrainConfig, train_generator
+from posereid.reid_integration.market1501 import load_image, read_pairs_csv, read_patn_csv
 
 logger = logging.getLogger(__name__)
 
@@ -98,43 +90,6 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
         help="continue from the latest checkpoint",
     )
     p("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
-
-
-def market_pose_records(
-    data: Path, annotations: Path, *, min_joints: int = 7, annotation_size: tuple[int, int] | None = None
-) -> list[PoseRecord]:
-    """:class:`PoseRecord` s for the train split; unusable images are skipped, counted and logged."""
-    market = Market1501(data)
-    ann = read_patn_csv(annotations, image_hw=annotation_size, on_error="skip")
-    skipped: Counter[str] = Counter()
-    records: list[PoseRecord] = []
-    for rec in tqdm(market.train, desc="checking images", leave=False):
-        if rec.pid <= 0:
-            skipped["junk/distractor image(s)"] += 1
-            continue
-        kps = ann.get(rec.name)
-        if kps is None:
-            skipped["image(s) without an annotation row"] += 1
-            continue
-        if int(visible_mask(kps).sum()) < min_joints:
-            skipped[f"image(s) with fewer than {min_joints} visible joints"] += 1
-            continue
-        try:
-            check_image(rec.path)
-        except ImageReadError as exc:
-            skipped["unreadable image(s)"] += 1
-            logger.warning("%s", exc)
-            continue
-        if annotation_size is not None:
-            with Image.open(rec.path) as im:
-                kps = resize_keypoints(kps, annotation_size, (im.height, im.width))
-        records.append(PoseRecord(rec.path, rec.pid, kps, name=rec.name))
-    for why, n in sorted(skipped.items()):
-        logger.warning("skipped %d %s", n, why)
-    if ann.skipped:
-        logger.warning("%s: %d malformed row(s) ignored", annotations, ann.skipped)
-    logger.info("%d training images of %d identities", len(records), len({r.pid for r in records}))
-    return records
 
 
 def run_train_generator(args: argparse.Namespace) -> int:
@@ -236,7 +191,6 @@ def run_sample(args: argparse.Namespace) -> int:
 __all__ = [
     "add_sample_args",
     "add_train_generator_args",
-    "market_pose_records",
     "parse_hw",
     "run_sample",
     "run_train_generator",

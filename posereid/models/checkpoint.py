@@ -72,7 +72,11 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
         if tuple(state[k].shape) != tuple(expected[k].shape)
     )
     parts = []
-    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
+    for label, keys in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatch", shapes),
+    ):
         if keys:
             shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
             parts.append(f"{label}: {shown}")
@@ -88,7 +92,9 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); the file is damaged") from err
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({err}); the file is damaged"
+        ) from err
     check_finite(state, source=str(path))
     return state
 

@@ -117,7 +117,9 @@ def checkpoint_family(path: str | os.PathLike[str]) -> str:
         if name in names:
             return family
     known = "; ".join(f"{f} ({', '.join(n)})" for f, (_, n) in FAMILIES.items())
-    raise UnknownGeneratorError(f"{meta}: _class_name {name!r} is not a known generator family; known: {known}")
+    raise UnknownGeneratorError(
+        f"{meta}: _class_name {name!r} is not a known generator family; known: {known}"
+    )
 
 
 def load_generator(

@@ -39,7 +39,9 @@ from posereid.models.sampling import (
 logger = logging.getLogger(__name__)
 
 
-def load_scheduler(directory: str | os.PathLike[str], legacy: Mapping[str, Any] | None = None) -> DDPMScheduler:
+def load_scheduler(
+    directory: str | os.PathLike[str], legacy: Mapping[str, Any] | None = None
+) -> DDPMScheduler:
     """``directory``'s ``scheduler_config.json``; without it, the schedule a pre-scheduler checkpoint used.
 
     ``legacy`` holds the noise fields such a checkpoint kept in its model config (prediction type, T, beta
@@ -51,7 +53,9 @@ def load_scheduler(directory: str | os.PathLike[str], legacy: Mapping[str, Any] 
     config = read_json(path)
     name = config.get("_class_name", DDPMScheduler.__name__)
     if name != DDPMScheduler.__name__:
-        raise CheckpointError(f"{path}: training scheduler {name!r} is not supported (expected DDPMScheduler)")
+        raise CheckpointError(
+            f"{path}: training scheduler {name!r} is not supported (expected DDPMScheduler)"
+        )
     return DDPMScheduler.from_config(config)
 
 
@@ -127,7 +131,11 @@ class GeneratorPipeline(nn.Module):
     def pose_maps(self, kps: torch.Tensor, batch: int | None = None) -> torch.Tensor:
         """Render ``(B, 18, 2)`` keypoints at :attr:`image_size` on the pipeline's device."""
         kps = torch.as_tensor(kps)
-        if kps.ndim != 3 or tuple(kps.shape[1:]) != (NUM_KEYPOINTS, 2) or (batch is not None and len(kps) != batch):
+        if (
+            kps.ndim != 3
+            or tuple(kps.shape[1:]) != (NUM_KEYPOINTS, 2)
+            or (batch is not None and len(kps) != batch)
+        ):
             want = f"({batch if batch is not None else 'B'}, {NUM_KEYPOINTS}, 2)"
             raise ValueError(f"keypoints: expected shape {want}, got {tuple(kps.shape)}")
         if kps.is_floating_point() and not bool(torch.isfinite(kps).all()):

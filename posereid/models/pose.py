@@ -354,7 +354,9 @@ def _resized_crop_pose(
 ) -> PoseKeypoints:
     out = F.resized_crop(_plain(inpt), top, left, height, width, size, *args, **kwargs)
     canvas = tuple(out.canvas_size)
-    t = _rescale_pixel_centres(inpt.as_subclass(torch.Tensor), left, top, canvas[1] / width, canvas[0] / height)
+    t = _rescale_pixel_centres(
+        inpt.as_subclass(torch.Tensor), left, top, canvas[1] / width, canvas[0] / height
+    )
     return tv_tensors.wrap(_finish(t, _missing(inpt), canvas), like=inpt, canvas_size=canvas)
 
 

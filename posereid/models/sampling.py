@@ -66,7 +66,9 @@ def training_scheduler(
     It is saved beside the weights (``scheduler_config.json``); samplers are built from its config.
     """
     if prediction_type not in ("epsilon", "v_prediction", "sample"):
-        raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}")
+        raise ValueError(
+            f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}"
+        )
     kwargs = dict(beta_start=1e-4, beta_end=2e-2, clip_sample=False)
     kwargs.update(overrides)
     return DDPMScheduler(
@@ -105,6 +107,7 @@ def diffusion_target(
     if kind == "v_prediction":
         return scheduler.get_velocity(x0, noise, timesteps)
     return x0
+
 
 #: sampler name → (scheduler class, overrides of the training scheduler's config)
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {

@@ -10,9 +10,9 @@ Same process, same generator, same sources, poses and seeds:
 
 The generator is a randomly initialised preset (throughput does not depend on the weights): ``small``
 (64x32) on CPU, ``market`` (128x64) on CUDA. Sources are a small synthetic Market-1501 folder
-(:mod:`posereid.experiments.synthetic`). Usage::
+(:mod:`posereid.experiments.synthetic.dataset`). Usage::
 
-    python -m posereid.experiments.bench_augment [--images 16] [--steps 10] [--out results/bench_augment_cpu.md]
+    python -m posereid.experiments.bench.augment [--images 16] [--steps 10] [--out results/bench_augment_cpu.md]
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posereid.augment.generate import generate_offline, read_manifest
+from posereid.augment.generate import generate_offline
+from posereid.augment.manifest import read_manifest
 from posereid.augment.pose_bank import PoseBank
 from posereid.models.generator import PoseTransferGenerator
 from posereid.models.io_utils import atomic_write
 from posereid.models.pose import resize_keypoints
 from posereid.reid_integration.market1501 import Market1501, load_image, read_patn_csv
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def _sync(device: torch.device) -> None:
@@ -58,7 +59,7 @@ def _inputs(entries: list[dict], market: Path, ann: dict, bank: PoseBank, hw: tu
 
 
 def run(preset: str, device: torch.device, n_images: int, steps: int, batch_size: int) -> dict:
-    from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
+    from posereid.experiments.synthetic.dataset import SynthConfig, write_synthetic_market
 
     torch.manual_seed(0)
     gen = PoseTransferGenerator.from_preset(preset).to(device).eval()
@@ -146,7 +147,7 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     lines = [
         "# Offline generation throughput vs one image per generator call",
         "",
-        f"`python -m posereid.experiments.bench_augment --images {args.images} --steps {args.steps} "
+        f"`python -m posereid.experiments.bench.augment --images {args.images} --steps {args.steps} "
         f"--batch-size {args.batch_size}` — {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
@@ -186,7 +187,9 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m posereid.experiments.bench.augment", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--images", type=int, default=16, help="images per measurement")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)

@@ -11,7 +11,7 @@ Timed per feature dimension:
   evaluator is not shipped), and torchreid's own ``compute_distance_matrix`` for its full pipeline.
 Results must agree to 1e-6 (mAP and every CMC entry). Usage::
 
-    python -m posereid.experiments.bench_evaluate [--dims 512 2048] [--out results/bench_evaluate.md]
+    python -m posereid.experiments.bench.evaluate [--dims 512 2048] [--out results/bench_evaluate.md]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ with warnings.catch_warnings():
     from torchreid.reid.metrics.distance import compute_distance_matrix as tr_distance
     from torchreid.reid.metrics.rank import evaluate_rank as tr_evaluate_rank
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "bench_evaluate.md"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "bench_evaluate.md"
 
 
 def market_labels(num_query: int, num_gallery: int, num_ids: int, seed: int):
@@ -118,7 +118,11 @@ def _load() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m posereid.experiments.bench.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--num-query", type=int, default=3368)
     p.add_argument("--num-gallery", type=int, default=15913)
     p.add_argument("--num-ids", type=int, default=750)
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = [
             "# Evaluation benchmark: posereid vs torchreid 0.2.5 (python evaluator)",
             "",
-            "Command: `python -m posereid.experiments.bench_evaluate "
+            "Command: `python -m posereid.experiments.bench.evaluate "
             f"--dims {' '.join(map(str, args.dims))}{f' --threads {args.threads}' if args.threads else ''}`",
             "",
             f"Inputs: {header}; random features with identity structure (seed {args.seed}).",

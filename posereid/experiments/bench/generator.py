@@ -1,6 +1,6 @@
 """Benchmark the pose-transfer generator: sampling images/s, training steps/s, against a naive baseline.
 
-    python -m posereid.experiments.bench_generator [--presets tiny,small] [--device cpu|cuda] [--out results.md]
+    python -m posereid.experiments.bench.generator [--presets tiny,small] [--device cpu|cuda] [--out results.md]
 
 Every ratio is against a straightforward baseline measured in the same run on the same model: fp32,
 DDIM 50 steps, one image at a time, the three guidance branches as separate UNet calls and the
@@ -321,7 +321,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m posereid.experiments.bench.generator", description=__doc__.split("\n")[0]
+    )
     add_bench_args(p)
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = [
             "# Generator benchmark",
             "",
-            f"`python -m posereid.experiments.bench_generator --presets {args.presets} --device {args.device} "
+            f"`python -m posereid.experiments.bench.generator --presets {args.presets} --device {args.device} "
             f"--batch {args.batch} --steps {','.join(map(str, args.steps))}"
             f"{' --threads ' + str(args.threads) if args.threads else ''}"
             f"{' --cpu-bf16' if args.cpu_bf16 else ''}{' --compile' if args.compile else ''}"

@@ -9,7 +9,7 @@ Each row is the best and the median of ``--repeats`` runs, in wall-clock time an
 process (``time.process_time``): on a shared machine the wall-clock rate drops when other processes take
 the core, the CPU-time rate much less. Run with ``OMP_NUM_THREADS=1``:
 
-    OMP_NUM_THREADS=1 python -m posereid.experiments.bench_synthetic
+    OMP_NUM_THREADS=1 python -m posereid.experiments.bench.synthetic
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ import PIL
 import torch
 from PIL import Image
 
-from posereid.experiments.synthetic import make_cameras, render_person, sample_identity, sample_pose
+from posereid.experiments.synthetic.params import make_cameras, sample_identity, sample_pose
+from posereid.experiments.synthetic.people import render_person
 from posereid.models.io_utils import atomic_write
 from posereid.reid_integration.market1501 import MarketWriter, format_market_name
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "bench_synthetic.md"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "bench_synthetic.md"
 TARGET = 2000.0  # images/s at 128x64, render only
 
 
@@ -105,7 +106,7 @@ def format_report(rows, n: int, repeats: int) -> str:
     lines = [
         "# Synthetic-people renderer throughput",
         "",
-        f"Measured {datetime.date.today().isoformat()} by `python -m posereid.experiments.bench_synthetic` "
+        f"Measured {datetime.date.today().isoformat()} by `python -m posereid.experiments.bench.synthetic` "
         f"({n} images per run, best / median of {repeats} runs), single process, `torch.set_num_threads(1)`, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -134,7 +135,9 @@ def format_report(rows, n: int, repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m posereid.experiments.bench.synthetic", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--n", type=int, default=2000, help="images per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report")

@@ -9,7 +9,7 @@ scores it three ways against the real target image:
   by a mask drawn from the target pose, as PATN/PIDM report them), and FID against the real training
   images (the PATN-line convention);
 * **pose** — keypoints detected on the generated image (mediapipe) vs the target keypoints: PCKh@0.5
-  (see :func:`~posereid.experiments.quality_metrics.pose_normaliser` for the head length), mean joint
+  (see :func:`~posereid.experiments.quality.metrics.pose_normaliser` for the head length), mean joint
   error in pixels, and the number of images where no person was found;
 * **identity** — with a re-ID model: cosine similarity to the source identity's centroid vs the nearest
   other identity's centroid (over the real gallery), and rank-1 / mAP of the generated images used as
@@ -24,21 +24,19 @@ keeps quality. Outputs: ``report.md``, ``report.json``, ``sheet.png`` and ``swee
 Pretrained metric networks are never downloaded: a metric whose weights are absent is reported as "not
 computed (…)" unless its flag was given, in which case a missing file is an error.
 
-The pieces live beside this module, which runs them and holds the API and the CLI:
-:mod:`~posereid.experiments.quality_pairs` selects and loads the pairs,
-:mod:`~posereid.experiments.quality_scoring` scores image sets, :mod:`~posereid.experiments.quality_metrics`
-holds the metrics and :mod:`~posereid.experiments.quality_report` writes the report. The names that
-moved out of this module (``EvalPairs``, ``load_eval_pairs``, ``QualityScorer``, ``Backends``, …) are
-still importable from here.
+The pieces live beside this module, which runs them and holds the API:
+:mod:`~posereid.experiments.quality.pairs` selects and loads the pairs,
+:mod:`~posereid.experiments.quality.scoring` scores image sets, :mod:`~posereid.experiments.quality.metrics`
+holds the metrics, :mod:`~posereid.experiments.quality.report` writes the report and
+:mod:`~posereid.experiments.quality.cli` is the command. :mod:`posereid.experiments.quality` re-exports
+their public names.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,21 +45,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from posereid.experiments.quality_metrics import FidScorer, Lpips, MissingWeightsError
-from posereid.experiments.quality_pairs import ANNOTATIONS_NAME as ANNOTATIONS_NAME
-from posereid.experiments.quality_pairs import PAIRS_NAME as PAIRS_NAME
-from posereid.experiments.quality_pairs import EvalPairs, load_eval_pairs
-from posereid.experiments.quality_report import (
+from posereid.experiments.quality.metrics import FidScorer, Lpips, MissingWeightsError
+from posereid.experiments.quality.pairs import EvalPairs, load_eval_pairs
+from posereid.experiments.quality.report import (
     parse_guidance,
-    parse_sweep,
     render_markdown,
     to_jsonable,
     write_sheet,
     write_sweep_plot,
 )
-from posereid.experiments.quality_scoring import Backends as Backends
-from posereid.experiments.quality_scoring import FeatureFn as FeatureFn
-from posereid.experiments.quality_scoring import QualityScorer
+from posereid.experiments.quality.scoring import Backends, FeatureFn, QualityScorer
 from posereid.models.io_utils import atomic_write
 from posereid.models.pose_estimation import MissingExtraError
 from posereid.reid_integration.market1501 import Market1501
@@ -72,7 +65,7 @@ CEILING, TRAINED, FLOOR = "real (ceiling)", "trained", "untrained (floor)"
 
 
 # --------------------------------------------------------------------------------------------------
-# Metric back-ends (resolved once; the Backends container is in quality_scoring)
+# Metric back-ends (resolved once; the Backends container is in scoring.py)
 # --------------------------------------------------------------------------------------------------
 def _resolve_lpips(weights: Any, net: str) -> tuple[Lpips | None, str]:
     try:
@@ -340,112 +333,4 @@ def evaluate_generator(
     return result
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
-    """Options of ``posereid evaluate-generator``."""
-    parser.add_argument("--generator", required=True, help="generator checkpoint directory (save_pretrained)")
-    parser.add_argument("--data", required=True, help="Market-1501-format folder")
-    parser.add_argument(
-        "--annotations", help=f"PATN keypoint CSV (default: {ANNOTATIONS_NAME} beside the data)"
-    )
-    parser.add_argument("--pairs", help=f"PATN pairs CSV (default: {PAIRS_NAME}, else same-pid test pairs)")
-    parser.add_argument("--reid-checkpoint", help="local re-ID model checkpoint for the identity metrics")
-    parser.add_argument(
-        "--fid-weights",
-        help="FID Inception weights file weights-inception-2015-12-05-6726825d.pth (or its folder); "
-        "default: the torch hub cache, else FID is not computed",
-    )
-    parser.add_argument(
-        "--lpips-weights",
-        help="LPIPS backbone file (torchvision, e.g. alexnet-owt-7be5be79.pth) or a folder with it "
-        "(+ optional <net>.pth linear layers); default: the torch hub cache, else LPIPS is not computed",
-    )
-    parser.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
-    parser.add_argument("--n-pairs", type=int, default=200, help="pairs to score (seeded draw); 0 = all")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", default="2", help="w (both weights) or w_pose:w_appearance")
-    parser.add_argument(
-        "--sampler", default="dpmsolver++", choices=["dpmsolver++", "ddim", "unipc", "euler", "ddpm"]
-    )
-    parser.add_argument(
-        "--sweep",
-        nargs="+",
-        metavar="KEY=V,V",
-        help="grid for the trained generator, e.g. steps=10,20,50 guidance=1,2,3",
-    )
-    parser.add_argument("--compare-untrained", action=argparse.BooleanOptionalAction, default=True,
-                        help="also score an untrained generator of the same config (the floor)")  # fmt: skip
-    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
-                        help="also score the real target images as if generated (the ceiling)")  # fmt: skip
-    parser.add_argument("--no-pose", action="store_true", help="skip the pose metrics (no mediapipe)")
-    parser.add_argument(
-        "--pose-upscale", type=int, help="enlarge images by this factor before pose detection"
-    )
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
-    parser.add_argument("--out", required=True, help="report directory")
-
-
-def run_evaluate_generator(args: argparse.Namespace) -> int:
-    """CLI entry: load the generator, evaluate, print where the report is."""
-    from posereid.models.generator import PoseTransferGenerator
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        sweep = parse_sweep(args.sweep) if args.sweep else None
-        guidance = parse_guidance(args.guidance)
-    except ValueError as exc:
-        print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
-        return 2
-    generator = PoseTransferGenerator.from_pretrained(args.generator).to(device)
-    try:
-        result = _evaluate_from_args(generator, args, guidance, sweep)
-    except (FileNotFoundError, MissingExtraError) as exc:  # missing weights / data / package: say which
-        print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
-        return 2
-    print(render_markdown(result).split("\n\nMetric status")[0])
-    print(f"\nreport: {result['files']['report_md']}")
-    return 0
-
-
-def _evaluate_from_args(
-    generator: Any, args: argparse.Namespace, guidance: tuple[float, float], sweep: Any
-) -> dict:
-    return evaluate_generator(
-        generator,
-        args.data,
-        pairs=args.pairs,
-        annotations=args.annotations,
-        reid_checkpoint=args.reid_checkpoint,
-        fid_weights=args.fid_weights,
-        lpips_weights=args.lpips_weights,
-        lpips_net=args.lpips_net,
-        pose_estimator=None if args.no_pose else "auto",
-        steps=args.steps,
-        guidance=guidance,
-        sampler=args.sampler,
-        n_pairs=args.n_pairs or None,
-        seed=args.seed,
-        out_dir=args.out,
-        include_ceiling=args.ceiling,
-        include_floor=args.compare_untrained,
-        sweep=sweep,
-        batch_size=args.batch_size,
-        pose_upscale=args.pose_upscale,
-        generator_name=str(args.generator),
-    )
-
-
-__all__ = [
-    "EvalPairs",
-    "QualityScorer",
-    "add_evaluate_generator_args",
-    "evaluate_generator",
-    "generate_for_pairs",
-    "load_eval_pairs",
-    "run_evaluate_generator",
-    "untrained_like",
-]
+__all__ = ["CEILING", "FLOOR", "TRAINED", "evaluate_generator", "generate_for_pairs", "untrained_like"]

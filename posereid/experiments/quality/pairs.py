@@ -1,6 +1,6 @@
 """Test pairs of ``posereid evaluate-generator``: which (source → target pose) pairs are scored, loaded.
 
-Split out of :mod:`posereid.experiments.quality` (which imports this module, never the reverse): reading
+Used by :mod:`~posereid.experiments.quality.evaluate` (which imports this module, never the reverse): reading
 the PATN annotation and pairs CSVs (or falling back to same-pid pairs of the test split), skipping and
 counting unusable pairs, drawing a seeded subset and loading its images and keypoints at the generator's
 image size into an :class:`EvalPairs`. Every public name here is also importable from
@@ -29,7 +29,7 @@ from posereid.reid_integration.market1501 import (
 )
 
 #: the evaluation's logger, as before the split, so the "skipped … pair(s)" lines keep their name.
-logger = logging.getLogger("posereid.experiments.quality")
+logger = logging.getLogger(__name__)
 
 ANNOTATIONS_NAME, PAIRS_NAME = "market-annotation-test.csv", "market-pairs-test.csv"
 

@@ -1,6 +1,7 @@
 """Reports of ``posereid evaluate-generator``: option parsing, markdown, JSON, image sheet, sweep plot.
 
-Split from :mod:`posereid.experiments.quality` (which computes the numbers) so each file stays focused.
+Split from :mod:`~posereid.experiments.quality.evaluate` (which computes the numbers) so each file stays
+focused.
 """
 
 from __future__ import annotations

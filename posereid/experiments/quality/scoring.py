@@ -1,11 +1,11 @@
 """Scoring of ``posereid evaluate-generator``: the metric back-ends and :class:`QualityScorer`.
 
-Split out of :mod:`posereid.experiments.quality` (which imports this module, never the reverse, and
+Used by :mod:`~posereid.experiments.quality.evaluate` (which imports this module, never the reverse, and
 resolves the back-ends from the user's flags): :class:`Backends` holds the optional metric networks, and
 :class:`QualityScorer` computes the real-data side once (FID reference statistics, gallery features,
 body masks), then scores any set of images aligned with the pairs of an
-:class:`~posereid.experiments.quality_pairs.EvalPairs` (image, pose and identity metrics from
-:mod:`posereid.experiments.quality_metrics`). Every public name here is also importable from
+:class:`~posereid.experiments.quality.pairs.EvalPairs` (image, pose and identity metrics from
+:mod:`posereid.experiments.quality.metrics`). Every public name here is also importable from
 :mod:`posereid.experiments.quality`.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from posereid.experiments.quality_metrics import (
+from posereid.experiments.quality.metrics import (
     FidScorer,
     Lpips,
     body_mask,
@@ -29,7 +29,7 @@ from posereid.experiments.quality_metrics import (
     pose_fidelity,
     ssim_scores,
 )
-from posereid.experiments.quality_pairs import EvalPairs
+from posereid.experiments.quality.pairs import EvalPairs
 from posereid.reid_integration.evaluate import evaluate_features
 from posereid.reid_integration.market1501 import Market1501, MarketRecord, load_image
 

@@ -1,15 +1,14 @@
-"""Settings of the re-ID gain protocol: the arms, :class:`GainConfig` and the ``reid-gain`` arguments.
+"""Settings of the re-ID gain protocol: the arms, :class:`GainConfig`, fraction tags, the annotation lookup.
 
-Split out of :mod:`posereid.experiments.reid_gain` so that the protocol, its report
-(:mod:`~posereid.experiments.reid_gain_report`) and the command line share one definition of the settings.
-It imports none of the other ``reid_gain*`` modules (they all import it). Every public name here is also
-importable from :mod:`posereid.experiments.reid_gain`.
+The protocol (:mod:`~posereid.experiments.reid_gain.protocol`), its subsets
+(:mod:`~posereid.experiments.reid_gain.subset`), its report (:mod:`~posereid.experiments.reid_gain.report`)
+and the ``reid-gain`` command (:mod:`~posereid.experiments.reid_gain.cli`) share this one definition of
+the settings. It imports none of the other ``reid_gain`` modules (they all import it).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -203,9 +202,6 @@ def find_annotations(data: Path, split: str = "train") -> Path:
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI: the arguments of posereid reid-gain
-# --------------------------------------------------------------------------------------------------
 def parse_fractions(text: str) -> tuple[float, ...]:
     """``"0.2,0.4"`` or ``"20,40"`` (values above 1 are percentages) → ``(0.2, 0.4)``."""
     out = []
@@ -224,107 +220,3 @@ def parse_fractions(text: str) -> tuple[float, ...]:
     if not out:
         raise argparse.ArgumentTypeError("no fraction given")
     return tuple(out)
-
-
-def _csv_list(kind: type) -> Callable[[str], tuple]:
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(kind(p.strip()) for p in text.split(",") if p.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
-def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
-    """Add the ``posereid reid-gain`` options (defaults: those of :class:`GainConfig`) to ``parser``."""
-    d = GainConfig(data=Path("."), out=Path("."))
-    parser.add_argument("--data", required=True, help="Market-1501-format folder")
-    parser.add_argument("--annotations", help="PATN CSV of the train images (default: found next to --data)")
-    parser.add_argument("--out", required=True, help="output folder (results.csv/.md/.png + work/ cache)")
-    parser.add_argument(
-        "--fractions",
-        type=parse_fractions,
-        default=d.fractions,
-        help="kept fractions, e.g. 0.2,0.4 or 20,40 (default: 20..100%%)",
-    )
-    parser.add_argument(
-        "--arms", type=_csv_list(str), default=d.arms, help=f"comma list from {', '.join(ARMS)}"
-    )
-    parser.add_argument("--seeds", type=_csv_list(int), default=d.seeds, help="re-ID seeds, e.g. 0,1,2")
-    parser.add_argument("--subset-seed", type=int, default=d.subset_seed, help="seed of the subset choice")
-    parser.add_argument(
-        "--reid-steps", type=int, default=d.reid_steps, help="optimisation steps of EVERY run"
-    )
-    parser.add_argument("--reid-model", default=d.reid_model, help="torchreid model name")
-    parser.add_argument("--reid-batch-size", type=int, default=d.reid_batch_size)
-    parser.add_argument("--reid-lr", type=float, default=d.reid_lr)
-    parser.add_argument(
-        "--generator-preset", default=d.generator_preset, help="tiny|small|market|deepfashion"
-    )
-    parser.add_argument("--generator-steps", type=int, default=d.generator_steps)
-    parser.add_argument("--generator-batch-size", type=int, default=d.generator_batch_size)
-    parser.add_argument("--generator-lr", type=float, default=d.generator_lr)
-    parser.add_argument("--generator", help="reuse this generator checkpoint for every fraction")
-    parser.add_argument(
-        "--generator-data",
-        choices=("kept", "full"),
-        default=d.generator_data,
-        help="train the generator on the kept fraction only (default) or on all train images",
-    )
-    parser.add_argument("--per-image", type=int, default=d.per_image, help="synthetic images per kept image")
-    parser.add_argument(
-        "--synthetic-ratio",
-        type=float,
-        default=None,
-        metavar="R",
-        help="share of synthetic images in the synthetic arms' batches (default: uniform over all images)",
-    )
-    parser.add_argument(
-        "--sampler", default=d.sampler, help="diffusion sampler (dpmsolver++, ddim, unipc, …)"
-    )
-    parser.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
-    parser.add_argument(
-        "--guidance",
-        type=_csv_list(float),
-        default=d.guidance,
-        help="guidance weight, or pose,appearance weights",
-    )
-    parser.add_argument("--pose-sampling", choices=("uniform", "cluster", "view"), default=d.pose_sampling)
-    parser.add_argument("--gen-batch-size", type=int, default=d.gen_batch_size)
-    parser.add_argument(
-        "--annotation-hw",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="frame of the annotation coordinates (default: the train images' own size)",
-    )
-    parser.add_argument(
-        "--filter-checkpoint", help="re-ID checkpoint for the strong+synthetic+filtered arm, or 'auto'"
-    )
-    parser.add_argument("--filter-score", choices=("similarity", "margin"), default=d.filter_score)
-    parser.add_argument("--filter-threshold", type=float, default=d.filter_threshold)
-    parser.add_argument("--height", type=int, default=d.height)
-    parser.add_argument("--width", type=int, default=d.width)
-    parser.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1, …")
-    parser.add_argument("--workers", type=int, default=d.num_workers, help="data loader workers")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def config_from_args(args: argparse.Namespace) -> GainConfig:
-    """A :class:`GainConfig` from parsed ``posereid reid-gain`` arguments."""
-    guidance = tuple(args.guidance)
-    return GainConfig(
-        data=Path(args.data), out=Path(args.out), annotations=args.annotations, fractions=args.fractions,
-        arms=args.arms, seeds=args.seeds, subset_seed=args.subset_seed, reid_steps=args.reid_steps,
-        reid_model=args.reid_model, reid_batch_size=args.reid_batch_size, reid_lr=args.reid_lr,
-        height=args.height, width=args.width, generator_preset=args.generator_preset,
-        generator_steps=args.generator_steps, generator_batch_size=args.generator_batch_size,
-        generator_lr=args.generator_lr, generator=args.generator, generator_data=args.generator_data,
-        per_image=args.per_image, synthetic_ratio=args.synthetic_ratio, sampler=args.sampler, steps=args.steps,
-        guidance=guidance * 2 if len(guidance) == 1 else guidance, pose_sampling=args.pose_sampling,
-        gen_batch_size=args.gen_batch_size, annotation_hw=args.annotation_hw,
-        filter_checkpoint=args.filter_checkpoint, filter_score=args.filter_score,
-        filter_threshold=args.filter_threshold, device=args.device, num_workers=args.workers,
-        progress=not args.no_progress,
-    )  # fmt: skip

@@ -20,17 +20,20 @@ deltas vs the ``plain`` and ``strong`` baselines), ``results.png`` (mAP / rank-1
 ``work/`` (subsets, generators, synthetic folders; reused on a rerun). A rerun reads finished cells back
 from the CSV and computes only the missing ones.
 
-The settings (:class:`GainConfig`, the arms, the CLI arguments) live in
-:mod:`~posereid.experiments.reid_gain_config`, the nested train subsets in
-:mod:`~posereid.experiments.reid_gain_subset`, and the results CSV, summary, table and plot in
-:mod:`~posereid.experiments.reid_gain_report`. This module holds the protocol itself (generator, synthetic
-and filter stages, one re-ID cell, :func:`run_gain`, the ``reid-gain`` command) and re-exports the others'
-public names, so ``reid_gain`` stays the one entry point (``posereid.experiments`` and the CLI use it).
+The settings (:class:`GainConfig`, the arms) live in :mod:`~posereid.experiments.reid_gain.config`, the
+nested train subsets in :mod:`~posereid.experiments.reid_gain.subset`, the results CSV, summary, table and
+plot in :mod:`~posereid.experiments.reid_gain.report` and the ``reid-gain`` command in
+:mod:`~posereid.experiments.reid_gain.cli`. This module holds the protocol itself (generator, synthetic
+and filter stages, one re-ID cell, :func:`run_gain`); :mod:`posereid.experiments.reid_gain` re-exports the
+public names of all of them.
+
+The source Market folder and its annotations are parsed once per run (a
+:class:`~posereid.experiments.data.MarketSource` that :func:`run_gain` builds, or is given, and passes to
+every fraction and stage).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -40,36 +43,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from posereid.experiments.reid_gain_config import (
-    ARMS,
-    DEFAULT_ARMS,
+from posereid.experiments.data import MarketSource
+from posereid.experiments.reid_gain.config import (
     GainConfig,
     ProtocolMismatchError,
-    config_from_args,
     find_annotations,
     fraction_tag,
-    parse_fractions,
 )
-from posereid.experiments.reid_gain_config import BASELINES as BASELINES
-from posereid.experiments.reid_gain_config import DEFAULT_FRACTIONS as DEFAULT_FRACTIONS
-from posereid.experiments.reid_gain_config import add_reid_gain_args as add_reid_gain_args
-from posereid.experiments.reid_gain_report import (
-    CSV_FIELDS,
-    cell_key,
-    markdown_table,
-    plot_results,
-    read_results,
-    summarize,
-    write_reports,
-    write_results,
-)
-from posereid.experiments.reid_gain_subset import (
-    Subset,
-    _link_or_copy,
-    materialize_subset,
-    select_subset,
-)
-from posereid.experiments.reid_gain_subset import subset_order as subset_order
+from posereid.experiments.reid_gain.report import cell_key, read_results, write_reports, write_results
+from posereid.experiments.reid_gain.subset import Subset, _link_or_copy, materialize_subset
 from posereid.models.io_utils import atomic_write
 from posereid.reid_integration.market1501 import Market1501, read_pairs_csv
 
@@ -102,14 +84,17 @@ def synthetic_dir(config: GainConfig, fraction: float, *, filtered: bool = False
     return config.work / f"synthetic-{fraction_tag(fraction)}{'-filtered' if filtered else ''}"
 
 
-def ensure_generator(config: GainConfig, fraction: float, subset: Subset, *, device: str) -> Path:
+def ensure_generator(
+    config: GainConfig, fraction: float, subset: Subset, *, device: str, source: MarketSource | None = None
+) -> Path:
     """Train (or reuse) the generator for ``fraction`` and return its checkpoint directory.
 
-    ``generator_data="kept"`` trains on ``subset`` only (leakage-free); ``"full"`` on all train images;
-    a given ``config.generator`` is returned as is. A finished ``final/`` directory is reused; an
-    interrupted run resumes from its last checkpoint (``train_generator(resume=True)``).
+    ``generator_data="kept"`` trains on ``subset`` only (leakage-free); ``"full"`` on all train images
+    (``source``: the run's parsed Market folder, see :func:`market_source`); a given ``config.generator``
+    is returned as is. A finished ``final/`` directory is reused; an interrupted run resumes from its last
+    checkpoint (``train_generator(resume=True)``).
     """
-    from posereid.experiments.train_generator import market_pose_records
+    from posereid.experiments.data import market_pose_records
     from posereid.models import training
     from posereid.models.generator import PoseTransferGenerator
 
@@ -121,10 +106,11 @@ def ensure_generator(config: GainConfig, fraction: float, subset: Subset, *, dev
     if (final / "config.json").is_file():
         return final
     if config.generator_data == "full":
-        root, annotations = config.data, config.annotations or find_annotations(config.data)
+        data = source if source is not None else market_source(config)
     else:
-        root, annotations = subset.root, subset.annotations
-    records = market_pose_records(root, annotations, annotation_size=config.annotation_hw)
+        data = subset.source
+    root, annotations = data.root, data.annotations
+    records = market_pose_records(data, annotation_size=config.annotation_hw)
     if not records:
         raise ValueError(f"{root}: no annotated train image to train the generator on ({annotations})")
     pairs_csv = Path(annotations).with_name("market-pairs-train.csv")
@@ -203,7 +189,7 @@ def ensure_synthetic(
     summary = generate_offline(
         model, subset.root, subset.annotations, out, per_image=config.per_image, sampling=config.pose_sampling,
         steps=config.steps, sampler=config.sampler, guidance=config.guidance, batch_size=config.gen_batch_size,
-        seed=config.subset_seed, annotation_hw=_annotation_frame(config, subset.root), progress=config.progress,
+        seed=config.subset_seed, annotation_hw=_annotation_frame(config, subset.source), progress=config.progress,
     )  # fmt: skip
     if summary.failed_items:
         logger.warning("%s: %d source image(s) failed: %s", out, summary.failed_items, summary.failures[:3])
@@ -213,15 +199,15 @@ def ensure_synthetic(
     return images
 
 
-def _annotation_frame(config: GainConfig, root: Path) -> tuple[int, int]:
-    """``config.annotation_hw``, else the size of the first train image of ``root``."""
+def _annotation_frame(config: GainConfig, source: MarketSource) -> tuple[int, int]:
+    """``config.annotation_hw``, else the size of the first train image of ``source``."""
     if config.annotation_hw is not None:
         return config.annotation_hw
     from PIL import Image
 
-    first = next((r for r in Market1501(root).train if r.pid > 0), None)
+    first = next((r for r in source.market.train if r.pid > 0), None)
     if first is None:
-        raise ValueError(f"{root}: no train image to take the annotation frame from")
+        raise ValueError(f"{source.root}: no train image to take the annotation frame from")
     with Image.open(first.path) as im:
         return im.height, im.width
 
@@ -350,24 +336,37 @@ def planned_cells(config: GainConfig) -> list[tuple[str, str, int]]:
     return [cell_key(f, a, s) for f in sorted(config.fractions) for a in config.arms for s in config.seeds]
 
 
-def prepare_fraction(config: GainConfig, fraction: float) -> Subset:
-    """Materialise (or reuse) ``fraction``'s subset folder under ``config.work``."""
-    annotations = config.annotations or find_annotations(config.data)
+def market_source(config: GainConfig) -> MarketSource:
+    """The run's source Market folder and its annotation CSV (``config.annotations`` or the one found
+    beside the data), to be parsed once and shared by every fraction and stage."""
+    return MarketSource(config.data, config.annotations or find_annotations(config.data))
+
+
+def prepare_fraction(config: GainConfig, fraction: float, *, source: MarketSource | None = None) -> Subset:
+    """Materialise (or reuse) ``fraction``'s subset folder under ``config.work``.
+
+    ``source``: the run's :func:`market_source` (parsed once per run); ``None`` parses the folder here.
+    """
+    source = source if source is not None else market_source(config)
     return materialize_subset(
-        config.data,
-        annotations,
+        source.root,
+        source.annotations,
         fraction,
         config.subset_seed,
         config.work / f"subset-{fraction_tag(fraction)}",
+        source=source,
     )
 
 
-def run_gain(config: GainConfig) -> list[dict[str, Any]]:
+def run_gain(config: GainConfig, *, source: MarketSource | None = None) -> list[dict[str, Any]]:
     """Run every missing cell of the protocol and write ``results.csv`` / ``.md`` / ``.png``.
 
     Cells already in ``results.csv`` are not recomputed; subsets, generators and synthetic folders in
     ``work/`` are reused. Within a fraction the baselines run first, then the generator is trained (only
     if a synthetic cell is missing), then the synthetic arms. Returns the rows of the asked-for cells.
+
+    ``source`` is the parsed ``config.data`` (:func:`market_source`) when the caller already has it;
+    otherwise it is made when the first missing cell needs it. Either way the folder is parsed once per run.
     """
     config.out.mkdir(parents=True, exist_ok=True)
     _check_protocol(config)
@@ -391,12 +390,16 @@ def run_gain(config: GainConfig) -> list[dict[str, Any]]:
             todo = [(a, s) for a in config.arms for s in config.seeds if cell_key(fraction, a, s) not in done]
             if not todo:
                 continue
-            subset = prepare_fraction(config, fraction)
+            if source is None:
+                source = market_source(config)
+            subset = prepare_fraction(config, fraction, source=source)
             todo.sort(key=lambda c: "synthetic" in c[0])  # baselines first (stable: arm order kept)
             extra: dict[str, list[Path]] = {}
             for arm, seed in todo:
                 if "synthetic" in arm and arm not in extra:
-                    extra[arm] = _synthetic_folders(config, fraction, subset, arm, device=device)
+                    extra[arm] = _synthetic_folders(
+                        config, fraction, subset, arm, device=device, source=source
+                    )
                 bar.set_postfix_str(f"{fraction_tag(fraction)} {arm} seed {seed}")
                 row = run_cell(config, subset, arm, seed, extra.get(arm, []), device=device)
                 rows.append(row)
@@ -411,9 +414,9 @@ def run_gain(config: GainConfig) -> list[dict[str, Any]]:
 
 
 def _synthetic_folders(
-    config: GainConfig, fraction: float, subset: Subset, arm: str, *, device: str
+    config: GainConfig, fraction: float, subset: Subset, arm: str, *, device: str, source: MarketSource
 ) -> list[Path]:
-    gen = ensure_generator(config, fraction, subset, device=device)
+    gen = ensure_generator(config, fraction, subset, device=device, source=source)
     ensure_synthetic(config, fraction, subset, gen, device=device)
     if arm.endswith("+filtered"):
         ensure_filtered(config, fraction, subset, device=device)
@@ -421,46 +424,16 @@ def _synthetic_folders(
     return [synthetic_dir(config, fraction)]
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI: posereid reid-gain (the arguments are in reid_gain_config)
-# --------------------------------------------------------------------------------------------------
-def run_reid_gain(args: argparse.Namespace) -> int:
-    """Run ``posereid reid-gain``: the protocol, then print the summary table and the output paths."""
-    config = config_from_args(args)
-    rows = run_gain(config)
-    print(markdown_table(summarize(rows)))
-    for what, path in (
-        ("results", config.out / "results.csv"),
-        ("table", config.out / "results.md"),
-        ("plot", config.out / "results.png"),
-    ):
-        print(f"{what:>8}: {path}")
-    return 0
-
-
 __all__ = [
-    "ARMS",
-    "CSV_FIELDS",
-    "DEFAULT_ARMS",
-    "GainConfig",
-    "ProtocolMismatchError",
-    "Subset",
     "ensure_filtered",
     "ensure_generator",
     "ensure_synthetic",
     "generator_dir",
-    "markdown_table",
-    "materialize_subset",
-    "parse_fractions",
-    "plot_results",
+    "market_source",
+    "planned_cells",
     "prepare_fraction",
-    "read_results",
     "resolve_device",
     "run_cell",
     "run_gain",
-    "select_subset",
-    "summarize",
     "synthetic_dir",
-    "write_reports",
-    "write_results",
 ]

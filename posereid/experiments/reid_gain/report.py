@@ -1,8 +1,8 @@
 """Results of the re-ID gain protocol: ``results.csv`` rows, their summary, markdown table and plot.
 
-Split out of :mod:`posereid.experiments.reid_gain` (which runs the protocol and imports this module, never
-the reverse): reading/writing the one-row-per-cell CSV, the mean ± std and paired-delta summary over seeds,
-and ``results.md`` / ``results.png``. Only the settings from :mod:`~posereid.experiments.reid_gain_config`
+Used by :mod:`~posereid.experiments.reid_gain.protocol` (which runs the protocol and imports this module,
+never the reverse): reading/writing the one-row-per-cell CSV, the mean ± std and paired-delta summary over seeds,
+and ``results.md`` / ``results.png``. Only the settings from :mod:`~posereid.experiments.reid_gain.config`
 are needed here. Every public name here is also importable from :mod:`posereid.experiments.reid_gain`.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from posereid.experiments.reid_gain_config import ARMS, BASELINES, GainConfig, fraction_tag
+from posereid.experiments.reid_gain.config import ARMS, BASELINES, GainConfig, fraction_tag
 from posereid.models.io_utils import atomic_save, atomic_write
 
 #: results.csv columns, in order.

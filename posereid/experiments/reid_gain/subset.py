@@ -1,6 +1,6 @@
 """The train subsets ``D_tr`` of the re-ID gain protocol: seeded, nested, ≥ 1 image per identity.
 
-Split out of :mod:`posereid.experiments.reid_gain` (which imports this module, never the reverse):
+Used by :mod:`~posereid.experiments.reid_gain.protocol` (which imports this module, never the reverse):
 choosing a fraction's kept images and materialising them as a Market-format folder (links to the kept
 train images, the query/gallery splits, the kept images' annotation and pair rows). Every public name here
 is also importable from :mod:`posereid.experiments.reid_gain`.
@@ -8,6 +8,7 @@ is also importable from :mod:`posereid.experiments.reid_gain`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,20 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from posereid.experiments.reid_gain_config import ProtocolMismatchError, fraction_tag
+from posereid.experiments.data import MarketSource
+from posereid.experiments.reid_gain.config import ProtocolMismatchError, fraction_tag
 from posereid.models.io_utils import atomic_write, is_temp_file
 from posereid.reid_integration.market1501 import (
     SPLIT_DIRS,
-    Market1501,
     MarketRecord,
     read_pairs_csv,
-    read_patn_csv,
     write_pairs_csv,
     write_patn_csv,
 )
 
-#: the protocol's logger, as before the split, so the "subset …" log lines keep their name.
-logger = logging.getLogger("posereid.experiments.reid_gain")
+logger = logging.getLogger(__name__)
 
 
 def subset_order(records: Sequence[MarketRecord], seed: int) -> list[MarketRecord]:
@@ -98,16 +97,34 @@ class Subset:
     def images(self) -> int:
         return len(self.names)
 
+    @functools.cached_property
+    def source(self) -> MarketSource:
+        """The subset folder and its annotations, parsed once (shared by the fraction's stages)."""
+        return MarketSource(self.root, self.annotations)
 
-def materialize_subset(data: Path, annotations: Path, fraction: float, seed: int, out_dir: Path) -> Subset:
+
+def materialize_subset(
+    data: Path,
+    annotations: Path,
+    fraction: float,
+    seed: int,
+    out_dir: Path,
+    *,
+    source: MarketSource | None = None,
+) -> Subset:
     """Write (or reuse) the Market-format folder of one fraction's subset.
 
     ``out_dir`` gets ``bounding_box_train`` with links to the kept images, ``query`` / ``bounding_box_test``
     linked to the source ones, ``market-annotation-train.csv`` with the kept images' rows (the pose bank
     and the generator's training data), ``market-pairs-train.csv`` with the pairs among kept images
     when the source has one, and ``subset.json``. Built in a temporary folder and renamed into place.
+
+    ``source``: ``data`` and ``annotations`` already wrapped (and maybe parsed) by the run, so that every
+    fraction reuses one parse; ``None`` parses them here.
     """
-    ds = Market1501(data)
+    if source is None:
+        source = MarketSource(data, annotations)
+    ds = source.market
     train = [r for r in ds.train if r.pid > 0]  # junk and distractors never enter re-ID training
     if not train:
         raise ValueError(f"{ds.root}: the train split has no identity images (pid > 0)")
@@ -122,7 +139,7 @@ def materialize_subset(data: Path, annotations: Path, fraction: float, seed: int
                 "subset seed changed); delete it or use a new output folder"
             )
         return Subset(out_dir, fraction, names, meta["identities"], out_dir / "market-annotation-train.csv")
-    ann = read_patn_csv(annotations, image_hw=None)
+    ann = source.patn(image_hw=None)
     missing = [n for n in names if n not in ann]
     if missing:
         logger.warning(

@@ -7,7 +7,7 @@ noise). :func:`sample_identity`, :func:`sample_pose`, :func:`sample_camera` and 
 them from a numpy ``Generator``; the colour palettes (skin, hair, garments, shoes) live here too.
 
 These are plain frozen dataclasses and pure sampling code, kept apart from the drawing in
-:mod:`posereid.experiments.synthetic_people` (which re-exports every name here): what a person looks like
+:mod:`posereid.experiments.synthetic.people` (the package re-exports both): what a person looks like
 is decided here, how it becomes pixels and keypoints there.
 """
 

@@ -4,11 +4,11 @@
 walking gait phase, scale, shift) seen by a :class:`Camera` (background, illumination tint, blur, noise)
 and returns the image with exact COCO-18 keypoints. This module holds the drawing: camera backgrounds and
 sensor, the 3-D stick figure, the painter and the keypoint occlusion rules. The parameters and their
-samplers live in :mod:`posereid.experiments.synthetic_params` and are re-exported here.
-:mod:`posereid.experiments.synthetic` builds Market-1501-format datasets from it.
+samplers live in :mod:`posereid.experiments.synthetic.params`; :mod:`posereid.experiments.synthetic.dataset`
+builds Market-1501-format datasets from it. :mod:`posereid.experiments.synthetic` re-exports all three.
 
 Speed: PIL draws the parts (C code), per-camera backgrounds and noise tables are cached, and blur, tint
-and noise run as a few whole-array numpy operations (see ``bench_synthetic``).
+and noise run as a few whole-array numpy operations (see ``bench.synthetic``).
 
 Geometry: the body is a 3-D stick figure in its own frame (``l`` = subject's left, ``u`` = up,
 ``f`` = forward) rotated by the view's yaw and projected orthographically; parts are painted far to
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from posereid.experiments.synthetic_params import (
+from posereid.experiments.synthetic.params import (
     RGB,
     VIEW_YAW,
     VIEWS,
@@ -44,10 +44,6 @@ from posereid.experiments.synthetic_params import (
     Identity,
     PoseParams,
     hsv_colour,
-    make_cameras,
-    sample_camera,
-    sample_identity,
-    sample_pose,
 )
 from posereid.models.pose import NUM_KEYPOINTS, drop_outside
 
@@ -512,16 +508,4 @@ def render_background(
     return _finish(im, camera, u, (0, 0, 0, 0), ss)
 
 
-__all__ = [
-    "VIEWS",
-    "VIEW_YAW",
-    "Camera",
-    "Identity",
-    "PoseParams",
-    "make_cameras",
-    "render_background",
-    "render_person",
-    "sample_camera",
-    "sample_identity",
-    "sample_pose",
-]
+__all__ = ["render_background", "render_person"]

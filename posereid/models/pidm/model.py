@@ -105,7 +105,9 @@ class PIDMModel(ModelMixin, ConfigMixin):
             )
         bad = [c for c in chans if c % norm_num_groups]
         if bad:
-            raise ValueError(f"block_out_channels {bad} are not divisible by norm_num_groups={norm_num_groups}")
+            raise ValueError(
+                f"block_out_channels {bad} are not divisible by norm_num_groups={norm_num_groups}"
+            )
         self.unet = UNet2DConditionModel(
             sample_size=(h, w),
             in_channels=3 + POSE_CHANNELS,
@@ -129,7 +131,9 @@ class PIDMModel(ModelMixin, ConfigMixin):
             backbone_path=backbone_path,
         )
 
-    def encode_appearance(self, source: torch.Tensor, source_maps: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_appearance(
+        self, source: torch.Tensor, source_maps: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Appearance tokens ``(B, N, cross_attention_dim)`` of ``source`` ``(B, 3, H, W)`` in ``[0, 1]``.
 
         ``source_maps``: the source pose maps when the config uses them; ``None`` gives empty maps.

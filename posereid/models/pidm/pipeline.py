@@ -96,7 +96,11 @@ class PIDMPipeline(GeneratorPipeline):
         x0 = target.to(dev, torch.float32) * 2.0 - 1.0
         tokens = self.encode_appearance(source, source_kps)
         t = sample_timesteps(
-            b, self.scheduler.config.num_train_timesteps, cfg.timestep_sampling, generator=generator, device=dev
+            b,
+            self.scheduler.config.num_train_timesteps,
+            cfg.timestep_sampling,
+            generator=generator,
+            device=dev,
         )
         noise = initial_noise(x0.shape, generator, dev)
         noisy = self.scheduler.add_noise(x0, noise, t)
@@ -147,7 +151,9 @@ class PIDMPipeline(GeneratorPipeline):
         gens = self.generators(seeds, generator, b)
         amp = autocast_context(dev, autocast_dtype)
 
-        def model_fn(x: torch.Tensor, t: torch.Tensor, pose: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        def model_fn(
+            x: torch.Tensor, t: torch.Tensor, pose: torch.Tensor, tokens: torch.Tensor
+        ) -> torch.Tensor:
             with amp:
                 return self.model(x, t, pose, tokens)
 

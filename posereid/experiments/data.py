@@ -1,0 +1,121 @@
+"""The Market-1501 input of an experiment run, parsed once, and the generator's training records.
+
+:class:`MarketSource` holds one Market-format folder and its PATN annotation CSV and parses each at most
+once, on first use: a run of the gain protocol (or the demo) builds one and passes it down, so its stages
+and fractions share one scan of the folder instead of re-parsing it each time.
+:func:`market_pose_records` turns a folder (or a source) into the generator's training records; the
+``train-generator`` command and the gain protocol both use it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from posereid.models.pose import resize_keypoints, visible_mask
+from posereid.reid_integration.market1501 import (
+    ImageReadError,
+    Market1501,
+    PatnAnnotations,
+    check_image,
+    read_patn_csv,
+)
+
+if TYPE_CHECKING:
+    from posereid.models.training import PoseRecord
+
+logger = logging.getLogger(__name__)
+
+
+class MarketSource:
+    """A Market-1501-format folder and its PATN annotation CSV, each parsed at most once (on first use).
+
+    Args:
+        root: the Market folder (anything :class:`Market1501` accepts).
+        annotations: its PATN keypoint CSV, or ``None`` when the run needs none.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], annotations: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.annotations = None if annotations is None else Path(annotations)
+        self._patn: dict[tuple[tuple[int, int] | None, str], PatnAnnotations] = {}
+
+    @functools.cached_property
+    def market(self) -> Market1501:
+        """The parsed folder (:class:`Market1501`), scanned on first access only."""
+        return Market1501(self.root)
+
+    def patn(
+        self, *, image_hw: tuple[int, int] | None = None, on_error: Literal["raise", "skip"] = "raise"
+    ) -> PatnAnnotations:
+        """The annotation CSV read with these :func:`read_patn_csv` options (read once per option set)."""
+        if self.annotations is None:
+            raise ValueError(f"{self.root}: no annotation CSV given for this Market folder")
+        key = (None if image_hw is None else (int(image_hw[0]), int(image_hw[1])), on_error)
+        if key not in self._patn:
+            self._patn[key] = read_patn_csv(self.annotations, image_hw=image_hw, on_error=on_error)
+        return self._patn[key]
+
+    def __repr__(self) -> str:
+        return f"MarketSource({str(self.root)!r}, annotations={self.annotations and str(self.annotations)!r})"
+
+
+def market_pose_records(
+    data: str | os.PathLike[str] | MarketSource,
+    annotations: str | os.PathLike[str] | None = None,
+    *,
+    min_joints: int = 7,
+    annotation_size: tuple[int, int] | None = None,
+) -> list[PoseRecord]:
+    """:class:`~posereid.models.training.PoseRecord` s for the train split; unusable images are skipped,
+    counted and logged.
+
+    ``data`` is a Market folder (with ``annotations``, its PATN CSV) or a :class:`MarketSource`, whose
+    already parsed folder and annotations are reused.
+    """
+    from posereid.models.training import PoseRecord
+
+    source = data if isinstance(data, MarketSource) else MarketSource(data, annotations)
+    market = source.market
+    ann = source.patn(image_hw=annotation_size, on_error="skip")
+    skipped: Counter[str] = Counter()
+    records: list[PoseRecord] = []
+    for rec in tqdm(market.train, desc="checking images", leave=False):
+        if rec.pid <= 0:
+            skipped["junk/distractor image(s)"] += 1
+            continue
+        kps = ann.get(rec.name)
+        if kps is None:
+            skipped["image(s) without an annotation row"] += 1
+            continue
+        if int(visible_mask(kps).sum()) < min_joints:
+            skipped[f"image(s) with fewer than {min_joints} visible joints"] += 1
+            continue
+        try:
+            check_image(rec.path)
+        except ImageReadError as exc:
+            skipped["unreadable image(s)"] += 1
+            logger.warning("%s", exc)
+            continue
+        if annotation_size is not None:
+            with Image.open(rec.path) as im:
+                kps = resize_keypoints(kps, annotation_size, (im.height, im.width))
+        records.append(PoseRecord(rec.path, rec.pid, kps, name=rec.name))
+    for why, n in sorted(skipped.items()):
+        logger.warning("skipped %d %s", n, why)
+    if ann.skipped:
+        logger.warning("%s: %d malformed row(s) ignored", source.annotations, ann.skipped)
+    logger.info("%d training images of %d identities", len(records), len({r.pid for r in records}))
+    return records
+
+
+__all__ = ["MarketSource", "market_pose_records"]

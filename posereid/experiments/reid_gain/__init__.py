@@ -1,0 +1,21 @@
+"""The re-ID gain protocol: does training on pose-transfer images help a re-ID model, honestly measured?
+
+``config`` (:class:`GainConfig`, the arms), ``subset`` (the nested train subsets), ``protocol`` (the
+stages, one re-ID cell, :func:`run_gain`), ``report`` (results CSV, summary, table, plot) and ``cli``
+(``posereid reid-gain``). The public names are re-exported here, resolved on first access.
+"""
+
+from posereid._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "config": ["ARMS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "GainConfig", "ProtocolMismatchError",
+                   "find_annotations", "fraction_tag", "parse_fractions"],
+        "subset": ["Subset", "materialize_subset", "select_subset", "subset_order"],
+        "protocol": ["ensure_filtered", "ensure_generator", "ensure_synthetic", "generator_dir", "market_source",
+                     "planned_cells", "prepare_fraction", "resolve_device", "run_cell", "run_gain", "synthetic_dir"],
+        "report": ["CSV_FIELDS", "cell_key", "markdown_table", "plot_results", "read_results", "summarize",
+                   "write_reports", "write_results"],
+    },
+)  # fmt: skip

@@ -30,7 +30,7 @@ def _poses(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def gen() -> PoseTransferGenerator:
+def gen() -> PIDMPipeline:
     torch.manual_seed(0)
     return PIDMPipeline.from_preset("tiny").eval()
 

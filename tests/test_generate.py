@@ -24,8 +24,9 @@ from posereid.augment.generate import (
     synthetic_name,
 )
 from posereid.experiments.cli import main as cli_main
-from posereid.models.generator import WEIGHTS_NAME, PoseTransferGenerator
+from posereid.models.checkpoint import WEIGHTS_NAME
 from posereid.models.io_utils import file_sha256
+from posereid.models.pidm import PIDMPipeline
 from posereid.reid_integration.market1501 import (
     Market1501,
     MarketFormatError,

@@ -15,8 +15,6 @@ import importlib
 import json
 import os
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -109,24 +107,10 @@ class SpyGenerator(torch.nn.Module):
 
 
 def _patch_generator_loading(monkeypatch, fake: SpyGenerator) -> None:
-    """Make ``posereid generate --generator X`` load ``fake``, whichever loader the command calls
-    (``posereid.models.load_generator`` or the older ``PoseTransferGenerator.from_pretrained``)."""
-    import posereid.models as models
+    """Make ``posereid generate --generator X`` load ``fake`` (the command goes through load_generator)."""
+    import posereid.models.contract as contract
 
-    def loader(*args, **kwargs):
-        return fake
-
-    legacy = types.ModuleType("posereid.models.generator")
-    legacy.PoseTransferGenerator = type(
-        "PoseTransferGenerator", (), {"from_pretrained": staticmethod(loader)}
-    )
-    monkeypatch.setitem(sys.modules, "posereid.models.generator", legacy)
-    monkeypatch.setattr(models, "load_generator", loader, raising=False)
-    try:
-        import posereid.models.contract as contract
-    except ImportError:
-        return
-    monkeypatch.setattr(contract, "load_generator", loader, raising=False)
+    monkeypatch.setattr(contract, "load_generator", lambda *args, **kwargs: fake)
 
 
 def _check_spied_keypoints(gen: SpyGenerator, out: Path, ann_target: dict, ann_source: dict, frame) -> None:

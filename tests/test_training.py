@@ -362,14 +362,15 @@ def test_cli_train_generator_and_sample(tmp_path: Path, caplog: pytest.LogCaptur
     data = tmp_path / "market"
     writer = MarketWriter(data)
     ann: dict[str, np.ndarray] = {}
-    for i, rec in enumerate(_records(size=(64, 32))):
+    recs = _records(size=(64, 32))
+    for i, rec in enumerate(recs):
         name = writer.add("train", Image.fromarray(rec.image), pid=rec.pid + 1, cam=1 + i % 2, frame=i)
         ann[name] = rec.keypoints
-    unannotated = writer.add("train", Image.fromarray(_records()[0].image), pid=1, cam=3, frame=99)
-    few = writer.add("train", Image.fromarray(_records()[0].image), pid=2, cam=3, frame=98)
-    ann[few] = np.where(np.arange(18)[:, None] < 3, _pose(0), -1.0)  # only 3 visible joints
+    unannotated = writer.add("train", Image.fromarray(recs[0].image), pid=1, cam=3, frame=99)
+    few = writer.add("train", Image.fromarray(recs[0].image), pid=2, cam=3, frame=98)
+    ann[few] = np.where(np.arange(18)[:, None] < 3, recs[0].keypoints, -1.0)  # only 3 visible joints
     (data / "bounding_box_train" / "0001_c4s1_000050_01.jpg").write_bytes(b"truncated")
-    ann["0001_c4s1_000050_01.jpg"] = _pose(0)
+    ann["0001_c4s1_000050_01.jpg"] = recs[0].keypoints
     write_patn_csv(tmp_path / "ann.csv", ann)
     names = list(ann)
     write_pairs_csv(tmp_path / "pairs.csv", [(names[0], names[1]), (names[3], names[2]), (names[0], few)])

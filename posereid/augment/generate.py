@@ -86,12 +86,15 @@ _SEED_HIGH = 2**31 - 1
 def generator_sha256(generator: torch.nn.Module) -> str:
     """SHA-256 of the generator's weights serialised as safetensors (``{"format": "pt"}`` metadata).
 
-    This equals the sha256 of the ``diffusion_pytorch_model.safetensors`` that ``save_pretrained`` writes
-    for the same weights, and identifies the weights actually used (EMA ones when loaded from EMA).
+    For a one-model pipeline (``model.*`` names) this equals the sha256 of the
+    ``diffusion_pytorch_model.safetensors`` that ``save_pretrained`` writes for the same weights, and
+    identifies the weights actually used (EMA ones when loaded from EMA).
     """
     from safetensors.torch import save
 
-    state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    state = {
+        k.removeprefix("model."): v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()
+    }
     return hashlib.sha256(save(state, metadata={"format": "pt"})).hexdigest()
 
 

@@ -25,6 +25,7 @@ from posereid.reid_integration.market1501 import (
     Market1501,
     PatnAnnotations,
     check_image,
+    load_annotations,
     read_patn_csv,
 )
 
@@ -86,7 +87,8 @@ def market_pose_records(
 
     source = data if isinstance(data, MarketSource) else MarketSource(data, annotations)
     market = source.market
-    ann = source.patn(image_hw=annotation_size, on_error="skip")
+    # the keypoints' frame comes from the data (or annotation_size); a row outside it is skipped, counted
+    ann, _ = load_annotations(source.patn(on_error="skip"), market, frame=annotation_size, on_error="skip")
     skipped: Counter[str] = Counter()
     records: list[PoseRecord] = []
     for rec in tqdm(market.train, desc="checking images", leave=False):
@@ -113,7 +115,7 @@ def market_pose_records(
     for why, n in sorted(skipped.items()):
         logger.warning("skipped %d %s", n, why)
     if ann.skipped:
-        logger.warning("%s: %d malformed row(s) ignored", source.annotations, ann.skipped)
+        logger.warning("%s: %d malformed or out-of-frame row(s) ignored", source.annotations, ann.skipped)
     logger.info("%d training images of %d identities", len(records), len({r.pid for r in records}))
     return records
 

@@ -86,9 +86,9 @@ def time_generator_step(preset: str, hw: tuple[int, int], batch_size: int, devic
     """Seconds per optimisation step of a fresh ``preset`` generator (loss, backward, AdamW step)."""
     import torch
 
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.pidm import PIDMPipeline
 
-    model = PoseTransferGenerator.from_preset(preset, image_size=hw).to(device).train()
+    model = PIDMPipeline.from_preset(preset, image_size=hw).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.rand(batch_size, 3, *hw, device=device)
     k = torch.rand(batch_size, 18, 2, device=device) * torch.tensor([hw[1] - 1, hw[0] - 1], device=device)
@@ -310,9 +310,9 @@ def plan_generation(
     """Sampling steps, guidance and images per source that fit ``budget_s``."""
     if "steps" in plan:
         return
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.contract import load_generator
 
-    model = PoseTransferGenerator.from_pretrained(generator_path).to(device).eval()
+    model = load_generator(generator_path, device=device)
     c1 = time_generation(model, min(32, n_sources)) * 1.15
     choice = (4, 1.0)
     for steps, g in ((25, 2.0), (15, 2.0), (12, 1.0), (8, 1.0), (6, 1.0)):

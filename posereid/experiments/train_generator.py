@@ -1,40 +1,53 @@
-"""``posereid train-generator`` and ``posereid sample``: train the pose-transfer generator on a Market-1501
-folder with PATN keypoints, and draw samples from a trained one.
+"""``posereid train-generator`` and ``posereid sample``: train a pose-transfer generator (any family) on a
+Market-1501 folder with PATN keypoints, and draw samples from a trained one.
 
-Keypoint coordinates in the annotation CSV are taken to be in each image's own pixel frame (true for
-Market-1501, where every crop is 128x64); pass ``--annotation-size HxW`` when the CSV uses another frame.
+The keypoints' frame is the size of the images the CSV annotates (128x64 for Market-1501); pass
+``--annotation-size HxW`` when the CSV uses another frame. A keypoint outside the frame skips its row.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from PIL import Image
 
 from posereid.experiments.data import market_pose_records
-from posereid.models.generator import PoseTransferGenerator
+from posereid.models.contract import FAMILIES, family_class, load_generator
 from posereid.models.io_utils import atomic_save
 from posereid.models.pose import resize_keypoints, skeleton_tensor
 from posereid.models.sampling import SAMPLERS
 from posereid.models.training import PosePairDataset, TrainConfig, train_generator
-from posereid.reid_integration.market1501 import load_image, read_pairs_csv, read_patn_csv
+from posereid.reid_integration.market1501 import (
+    add_annotation_size_arg,
+    load_annotations,
+    load_image,
+    parse_hw,
+    read_pairs_csv,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def parse_hw(text: str) -> tuple[int, int]:
-    """``"128x64"`` → ``(128, 64)``."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW like 128x64, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
-    return h, w
+#: what ``train-generator --overwrite`` removes from ``--out`` (its own outputs, never other files)
+TRAIN_OUTPUTS = (
+    "checkpoints",
+    "final",
+    "samples",
+    "tensorboard",
+    "train_log.csv",
+    "train_config.json",
+    "loss.png",
+)
+
+
+def _presets() -> list[str]:
+    return sorted({p for f in FAMILIES for p in family_class(f).PRESETS})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -46,7 +59,8 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p("--data", required=True, type=Path, help="Market-1501 folder (uses bounding_box_train)")
     p("--annotations", required=True, type=Path, help="PATN keypoint CSV (name:keypoints_y:keypoints_x)")
     p("--pairs", type=Path, help="PATN pairs CSV (from,to); default: all same-identity pairs, on the fly")
-    p("--preset", default="market", choices=sorted(PoseTransferGenerator.PRESETS), help="model size")
+    p("--family", default="pidm", choices=sorted(FAMILIES), help="generator family")
+    p("--preset", default="market", choices=_presets(), help="model size (of the chosen family)")
     p("--image-size", type=parse_hw, help="override the preset's HxW, e.g. 64x32")
     p(
         "--prediction-type",
@@ -77,17 +91,18 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
         help="wall-clock budget: checkpoint and stop when it runs out (rerun to resume)",
     )
     p("--min-joints", type=int, default=7, help="skip images with fewer visible keypoints")
-    p(
-        "--annotation-size",
-        type=parse_hw,
-        help="HxW frame of the CSV coordinates (default: each image's size)",
-    )
+    add_annotation_size_arg(parser)
     p("--singletons", default="skip", choices=("skip", "self"), help="identities with one image")
     p(
         "--resume",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="continue from the latest checkpoint",
+        help="continue from the latest checkpoint (its settings must match; see --overwrite)",
+    )
+    p(
+        "--overwrite",
+        action="store_true",
+        help="delete this command's earlier outputs in --out and start over",
     )
     p("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
 
@@ -96,15 +111,28 @@ def run_train_generator(args: argparse.Namespace) -> int:
     records = market_pose_records(
         args.data, args.annotations, min_joints=args.min_joints, annotation_size=args.annotation_size
     )
+    if args.overwrite:
+        for name in TRAIN_OUTPUTS:
+            target = args.out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    set_seed(args.seed)  # the same --seed gives the same initial weights (and data order, noise, dropout)
     if args.init is not None:
-        model = PoseTransferGenerator.from_pretrained(args.init, use_ema=True).train()
+        model = load_generator(args.init, use_ema=True).train()
         if args.image_size is not None and tuple(args.image_size) != model.image_size:
             raise SystemExit(f"--image-size {args.image_size} differs from {args.init}'s {model.image_size}")
     else:
+        pipeline = family_class(args.family)
+        if args.preset not in pipeline.PRESETS:
+            raise SystemExit(
+                f"--preset {args.preset}: not a {args.family} preset ({', '.join(pipeline.PRESETS)})"
+            )
         overrides: dict = {"image_size": tuple(args.image_size)} if args.image_size else {}
         if args.prediction_type:
             overrides["prediction_type"] = args.prediction_type
-        model = PoseTransferGenerator.from_preset(args.preset, **overrides)
+        model = pipeline.from_preset(args.preset, **overrides)
     pairs = read_pairs_csv(args.pairs) if args.pairs else None
     dataset = PosePairDataset(
         records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
@@ -146,20 +174,21 @@ def add_sample_args(parser: argparse.ArgumentParser) -> None:
     p("--guidance-pose", type=float, default=2.0)
     p("--guidance-appearance", type=float, default=2.0)
     p("--seed", type=int, default=0)
-    p(
-        "--annotation-size",
-        type=parse_hw,
-        help="HxW frame of the CSV coordinates (default: the source's size)",
-    )
+    add_annotation_size_arg(parser)
     p("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    model = PoseTransferGenerator.from_pretrained(args.generator, use_ema=not args.no_ema)
+    model = load_generator(args.generator, use_ema=not args.no_ema)
     h, w = model.image_size
     image = load_image(args.source)
-    frame = args.annotation_size or (image.height, image.width)
-    ann = read_patn_csv(args.annotations, image_hw=None)
+    # the frame of the CSV: explicit, else the size of the images it annotates that sit beside the source
+    ann, frame = load_annotations(
+        args.annotations,
+        args.source.parent,
+        frame=args.annotation_size,
+        default_frame=(image.height, image.width),
+    )
     target_name = Path(args.target_pose_from).name
     if target_name not in ann:
         logger.error("%s has no row for %r (the --target-pose-from image)", args.annotations, target_name)
@@ -191,7 +220,6 @@ def run_sample(args: argparse.Namespace) -> int:
 __all__ = [
     "add_sample_args",
     "add_train_generator_args",
-    "parse_hw",
     "run_sample",
     "run_train_generator",
 ]

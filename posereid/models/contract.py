@@ -80,6 +80,9 @@ class PoseTransferGenerator(Protocol):
     ) -> PoseTransferGenerator:
         """Load a checkpoint directory of this family."""
 
+    def reinitialized(self) -> PoseTransferGenerator:
+        """A fresh, untrained generator of the same configuration (a quality report's floor)."""
+
 
 #: family name → (``module:PipelineClass``, class names a checkpoint of it may carry)
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -31,8 +31,8 @@ import torch
 from posereid.augment.generate import generate_offline
 from posereid.augment.manifest import read_manifest
 from posereid.augment.pose_bank import PoseBank
-from posereid.models.generator import PoseTransferGenerator
 from posereid.models.io_utils import atomic_write
+from posereid.models.pidm import PIDMPipeline
 from posereid.models.pose import resize_keypoints
 from posereid.reid_integration.market1501 import Market1501, load_image, read_patn_csv
 
@@ -62,7 +62,7 @@ def run(preset: str, device: torch.device, n_images: int, steps: int, batch_size
     from posereid.experiments.synthetic.dataset import SynthConfig, write_synthetic_market
 
     torch.manual_seed(0)
-    gen = PoseTransferGenerator.from_preset(preset).to(device).eval()
+    gen = PIDMPipeline.from_preset(preset).to(device).eval()
     hw = gen.image_size
     per_image = 2
     with tempfile.TemporaryDirectory() as tmp:

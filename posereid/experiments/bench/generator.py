@@ -4,7 +4,7 @@
 
 Every ratio is against a straightforward baseline measured in the same run on the same model: fp32,
 DDIM 50 steps, one image at a time, the three guidance branches as separate UNet calls and the
-appearance tokens re-encoded at every step. "ours" is :meth:`PoseTransferGenerator.generate`: all
+appearance tokens re-encoded at every step. "ours" is :meth:`PIDMPipeline.generate`: all
 guidance branches in one batched UNet call, tokens computed once, a batch of images, DPM-Solver++.
 The 50-step DPM-Solver++ row has the baseline's step count and UNet cost per step, so it isolates the
 batching gain; a 5-step DDIM run checks that both loops compute the same images.
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from posereid.models.generator import PoseTransferGenerator
 from posereid.models.io_utils import atomic_write
+from posereid.models.pidm import PIDMPipeline
 from posereid.models.pose import resize_keypoints
 from posereid.models.sampling import initial_noise, make_generators, make_sampler
 
@@ -67,7 +67,7 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, objec
     return time.perf_counter() - t0, out
 
 
-def make_inputs(model: PoseTransferGenerator, batch: int, seed: int = 0):
+def make_inputs(model: PIDMPipeline, batch: int, seed: int = 0):
     """Smooth random source images and jittered standing poses at the model's size."""
     h, w = model.image_size
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +83,7 @@ def make_inputs(model: PoseTransferGenerator, batch: int, seed: int = 0):
 
 @torch.no_grad()
 def baseline_generate(
-    model: PoseTransferGenerator,
+    model: PIDMPipeline,
     source: torch.Tensor,
     target_kps: torch.Tensor,
     source_kps: torch.Tensor,
@@ -97,25 +97,26 @@ def baseline_generate(
     outs = []
     for i in range(source.shape[0]):
         src, ks, kt = source[i : i + 1], source_kps[i : i + 1], target_kps[i : i + 1]
-        sched = make_sampler("ddim", model.noise_scheduler())
+        sched = make_sampler("ddim", model.scheduler)
         sched.set_timesteps(steps, device=model.device)
         x = initial_noise((1, 3, *model.image_size), make_generators([seeds[i]], None, 1), model.device)
         x = x * sched.init_noise_sigma
-        zero = torch.zeros(1, dtype=torch.bool, device=model.device)
-        one = torch.ones(1, dtype=torch.bool, device=model.device)
+        net = model.model
         for t in sched.timesteps:
             tokens = model.encode_appearance(src, ks)
+            pose = model.pose_maps(kt)  # re-rendered per step, like the tokens
+            null = net.null_tokens(1, tokens.shape[1])
             xin = sched.scale_model_input(x, t)
-            cond = model(xin, t, kt, tokens, drop_pose=zero, drop_appearance=zero)
-            no_pose = model(xin, t, kt, tokens, drop_pose=one, drop_appearance=zero)
-            no_app = model(xin, t, kt, tokens, drop_pose=zero, drop_appearance=one)
+            cond = net(xin, t, pose, tokens)
+            no_pose = net(xin, t, torch.zeros_like(pose), tokens)
+            no_app = net(xin, t, pose, null)
             eps = cond + (w_p - 1.0) * (cond - no_pose) + (w_s - 1.0) * (cond - no_app)
             x = sched.step(eps, t, x).prev_sample
         outs.append((x.clamp(-1, 1) + 1) / 2)
     return torch.cat(outs)
 
 
-def bench_training(model: PoseTransferGenerator, batch: int, steps: int, amp: torch.dtype | None) -> float:
+def bench_training(model: PIDMPipeline, batch: int, steps: int, amp: torch.dtype | None) -> float:
     """Adam steps/s on random pairs (one warm-up step not counted)."""
     src, ks, kt = make_inputs(model, batch, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -135,7 +136,7 @@ def bench_training(model: PoseTransferGenerator, batch: int, steps: int, amp: to
     return steps / dt
 
 
-def denoiser_flops(model: PoseTransferGenerator, batch: int, branches: int = 3) -> int:
+def denoiser_flops(model: PIDMPipeline, batch: int, branches: int = 3) -> int:
     """FLOPs of one guided denoiser call (``branches`` × ``batch`` images through the UNet)."""
     src, ks, kt = make_inputs(model, batch)
     n = batch * branches
@@ -145,7 +146,7 @@ def denoiser_flops(model: PoseTransferGenerator, batch: int, branches: int = 3) 
         x = torch.randn(n, 3, *model.image_size, device=model.device)
         counter = FlopCounterMode(display=False)
         with counter:
-            model.denoise(x, torch.tensor(500, device=model.device), pose, tokens)
+            model.model(x, torch.tensor(500, device=model.device), pose, tokens)
     return counter.get_total_flops()
 
 
@@ -160,9 +161,7 @@ def matmul_rate(
     return 2 * n**3 * reps / dt
 
 
-def flop_rate_notes(
-    model: PoseTransferGenerator, rows: list[Row], batch: int, device: torch.device
-) -> list[str]:
+def flop_rate_notes(model: PIDMPipeline, rows: list[Row], batch: int, device: torch.device) -> list[str]:
     """Achieved denoiser FLOP/s of the 20-step sampling rows vs a matmul rate of the same dtype.
 
     One guided DPM-Solver++ step is one batched UNet call on 3 × ``batch`` images, so an image costs
@@ -192,7 +191,7 @@ def flop_rate_notes(
 
 def bench_preset(args: argparse.Namespace, name: str, device: torch.device) -> tuple[list[Row], list[str]]:
     torch.manual_seed(0)
-    model = PoseTransferGenerator.from_preset(name).to(device).eval()
+    model = PIDMPipeline.from_preset(name).to(device).eval()
     batch = args.batch
     src, ks, kt = make_inputs(model, batch)
     seeds = list(range(batch))
@@ -233,15 +232,15 @@ def bench_preset(args: argparse.Namespace, name: str, device: torch.device) -> t
     if use_bf16:
         ours("ours bf16 autocast DPM-Solver++", 20, amp=amp)
     if args.compile or device.type == "cuda":
-        eager_unet = model.unet
-        model.unet = torch.compile(eager_unet)
+        eager_unet = model.model.unet
+        model.model.unet = torch.compile(eager_unet)
         for dtype in [None, amp] if use_bf16 else [None]:
             label = "bf16" if dtype is not None else "fp32"
             t0 = time.perf_counter()  # first calls compile (one graph per dtype); not in the rates
             model.generate(src, kt, ks, steps=2, seeds=seeds, autocast_dtype=dtype)
             notes.append(f"`{name}`: torch.compile warm-up ({label}) {time.perf_counter() - t0:.0f} s")
             ours(f"ours {label} + torch.compile DPM-Solver++", 20, amp=dtype)
-        model.unet = eager_unet
+        model.model.unet = eager_unet
     rows.append(
         Row(
             name,

@@ -6,8 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-import torch
-
 from posereid.experiments.quality.evaluate import evaluate_generator
 from posereid.experiments.quality.pairs import ANNOTATIONS_NAME, PAIRS_NAME
 from posereid.experiments.quality.report import parse_guidance, parse_sweep, render_markdown
@@ -62,16 +60,17 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate_generator(args: argparse.Namespace) -> int:
     """CLI entry: load the generator, evaluate, print where the report is."""
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.contract import load_generator
+    from posereid.models.runtime import resolve_device
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     try:
         sweep = parse_sweep(args.sweep) if args.sweep else None
         guidance = parse_guidance(args.guidance)
     except ValueError as exc:
         print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
         return 2
-    generator = PoseTransferGenerator.from_pretrained(args.generator).to(device)
+    generator = load_generator(args.generator, device=device)
     try:
         result = _evaluate_from_args(generator, args, guidance, sweep)
     except (FileNotFoundError, MissingExtraError) as exc:  # missing weights / data / package: say which

@@ -157,11 +157,11 @@ def generate_for_pairs(
 
 
 def untrained_like(generator: Any, seed: int) -> Any:
-    """A freshly initialised generator of the same class and config (the floor), seeded for repeatability."""
+    """A freshly initialised generator of the same family and config (the floor), seeded for repeatability."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fresh = type(generator).from_config(generator.config)
-    return fresh.to(next(generator.parameters()).device).eval()
+        fresh = generator.reinitialized()
+    return fresh.to(generator.device).eval()
 
 
 def _score_all(
@@ -233,7 +233,7 @@ def evaluate_generator(
     """Score a pose-transfer generator on test pairs; write the report when ``out_dir`` is given.
 
     Args:
-        generator: a :class:`~posereid.models.generator.PoseTransferGenerator` (on its device).
+        generator: any family's :class:`~posereid.models.contract.PoseTransferGenerator` (on its device).
         market_root: Market-1501-format folder (its gallery is the re-ID gallery, its train split the FID
             reference).
         pairs / annotations: PATN pairs / annotation CSVs (defaults: ``market-pairs-test.csv`` /

@@ -96,7 +96,7 @@ def ensure_generator(
     """
     from posereid.experiments.data import market_pose_records
     from posereid.models import training
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.pidm import PIDMPipeline
 
     final = generator_dir(config, fraction)
     if config.generator is not None:
@@ -115,9 +115,7 @@ def ensure_generator(
         raise ValueError(f"{root}: no annotated train image to train the generator on ({annotations})")
     pairs_csv = Path(annotations).with_name("market-pairs-train.csv")
     pairs = read_pairs_csv(pairs_csv) if config.generator_data == "kept" and pairs_csv.is_file() else None
-    model = PoseTransferGenerator.from_preset(
-        config.generator_preset, image_size=(config.height, config.width)
-    )
+    model = PIDMPipeline.from_preset(config.generator_preset, image_size=(config.height, config.width))
     dataset = training.PosePairDataset(
         records, model.image_size, pairs=pairs or None, seed=config.subset_seed
     )
@@ -179,17 +177,17 @@ def ensure_synthetic(
     other settings.
     """
     from posereid.augment.generate import generate_offline
-    from posereid.models.generator import PoseTransferGenerator
+    from posereid.models.contract import load_generator
 
     out = synthetic_dir(config, fraction)
     done = out / "gain_done.json"
     if done.is_file():
         return int(json.loads(done.read_text())["images"])
-    model = PoseTransferGenerator.from_pretrained(generator).to(device).eval()
+    model = load_generator(generator, device=device)
     summary = generate_offline(
         model, subset.root, subset.annotations, out, per_image=config.per_image, sampling=config.pose_sampling,
         steps=config.steps, sampler=config.sampler, guidance=config.guidance, batch_size=config.gen_batch_size,
-        seed=config.subset_seed, annotation_hw=_annotation_frame(config, subset.source), progress=config.progress,
+        seed=config.subset_seed, annotation_hw=config.annotation_hw, progress=config.progress,
     )  # fmt: skip
     if summary.failed_items:
         logger.warning("%s: %d source image(s) failed: %s", out, summary.failed_items, summary.failures[:3])
@@ -197,19 +195,6 @@ def ensure_synthetic(
     with atomic_write(done) as fh:
         json.dump({"images": images, "generator": str(generator), **summary.as_dict()}, fh)
     return images
-
-
-def _annotation_frame(config: GainConfig, source: MarketSource) -> tuple[int, int]:
-    """``config.annotation_hw``, else the size of the first train image of ``source``."""
-    if config.annotation_hw is not None:
-        return config.annotation_hw
-    from PIL import Image
-
-    first = next((r for r in source.market.train if r.pid > 0), None)
-    if first is None:
-        raise ValueError(f"{source.root}: no train image to take the annotation frame from")
-    with Image.open(first.path) as im:
-        return im.height, im.width
 
 
 def ensure_filtered(config: GainConfig, fraction: float, subset: Subset, *, device: str) -> int:

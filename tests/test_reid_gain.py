@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from pathlib import Path
@@ -97,10 +98,12 @@ def test_subsets_keep_every_identity_are_nested_and_seeded() -> None:
 
 
 def test_parse_fractions_and_config_validation(tmp_path: Path) -> None:
-    assert rg.parse_fractions("20,40,100") == (0.2, 0.4, 1.0)
+    assert rg.parse_fractions("20%,40%,100%") == (0.2, 0.4, 1.0)
     assert rg.parse_fractions("0.5, 1") == (0.5, 1.0)
     with pytest.raises(Exception, match="must be in"):
-        rg.parse_fractions("150")
+        rg.parse_fractions("150%")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"for 1.5 %, write 1.5%"):
+        rg.parse_fractions("1.5")  # once silently 1.5 %
     with pytest.raises(ValueError, match="unknown arm"):
         rg.GainConfig(data=tmp_path, out=tmp_path, arms=("plain", "magic"))
     with pytest.raises(ValueError, match="filter_checkpoint"):
@@ -224,7 +227,7 @@ def test_cli_with_a_given_generator_records_it(market: Path, tmp_path: Path, cap
     PIDMPipeline.from_preset("tiny", image_size=(H, W)).save_pretrained(ckpt)
     out = tmp_path / "out"
     rc = cli_main([
-        "reid-gain", "--data", str(market), "--out", str(out), "--fractions", "100", "--arms", "plain+synthetic",
+        "reid-gain", "--data", str(market), "--out", str(out), "--fractions", "1", "--arms", "plain+synthetic",
         "--seeds", "0", "--reid-steps", "2", "--reid-model", "osnet_x0_25", "--reid-batch-size", "8",
         "--height", str(H), "--width", str(W), "--generator", str(ckpt), "--steps", "1", "--per-image", "2",
         "--annotation-hw", str(H), str(W), "--device", "cpu", "--no-progress", "--synthetic-ratio", "0.25",

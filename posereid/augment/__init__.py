@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = attach(
         "dataset": ["PoseAugmentedDataset"],
         "generate": [
             "CONFIG_FILE", "GenerateConfigError", "GenerateSummary", "MANIFEST_NAME", "PlanItem", "REJECTED_DIR",
-            "SYNTHETIC_SEQ", "TRAIN_DIR", "generate_offline", "generator_sha256", "manifest_paths", "parse_shard",
+            "SYNTHETIC_SEQ", "TRAIN_DIR", "generate_offline", "generator_sha256", "manifest_paths",
             "parse_synthetic_name", "plan_draws", "read_manifest", "read_manifest_file", "synthetic_name",
             "write_manifest_file",
         ],

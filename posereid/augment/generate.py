@@ -43,6 +43,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from posereid import argtypes
+from posereid.argtypes import finite_float, non_negative_int, positive_int
 from posereid.augment.manifest import (
     CONFIG_FILE,
     MANIFEST_NAME,
@@ -65,6 +67,7 @@ from posereid.augment.manifest import (
 from posereid.augment.pose_bank import SAMPLINGS, PoseBank
 from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.models.pose import missing_pose, resize_keypoints, skeleton_tensor
+from posereid.models.sampling import SAMPLERS
 from posereid.reid_integration.market1501 import (
     ImageReadError,
     Market1501,
@@ -124,17 +127,6 @@ def _auto_shard() -> tuple[int, int]:
         state = PartialState()
         return state.process_index, state.num_processes
     return 0, 1
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` → ``(i, n)`` with ``0 <= i < n``."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < n")
-    return i, n
 
 
 @dataclass(frozen=True)
@@ -393,24 +385,32 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", required=True, help="generator checkpoint directory (save_pretrained)")
     parser.add_argument("--data", required=True, help="Market-1501 folder whose train images are the sources")
     parser.add_argument("--annotations", required=True, help="PATN annotation CSV of the source images")
-    parser.add_argument("--per-image", type=int, required=True, help="synthetic images per source image")
+    parser.add_argument(
+        "--per-image", type=positive_int, required=True, help="synthetic images per source image"
+    )
     parser.add_argument("--out", required=True, help="output folder (Market format + manifest.jsonl)")
     parser.add_argument(
         "--pose-bank", help="target poses: PATN CSV or PoseBank .npz (default: train annotations)"
     )
     add_annotation_size_arg(parser, what="--annotations (and of a --pose-bank CSV)")
     parser.add_argument("--sampling", choices=SAMPLINGS, default="uniform", help="pose sampling strategy")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sampler", default="dpmsolver++")
-    parser.add_argument("--guidance-pose", type=float, default=2.0)
-    parser.add_argument("--guidance-appearance", type=float, default=2.0)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shard", help="i/n: generate items with index %% n == i (default: accelerate rank)")
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--sampler", default="dpmsolver++", choices=sorted(SAMPLERS))
+    parser.add_argument("--guidance-pose", type=finite_float, default=2.0)
+    parser.add_argument("--guidance-appearance", type=finite_float, default=2.0)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--shard",
+        type=argtypes.shard,
+        help="i/n: generate items with index %% n == i (default: accelerate rank)",
+    )
     parser.add_argument("--filter-checkpoint", help="re-ID checkpoint: score each image by identity")
-    parser.add_argument("--filter-threshold", type=float, help="reject images scoring below this")
+    parser.add_argument("--filter-threshold", type=finite_float, help="reject images scoring below this")
     parser.add_argument("--filter-score", choices=("similarity", "margin"), default="similarity")
-    parser.add_argument("--out-size", type=int, nargs=2, metavar=("H", "W"), help="size of written images")
+    parser.add_argument(
+        "--out-size", type=positive_int, nargs=2, metavar=("H", "W"), help="size of written images"
+    )
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -420,7 +420,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from posereid.models.contract import load_generator
     from posereid.models.runtime import resolve_device
 
-    shard = parse_shard(args.shard) if args.shard else None
+    shard = args.shard
     device = resolve_device(args.device)
     generator = load_generator(args.generator, device=device)
     bank = None
@@ -465,7 +465,6 @@ __all__ = [
     "generate_offline",
     "generator_sha256",
     "manifest_paths",
-    "parse_shard",
     "parse_synthetic_name",
     "plan_draws",
     "read_manifest",

@@ -8,9 +8,11 @@ command's module is imported, so ``posereid --help`` stays fast (no torch/diffus
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 #: command → (module, one-line help)
@@ -76,13 +78,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.print_help()
         return 0
     parser, run = build_parser(argv[0])
-    args = parser.parse_args(argv[1:])
+    args = parser.parse_args(argv[1:])  # a bad flag value exits here with code 2 and a usage line
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    rc = run(args)  # type: ignore[operator]
+    try:
+        rc = run(args)  # type: ignore[operator]
+    except KeyboardInterrupt:
+        print(f"posereid {argv[0]}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line; -v shows the traceback
+        if args.verbose:
+            traceback.print_exc()
+        print(f"posereid {argv[0]}: error: {describe_error(exc)}", file=sys.stderr)
+        return 1
     return int(rc or 0)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a failed command: our own errors already name the file or flag; OS errors get the
+    path and what to do (a full disk, a read-only folder), and the error type is kept for the rest."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = exc.strerror or str(exc)
+        hint = {
+            errno.ENOSPC: " (free some space, or choose another output folder)",
+            errno.EACCES: " (no permission: choose another output folder, or fix its permissions)",
+            errno.EROFS: " (read-only file system: choose another output folder)",
+        }.get(exc.errno or 0, "")
+        return f"{what}: {exc.filename}{hint}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ValueError, OSError, RuntimeError)) and type(exc).__module__.startswith("posereid"):
+        return text
+    return f"{text} ({type(exc).__name__}; rerun with -v for the traceback)"
 
 
 if __name__ == "__main__":  # pragma: no cover

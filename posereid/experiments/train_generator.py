@@ -17,6 +17,7 @@ import torch
 from accelerate.utils import set_seed
 from PIL import Image
 
+from posereid.argtypes import finite_float, non_negative_int, positive_float, positive_int
 from posereid.experiments.data import market_pose_records
 from posereid.models.contract import FAMILIES, family_class, load_generator
 from posereid.models.io_utils import atomic_save
@@ -69,28 +70,38 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     )
     p("--init", type=Path, help="start from this generator directory (fine-tuning) instead of a preset")
     p("--out", required=True, type=Path, help="output directory (checkpoints, samples, log, final/)")
-    p("--steps", type=int, default=d.steps)
-    p("--batch-size", type=int, default=d.batch_size, help="per process")
-    p("--lr", type=float, default=d.lr)
-    p("--weight-decay", type=float, default=d.weight_decay)
-    p("--warmup-steps", type=int, default=d.warmup_steps)
+    p("--steps", type=positive_int, default=d.steps)
+    p("--batch-size", type=positive_int, default=d.batch_size, help="per process")
+    p("--lr", type=positive_float, default=d.lr)
+    p("--weight-decay", type=finite_float, default=d.weight_decay)
+    p("--warmup-steps", type=non_negative_int, default=d.warmup_steps)
     p("--lr-schedule", default=d.lr_schedule, choices=("cosine", "linear", "constant"))
-    p("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    p("--grad-accum", type=positive_int, default=d.grad_accum, help="micro-batches per optimizer step")
     p("--mixed-precision", default=d.mixed_precision, choices=("no", "fp16", "bf16"))
-    p("--ema-decay", type=float, default=d.ema_decay)
-    p("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps (0: only at the end)")
-    p("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    p("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: none)")
-    p("--log-every", type=int, default=d.log_every)
-    p("--seed", type=int, default=d.seed)
-    p("--num-workers", type=int, default=d.num_workers, help="data loader workers")
+    p("--ema-decay", type=finite_float, default=d.ema_decay)
+    p(
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=d.checkpoint_every,
+        help="steps (0: only at the end)",
+    )
+    p("--keep-checkpoints", type=non_negative_int, default=d.keep_checkpoints)
+    p(
+        "--sample-every",
+        type=non_negative_int,
+        default=d.sample_every,
+        help="steps between sample grids (0: none)",
+    )
+    p("--log-every", type=positive_int, default=d.log_every)
+    p("--seed", type=non_negative_int, default=d.seed)
+    p("--num-workers", type=non_negative_int, default=d.num_workers, help="data loader workers")
     p(
         "--max-minutes",
-        type=float,
+        type=positive_float,
         default=None,
         help="wall-clock budget: checkpoint and stop when it runs out (rerun to resume)",
     )
-    p("--min-joints", type=int, default=7, help="skip images with fewer visible keypoints")
+    p("--min-joints", type=non_negative_int, default=7, help="skip images with fewer visible keypoints")
     add_annotation_size_arg(parser)
     p("--singletons", default="skip", choices=("skip", "self"), help="identities with one image")
     p(
@@ -169,11 +180,11 @@ def add_sample_args(parser: argparse.ArgumentParser) -> None:
     p("--target-pose-from", required=True, help="image name whose annotation row gives the target pose")
     p("--annotations", required=True, type=Path, help="PATN keypoint CSV")
     p("--out", required=True, type=Path, help="output PNG: source | target skeleton | generated")
-    p("--steps", type=int, default=20)
+    p("--steps", type=positive_int, default=20)
     p("--sampler", default="dpmsolver++", choices=sorted(SAMPLERS))
-    p("--guidance-pose", type=float, default=2.0)
-    p("--guidance-appearance", type=float, default=2.0)
-    p("--seed", type=int, default=0)
+    p("--guidance-pose", type=finite_float, default=2.0)
+    p("--guidance-appearance", type=finite_float, default=2.0)
+    p("--seed", type=non_negative_int, default=0)
     add_annotation_size_arg(parser)
     p("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
 

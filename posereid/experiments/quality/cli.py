@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from posereid.argtypes import non_negative_int, positive_int
 from posereid.experiments.quality.evaluate import evaluate_generator
 from posereid.experiments.quality.pairs import ANNOTATIONS_NAME, PAIRS_NAME
 from posereid.experiments.quality.report import parse_guidance, parse_sweep, render_markdown
@@ -33,7 +34,7 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
     parser.add_argument("--n-pairs", type=int, default=200, help="pairs to score (seeded draw); 0 = all")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument("--guidance", default="2", help="w (both weights) or w_pose:w_appearance")
     parser.add_argument(
         "--sampler", default="dpmsolver++", choices=["dpmsolver++", "ddim", "unipc", "euler", "ddpm"]
@@ -52,8 +53,8 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pose-upscale", type=int, help="enlarge images by this factor before pose detection"
     )
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--out", required=True, help="report directory")
 

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
+from posereid.argtypes import (
+    csv_list,
+    finite_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    share,
+)
 from posereid.experiments.reid_gain.config import ARMS, GainConfig, parse_fractions
 from posereid.experiments.reid_gain.protocol import run_gain
 from posereid.experiments.reid_gain.report import markdown_table, summarize
-
-
-def _csv_list(kind: type) -> Callable[[str], tuple]:
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(kind(p.strip()) for p in text.split(",") if p.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
 
 
 def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
@@ -31,25 +28,27 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         "--fractions",
         type=parse_fractions,
         default=d.fractions,
-        help="kept fractions, e.g. 0.2,0.4 or 20,40 (default: 20..100%%)",
+        help="kept fractions, e.g. 0.2,0.4 or 20%%,40%% (default: 20..100%%)",
     )
     parser.add_argument(
-        "--arms", type=_csv_list(str), default=d.arms, help=f"comma list from {', '.join(ARMS)}"
+        "--arms", type=csv_list(str), default=d.arms, help=f"comma list from {', '.join(ARMS)}"
     )
-    parser.add_argument("--seeds", type=_csv_list(int), default=d.seeds, help="re-ID seeds, e.g. 0,1,2")
+    parser.add_argument(
+        "--seeds", type=csv_list(non_negative_int), default=d.seeds, help="re-ID seeds, e.g. 0,1,2"
+    )
     parser.add_argument("--subset-seed", type=int, default=d.subset_seed, help="seed of the subset choice")
     parser.add_argument(
-        "--reid-steps", type=int, default=d.reid_steps, help="optimisation steps of EVERY run"
+        "--reid-steps", type=positive_int, default=d.reid_steps, help="optimisation steps of EVERY run"
     )
     parser.add_argument("--reid-model", default=d.reid_model, help="torchreid model name")
-    parser.add_argument("--reid-batch-size", type=int, default=d.reid_batch_size)
-    parser.add_argument("--reid-lr", type=float, default=d.reid_lr)
+    parser.add_argument("--reid-batch-size", type=positive_int, default=d.reid_batch_size)
+    parser.add_argument("--reid-lr", type=positive_float, default=d.reid_lr)
     parser.add_argument(
         "--generator-preset", default=d.generator_preset, help="tiny|small|market|deepfashion"
     )
-    parser.add_argument("--generator-steps", type=int, default=d.generator_steps)
-    parser.add_argument("--generator-batch-size", type=int, default=d.generator_batch_size)
-    parser.add_argument("--generator-lr", type=float, default=d.generator_lr)
+    parser.add_argument("--generator-steps", type=positive_int, default=d.generator_steps)
+    parser.add_argument("--generator-batch-size", type=positive_int, default=d.generator_batch_size)
+    parser.add_argument("--generator-lr", type=positive_float, default=d.generator_lr)
     parser.add_argument("--generator", help="reuse this generator checkpoint for every fraction")
     parser.add_argument(
         "--generator-data",
@@ -57,10 +56,12 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         default=d.generator_data,
         help="train the generator on the kept fraction only (default) or on all train images",
     )
-    parser.add_argument("--per-image", type=int, default=d.per_image, help="synthetic images per kept image")
+    parser.add_argument(
+        "--per-image", type=positive_int, default=d.per_image, help="synthetic images per kept image"
+    )
     parser.add_argument(
         "--synthetic-ratio",
-        type=float,
+        type=share,
         default=None,
         metavar="R",
         help="share of synthetic images in the synthetic arms' batches (default: uniform over all images)",
@@ -68,18 +69,18 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sampler", default=d.sampler, help="diffusion sampler (dpmsolver++, ddim, unipc, …)"
     )
-    parser.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
+    parser.add_argument("--steps", type=positive_int, default=d.steps, help="sampling steps")
     parser.add_argument(
         "--guidance",
-        type=_csv_list(float),
+        type=csv_list(finite_float),
         default=d.guidance,
         help="guidance weight, or pose,appearance weights",
     )
     parser.add_argument("--pose-sampling", choices=("uniform", "cluster", "view"), default=d.pose_sampling)
-    parser.add_argument("--gen-batch-size", type=int, default=d.gen_batch_size)
+    parser.add_argument("--gen-batch-size", type=positive_int, default=d.gen_batch_size)
     parser.add_argument(
         "--annotation-hw",
-        type=int,
+        type=positive_int,
         nargs=2,
         metavar=("H", "W"),
         help="frame of the annotation coordinates (default: the train images' own size)",
@@ -88,9 +89,9 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         "--filter-checkpoint", help="re-ID checkpoint for the strong+synthetic+filtered arm, or 'auto'"
     )
     parser.add_argument("--filter-score", choices=("similarity", "margin"), default=d.filter_score)
-    parser.add_argument("--filter-threshold", type=float, default=d.filter_threshold)
-    parser.add_argument("--height", type=int, default=d.height)
-    parser.add_argument("--width", type=int, default=d.width)
+    parser.add_argument("--filter-threshold", type=finite_float, default=d.filter_threshold)
+    parser.add_argument("--height", type=positive_int, default=d.height)
+    parser.add_argument("--width", type=positive_int, default=d.width)
     parser.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1, …")
     parser.add_argument("--workers", type=int, default=d.num_workers, help="data loader workers")
     parser.add_argument("--no-progress", action="store_true")

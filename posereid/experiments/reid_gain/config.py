@@ -9,6 +9,7 @@ the settings. It imports none of the other ``reid_gain`` modules (they all impor
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -203,19 +204,29 @@ def find_annotations(data: Path, split: str = "train") -> Path:
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:
-    """``"0.2,0.4"`` or ``"20,40"`` (values above 1 are percentages) → ``(0.2, 0.4)``."""
+    """``"0.2,0.4"`` or ``"20%,40%"`` → ``(0.2, 0.4)``.
+
+    A bare number is a fraction in (0, 1]; a percentage needs its ``%`` sign, so ``1.5`` is an error,
+    not a silent 1.5 %.
+    """
     out = []
-    for part in str(text).split(","):
-        part = part.strip().rstrip("%")
+    for raw in str(text).split(","):
+        part = raw.strip()
         if not part:
             continue
+        percent = part.endswith("%")
         try:
-            v = float(part)
+            v = float(part.rstrip("%"))
         except ValueError:
             raise argparse.ArgumentTypeError(f"fraction {part!r} is not a number") from None
-        v = v / 100.0 if v > 1.0 else v
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"fraction {part!r} is not a finite number")
+        v = v / 100.0 if percent else v
         if not 0.0 < v <= 1.0:
-            raise argparse.ArgumentTypeError(f"fraction {part!r} must be in (0, 1] or (0, 100] %")
+            hint = "" if percent else f" (for {v:g} %, write {v:g}%)"
+            raise argparse.ArgumentTypeError(
+                f"fraction {part!r} must be in (0, 1], or a percentage in (0, 100]%{hint}"
+            )
         out.append(v)
     if not out:
         raise argparse.ArgumentTypeError("no fraction given")

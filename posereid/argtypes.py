@@ -1,0 +1,103 @@
+"""argparse types shared by every command: bad values stop in the parser with a one-line usage error.
+
+Every layer may import this module (it imports nothing from posereid), so ``posereid generate --batch-size
+0`` or ``--guidance-pose nan`` is refused before any model is loaded, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (batch sizes, steps, images per source)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (intervals where 0 means "never", seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite number (NaN and infinities would silently become grey images or NaN losses)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, time budgets)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def unit_fraction(text: str) -> float:
+    """A fraction in (0, 1]; a percentage such as ``20`` or ``1.5`` is refused, not guessed."""
+    value = finite_float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] (e.g. 0.2 for 20 %), got {text!r}")
+    return value
+
+
+def share(text: str) -> float:
+    """A share in [0, 1) (e.g. of synthetic images per batch: 1 would leave no real image)."""
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share in [0, 1), got {text!r}")
+    return value
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``i/n`` with ``0 <= i < n``: this process generates the items with ``index % n == i``."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n like 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"need 0 <= i < n in i/n, got {text!r}")
+    return i, n
+
+
+def csv_list(item: Callable[[str], object]) -> Callable[[str], tuple]:
+    """A comma-separated list whose items are checked by ``item`` (one of the types above)."""
+
+    def parse(text: str) -> tuple:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return tuple(item(p) for p in parts)
+
+    return parse
+
+
+__all__ = [
+    "csv_list",
+    "finite_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "shard",
+    "share",
+    "unit_fraction",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import shutil
@@ -398,3 +399,45 @@ def test_cli_train_generator_and_sample(tmp_path: Path, caplog: pytest.LogCaptur
     assert main(args) == 0
     with Image.open(png) as im:
         assert im.size[1] >= H and im.size[0] >= 3 * W  # source | target skeleton | generated
+
+
+def _cli_market(tmp_path: Path) -> tuple[Path, Path]:
+    from posereid.reid_integration.market1501 import MarketWriter, write_patn_csv
+
+    data = tmp_path / "market"
+    writer = MarketWriter(data)
+    ann = {}
+    for i, rec in enumerate(_records()):
+        ann[writer.add("train", Image.fromarray(rec.image), pid=rec.pid + 1, cam=1 + i % 2, frame=i)] = (
+            rec.keypoints
+        )
+    write_patn_csv(tmp_path / "ann.csv", ann)
+    return data, tmp_path / "ann.csv"
+
+
+def test_cli_same_seed_same_run_and_changed_settings_need_overwrite(tmp_path: Path, capsys) -> None:
+    """--seed fixes the initial weights (once three runs with one seed started from different losses);
+    rerunning an output folder with another --lr stops naming it, and --overwrite starts over."""
+    from posereid.experiments.cli import main
+
+    data, ann = _cli_market(tmp_path)
+
+    def train(out: str, *extra: str) -> int:
+        return main(["train-generator", "--data", str(data), "--annotations", str(ann), "--preset", "tiny",
+                     "--out", str(tmp_path / out), "--steps", "2", "--batch-size", "2", "--checkpoint-every", "0",
+                     "--sample-every", "0", "--no-progress", *extra])  # fmt: skip
+
+    assert (
+        train("a", "--seed", "4") == 0 and train("b", "--seed", "4") == 0 and train("c", "--seed", "5") == 0
+    )
+    a, b, c = (
+        PIDMPipeline.from_pretrained(tmp_path / o / "final", use_ema=False).state_dict() for o in "abc"
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    capsys.readouterr()
+    assert train("a", "--seed", "4", "--lr", "0.003") == 1
+    err = capsys.readouterr().err
+    assert "lr: checkpoint 0.0001, now 0.003" in err and "--overwrite" in err and "Traceback" not in err
+    assert train("a", "--seed", "4", "--lr", "0.003", "--overwrite") == 0
+    assert json.loads((tmp_path / "a" / "train_config.json").read_text())["lr"] == 0.003

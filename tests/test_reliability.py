@@ -381,3 +381,28 @@ def test_pairs_csv_and_pose_bank_file_with_path_names(tmp_path):
     bank.save(tmp_path / "bank.npz")
     with pytest.raises(UnsafeNameError, match=r"bank\.npz names\[1\]: image name '/abs/b\.jpg'"):
         PoseBank.load(tmp_path / "bank.npz")
+
+
+def test_degenerate_source_sizes_are_skipped_and_counted(market, tmp_path):
+    """A 1x1 crop (no joint survives) and a 4000x2000 one (a megabyte synthetic from a 64x32 generation)
+    are skipped, counted and named; the other sources are generated as usual."""
+    train = sorted((market / "bounding_box_train").glob("*.jpg"))
+    tiny, huge = train[0], train[1]
+    Image.new("RGB", (1, 1)).save(tiny)
+    Image.new("RGB", (2000, 4000)).save(huge)
+    gen = SpyGenerator()
+    out = tmp_path / "out"
+    s = generate_offline(
+        gen, market, market / TRAIN_CSV, out, per_image=2, steps=1, batch_size=4, progress=False,
+        annotation_hw=(H, W),
+    )  # fmt: skip
+    n_sources = len([r for r in Market1501(market).train if r.pid > 0])
+    assert s.failed_items == 4 and s.generated == s.planned - 4 == 2 * (n_sources - 2)
+    assert any(str(tiny) in f and "too far from the keypoint frame" in f for f in s.failures)
+    assert any(str(huge) in f and "4000x2000" in f for f in s.failures)
+    written = {p.name for p in (out / "bounding_box_train").glob("*.jpg")}
+    assert not any(n.startswith((tiny.stem, huge.stem)) for n in written)
+    assert len(written) == s.generated
+    # without an explicit frame the mixed sizes are refused up front (the frame would be ambiguous)
+    with pytest.raises(MarketFormatError, match="different sizes"):
+        generate_offline(gen, market, market / TRAIN_CSV, tmp_path / "o2", per_image=1, progress=False)

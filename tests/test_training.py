@@ -441,3 +441,18 @@ def test_cli_same_seed_same_run_and_changed_settings_need_overwrite(tmp_path: Pa
     assert "lr: checkpoint 0.0001, now 0.003" in err and "--overwrite" in err and "Traceback" not in err
     assert train("a", "--seed", "4", "--lr", "0.003", "--overwrite") == 0
     assert json.loads((tmp_path / "a" / "train_config.json").read_text())["lr"] == 0.003
+
+
+def test_training_records_skip_images_far_from_the_keypoint_frame(tmp_path: Path, caplog) -> None:
+    from posereid.experiments.data import market_pose_records
+    from posereid.reid_integration.market1501 import read_patn_csv, write_patn_csv
+
+    data, ann = _cli_market(tmp_path)
+    first = sorted((data / "bounding_box_train").glob("*.jpg"))[0]
+    Image.new("RGB", (1, 1)).save(first)  # once: trained with 0 of 13 joints left
+    rows = read_patn_csv(ann, image_hw=(H, W))
+    write_patn_csv(ann, rows)
+    with caplog.at_level(logging.WARNING):
+        recs = market_pose_records(data, ann, annotation_size=(H, W))
+    assert first.name not in {r.name for r in recs} and len(recs) == len(rows) - 1
+    assert "skipped 1 image(s) of a size far from the keypoint frame" in caplog.text

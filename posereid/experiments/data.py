@@ -25,6 +25,7 @@ from posereid.reid_integration.market1501 import (
     Market1501,
     PatnAnnotations,
     check_image,
+    image_size_problem,
     load_annotations,
     read_patn_csv,
 )
@@ -88,7 +89,7 @@ def market_pose_records(
     source = data if isinstance(data, MarketSource) else MarketSource(data, annotations)
     market = source.market
     # the keypoints' frame comes from the data (or annotation_size); a row outside it is skipped, counted
-    ann, _ = load_annotations(source.patn(on_error="skip"), market, frame=annotation_size, on_error="skip")
+    ann, frame = load_annotations(source.patn(on_error="skip"), market, frame=annotation_size, on_error="skip")
     skipped: Counter[str] = Counter()
     records: list[PoseRecord] = []
     for rec in tqdm(market.train, desc="checking images", leave=False):
@@ -108,9 +109,15 @@ def market_pose_records(
             skipped["unreadable image(s)"] += 1
             logger.warning("%s", exc)
             continue
-        if annotation_size is not None:
-            with Image.open(rec.path) as im:
-                kps = resize_keypoints(kps, annotation_size, (im.height, im.width))
+        with Image.open(rec.path) as im:
+            hw = (im.height, im.width)
+        problem = image_size_problem(hw, frame)
+        if problem is not None:
+            skipped["image(s) of a size far from the keypoint frame"] += 1
+            logger.warning("%s: %s", rec.path, problem)
+            continue
+        if hw != frame:
+            kps = resize_keypoints(kps, frame, hw)
         records.append(PoseRecord(rec.path, rec.pid, kps, name=rec.name))
     for why, n in sorted(skipped.items()):
         logger.warning("skipped %d %s", n, why)

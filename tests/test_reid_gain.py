@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -150,7 +151,7 @@ def test_run_writes_csv_markdown_and_plot(run, market: Path) -> None:
     assert len(csv_rows) == 4 and set(rg.CSV_FIELDS) <= set(csv_rows[0])
     n_train = len([r for r in Market1501(market).train if r.pid > 0])
     for r in rows:
-        assert 0.0 <= r["mAP"] <= 100.0 and 0.0 <= r["rank1"] <= 100.0
+        assert math.isfinite(r["mAP"]) and math.isfinite(r["rank1"])  # every run had valid queries
         assert r["images"] == (n_train if r["fraction"] == 1.0 else max(5, round(0.5 * n_train)))
         if r["arm"] == "plain":
             assert r["synthetic_images"] == 0 and r["generator"] == ""

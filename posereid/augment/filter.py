@@ -46,6 +46,9 @@ from posereid.augment.manifest import (
     read_manifest_lines,
     write_manifest_file,
 )
+from posereid.models.images import pil_to_tensor01
+from posereid.models.runtime import resolve_device
+from posereid.reid_integration.evaluate import IdentityCentroids
 from posereid.reid_integration.market1501 import Market1501, load_image, safe_child
 
 logger = logging.getLogger(__name__)
@@ -89,8 +92,9 @@ def _to_batch(
         items = []
         for im in images:
             if isinstance(im, Image.Image):
-                im = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-            t = (im.float() / 255.0 if im.dtype == torch.uint8 else im.float())[None]
+                t = pil_to_tensor01(im)[None]
+            else:
+                t = (im.float() / 255.0 if im.dtype == torch.uint8 else im.float())[None]
             if tuple(t.shape[-2:]) != tuple(size):
                 t = TF.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
             items.append(t[0])
@@ -115,8 +119,17 @@ class IdentityFilter:
         self.extractor = extractor
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size = int(batch_size)
-        self.pids: np.ndarray | None = None
-        self.centroids: torch.Tensor | None = None
+        self.reference: IdentityCentroids | None = None
+
+    @property
+    def pids(self) -> np.ndarray | None:
+        """Identities with a centroid (sorted), or ``None`` before :meth:`fit`."""
+        return None if self.reference is None else self.reference.pids
+
+    @property
+    def centroids(self) -> torch.Tensor | None:
+        """``(P, D)`` normalised centroids (float64), or ``None`` before :meth:`fit`."""
+        return None if self.reference is None else self.reference.centroids
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
@@ -160,28 +173,23 @@ class IdentityFilter:
         return self.fit([r.path for r in recs], [r.pid for r in recs])
 
     def set_centroids_from_features(self, features: torch.Tensor, pids: Sequence[int]) -> None:
-        pids_arr = np.asarray(pids, dtype=np.int64)
-        uniq = np.unique(pids_arr)
-        cents = torch.stack([features[torch.from_numpy(pids_arr == p)].mean(0) for p in uniq])
-        self.pids, self.centroids = uniq, TF.normalize(cents, dim=1)
+        """Centroids from real-image features and their pids (pids ≤ 0, junk and distractors, make none)."""
+        try:
+            self.reference = IdentityCentroids(features, np.asarray(pids, dtype=np.int64))
+        except ValueError as exc:
+            raise FilterError(str(exc)) from None
 
     # ------------------------------------------------------------------ scoring
     def score_features(self, features: torch.Tensor, pids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(similarity, margin)`` arrays for normalised features of images claimed to be ``pids``."""
-        if self.centroids is None or self.pids is None:
+        if self.reference is None:
             raise FilterError("IdentityFilter has no centroids; call fit() / fit_market() first")
-        index = {int(p): i for i, p in enumerate(self.pids)}
-        unknown = sorted({int(p) for p in pids} - set(index))
+        unknown = sorted({int(p) for p in pids} - {int(p) for p in self.reference.pids})
         if unknown:
             raise FilterError(f"identities {unknown[:10]} have no real train image to compare with")
-        sims = features @ self.centroids.T  # (B, P)
-        own = torch.as_tensor([index[int(p)] for p in pids], dtype=torch.long)
-        sim = sims.gather(1, own[:, None])[:, 0]
-        if sims.shape[1] > 1:
-            others = sims.scatter(1, own[:, None], float("-inf")).max(1).values
-        else:
-            others = torch.full_like(sim, -1.0)  # a single identity: nothing to be confused with
-        return sim.numpy().astype(np.float64), (sim - others).numpy().astype(np.float64)
+        sim, other = self.reference.similarities(features, np.asarray(pids, dtype=np.int64))
+        other = np.nan_to_num(other, nan=-1.0)  # a single identity: nothing to be confused with
+        return sim, sim - other
 
     def score(
         self, images: torch.Tensor | Sequence[Image.Image | torch.Tensor], pids: Sequence[int]
@@ -357,8 +365,7 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_filter(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    extractor = load_extractor(args.reid_checkpoint, device)
+    extractor = load_extractor(args.reid_checkpoint, resolve_device(args.device))
     filt = IdentityFilter(extractor, image_size=tuple(args.image_size), batch_size=args.batch_size)
     summary = filter_folder(
         args.dir,

@@ -65,6 +65,7 @@ from posereid.augment.manifest import (
     write_manifest_file,
 )
 from posereid.augment.pose_bank import SAMPLINGS, PoseBank
+from posereid.models.images import pil_to_tensor01, tensor01_to_pil
 from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.models.pose import missing_pose, resize_keypoints, skeleton_tensor
 from posereid.models.sampling import SAMPLERS
@@ -74,6 +75,7 @@ from posereid.reid_integration.market1501 import (
     MarketFormatError,
     MarketRecord,
     add_annotation_size_arg,
+    image_size_problem,
     load_annotations,
     load_image,
 )
@@ -108,15 +110,10 @@ def _write_image(path: Path, image: Image.Image, quality: int = 95) -> None:
 
 
 def _to_pil(img: torch.Tensor, size: tuple[int, int] | None) -> Image.Image:
-    arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    im = Image.fromarray(arr, "RGB")
+    im = tensor01_to_pil(img)
     if size is not None and (im.height, im.width) != tuple(size):
         im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     return im
-
-
-def _pil_to_tensor(im: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
 
 
 def _auto_shard() -> tuple[int, int]:
@@ -181,13 +178,19 @@ class _Run:
                 self.summary.failures.append(str(exc))
                 logger.warning("skipping %s: %s", it.name, exc)
                 continue
+            problem = image_size_problem((im.height, im.width), self.annotation_hw or self.gen_hw)
+            if problem is not None:
+                self.summary.failed_items += 1
+                self.summary.failures.append(f"{rec.path}: {problem}")
+                logger.warning("skipping %s: %s: %s", it.name, rec.path, problem)
+                continue
             kps = self.ann.get(rec.name)
             if kps is None or self.annotation_hw is None:
                 kps = missing_pose()
             else:  # checked to lie in annotation_hw when read: the rescale never drops a joint
                 kps = resize_keypoints(kps, self.annotation_hw, self.gen_hw)
             pose_index, seed = plan_draws(self.seed, it.source_index, it.k, self.bank, self.sampling)
-            src = _pil_to_tensor(im.resize((self.gen_hw[1], self.gen_hw[0]), Image.Resampling.BILINEAR))
+            src = pil_to_tensor01(im.resize((self.gen_hw[1], self.gen_hw[0]), Image.Resampling.BILINEAR))
             out.append(_Prepared(it, src, (im.height, im.width), kps, pose_index, seed))
         return out
 

@@ -23,6 +23,7 @@ Three sampling strategies:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -34,7 +35,14 @@ from typing import Literal
 import numpy as np
 
 from posereid.models.io_utils import atomic_save
-from posereid.models.pose import NUM_KEYPOINTS, as_keypoints, normalize_pose, resize_keypoints, visible_mask
+from posereid.models.pose import (
+    NUM_KEYPOINTS,
+    as_keypoints,
+    normalize_pose,
+    resize_keypoints,
+    torso_length,
+    visible_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +94,7 @@ def estimate_view(kps: np.ndarray, *, side_ratio: float = 0.35) -> str:
     vis = visible_mask(k)
     face = bool(vis[_NOSE] or vis[_REYE] or vis[_LEYE])
     full_face = bool(vis[_NOSE] and vis[_REYE] and vis[_LEYE])
-    pts = k[vis]
-    if vis[_NECK] and vis[_RHIP] and vis[_LHIP]:
-        torso = float(np.linalg.norm(k[_NECK] - (k[_RHIP] + k[_LHIP]) / 2))
-    elif len(pts) >= 2:
-        torso = float(pts[:, 1].max() - pts[:, 1].min()) / 3.0
-    else:
-        torso = 0.0
-    torso = max(torso, 1.0)
+    torso = max(float(torso_length(k, fallback=True)), 1.0)
     if vis[_RSH] and vis[_LSH]:
         sw = float(k[_LSH, 0] - k[_RSH, 0])
         if abs(sw) >= side_ratio * torso:
@@ -298,9 +299,11 @@ class PoseBank:
         k = min(k, len(uniq))
         if k == 1:
             return np.zeros(len(self), dtype=np.int64)
-        try:  # scipy >= 1.15 takes rng=, older versions seed=
+        # scipy >= 1.15 takes rng=, older versions seed= (asked of the signature: catching TypeError would
+        # also swallow a genuine error inside kmeans2)
+        if "rng" in inspect.signature(kmeans2).parameters:
             _, labels = kmeans2(data, k, iter=20, minit="++", rng=np.random.default_rng(self.seed))
-        except TypeError:  # pragma: no cover - old scipy
+        else:  # pragma: no cover - old scipy
             _, labels = kmeans2(data, k, iter=20, minit="++", seed=self.seed)
         # renumber to 0..k'-1 in order of first appearance (empty clusters vanish)
         _, labels = np.unique(labels, return_inverse=True)

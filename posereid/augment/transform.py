@@ -38,9 +38,9 @@ from torch.utils.data import get_worker_info
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2 import functional as F
-from torchvision.transforms.v2._utils import is_pure_tensor
 
 from posereid.augment.pose_bank import SAMPLINGS, PoseBank
+from posereid.models.images import pil_to_tensor01, tensor01_to_pil
 from posereid.models.pose import NUM_KEYPOINTS, PoseKeypoints, as_keypoints, resize_keypoints
 
 logger = logging.getLogger(__name__)
@@ -48,11 +48,19 @@ logger = logging.getLogger(__name__)
 _SEED_HIGH = 2**31 - 1
 
 
+def _is_image_tensor(inpt: Any) -> bool:
+    """A ``tv_tensors.Image`` or a plain tensor (a tensor that is no other tv_tensor, as torchvision treats
+    it: the image of the sample when no explicit image is there)."""
+    if isinstance(inpt, tv_tensors.Image):
+        return True
+    return isinstance(inpt, torch.Tensor) and not isinstance(inpt, tv_tensors.TVTensor)
+
+
 def _image_batch_size(inpt: Any) -> int | None:
     """Items in an image input (``None`` for a non-image)."""
     if isinstance(inpt, PIL.Image.Image):
         return 1
-    if isinstance(inpt, tv_tensors.Image) or is_pure_tensor(inpt):
+    if _is_image_tensor(inpt):
         if inpt.ndim == 3:
             return 1
         if inpt.ndim == 4:
@@ -159,10 +167,9 @@ class PoseTransferAugment(Transform):
         if isinstance(inpt, tv_tensors.KeyPoints):
             return self._replace_keypoints(inpt, params)
         if isinstance(inpt, PIL.Image.Image):
-            x = F.pil_to_tensor(inpt.convert("RGB"))[None]
-            out = self._generate_into(x, params)
-            return F.to_pil_image(out[0])
-        if isinstance(inpt, tv_tensors.Image) or is_pure_tensor(inpt):
+            out = self._generate_into(pil_to_tensor01(inpt)[None], params)
+            return tensor01_to_pil(out[0])
+        if _is_image_tensor(inpt):
             plain = inpt.as_subclass(torch.Tensor)
             single = plain.ndim == 3
             out = self._generate_into(plain[None] if single else plain, params)

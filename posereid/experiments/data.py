@@ -89,7 +89,9 @@ def market_pose_records(
     source = data if isinstance(data, MarketSource) else MarketSource(data, annotations)
     market = source.market
     # the keypoints' frame comes from the data (or annotation_size); a row outside it is skipped, counted
-    ann, frame = load_annotations(source.patn(on_error="skip"), market, frame=annotation_size, on_error="skip")
+    ann, frame = load_annotations(
+        source.patn(on_error="skip"), market, frame=annotation_size, on_error="skip"
+    )
     skipped: Counter[str] = Counter()
     records: list[PoseRecord] = []
     for rec in tqdm(market.train, desc="checking images", leave=False):

@@ -141,31 +141,51 @@ def affine_keypoints(kps: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int
     return drop_outside(out.astype(np.float32), *out_hw)
 
 
+def torso_length(kps: np.ndarray, *, fallback: bool = False) -> np.ndarray:
+    """Torso length in pixels, ``(...,)``: the body scale every pose heuristic divides by.
+
+    The distance from the neck (or, without it, the shoulders' midpoint) to the hips' midpoint (or the
+    one visible hip). Where that is not available or is 0 the result is NaN, or with ``fallback`` a third
+    of the visible joints' vertical extent (an upright person is about three torsos tall; 0 with fewer
+    than two joints).
+    """
+    kps = as_keypoints(kps).astype(np.float64)
+    vis = visible_mask(kps)
+    both_sh = vis[..., 2] & vis[..., 5]
+    has_top = vis[..., 1] | both_sh
+    top = np.where(vis[..., 1, None], kps[..., 1, :], (kps[..., 2, :] + kps[..., 5, :]) / 2)
+    hip_w = vis[..., [8, 11]].astype(np.float64)  # (..., 2)
+    n_hips = hip_w.sum(-1)
+    hips = (kps[..., [8, 11], :] * hip_w[..., None]).sum(-2) / np.maximum(n_hips, 1)[..., None]
+    length = np.linalg.norm(top - hips, axis=-1)
+    length = np.where(has_top & (n_hips > 0) & (length > 0), length, np.nan)
+    if fallback:
+        ys = kps[..., 1]
+        extent = np.where(vis, ys, -np.inf).max(-1) - np.where(vis, ys, np.inf).min(-1)
+        extent = np.where(vis.sum(-1) >= 2, extent, 0.0)
+        length = np.where(np.isnan(length), extent / 3.0, length)
+    return length
+
+
 def normalize_pose(kps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Translation/scale-invariant pose vector for clustering.
 
-    Centres on the mid-hip (or neck when a hip is missing) and divides by the torso length (neck to
-    mid-hip, or the joints' bounding-box height when the torso is not visible). Returns ``(vec, mask)``
-    with ``vec`` of shape ``(..., 36)`` (missing joints at 0) and ``mask`` ``(..., 18)``.
+    Centres on the mid-hip (or neck when a hip is missing) and divides by :func:`torso_length` (with its
+    fallback). Returns ``(vec, mask)`` with ``vec`` of shape ``(..., 36)`` (missing joints at 0) and
+    ``mask`` ``(..., 18)``.
     """
     kps = as_keypoints(kps)
     vis = visible_mask(kps)
     flat = kps.reshape(-1, NUM_KEYPOINTS, 2)
     fvis = vis.reshape(-1, NUM_KEYPOINTS)
+    scales = np.maximum(torso_length(flat, fallback=True), 1e-3)
     vecs = np.zeros((flat.shape[0], NUM_KEYPOINTS, 2), dtype=np.float32)
     for i, (p, v) in enumerate(zip(flat, fvis)):
         if not v.any():
             continue
         hips_ok = v[8] and v[11]
         centre = (p[8] + p[11]) / 2 if hips_ok else (p[1] if v[1] else p[v].mean(0))
-        scale = 0.0
-        if hips_ok and v[1]:
-            scale = float(np.linalg.norm(p[1] - centre))
-        if scale < 1e-3:
-            ys = p[v][:, 1]
-            scale = float(ys.max() - ys.min()) / 3.0
-        scale = max(scale, 1e-3)
-        vecs[i][v] = (p[v] - centre) / scale
+        vecs[i][v] = (p[v] - centre) / scales[i]
     return vecs.reshape(*kps.shape[:-2], NUM_KEYPOINTS * 2), vis
 
 
@@ -389,5 +409,6 @@ __all__ = [
     "render_pose_maps",
     "resize_keypoints",
     "skeleton_tensor",
+    "torso_length",
     "visible_mask",
 ]

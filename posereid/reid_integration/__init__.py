@@ -14,16 +14,16 @@ __getattr__, __dir__, __all__ = attach(
         ],
         "annotate": [
             "AnnotateLockedError", "AnnotateSummary", "PARTIAL_SUFFIX", "annotate_folder", "list_images",
-            "partial_path",
+            "lock_path", "partial_path",
         ],
-        "evaluate": ["compute_distance_matrix", "evaluate_features", "evaluate_rank"],
+        "evaluate": ["IdentityCentroids", "compute_distance_matrix", "evaluate_features", "evaluate_rank"],
         "torchreid_plugin": [
             "BatchAugmentEngine", "BatchAugmentSoftmaxEngine", "BatchAugmentTripletEngine", "IMAGENET_MEAN",
             "IMAGENET_STD", "PosereidMarketDataset", "ReidFeatureExtractor", "ReidLists", "SyntheticPidError",
             "build_reid_model", "build_reid_transforms", "denormalize", "load_reid_checkpoint",
             "load_state_dict_file", "load_torchreid_checkpoint", "normalize", "register_posereid_dataset",
-            "save_reid_checkpoint", "scan_reid_lists", "unregister_posereid_dataset",
+            "registered_posereid_dataset", "save_reid_checkpoint", "scan_reid_lists", "unregister_posereid_dataset",
         ],
-        "train": ["PosereidDataManager", "ReidTrainConfig", "extract_loader_features", "seed_everything", "train_reid"],
+        "train": ["PosereidDataManager", "ReidTrainConfig", "build_lr_scheduler", "extract_loader_features", "train_reid"],
     },
 )  # fmt: skip

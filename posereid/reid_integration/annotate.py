@@ -26,7 +26,10 @@ Runs are resumable, because annotating Market-1501 takes hours:
   image again: use it after changing the estimator's settings (e.g. ``--min-visibility``), which the
   files do not record. A reused file with rows for images that are not in the folder (an ``--out`` meant
   for another folder) is an error, never merged or silently dropped;
-* the progress file is locked (``flock``, POSIX only), so two runs cannot write the same output.
+* a second run on the same output stops at once with :class:`AnnotateLockedError`: runs hold the lock
+  file ``<out>.lock`` (:func:`lock_path`; a ``filelock.FileLock``, i.e. ``flock``, which NFS clients
+  carry across hosts sharing the disk). The lock dies with its process, so the run after a crash or a
+  ``kill -9`` takes it over at once; the file itself stays, as lock files do.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from posereid.models.io_utils import is_temp_file
@@ -58,11 +62,6 @@ from posereid.reid_integration.market1501 import (
     read_patn_csv,
     write_patn_csv,
 )
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no lock, one run per output is the user's job
-    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -149,34 +148,20 @@ def _bad_name_reason(name: str) -> str | None:
     return None
 
 
-def _open_locked(path: Path) -> BinaryIO:
-    """Open (creating) ``path`` for reading and appending, holding an exclusive ``flock`` on it.
+def lock_path(out_csv: str | os.PathLike[str]) -> Path:
+    """The lock file of runs writing ``out_csv``: ``<out_csv>.lock`` (left in place, as file locks are)."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.name + ".lock")
 
-    Raises :class:`AnnotateLockedError` if another process (or another open of it) holds the lock. If the
-    holder deleted the file between our open and our lock (it finished), the new file is opened instead.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fh = open(path, "a+b")  # owned by _Journal, closed in _Journal.close
-        if fcntl is None:  # pragma: no cover
-            return fh
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            raise AnnotateLockedError(
-                f"{path} is locked: another `posereid annotate` is writing the same output"
-            ) from None
-        except OSError as exc:  # e.g. a filesystem without locks: carry on unprotected
-            logger.warning("%s: cannot lock (%s); do not run two annotate jobs on the same output", path, exc)
-            return fh
-        try:
-            same = os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fh
-        fh.close()
+
+def _acquire(lock: FileLock, progress: Path) -> None:
+    """Take ``lock`` at once or raise :class:`AnnotateLockedError` (another run holds it)."""
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise AnnotateLockedError(
+            f"{progress} is locked ({lock.lock_file}): another `posereid annotate` is writing the same output"
+        ) from None
 
 
 class _Journal:
@@ -186,17 +171,27 @@ class _Journal:
     appended, so a new row never continues it.
     """
 
-    def __init__(self, path: Path, *, sync_every: int, discard: bool = False) -> None:
+    def __init__(self, path: Path, lock: Path, *, sync_every: int, discard: bool = False) -> None:
         self.path = path
         self.sync_every = max(int(sync_every), 1)
         self._unsynced = 0
-        self._fh = _open_locked(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # held from before the progress file is opened until after it is closed (or deleted); the kernel
+        # drops it when its process dies, so a killed run's lock never blocks the next one
+        self._lock = FileLock(lock)
+        _acquire(self._lock, path)
+        try:
+            self._fh: BinaryIO = open(path, "a+b")  # closed in close()
+        except BaseException:
+            self._lock.release()
+            raise
         try:
             if discard:
                 self._fh.truncate(0)
             self.rows = self._load()  # rows of earlier runs (name → PATN ints), file order
         except BaseException:
             self._fh.close()
+            self._lock.release()
             raise
         self.appended = 0
 
@@ -267,7 +262,10 @@ class _Journal:
             else:
                 self._sync()
         finally:
-            self._fh.close()
+            try:
+                self._fh.close()
+            finally:
+                self._lock.release()
 
 
 def _reject_foreign(rows: dict[str, np.ndarray], names: set[str], source: Path, folder: Path) -> None:
@@ -324,7 +322,9 @@ def annotate_folder(
     reused = unreadable = bad_names = 0
     start = time.perf_counter()
     try:
-        journal = _Journal(partial_path(out_csv), sync_every=sync_every, discard=overwrite)
+        journal = _Journal(
+            partial_path(out_csv), lock_path(out_csv), sync_every=sync_every, discard=overwrite
+        )
         if overwrite:
             out_csv.unlink(missing_ok=True)
         previous = read_patn_csv(out_csv, image_hw=None) if out_csv.exists() else {}
@@ -465,6 +465,7 @@ __all__ = [
     "add_annotate_args",
     "annotate_folder",
     "list_images",
+    "lock_path",
     "partial_path",
     "run_annotate",
 ]

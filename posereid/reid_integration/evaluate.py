@@ -17,6 +17,9 @@ with ``searchsorted`` and a cumulative count gives the number of negatives ranke
 That is exact whenever no negative has exactly the same distance as a match. Rows that do have such a
 tie are re-ranked with ``np.argsort`` on the very same row (the call torchreid makes), so even tie order
 agrees with torchreid bit for bit.
+
+:class:`IdentityCentroids` scores features against per-identity centroids instead (the identity filter of
+generated images and the generator quality report both use it).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ logger = logging.getLogger(__name__)
 Metric = Literal["euclidean", "cosine"]
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
-__all__ = ["compute_distance_matrix", "evaluate_features", "evaluate_rank"]
+__all__ = ["IdentityCentroids", "compute_distance_matrix", "evaluate_features", "evaluate_rank"]
 
 
 def _as_features(x: ArrayLike, name: str) -> torch.Tensor:
@@ -335,3 +338,71 @@ def evaluate_features(
     )
     at = lambda r: float(cmc[min(r, len(cmc)) - 1])  # noqa: E731
     return {"rank1": at(1), "rank5": at(5), "rank10": at(10), "mAP": mAP, "num_valid_queries": num_valid}
+
+
+class IdentityCentroids:
+    """Per-identity centroids of reference re-ID features, and cosine similarities of queries to them.
+
+    Any device in, CPU out. A centroid is the normalised mean of the L2-normalised reference features of one pid; pids ≤ 0 (junk
+    and distractors) make none. Computed in float64.
+
+    Attributes:
+        pids: ``(P,)`` sorted identities that have a centroid.
+        centroids: ``(P, D)`` L2-normalised centroids.
+    """
+
+    def __init__(self, features: ArrayLike, pids: ArrayLike) -> None:
+        ref = F.normalize(_as_features(features, "reference features").detach().cpu().double(), dim=1)
+        rp = _as_labels(pids, "reference pids", ref.shape[0])
+        keep = rp > 0
+        self.pids = np.unique(rp[keep])
+        if len(self.pids) == 0:
+            raise ValueError("identity centroids need reference features with pids > 0")
+        rows = torch.from_numpy(np.searchsorted(self.pids, rp[keep]))
+        self._reference, self._reference_pids, self._keep = ref, rp, keep
+        self._sums = torch.zeros(len(self.pids), ref.shape[1], dtype=torch.float64)
+        self._sums.index_add_(0, rows, ref[torch.from_numpy(keep)])
+        self._counts = torch.bincount(rows, minlength=len(self.pids))
+        self.centroids = F.normalize(self._sums, dim=1)
+
+    def similarities(
+        self, query: ArrayLike, query_pids: ArrayLike, *, exclude: ArrayLike | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(own, other)``: cosine of each query to its own identity's centroid and to the nearest OTHER one.
+
+        ``own`` is NaN where the query's pid has no centroid (or nothing is left of it after ``exclude``),
+        ``other`` where there is no other identity. ``exclude[i]`` (reference rows, -1 for none; shape
+        ``(N,)`` or ``(N, k)``) are left out of query ``i``'s own centroid, so a real image scored "as if
+        generated" is not compared with itself.
+        """
+        q = F.normalize(_as_features(query, "query features").detach().cpu().double(), dim=1)
+        qp = _as_labels(query_pids, "query pids", q.shape[0])
+        if q.shape[1] != self.centroids.shape[1]:
+            raise ValueError(
+                f"query features have dimension {q.shape[1]}, the centroids {self.centroids.shape[1]}"
+            )
+        sims = q @ self.centroids.T  # (Q, P)
+        pos = np.searchsorted(self.pids, qp).clip(max=len(self.pids) - 1)
+        known = self.pids[pos] == qp
+        own = np.full(len(qp), np.nan)
+        rows = np.flatnonzero(known)
+        own[rows] = sims[torch.from_numpy(rows), torch.from_numpy(pos[rows])].numpy()
+        own[known & (self._sums.norm(dim=1).numpy()[pos] == 0)] = np.nan
+        if exclude is not None:
+            excl = np.asarray(exclude, dtype=np.int64).reshape(len(qp), -1)
+            for i in rows:
+                drop = [
+                    r
+                    for r in set(excl[i].tolist())
+                    if r >= 0 and self._keep[r] and self._reference_pids[r] == qp[i]
+                ]
+                if drop:
+                    k = pos[i]
+                    own_sum = self._sums[k] - self._reference[drop].sum(0)
+                    ok = self._counts[k] > len(drop) and own_sum.norm() > 0
+                    own[i] = float(q[i] @ F.normalize(own_sum, dim=0)) if ok else np.nan
+        masked = sims.clone()
+        masked[torch.from_numpy(rows), torch.from_numpy(pos[rows])] = -torch.inf
+        other = masked.max(dim=1).values.numpy()
+        other = np.where(np.isneginf(other), np.nan, other)  # the query's own identity was the only one
+        return own, other

@@ -36,13 +36,15 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from posereid.models.images import pil_to_tensor01
 from posereid.models.io_utils import atomic_save, atomic_write
+from posereid.models.runtime import resolve_device
 from posereid.reid_integration.market1501 import ImageReadError, Market1501, check_image, load_image
 
 with warnings.catch_warnings():
     # torchreid warns on import that its Cython evaluator is missing; posereid.evaluate replaces it
     warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
-    from torchreid.reid.data import datasets as _tr_datasets
+    from torchreid.reid.data import register_image_dataset
     from torchreid.reid.data.datasets.dataset import ImageDataset
     from torchreid.reid.engine import ImageSoftmaxEngine, ImageTripletEngine
     from torchreid.reid.models import build_model
@@ -259,8 +261,22 @@ class PosereidMarketDataset(ImageDataset):
         )
 
 
-def _registry() -> dict[str, type]:
-    return vars(_tr_datasets)["__image_datasets"]
+#: The classes behind the names :func:`register_posereid_dataset` gave torchreid (``None``: unregistered).
+#: torchreid's public ``register_image_dataset`` refuses a name twice and has no way back, so each name is
+#: registered once, with a factory that builds whatever class this table holds for it now.
+_REGISTERED: dict[str, type[PosereidMarketDataset] | None] = {}
+
+
+def _dataset_factory(name: str) -> Callable[..., PosereidMarketDataset]:
+    def build(**kwargs: Any) -> PosereidMarketDataset:
+        cls = _REGISTERED.get(name)
+        if cls is None:
+            raise ValueError(
+                f"dataset {name!r} was unregistered (unregister_posereid_dataset); register it again to use it"
+            )
+        return cls(**kwargs)
+
+    return build
 
 
 def register_posereid_dataset(
@@ -277,13 +293,19 @@ def register_posereid_dataset(
     The folder is parsed and checked once, on the first construction, and shared by the train, query and
     gallery datasets the manager builds (the manager's own ``root=`` is ignored). ``train_transform`` /
     ``test_transform`` replace the manager's name-only transforms (any callable on a PIL image).
-    Registering an existing posereid name again replaces it; torchreid's built-in names raise ValueError.
-    Extra ``kw`` (``check_images``, ``on_corrupt``) go to :func:`scan_reid_lists`.
+    Registering an existing posereid name again replaces it; a name torchreid already has (its built-in
+    datasets, or one registered by other code) raises ValueError. Extra ``kw`` (``check_images``,
+    ``on_corrupt``) go to :func:`scan_reid_lists`.
     """
-    registry = _registry()
-    existing = registry.get(name)
-    if existing is not None and not getattr(existing, "_posereid_registered", False):
-        raise ValueError(f"{name!r} is a torchreid built-in dataset; choose another name")
+    if name not in _REGISTERED:
+        try:
+            register_image_dataset(name, _dataset_factory(name))
+        except ValueError:  # torchreid's only refusal: the name is taken
+            raise ValueError(
+                f"{name!r} is a torchreid dataset already (a built-in, or registered by other code); "
+                "choose another name"
+            ) from None
+        _REGISTERED[name] = None
     synthetic_dirs = tuple(synthetic_dirs)
     cache: dict[str, ReidLists] = {}
 
@@ -300,17 +322,25 @@ def register_posereid_dataset(
     cls = type(
         f"PosereidDataset_{name}",
         (PosereidMarketDataset,),
-        {"__init__": __init__, "_posereid_registered": True, "_posereid_root": str(root)},
+        {"__init__": __init__, "_posereid_root": str(root)},
     )
-    registry[name] = cls
+    _REGISTERED[name] = cls
     return cls
 
 
 def unregister_posereid_dataset(name: str) -> None:
-    """Remove a dataset registered by :func:`register_posereid_dataset` (no-op if absent)."""
-    registry = _registry()
-    if getattr(registry.get(name), "_posereid_registered", False):
-        del registry[name]
+    """Withdraw a dataset registered by :func:`register_posereid_dataset` (no-op if absent).
+
+    torchreid keeps the name (it has no public way to drop one), but building it raises ValueError until
+    it is registered again.
+    """
+    if name in _REGISTERED:
+        _REGISTERED[name] = None
+
+
+def registered_posereid_dataset(name: str) -> type[PosereidMarketDataset] | None:
+    """The class currently registered under ``name`` by :func:`register_posereid_dataset`, or ``None``."""
+    return _REGISTERED.get(name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,9 +452,9 @@ class BatchAugmentTripletEngine(BatchAugmentEngine, ImageTripletEngine):
 # --------------------------------------------------------------------------------------------------
 def _numpy_safe_globals() -> list:
     """Globals torchreid checkpoints need beyond tensors: numpy scalars (``rank1``) and dtypes."""
-    from numpy._core import multiarray
+    scalar = np.float64(0).__reduce__()[0]  # numpy.core.multiarray.scalar, reached through public pickling
 
-    allowed: list = [multiarray.scalar, np.dtype, (multiarray.scalar, "numpy.core.multiarray.scalar")]
+    allowed: list = [scalar, np.dtype, (scalar, "numpy.core.multiarray.scalar")]
     allowed += [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")]
     return allowed
 
@@ -566,7 +596,7 @@ class ReidFeatureExtractor:
         device: str | torch.device | None = None,
         batch_size: int = 64,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.size = (int(height), int(width))
         self.norm_mean, self.norm_std = tuple(norm_mean), tuple(norm_std)
@@ -605,10 +635,7 @@ class ReidFeatureExtractor:
             if x.ndim != 4 or x.shape[1] != 3:
                 raise ValueError(f"expected (B, 3, H, W) images in [0, 1], got shape {tuple(images.shape)}")
             return x.float()
-        tensors = [
-            v2.functional.to_dtype(v2.functional.to_image(im.convert("RGB")), torch.float32, scale=True)
-            for im in images
-        ]
+        tensors = [pil_to_tensor01(im) for im in images]
         return torch.stack(
             [
                 F.interpolate(t[None], size=self.size, mode="bilinear", antialias=True, align_corners=False)[

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import platform
-import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,10 +29,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from posereid.models.io_utils import atomic_write
+from posereid.models.runtime import resolve_device
 from posereid.reid_integration.evaluate import evaluate_features
 from posereid.reid_integration.torchreid_plugin import (
     IMAGENET_MEAN,
@@ -112,6 +114,8 @@ class ReidTrainConfig:
                 )
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")  # numpy's seed range
         self.synthetic = tuple(str(s) for s in self.synthetic)
 
     def to_json(self) -> dict[str, Any]:
@@ -213,23 +217,18 @@ class PosereidDataManager:
         return self.test_loader[name]["query"], self.test_loader[name]["gallery"]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy (torchreid's identity sampler uses both) and torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _lr_lambda(steps: int, warmup_frac: float) -> Callable[[int], float]:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, steps: int, warmup_frac: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up over ``round(steps · warmup_frac)`` steps (from ``lr / warm`` to ``lr``), then cosine
+    decay to 1 % of ``lr`` at ``steps`` (torch's ``LinearLR`` → ``CosineAnnealingLR``)."""
     warm = int(round(steps * warmup_frac))
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, steps - warm)
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-    return f
+    base = optimizer.param_groups[0]["lr"]
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, steps - warm), eta_min=0.01 * base)
+    if warm == 0:
+        return cosine
+    linear = LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0, total_iters=max(1, warm - 1))
+    return SequentialLR(optimizer, [linear, cosine], milestones=[warm])
 
 
 @torch.no_grad()
@@ -262,8 +261,8 @@ def train_reid(
             torchvision v2 transform), applied after resizing in the train pipeline.
     """
     t0 = time.perf_counter()
-    seed_everything(config.seed)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    set_seed(config.seed)  # python, numpy (torchreid's identity sampler uses both) and torch
+    device = resolve_device(config.device)
     use_gpu = device.type == "cuda"
     if use_gpu and device.index is not None:
         torch.cuda.set_device(device)  # torchreid's engine and loss move tensors with a bare .cuda()
@@ -293,7 +292,7 @@ def train_reid(
         config.model, lists.num_train_pids, loss=config.loss, pretrained=config.pretrained
     ).to(device)
     optimizer = build_optimizer(model, optim=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.steps, config.warmup_frac))
+    scheduler = build_lr_scheduler(optimizer, config.steps, config.warmup_frac)
     hooks = {"batch_transform": batch_transform, "post_transform": post_tf}
     if config.loss == "triplet":
         engine = BatchAugmentTripletEngine(

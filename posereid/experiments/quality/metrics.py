@@ -34,7 +34,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from posereid.models.pose import NUM_KEYPOINTS, as_keypoints, visible_mask
+from posereid.models.images import tensor01_to_pil
+from posereid.models.pose import NUM_KEYPOINTS, as_keypoints, torso_length, visible_mask
+from posereid.reid_integration.evaluate import IdentityCentroids
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +224,8 @@ class Lpips(nn.Module):
             ValueError: a file is not a matching state dict.
         """
         try:
+            # private: torchmetrics' public LPIPS (metric and functional) always loads its backbone through
+            # torchvision's download cache; only this network class can be built empty and filled from a file
             from torchmetrics.functional.image.lpips import _NoTrainLpips
         except ImportError as exc:  # pragma: no cover - depends on the torchmetrics version
             raise ImportError(
@@ -405,8 +409,8 @@ def pose_normaliser(target: np.ndarray, *, torso_fraction: float = 0.5) -> tuple
     COCO-18 has no head-top joint, so MPII's head segment is not available. We use the **head height
     estimated as twice the neck-to-nose distance** (the nose sits about half a head above the neck), so
     PCKh@0.5 accepts a joint within one neck-to-nose distance. Without neck or nose the length is
-    ``torso_fraction`` × the torso length (neck — or the shoulders' midpoint — to the hips' midpoint, or
-    to the one visible hip); an adult's head is about half the neck-to-hip length. Without either the
+    ``torso_fraction`` × :func:`~posereid.models.pose.torso_length` (neck — or the shoulders' midpoint —
+    to the hips' midpoint, or to the one visible hip); an adult's head is about half the neck-to-hip length. Without either the
     length is NaN and the image is not scored.
     """
     t = as_keypoints(target)
@@ -414,6 +418,7 @@ def pose_normaliser(target: np.ndarray, *, torso_fraction: float = 0.5) -> tuple
         t = t[None]
     vis = visible_mask(t)
     n = t.shape[0]
+    torso = torso_length(t)
     size = np.full(n, np.nan, dtype=np.float64)
     rule = np.full(n, "none", dtype=object)
     for i in range(n):
@@ -423,12 +428,8 @@ def pose_normaliser(target: np.ndarray, *, torso_fraction: float = 0.5) -> tuple
             if d > 0:
                 size[i], rule[i] = 2.0 * d, "head"
                 continue
-        top = p[1] if v[1] else ((p[2] + p[5]) / 2 if v[2] and v[5] else None)
-        hips = [p[j] for j in (8, 11) if v[j]]
-        if top is not None and hips:
-            d = float(np.linalg.norm(top - np.mean(hips, axis=0)))
-            if d > 0:
-                size[i], rule[i] = torso_fraction * d, "torso"
+        if np.isfinite(torso[i]):
+            size[i], rule[i] = torso_fraction * torso[i], "torso"
     return size, rule
 
 
@@ -484,18 +485,16 @@ def detect_keypoints(estimator: Any, images: torch.Tensor, *, upscale: int = 1) 
 
     if upscale < 1:
         raise ValueError(f"upscale must be >= 1, got {upscale}")
-    arr = (
-        (images.detach().float().clamp(0, 1).cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    )
-    h, w = arr.shape[1:3]
-    out = np.empty((arr.shape[0], NUM_KEYPOINTS, 2), dtype=np.float32)
-    for i, im in enumerate(tqdm(arr, desc="pose", leave=False, disable=len(arr) < 16)):
+    h, w = images.shape[-2:]
+    out = np.empty((images.shape[0], NUM_KEYPOINTS, 2), dtype=np.float32)
+    for i, im in enumerate(tqdm(images, desc="pose", leave=False, disable=len(images) < 16)):
+        pil = tensor01_to_pil(im)
         if upscale > 1:
-            big = np.asarray(Image.fromarray(im).resize((w * upscale, h * upscale), Image.Resampling.BICUBIC))
-            kp = np.asarray(estimator(big), dtype=np.float32)
+            big = pil.resize((w * upscale, h * upscale), Image.Resampling.BICUBIC)
+            kp = np.asarray(estimator(np.array(big)), dtype=np.float32)
             out[i] = resize_keypoints(kp, (h * upscale, w * upscale), (h, w))
         else:
-            out[i] = as_keypoints(estimator(np.ascontiguousarray(im)))
+            out[i] = as_keypoints(estimator(np.array(pil)))
     return out
 
 
@@ -522,10 +521,6 @@ class IdentityScores:
         }
 
 
-def _l2n(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x.double(), dim=-1)
-
-
 def identity_fidelity(
     query: torch.Tensor,
     query_pids: np.ndarray,
@@ -536,46 +531,12 @@ def identity_fidelity(
 ) -> IdentityScores:
     """Cosine similarity of each query to its own identity's centroid and to the nearest other centroid.
 
-    A centroid is the normalised mean of the L2-normalised reference features of one pid (pids ≤ 0,
-    junk and distractors, make none). ``exclude[i]`` (reference rows, -1 for none; shape ``(N,)`` or
-    ``(N, k)``) are left out of query ``i``'s own centroid, so a real image scored "as if generated" is not
-    compared with itself.
+    Centroids and exclusion as in :class:`~posereid.reid_integration.evaluate.IdentityCentroids` (the
+    identity filter's scoring): pids ≤ 0 make none, and ``exclude[i]`` (reference rows, -1 for none) are
+    left out of query ``i``'s own centroid, so a real image scored "as if generated" is not compared with
+    itself.
     """
-    q, r = _l2n(query), _l2n(reference)
-    qp, rp = np.asarray(query_pids).astype(np.int64), np.asarray(reference_pids).astype(np.int64)
-    if q.shape[0] != len(qp) or r.shape[0] != len(rp):
-        raise ValueError("features and pids must have the same length")
-    keep = rp > 0
-    pids = np.unique(rp[keep])
-    if len(pids) == 0:
-        raise ValueError("identity fidelity needs reference images with pids > 0")
-    index = {int(p): k for k, p in enumerate(pids)}
-    excl = (
-        np.full((len(qp), 1), -1)
-        if exclude is None
-        else np.asarray(exclude, dtype=np.int64).reshape(len(qp), -1)
-    )
-    onehot = torch.zeros(len(pids), r.shape[0], dtype=r.dtype)
-    for row in np.flatnonzero(keep):
-        onehot[index[int(rp[row])], row] = 1.0
-    sums, counts = onehot @ r, onehot.sum(1)  # (P, D), (P,)
-    cents = _l2n(sums)
-    sims = q @ cents.T  # (Q, P)
-    own = np.full(len(qp), np.nan)
-    other = np.full(len(qp), np.nan)
-    for i, pid in enumerate(qp):
-        k = index.get(int(pid))
-        s = sims[i].clone()
-        if k is not None:
-            own_sum, own_n = sums[k], counts[k]
-            for row in set(excl[i].tolist()):
-                if row >= 0 and keep[row] and rp[row] == pid:
-                    own_sum, own_n = own_sum - r[row], own_n - 1
-            if own_n > 0 and own_sum.norm() > 0:
-                own[i] = float(q[i] @ _l2n(own_sum))
-            s[k] = -torch.inf
-        if len(pids) > (1 if k is not None else 0):
-            other[i] = float(s.max())
+    own, other = IdentityCentroids(reference, reference_pids).similarities(query, query_pids, exclude=exclude)
     return IdentityScores(own, other)
 
 

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from posereid.models.images import pil_to_tensor01
 from posereid.models.pose import missing_pose, resize_keypoints
 from posereid.reid_integration.market1501 import (
     Market1501,
@@ -68,7 +69,7 @@ def _load_resized(
     native = (im.height, im.width)
     if native != size:
         im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # as load_image(size=...)
-    t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    t = pil_to_tensor01(im)
     k = missing_pose() if kps is None else resize_keypoints(kps, native, size)
     return t, k
 

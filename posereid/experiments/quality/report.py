@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from posereid.models.images import tensor01_to_pil
 from posereid.models.io_utils import atomic_save
 from posereid.models.pose import resize_keypoints, skeleton_tensor
 
@@ -112,8 +113,7 @@ def _fmt(v: Any) -> str:
 
 
 def _to_pil(t: torch.Tensor, scale: int) -> Image.Image:
-    arr = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    im = Image.fromarray(arr)
+    im = tensor01_to_pil(t)
     return im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) if scale > 1 else im
 
 

@@ -30,6 +30,7 @@ from posereid.experiments.quality.metrics import (
     ssim_scores,
 )
 from posereid.experiments.quality.pairs import EvalPairs
+from posereid.models.images import pil_to_tensor01
 from posereid.reid_integration.evaluate import evaluate_features
 from posereid.reid_integration.market1501 import Market1501, MarketRecord, load_image
 
@@ -42,9 +43,7 @@ def _image_batches(records: Sequence[MarketRecord], size: tuple[int, int] | None
         first = load_image(records[0].path)
         size = (first.height, first.width)
     for i in tqdm(range(0, len(records), batch), desc=desc, leave=False, disable=len(records) <= batch):
-        ims = [load_image(r.path, size=size) for r in records[i : i + batch]]
-        arr = np.stack([np.asarray(im, dtype=np.uint8) for im in ims])
-        yield torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+        yield torch.stack([pil_to_tensor01(load_image(r.path, size=size)) for r in records[i : i + batch]])
 
 
 # --------------------------------------------------------------------------------------------------

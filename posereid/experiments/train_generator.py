@@ -12,7 +12,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate.utils import set_seed
 from PIL import Image
@@ -20,6 +19,7 @@ from PIL import Image
 from posereid.argtypes import finite_float, non_negative_int, positive_float, positive_int
 from posereid.experiments.data import market_pose_records
 from posereid.models.contract import FAMILIES, family_class, load_generator
+from posereid.models.images import pil_to_tensor01
 from posereid.models.io_utils import atomic_save
 from posereid.models.pose import resize_keypoints, skeleton_tensor
 from posereid.models.sampling import SAMPLERS
@@ -211,8 +211,7 @@ def run_sample(args: argparse.Namespace) -> int:
                        args.annotations, args.source.name)  # fmt: skip
     else:
         source_kps = torch.from_numpy(resize_keypoints(source_kps, frame, (h, w)))[None]
-    src = torch.from_numpy(np.asarray(image.resize((w, h), Image.Resampling.BILINEAR)).copy())
-    src = src.permute(2, 0, 1)[None].float() / 255.0
+    src = pil_to_tensor01(image.resize((w, h), Image.Resampling.BILINEAR))[None]
     tgt = torch.from_numpy(target_kps)[None]
     out = model.generate(
         src, tgt, source_kps, steps=args.steps, sampler=args.sampler,

@@ -293,10 +293,9 @@ def skeleton_tensor(kps: np.ndarray | torch.Tensor, height: int, width: int) -> 
     arr = as_keypoints(kps)
     if arr.ndim == 2:
         arr = arr[None]
-    imgs = [
-        torch.from_numpy(np.array(draw_skeleton(None, k, size=(height, width)))).permute(2, 0, 1) for k in arr
-    ]
-    return torch.stack(imgs).float() / 255.0
+    from posereid.models.images import pil_to_tensor01
+
+    return torch.stack([pil_to_tensor01(draw_skeleton(None, k, size=(height, width))) for k in arr])
 
 
 # --------------------------------------------------------------------------------------------------

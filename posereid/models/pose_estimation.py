@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from posereid.models.images import tensor01_to_uint8
 from posereid.models.pose import NUM_KEYPOINTS, drop_outside, missing_pose
 
 logger = logging.getLogger(__name__)
@@ -91,9 +92,7 @@ def _as_rgb_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
         t = image.detach().cpu()
         if t.ndim != 3 or t.shape[0] != 3:
             raise ValueError(f"tensor images must be (3, H, W), got {tuple(t.shape)}")
-        if t.is_floating_point():
-            t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
-        arr = t.permute(1, 2, 0).numpy()
+        arr = tensor01_to_uint8(t).permute(1, 2, 0).numpy()
     else:
         arr = np.asarray(image)
         if arr.dtype != np.uint8:

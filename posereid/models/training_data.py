@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from posereid.models.images import pil_to_tensor01
 from posereid.models.pose import as_keypoints, flip_keypoints, resize_keypoints
 
 #: the training logger, as before the split, so the "PosePairDataset: skipped …" lines keep their name.
@@ -211,8 +212,7 @@ class PosePairDataset(Dataset):
         if flip:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             kps = flip_keypoints(kps, w)
-        img = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-        return img, torch.from_numpy(kps)
+        return pil_to_tensor01(im), torch.from_numpy(kps)
 
 
 class _StepBatchSampler(torch.utils.data.Sampler):

@@ -31,6 +31,7 @@ import torch
 from posereid.augment.generate import generate_offline
 from posereid.augment.manifest import read_manifest
 from posereid.augment.pose_bank import PoseBank
+from posereid.models.images import pil_to_tensor01
 from posereid.models.io_utils import atomic_write
 from posereid.models.pidm import PIDMPipeline
 from posereid.models.pose import resize_keypoints
@@ -50,7 +51,7 @@ def _inputs(entries: list[dict], market: Path, ann: dict, bank: PoseBank, hw: tu
     srcs, skps, tkps, seeds = [], [], [], []
     for e in entries:
         im = load_image(recs[e["source"]].path, size=hw)
-        srcs.append(torch.from_numpy(np.asarray(im, np.uint8).copy()).permute(2, 0, 1).float() / 255)
+        srcs.append(pil_to_tensor01(im))
         skps.append(resize_keypoints(ann[e["source"]], (128, 64), hw))
         tkps.append(resize_keypoints(np.asarray(e["target_pose"], np.float32), bank.image_hw, hw))
         seeds.append(int(e["seed"]))

@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from posereid.models.io_utils import atomic_write
 from posereid.models.pidm import PIDMPipeline
 from posereid.models.pose import resize_keypoints
+from posereid.models.runtime import resolve_device
 from posereid.models.sampling import initial_noise, make_generators, make_sampler
 
 # An upright person in the 128x64 Market frame, (x, y) per COCO-18 joint.
@@ -298,9 +299,7 @@ def render(rows: list[Row], notes: list[str], header: list[str]) -> str:
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presets", default="tiny,small", help="comma-separated presets (default tiny,small)")
-    p.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
-    )
+    p.add_argument("--device", default=str(resolve_device(None)), choices=["cpu", "cuda"])
     p.add_argument(
         "--batch", type=int, default=None, help="images per generate call (default 4 CPU, 32 CUDA)"
     )

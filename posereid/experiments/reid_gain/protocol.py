@@ -62,12 +62,11 @@ logger = logging.getLogger(__name__)
 # Stages: generator, synthetic folder, filter, one re-ID cell
 # --------------------------------------------------------------------------------------------------
 def resolve_device(device: str | None) -> str:
-    """``"auto"``/``None`` → ``"cuda"`` when available, else ``"cpu"``; anything else unchanged."""
-    import torch
+    """``"auto"``/``None`` → this process's accelerator (:func:`posereid.models.runtime.resolve_device`), as
+    a string (it goes into the protocol's JSON); anything else unchanged."""
+    from posereid.models.runtime import resolve_device as resolve
 
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    return str(resolve(None if device in (None, "", "auto") else device))
 
 
 def generator_dir(config: GainConfig, fraction: float) -> Path:

@@ -332,3 +332,60 @@ def test_nan_never_becomes_an_image(tmp_path) -> None:
         m.model.unet.conv_out.bias.fill_(float("nan"))  # weights that went bad in memory
     with pytest.raises(NonFiniteSampleError, match=r"step 1 of 2 .*batch items \[0, 1\]"):
         m.generate(_images(2, 1), _pose(0.0, 2), steps=2, seeds=[0, 1])
+
+
+# ------------------------------------------------------------------------------------ v2 recipe options
+
+
+def test_source_pose_dropout_trains_the_no_source_pose_case() -> None:
+    """With p_drop_source_pose=1 every training sample sees empty source maps, exactly what sampling
+    without source keypoints feeds; with 0 the source pose changes the loss."""
+    src, tgt, ks, kt = _images(2, 3), _images(2, 4), _pose(0.0, 2), _pose(3.0, 2)
+
+    def loss(m: PIDMPipeline, kps) -> float:  # noqa: ANN001
+        return m.training_loss(src, tgt, kps, kt, generator=torch.Generator().manual_seed(5)).item()
+
+    torch.manual_seed(0)
+    always = PIDMPipeline.from_preset("tiny", p_drop_source_pose=1.0)
+    assert loss(always, ks) == loss(always, None)
+    torch.manual_seed(0)
+    never = PIDMPipeline.from_preset("tiny")
+    assert loss(never, ks) != loss(never, None)
+    with pytest.raises(ValueError, match="p_drop_source_pose"):
+        PIDMPipeline.from_preset("tiny", p_drop_source_pose=1.5)
+
+
+def test_min_snr_weights_follow_the_formula() -> None:
+    from posereid.models.sampling import min_snr_weights, training_scheduler
+
+    t = torch.tensor([0, 300, 999])
+    for kind in ("epsilon", "v_prediction"):
+        sched = training_scheduler(kind)
+        abar = sched.alphas_cumprod[t]
+        snr = abar / (1 - abar)
+        want = snr.clamp(max=5.0) / (snr if kind == "epsilon" else snr + 1)
+        torch.testing.assert_close(min_snr_weights(sched, t, 5.0), want.float())
+        assert min_snr_weights(sched, t, None) is None
+    # the weighting changes the loss, and gamma=inf with v-prediction weights by SNR/(SNR+1) < 1
+    torch.manual_seed(0)
+    plain = PIDMPipeline.from_preset("tiny", prediction_type="v_prediction")
+    torch.manual_seed(0)
+    weighted = PIDMPipeline.from_preset("tiny", prediction_type="v_prediction", snr_gamma=5.0)
+    args = (_images(2, 3), _images(2, 4), _pose(0.0, 2), _pose(3.0, 2))
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert (
+        weighted.training_loss(*args, generator=g()).item() < plain.training_loss(*args, generator=g()).item()
+    )
+
+
+@pytest.mark.parametrize("sampler", ["dpmsolver++", "ddim", "unipc", "euler", "ddpm"])
+def test_zero_terminal_snr_schedule_samples_with_every_sampler(sampler: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    m = PIDMPipeline.from_preset("tiny", prediction_type="v_prediction", rescale_betas_zero_snr=True).eval()
+    assert m.scheduler.alphas_cumprod[-1].item() < 1e-6  # the last training step is pure noise
+    out = m.generate(_images(2, 1), _pose(1.0, 2), _pose(0.0, 2), steps=3, sampler=sampler, seeds=[0, 1])
+    assert out.shape == (2, 3, H, W) and out.std() > 0.01
+    m.save_pretrained(tmp_path)
+    assert load_generator(tmp_path).scheduler.config.rescale_betas_zero_snr is True
+    with pytest.raises(ValueError, match="needs prediction_type='v_prediction'"):
+        PIDMPipeline.from_preset("tiny", rescale_betas_zero_snr=True)

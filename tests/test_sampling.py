@@ -152,7 +152,7 @@ def test_every_sampler_runs(model: PIDMPipeline, sampler: str) -> None:
     assert (out[0] - out[1]).abs().mean() > 0.01  # two seeds, two images
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "v_prediction+zero_snr"])
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_samplers_recover_the_data_with_an_oracle_denoiser(sampler: str, prediction_type: str) -> None:
     """With the exact ε/v of a one-image data set every sampler must land on that image.
@@ -160,7 +160,11 @@ def test_samplers_recover_the_data_with_an_oracle_denoiser(sampler: str, predict
     This checks the wiring a real model relies on: scheduler config, ``init_noise_sigma`` /
     ``scale_model_input`` (Euler), v-prediction and the per-sample noise path.
     """
-    train = DDPMScheduler(beta_start=1e-4, beta_end=2e-2, prediction_type=prediction_type, clip_sample=False)
+    prediction_type, _, zero_snr = prediction_type.partition("+")
+    train = DDPMScheduler(
+        beta_start=1e-4, beta_end=2e-2, prediction_type=prediction_type, clip_sample=False,
+        rescale_betas_zero_snr=bool(zero_snr),
+    )  # fmt: skip
     abar = train.alphas_cumprod
     target = torch.linspace(-0.8, 0.8, 2 * 3 * 8 * 4).view(2, 3, 8, 4)
 

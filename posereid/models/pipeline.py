@@ -31,6 +31,7 @@ from posereid.models.checkpoint import (
 from posereid.models.pose import NUM_KEYPOINTS, render_pose_maps
 from posereid.models.sampling import (
     LEGACY_SCHEDULE_KEYS,
+    SCHEDULE_KEYS,
     NonFiniteSampleError,
     make_generators,
     training_scheduler,
@@ -77,7 +78,7 @@ class GeneratorPipeline(nn.Module):
     model_class: ClassVar[type[ModelMixin]]
     PRESETS: ClassVar[dict[str, dict]] = {}
     #: config fields that belong to the noise schedule, not the model (``from_preset`` routes them)
-    SCHEDULE_KEYS: ClassVar[tuple[str, ...]] = LEGACY_SCHEDULE_KEYS
+    SCHEDULE_KEYS: ClassVar[tuple[str, ...]] = SCHEDULE_KEYS
 
     def __init__(self, model: ModelMixin, scheduler: DDPMScheduler | None = None) -> None:
         super().__init__()

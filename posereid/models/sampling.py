@@ -49,6 +49,8 @@ TimestepSampling = Literal["uniform", "cubic"]
 
 #: the noise-schedule fields a pre-scheduler checkpoint kept in its model config.json
 LEGACY_SCHEDULE_KEYS = ("prediction_type", "num_train_timesteps", "beta_schedule")
+#: every noise-schedule field a preset or a command may set (they go to the scheduler, not the model)
+SCHEDULE_KEYS = (*LEGACY_SCHEDULE_KEYS, "rescale_betas_zero_snr")
 
 
 class NonFiniteSampleError(FloatingPointError):
@@ -63,8 +65,15 @@ def training_scheduler(
 ) -> DDPMScheduler:
     """The training noise schedule (PIDM's: linear betas 1e-4..2e-2, T = 1000), a diffusers ``DDPMScheduler``.
 
-    It is saved beside the weights (``scheduler_config.json``); samplers are built from its config.
+    It is saved beside the weights (``scheduler_config.json``); samplers are built from its config, so
+    ``rescale_betas_zero_snr=True`` (zero terminal SNR, Lin et al. 2024: the last step is pure noise, as
+    at sampling time) reaches every sampler too. Zero terminal SNR needs ``v_prediction`` (ε is undefined
+    at SNR 0).
     """
+    if overrides.get("rescale_betas_zero_snr") and prediction_type == "epsilon":
+        raise ValueError(
+            "rescale_betas_zero_snr needs prediction_type='v_prediction' (ε is undefined at SNR 0)"
+        )
     if prediction_type not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(
             f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}"
@@ -95,6 +104,43 @@ def sample_timesteps(
     if mode == "cubic":
         u = 1.0 - u**3
     return (u * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+
+
+def min_snr_weights(
+    scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None
+) -> torch.Tensor | None:
+    """Min-SNR-γ loss weights per sample (Hang et al. 2023): ``min(SNR, γ) / SNR`` for ε, ``/(SNR + 1)`` for v,
+    1 for x0; ``None`` when ``gamma`` is ``None`` (plain MSE). SNR from diffusers' ``compute_snr``."""
+    if gamma is None:
+        return None
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps.to(scheduler.alphas_cumprod.device)).to(timesteps.device).float()
+    clipped = torch.clamp(snr, max=float(gamma))
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return clipped / snr.clamp(min=1e-8)
+    if kind == "v_prediction":
+        return clipped / (snr + 1.0)
+    return torch.ones_like(snr)
+
+
+def diffusion_loss(
+    scheduler: DDPMScheduler,
+    prediction: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    *,
+    snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """MSE between the network output and :func:`diffusion_target`, optionally min-SNR-γ weighted."""
+    target = diffusion_target(scheduler, x0, noise, timesteps).float()
+    weights = min_snr_weights(scheduler, timesteps, snr_gamma)
+    if weights is None:
+        return torch.nn.functional.mse_loss(prediction.float(), target)
+    per_sample = ((prediction.float() - target) ** 2).flatten(1).mean(1)
+    return (per_sample * weights).mean()
 
 
 def diffusion_target(
@@ -219,7 +265,10 @@ __all__ = [
     "SAMPLERS",
     "NonFiniteSampleError",
     "TimestepSampling",
+    "SCHEDULE_KEYS",
+    "diffusion_loss",
     "diffusion_target",
+    "min_snr_weights",
     "sample_timesteps",
     "training_scheduler",
     "SamplerName",

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from posereid.models.io_utils import atomic_save, atomic_write, is_temp_file
+from posereid.models.locks import LOCK_NAME, output_lock
 from posereid.models.pose import skeleton_tensor
 from posereid.models.training_data import ImageLoadError, PosePairDataset, PoseRecord, _StepBatchSampler
 
@@ -436,6 +437,9 @@ def train_generator(
     A step whose loss (or gradient norm) is non-finite makes no update and is counted; more than
     ``config.max_nonfinite_in_row`` in a row raise :class:`NonFiniteLossError`. When
     ``config.max_minutes`` runs out the call checkpoints and returns with ``out_of_time=True``.
+    While it runs, the main process holds the lock ``output_dir/.lock`` (:mod:`posereid.models.locks`): a
+    second call on the same ``output_dir`` raises :class:`~posereid.models.locks.OutputLockedError`
+    naming the first.
     """
     t_start = _clock()
     out, cfg = Path(output_dir), config
@@ -443,6 +447,27 @@ def train_generator(
     if size != dataset.image_size:
         raise ValueError(f"dataset image_size {dataset.image_size} differs from the model's {size}")
     tr = _Trainer(model, cfg, out)
+    # one run per output folder, held by the main process (the other ranks are the same run)
+    lock = (
+        output_lock(out, LOCK_NAME, what="posereid train-generator")
+        if tr.acc.is_main_process
+        else contextlib.nullcontext()
+    )
+    with lock:
+        return _train_locked(tr, dataset, cfg, out, resume=resume, progress=progress, t_start=t_start)
+
+
+def _train_locked(
+    tr: _Trainer,
+    dataset: PosePairDataset,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    t_start: float,
+) -> TrainResult:
+    """The body of :func:`train_generator`, run while its main process holds the output's lock."""
     acc, main = tr.acc, tr.acc.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)

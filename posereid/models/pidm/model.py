@@ -60,6 +60,10 @@ class PIDMModel(ModelMixin, ConfigMixin):
         appearance_use_pose: feed the source pose maps to the appearance encoder too.
         timestep_sampling: training timesteps ``"uniform"`` or ``"cubic"`` (t = (1 − u³)·T, CFLD).
         p_drop_pose, p_drop_appearance: independent training condition-dropout rates (for guidance).
+        p_drop_source_pose: training rate of empty source pose maps for the appearance encoder, so that
+            sampling without source keypoints (augment batches, unannotated sources) is not out of
+            distribution (0: always fed, as before).
+        snr_gamma: min-SNR-γ loss weighting (None: plain MSE).
         pose_sigma: Gaussian width of pose maps in pixels (None: 2.5 % of the height).
         backbone_path: local directory of a ``transformers`` vision model adding appearance tokens.
     """
@@ -83,6 +87,8 @@ class PIDMModel(ModelMixin, ConfigMixin):
         timestep_sampling: Literal["uniform", "cubic"] = "uniform",
         p_drop_pose: float = 0.1,
         p_drop_appearance: float = 0.1,
+        p_drop_source_pose: float = 0.0,
+        snr_gamma: float | None = None,
         pose_sigma: float | None = None,
         backbone_path: str | None = None,
     ) -> None:
@@ -94,9 +100,15 @@ class PIDMModel(ModelMixin, ConfigMixin):
             raise ValueError(f"attention_levels has {len(attn)} entries for {len(chans)} block_out_channels")
         if timestep_sampling not in ("uniform", "cubic"):
             raise ValueError(f"timestep_sampling must be 'uniform' or 'cubic', got {timestep_sampling!r}")
-        for name, p in (("p_drop_pose", p_drop_pose), ("p_drop_appearance", p_drop_appearance)):
+        for name, p in (
+            ("p_drop_pose", p_drop_pose),
+            ("p_drop_appearance", p_drop_appearance),
+            ("p_drop_source_pose", p_drop_source_pose),
+        ):
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
+        if snr_gamma is not None and not float(snr_gamma) > 0:
+            raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma}")
         factor = 2 ** (len(chans) - 1)
         if h % factor or w % factor:
             raise ValueError(

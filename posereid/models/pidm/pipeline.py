@@ -12,14 +12,13 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from posereid.models.guidance import GuidanceFormula, condition_dropout, guided_denoiser
 from posereid.models.pidm.model import PIDMModel
 from posereid.models.pipeline import GeneratorPipeline, autocast_context
 from posereid.models.sampling import (
     SamplerName,
-    diffusion_target,
+    diffusion_loss,
     initial_noise,
     make_sampler,
     sample_loop,
@@ -67,13 +66,22 @@ class PIDMPipeline(GeneratorPipeline):
     }  # fmt: skip
 
     # ------------------------------------------------------------------ conditioning
-    def encode_appearance(self, source: torch.Tensor, source_kps: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_appearance(
+        self,
+        source: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        drop_source_pose: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Appearance tokens of ``source`` ``(B, 3, H, W)`` in ``[0, 1]``; ``source_kps`` feeds the source
-        pose maps when the model uses them (``None``: empty maps)."""
+        pose maps when the model uses them (``None``: empty maps; so do the samples flagged in the
+        ``(B,)`` bool mask ``drop_source_pose``)."""
         self.check_images(source, "source")
         maps = None
         if self.model.config.appearance_use_pose and source_kps is not None:
             maps = self.pose_maps(source_kps, batch=source.shape[0])
+            if drop_source_pose is not None:
+                maps = maps * (~drop_source_pose).to(maps.dtype).view(-1, 1, 1, 1)
         return self.model.encode_appearance(source, maps)
 
     # ------------------------------------------------------------------ training
@@ -94,7 +102,11 @@ class PIDMPipeline(GeneratorPipeline):
         self.check_images(target, "target")
         cfg, dev, b = self.model.config, self.device, target.shape[0]
         x0 = target.to(dev, torch.float32) * 2.0 - 1.0
-        tokens = self.encode_appearance(source, source_kps)
+        rand_dev = generator.device if generator is not None else dev
+        drop_src = None
+        if cfg.p_drop_source_pose > 0:  # drawn only when used, so older recipes draw the same numbers
+            drop_src = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_source_pose
+        tokens = self.encode_appearance(source, source_kps, drop_source_pose=drop_src)
         t = sample_timesteps(
             b,
             self.scheduler.config.num_train_timesteps,
@@ -104,14 +116,13 @@ class PIDMPipeline(GeneratorPipeline):
         )
         noise = initial_noise(x0.shape, generator, dev)
         noisy = self.scheduler.add_noise(x0, noise, t)
-        rand_dev = generator.device if generator is not None else dev
         drop_pose = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_pose
         drop_app = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_appearance
         pose = self.pose_maps(target_kps, batch=b)
         null = self.model.null_tokens(b, tokens.shape[1]).to(tokens.dtype)
         pose, tokens = condition_dropout(pose, tokens, torch.zeros_like(pose), null, drop_pose, drop_app)
         out = self.model(noisy, t, pose, tokens)
-        return F.mse_loss(out.float(), diffusion_target(self.scheduler, x0, noise, t).float())
+        return diffusion_loss(self.scheduler, out, x0, noise, t, snr_gamma=cfg.snr_gamma)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

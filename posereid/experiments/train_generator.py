@@ -68,6 +68,17 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
         choices=("epsilon", "v_prediction"),
         help="override the preset's prediction target (v_prediction learns faster at small scale)",
     )
+    p(
+        "--zero-snr",
+        action="store_true",
+        help="zero terminal SNR schedule (needs --prediction-type v_prediction)",
+    )
+    p("--snr-gamma", type=positive_float, help="min-SNR-gamma loss weighting, e.g. 5 (default: plain MSE)")
+    p(
+        "--p-drop-source-pose",
+        type=finite_float,
+        help="share of training samples whose appearance encoder gets no source pose (default: the preset's)",
+    )
     p("--init", type=Path, help="start from this generator directory (fine-tuning) instead of a preset")
     p("--out", required=True, type=Path, help="output directory (checkpoints, samples, log, final/)")
     p("--steps", type=positive_int, default=d.steps)
@@ -143,6 +154,12 @@ def run_train_generator(args: argparse.Namespace) -> int:
         overrides: dict = {"image_size": tuple(args.image_size)} if args.image_size else {}
         if args.prediction_type:
             overrides["prediction_type"] = args.prediction_type
+        if args.zero_snr:
+            overrides["rescale_betas_zero_snr"] = True
+        if args.snr_gamma is not None:
+            overrides["snr_gamma"] = args.snr_gamma
+        if args.p_drop_source_pose is not None:
+            overrides["p_drop_source_pose"] = args.p_drop_source_pose
         model = pipeline.from_preset(args.preset, **overrides)
     pairs = read_pairs_csv(args.pairs) if args.pairs else None
     dataset = PosePairDataset(

@@ -131,8 +131,8 @@ def test_folder_bad_names_strict_and_lenient(tmp_path):
     bad = tmp_path / SPLIT_DIRS["train"] / "holiday_photo.jpg"
     Image.fromarray(_person()).save(bad)
     with pytest.raises(MarketFormatError, match="holiday_photo.jpg"):
-        Market1501(tmp_path)
-    ds = Market1501(tmp_path, strict=False)
+        Market1501(tmp_path, strict=True)
+    ds = Market1501(tmp_path)  # the default batch policy: skipped and counted
     assert len(ds.train) == 1 and ds.skipped["train"] == 1
     assert ds.summary()["train"]["skipped"] == 1
 

@@ -172,9 +172,9 @@ def test_corrupt_jpeg_rejected_up_front_without_hanging(market):
     bad.write_bytes(good_bytes[: len(good_bytes) // 3])  # truncated JPEG
     with time_limit(20):
         with pytest.raises(ImageReadError, match="0008_c4s1_000000_01.jpg"):
-            scan_reid_lists(market)
-        lists = scan_reid_lists(market, on_corrupt="skip")
-    assert lists.skipped["corrupt"] == 1
+            scan_reid_lists(market, strict=True)
+        lists = scan_reid_lists(market)  # the default batch policy: skipped and counted
+    assert lists.skipped["corrupt"] == 1 and lists.skipped["stray_file"] == 0
     assert str(bad) not in {p for p, *_ in lists.gallery} and len(lists.gallery) == 9
     # a file that goes bad after the scan raises at read time instead of looping like read_image
     ds = PosereidMarketDataset(lists=lists, mode="gallery")

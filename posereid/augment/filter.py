@@ -17,6 +17,12 @@ again. Manifest names are untrusted: a name that is not a plain file name, or a 
 the folder, stops the run before anything is read or moved, with an error naming the manifest, the line
 and the name.
 
+An unreadable image (a generated one, or a real reference image) follows the batch policy of every
+command (:class:`~posereid.reid_integration.market1501.BadInputPolicy`): it is skipped (a generated one
+is neither scored, moved nor its manifest line changed), counted in :class:`FilterSummary` and the printed
+summary; with ``--strict`` (``strict=True``) the run stops at the first one with an error naming it,
+before anything is moved or rewritten.
+
 The feature extractor is any callable ``images (B, 3, H, W) float in [0, 1] -> (B, D) features``; the
 command loads :class:`posereid.reid_integration.torchreid_plugin.ReidFeatureExtractor` from a local
 re-ID checkpoint.
@@ -29,6 +35,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,9 +54,17 @@ from posereid.augment.manifest import (
     write_manifest_file,
 )
 from posereid.models.images import pil_to_tensor01
+from posereid.models.locks import FILTER_LOCK_NAME, output_lock
 from posereid.models.runtime import resolve_device
 from posereid.reid_integration.evaluate import IdentityCentroids
-from posereid.reid_integration.market1501 import Market1501, load_image, safe_child
+from posereid.reid_integration.market1501 import (
+    BadInputPolicy,
+    ImageReadError,
+    Market1501,
+    add_strict_arg,
+    load_image,
+    safe_child,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +87,8 @@ class FilterSummary:
     restored: int = 0
     missing_images: int = 0
     unlisted_images: int = 0
+    unreadable_images: int = 0  # generated images that cannot be decoded: skipped, not scored
+    skipped_references: int = 0  # real train images skipped (unreadable, stray file in the folder)
     threshold: float | None = None
     score: str = "similarity"
     mean_similarity: float | None = None
@@ -120,6 +137,9 @@ class IdentityFilter:
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size = int(batch_size)
         self.reference: IdentityCentroids | None = None
+        #: real images :meth:`fit` / :meth:`fit_market` skipped (unreadable, stray entries), and why.
+        self.skipped_references = 0
+        self.reference_errors: list[str] = []
 
     @property
     def pids(self) -> np.ndarray | None:
@@ -144,33 +164,64 @@ class IdentityFilter:
             outs.append(TF.normalize(f, dim=1))
         return torch.cat(outs) if outs else torch.zeros(0, 0)
 
+    def readable_features(
+        self, paths: Sequence[str | os.PathLike[str]], bad: BadInputPolicy, *, desc: str = "features"
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Features of the readable files among ``paths`` and their indices in ``paths``; an unreadable
+        file goes to ``bad`` (skipped and counted, or raised naming it when ``bad.strict``)."""
+        outs, kept = [], []
+        for i in tqdm(range(0, len(paths), self.batch_size), desc=desc, unit="batch", leave=False):
+            ims = []
+            for j in range(i, min(i + self.batch_size, len(paths))):
+                try:
+                    ims.append(load_image(paths[j], size=self.image_size))
+                except ImageReadError as exc:
+                    bad.skip_or_raise(exc)
+                    continue
+                kept.append(j)
+            if ims:
+                outs.append(self.features(ims))
+        return (torch.cat(outs) if outs else torch.zeros(0, 0)), kept
+
     def path_features(
         self, paths: Sequence[str | os.PathLike[str]], *, desc: str = "features"
     ) -> torch.Tensor:
         """Features of image files (loaded in batches; an unreadable file raises naming it)."""
-        outs = []
-        for i in tqdm(range(0, len(paths), self.batch_size), desc=desc, unit="batch", leave=False):
-            ims = [load_image(p, size=self.image_size) for p in paths[i : i + self.batch_size]]
-            outs.append(self.features(ims))
-        return torch.cat(outs) if outs else torch.zeros(0, 0)
+        return self.readable_features(paths, BadInputPolicy(strict=True), desc=desc)[0]
 
     # ------------------------------------------------------------------ centroids
-    def fit(self, paths: Sequence[str | os.PathLike[str]], pids: Sequence[int]) -> IdentityFilter:
-        """Compute one centroid per identity from real images (paths and their pids)."""
+    def fit(
+        self, paths: Sequence[str | os.PathLike[str]], pids: Sequence[int], *, strict: bool = False
+    ) -> IdentityFilter:
+        """Compute one centroid per identity from real images (paths and their pids).
+
+        An unreadable image is skipped and counted in :attr:`skipped_references` (``strict``: raised)."""
         if len(paths) != len(pids) or not paths:
             raise FilterError(
                 f"fit needs matching non-empty paths and pids, got {len(paths)} and {len(pids)}"
             )
-        feats = self.path_features(paths, desc="real centroids")
-        self.set_centroids_from_features(feats, pids)
+        bad = BadInputPolicy(strict)
+        feats, kept = self.readable_features(paths, bad, desc="real centroids")
+        bad.warn("real reference images", logger)
+        self.skipped_references += bad.skipped
+        self.reference_errors.extend(bad.errors)
+        if not kept:
+            raise FilterError(f"none of the {len(paths)} real reference images could be read")
+        self.set_centroids_from_features(feats, [pids[j] for j in kept])
         return self
 
-    def fit_market(self, market_root: str | os.PathLike[str]) -> IdentityFilter:
-        """Centroids of the real ``bounding_box_train`` images of a Market-1501 folder (pids > 0)."""
-        recs = [r for r in Market1501(market_root).train if r.pid > 0]
+    def fit_market(self, market_root: str | os.PathLike[str], *, strict: bool = False) -> IdentityFilter:
+        """Centroids of the real ``bounding_box_train`` images of a Market-1501 folder (pids > 0).
+
+        Stray entries of the folder and unreadable images are skipped and counted in
+        :attr:`skipped_references` (``strict``: the first one raises, naming the file)."""
+        market = Market1501(market_root, strict=strict)
+        self.skipped_references += market.skipped["train"]
+        self.reference_errors.extend(market.errors)
+        recs = [r for r in market.train if r.pid > 0]
         if not recs:
             raise FilterError(f"{market_root}: no real train image with a pid > 0 to build centroids from")
-        return self.fit([r.path for r in recs], [r.pid for r in recs])
+        return self.fit([r.path for r in recs], [r.pid for r in recs], strict=strict)
 
     def set_centroids_from_features(self, features: torch.Tensor, pids: Sequence[int]) -> None:
         """Centroids from real-image features and their pids (pids ≤ 0, junk and distractors, make none)."""
@@ -244,13 +295,49 @@ def filter_folder(
     keep_top: float | None = None,
     score: ScoreName = "similarity",
     mode: Literal["move", "manifest-only"] = "move",
+    strict: bool = False,
 ) -> FilterSummary:
     """Score every generated image listed in the manifest(s) of ``gen_dir`` and apply the decision.
 
     Centroids come from the real train images of ``market_root`` unless ``identity_filter`` already has
     some. ``mode="move"`` moves rejected images to ``gen_dir/rejected/`` (and kept ones back);
-    ``"manifest-only"`` only records the scores and the ``kept`` flag.
+    ``"manifest-only"`` only records the scores and the ``kept`` flag. An unreadable image (generated or
+    real) is skipped and counted in the summary; ``strict=True`` raises at the first one, naming it,
+    before anything is moved or rewritten.
+
+    The run holds the lock ``gen_dir/.filter.lock`` (:mod:`posereid.models.locks`): a second ``filter`` on
+    the same folder raises :class:`~posereid.models.locks.OutputLockedError` naming the first.
     """
+    gen_dir = Path(gen_dir)
+    # one filter per folder; a missing folder gets no lock (and the error from the body, not a new folder)
+    lock = (
+        output_lock(gen_dir, FILTER_LOCK_NAME, what="posereid filter") if gen_dir.is_dir() else nullcontext()
+    )
+    with lock:
+        return _filter_folder(
+            gen_dir,
+            market_root,
+            identity_filter,
+            threshold=threshold,
+            keep_top=keep_top,
+            score=score,
+            mode=mode,
+            strict=strict,
+        )
+
+
+def _filter_folder(
+    gen_dir: str | os.PathLike[str],
+    market_root: str | os.PathLike[str],
+    identity_filter: IdentityFilter,
+    *,
+    threshold: float | None = None,
+    keep_top: float | None = None,
+    score: ScoreName = "similarity",
+    mode: Literal["move", "manifest-only"] = "move",
+    strict: bool = False,
+) -> FilterSummary:
+    """The body of :func:`filter_folder`, run while holding the folder's filter lock."""
     if score not in ("similarity", "margin"):
         raise FilterError(f"score must be 'similarity' or 'margin', got {score!r}")
     if mode not in ("move", "manifest-only"):
@@ -291,7 +378,8 @@ def filter_folder(
         )
 
     if identity_filter.centroids is None:
-        identity_filter.fit_market(market_root)
+        identity_filter.fit_market(market_root, strict=strict)
+    summary.skipped_references = identity_filter.skipped_references
     pids = [int(part_entries[part][i]["source_pid"]) for part, i, _ in located]
     known = {int(p) for p in identity_filter.pids}
     for (part, i, _), pid in zip(located, pids):
@@ -300,7 +388,11 @@ def filter_folder(
                 f"{part}: {part_entries[part][i]['name']} has source_pid {pid}, which has no real train image "
                 f"in {market_root} (synthetic images must keep a real identity's pid)"
             )
-    feats = identity_filter.path_features([f for _, _, f in located], desc="generated")
+    bad = BadInputPolicy(strict)
+    feats, readable = identity_filter.readable_features([f for _, _, f in located], bad, desc="generated")
+    bad.warn(f"{gen_dir}: generated images", logger)
+    summary.unreadable_images = bad.skipped  # skipped: not scored, not moved, manifest line unchanged
+    located, pids = [located[j] for j in readable], [pids[j] for j in readable]
     sim, margin = identity_filter.score_features(feats, pids) if located else (np.zeros(0), np.zeros(0))
     keep, summary.threshold = select(
         sim if score == "similarity" else margin, threshold=threshold, keep_top=keep_top
@@ -362,6 +454,7 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
         metavar=("H", "W"),
         help="size images are batched at (the re-ID model then resizes to its input size)",
     )
+    add_strict_arg(parser)
 
 
 def run_filter(args: argparse.Namespace) -> int:
@@ -375,11 +468,14 @@ def run_filter(args: argparse.Namespace) -> int:
         keep_top=args.keep_top,
         score=args.score,
         mode=args.mode,
+        strict=args.strict,
     )
     print(
         f"scored {summary.scored}: kept {summary.kept}, rejected {summary.rejected} "
         f"(threshold {summary.threshold}, moved {summary.moved_to_rejected}, restored {summary.restored}, "
-        f"missing {summary.missing_images}, unlisted {summary.unlisted_images})"
+        f"missing {summary.missing_images}, unlisted {summary.unlisted_images}); skipped "
+        f"{summary.unreadable_images} unreadable generated image(s) and {summary.skipped_references} "
+        "real reference image(s)"
     )
     return 0
 

@@ -22,6 +22,9 @@ or annotated images of mixed sizes without an explicit frame, stop the run with 
 
 **Shards.** ``shard=(i, n)`` takes the items with ``index % n == i`` and appends to
 ``manifest.shard-i-of-n.jsonl``; shards can run at the same time on one folder (one process per shard).
+Each run holds its shard's lock ``OUT/.lock-shard-i-of-n`` (:mod:`posereid.models.locks`) while it works:
+a second run of the same shard on the same folder, on this host or another sharing the disk, stops at once
+naming the first; a killed run's lock is taken over by the next run.
 Under ``accelerate launch`` the shard defaults to ``(process_index, num_processes)``.
 :func:`read_manifest` reads all parts.
 """
@@ -67,14 +70,17 @@ from posereid.augment.manifest import (
 from posereid.augment.pose_bank import SAMPLINGS, PoseBank
 from posereid.models.images import pil_to_tensor01, tensor01_to_pil
 from posereid.models.io_utils import atomic_save, atomic_write
+from posereid.models.locks import output_lock, shard_lock_name
 from posereid.models.pose import missing_pose, resize_keypoints, skeleton_tensor
 from posereid.models.sampling import SAMPLERS
 from posereid.reid_integration.market1501 import (
+    BadInputPolicy,
     ImageReadError,
     Market1501,
     MarketFormatError,
     MarketRecord,
     add_annotation_size_arg,
+    add_strict_arg,
     image_size_problem,
     load_annotations,
     load_image,
@@ -160,26 +166,32 @@ class _Prepared:
 class _Run:
     """The per-run context of :func:`generate_offline`: loads sources, writes images and manifest lines."""
 
-    def __init__(self, generator, sources, ann, annotation_hw, bank, sampling, seed, summary) -> None:
+    def __init__(self, generator, sources, ann, annotation_hw, bank, sampling, seed, summary, bad) -> None:
         self.sources, self.ann, self.annotation_hw = sources, ann, annotation_hw
         self.bank, self.sampling, self.seed, self.summary = bank, sampling, seed, summary
+        self.bad: BadInputPolicy = bad
         self.gen_hw = tuple(int(v) for v in generator.image_size)
         self.device = torch.device(generator.device)
 
     def prepare(self, items: Sequence[PlanItem]) -> list[_Prepared]:
-        """Load the sources of ``items`` (an unreadable one is counted, logged and skipped)."""
+        """Load the sources of ``items`` (an unreadable one is counted, logged and skipped; with
+        ``strict`` it raises, naming the file)."""
         out = []
         for it in items:
             rec = self.sources[it.source_index]
             try:
                 im = load_image(rec.path)
             except ImageReadError as exc:
+                self.bad.skip_or_raise(exc, "unreadable source image(s)")
                 self.summary.failed_items += 1
                 self.summary.failures.append(str(exc))
                 logger.warning("skipping %s: %s", it.name, exc)
                 continue
             problem = image_size_problem((im.height, im.width), self.annotation_hw or self.gen_hw)
             if problem is not None:
+                self.bad.skip_or_raise(
+                    ImageReadError(f"{rec.path}: {problem}"), "source image(s) of a bad size"
+                )
                 self.summary.failed_items += 1
                 self.summary.failures.append(f"{rec.path}: {problem}")
                 logger.warning("skipping %s: %s: %s", it.name, rec.path, problem)
@@ -235,6 +247,7 @@ def generate_offline(
     grid_items: int = 8,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> GenerateSummary:
     """Generate ``per_image`` synthetic images per real train image into ``out_dir`` (resumable).
 
@@ -256,6 +269,8 @@ def generate_offline(
         filter_score: ``similarity`` or ``margin`` (what the threshold applies to).
         out_size: ``(H, W)`` of the written images (default: the source image's size).
         grid_items: rows of the ``samples*.png`` grid (source | target skeleton | generated); 0 = none.
+        strict: stop at the first unreadable source image (or stray file in ``market_root``) with an
+            error naming it, instead of skipping it and counting it in ``failed_items`` (the default).
     """
     t_start = time.perf_counter()
     if per_image < 1:
@@ -271,7 +286,7 @@ def generate_offline(
     part = out_dir / manifest_part_name(shard)
     summary = GenerateSummary(shard=f"{shard[0]}/{shard[1]}", manifest=str(part))
 
-    market = Market1501(market_root)
+    market = Market1501(market_root, strict=strict)
     sources: list[MarketRecord] = [r for r in market.train if r.pid > 0]
     if not sources:
         raise ValueError(f"{market.root}: no train image with a pid > 0 to generate from")
@@ -307,67 +322,75 @@ def generate_offline(
         "filter_threshold": None if filter_threshold is None else float(filter_threshold),
         "filter_score": filter_score,
     }  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / TRAIN_DIR).mkdir(exist_ok=True)
-    check_run_config(out_dir, config)
+    # one process per shard and folder: a second run of this shard stops here, naming the first
+    with output_lock(
+        out_dir,
+        shard_lock_name(shard),
+        what="posereid generate",
+        advice="wait for it to finish, or use another --out or --shard",
+    ):
+        (out_dir / TRAIN_DIR).mkdir(exist_ok=True)
+        check_run_config(out_dir, config)
 
-    done = reconcile(out_dir, part, {it.name for it in mine}, summary)
-    pending = [it for it in mine if it.name not in done]
-    summary.already_done = len(mine) - len(pending)
-    run = _Run(generator, sources, ann, frame, bank, sampling, int(seed), summary)
-    settings = {
-        "generator_sha256": gen_hash,
-        "steps": int(steps),
-        "sampler": sampler,
-        "guidance": [float(guidance[0]), float(guidance[1])],
-        "sampling": sampling,
-    }
-    grid_rows: list[torch.Tensor] = []
-    bar = tqdm(total=len(pending), desc=f"generate {summary.shard}", unit="img", disable=not progress)
-    for start in range(0, len(pending), batch_size):
-        chunk = pending[start : start + batch_size]
-        batch = run.prepare(chunk)
-        if batch:
-            src = torch.stack([b.source for b in batch]).to(run.device)
-            targets = bank.get([b.pose_index for b in batch], size=run.gen_hw)
-            images = generator.generate(
-                src,
-                torch.from_numpy(targets).to(run.device),
-                torch.from_numpy(np.stack([b.source_kps for b in batch])).to(run.device),
-                steps=steps,
-                sampler=sampler,
-                guidance=tuple(guidance),
-                seeds=[b.seed for b in batch],
-                autocast_dtype=autocast_dtype,
-            ).cpu()
-            sims = margins = None
-            if identity_filter is not None:
-                sims, margins = identity_filter.score(
-                    images, [sources[b.item.source_index].pid for b in batch]
-                )
-            for j, b in enumerate(batch):
-                score = (
-                    None if sims is None else float((sims if filter_score == "similarity" else margins)[j])
-                )
-                kept = filter_threshold is None or score is None or score >= filter_threshold
-                entry = {
-                    **settings,
-                    "filter_score": None if sims is None else round(float(sims[j]), 6),
-                    "filter_margin": None if margins is None else round(float(margins[j]), 6),
-                    "kept": bool(kept),
-                }
-                run.write(
-                    b, images[j], out_dir / (TRAIN_DIR if kept else REJECTED_DIR), part, entry, out_size
-                )
-            if len(grid_rows) < grid_items * 3:
-                skel = skeleton_tensor(targets, *run.gen_hw)
-                for j in range(len(batch)):
-                    grid_rows.extend([src[j].cpu(), skel[j], images[j]])
-                grid_rows = grid_rows[: grid_items * 3]
-        bar.update(len(chunk))
-    bar.close()
-    if grid_rows:
-        _save_grid(out_dir / f"samples{part.stem[len('manifest') :]}.png", grid_rows)
+        done = reconcile(out_dir, part, {it.name for it in mine}, summary)
+        pending = [it for it in mine if it.name not in done]
+        summary.already_done = len(mine) - len(pending)
+        run = _Run(generator, sources, ann, frame, bank, sampling, int(seed), summary, BadInputPolicy(strict))
+        settings = {
+            "generator_sha256": gen_hash,
+            "steps": int(steps),
+            "sampler": sampler,
+            "guidance": [float(guidance[0]), float(guidance[1])],
+            "sampling": sampling,
+        }
+        grid_rows: list[torch.Tensor] = []
+        bar = tqdm(total=len(pending), desc=f"generate {summary.shard}", unit="img", disable=not progress)
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            batch = run.prepare(chunk)
+            if batch:
+                src = torch.stack([b.source for b in batch]).to(run.device)
+                targets = bank.get([b.pose_index for b in batch], size=run.gen_hw)
+                images = generator.generate(
+                    src,
+                    torch.from_numpy(targets).to(run.device),
+                    torch.from_numpy(np.stack([b.source_kps for b in batch])).to(run.device),
+                    steps=steps,
+                    sampler=sampler,
+                    guidance=tuple(guidance),
+                    seeds=[b.seed for b in batch],
+                    autocast_dtype=autocast_dtype,
+                ).cpu()
+                sims = margins = None
+                if identity_filter is not None:
+                    sims, margins = identity_filter.score(
+                        images, [sources[b.item.source_index].pid for b in batch]
+                    )
+                for j, b in enumerate(batch):
+                    score = (
+                        None
+                        if sims is None
+                        else float((sims if filter_score == "similarity" else margins)[j])
+                    )
+                    kept = filter_threshold is None or score is None or score >= filter_threshold
+                    entry = {
+                        **settings,
+                        "filter_score": None if sims is None else round(float(sims[j]), 6),
+                        "filter_margin": None if margins is None else round(float(margins[j]), 6),
+                        "kept": bool(kept),
+                    }
+                    run.write(
+                        b, images[j], out_dir / (TRAIN_DIR if kept else REJECTED_DIR), part, entry, out_size
+                    )
+                if len(grid_rows) < grid_items * 3:
+                    skel = skeleton_tensor(targets, *run.gen_hw)
+                    for j in range(len(batch)):
+                        grid_rows.extend([src[j].cpu(), skel[j], images[j]])
+                    grid_rows = grid_rows[: grid_items * 3]
+            bar.update(len(chunk))
+        bar.close()
+        if grid_rows:
+            _save_grid(out_dir / f"samples{part.stem[len('manifest') :]}.png", grid_rows)
     summary.seconds = time.perf_counter() - t_start
     summary.images_per_s = summary.generated / summary.seconds if summary.seconds > 0 else 0.0
     logger.info("generate %s: %s", out_dir, {k: v for k, v in summary.as_dict().items() if k != "failures"})
@@ -417,6 +440,7 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_strict_arg(parser)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -437,7 +461,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.filter_checkpoint:
         from posereid.augment.filter import IdentityFilter, load_extractor
 
-        identity_filter = IdentityFilter(load_extractor(args.filter_checkpoint, device)).fit_market(args.data)
+        identity_filter = IdentityFilter(load_extractor(args.filter_checkpoint, device)).fit_market(
+            args.data, strict=args.strict
+        )
     summary = generate_offline(
         generator, args.data, args.annotations, args.out, per_image=args.per_image, pose_bank=bank,
         sampling=args.sampling, steps=args.steps, sampler=args.sampler,
@@ -446,7 +472,7 @@ def run_generate(args: argparse.Namespace) -> int:
         filter_score=args.filter_score, annotation_hw=args.annotation_size,
         out_size=tuple(args.out_size) if args.out_size else None,
         autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast],
-        progress=not args.no_progress,
+        progress=not args.no_progress, strict=args.strict,
     )  # fmt: skip
     print(
         f"shard {summary.shard}: {summary.generated} generated, {summary.already_done} already done, "

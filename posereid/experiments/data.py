@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from posereid.models.pose import resize_keypoints, visible_mask
 from posereid.reid_integration.market1501 import (
+    BadInputPolicy,
     ImageReadError,
     Market1501,
     PatnAnnotations,
@@ -42,19 +43,26 @@ class MarketSource:
     Args:
         root: the Market folder (anything :class:`Market1501` accepts).
         annotations: its PATN keypoint CSV, or ``None`` when the run needs none.
+        strict: stop at the first stray file of the folder (see :class:`Market1501`) instead of skipping
+            and counting it (the default batch policy).
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], annotations: str | os.PathLike[str] | None = None
+        self,
+        root: str | os.PathLike[str],
+        annotations: str | os.PathLike[str] | None = None,
+        *,
+        strict: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.strict = bool(strict)
         self.annotations = None if annotations is None else Path(annotations)
         self._patn: dict[tuple[tuple[int, int] | None, str], PatnAnnotations] = {}
 
     @functools.cached_property
     def market(self) -> Market1501:
         """The parsed folder (:class:`Market1501`), scanned on first access only."""
-        return Market1501(self.root)
+        return Market1501(self.root, strict=self.strict)
 
     def patn(
         self, *, image_hw: tuple[int, int] | None = None, on_error: Literal["raise", "skip"] = "raise"
@@ -77,21 +85,26 @@ def market_pose_records(
     *,
     min_joints: int = 7,
     annotation_size: tuple[int, int] | None = None,
+    strict: bool = False,
 ) -> list[PoseRecord]:
     """:class:`~posereid.models.training.PoseRecord` s for the train split; unusable images are skipped,
     counted and logged.
 
     ``data`` is a Market folder (with ``annotations``, its PATN CSV) or a :class:`MarketSource`, whose
-    already parsed folder and annotations are reused.
+    already parsed folder and annotations are reused. ``strict``: an unreadable image, a malformed or
+    out-of-frame annotation row or a stray file of the folder raises, naming the file (and line), instead
+    of being skipped and counted (the batch policy, :class:`BadInputPolicy`).
     """
     from posereid.models.training import PoseRecord
 
-    source = data if isinstance(data, MarketSource) else MarketSource(data, annotations)
+    source = data if isinstance(data, MarketSource) else MarketSource(data, annotations, strict=strict)
     market = source.market
     # the keypoints' frame comes from the data (or annotation_size); a row outside it is skipped, counted
+    on_error = "raise" if strict else "skip"
     ann, frame = load_annotations(
-        source.patn(on_error="skip"), market, frame=annotation_size, on_error="skip"
+        source.patn(on_error=on_error), market, frame=annotation_size, on_error=on_error
     )
+    bad = BadInputPolicy(strict)
     skipped: Counter[str] = Counter()
     records: list[PoseRecord] = []
     for rec in tqdm(market.train, desc="checking images", leave=False):
@@ -108,6 +121,7 @@ def market_pose_records(
         try:
             check_image(rec.path)
         except ImageReadError as exc:
+            bad.skip_or_raise(exc)
             skipped["unreadable image(s)"] += 1
             logger.warning("%s", exc)
             continue
@@ -115,6 +129,7 @@ def market_pose_records(
             hw = (im.height, im.width)
         problem = image_size_problem(hw, frame)
         if problem is not None:
+            bad.skip_or_raise(ImageReadError(f"{rec.path}: {problem}"), "image(s) of a bad size")
             skipped["image(s) of a size far from the keypoint frame"] += 1
             logger.warning("%s: %s", rec.path, problem)
             continue

@@ -26,6 +26,7 @@ from posereid.models.sampling import SAMPLERS
 from posereid.models.training import PosePairDataset, TrainConfig, train_generator
 from posereid.reid_integration.market1501 import (
     add_annotation_size_arg,
+    add_strict_arg,
     load_annotations,
     load_image,
     parse_hw,
@@ -114,6 +115,7 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     )
     p("--min-joints", type=non_negative_int, default=7, help="skip images with fewer visible keypoints")
     add_annotation_size_arg(parser)
+    add_strict_arg(parser)
     p("--singletons", default="skip", choices=("skip", "self"), help="identities with one image")
     p(
         "--resume",
@@ -131,7 +133,11 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
 
 def run_train_generator(args: argparse.Namespace) -> int:
     records = market_pose_records(
-        args.data, args.annotations, min_joints=args.min_joints, annotation_size=args.annotation_size
+        args.data,
+        args.annotations,
+        min_joints=args.min_joints,
+        annotation_size=args.annotation_size,
+        strict=args.strict,
     )
     if args.overwrite:
         for name in TRAIN_OUTPUTS:

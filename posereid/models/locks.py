@@ -135,7 +135,8 @@ class OutputLock:
         self.advice = advice
         self.timeout = float(timeout)
         self.error = error
-        self._lock = FileLock(str(self.lock_file))
+        # not thread-local: whichever thread releases it releases it (filelock's default is per thread)
+        self._lock = FileLock(str(self.lock_file), thread_local=False)
         self._held = False
 
     @property

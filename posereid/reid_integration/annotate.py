@@ -26,10 +26,11 @@ Runs are resumable, because annotating Market-1501 takes hours:
   image again: use it after changing the estimator's settings (e.g. ``--min-visibility``), which the
   files do not record. A reused file with rows for images that are not in the folder (an ``--out`` meant
   for another folder) is an error, never merged or silently dropped;
-* a second run on the same output stops at once with :class:`AnnotateLockedError`: runs hold the lock
-  file ``<out>.lock`` (:func:`lock_path`; a ``filelock.FileLock``, i.e. ``flock``, which NFS clients
-  carry across hosts sharing the disk). The lock dies with its process, so the run after a crash or a
-  ``kill -9`` takes it over at once; the file itself stays, as lock files do.
+* a second run on the same output stops at once with :class:`AnnotateLockedError`, naming the first run
+  (host, pid, command, start time): runs hold the lock file ``<out>.lock`` (:func:`lock_path`; the shared
+  output lock of :mod:`posereid.models.locks`, i.e. ``flock``, which NFS clients carry across hosts
+  sharing the disk). The lock dies with its process, so the run after a crash or a ``kill -9`` takes it
+  over at once; the file itself stays, as lock files do.
 """
 
 from __future__ import annotations
@@ -45,17 +46,19 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from posereid.models.io_utils import is_temp_file
+from posereid.models.locks import OutputLock, OutputLockedError
 from posereid.models.pose import visible_mask
 from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
 from posereid.reid_integration.market1501 import (
     IMAGE_EXTENSIONS,
     PATN_HEADER,
+    BadInputPolicy,
     ImageReadError,
     MarketFormatError,
+    add_strict_arg,
     format_patn_row,  # the PATN row format, shared so progress lines are the CSV's rows
     load_image,
     parse_patn_row,
@@ -69,8 +72,8 @@ logger = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".partial"
 
 
-class AnnotateLockedError(OSError):
-    """Another run holds the progress file of the same output CSV."""
+class AnnotateLockedError(OutputLockedError, OSError):
+    """Another run holds the progress file of the same output CSV (an ``OSError`` too, as before)."""
 
 
 @dataclass(frozen=True)
@@ -154,16 +157,6 @@ def lock_path(out_csv: str | os.PathLike[str]) -> Path:
     return out_csv.with_name(out_csv.name + ".lock")
 
 
-def _acquire(lock: FileLock, progress: Path) -> None:
-    """Take ``lock`` at once or raise :class:`AnnotateLockedError` (another run holds it)."""
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise AnnotateLockedError(
-            f"{progress} is locked ({lock.lock_file}): another `posereid annotate` is writing the same output"
-        ) from None
-
-
 class _Journal:
     """The append-only progress file: a PATN header, then one complete row per line.
 
@@ -178,8 +171,8 @@ class _Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         # held from before the progress file is opened until after it is closed (or deleted); the kernel
         # drops it when its process dies, so a killed run's lock never blocks the next one
-        self._lock = FileLock(lock)
-        _acquire(self._lock, path)
+        self._lock = OutputLock(lock, what="posereid annotate", subject=path, error=AnnotateLockedError)
+        self._lock.acquire()  # at once, or AnnotateLockedError naming the other run and the lock file
         try:
             self._fh: BinaryIO = open(path, "a+b")  # closed in close()
         except BaseException:
@@ -288,6 +281,7 @@ def annotate_folder(
     progress: bool = True,
     overwrite: bool = False,
     sync_every: int = 256,
+    strict: bool = False,
 ) -> AnnotateSummary:
     """Run a pose estimator over every image in ``folder`` and write a PATN CSV to ``out_csv``; resumable.
 
@@ -304,6 +298,8 @@ def annotate_folder(
         progress: show a tqdm bar.
         overwrite: delete ``out_csv`` and its progress file first and annotate every image again.
         sync_every: ``fsync`` the progress file after this many new rows (each row is flushed at once).
+        strict: stop at the first unreadable image or bad name (the rows so far stay in the progress
+            file) instead of skipping it and counting it in the summary (the default).
 
     Raises:
         MissingExtraError: no ``estimator`` given and mediapipe is not installed.
@@ -320,6 +316,7 @@ def annotate_folder(
     started = completed = False
     rows: dict[str, np.ndarray] = {}
     reused = unreadable = bad_names = 0
+    bad = BadInputPolicy(strict)
     start = time.perf_counter()
     try:
         journal = _Journal(
@@ -348,12 +345,14 @@ def annotate_folder(
         for path in tqdm(todo, desc="annotate", unit="img", disable=not progress):
             reason = _bad_name_reason(path.name)
             if reason is not None:
+                bad.skip_or_raise(MarketFormatError(f"{path}: {reason}"), "bad name(s)")
                 bad_names += 1
                 logger.warning("skipping %s: %s", path, reason)
                 continue
             try:
                 image = load_image(path)
             except ImageReadError as exc:
+                bad.skip_or_raise(exc, "unreadable image(s)")
                 unreadable += 1
                 logger.warning("skipping unreadable image: %s", exc)
                 continue
@@ -419,6 +418,7 @@ def add_annotate_args(parser: argparse.ArgumentParser) -> None:
         "(needed after changing --min-visibility)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_strict_arg(parser)
     parser.add_argument(
         "--min-visibility",
         type=float,
@@ -441,6 +441,7 @@ def run_annotate(args: argparse.Namespace) -> int:
             recursive=args.recursive,
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            strict=args.strict,
         )
     except (NotADirectoryError, MarketFormatError, AnnotateLockedError) as exc:
         print(f"posereid annotate: error: {exc}", file=sys.stderr)

@@ -22,12 +22,20 @@ of the images it annotates (:func:`annotation_frame`; images of mixed sizes are 
 given explicitly, e.g. by ``--annotation-size HxW``, :func:`add_annotation_size_arg`), and a keypoint
 outside that frame is an error naming the file and line, or a counted skip (:func:`load_annotations`) —
 never silently squeezed or dropped.
+
+**One bad input never stops a batch.** Every batch command (``annotate``, ``train-generator``,
+``generate``, ``filter``, ``train-reid``, ``evaluate-generator``) treats an unreadable image, a malformed
+row or a stray file (a non-Market name, a broken symlink or a symlink loop in a split folder) the same
+way, through :class:`BadInputPolicy`: skip it, count it, log one warning naming an example, and report
+the count in the command's summary; ``--strict`` (:func:`add_strict_arg`, one help text for every
+command) stops at the first one instead, with an error naming the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import logging
 import os
@@ -197,6 +205,87 @@ def safe_child(root: str | os.PathLike[str], name: object, *, source: str) -> Pa
 
 
 # --------------------------------------------------------------------------------------------------
+# Bad inputs in batch commands: skip, count and report, or stop (--strict)
+# --------------------------------------------------------------------------------------------------
+#: the help of ``--strict``, the same in every batch command.
+STRICT_HELP = (
+    "stop at the first unreadable image or malformed row (or stray file in a Market folder), with an "
+    "error naming the file, instead of skipping it, counting it and reporting the count in the summary "
+    "(the default)"
+)
+
+
+def add_strict_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--strict`` (:data:`STRICT_HELP`) to a batch command's parser."""
+    parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
+
+
+class BadInputPolicy:
+    """What a batch command does with one bad input, the same everywhere (see the module docstring).
+
+    Call :meth:`skip_or_raise` with the error of each bad input (an error that names the file, and the
+    line for a row): with ``strict`` it is raised at once; otherwise it is counted per ``kind``
+    (:attr:`counts`, :attr:`skipped`), its message kept (:attr:`errors`, the first ``max_errors``) and
+    logged at debug level. :meth:`warn` then logs one warning for the whole batch naming an example, and
+    the command puts :attr:`skipped` (or :meth:`describe`) in its summary.
+    """
+
+    def __init__(self, strict: bool = False, *, max_errors: int = 20) -> None:
+        self.strict = bool(strict)
+        self.max_errors = int(max_errors)
+        self.counts: dict[str, int] = {}
+        self.errors: list[str] = []
+
+    def skip_or_raise(self, exc: BaseException, kind: str = "unreadable image(s)") -> None:
+        """Raise ``exc`` if strict, else count it under ``kind`` and go on (the caller skips the input)."""
+        if self.strict:
+            raise exc
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append(str(exc))
+        logger.debug("skipping: %s", exc)
+
+    @property
+    def skipped(self) -> int:
+        """How many inputs were skipped."""
+        return sum(self.counts.values())
+
+    def describe(self) -> str:
+        """``"2 unreadable image(s), 1 file(s) with a bad name"``, or ``"none"``."""
+        return ", ".join(f"{n} {kind}" for kind, n in self.counts.items()) or "none"
+
+    def warn(self, where: str, log: logging.Logger | None = None) -> None:
+        """One warning for the batch (if anything was skipped), naming the first bad input."""
+        if self.skipped:
+            (log or logger).warning(
+                "%s: skipped %s (--strict stops at the first instead); e.g. %s",
+                where,
+                self.describe(),
+                self.errors[0],
+            )
+
+
+def _listed_file(entry: os.DirEntry, path: Path) -> bool:
+    """Whether a folder entry is a file to read: False for a folder; :class:`ImageReadError` naming the
+    entry for a broken symlink, a symlink loop or an entry that cannot be examined."""
+    try:
+        if entry.is_file():
+            return True
+        if entry.is_symlink():
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            raise ImageReadError(f"{path}: broken symbolic link (its target {target!r} does not exist)")
+        return False
+    except ImageReadError:
+        raise
+    except OSError as exc:  # is_file() follows symlinks and raises ELOOP / EACCES / …
+        what = "symbolic link loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise ImageReadError(f"{path}: cannot be read ({what})") from None
+
+
+# --------------------------------------------------------------------------------------------------
 # Folder parser
 # --------------------------------------------------------------------------------------------------
 def resolve_data_dir(root: str | os.PathLike[str]) -> Path:
@@ -218,17 +307,22 @@ class Market1501:
 
     Args:
         root: the data directory or a parent (see :func:`resolve_data_dir`).
-        strict: raise :class:`MarketFormatError` on an image file whose name is not a Market name; with
-            ``strict=False`` such files are logged and counted in :attr:`skipped` instead.
+        strict: the batch policy (:class:`BadInputPolicy`) for a stray entry in a split folder: an image
+            file whose name is not a Market name, a broken symlink, a symlink loop or an entry that cannot
+            be examined. By default it is skipped and counted in :attr:`skipped` (per split; the messages
+            in :attr:`errors`), with one warning per folder naming an example; ``strict=True`` raises
+            :class:`MarketFormatError` (bad name) or :class:`ImageReadError` (unreadable entry) naming
+            the file.
 
     Splits whose folder is absent are empty lists (``gt_bbox`` is often not shipped). Records are sorted
     by file name, so two parses of the same folder give the same order.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, strict: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, strict: bool = False) -> None:
         self.root = resolve_data_dir(root)
         self.strict = strict
         self.skipped: dict[str, int] = {}
+        self.errors: list[str] = []
         self.train: list[MarketRecord] = []
         self.query: list[MarketRecord] = []
         self.gallery: list[MarketRecord] = []
@@ -236,27 +330,36 @@ class Market1501:
         for split, folder in SPLIT_DIRS.items():
             setattr(self, split, self._scan(split, self.root / folder))
 
+    @property
+    def total_skipped(self) -> int:
+        """Entries skipped in all split folders."""
+        return sum(self.skipped.values())
+
     def _scan(self, split: str, folder: Path) -> list[MarketRecord]:
         self.skipped[split] = 0
         if not folder.is_dir():
             return []
+        bad = BadInputPolicy(self.strict)
         records: list[MarketRecord] = []
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if not entry.is_file() or is_temp_file(entry.name):
+            if is_temp_file(entry.name) or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                continue  # Thumbs.db, manifests, sub-folders, …
+            path = folder / entry.name
+            try:
+                if not _listed_file(entry, path):
+                    continue  # a folder named like an image
+            except ImageReadError as exc:
+                bad.skip_or_raise(exc, "unreadable entry(ies)")
                 continue
-            if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                continue  # Thumbs.db, manifests, …
             try:
                 pid, cam, seq, frame, bbox = parse_market_name(entry.name)
             except MarketFormatError as exc:
-                if self.strict:
-                    raise MarketFormatError(f"{folder / entry.name}: {exc}") from None
-                self.skipped[split] += 1
-                logger.warning("skipping %s: not a Market-1501 file name", folder / entry.name)
+                bad.skip_or_raise(MarketFormatError(f"{path}: {exc}"), "file(s) with a bad name")
                 continue
-            records.append(MarketRecord(folder / entry.name, pid, cam - 1, seq, frame, bbox, split))
-        if self.skipped[split]:
-            logger.warning("%s: skipped %d file(s) with bad names", folder, self.skipped[split])
+            records.append(MarketRecord(path, pid, cam - 1, seq, frame, bbox, split))
+        self.skipped[split] = bad.skipped
+        self.errors.extend(bad.errors)
+        bad.warn(str(folder))
         return records
 
     def split(self, name: str) -> list[MarketRecord]:
@@ -268,7 +371,7 @@ class Market1501:
     def summary(self) -> dict[str, dict[str, int]]:
         """Per split: ``images`` (all files, junk included), ``identities`` (distinct pids > 0),
         ``cameras`` (distinct cameras of non-junk images), ``junk`` (pid -1), ``distractors`` (pid 0) and
-        ``skipped`` (bad names with ``strict=False``).
+        ``skipped`` (stray entries skipped by the default, non-strict, scan).
 
         torchreid drops junk, so its count is ``images - junk`` and its pid count is ``identities`` plus
         one when there are distractors.
@@ -979,6 +1082,7 @@ class MarketWriter:
 
 
 __all__ = [
+    "BadInputPolicy",
     "IMAGE_EXTENSIONS",
     "ImageReadError",
     "Market1501",
@@ -989,8 +1093,10 @@ __all__ = [
     "PATN_FRAME",
     "RELEASE_DIR",
     "SPLIT_DIRS",
+    "STRICT_HELP",
     "UnsafeNameError",
     "add_annotation_size_arg",
+    "add_strict_arg",
     "annotation_frame",
     "check_file_name",
     "check_image",

@@ -39,7 +39,13 @@ from tqdm.auto import tqdm
 from posereid.models.images import pil_to_tensor01
 from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.models.runtime import resolve_device
-from posereid.reid_integration.market1501 import ImageReadError, Market1501, check_image, load_image
+from posereid.reid_integration.market1501 import (
+    BadInputPolicy,
+    ImageReadError,
+    Market1501,
+    check_image,
+    load_image,
+)
 
 with warnings.catch_warnings():
     # torchreid warns on import that its Cython evaluator is missing; posereid.evaluate replaces it
@@ -88,17 +94,17 @@ class ReidLists:
         return sum(item[0] in self.synthetic for item in self.train)
 
 
-def _check_all(paths: Sequence[str], on_corrupt: str, desc: str) -> set[str]:
-    """Decode every image; return the unreadable ones (``on_corrupt='skip'``) or raise on the first."""
+def _check_all(paths: Sequence[str], policy: BadInputPolicy, desc: str) -> set[str]:
+    """Decode every image; return the unreadable ones (skipped and counted by ``policy``, or it raises
+    on the first when strict)."""
     bad: set[str] = set()
     for path in tqdm(paths, desc=desc, unit="img", disable=len(paths) < 200, leave=False):
         try:
             check_image(path)
         except ImageReadError as exc:
-            if on_corrupt == "raise":
-                raise
-            logger.warning("skipping unreadable image: %s", exc)
+            policy.skip_or_raise(exc)
             bad.add(path)
+    policy.warn("re-ID images", logger)
     return bad
 
 
@@ -107,21 +113,29 @@ def scan_reid_lists(
     synthetic_dirs: Iterable[str | os.PathLike[str]] = (),
     *,
     check_images: bool = True,
-    on_corrupt: Literal["raise", "skip"] = "raise",
-    strict: bool = True,
+    on_corrupt: Literal["raise", "skip"] | None = None,
+    strict: bool = False,
 ) -> ReidLists:
     """Parse ``root`` (+ synthetic folders' ``bounding_box_train``) into :class:`ReidLists`.
 
     Junk (pid -1) and distractor (pid 0) images are kept out of train; junk is kept out of the gallery.
     A synthetic image must carry a pid of the real train split (its source identity), else
-    :class:`SyntheticPidError` names the file. With ``check_images`` every image is fully decoded first:
-    ``on_corrupt="raise"`` raises :class:`ImageReadError` naming the file, ``"skip"`` drops and counts it.
+    :class:`SyntheticPidError` names the file. With ``check_images`` every image is fully decoded first.
+    Bad inputs follow the batch policy (:class:`~posereid.reid_integration.market1501.BadInputPolicy`):
+    an unreadable image is dropped and counted (``skipped["corrupt"]``), a stray entry of a folder (bad
+    name, broken symlink) too (``skipped["stray_file"]``); ``strict=True`` raises at the first, naming
+    the file. ``on_corrupt`` (``"raise"`` / ``"skip"``) overrides ``strict`` for unreadable images only.
     """
-    if on_corrupt not in ("raise", "skip"):
+    if on_corrupt not in (None, "raise", "skip"):
         raise ValueError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
+    corrupt = BadInputPolicy(strict if on_corrupt is None else on_corrupt == "raise")
     market = Market1501(root, strict=strict)
     real = [r for r in market.train if r.pid > 0]
-    skipped = {"train_junk_or_distractor": len(market.train) - len(real), "corrupt": 0}
+    skipped = {
+        "train_junk_or_distractor": len(market.train) - len(real),
+        "corrupt": 0,
+        "stray_file": market.total_skipped,
+    }
     if not real:
         raise ValueError(f"{market.root}: the train split (bounding_box_train) has no identity images")
     pid_labels = sorted({r.pid for r in real})
@@ -130,6 +144,7 @@ def scan_reid_lists(
     synth = []
     for sdir in synthetic_dirs:
         smarket = Market1501(sdir, strict=strict)
+        skipped["stray_file"] += smarket.total_skipped
         others = len(smarket.query) + len(smarket.gallery) + len(smarket.gt_bbox)
         if others:
             logger.warning("%s: ignoring %d non-train synthetic image(s)", smarket.root, others)
@@ -150,7 +165,7 @@ def scan_reid_lists(
     bad: set[str] = set()
     if check_images:
         every = [str(r.path) for r in (*real, *synth, *query, *gallery)]
-        bad = _check_all(every, on_corrupt, "checking images")
+        bad = _check_all(every, corrupt, "checking images")
         skipped["corrupt"] = len(bad)
 
     def items(recs, relabel: bool) -> list[tuple[str, int, int, int]]:
@@ -201,7 +216,8 @@ class PosereidMarketDataset(ImageDataset):
         *,
         lists: ReidLists | None = None,
         check_images: bool = True,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: Literal["raise", "skip"] | None = None,
+        strict: bool = False,
         transform: Callable | None = None,
         mode: str = "train",
         k_tfm: int = 1,
@@ -212,7 +228,9 @@ class PosereidMarketDataset(ImageDataset):
         if lists is None:
             if root is None:
                 raise ValueError("give a Market folder (root) or scanned lists")
-            lists = scan_reid_lists(root, synthetic_dirs, check_images=check_images, on_corrupt=on_corrupt)
+            lists = scan_reid_lists(
+                root, synthetic_dirs, check_images=check_images, on_corrupt=on_corrupt, strict=strict
+            )
         self.lists = lists
         self.pid_labels = list(lists.pid_labels)
         self._synthetic = lists.synthetic
@@ -295,7 +313,7 @@ def register_posereid_dataset(
     ``test_transform`` replace the manager's name-only transforms (any callable on a PIL image).
     Registering an existing posereid name again replaces it; a name torchreid already has (its built-in
     datasets, or one registered by other code) raises ValueError. Extra ``kw`` (``check_images``,
-    ``on_corrupt``) go to :func:`scan_reid_lists`.
+    ``strict``, ``on_corrupt``) go to :func:`scan_reid_lists`.
     """
     if name not in _REGISTERED:
         try:

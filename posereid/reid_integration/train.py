@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from posereid.models.io_utils import atomic_write
 from posereid.models.runtime import resolve_device
 from posereid.reid_integration.evaluate import evaluate_features
+from posereid.reid_integration.market1501 import add_strict_arg
 from posereid.reid_integration.torchreid_plugin import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -94,7 +95,9 @@ class ReidTrainConfig:
     eval_batch_size: int = 128
     metric: Literal["euclidean", "cosine"] = "cosine"
     check_images: bool = True
-    on_corrupt: Literal["raise", "skip"] = "raise"
+    # the batch policy (BadInputPolicy): an unreadable image or a stray file in a folder is skipped and
+    # counted in the results' "skipped"; strict stops at the first one with an error naming it
+    strict: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # free-form tags recorded with the results
 
     def __post_init__(self) -> None:
@@ -267,7 +270,7 @@ def train_reid(
     if use_gpu and device.index is not None:
         torch.cuda.set_device(device)  # torchreid's engine and loss move tensors with a bare .cuda()
     lists = scan_reid_lists(
-        config.data, config.synthetic, check_images=config.check_images, on_corrupt=config.on_corrupt
+        config.data, config.synthetic, check_images=config.check_images, strict=config.strict
     )
     strong = config.augment == "strong"
     # erasing runs after the batch hook, so a generator never sees erased patches
@@ -432,7 +435,7 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-instances", type=int, default=d.num_instances)
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument("--metric", choices=["euclidean", "cosine"], default=d.metric)
-    parser.add_argument("--on-corrupt", choices=["raise", "skip"], default=d.on_corrupt)
+    add_strict_arg(parser)
 
 
 def run_train_reid(args: argparse.Namespace) -> int:
@@ -455,12 +458,17 @@ def run_train_reid(args: argparse.Namespace) -> int:
         num_instances=args.num_instances,
         workers=args.workers,
         metric=args.metric,
-        on_corrupt=args.on_corrupt,
+        strict=args.strict,
         synthetic_ratio=args.synthetic_ratio,
     )
     r = train_reid(config)
     print(
         f"rank1 {r['rank1']:.4f}  rank5 {r['rank5']:.4f}  rank10 {r['rank10']:.4f}  mAP {r['mAP']:.4f}  "
         f"steps {r['steps']}  images {r['images']} ({r['synthetic_images']} synthetic)  -> {args.out}"
+    )
+    skipped = r.get("skipped", {})
+    print(
+        f"skipped {skipped.get('corrupt', 0)} unreadable image(s) and {skipped.get('stray_file', 0)} stray "
+        "file(s) (--strict stops at the first instead)"
     )
     return 0

@@ -11,6 +11,7 @@ from posereid.experiments.quality.evaluate import evaluate_generator
 from posereid.experiments.quality.pairs import ANNOTATIONS_NAME, PAIRS_NAME
 from posereid.experiments.quality.report import parse_guidance, parse_sweep, render_markdown
 from posereid.models.pose_estimation import MissingExtraError
+from posereid.reid_integration.market1501 import add_strict_arg
 
 
 def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +58,7 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--out", required=True, help="report directory")
+    add_strict_arg(parser)
 
 
 def run_evaluate_generator(args: argparse.Namespace) -> int:
@@ -107,6 +109,7 @@ def _evaluate_from_args(
         batch_size=args.batch_size,
         pose_upscale=args.pose_upscale,
         generator_name=str(args.generator),
+        strict=args.strict,
     )
 
 

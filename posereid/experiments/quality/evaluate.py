@@ -21,6 +21,10 @@ an **untrained** generator of the same config (the floor). ``sweep={"steps": [..
 repeats the trained generator's scores over a grid and plots them, to pick the fastest setting that
 keeps quality. Outputs: ``report.md``, ``report.json``, ``sheet.png`` and ``sweep.png``.
 
+An unreadable image (of a pair, or a real reference image) or a stray file in the data folder is
+skipped and counted in the report's ``skipped`` line, like in every batch command; ``strict=True``
+(``--strict``) stops at the first one with an error naming it.
+
 Pretrained metric networks are never downloaded: a metric whose weights are absent is reported as "not
 computed (…)" unless its flag was given, in which case a missing file is an error.
 
@@ -229,6 +233,7 @@ def evaluate_generator(
     pose_upscale: int | None = None,
     sheet_rows: int = 8,
     generator_name: str | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Score a pose-transfer generator on test pairs; write the report when ``out_dir`` is given.
 
@@ -249,6 +254,8 @@ def evaluate_generator(
         n_pairs, seed: how many pairs to draw, and the seed of the draw and of every image's noise.
         include_ceiling / include_floor: also score the real targets / an untrained generator.
         sweep: ``{"steps": [...], "guidance": [...]}`` grid for the trained generator (plot + table).
+        strict: stop at the first unreadable image or stray data file instead of skipping and counting it
+            (``data.skipped`` of the result).
 
     Returns:
         ``{"config", "data", "metric_status", "reference", "systems": {name: metrics}, "sweep": [rows],
@@ -266,16 +273,18 @@ def evaluate_generator(
         backends.lpips.to(dev)
     backends.fid, backends.status["FID"] = _resolve_fid(fid_weights, size)  # type: ignore[arg-type]
     backends.reid, backends.status["identity (re-ID)"] = _resolve_reid(reid_checkpoint, dev)
-    market = Market1501(market_root)
+    market = Market1501(market_root, strict=strict)
     pairs_ = load_eval_pairs(
-        market_root, size, pairs=pairs, annotations=annotations, n_pairs=n_pairs, seed=seed, market=market
-    )
+        market_root, size, pairs=pairs, annotations=annotations, n_pairs=n_pairs, seed=seed, market=market,
+        strict=strict,
+    )  # fmt: skip
     logger.info("scoring %d pairs from %s", len(pairs_), pairs_.origin)
     backends.pose, backends.status["pose (PCKh)"] = _resolve_pose(pose_estimator)
     try:
         scorer = QualityScorer(
-            pairs_, market, backends, batch_size=batch_size, pose_upscale=pose_upscale, seed=seed, device=dev
-        )
+            pairs_, market, backends, batch_size=batch_size, pose_upscale=pose_upscale, seed=seed, device=dev,
+            strict=strict,
+        )  # fmt: skip
         systems, sheet_cols, sweep_rows = _score_all(
             generator, pairs_, scorer, steps=steps, guidance=g, sampler=sampler, seed=seed, batch_size=batch_size,
             include_ceiling=include_ceiling, include_floor=include_floor, sweep=sweep, sheet_rows=sheet_rows,
@@ -301,7 +310,7 @@ def evaluate_generator(
             "pairs_origin": pairs_.origin,
             "pairs_total": pairs_.total,
             "pairs_used": len(pairs_),
-            "skipped": pairs_.skipped,
+            "skipped": {**pairs_.skipped, "unreadable_reference_image": scorer.bad.skipped},
             "pairs": [list(p) for p in pairs_.names],
         },
         "metric_status": dict(backends.status),

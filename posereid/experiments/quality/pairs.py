@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from posereid.models.images import pil_to_tensor01
 from posereid.models.pose import missing_pose, resize_keypoints
 from posereid.reid_integration.market1501 import (
+    BadInputPolicy,
+    ImageReadError,
     Market1501,
     MarketRecord,
     load_image,
@@ -83,6 +85,7 @@ def load_eval_pairs(
     n_pairs: int | None = 200,
     seed: int = 0,
     market: Market1501 | None = None,
+    strict: bool = False,
 ) -> EvalPairs:
     """Select test pairs and load their images and keypoints at ``image_size``.
 
@@ -90,10 +93,13 @@ def load_eval_pairs(
     poses. ``pairs`` (default ``market-pairs-test.csv`` there, else every ordered same-pid pair of the
     test split) lists ``(from, to)`` names. Pairs naming an image not in the folder, or whose target has
     no annotation, are skipped and counted. ``n_pairs`` of the rest are drawn with ``seed`` (kept in file
-    order), so two runs with the same seed score the same pairs.
+    order), so two runs with the same seed score the same pairs. A drawn pair whose source or target
+    image cannot be read is then skipped and counted (``skipped["unreadable_image"]``; so is a stray
+    entry of the folder, ``skipped["stray_file_in_data"]``); with ``strict`` the first one raises,
+    naming the file.
     """
     root = Path(market_root)
-    market = market or Market1501(root)
+    market = market or Market1501(root, strict=strict)
     if annotations is None:
         found = _find_default(root, market.root, ANNOTATIONS_NAME)
         if found is None:
@@ -118,7 +124,13 @@ def load_eval_pairs(
                 by_pid.setdefault(rec.pid, []).append(rec.name)
         candidates = [(a, b) for names in by_pid.values() for a in names for b in names if a != b]
         origin = "same-pid pairs of the test split (query + gallery)"
-    skipped = {"image_not_found": 0, "no_target_pose": 0, "different_pid": 0}
+    skipped = {
+        "image_not_found": 0,
+        "no_target_pose": 0,
+        "different_pid": 0,
+        "unreadable_image": 0,
+        "stray_file_in_data": market.total_skipped,
+    }
     valid = []
     for a, b in candidates:
         if a not in records or b not in records:
@@ -140,10 +152,21 @@ def load_eval_pairs(
         idx = np.sort(np.random.default_rng(seed).choice(len(valid), size=n_pairs, replace=False))
         valid = [valid[i] for i in idx]
     src, tgt, skp, tkp = [], [], [], []
+    bad, loaded = BadInputPolicy(strict), []
     for a, b in tqdm(valid, desc="loading pairs", leave=False, disable=len(valid) < 64):
-        s, sk = _load_resized(records[a].path, kps.get(a), image_size)
-        t, tk = _load_resized(records[b].path, kps[b], image_size)
+        try:
+            s, sk = _load_resized(records[a].path, kps.get(a), image_size)
+            t, tk = _load_resized(records[b].path, kps[b], image_size)
+        except ImageReadError as exc:
+            bad.skip_or_raise(exc, "pair(s) with an unreadable image")
+            continue
         src.append(s), tgt.append(t), skp.append(sk), tkp.append(tk)
+        loaded.append((a, b))
+    bad.warn(origin, logger)
+    skipped["unreadable_image"] = bad.skipped
+    valid = loaded
+    if not valid:
+        raise ValueError(f"{origin}: no pair with readable images (skipped: {skipped}); check --data")
     return EvalPairs(
         names=valid,
         source=torch.stack(src),

@@ -32,18 +32,43 @@ from posereid.experiments.quality.metrics import (
 from posereid.experiments.quality.pairs import EvalPairs
 from posereid.models.images import pil_to_tensor01
 from posereid.reid_integration.evaluate import evaluate_features
-from posereid.reid_integration.market1501 import Market1501, MarketRecord, load_image
+from posereid.reid_integration.market1501 import (
+    BadInputPolicy,
+    ImageReadError,
+    Market1501,
+    MarketRecord,
+    load_image,
+)
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _image_batches(records: Sequence[MarketRecord], size: tuple[int, int] | None, batch: int, desc: str):
-    """Yield ``(B, 3, H, W)`` batches of real images at ``size`` (``None``: the first image's size)."""
-    if size is None and records:
-        first = load_image(records[0].path)
-        size = (first.height, first.width)
+def _image_batches(
+    records: Sequence[MarketRecord],
+    size: tuple[int, int] | None,
+    batch: int,
+    desc: str,
+    bad: BadInputPolicy,
+    kept: list[MarketRecord] | None = None,
+):
+    """Yield ``(B, 3, H, W)`` batches of real images at ``size`` (``None``: the first image's size).
+
+    An unreadable image goes to ``bad`` (skipped and counted, or raised when strict); the records of the
+    yielded images are appended to ``kept``."""
     for i in tqdm(range(0, len(records), batch), desc=desc, leave=False, disable=len(records) <= batch):
-        yield torch.stack([pil_to_tensor01(load_image(r.path, size=size)) for r in records[i : i + batch]])
+        ims = []
+        for r in records[i : i + batch]:
+            try:
+                im = load_image(r.path, size=size)
+            except ImageReadError as exc:
+                bad.skip_or_raise(exc, "unreadable reference image(s)")
+                continue
+            size = size or (im.height, im.width)
+            ims.append(pil_to_tensor01(im))
+            if kept is not None:
+                kept.append(r)
+        if ims:
+            yield torch.stack(ims)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,8 +111,11 @@ class QualityScorer:
         fid_reference_max: int = 5000,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        strict: bool = False,
     ) -> None:
         self.pairs, self.backends, self.batch = pairs, backends, batch_size
+        #: real reference images (FID reference, gallery) that could not be read: skipped and counted
+        self.bad = BadInputPolicy(strict)
         self.device = torch.device(device)
         h, w = pairs.target.shape[-2:]
         self.size = (int(h), int(w))
@@ -101,19 +129,24 @@ class QualityScorer:
                 keep = np.sort(np.random.default_rng(seed).choice(len(ref), fid_reference_max, replace=False))
                 ref = [ref[i] for i in keep]
             backends.fid.to(self.device)
-            for batch in _image_batches(ref, self.size, batch_size, "FID reference"):
+            used: list[MarketRecord] = []
+            for batch in _image_batches(ref, self.size, batch_size, "FID reference", self.bad, used):
                 backends.fid.add_real(batch)
-            self.info["fid_reference"] = f"{len(ref)} real {'train' if market.train else 'gallery'} images"
+            self.info["fid_reference"] = f"{len(used)} real {'train' if market.train else 'gallery'} images"
         if backends.reid is not None:
             gal = [r for r in market.gallery if r.pid != -1]  # real resolution; the re-ID model resizes
             if not gal:
                 raise ValueError(
                     f"{market.root}: the gallery (bounding_box_test) is empty; identity metrics need it"
                 )
+            readable: list[MarketRecord] = []
             feats = [
                 _features(backends.reid, b, batch_size)
-                for b in _image_batches(gal, None, batch_size, "gallery")
+                for b in _image_batches(gal, None, batch_size, "gallery", self.bad, readable)
             ]
+            if not readable:
+                raise ValueError(f"{market.root}: no gallery image could be read; identity metrics need them")
+            gal = readable
             self.gallery_feats = torch.cat(feats)
             self.gallery_pids = np.array([r.pid for r in gal])
             self.gallery_camids = np.array([r.camid for r in gal])
@@ -124,6 +157,9 @@ class QualityScorer:
             self.info["gallery"] = (
                 f"{len(gal)} real gallery images (distractors included), {n_ids} identities"
             )
+        self.bad.warn(f"{market.root}: real reference images")
+        if self.bad.skipped:
+            self.info["skipped reference images"] = self.bad.describe()
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, *, query_camids: np.ndarray) -> dict[str, float]:

@@ -389,3 +389,48 @@ def test_zero_terminal_snr_schedule_samples_with_every_sampler(sampler: str, tmp
     assert load_generator(tmp_path).scheduler.config.rescale_betas_zero_snr is True
     with pytest.raises(ValueError, match="needs prediction_type='v_prediction'"):
         PIDMPipeline.from_preset("tiny", rescale_betas_zero_snr=True)
+
+
+def test_per_level_texture_attention_reads_the_matching_scale(tmp_path, monkeypatch) -> None:
+    """PIDM's texture diffusion: each UNet resolution cross-attends to the appearance level closest to it.
+    Changing one level's tokens changes the output only through the layers assigned to that level."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from posereid.models.texture_attention import LevelTokensProcessor, assign_levels
+
+    torch.manual_seed(0)
+    m = PIDMPipeline.from_preset("tiny", texture_attention="per_level").eval()
+    net = m.model
+    shapes = net.appearance.shapes  # (16, 8), (8, 4) at 32x16 with stride 2
+    levels = assign_levels(net.unet, m.image_size, shapes)
+    assert levels["down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"] == 0  # 16x8 ↔ 16x8
+    assert levels["mid_block.attentions.0.transformer_blocks.0.attn2.processor"] == 1  # 8x4 ↔ 8x4
+    assert all(isinstance(p, LevelTokensProcessor) for p in net.unet.attn_processors.values())
+    tokens = m.encode_appearance(_images(2, 1), _pose(0.0, 2))
+    assert [t.shape[1] for t in tokens] == [h * w for h, w in shapes]
+    seen: dict[int, set[int]] = {}
+    original = AttnProcessor2_0.__call__
+
+    def spy(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):  # noqa: ANN001, ANN202
+        if attn.is_cross_attention:
+            seen.setdefault(self.level, set()).add(encoder_hidden_states.shape[1])
+        return original(self, attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(AttnProcessor2_0, "__call__", spy)
+    x, t, pose = torch.randn(2, 3, H, W), torch.tensor([10, 500]), m.pose_maps(_pose(2.0, 2))
+    with torch.no_grad():
+        base = net(x, t, pose, tokens)
+        other = (tokens[0], tokens[1] + 1.0)
+        assert (net(x, t, pose, other) - base).abs().max() > 1e-4
+    monkeypatch.undo()
+    # each layer received its own level's tokens, not the flat bag
+    assert seen == {0: {shapes[0][0] * shapes[0][1]}, 1: {shapes[1][0] * shapes[1][1]}}
+    # guidance, training and checkpoints work unchanged
+    loss = m.training_loss(_images(2, 3), _images(2, 4), _pose(0.0, 2), _pose(3.0, 2))
+    loss.backward()
+    out = m.generate(_images(2, 1), _pose(1.0, 2), _pose(0.0, 2), steps=2, seeds=[0, 1], guidance=(2.0, 1.5))
+    m.save_pretrained(tmp_path)
+    again = load_generator(tmp_path).generate(
+        _images(2, 1), _pose(1.0, 2), _pose(0.0, 2), steps=2, seeds=[0, 1], guidance=(2.0, 1.5)
+    )
+    assert torch.equal(out, again)

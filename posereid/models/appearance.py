@@ -166,7 +166,17 @@ class AppearanceEncoder(nn.Module):
         return self
 
     def forward(self, source: torch.Tensor, source_maps: torch.Tensor | None = None) -> torch.Tensor:
-        """``source`` ``(B, 3, H, W)`` in ``[0, 1]``; ``source_maps`` ``(B, C, H, W)`` when built with pose."""
+        """``source`` ``(B, 3, H, W)`` in ``[0, 1]``; ``source_maps`` ``(B, C, H, W)`` when built with pose.
+
+        One sequence: every level's tokens (and the backbone's) concatenated."""
+        return torch.cat(self.forward_levels(source, source_maps), dim=1)
+
+    def forward_levels(
+        self, source: torch.Tensor, source_maps: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """The tokens of each pyramid level ``(B, h_i·w_i, D)`` (finest first), then the backbone's if any.
+
+        Layer-normalised per token, so their concatenation is exactly :meth:`forward`'s sequence."""
         x = source.to(self.stem.weight.dtype) * 2.0 - 1.0
         if self.in_channels > 3:
             if source_maps is None:
@@ -182,7 +192,7 @@ class AppearanceEncoder(nn.Module):
                 h = self.downs[i](h)
         if self.backbone is not None:
             tokens.append(self._backbone_tokens(source))
-        return self.norm(torch.cat(tokens, dim=1))
+        return [self.norm(t) for t in tokens]
 
     def _backbone_tokens(self, source: torch.Tensor) -> torch.Tensor:
         size = (self.backbone_size, self.backbone_size)
@@ -193,6 +203,17 @@ class AppearanceEncoder(nn.Module):
                 pixel_values=img.to(next(self.backbone.parameters()).dtype)
             ).last_hidden_state
         return self.backbone_proj(feats.to(self.backbone_proj.weight.dtype)) + self.level_embed[-1]
+
+    def null_levels(self, batch: int, backbone_tokens: int = 0) -> list[torch.Tensor]:
+        """Learned "no appearance" tokens laid out like :meth:`forward_levels` (``backbone_tokens``: the
+        backbone level's length, when there is one)."""
+        parts = [
+            self.null_embed[i] + self.level_embed[i] + getattr(self, f"pos_{i}")
+            for i in range(len(self.shapes))
+        ]
+        if self.backbone is not None:
+            parts.append((self.null_embed[-1] + self.level_embed[-1]).expand(max(backbone_tokens, 0), -1))
+        return [self.norm(p).unsqueeze(0).expand(batch, -1, -1) for p in parts]
 
     def null_tokens(self, batch: int, num_tokens: int) -> torch.Tensor:
         """Learned "no appearance" tokens ``(batch, num_tokens, D)`` with the same layout as :meth:`forward`."""

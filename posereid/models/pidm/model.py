@@ -36,6 +36,7 @@ from posereid.models.checkpoint import (
 from posereid.models.io_utils import atomic_write
 from posereid.models.pose import POSE_CHANNELS
 from posereid.models.sampling import LEGACY_SCHEDULE_KEYS
+from posereid.models.texture_attention import assign_levels, use_level_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class PIDMModel(ModelMixin, ConfigMixin):
             sampling without source keypoints (augment batches, unannotated sources) is not out of
             distribution (0: always fed, as before).
         snr_gamma: min-SNR-γ loss weighting (None: plain MSE).
+        texture_attention: ``"flat"`` (every cross-attention reads all levels' tokens in one sequence) or
+            ``"per_level"`` (PIDM's texture diffusion: each UNet resolution reads the appearance level of
+            the closest resolution; :mod:`posereid.models.texture_attention`).
         pose_sigma: Gaussian width of pose maps in pixels (None: 2.5 % of the height).
         backbone_path: local directory of a ``transformers`` vision model adding appearance tokens.
     """
@@ -89,6 +93,7 @@ class PIDMModel(ModelMixin, ConfigMixin):
         p_drop_appearance: float = 0.1,
         p_drop_source_pose: float = 0.0,
         snr_gamma: float | None = None,
+        texture_attention: Literal["flat", "per_level"] = "flat",
         pose_sigma: float | None = None,
         backbone_path: str | None = None,
     ) -> None:
@@ -107,6 +112,10 @@ class PIDMModel(ModelMixin, ConfigMixin):
         ):
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
+        if texture_attention not in ("flat", "per_level"):
+            raise ValueError(f"texture_attention must be 'flat' or 'per_level', got {texture_attention!r}")
+        if texture_attention == "per_level" and backbone_path is not None:
+            raise ValueError("texture_attention='per_level' does not take a backbone yet; use 'flat'")
         if snr_gamma is not None and not float(snr_gamma) > 0:
             raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma}")
         factor = 2 ** (len(chans) - 1)
@@ -142,27 +151,56 @@ class PIDMModel(ModelMixin, ConfigMixin):
             norm_groups=norm_num_groups,
             backbone_path=backbone_path,
         )
+        if texture_attention == "per_level":
+            use_level_tokens(self.unet, assign_levels(self.unet, (h, w), self.appearance.shapes))
+
+    @property
+    def per_level(self) -> bool:
+        return self.config.texture_attention == "per_level"
 
     def encode_appearance(
         self, source: torch.Tensor, source_maps: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Appearance tokens ``(B, N, cross_attention_dim)`` of ``source`` ``(B, 3, H, W)`` in ``[0, 1]``.
+        """Appearance tokens ``(B, N, cross_attention_dim)`` of ``source`` ``(B, 3, H, W)`` in ``[0, 1]``, or
+        with ``texture_attention="per_level"`` a tuple of one such tensor per pyramid level.
 
         ``source_maps``: the source pose maps when the config uses them; ``None`` gives empty maps.
         """
-        return self.appearance(source.to(self.unet.conv_in.weight.device), source_maps)
+        source = source.to(self.unet.conv_in.weight.device)
+        if self.per_level:
+            return tuple(self.appearance.forward_levels(source, source_maps))
+        return self.appearance(source, source_maps)
 
     def null_tokens(self, batch: int, num_tokens: int) -> torch.Tensor:
-        """The learned "appearance dropped" tokens, laid out like :meth:`encode_appearance`'s."""
+        """The learned "appearance dropped" tokens, laid out like the flat :meth:`encode_appearance`'s."""
         return self.appearance.null_tokens(batch, num_tokens)
 
+    def null_like(
+        self, tokens: torch.Tensor | tuple[torch.Tensor, ...]
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The "appearance dropped" condition with the layout and dtype of ``tokens`` (flat or per level)."""
+        if isinstance(tokens, tuple):
+            return tuple(
+                n.to(t.dtype) for n, t in zip(self.appearance.null_levels(tokens[0].shape[0]), tokens)
+            )
+        return self.appearance.null_tokens(tokens.shape[0], tokens.shape[1]).to(tokens.dtype)
+
     def forward(
-        self, noisy: torch.Tensor, timesteps: torch.Tensor, pose_maps: torch.Tensor, tokens: torch.Tensor
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        pose_maps: torch.Tensor,
+        tokens: torch.Tensor | tuple[torch.Tensor, ...],
     ) -> torch.Tensor:
         """Model output (ε or v) for ``noisy`` ``(B, 3, H, W)`` in ``[-1, 1]``, given the rendered target
-        ``pose_maps`` ``(B, POSE_CHANNELS, H, W)`` and appearance ``tokens``."""
+        ``pose_maps`` ``(B, POSE_CHANNELS, H, W)`` and appearance ``tokens`` (flat, or one per level)."""
         dtype = self.unet.conv_in.weight.dtype  # a half-precision model takes half inputs; autocast recasts
         x = torch.cat([noisy.to(dtype), pose_maps.to(noisy.device, dtype)], dim=1)
+        if isinstance(tokens, tuple):
+            levels = tuple(t.to(dtype) for t in tokens)
+            return self.unet(
+                x, timesteps, encoder_hidden_states=levels[0], cross_attention_kwargs={"level_tokens": levels}
+            ).sample
         return self.unet(x, timesteps, encoder_hidden_states=tokens.to(dtype)).sample
 
     # ------------------------------------------------------------------ checkpoints

@@ -119,8 +119,9 @@ class PIDMPipeline(GeneratorPipeline):
         drop_pose = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_pose
         drop_app = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_appearance
         pose = self.pose_maps(target_kps, batch=b)
-        null = self.model.null_tokens(b, tokens.shape[1]).to(tokens.dtype)
-        pose, tokens = condition_dropout(pose, tokens, torch.zeros_like(pose), null, drop_pose, drop_app)
+        pose, tokens = condition_dropout(
+            pose, tokens, torch.zeros_like(pose), self.model.null_like(tokens), drop_pose, drop_app
+        )
         out = self.model(noisy, t, pose, tokens)
         return diffusion_loss(self.scheduler, out, x0, noise, t, snr_gamma=cfg.snr_gamma)
 
@@ -170,7 +171,7 @@ class PIDMPipeline(GeneratorPipeline):
 
         with amp:  # appearance tokens: ONCE per generate call, before the loop
             tokens = self.encode_appearance(source.to(dev), source_kps)
-            null_tokens = self.model.null_tokens(b, tokens.shape[1]).to(tokens.dtype)
+            null_tokens = self.model.null_like(tokens)
         pose = self.pose_maps(target_kps, batch=b)
         denoise = guided_denoiser(
             model_fn, pose, tokens, torch.zeros_like(pose), null_tokens, guidance, formula=guidance_formula

@@ -1,0 +1,116 @@
+"""Commands of the pose judge (:mod:`posereid.experiments.quality.judge`).
+
+``python -m posereid.experiments.quality.judge train --out DIR --minutes M`` trains a judge on fresh
+renders and writes ``DIR`` (``config.json`` + safetensors + ``training.json`` + ``judge_report.{md,json}``);
+``... evaluate --judge DIR --out REPORT_DIR`` scores a judge on held-out renders (and, with ``--data``, on
+a dataset's evaluation targets). ``add_pose_judge_args`` / ``run_pose_judge`` follow the CLI convention,
+so ``posereid pose-judge train|evaluate`` can map here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from posereid.argtypes import non_negative_int, positive_int
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW like 128x64, got {text!r}") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
+    return h, w
+
+
+def add_pose_judge_args(parser: argparse.ArgumentParser) -> None:
+    from posereid.experiments.quality.judge import EVAL_SEED, SIZES, TRAIN_SEED, JudgeTrainConfig
+
+    d = JudgeTrainConfig()
+    sizes = [f"{h}x{w}" for h, w in SIZES]
+    sub = parser.add_subparsers(dest="judge_command", required=True)
+    t = sub.add_parser("train", help="train a pose judge on fresh synthetic renders")
+    t.add_argument("--out", required=True, help="output directory (the judge + training.json + report)")
+    t.add_argument("--minutes", type=float, default=d.minutes, help="time budget when --steps is not given")
+    t.add_argument(
+        "--steps", type=positive_int, help="optimisation steps (overrides --minutes; reproducible)"
+    )
+    t.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--seed", type=int, default=TRAIN_SEED, help="weights + render stream seed (>= 10**6)")
+    t.add_argument("--sizes", nargs="+", type=_size, default=[_size(s) for s in sizes], metavar="HxW")
+    t.add_argument("--augment", type=float, default=d.augment, help="degradation strength (0 = none)")
+    t.add_argument(
+        "--channels", type=positive_int, nargs=3, default=None, help="stage widths (default 32 64 128)"
+    )
+    t.add_argument("--eval-images", type=non_negative_int, default=d.eval_images,
+                   help="held-out people per size for the final report (0 = none)")  # fmt: skip
+    t.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    t.add_argument("--device", help="cpu / cuda (default cpu)")
+    t.add_argument("--no-progress", action="store_true")
+    e = sub.add_parser("evaluate", help="PCKh@0.5 and people found on held-out renders")
+    e.add_argument("--judge", help="judge directory (default: the shipped posereid/assets/pose-judge)")
+    e.add_argument("--out", required=True, help="report directory")
+    e.add_argument("--n-images", type=positive_int, default=512, help="held-out people per size")
+    e.add_argument("--sizes", nargs="+", type=_size, default=[_size(s) for s in sizes], metavar="HxW")
+    e.add_argument("--seed", type=int, default=EVAL_SEED, help="held-out render seed (>= 10**6)")
+    e.add_argument("--data", help="also score the evaluation targets of this Market-format folder")
+    e.add_argument(
+        "--data-pairs", type=non_negative_int, default=200, help="pairs drawn from --data (0 = all)"
+    )
+    e.add_argument(
+        "--data-seed", type=non_negative_int, default=0, help="seed of that draw (evaluate-generator --seed)"
+    )
+    e.add_argument("--threshold", type=float, help="override the judge's presence threshold")
+    e.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    e.add_argument("--device", help="cpu / cuda (default cpu)")
+
+
+def run_pose_judge(args: argparse.Namespace) -> int:
+    import torch
+
+    from posereid.experiments.quality import judge as J
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or "cpu"
+    try:
+        if args.judge_command == "train":
+            model = {"channels": list(args.channels)} if args.channels else {}
+            cfg = J.JudgeTrainConfig(
+                steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                sizes=tuple(args.sizes), augment=args.augment, eval_images=args.eval_images, model=model,
+            )  # fmt: skip
+            _, summary = J.train_judge(args.out, cfg, progress=not args.no_progress, device=device)
+            print(
+                f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; judge written to {args.out}"
+            )
+            if "evaluation" in summary:
+                print(J.render_judge_markdown(summary["evaluation"]))
+            return 0
+        est = J.PoseJudgeEstimator.from_pretrained(args.judge, device=device, threshold=args.threshold)
+        result = J.evaluate_judge(
+            est, args.out, n_images=args.n_images, sizes=args.sizes, seed=args.seed, data=args.data,
+            data_pairs=args.data_pairs or None, data_seed=args.data_seed,
+        )  # fmt: skip
+        print(J.render_judge_markdown(result))
+        print(f"report: {args.out}/{J.REPORT_MD}")
+        return 0
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"pose judge: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m posereid.experiments.quality.judge", description=__doc__)
+    add_pose_judge_args(parser)
+    return run_pose_judge(parser.parse_args(argv))
+
+
+__all__ = ["add_pose_judge_args", "main", "run_pose_judge"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -244,3 +244,20 @@ def test_the_warm_up_does_not_depend_on_the_run_length():
     for step in range(J.WARMUP_STEPS):
         assert J._lr_factor(step, None) == J._lr_factor(step, 200) == J._lr_factor(step, 5000)
     assert J._lr_factor(4999, 5000) == pytest.approx(0.02, abs=1e-3)
+
+
+def test_evaluate_generator_picks_the_judge_by_data_kind(tmp_path):
+    """Synthetic data is scored by the pose judge, real photos by mediapipe, and the status says which."""
+    from posereid.experiments.quality.evaluate import _resolve_pose
+
+    _tiny_judge().save_pretrained(tmp_path / "judge")
+    est, status = _resolve_pose("auto", synthetic=True, judge_dir=tmp_path / "judge")
+    assert isinstance(est, J.PoseJudgeEstimator) and "pose judge" in status and "synthetic data" in status
+    est, status = _resolve_pose("judge", synthetic=False, judge_dir=tmp_path / "judge")
+    assert isinstance(est, J.PoseJudgeEstimator)
+    with pytest.raises(FileNotFoundError, match="no pose judge here"):
+        _resolve_pose("judge", synthetic=True, judge_dir=tmp_path / "none")
+    est, status = _resolve_pose("auto", synthetic=False)
+    assert not isinstance(est, J.PoseJudgeEstimator) and ("mediapipe" in status or "not computed" in status)
+    if est is not None:
+        est.close()

@@ -50,7 +50,16 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
                         help="also score an untrained generator of the same config (the floor)")  # fmt: skip
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="also score the real target images as if generated (the ceiling)")  # fmt: skip
-    parser.add_argument("--no-pose", action="store_true", help="skip the pose metrics (no mediapipe)")
+    parser.add_argument("--no-pose", action="store_true", help="skip the pose metrics (no keypoint judge)")
+    parser.add_argument(
+        "--pose-judge",
+        choices=("auto", "judge", "mediapipe"),
+        default="auto",
+        help="keypoint judge: auto = the trained pose judge on synthetic data, mediapipe on real photos",
+    )
+    parser.add_argument(
+        "--pose-judge-dir", help="pose judge directory (default: the shipped posereid/assets/pose-judge)"
+    )
     parser.add_argument(
         "--pose-upscale", type=int, help="enlarge images by this factor before pose detection"
     )
@@ -96,7 +105,8 @@ def _evaluate_from_args(
         fid_weights=args.fid_weights,
         lpips_weights=args.lpips_weights,
         lpips_net=args.lpips_net,
-        pose_estimator=None if args.no_pose else "auto",
+        pose_estimator=None if args.no_pose else args.pose_judge,
+        pose_judge_dir=args.pose_judge_dir,
         steps=args.steps,
         guidance=guidance,
         sampler=args.sampler,

@@ -59,6 +59,7 @@ from posereid.experiments.quality.report import (
     write_sweep_plot,
 )
 from posereid.experiments.quality.scoring import Backends, FeatureFn, QualityScorer
+from posereid.experiments.synthetic.dataset import META_CSV
 from posereid.models.io_utils import atomic_write
 from posereid.models.pose_estimation import MissingExtraError
 from posereid.reid_integration.market1501 import Market1501
@@ -98,15 +99,33 @@ def _resolve_fid(weights: Any, image_size: tuple[int, int]) -> tuple[FidScorer |
     return f, f"computed ({f.description})"
 
 
-def _resolve_pose(estimator: Any) -> tuple[Any, str]:
+def _resolve_pose(
+    estimator: Any, *, synthetic: bool, judge_dir: str | os.PathLike[str] | None = None, device: Any = "cpu"
+) -> tuple[Any, str]:
+    """The keypoint judge: the trained pose judge for synthetic people (``"auto"`` on synthetic data, or
+    ``"judge"``), mediapipe for real photos (``"auto"`` elsewhere, or ``"mediapipe"``), or a callable."""
     if estimator is None:
         return None, "not computed (pose estimator disabled)"
-    if estimator != "auto":
-        return estimator, f"computed ({type(estimator).__name__})"
+    if not isinstance(estimator, str):
+        return estimator, f"computed ({getattr(estimator, 'description', type(estimator).__name__)})"
+    if estimator not in ("auto", "judge", "mediapipe"):
+        raise ValueError(f"pose estimator {estimator!r}: choose auto, judge or mediapipe")
+    note = "real photos"
+    if estimator == "judge" or (estimator == "auto" and synthetic):
+        from posereid.experiments.quality.judge import PoseJudgeEstimator
+
+        try:
+            est = PoseJudgeEstimator.from_pretrained(judge_dir, device=device)
+            return est, f"computed ({est.description}; synthetic data)"
+        except FileNotFoundError as exc:
+            if estimator == "judge" or judge_dir is not None:
+                raise
+            note = f"synthetic data, but {exc.args[0].split(':')[0]} holds no pose judge: nearly blind here"
+            logger.warning("no pose judge found (%s); scoring pose with mediapipe", exc)
     from posereid.models.pose_estimation import PoseEstimator
 
     try:
-        return PoseEstimator(), "computed (mediapipe BlazePose → COCO-18)"
+        return PoseEstimator(), f"computed (mediapipe BlazePose → COCO-18; {note})"
     except MissingExtraError as exc:
         return None, f"not computed ({exc})"
 
@@ -220,6 +239,7 @@ def evaluate_generator(
     lpips_weights: str | os.PathLike[str] | None = None,
     lpips_net: str = "alex",
     pose_estimator: Any = "auto",
+    pose_judge_dir: str | os.PathLike[str] | None = None,
     steps: int = 20,
     guidance: tuple[float, float] | float | str = (2.0, 2.0),
     sampler: str = "dpmsolver++",
@@ -248,7 +268,9 @@ def evaluate_generator(
         lpips_weights: LPIPS backbone file or directory (see :meth:`Lpips.from_local`).
             For all three, ``None`` means "use the default location if the file is there, else report the
             metric as not computed"; a given path that does not exist raises.
-        pose_estimator: ``"auto"`` (mediapipe when installed), a callable ``uint8 HxWx3 → (18, 2)``, or None.
+        pose_estimator: ``"auto"`` (the pose judge on synthetic data, i.e. a folder with the renderer's
+            metadata; mediapipe on real photos), ``"judge"``, ``"mediapipe"``, a callable
+            ``uint8 HxWx3 → (18, 2)``, or None. ``pose_judge_dir``: the judge (default: the shipped one).
         steps, guidance, sampler: the sampling setting scored as "trained" (guidance: number = both weights,
             or ``(w_pose, w_appearance)`` / ``"wp:wa"``).
         n_pairs, seed: how many pairs to draw, and the seed of the draw and of every image's noise.
@@ -279,7 +301,10 @@ def evaluate_generator(
         strict=strict,
     )  # fmt: skip
     logger.info("scoring %d pairs from %s", len(pairs_), pairs_.origin)
-    backends.pose, backends.status["pose (PCKh)"] = _resolve_pose(pose_estimator)
+    synthetic = any((p / META_CSV).is_file() for p in (Path(market_root), market.root))
+    backends.pose, backends.status["pose (PCKh)"] = _resolve_pose(
+        pose_estimator, synthetic=synthetic, judge_dir=pose_judge_dir, device=dev
+    )
     try:
         scorer = QualityScorer(
             pairs_, market, backends, batch_size=batch_size, pose_upscale=pose_upscale, seed=seed, device=dev,
@@ -291,7 +316,7 @@ def evaluate_generator(
         )  # fmt: skip
     finally:
         generator.train(was_training)
-        if pose_estimator == "auto" and backends.pose is not None:
+        if isinstance(pose_estimator, str) and backends.pose is not None:
             backends.pose.close()  # we opened it
 
     result: dict[str, Any] = {
@@ -305,6 +330,9 @@ def evaluate_generator(
             "seed": seed,
             "data": str(market_root),
             "device": str(dev),
+            "pose_judge": getattr(backends.pose, "description", "mediapipe")
+            if backends.pose is not None
+            else None,
         },
         "data": {
             "pairs_origin": pairs_.origin,

@@ -187,7 +187,10 @@ class QualityScorer:
         if b.fid is not None:
             out["fid"] = b.fid.score(images, self.batch) if len(p) >= 2 else float("nan")
         if b.pose is not None:
-            detected = detect_keypoints(b.pose, images, upscale=self.pose_upscale)
+            if hasattr(b.pose, "detect"):  # the pose judge: batched, any size, no upscaling
+                detected = b.pose.detect(images)
+            else:
+                detected = detect_keypoints(b.pose, images, upscale=self.pose_upscale)
             for k, v in pose_fidelity(detected, p.target_kps).items():
                 out[k if k in ("pckh", "joint_error_px", "no_person") else f"pose_{k}"] = v
         if b.reid is not None:

@@ -17,7 +17,7 @@ from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
 from posereid.models import training
 from posereid.models.pidm import PIDMPipeline
 from posereid.reid_integration import train as reid_train
-from posereid.reid_integration.market1501 import Market1501, MarketRecord
+from posereid.reid_integration.market1501 import Market1501, MarketRecord, parse_market_name
 
 H, W = 32, 16
 
@@ -130,8 +130,104 @@ def test_summary_deltas_are_paired_by_seed(tmp_path: Path) -> None:
     assert s["plain+synthetic"]["d_mAP_plain_std"] == pytest.approx(2**0.5)
     assert s["plain+synthetic"]["d_mAP_strong"] == pytest.approx(1.0)  # only seed 0 is shared
     assert s["plain+synthetic"]["d_rank1_plain"] == pytest.approx(4.0)
+    # 95 % t-interval of (+3, +1): 2 ± t(0.975, 1) · sqrt(2) / sqrt(2) = 2 ± 12.71
+    assert s["plain+synthetic"]["d_mAP_plain_lo"] == pytest.approx(2.0 - 12.7062, abs=1e-3)
+    assert s["plain+synthetic"]["d_mAP_plain_hi"] == pytest.approx(2.0 + 12.7062, abs=1e-3)
+    assert s["plain+synthetic"]["d_mAP_plain_n"] == 2 and not s["plain+synthetic"]["d_mAP_plain_settled"]
     md = rg.markdown_table(rg.summarize(back))
-    assert "| 50% | plain+synthetic | 2 |" in md and "+2.0 ± 1.4" in md
+    assert "| 50% | plain+synthetic | 2 |" in md and "+2.0 [-10.7, +14.7] not settled" in md
+    assert "+1.0 (1 seed) not settled" in md  # one shared seed: no interval, never settled
+    assert "Recovered share" not in md  # no oracle arm
+
+
+def test_paired_interval_on_known_inputs() -> None:
+    iv = rg.paired_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    # mean 3, sd sqrt(2.5), t(0.975, 4) = 2.776445: half-width 2.776445 * 1.581139 / sqrt(5) = 1.963243
+    assert iv.n == 5 and iv.mean == pytest.approx(3.0)
+    assert (iv.lo, iv.hi) == (pytest.approx(1.036757, abs=1e-6), pytest.approx(4.963243, abs=1e-6))
+    assert iv.settled and rg.verdict(iv) == "settled"
+    neg = rg.paired_interval([-1.0, -2.0, -3.0, -4.0, -5.0])
+    assert neg.hi == pytest.approx(-1.036757, abs=1e-6) and neg.settled  # excludes 0 from below
+    wide = rg.paired_interval([5.0, -1.8, 4.0, 7.6, 0.2])  # the README's old "+3.3 ± 4.8" kind of result
+    assert wide.lo < 0 < wide.hi and not wide.settled and rg.verdict(wide) == "not settled"
+    one = rg.paired_interval([7.8])
+    assert one.mean == 7.8 and one.n == 1 and math.isnan(one.lo) and not one.settled
+    assert rg.paired_interval([]).n == 0 and not rg.paired_interval([]).settled
+    assert rg.paired_interval([2.0, float("nan"), 4.0]).n == 2  # nan left out
+    # a 90 % interval is narrower than the 95 % one
+    assert rg.paired_interval([1, 2, 3, 4, 5], level=0.9).lo > iv.lo
+    assert rg.format_interval(iv) == "+3.0 [+1.0, +5.0] settled"
+    assert rg.format_interval(one) == "+7.8 (1 seed) not settled"
+    with pytest.raises(ValueError, match="level"):
+        rg.paired_interval([1.0, 2.0], level=95)
+
+
+def test_recovered_share_per_seed_and_over_seeds() -> None:
+    strong = {0: 40.0, 1: 42.0, 2: 44.0, 3: 46.0}
+    oracle = {0: 50.0, 1: 47.0, 2: 54.0, 3: 45.0}  # seed 3: the oracle did not beat strong
+    synthetic = {0: 45.0, 1: 43.0, 2: 46.0, 3: 47.0}
+    sh = rg.recovered_share(synthetic, strong, oracle)
+    assert sh.per_seed == pytest.approx({0: 0.5, 1: 0.2, 2: 0.2})
+    assert sh.undefined == [3] and sh.oracle_gain == pytest.approx({0: 10.0, 1: 5.0, 2: 10.0, 3: -1.0})
+    assert sh.interval.n == 3 and sh.interval.mean == pytest.approx(0.3)
+    assert sh.interval == rg.paired_interval([0.5, 0.2, 0.2])
+    # only seeds all three arms have count
+    assert rg.recovered_share({0: 45.0}, strong, oracle).per_seed == {0: 0.5}
+
+
+def _rows(arms: dict[str, list[float]], fraction: float = 1.0) -> list[dict]:
+    return [
+        {"fraction": fraction, "arm": a, "seed": s, "mAP": v, "rank1": v + 5, "images": 10,
+         "synthetic_images": 10 if "+" in a else 0}
+        for a, vals in arms.items()
+        for s, v in enumerate(vals)
+    ]  # fmt: skip
+
+
+def test_table_reports_intervals_verdicts_and_the_recovered_share(tmp_path: Path) -> None:
+    rows = _rows({
+        "plain": [30.0, 31.0, 29.0, 30.5, 30.0],
+        "strong": [40.0, 42.0, 41.0, 43.0, 40.0],
+        "plain+synthetic": [35.0, 35.5, 34.0, 36.0, 35.0],
+        "strong+synthetic": [44.0, 42.0, 47.0, 41.0, 41.0],
+        "strong+oracle": [50.0, 52.0, 51.0, 53.0, 50.0],
+    })  # fmt: skip
+    summary = {e["arm"]: e for e in rg.summarize(rows)}
+    syn = summary["strong+synthetic"]
+    assert syn["d_mAP_strong"] == pytest.approx(1.8) and syn["d_mAP_strong_n"] == 5
+    assert not syn["d_mAP_strong_settled"] and summary["strong+oracle"]["d_mAP_strong_settled"]
+    assert summary["plain+synthetic"]["d_mAP_plain_settled"]
+    share = syn["share_mAP"]  # (synthetic - strong) / (oracle - strong) per seed: 4/10, 0, 6/10, -2/10, 1/10
+    assert share.per_seed == pytest.approx({0: 0.4, 1: 0.0, 2: 0.6, 3: -0.2, 4: 0.1})
+    assert share.interval.mean == pytest.approx(0.18)
+    assert "share_mAP" not in summary["plain+synthetic"]  # a share is of the gain over STRONG
+    md = rg.markdown_table(list(summary.values()))
+    line = next(ln for ln in md.splitlines() if ln.startswith("| 100% | strong+synthetic | 5 |"))
+    assert "not settled" in line
+    assert "+10.0 [" in md and "] settled" in md  # the oracle's gain over strong is settled
+    assert "Recovered share of the oracle's gain" in md
+    share_line = next(ln for ln in md.splitlines() if "s0: 0.40" in ln)
+    assert "s3: -0.20" in share_line and "0.18 [" in share_line and "not settled" in share_line
+    # a seed where the oracle did not beat strong gives no share, and says so
+    rows2 = [dict(r, mAP=39.0) if (r["arm"], r["seed"]) == ("strong+oracle", 0) else r for r in rows]
+    md2 = rg.markdown_table(rg.summarize(rows2))
+    assert "s0: – (oracle ≤ strong)" in md2
+    cfg = rg.GainConfig(data=tmp_path, out=tmp_path, arms=tuple(summary), per_image=1)
+    rg.write_reports(cfg, rows)
+    text = (tmp_path / "results.md").read_text()
+    assert "strong+oracle`: the strong baseline + real renders" in text and "seeds (0, 1, 2, 3, 4)" in text
+    with Image.open(tmp_path / "results.png") as im:
+        assert im.format == "PNG" and im.width > 1000  # three panels: mAP, rank-1, Δ vs strong with CI
+
+
+def test_default_seeds_are_five() -> None:
+    assert rg.GainConfig(data=Path("."), out=Path(".")).seeds == (0, 1, 2, 3, 4)
+    parser = argparse.ArgumentParser()
+    from posereid.experiments.reid_gain.cli import add_reid_gain_args
+
+    add_reid_gain_args(parser)
+    args = parser.parse_args(["--data", "d", "--out", "o"])
+    assert tuple(args.seeds) == (0, 1, 2, 3, 4) and "strong+oracle" not in args.arms
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,3 +421,95 @@ def test_a_run_parses_the_market_folder_once(market: Path, tmp_path: Path, monke
     source = rg.market_source(_config(market, tmp_path / "out2", fractions=(0.5, 1.0), arms=("plain",)))
     rg.run_gain(_config(market, tmp_path / "out2", fractions=(0.5, 1.0), arms=("plain",)), source=source)
     assert len(scans) == 1 and len(reads) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# the oracle arm
+# --------------------------------------------------------------------------------------------------
+def test_oracle_views_show_train_identities_in_their_hidden_views(market: Path, tmp_path: Path) -> None:
+    from posereid.experiments.synthetic import (
+        hidden_train_views,
+        oracle_name,
+        read_synthetic_meta,
+        write_oracle_views,
+    )
+
+    train = sorted(r.name for r in Market1501(market).train if r.pid > 0)
+    sources = train[::2]
+    summary = write_oracle_views(market, tmp_path / "oracle", sources, per_image=2)
+    hidden = hidden_train_views(market)
+    assert all(len(v) == 2 for v in hidden.values())  # train_views=2 of 4
+    recs = Market1501(tmp_path / "oracle").train
+    assert summary["images"] == len(recs) == 2 * len(sources)  # as many as the synthetic images would be
+    assert sorted(r.name for r in recs) == sorted(oracle_name(n, k) for n in sources for k in range(2))
+    meta = {r["name"]: r for r in read_synthetic_meta(tmp_path / "oracle" / "oracle-meta.csv")}
+    by_source = {oracle_name(n, k): n for n in sources for k in range(2)}
+    for r in recs:
+        src_pid, src_cam = parse_market_name(by_source[r.name])[:2]
+        assert (r.pid, r.camid + 1) == (src_pid, src_cam)  # under the source's pid, seen by its camera
+        assert meta[r.name]["view"] in hidden[r.pid]  # a view the train split never shows
+        assert r.name not in train
+    with Image.open(recs[0].path) as im:
+        assert im.size == (W, H)
+    # deterministic, and its own random streams: a second render gives the same bytes
+    write_oracle_views(market, tmp_path / "again", sources, per_image=2)
+    for r in recs:
+        assert (tmp_path / "again" / "bounding_box_train" / r.name).read_bytes() == r.path.read_bytes()
+    with pytest.raises(FileExistsError):
+        write_oracle_views(market, tmp_path / "oracle", sources)
+
+
+def test_oracle_needs_the_renderers_metadata(market: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from posereid.experiments.synthetic import SyntheticMetadataError, write_oracle_views
+
+    real = tmp_path / "real"  # a Market folder without the renderer's metadata, like real Market-1501
+    shutil.copytree(market, real, ignore=shutil.ignore_patterns("synthetic-*"))
+    with pytest.raises(SyntheticMetadataError, match="synth-market"):
+        write_oracle_views(real, tmp_path / "o")
+    config = _config(real, tmp_path / "out", fractions=(1.0,), arms=("strong", "strong+oracle"))
+    calls: list = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr(reid_train, "train_reid", lambda *a, **k: calls.append(a))
+    try:
+        with pytest.raises(rg.OracleUnavailableError, match="strong\\+oracle.*synth-market"):
+            rg.run_gain(config)
+    finally:
+        mp.undo()
+    assert not calls  # refused before any training
+    # metadata the renderer no longer reproduces is refused too
+    tampered = tmp_path / "tampered"
+    shutil.copytree(market, tampered)
+    doc = json.loads((tampered / "synthetic-identities.json").read_text())
+    doc["identities"]["1"]["build"] += 0.1
+    (tampered / "synthetic-identities.json").write_text(json.dumps(doc))
+    with pytest.raises(SyntheticMetadataError, match="no longer reproduces identity 1"):
+        write_oracle_views(tampered, tmp_path / "o2")
+
+
+def test_oracle_arm_trains_strong_on_oracle_views_without_a_generator(market: Path, tmp_path: Path) -> None:
+    gen_spy, reid_spy = Spy(training.train_generator), Spy(reid_train.train_reid)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(training, "train_generator", gen_spy)
+    mp.setattr(reid_train, "train_reid", reid_spy)
+    try:
+        config = _config(
+            market, tmp_path / "out", fractions=(0.5,), arms=("strong", "strong+oracle"), per_image=2
+        )
+        rows = {r["arm"]: r for r in rg.run_gain(config)}
+    finally:
+        mp.undo()
+    assert not gen_spy.calls  # the oracle needs no generator
+    strong_cfg, oracle_cfg = (args[0] for args, _ in reid_spy.calls)
+    assert oracle_cfg.augment == strong_cfg.augment == "strong" and oracle_cfg.steps == strong_cfg.steps
+    assert oracle_cfg.synthetic == (str(rg.oracle_dir(config, 0.5)),) and not strong_cfg.synthetic
+    oracle = rows["strong+oracle"]
+    assert oracle["synthetic_images"] == 2 * oracle["images"] and oracle["generator"] == "oracle"
+    kept = set(json.loads((config.work / "subset-0.5" / "subset.json").read_text())["names"])
+    from posereid.experiments.synthetic import oracle_name
+
+    names = {p.name for p in (rg.oracle_dir(config, 0.5) / "bounding_box_train").iterdir()}
+    assert names == {oracle_name(n, k) for n in kept for k in range(2)}  # from the KEPT images only
+    md = (config.out / "results.md").read_text()
+    assert "| 50% | strong+oracle | 1 |" in md and "real renders" in md

@@ -7,28 +7,41 @@
    else train the ``small`` preset on the train split for what the budget allows;
 3. generate one (or more) image per train image under its identity, in target poses drawn view-balanced
    from the train pose bank, so the unseen views appear;
-4. train re-ID baseline(s) and the augmented arm(s) for the SAME number of steps with the same seed(s)
-   and evaluate (the :mod:`posereid.experiments.reid_gain` machinery, one fraction = 100 %);
-5. print the table and write the plot, a sample grid (source | target skeleton | generated) and a grid of
-   the synthetic identities (their real train views | generated new views).
+4. train re-ID models for the SAME number of steps with the same seed(s) and evaluate (the
+   :mod:`posereid.experiments.reid_gain` machinery, one fraction = 100 %): always the strong baseline
+   (flip + random erasing) and strong + synthetic, the comparison that says whether the generator pays
+   for itself; the oracle (strong + real renders of the train identities in the views the train split
+   hides, as many as the synthetic images) when it fits, so the synthetic arm is also reported as the
+   share of the oracle's gain it recovers; plain arms, the identity filter and more seeds on a budget
+   that allows them;
+5. print the table, the comparison and the recovered share, and write the plot, a sample grid (source |
+   target skeleton | generated) and a grid of the synthetic identities (real train views | generated).
 
-**Budget.** ``--budget-minutes`` (default 10) is split between the stages; the step counts of the generator
-training, the sampling and the re-ID runs are derived from it by timing a few steps of each model on this
-machine first (so a GPU gets proportionally more steps). The plan is saved in ``OUT/demo_plan.json``; a
-rerun with the same options reuses it and every finished stage (data, generator, synthetic images,
-re-ID results), so it completes in seconds. ``--tiny`` runs everything at toy sizes in seconds (tests).
+**Budget.** ``--budget-minutes`` (default 10) is split between the stages: each stage gets its share of
+the time actually left when it starts (:func:`stage_budget`). Its step counts (generator training,
+sampling steps and images per source, re-ID steps) come from timing a few steps of each model on this
+machine (so a GPU gets proportionally more steps); the demo fits its budget by cutting steps and images,
+never the strong / strong + synthetic pair. It re-plans as it goes (:class:`Budget`): a stage that takes
+longer than its plan predicted (a machine slower than its start-up probe, another process on the cores)
+leaves less time to the later stages and makes them assume the measured slowdown; inside the re-ID stage,
+an optional run (the oracle, plain arms, more seeds) that no longer fits the time left is skipped, and
+the report says so. The plan, with each stage's share, prediction and actual time, is saved in
+``OUT/demo_plan.json``; a rerun with the same options reuses it and every finished stage (data,
+generator, synthetic images, re-ID results), so it completes in seconds. ``--tiny`` runs everything at
+toy sizes in seconds (tests).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +56,91 @@ logger = logging.getLogger(__name__)
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "generator-small"
 ASSET_META = "trained_on.json"  # which synthetic train split the shipped generator saw
 PLAN_FILE = "demo_plan.json"
+#: 2: strong / strong+synthetic always, the oracle, re-planning (an older plan starts over)
+PLAN_VERSION = 2
 DATA_DONE = "synthetic-identities.json"  # written last by write_synthetic_market
 
 #: Share of the budget per stage (the rest covers imports, rendering, timing, evaluation, reports). The
 #: later stages share what is actually left when they start, so an overrun early is absorbed later.
 SHARES_TRAIN = {"generator": 0.36, "generate": 0.16, "reid": 0.34}
 SHARES_SHIPPED = {"generator": 0.0, "generate": 0.26, "reid": 0.60}
+STAGES: tuple[str, ...] = ("generator", "generate", "reid")  # the planned stages, in order
 FINAL_RESERVE = 0.05  # of the budget, kept for the reports
+MAX_SLOWDOWN = 8.0  # a stage this many times slower than predicted says more about the plan than the machine
+
+#: The comparison the demo exists for: always run, whatever the budget (it cuts steps and images instead).
+REQUIRED_ARMS: tuple[str, ...] = ("strong", "strong+synthetic")
+#: An optional arm is planned only while every run keeps at least this many re-ID steps (osnet_x0_25 from
+#: scratch on the demo's ~250 images is still far from converged below that).
+MIN_OPTIONAL_ARM_STEPS = 200
+#: Plain arms and the identity filter need this many steps per run (a GPU, a long budget): on a CPU the
+#: time goes to the steps of the comparison that matters instead.
+RICH_STEPS = 1000
+MORE_SEEDS_STEPS = 600  # 3 or 5 seeds, each run keeping this many steps
+
+_clock = time.perf_counter  # the demo's clock (tests replace it)
 
 
 def stage_budget(shares: dict[str, float], stage: str, budget: float, elapsed: float) -> float:
-    """Seconds for ``stage`` (``generate`` or ``reid``): its share of the time still left, the later stages
+    """Seconds for ``stage`` (one of :data:`STAGES`): its share of the time still left, the later stages
     and the final reserve sharing the rest in proportion."""
-    later = {"generate": ("generate", "reid"), "reid": ("reid",)}[stage]
+    later = STAGES[STAGES.index(stage) :]
     left = budget * (1.0 - FINAL_RESERVE) - elapsed
-    return max(0.0, left) * shares[stage] / sum(shares[s] for s in later)
+    total = sum(shares[s] for s in later)
+    return max(0.0, left) * shares[stage] / total if total > 0 else 0.0
+
+
+class Budget:
+    """The demo's time budget as it is spent, read from :data:`_clock`.
+
+    Each stage gets its share of the time actually left (:func:`stage_budget`); :meth:`start` /
+    :meth:`finish` record what the stage's plan predicted from the start-up probes and what it took. A
+    stage that took longer than predicted sets :attr:`slowdown` (actual / predicted, at least 1): the later
+    stages multiply their probed per-step costs by it, so a machine slower than its probe (or one that
+    became busy) gets fewer steps there instead of overrunning. ``log`` (the plan's ``"stages"``) keeps,
+    per stage, its share, prediction and actual seconds.
+    """
+
+    def __init__(
+        self, total_s: float, shares: dict[str, float], *, log: dict[str, Any] | None = None
+    ) -> None:
+        self.total_s = float(total_s)
+        self.shares = shares
+        self.t0 = _clock()
+        self.slowdown = 1.0
+        self.log: dict[str, Any] = {} if log is None else log
+        self._started: dict[str, float] = {}
+
+    def elapsed(self) -> float:
+        return _clock() - self.t0
+
+    def left(self) -> float:
+        """Seconds until the final reserve (the reports' time) starts."""
+        return self.total_s * (1.0 - FINAL_RESERVE) - self.elapsed()
+
+    def share(self, stage: str) -> float:
+        """Seconds ``stage`` may take if it starts now."""
+        return stage_budget(self.shares, stage, self.total_s, self.elapsed())
+
+    def start(self, stage: str, predicted_s: float) -> None:
+        """``stage`` starts now; its plan predicted ``predicted_s`` seconds (0: it has nothing to do)."""
+        self.log[stage] = {
+            "share_s": round(self.share(stage), 1),
+            "predicted_s": round(float(predicted_s), 1),
+        }
+        self._started[stage] = _clock()
+
+    def finish(self, stage: str, *, worked: bool = True) -> float:
+        """``stage`` is done; return its actual seconds. When it did work (``worked``: not reused from an
+        earlier run) and had a prediction, its actual / predicted ratio becomes the slowdown."""
+        actual = _clock() - self._started.pop(stage)
+        entry = self.log[stage]
+        entry["actual_s"] = round(actual, 1)
+        predicted = float(entry["predicted_s"])
+        if worked and predicted > 0:
+            self.slowdown = min(MAX_SLOWDOWN, max(1.0, actual / predicted))
+            entry["slowdown_after"] = round(self.slowdown, 2)
+        return actual
 
 
 def _say(text: str) -> None:
@@ -218,14 +301,15 @@ def new_plan(args: argparse.Namespace, device: str) -> dict[str, Any]:
     else:
         hw = (32, 16) if args.tiny else (int(args.height), int(args.width))
     key = {"tiny": bool(args.tiny), "budget_minutes": float(args.budget_minutes), "device": device,
-           "generator": gen or "train", "seed": int(args.seed), "hw": list(hw), "arms": args.arms}  # fmt: skip
+           "generator": gen or "train", "seed": int(args.seed), "hw": list(hw), "arms": args.arms,
+           "plan_version": PLAN_VERSION}  # fmt: skip
     plan: dict[str, Any] = {"key": key, "generator": gen, "generator_how": how, "hw": list(hw),
                             "synth": _synth_kwargs(args.tiny, hw, args.seed)}  # fmt: skip
     if args.tiny:
         plan.update(generator_preset="tiny", generator_steps=3, generator_batch_size=4, per_image=1,
                     sampler="ddim", steps=2, guidance=[1.0, 1.0], reid_model="osnet_x0_25", reid_steps=4,
-                    reid_batch_size=8, arms=["plain", "plain+synthetic"], seeds=[int(args.seed)],
-                    filter=None)  # fmt: skip
+                    reid_batch_size=8, arms=[*REQUIRED_ARMS, rg.ORACLE_ARM], required=list(REQUIRED_ARMS),
+                    seeds=[int(args.seed)], filter=None)  # fmt: skip
     else:
         # osnet_x0_25 from scratch on ~250 images: Adam at 1e-2 reaches ~45 % mAP in 600 steps on the
         # synthetic test split where 3.5e-4 (the ImageNet-pretrained recipe) stays near chance (measured).
@@ -302,18 +386,32 @@ def plan_generator(plan: dict[str, Any], budget_s: float, device: str) -> None:
     )
     plan["generator_steps"] = _clamp(budget_s / (sps * 1.15), 20, 4000)
     plan["timing"] = {**plan.get("timing", {}), "generator_s_per_step": round(sps, 4)}
+    _predict(plan, "generator", plan["generator_steps"] * sps * 1.15)
+
+
+def _predict(plan: dict[str, Any], stage: str, seconds: float) -> None:
+    """Record what the probes predict ``stage`` takes on an unloaded machine (no slowdown applied)."""
+    plan.setdefault("predicted_s", {})[stage] = round(float(seconds), 2)
 
 
 def plan_generation(
-    plan: dict[str, Any], generator_path: Path, n_sources: int, budget_s: float, device: str
+    plan: dict[str, Any],
+    generator_path: Path,
+    n_sources: int,
+    budget_s: float,
+    device: str,
+    *,
+    slowdown: float = 1.0,
 ) -> None:
-    """Sampling steps, guidance and images per source that fit ``budget_s``."""
+    """Sampling steps, guidance and images per source that fit ``budget_s`` on a machine ``slowdown``
+    times slower than the probe says."""
     if "steps" in plan:
         return
     from posereid.models.contract import load_generator
 
     model = load_generator(generator_path, device=device)
-    c1 = time_generation(model, min(32, n_sources)) * 1.15
+    probe = time_generation(model, min(32, n_sources)) * 1.15
+    c1 = probe * max(1.0, slowdown)
     choice = (4, 1.0)
     for steps, g in ((25, 2.0), (15, 2.0), (12, 1.0), (8, 1.0), (6, 1.0)):
         if n_sources * steps * c1 * (3 if g != 1.0 else 1) <= budget_s:
@@ -322,32 +420,122 @@ def plan_generation(
     steps, g = choice
     per_set = n_sources * steps * c1 * (3 if g != 1.0 else 1)
     plan.update(steps=steps, guidance=[g, g], per_image=_clamp(budget_s / per_set, 1, 4))
-    plan["timing"] = {**plan.get("timing", {}), "generate_s_per_image_step": round(c1 / 1.15, 5)}
+    plan["timing"] = {**plan.get("timing", {}), "generate_s_per_image_step": round(probe / 1.15, 5)}
+    _predict(plan, "generate", plan["per_image"] * per_set / max(1.0, slowdown))
 
 
-def plan_reid(plan: dict[str, Any], classes: int, budget_s: float, device: str, arms_arg: str | None) -> None:
-    """Arms, seeds and the (shared) number of re-ID steps that fit ``budget_s``."""
+FILTERED_ARM = "strong+synthetic+filtered"
+
+
+def _runs(arms: list[str]) -> int:
+    """Re-ID trainings one seed of ``arms`` costs (the filtered arm also trains its filter model)."""
+    return len(arms) + (1 if FILTERED_ARM in arms else 0)
+
+
+def plan_reid(
+    plan: dict[str, Any],
+    classes: int,
+    budget_s: float,
+    device: str,
+    arms_arg: str | None,
+    *,
+    slowdown: float = 1.0,
+) -> None:
+    """Arms, seeds and the (shared) number of re-ID steps that fit ``budget_s`` on a machine ``slowdown``
+    times slower than the probe says.
+
+    Always :data:`REQUIRED_ARMS` (strong, strong + synthetic); the oracle while every run keeps
+    :data:`MIN_OPTIONAL_ARM_STEPS` steps; plain arms, the identity filter and 3 or 5 seeds on rich budgets.
+    A tight budget cuts steps (down to a floor), never the required pair. ``arms_arg`` (``--arms``)
+    replaces the choice of arms, and all of them are then required.
+    """
     if "reid_steps" in plan:
         return
     sps = time_reid_step(plan["reid_model"], tuple(plan["hw"]), plan["reid_batch_size"], classes, device)
-    cost = sps * 1.6 + 0.02  # data loading, transforms, scheduler; measured overhead on CPU
+    raw = sps * 1.6 + 0.02  # data loading, transforms, scheduler; measured overhead on CPU
+    cost = raw * max(1.0, slowdown)
     if arms_arg:
         arms = [a.strip() for a in arms_arg.split(",") if a.strip()]
+        required = list(arms)
     else:
-        arms = ["plain", "plain+synthetic"]
-        if budget_s / (4 * cost) >= 400:  # room for the strong (flip + erasing) pair too
-            arms += ["strong", "strong+synthetic"]
-            if _filter_available() and budget_s / (6 * cost) >= 400:
-                arms.append("strong+synthetic+filtered")
-    runs = len(arms) + (1 if "strong+synthetic+filtered" in arms else 0)  # + the filter's own model
-    seeds = [plan["key"]["seed"]]
-    if budget_s / (3 * runs * cost) >= 600:
-        seeds = [plan["key"]["seed"] + i for i in range(3)]
+        arms, required = list(REQUIRED_ARMS), list(REQUIRED_ARMS)
+        if budget_s / (3 * cost) >= MIN_OPTIONAL_ARM_STEPS:  # the oracle, when it fits
+            arms.append(rg.ORACLE_ARM)
+            if budget_s / (5 * cost) >= RICH_STEPS:
+                arms += ["plain", "plain+synthetic"]
+                if _filter_available() and budget_s / (7 * cost) >= RICH_STEPS:
+                    arms.append(FILTERED_ARM)
+    runs = _runs(arms)
+    n_seeds = next((n for n in (5, 3) if budget_s / (n * runs * cost) >= MORE_SEEDS_STEPS), 1)
+    seeds = [plan["key"]["seed"] + i for i in range(n_seeds)]
     plan.update(
-        arms=arms, seeds=seeds, reid_steps=_clamp(budget_s / (len(seeds) * runs * cost), 40, 3000),
-        filter="auto" if "strong+synthetic+filtered" in arms else None,
+        arms=arms, required=required, seeds=seeds,
+        reid_steps=_clamp(budget_s / (len(seeds) * runs * cost), 40, 3000),
+        filter="auto" if FILTERED_ARM in arms else None,
     )  # fmt: skip
-    plan["timing"] = {**plan.get("timing", {}), "reid_s_per_step": round(sps, 4)}
+    plan["timing"] = {
+        **plan.get("timing", {}),
+        "reid_s_per_step": round(sps, 4),
+        "reid_s_per_step_cost": round(raw, 4),
+    }
+    _predict(plan, "reid", plan["reid_steps"] * raw * len(seeds) * runs)
+
+
+def reid_runs(plan: dict[str, Any]) -> list[list[tuple[str, int]]]:
+    """The planned re-ID cells, grouped by seed, in the order they run (the required arms first)."""
+    required = plan.get("required") or list(REQUIRED_ARMS)
+    arms = [a for a in plan["arms"] if a in required] + [a for a in plan["arms"] if a not in required]
+    return [[(a, int(s)) for a in arms] for s in plan["seeds"]]
+
+
+def run_reid_stage(
+    plan: dict[str, Any],
+    budget: Budget,
+    run_cell: Callable[[str, int], object],
+    done: Collection[tuple[str, int]] = (),
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Run the planned re-ID cells (``run_cell(arm, seed)``) while they fit; return ``(ran, skipped)``.
+
+    The first seed's required arms always run. Every other cell runs only if the time it is expected to
+    take still fits ``budget.left()``: an optional arm of the first seed on its own, a further seed as a
+    whole (a seed without its comparison would be of no use). The expected time of a run is the last
+    measured one (the plan's prediction × the slowdown before any), twice for the filtered arm (which
+    also trains its filter model). Cells in ``done`` (finished by an earlier run) cost nothing.
+    """
+    required = set(plan.get("required") or REQUIRED_ARMS)
+    cost = plan.get("timing", {}).get("reid_s_per_step_cost")
+    per_run = plan["reid_steps"] * float(cost) * budget.slowdown if cost else 0.0
+    ran: list[tuple[str, int]] = []
+    skipped: list[tuple[str, int]] = []
+
+    def weight(arm: str, seed: int) -> int:
+        return 2 if arm == FILTERED_ARM and seed == plan["seeds"][0] else 1
+
+    def run(cell: tuple[str, int]) -> None:
+        nonlocal per_run
+        t0 = _clock()
+        run_cell(*cell)
+        if cell not in done:
+            per_run = (_clock() - t0) / weight(*cell)
+        ran.append(cell)
+
+    for i, seed_cells in enumerate(reid_runs(plan)):
+        if i == 0:
+            for cell in seed_cells:
+                todo = cell not in done and cell[0] not in required
+                if todo and weight(*cell) * per_run > budget.left():
+                    skipped.append(cell)
+                else:
+                    run(cell)
+            continue
+        todo = [c for c in seed_cells if c not in done]
+        need = sum(weight(*c) * per_run for c in todo)
+        if todo and (skipped or need > budget.left()):
+            skipped += seed_cells
+            continue
+        for cell in seed_cells:
+            run(cell)
+    return ran, skipped
 
 
 def _filter_available() -> bool:
@@ -489,7 +677,9 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=64, help="image height when training a generator")
     parser.add_argument("--width", type=int, default=32, help="image width when training a generator")
     parser.add_argument(
-        "--arms", help=f"comma list from {', '.join(rg.ARMS)} (default: what the budget allows)"
+        "--arms",
+        help=f"comma list from {', '.join(rg.ARMS)} (default: strong and strong+synthetic always, "
+        f"{rg.ORACLE_ARM} when it fits, more on a budget that allows them)",
     )
     parser.add_argument(
         "--tiny",
@@ -500,20 +690,82 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _finish_stage(budget: Budget, plan: dict[str, Any], stage: str, *, worked: bool) -> None:
+    """Close ``stage`` on the budget; say so when it ran over its share or slower than its probe (the
+    later stages then re-plan for the slowdown)."""
+    before = budget.slowdown
+    actual = budget.finish(stage, worked=worked)
+    plan["slowdown"] = round(budget.slowdown, 3)
+    entry = budget.log[stage]
+    if not worked:
+        return
+    share, predicted = float(entry["share_s"]), float(entry["predicted_s"])
+    if actual > 1.05 * share > 0 or budget.slowdown > max(1.1, 1.05 * before):
+        _say(
+            f"  the {stage} stage took {actual:.0f} s ({share:.0f} s share, {predicted:.0f} s predicted by the "
+            f"start-up probe): the later stages plan for a machine {budget.slowdown:.1f}x slower than its "
+            f"probe, in the {max(0.0, budget.left()):.0f} s left"
+        )
+
+
+def comparison_lines(summary: list[dict[str, Any]], oracle_ran: bool) -> list[str]:
+    """The demo's answer: every augmented arm against its baseline (paired, with its interval when there
+    are several seeds), then the share of the oracle's gain strong + synthetic recovers."""
+    lines = []
+    for e in summary:
+        extra = rg.arm_extra(e["arm"])
+        if not extra:
+            continue
+        base = "strong" if e["arm"].startswith("strong") else "plain"
+        if not any(x["arm"] == base for x in summary):
+            continue
+        ivs = {
+            name: rg.Interval(*(e[f"d_{metric}_{base}{x}"] for x in ("", "_lo", "_hi", "_n")))
+            for metric, name in (("mAP", "ΔmAP"), ("rank1", "Δrank-1"))
+        }
+        if max(iv.n for iv in ivs.values()) < 2:  # one seed: no interval
+            parts = ", ".join(f"{name} {iv.mean:+.1f}" for name, iv in ivs.items())
+            lines.append(f"  {e['arm']} vs {base}: {parts} (1 seed: no interval, not settled; same steps)")
+        else:
+            parts = ", ".join(f"{name} {rg.format_interval(iv)}" for name, iv in ivs.items())
+            lines.append(f"  {e['arm']} vs {base}: {parts} ({e['seeds']} seeds, 95 % intervals; same steps)")
+    shares = [e for e in summary if "share_mAP" in e]
+    if not oracle_ran:
+        lines.append(
+            f"  recovered share of the oracle's gain: skipped for time (the {rg.ORACLE_ARM} arm did not fit this "
+            "budget; a longer --budget-minutes or a GPU runs it)"
+        )
+    for e in shares:
+        sh = e["share_mAP"]
+        gains = ", ".join(f"seed {s}: {g:+.1f}" for s, g in sorted(sh.oracle_gain.items()))
+        if not sh.per_seed:
+            lines.append(
+                f"  recovered share of the oracle's gain ({e['arm']}): undefined, the oracle did not beat strong "
+                f"(ΔmAP {gains}); runs this short cannot tell"
+            )
+            continue
+        per = ", ".join(f"seed {s}: {v:.2f}" for s, v in sorted(sh.per_seed.items()))
+        lines.append(
+            f"  recovered share of the oracle's gain ({e['arm']}, mAP): {rg.format_interval(sh.interval, 2, False)}"
+            f" — per seed {per} (the oracle over strong: {gains})"
+        )
+    return lines
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    t_start = time.perf_counter()
+    budget = Budget(max(1.0, float(args.budget_minutes)) * 60.0, SHARES_TRAIN)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = rg.resolve_device(args.device)
-    budget = max(1.0, float(args.budget_minutes)) * 60.0
     plan = load_or_start_plan(args, out, device)
-    shares = SHARES_SHIPPED if plan["generator"] is not None else SHARES_TRAIN
+    budget.shares = SHARES_SHIPPED if plan["generator"] is not None else SHARES_TRAIN
+    budget.log = plan.setdefault("stages", {})
     h, w = plan["hw"]
     threads = ""
     if device == "cpu" and not args.tiny:
         n = pick_cpu_threads(reid_step_fn(plan["reid_model"], (h, w), plan["reid_batch_size"], 8, "cpu"))
         threads = f", {n} CPU thread{'s' if n > 1 else ''}"
-    _say(f"posereid demo → {out}  (device {device}{threads}, budget {budget / 60:.0f} min"
+    _say(f"posereid demo → {out}  (device {device}{threads}, budget {budget.total_s / 60:.0f} min"
          f"{', tiny' if args.tiny else ''}, images {h}x{w})")  # fmt: skip
 
     # 1. data ------------------------------------------------------------------------------------
@@ -531,59 +783,85 @@ def run_demo(args: argparse.Namespace) -> int:
                           for k in ("train", "query", "gallery")))  # fmt: skip
 
     # 2. generator --------------------------------------------------------------------------------
-    plan_generator(plan, shares["generator"] * budget, device)
+    plan_generator(plan, budget.share("generator"), device)
     _save_plan(out, plan)
     cfg = _gain_config(plan, out, device)
     subset = rg.prepare_fraction(cfg, 1.0, source=source)
+    train_now = plan["generator"] is None and not (rg.generator_dir(cfg, 1.0) / "config.json").is_file()
     if plan["generator"] is not None:
         _say(f"\n[2/5] generator: using the {plan['generator_how']} checkpoint {plan['generator']}")
-    elif (rg.generator_dir(cfg, 1.0) / "config.json").is_file():
+    elif not train_now:
         _say(f"\n[2/5] generator: reusing the one trained before ({plan['generator_steps']} steps)")
     else:
         timing = plan.get("timing", {}).get("generator_s_per_step")
         _say(f"\n[2/5] generator: training the '{plan['generator_preset']}' preset on the {n_train} train "
              f"images for {plan['generator_steps']} steps (batch {plan['generator_batch_size']}"
-             + (f", {timing:.2f} s/step measured, ~{shares['generator'] * budget / 60:.1f} min budget" if timing else "")
+             + (f", {timing:.2f} s/step measured, ~{budget.share('generator') / 60:.1f} min budget" if timing else "")
              + ")")  # fmt: skip
+    budget.start("generator", plan.get("predicted_s", {}).get("generator", 0.0) if train_now else 0.0)
     gen_path = rg.ensure_generator(cfg, 1.0, subset, device=device, source=source)
+    _finish_stage(budget, plan, "generator", worked=train_now)
     _say(f"  generator: {gen_path}")
 
     # 3. synthetic images -------------------------------------------------------------------------
-    elapsed = time.perf_counter() - t_start
-    plan_generation(plan, gen_path, n_train, stage_budget(shares, "generate", budget, elapsed), device)
+    plan_generation(plan, gen_path, n_train, budget.share("generate"), device, slowdown=budget.slowdown)
     _save_plan(out, plan)
     cfg = _gain_config(plan, out, device)
-    again = " (already done)" if (rg.synthetic_dir(cfg, 1.0) / "gain_done.json").is_file() else ""
+    generate_now = not (rg.synthetic_dir(cfg, 1.0) / "gain_done.json").is_file()
     _say(
-        f"\n[3/5] generating{again} {plan['per_image']} image(s) per train image in new poses (view-balanced pose "
-        f"sampling, {plan['sampler']} {plan['steps']} steps, guidance {plan['guidance'][0]:g})"
+        f"\n[3/5] generating{'' if generate_now else ' (already done)'} {plan['per_image']} image(s) per train "
+        f"image in new poses (view-balanced pose sampling, {plan['sampler']} {plan['steps']} steps, guidance "
+        f"{plan['guidance'][0]:g})"
     )
+    budget.start("generate", plan.get("predicted_s", {}).get("generate", 0.0) if generate_now else 0.0)
     n_syn = rg.ensure_synthetic(cfg, 1.0, subset, gen_path, device=device)
+    _finish_stage(budget, plan, "generate", worked=generate_now)
     _say(f"  {n_syn} synthetic images under their source identities: {rg.synthetic_dir(cfg, 1.0)}")
 
     # 4. re-ID ------------------------------------------------------------------------------------
-    elapsed = time.perf_counter() - t_start
-    plan_reid(plan, int(summary["train"]["identities"]), stage_budget(shares, "reid", budget, elapsed), device,
-              args.arms)  # fmt: skip
+    plan_reid(plan, int(summary["train"]["identities"]), budget.share("reid"), device, args.arms,
+              slowdown=budget.slowdown)  # fmt: skip
     _save_plan(out, plan)
     cfg = _gain_config(plan, out, device)
     _say(
         f"\n[4/5] re-ID: {cfg.reid_model} at {h}x{w}, {cfg.reid_steps} steps for EVERY run; arms "
         f"{', '.join(cfg.arms)}; seed(s) {', '.join(map(str, cfg.seeds))}"
     )
-    rows = rg.run_gain(cfg, source=source)
+    csv_path = cfg.out / "results.csv"
+    done = {(r["arm"], int(r["seed"])) for r in rg.read_results(csv_path) if float(r["fraction"]) == 1.0}
+    budget.start("reid", plan.get("predicted_s", {}).get("reid", 0.0))
+    ran, skipped = run_reid_stage(
+        plan,
+        budget,
+        lambda arm, seed: rg.run_gain(dataclasses.replace(cfg, arms=(arm,), seeds=(seed,)), source=source),
+        done,
+    )
+    _finish_stage(budget, plan, "reid", worked=bool(set(ran) - done))
+    plan["skipped"] = [list(c) for c in skipped]
+    _save_plan(out, plan)
+    for arm, seed in skipped:
+        _say(
+            f"  skipped for time: {arm}, seed {seed} (it no longer fit the {max(0.0, budget.left()):.0f} s left)"
+        )
 
     # 5. report -----------------------------------------------------------------------------------
     _say("\n[5/5] results (mAP / rank-1 in %, on query/gallery identities never seen in training)\n")
+    cells = set(ran)
+    rows = [
+        r
+        for r in rg.read_results(csv_path)
+        if float(r["fraction"]) == 1.0 and (r["arm"], int(r["seed"])) in cells
+    ]
+    cfg = dataclasses.replace(
+        cfg,
+        arms=tuple(a for a in cfg.arms if any(c[0] == a for c in cells)),
+        seeds=tuple(s for s in cfg.seeds if any(c[1] == s for c in cells)),
+    )
+    rg.write_reports(cfg, rows)  # exactly the cells reported here
     summary_rows = rg.summarize(rows)
     _say(rg.markdown_table(summary_rows))
-    for e in summary_rows:
-        if "synthetic" in e["arm"]:
-            base = "strong" if e["arm"].startswith("strong") else "plain"
-            d = e.get(f"d_mAP_{base}")
-            if d is not None and d == d:
-                _say(f"  {e['arm']} vs {base}: ΔmAP {d:+.1f}, Δrank-1 {e[f'd_rank1_{base}']:+.1f} "
-                     f"({e['seeds']} seed(s), same steps)")  # fmt: skip
+    for line in comparison_lines(summary_rows, oracle_ran=rg.ORACLE_ARM in cfg.arms):
+        _say(line)
     samples = out / "samples.png"
     identities = out / "identities.png"
     people = out / "people.png"
@@ -592,12 +870,12 @@ def run_demo(args: argparse.Namespace) -> int:
     from posereid.experiments.synthetic.dataset import render_grid
 
     render_grid(people, n_ids=4, n_cols=8, seed=plan["key"]["seed"], height=h, width=w)
-    plan["seconds"] = round(time.perf_counter() - t_start, 1)
+    plan["seconds"] = round(budget.elapsed(), 1)
     _save_plan(out, plan)
     outputs = {
         "results table": cfg.out / "results.md",
         "results CSV": cfg.out / "results.csv",
-        "plot (mAP/rank-1 per arm)": cfg.out / "results.png",
+        "plot (mAP/rank-1 per arm, Δ vs strong)": cfg.out / "results.png",
         f"sample grid ({n_rows} rows: source | target skeleton | generated)": samples,
         f"identity grid ({n_ids} ids: real train views | generated)": identities,
         "synthetic people (views x cameras)": people,
@@ -606,10 +884,23 @@ def run_demo(args: argparse.Namespace) -> int:
         "synthetic images + manifest": rg.synthetic_dir(cfg, 1.0),
         "plan and timings": out / PLAN_FILE,
     }
+    if rg.ORACLE_ARM in cfg.arms:
+        outputs["oracle images (hidden views, rendered)"] = rg.oracle_dir(cfg, 1.0)
     _say(f"\ndone in {plan['seconds'] / 60:.1f} min. Outputs:")
     for what, path in outputs.items():
         _say(f"  {what:<58} {path}")
     return 0
 
 
-__all__ = ["ASSET_DIR", "add_demo_args", "identity_grid", "pick_cpu_threads", "run_demo", "sample_grid"]
+__all__ = [
+    "ASSET_DIR",
+    "Budget",
+    "add_demo_args",
+    "comparison_lines",
+    "identity_grid",
+    "pick_cpu_threads",
+    "run_demo",
+    "run_reid_stage",
+    "sample_grid",
+    "stage_budget",
+]

@@ -10,12 +10,14 @@ from posereid._lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "config": ["ARMS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "GainConfig", "ProtocolMismatchError",
-                   "find_annotations", "fraction_tag", "parse_fractions"],
+        "config": ["ARMS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "DEFAULT_SEEDS", "GainConfig", "ORACLE_ARM",
+                   "ProtocolMismatchError", "arm_extra", "find_annotations", "fraction_tag", "parse_fractions"],
         "subset": ["Subset", "materialize_subset", "select_subset", "subset_order"],
-        "protocol": ["ensure_filtered", "ensure_generator", "ensure_synthetic", "generator_dir", "market_source",
-                     "planned_cells", "prepare_fraction", "resolve_device", "run_cell", "run_gain", "synthetic_dir"],
-        "report": ["CSV_FIELDS", "cell_key", "markdown_table", "plot_results", "read_results", "summarize",
-                   "write_reports", "write_results"],
+        "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filtered", "ensure_generator", "ensure_oracle",
+                     "ensure_synthetic", "generator_dir", "market_source", "oracle_dir", "planned_cells",
+                     "prepare_fraction", "resolve_device", "run_cell", "run_gain", "synthetic_dir"],
+        "report": ["CSV_FIELDS", "Interval", "Share", "cell_key", "format_interval", "markdown_table", "paired_interval",
+                   "plot_results", "read_results", "recovered_share", "summarize", "verdict", "write_reports",
+                   "write_results"],
     },
 )  # fmt: skip

@@ -13,7 +13,7 @@ from posereid.argtypes import (
     positive_int,
     share,
 )
-from posereid.experiments.reid_gain.config import ARMS, GainConfig, parse_fractions
+from posereid.experiments.reid_gain.config import ARMS, ORACLE_ARM, GainConfig, parse_fractions
 from posereid.experiments.reid_gain.protocol import run_gain
 from posereid.experiments.reid_gain.report import markdown_table, summarize
 
@@ -31,10 +31,18 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         help="kept fractions, e.g. 0.2,0.4 or 20%%,40%% (default: 20..100%%)",
     )
     parser.add_argument(
-        "--arms", type=csv_list(str), default=d.arms, help=f"comma list from {', '.join(ARMS)}"
+        "--arms",
+        type=csv_list(str),
+        default=d.arms,
+        help=f"comma list from {', '.join(ARMS)} (default: {','.join(d.arms)}); {ORACLE_ARM} (real renders of "
+        "the train identities in the views the train split hides: the ceiling) needs a synth-market dataset",
     )
     parser.add_argument(
-        "--seeds", type=csv_list(non_negative_int), default=d.seeds, help="re-ID seeds, e.g. 0,1,2"
+        "--seeds",
+        type=csv_list(non_negative_int),
+        default=d.seeds,
+        help=f"re-ID seeds (default: {','.join(map(str, d.seeds))}: with fewer than five, the report's paired "
+        "95 %% intervals are rarely narrow enough to settle a gain)",
     )
     parser.add_argument("--subset-seed", type=int, default=d.subset_seed, help="seed of the subset choice")
     parser.add_argument(

@@ -8,16 +8,22 @@ with three corrections (``docs/DESIGN.md`` §6):
   augmentation helps";
 - the generator is trained **only on D_tr** (leakage-free; ``generator_data="full"`` or a given checkpoint
   are options, and the results record which was used);
-- several **seeds** (mean ± std) and the **same number of optimisation steps** for every arm.
+- several **seeds** (mean ± std, paired 95 % intervals) and the **same number of optimisation steps** for
+  every arm;
+- on synthetic people an **oracle** arm (``strong+oracle``: real renders of the train identities in the
+  views the train split hides, as many as the synthetic images): the ceiling of pose augmentation, against
+  which a synthetic arm is reported as the share of the oracle's gain it recovers.
 
 Every fraction's subset is materialised as a Market-format folder (hard links, symlinks or copies) plus
 its PATN annotation / pair rows, so the generator trainer, the offline generator and the re-ID trainer all
 read it like any Market folder. Subsets are nested (the 20 % subset is inside the 40 % one) and depend only
 on ``subset_seed``.
 
-Outputs under ``out``: ``results.csv`` (one row per fraction × arm × seed), ``results.md`` (mean ± std and
-deltas vs the ``plain`` and ``strong`` baselines), ``results.png`` (mAP / rank-1 vs fraction) and
-``work/`` (subsets, generators, synthetic folders; reused on a rerun). A rerun reads finished cells back
+Outputs under ``out``: ``results.csv`` (one row per fraction × arm × seed), ``results.md`` (mean ± std,
+paired deltas vs the ``plain`` and ``strong`` baselines with 95 % intervals and whether they are settled,
+and the share of the oracle's gain each synthetic arm recovers), ``results.png`` (mAP / rank-1 vs
+fraction, and the paired ΔmAP vs ``strong`` with its interval) and ``work/`` (subsets, generators,
+synthetic and oracle folders; reused on a rerun). A rerun reads finished cells back
 from the CSV and computes only the missing ones.
 
 The settings (:class:`GainConfig`, the arms) live in :mod:`~posereid.experiments.reid_gain.config`, the
@@ -45,14 +51,17 @@ from typing import Any
 
 from posereid.experiments.data import MarketSource
 from posereid.experiments.reid_gain.config import (
+    ORACLE_ARM,
     GainConfig,
     ProtocolMismatchError,
+    arm_extra,
     find_annotations,
     fraction_tag,
 )
 from posereid.experiments.reid_gain.report import cell_key, read_results, write_reports, write_results
 from posereid.experiments.reid_gain.subset import Subset, _link_or_copy, materialize_subset
 from posereid.models.io_utils import atomic_write
+from posereid.models.locks import LOCK_NAME, output_lock
 from posereid.reid_integration.market1501 import Market1501, read_pairs_csv
 
 logger = logging.getLogger(__name__)
@@ -81,6 +90,51 @@ def generator_dir(config: GainConfig, fraction: float) -> Path:
 def synthetic_dir(config: GainConfig, fraction: float, *, filtered: bool = False) -> Path:
     """The Market-format folder of ``fraction``'s synthetic images (``filtered``: after the filter)."""
     return config.work / f"synthetic-{fraction_tag(fraction)}{'-filtered' if filtered else ''}"
+
+
+def oracle_dir(config: GainConfig, fraction: float) -> Path:
+    """The Market-format folder of ``fraction``'s oracle images (the ``strong+oracle`` arm)."""
+    return config.work / f"oracle-{fraction_tag(fraction)}"
+
+
+class OracleUnavailableError(ValueError):
+    """``strong+oracle`` was asked for on a dataset without the synthetic renderer's metadata."""
+
+
+def check_oracle(config: GainConfig) -> None:
+    """Refuse the ``strong+oracle`` arm unless ``config.data`` is a dataset written by ``synth-market``
+    (oracle views need the renderer's identities and cameras, ``synthetic-identities.json``)."""
+    if ORACLE_ARM not in config.arms:
+        return
+    from posereid.experiments.synthetic.dataset import IDENTITIES_JSON, find_synthetic_metadata
+
+    if find_synthetic_metadata(config.data) is None:
+        raise OracleUnavailableError(
+            f"arm '{ORACLE_ARM}' needs a synthetic dataset: it renders the train identities in the views the "
+            f"train split hides, from the renderer's metadata ({IDENTITIES_JSON}), and {config.data} has none "
+            "(real data cannot have an oracle); drop the arm, or use a folder written by `posereid synth-market`"
+        )
+
+
+def ensure_oracle(config: GainConfig, fraction: float, subset: Subset) -> int:
+    """Render (or reuse) ``fraction``'s oracle folder; return its image count.
+
+    ``per_image`` oracle images per kept image, under the kept image's pid and camera, in the view
+    directions the train split hides (:func:`~posereid.experiments.synthetic.dataset.write_oracle_views`):
+    as many as the synthetic arm is asked to generate from the same sources.
+    """
+    from posereid.experiments.synthetic.dataset import write_oracle_views
+
+    out = oracle_dir(config, fraction)
+    done = out / "gain_done.json"
+    if done.is_file():
+        return int(json.loads(done.read_text())["images"])
+    shutil.rmtree(out, ignore_errors=True)  # complete but unmarked: render again (it is deterministic)
+    summary = write_oracle_views(config.data, out, subset.names, per_image=config.per_image)
+    images = len(Market1501(out).train)
+    with atomic_write(done) as fh:
+        json.dump({"images": images, "per_image": config.per_image, "identities": summary["identities"]}, fh)
+    return images
 
 
 def ensure_generator(
@@ -282,7 +336,7 @@ def run_cell(
         "images": int(res.get("real_images", subset.images)), "identities": int(res.get("identities", subset.identities)),
         "synthetic_images": int(res.get("synthetic_images", 0)), "steps": int(res.get("steps", config.reid_steps)),
         "batch_size": int(res.get("batch_size", config.reid_batch_size)), "wall_s": round(wall, 2), "reid_model": config.reid_model,
-        "generator": config.generator_source() if synthetic else "",
+        "generator": ("oracle" if arm == ORACLE_ARM else config.generator_source()) if synthetic else "",
     }  # fmt: skip
     detail = {k: v for k, v in res.items() if k != "checkpoint"}
     with atomic_write(config.work / "cells" / f"{fraction_tag(subset.fraction)}_{arm}_s{seed}.json") as fh:
@@ -351,7 +405,17 @@ def run_gain(config: GainConfig, *, source: MarketSource | None = None) -> list[
 
     ``source`` is the parsed ``config.data`` (:func:`market_source`) when the caller already has it;
     otherwise it is made when the first missing cell needs it. Either way the folder is parsed once per run.
+
+    The run holds the lock ``out/.lock`` (:mod:`posereid.models.locks`): a second run on the same ``out``
+    raises :class:`~posereid.models.locks.OutputLockedError` naming the first.
     """
+    with output_lock(config.out, LOCK_NAME, what="posereid reid-gain"):
+        return _run_gain(config, source=source)
+
+
+def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[str, Any]]:
+    """The body of :func:`run_gain`, run while holding the lock of ``config.out``."""
+    check_oracle(config)  # before any work: a missing oracle must not surface hours into a run
     config.out.mkdir(parents=True, exist_ok=True)
     _check_protocol(config)
     device = resolve_device(config.device)
@@ -377,10 +441,14 @@ def run_gain(config: GainConfig, *, source: MarketSource | None = None) -> list[
             if source is None:
                 source = market_source(config)
             subset = prepare_fraction(config, fraction, source=source)
-            todo.sort(key=lambda c: "synthetic" in c[0])  # baselines first (stable: arm order kept)
+            # baselines first, then the oracle, then what needs the generator (stable: arm order kept)
+            todo.sort(key=lambda c: ("", "oracle", "synthetic").index(arm_extra(c[0])))
             extra: dict[str, list[Path]] = {}
             for arm, seed in todo:
-                if "synthetic" in arm and arm not in extra:
+                if arm == ORACLE_ARM and arm not in extra:
+                    ensure_oracle(config, fraction, subset)
+                    extra[arm] = [oracle_dir(config, fraction)]
+                elif arm_extra(arm) == "synthetic" and arm not in extra:
                     extra[arm] = _synthetic_folders(
                         config, fraction, subset, arm, device=device, source=source
                     )
@@ -409,11 +477,15 @@ def _synthetic_folders(
 
 
 __all__ = [
+    "OracleUnavailableError",
+    "check_oracle",
     "ensure_filtered",
     "ensure_generator",
+    "ensure_oracle",
     "ensure_synthetic",
     "generator_dir",
     "market_source",
+    "oracle_dir",
     "planned_cells",
     "prepare_fraction",
     "resolve_device",

@@ -4,6 +4,13 @@ Used by :mod:`~posereid.experiments.reid_gain.protocol` (which runs the protocol
 never the reverse): reading/writing the one-row-per-cell CSV, the mean ± std and paired-delta summary over seeds,
 and ``results.md`` / ``results.png``. Only the settings from :mod:`~posereid.experiments.reid_gain.config`
 are needed here. Every public name here is also importable from :mod:`posereid.experiments.reid_gain`.
+
+**Statistics.** Arms are compared by paired per-seed differences (same seed, same subset): their mean with
+a two-sided 95 % Student-t interval on ``n - 1`` degrees of freedom (:func:`paired_interval`). A
+comparison is called *settled* only when that interval excludes 0 (:func:`verdict`); one seed gives no
+interval and is never settled. With an oracle arm, every synthetic arm is also reported as the share of
+the oracle's gain over ``strong`` it recovers, per seed, ``(arm - strong) / (oracle - strong)``, with the
+same interval over seeds (:func:`recovered_share`). No correction for the number of comparisons is made.
 """
 
 from __future__ import annotations
@@ -13,11 +20,18 @@ import io
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from posereid.experiments.reid_gain.config import ARMS, BASELINES, GainConfig, fraction_tag
+from posereid.experiments.reid_gain.config import (
+    ARMS,
+    BASELINES,
+    ORACLE_ARM,
+    GainConfig,
+    arm_extra,
+    fraction_tag,
+)
 from posereid.models.io_utils import atomic_save, atomic_write
 
 #: results.csv columns, in order.
@@ -84,11 +98,75 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+class Interval(NamedTuple):
+    """A mean with its two-sided confidence interval over ``n`` paired values (``lo``/``hi`` are ``nan``
+    below two values)."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def settled(self) -> bool:
+        """Whether the interval excludes 0 (never with fewer than two values)."""
+        return self.n >= 2 and (self.lo > 0.0 or self.hi < 0.0)
+
+
+def paired_interval(diffs: Iterable[float], level: float = 0.95) -> Interval:
+    """Mean of paired per-seed differences and its Student-t interval (``n - 1`` degrees of freedom).
+
+    ``mean ± t_{(1+level)/2, n-1} · sd / sqrt(n)`` with the sample standard deviation ``sd``; ``nan``
+    values are left out. Fewer than two values give no interval (``lo = hi = nan``).
+    """
+    from scipy.stats import t
+
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    xs = [float(d) for d in diffs if not math.isnan(float(d))]
+    if not xs:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = statistics.fmean(xs)
+    if len(xs) == 1:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = float(t.ppf(0.5 + level / 2.0, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return Interval(mean, mean - half, mean + half, len(xs))
+
+
+def verdict(interval: Interval) -> str:
+    """``"settled"`` when the interval excludes 0, else ``"not settled"``."""
+    return "settled" if interval.settled else "not settled"
+
+
+class Share(NamedTuple):
+    """The share of the oracle's gain over ``strong`` an arm recovers: per seed, and over seeds."""
+
+    per_seed: dict[int, float]  # seeds where the oracle beat strong
+    undefined: list[int]  # seeds where it did not (oracle - strong <= 0): no share
+    oracle_gain: dict[int, float]  # oracle - strong, per seed
+    interval: Interval
+
+
+def recovered_share(
+    arm: Mapping[int, float], strong: Mapping[int, float], oracle: Mapping[int, float], level: float = 0.95
+) -> Share:
+    """``(arm - strong) / (oracle - strong)`` per seed (metric values by seed), over the seeds all three
+    have, and its mean with a t-interval (:func:`paired_interval`). A seed where the oracle did not beat
+    the strong baseline has no share (listed in ``undefined``, left out of the mean)."""
+    seeds = sorted(set(arm) & set(strong) & set(oracle))
+    gain = {s: float(oracle[s]) - float(strong[s]) for s in seeds}
+    per_seed = {s: (float(arm[s]) - float(strong[s])) / gain[s] for s in seeds if gain[s] > 0}
+    undefined = [s for s in seeds if gain[s] <= 0]
+    return Share(per_seed, undefined, gain, paired_interval(per_seed.values(), level))
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per fraction × arm: seeds, mean ± std of mAP and rank-1, and deltas vs ``plain`` / ``strong``.
 
     A delta is the mean over the seeds both arms have of the per-seed difference (paired: same seed, same
-    subset), with the std of those differences; ``nan`` when no seed is shared.
+    subset), with the std of those differences and their 95 % t-interval (``d_<metric>_<base>``, ``_std``,
+    ``_lo``, ``_hi``, ``_n``, ``_settled``); ``nan`` when no seed is shared. A ``strong+synthetic…`` arm of
+    a fraction that also has ``strong`` and ``strong+oracle`` gets ``share_<metric>`` (a :class:`Share`).
     """
     cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
     for r in rows:
@@ -108,7 +186,16 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             for base in BASELINES:
                 ref = cells.get((f, base), {})
                 diffs = [float(by_seed[s][metric]) - float(ref[s][metric]) for s in by_seed if s in ref]
-                entry[f"d_{metric}_{base}"], entry[f"d_{metric}_{base}_std"] = _mean_std(diffs)
+                key = f"d_{metric}_{base}"
+                _, entry[f"{key}_std"] = _mean_std(diffs)
+                iv = paired_interval(diffs)
+                entry[key], entry[f"{key}_lo"], entry[f"{key}_hi"], entry[f"{key}_n"] = iv
+                entry[f"{key}_settled"] = iv.settled
+            strong, oracle = cells.get((f, "strong")), cells.get((f, ORACLE_ARM))
+            if arm_extra(a) == "synthetic" and a.startswith("strong") and strong and oracle:
+                entry[f"share_{metric}"] = recovered_share(
+                    *({s: float(r[metric]) for s, r in c.items()} for c in (by_seed, strong, oracle))
+                )
         out.append(entry)
     return out
 
@@ -119,8 +206,36 @@ def _pm(mean: float, std: float, signed: bool = False) -> str:
     return f"{mean:+.1f} ± {std:.1f}" if signed else f"{mean:.1f} ± {std:.1f}"
 
 
+def format_interval(iv: Interval, digits: int = 1, signed: bool = True) -> str:
+    """``+5.0 [+1.2, +8.8] settled``; one value: ``+7.8 (1 seed) not settled``; none: ``–``."""
+    if iv.n == 0:
+        return "–"
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    if iv.n == 1:
+        return f"{fmt.format(iv.mean)} (1 seed) not settled"
+    return f"{fmt.format(iv.mean)} [{fmt.format(iv.lo)}, {fmt.format(iv.hi)}] {verdict(iv)}"
+
+
+def _delta(e: dict[str, Any], metric: str, base: str) -> Interval:
+    k = f"d_{metric}_{base}"
+    return Interval(e[k], e[f"{k}_lo"], e[f"{k}_hi"], e[f"{k}_n"])
+
+
+def share_lines(e: dict[str, Any], metric: str = "mAP") -> tuple[str, str, str]:
+    """``(oracle gain per seed, share per seed, mean share [95 % CI] verdict)`` of a summary entry."""
+    sh: Share = e[f"share_{metric}"]
+    gains = ", ".join(f"s{s}: {g:+.1f}" for s, g in sorted(sh.oracle_gain.items()))
+    per = ", ".join(
+        f"s{s}: " + (f"{sh.per_seed[s]:.2f}" if s in sh.per_seed else "– (oracle ≤ strong)")
+        for s in sorted(sh.oracle_gain)
+    )
+    return gains, per, format_interval(sh.interval, digits=2, signed=False)
+
+
 def markdown_table(summary: Sequence[dict[str, Any]], header: str = "") -> str:
-    """The summary as a markdown table (metrics in %, mean ± std over seeds; deltas paired by seed)."""
+    """The summary as markdown: one row per fraction × arm (metrics in %, mean ± std over seeds; deltas
+    are the mean of per-seed paired differences [95 % t-interval] and whether that is settled), then,
+    when there is an oracle arm, the share of its gain each synthetic arm recovers."""
     lines = [header.rstrip() + "\n"] if header else []
     lines += [
         "| kept | arm | seeds | images (+synthetic) | mAP | rank-1 | ΔmAP vs plain | ΔmAP vs strong "
@@ -133,19 +248,37 @@ def markdown_table(summary: Sequence[dict[str, Any]], header: str = "") -> str:
         deltas = []
         for metric in ("mAP", "rank1"):
             for base in BASELINES:
-                same = e["arm"] == base
-                deltas.append(
-                    "–" if same else _pm(e[f"d_{metric}_{base}"], e[f"d_{metric}_{base}_std"], True)
-                )
+                deltas.append("–" if e["arm"] == base else format_interval(_delta(e, metric, base)))
         lines.append(
             f"| {e['fraction'] * 100:.0f}% | {e['arm']} | {e['seeds']} | {imgs} | {_pm(e['mAP'], e['mAP_std'])} "
             f"| {_pm(e['rank1'], e['rank1_std'])} | " + " | ".join(deltas) + " |"
         )
+    lines.append(
+        "\nΔ: mean of the per-seed paired differences [95 % t-interval, n − 1 degrees of freedom]; "
+        "*settled* only when the interval excludes 0 (one seed: never)."
+    )
+    shares = [e for e in summary if "share_mAP" in e]
+    if shares:
+        lines += [
+            "",
+            f"Recovered share of the oracle's gain: (arm − strong) / ({ORACLE_ARM} − strong), per seed; "
+            "1 = all of what real views of the hidden poses give, 0 = nothing.",
+            "",
+            "| kept | arm | oracle ΔmAP over strong | share of the mAP gain, per seed | share (mAP), mean [95 % CI] "
+            "| share (rank-1), mean [95 % CI] |",
+            "|---:|---|---|---|---|---|",
+        ]
+        for e in shares:
+            gains, per, mean = share_lines(e, "mAP")
+            rank1 = share_lines(e, "rank1")[2]
+            lines.append(f"| {e['fraction'] * 100:.0f}% | {e['arm']} | {gains} | {per} | {mean} | {rank1} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_results(summary: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
-    """mAP and rank-1 vs kept fraction, one line per arm with ±std error bars; PNG, atomic."""
+    """mAP and rank-1 vs kept fraction (one line per arm, ±std error bars) and, beside them, each arm's
+    paired ΔmAP vs ``strong`` (``plain`` when there is no strong arm) with its 95 % interval, marked
+    *settled* (filled marker) only when the interval excludes 0; PNG, atomic."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -153,21 +286,24 @@ def plot_results(summary: Sequence[dict[str, Any]], path: Path, title: str = "")
 
     arms = [a for a in ARMS if any(e["arm"] == a for e in summary)]
     fractions = sorted({e["fraction"] for e in summary})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    base = next((b for b in ("strong", "plain") if b in arms), None)
+    compared = [a for a in arms if base is not None and a != base]
+    panels = 3 if compared else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
+    colour = {a: f"C{i}" for i, a in enumerate(arms)}
     for ax, metric, label in zip(axes, ("mAP", "rank1"), ("mAP (%)", "rank-1 (%)")):
         if len(fractions) == 1:  # one fraction: bars per arm (a line needs two points)
             pts = [next(e for e in summary if e["arm"] == a) for a in arms]
-            colours = [f"C{i}" for i in range(len(arms))]
             ax.bar(
                 range(len(arms)),
                 [e[metric] for e in pts],
                 yerr=[e[f"{metric}_std"] for e in pts],
                 capsize=4,
-                color=colours,
+                color=[colour[a] for a in arms],
                 label=arms,
             )
             ax.set_xticks(range(len(arms)), arms, rotation=15, fontsize=8)
-            ax.set_xlabel(f"arm ({fractions[0] * 100:.0f}% of the train images kept)")
+            ax.set_xlabel(f"arm ({fractions[0] * 100:.0f}% of the train images kept; ±std over seeds)")
         else:
             for arm in arms:
                 pts = sorted(
@@ -179,13 +315,48 @@ def plot_results(summary: Sequence[dict[str, Any]], path: Path, title: str = "")
                     yerr=[p[2] for p in pts],
                     marker="o",
                     capsize=3,
-                    linestyle="--" if "synthetic" not in arm else "-",
+                    linestyle="--" if not arm_extra(arm) else "-",
+                    color=colour[arm],
                     label=arm,
                 )
-            ax.set_xlabel("train images kept (%)")
+            ax.set_xlabel("train images kept (%; ±std over seeds)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    if compared:
+        ax = axes[2]
+        ax.axhline(0.0, color="k", linewidth=0.8)
+        width = 1.5  # percentage points between the arms of one fraction
+        for i, arm in enumerate(compared):
+            pts = sorted((e["fraction"], _delta(e, "mAP", base)) for e in summary if e["arm"] == arm)
+            xs = (
+                [i]
+                if len(fractions) == 1
+                else [p[0] * 100 + (i - (len(compared) - 1) / 2) * width for p in pts]
+            )
+            for x, (_, iv) in zip(xs, pts):
+                if iv.n == 0:
+                    continue
+                err = [[iv.mean - iv.lo], [iv.hi - iv.mean]] if iv.n > 1 else None
+                ax.errorbar(
+                    [x], [iv.mean], yerr=err, marker="o", capsize=4, color=colour[arm],
+                    markerfacecolor=colour[arm] if iv.settled else "white",
+                    label=arm if x == xs[0] else None,
+                )  # fmt: skip
+                if len(fractions) == 1:
+                    ax.annotate(
+                        verdict(iv) if iv.n > 1 else "1 seed", (x, iv.hi if iv.n > 1 else iv.mean),
+                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7,
+                    )  # fmt: skip
+        if len(fractions) == 1:
+            ax.set_xticks(range(len(compared)), compared, rotation=15, fontsize=8)
+            ax.set_xlim(-0.6, len(compared) - 0.4)
+        else:
+            ax.set_xlabel("train images kept (%)")
+            ax.legend(fontsize=7)
+        ax.set_ylabel(f"ΔmAP vs {base} (paired, 95 % CI)")
+        ax.set_title("filled = settled (the interval excludes 0)", fontsize=8)
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
     atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
@@ -195,6 +366,7 @@ def plot_results(summary: Sequence[dict[str, Any]], path: Path, title: str = "")
 def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[str, Path]:
     """``results.md`` and ``results.png`` from the CSV rows; returns their paths."""
     summary = summarize(rows)
+    seeds = sorted({int(r["seed"]) for r in rows})
     md_path, png_path = config.out / "results.md", config.out / "results.png"
     gen = config.generator_source()
     gen_text = {
@@ -214,7 +386,14 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
             if config.synthetic_ratio is None
             else f"{100 * config.synthetic_ratio:.0f} % of each batch synthetic (in expectation)\n"
         )
-        + f"- subset seed {config.subset_seed}; metrics in %, mean ± std over seeds; deltas are paired by seed\n"
+        + f"- subset seed {config.subset_seed}; metrics in %, mean ± std over the seeds ({', '.join(map(str, seeds))}); "
+        "deltas are paired by seed, with 95 % t-intervals, and called settled only when the interval excludes 0\n"
+        + (
+            f"- `{ORACLE_ARM}`: the strong baseline + real renders of the train identities in the views the train "
+            f"split hides, {config.per_image} per kept image under its pid (the ceiling of pose augmentation)\n"
+            if any(r["arm"] == ORACLE_ARM for r in rows)
+            else ""
+        )
     )
     with atomic_write(md_path, "w", encoding="utf-8") as fh:
         fh.write(markdown_table(summary, header))

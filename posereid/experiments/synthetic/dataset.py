@@ -17,6 +17,12 @@ Besides the three split folders the output holds ``market-annotation-{train,test
 in the images' own pixel frame; PATN format), ``market-pairs-{train,test}.csv`` (same-pid pairs whose
 images both show >= 8 joints), ``synthetic-meta.csv`` (split, view, pose per image) and
 ``synthetic-identities.json`` (appearance per pid and the cameras). The same seed gives identical bytes.
+
+**The oracle.** :func:`write_oracle_views` renders train identities of such a dataset in the view
+directions its train split hides (same appearance, same cameras, random streams of their own): what a
+perfect pose-transfer generator would produce. The re-ID gain protocol's ``strong+oracle`` arm trains on
+them: the ceiling of what pose augmentation can give. Only a dataset written here has them, since they need
+the renderer's metadata (``synthetic-identities.json``).
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import io
 import itertools
 import json
 import logging
+import os
+import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +58,11 @@ from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.models.pose import draw_skeleton, visible_mask
 from posereid.reid_integration.market1501 import (
     SPLIT_DIRS,
+    MarketFormatError,
     MarketWriter,
     format_market_name,
+    parse_market_name,
+    resolve_data_dir,
     write_pairs_csv,
     write_patn_csv,
 )
@@ -63,6 +74,13 @@ IDENTITIES_JSON = "synthetic-identities.json"
 META_FIELDS = ("name", "split", "pid", "cam", "kind", "view", "yaw", "phase", "stride", "scale", "dx", "dy",
                "visible")  # fmt: skip
 MIN_PAIR_JOINTS = 8  # both images of a pair must show at least this many joints
+ORACLE_JSON = "oracle.json"
+ORACLE_META_CSV = "oracle-meta.csv"
+#: Market sequence of oracle images (real Market-1501 uses s1-s6, generated images s9).
+ORACLE_SEQ = 8
+#: Tag of the oracle's random streams, ``default_rng([seed, ORACLE_TAG, ...])``: the dataset uses tags
+#: 1-6 and 0xCA, the grid 9, the pose judge 0x7A1 / 0xE7A, so no oracle pose shares a stream with them.
+ORACLE_TAG = 0x0AC1E
 
 
 @dataclass
@@ -345,6 +363,169 @@ def read_synthetic_meta(path: str | Path) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------------
+# The oracle: train identities in the views the train split hides
+# --------------------------------------------------------------------------------------------------
+class SyntheticMetadataError(ValueError):
+    """A folder lacks the renderer's metadata (not written by ``synth-market``), or the renderer no longer
+    reproduces the identities that metadata records."""
+
+
+def find_synthetic_metadata(data: str | Path) -> Path | None:
+    """``synthetic-identities.json`` of the synthetic dataset at ``data`` (the folder, its Market data dir,
+    or their parents), or ``None`` when there is none (e.g. real Market-1501)."""
+    data = Path(data)
+    cands = [data, data.parent]
+    try:
+        d = resolve_data_dir(data)
+        cands += [d, d.parent, d.parent.parent]
+    except MarketFormatError:
+        pass
+    for c in dict.fromkeys(cands):
+        if (c / IDENTITIES_JSON).is_file() and (c / META_CSV).is_file():
+            return c / IDENTITIES_JSON
+    return None
+
+
+def hidden_train_views(data: str | Path) -> dict[int, tuple[str, ...]]:
+    """Per train pid of a synthetic dataset: the view directions its train images never show."""
+    shown: dict[int, set[str]] = defaultdict(set)
+    for r in read_synthetic_meta(data):
+        if r["split"] == "train" and int(r["pid"]) > 0:
+            shown[int(r["pid"])].add(r["view"])
+    return {pid: tuple(v for v in VIEWS if v not in views) for pid, views in sorted(shown.items())}
+
+
+def oracle_name(source_name: str, k: int) -> str:
+    """Name of oracle image ``k`` for the real train image ``source_name``: its pid and camera, sequence
+    :data:`ORACLE_SEQ`, the source's sequence/frame/box in a 9-digit frame, ``k`` in the box field (the
+    layout of generated names, so it never equals a real or a generated name)."""
+    pid, cam, seq, frame, bbox = parse_market_name(source_name)
+    if not (1 <= seq <= 9 and frame < 10**6 and bbox < 100):
+        raise MarketFormatError(f"{source_name!r}: oracle sources need seq 1..9, a frame < 1e6, a box < 100")
+    return format_market_name(pid, cam, ORACLE_SEQ, seq * 10**8 + frame * 100 + bbox, int(k), "jpg")
+
+
+def _renderer_state(meta_json: Path) -> tuple[SynthConfig, list[Camera], dict[int, Identity]]:
+    """The dataset's config, cameras and identities, re-planned from its seed and checked against the
+    JSON it recorded (so an oracle image shows exactly the identity of the dataset)."""
+    doc = json.loads(meta_json.read_text(encoding="utf-8"))
+    try:
+        config = SynthConfig(**doc["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SyntheticMetadataError(f"{meta_json}: not a synth-market metadata file ({exc})") from None
+    _, cams, identities = plan_synthetic(config)
+
+    def same(a: object, b: object) -> bool:
+        return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+    recorded = doc.get("identities", {})
+    bad = [
+        pid for pid, idn in identities.items() if not same(dataclasses.asdict(idn), recorded.get(str(pid)))
+    ]
+    if bad or not same([dataclasses.asdict(c) for c in cams], doc.get("cameras")):
+        what = f"identity {bad[0]}" if bad else "the cameras"
+        raise SyntheticMetadataError(
+            f"{meta_json}: this version of the renderer no longer reproduces {what} of that dataset; "
+            "render the dataset again (posereid synth-market) to get oracle views of it"
+        )
+    return config, cams, identities
+
+
+def write_oracle_views(
+    data: str | Path,
+    out_dir: str | Path,
+    sources: Iterable[str] | None = None,
+    *,
+    per_image: int = 1,
+    progress: bool = False,
+) -> dict[str, object]:
+    """Render train identities of the synthetic dataset ``data`` in the views its train split hides.
+
+    For every source name (a train image of ``data``; default: all of them) ``per_image`` images of the
+    source's identity, seen by the source's camera, in a pose drawn from the view directions that
+    identity's train images never show (every view when none is hidden, i.e. ``train_views="all"``). The
+    identity and camera parameters are the dataset's own (re-planned from its seed and checked against
+    ``synthetic-identities.json``); each image draws from ``default_rng([seed, ORACLE_TAG, source, k])``, a
+    stream disjoint from every other render. So the set is as large as the synthetic images generated
+    from the same sources with ``per_image`` each, under the same pids.
+
+    Writes ``out_dir/bounding_box_train`` (names from :func:`oracle_name`), the images' keypoints
+    (``market-annotation-train.csv``), ``oracle-meta.csv`` (``synthetic-meta.csv`` columns) and
+    ``oracle.json``; built in a temporary sibling and renamed into place. Refuses an ``out_dir`` that
+    already holds images.
+
+    Raises:
+        SyntheticMetadataError: ``data`` has no ``synthetic-identities.json`` / ``synthetic-meta.csv``
+            (it was not written by ``synth-market``), or the renderer no longer reproduces it.
+        ValueError: a source is not a train image of an identity of ``data``.
+
+    Returns:
+        ``{"images", "identities", "per_image", "hidden_views": {pid: views}}``.
+    """
+    if int(per_image) < 1:
+        raise ValueError(f"per_image must be >= 1, got {per_image}")
+    meta_json = find_synthetic_metadata(data)
+    if meta_json is None:
+        raise SyntheticMetadataError(
+            f"{data}: no {IDENTITIES_JSON} + {META_CSV} here or in a parent folder; oracle views need the "
+            "renderer's metadata, which only a dataset written by `posereid synth-market` has"
+        )
+    config, cams, identities = _renderer_state(meta_json)
+    hidden = hidden_train_views(meta_json.parent)
+    train_rows = [r["name"] for r in read_synthetic_meta(meta_json.parent) if r["split"] == "train"]
+    names = sorted(set(train_rows if sources is None else sources))
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; write the oracle into a new one")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        writer = MarketWriter(tmp)
+        ann: dict[str, np.ndarray] = {}
+        meta = io.StringIO()
+        mw = csv.writer(meta, lineterminator="\n")
+        mw.writerow(META_FIELDS)
+        for name in tqdm(names, desc="oracle views", unit="src", disable=not progress):
+            pid, cam, seq, frame, bbox = parse_market_name(name)
+            if pid not in hidden or pid not in identities or not 1 <= cam <= len(cams):
+                raise ValueError(
+                    f"{name}: not a train image of {meta_json.parent} (pid {pid} has no train images there)"
+                )
+            views = hidden[pid] or VIEWS
+            for k in range(int(per_image)):
+                rng = np.random.default_rng([config.seed, ORACLE_TAG, pid, cam, seq, frame, bbox, k])
+                pose = sample_pose(rng, views)
+                image, kps = render_person(
+                    identities[pid], pose, cams[cam - 1], height=config.height, width=config.width, rng=rng
+                )
+                oname = writer.add("train", image, pid, cam, name=oracle_name(name, k))
+                ann[oname] = kps
+                n_vis = int(visible_mask(kps).sum())
+                mw.writerow([oname, "train", pid, cam, "person", *_pose_columns(pose), n_vis])
+        write_patn_csv(tmp / "market-annotation-train.csv", ann)
+        with atomic_write(tmp / ORACLE_META_CSV, "w", encoding="utf-8", newline="") as fh:
+            fh.write(meta.getvalue())
+        used = sorted({parse_market_name(n)[0] for n in names})
+        summary: dict[str, object] = {
+            "images": len(ann), "identities": len(used), "per_image": int(per_image),
+            "hidden_views": {pid: list(hidden[pid]) for pid in used}, "dataset": str(meta_json.parent),
+            "seed": config.seed,
+        }  # fmt: skip
+        with atomic_write(tmp / ORACLE_JSON, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=1)
+        if out.is_dir():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info(
+        "oracle views: %d images of %d identities → %s", summary["images"], summary["identities"], out
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
 # A grid for people to look at
 # --------------------------------------------------------------------------------------------------
 def render_grid(
@@ -392,11 +573,17 @@ def render_grid(
 __all__ = [
     "IDENTITIES_JSON",
     "META_CSV",
+    "ORACLE_JSON",
     "SynthConfig",
     "SynthSample",
+    "SyntheticMetadataError",
+    "find_synthetic_metadata",
+    "hidden_train_views",
     "iter_synthetic",
+    "oracle_name",
     "plan_synthetic",
     "read_synthetic_meta",
     "render_grid",
+    "write_oracle_views",
     "write_synthetic_market",
 ]

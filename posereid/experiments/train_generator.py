@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -34,18 +33,6 @@ from posereid.reid_integration.market1501 import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-#: what ``train-generator --overwrite`` removes from ``--out`` (its own outputs, never other files)
-TRAIN_OUTPUTS = (
-    "checkpoints",
-    "final",
-    "samples",
-    "tensorboard",
-    "train_log.csv",
-    "train_config.json",
-    "loss.png",
-)
 
 
 def _presets() -> list[str]:
@@ -139,13 +126,6 @@ def run_train_generator(args: argparse.Namespace) -> int:
         annotation_size=args.annotation_size,
         strict=args.strict,
     )
-    if args.overwrite:
-        for name in TRAIN_OUTPUTS:
-            target = args.out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
     set_seed(args.seed)  # the same --seed gives the same initial weights (and data order, noise, dropout)
     if args.init is not None:
         model = load_generator(args.init, use_ema=True).train()
@@ -182,7 +162,9 @@ def run_train_generator(args: argparse.Namespace) -> int:
     logger.info(
         "%d training pairs; %.2f M parameters", len(dataset), sum(p.numel() for p in model.parameters()) / 1e6
     )
-    result = train_generator(model, dataset, config, args.out, resume=args.resume, progress=args.progress)
+    result = train_generator(
+        model, dataset, config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress
+    )
     print(f"trained steps {result.start_step}..{result.steps}, final loss {result.final_loss:.4f}, "
           f"{result.skipped_nonfinite} non-finite step(s) skipped")  # fmt: skip
     if result.out_of_time:

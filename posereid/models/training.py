@@ -53,6 +53,16 @@ from posereid.models.training_data import ImageLoadError, PosePairDataset, PoseR
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+#: what ``train_generator(overwrite=True)`` (``train-generator --overwrite``) removes from its output folder
+TRAIN_OUTPUTS = (
+    CHECKPOINT_DIR,
+    "final",
+    "samples",
+    "tensorboard",
+    "train_log.csv",
+    "train_config.json",
+    "loss.png",
+)
 STATE_FILE = "training_state.pt"
 LOG_FILE = "train_log.csv"
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "skipped")
@@ -425,6 +435,7 @@ def train_generator(
     output_dir: str | Path,
     *,
     resume: bool = True,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` (any family's pipeline, see :class:`~posereid.models.contract.PoseTransferGenerator`)
@@ -433,7 +444,9 @@ def train_generator(
     Runs under ``accelerate`` (mixed precision, gradient accumulation, ``accelerate launch``/``torchrun``
     multi-GPU; only the main process writes files). With ``resume=True`` training continues from the
     latest complete checkpoint in ``output_dir`` (its saved settings must match ``config``, else
-    :class:`ResumeMismatchError`); with ``resume=False`` the directory must hold none.
+    :class:`ResumeMismatchError`); with ``resume=False`` the directory must hold none. ``overwrite=True``
+    first deletes this function's earlier outputs there (:data:`TRAIN_OUTPUTS`, never other files), under
+    the lock, so it cannot delete the checkpoints of a run still going.
     A step whose loss (or gradient norm) is non-finite makes no update and is counted; more than
     ``config.max_nonfinite_in_row`` in a row raise :class:`NonFiniteLossError`. When
     ``config.max_minutes`` runs out the call checkpoints and returns with ``out_of_time=True``.
@@ -454,6 +467,14 @@ def train_generator(
         else contextlib.nullcontext()
     )
     with lock:
+        if overwrite and tr.acc.is_main_process:
+            for name in TRAIN_OUTPUTS:
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        tr.acc.wait_for_everyone()
         return _train_locked(tr, dataset, cfg, out, resume=resume, progress=progress, t_start=t_start)
 
 

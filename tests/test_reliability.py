@@ -29,6 +29,7 @@ from posereid.augment.generate import generate_offline, read_manifest, synthetic
 from posereid.augment.manifest import CONFIG_FILE, write_manifest_file
 from posereid.augment.pose_bank import PoseBank
 from posereid.experiments.cli import main as cli_main
+from posereid.models.locks import FILTER_LOCK_NAME
 from posereid.models.pose import resize_keypoints
 from posereid.reid_integration.market1501 import (
     Market1501,
@@ -305,10 +306,11 @@ def _gen_folder(root: Path, market: Path) -> tuple[Path, list[dict]]:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes, but the filter's own lock file (``.filter.lock``, left by design: flock)."""
     return {
         str(p.relative_to(folder)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
         for p in sorted(folder.rglob("*"))
-        if p.is_file() or p.is_symlink()
+        if (p.is_file() or p.is_symlink()) and not p.name.startswith(FILTER_LOCK_NAME)
     }
 
 

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv lint grid bench clean generator-asset gpu-wheels
+.PHONY: test demo venv lint grid bench clean generator-asset judge-asset gpu-wheels
 
 venv: $(STAMP)
 
@@ -71,3 +71,14 @@ gpu-wheels: $(STAMP)
 		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation torchreid==0.2.5 -w .whl
 	du -sh .whl
+
+# Reproduces the pose judge shipped in posereid/assets/pose-judge (issue 11): 5000 steps on fresh renders
+# (seeds >= 10**6, disjoint from every dataset), 1720 s on one CPU thread; writes the held-out report too.
+judge-asset: $(STAMP)
+	rm -rf runs/pose-judge
+	$(BIN)/python -m posereid.experiments.quality.judge train --out runs/pose-judge --steps 5000 --threads 1 \
+		--eval-images 512 --no-progress
+	rm -rf posereid/assets/pose-judge && mkdir -p posereid/assets/pose-judge posereid/experiments/results/pose_judge
+	cp runs/pose-judge/config.json runs/pose-judge/diffusion_pytorch_model.safetensors runs/pose-judge/training.json \
+		posereid/assets/pose-judge/
+	cp runs/pose-judge/judge_report.md runs/pose-judge/judge_report.json posereid/experiments/results/pose_judge/

@@ -314,110 +314,87 @@ def filter_folder(
         output_lock(gen_dir, FILTER_LOCK_NAME, what="posereid filter") if gen_dir.is_dir() else nullcontext()
     )
     with lock:
-        return _filter_folder(
-            gen_dir,
-            market_root,
-            identity_filter,
-            threshold=threshold,
-            keep_top=keep_top,
-            score=score,
-            mode=mode,
-            strict=strict,
-        )
-
-
-def _filter_folder(
-    gen_dir: str | os.PathLike[str],
-    market_root: str | os.PathLike[str],
-    identity_filter: IdentityFilter,
-    *,
-    threshold: float | None = None,
-    keep_top: float | None = None,
-    score: ScoreName = "similarity",
-    mode: Literal["move", "manifest-only"] = "move",
-    strict: bool = False,
-) -> FilterSummary:
-    """The body of :func:`filter_folder`, run while holding the folder's filter lock."""
-    if score not in ("similarity", "margin"):
-        raise FilterError(f"score must be 'similarity' or 'margin', got {score!r}")
-    if mode not in ("move", "manifest-only"):
-        raise FilterError(f"mode must be 'move' or 'manifest-only', got {mode!r}")
-    gen_dir = Path(gen_dir)
-    train_dir, rej_dir = gen_dir / TRAIN_DIR, gen_dir / REJECTED_DIR
-    parts = manifest_paths(gen_dir)
-    if not parts:
-        raise FilterError(f"{gen_dir}: no manifest*.jsonl (is this a folder written by `posereid generate`?)")
-    summary = FilterSummary(threshold=threshold, score=score)
-
-    # every name is checked (plain file name, no symlink out of the folder) before anything is read or
-    # moved: a crafted manifest aborts the run with the file, line and name, leaving the folder as it was
-    part_lines = {p: read_manifest_lines(p, drop_partial_last=False)[0] for p in parts}
-    part_entries = {p: [e for _, e in numbered] for p, numbered in part_lines.items()}
-    located: list[tuple[Path, int, Path]] = []  # (part, index in part, current file)
-    listed: set[str] = set()
-    for part, numbered in part_lines.items():
-        for i, (lineno, e) in enumerate(numbered):
-            listed.add(e["name"])
-            where = f"{part} line {lineno}"
-            candidates = [safe_child(d, e["name"], source=where) for d in (train_dir, rej_dir)]
-            here = next((c for c in candidates if c.is_file()), None)
-            if here is None:
-                summary.missing_images += 1
-                logger.warning(
-                    "%s: %s is listed but missing from %s and %s", part, e["name"], train_dir, rej_dir
-                )
-                continue
-            located.append((part, i, here))
-    on_disk = {p.name for d in (train_dir, rej_dir) if d.is_dir() for p in d.glob("*.jpg")}
-    summary.unlisted_images = len(on_disk - listed)
-    if summary.unlisted_images:
-        logger.warning(
-            "%s: %d image(s) have no manifest line (not scored; run `posereid generate` again to reconcile)",
-            gen_dir,
-            summary.unlisted_images,
-        )
-
-    if identity_filter.centroids is None:
-        identity_filter.fit_market(market_root, strict=strict)
-    summary.skipped_references = identity_filter.skipped_references
-    pids = [int(part_entries[part][i]["source_pid"]) for part, i, _ in located]
-    known = {int(p) for p in identity_filter.pids}
-    for (part, i, _), pid in zip(located, pids):
-        if pid not in known:
+        if score not in ("similarity", "margin"):
+            raise FilterError(f"score must be 'similarity' or 'margin', got {score!r}")
+        if mode not in ("move", "manifest-only"):
+            raise FilterError(f"mode must be 'move' or 'manifest-only', got {mode!r}")
+        train_dir, rej_dir = gen_dir / TRAIN_DIR, gen_dir / REJECTED_DIR
+        parts = manifest_paths(gen_dir)
+        if not parts:
             raise FilterError(
-                f"{part}: {part_entries[part][i]['name']} has source_pid {pid}, which has no real train image "
-                f"in {market_root} (synthetic images must keep a real identity's pid)"
+                f"{gen_dir}: no manifest*.jsonl (is this a folder written by `posereid generate`?)"
             )
-    bad = BadInputPolicy(strict)
-    feats, readable = identity_filter.readable_features([f for _, _, f in located], bad, desc="generated")
-    bad.warn(f"{gen_dir}: generated images", logger)
-    summary.unreadable_images = bad.skipped  # skipped: not scored, not moved, manifest line unchanged
-    located, pids = [located[j] for j in readable], [pids[j] for j in readable]
-    sim, margin = identity_filter.score_features(feats, pids) if located else (np.zeros(0), np.zeros(0))
-    keep, summary.threshold = select(
-        sim if score == "similarity" else margin, threshold=threshold, keep_top=keep_top
-    )
-    summary.scored = len(located)
-    summary.kept, summary.rejected = int(keep.sum()), int((~keep).sum())
-    if len(located):
-        summary.mean_similarity, summary.mean_margin = float(sim.mean()), float(margin.mean())
+        summary = FilterSummary(threshold=threshold, score=score)
 
-    for (part, i, path), k, s, m in zip(located, keep, sim, margin):
-        entry = part_entries[part][i]
-        entry.update(filter_score=round(float(s), 6), filter_margin=round(float(m), 6), kept=bool(k))
-        if mode == "move":
-            dest_dir = train_dir if k else rej_dir
-            if path.parent != dest_dir:
-                dest_dir.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(path), str(dest_dir / path.name))  # same filesystem: an atomic rename
-                if k:
-                    summary.restored += 1
-                else:
-                    summary.moved_to_rejected += 1
-    for part, entries in part_entries.items():
-        write_manifest_file(part, entries)
-    logger.info("filter %s: %s", gen_dir, summary)
-    return summary
+        # every name is checked (plain file name, no symlink out of the folder) before anything is read or
+        # moved: a crafted manifest aborts the run with the file, line and name, leaving the folder as it was
+        part_lines = {p: read_manifest_lines(p, drop_partial_last=False)[0] for p in parts}
+        part_entries = {p: [e for _, e in numbered] for p, numbered in part_lines.items()}
+        located: list[tuple[Path, int, Path]] = []  # (part, index in part, current file)
+        listed: set[str] = set()
+        for part, numbered in part_lines.items():
+            for i, (lineno, e) in enumerate(numbered):
+                listed.add(e["name"])
+                where = f"{part} line {lineno}"
+                candidates = [safe_child(d, e["name"], source=where) for d in (train_dir, rej_dir)]
+                here = next((c for c in candidates if c.is_file()), None)
+                if here is None:
+                    summary.missing_images += 1
+                    logger.warning(
+                        "%s: %s is listed but missing from %s and %s", part, e["name"], train_dir, rej_dir
+                    )
+                    continue
+                located.append((part, i, here))
+        on_disk = {p.name for d in (train_dir, rej_dir) if d.is_dir() for p in d.glob("*.jpg")}
+        summary.unlisted_images = len(on_disk - listed)
+        if summary.unlisted_images:
+            logger.warning(
+                "%s: %d image(s) have no manifest line (not scored; run `posereid generate` again to reconcile)",
+                gen_dir,
+                summary.unlisted_images,
+            )
+
+        if identity_filter.centroids is None:
+            identity_filter.fit_market(market_root, strict=strict)
+        summary.skipped_references = identity_filter.skipped_references
+        pids = [int(part_entries[part][i]["source_pid"]) for part, i, _ in located]
+        known = {int(p) for p in identity_filter.pids}
+        for (part, i, _), pid in zip(located, pids):
+            if pid not in known:
+                raise FilterError(
+                    f"{part}: {part_entries[part][i]['name']} has source_pid {pid}, which has no real train image "
+                    f"in {market_root} (synthetic images must keep a real identity's pid)"
+                )
+        bad = BadInputPolicy(strict)
+        feats, readable = identity_filter.readable_features([f for _, _, f in located], bad, desc="generated")
+        bad.warn(f"{gen_dir}: generated images", logger)
+        summary.unreadable_images = bad.skipped  # skipped: not scored, not moved, manifest line unchanged
+        located, pids = [located[j] for j in readable], [pids[j] for j in readable]
+        sim, margin = identity_filter.score_features(feats, pids) if located else (np.zeros(0), np.zeros(0))
+        keep, summary.threshold = select(
+            sim if score == "similarity" else margin, threshold=threshold, keep_top=keep_top
+        )
+        summary.scored = len(located)
+        summary.kept, summary.rejected = int(keep.sum()), int((~keep).sum())
+        if len(located):
+            summary.mean_similarity, summary.mean_margin = float(sim.mean()), float(margin.mean())
+
+        for (part, i, path), k, s, m in zip(located, keep, sim, margin):
+            entry = part_entries[part][i]
+            entry.update(filter_score=round(float(s), 6), filter_margin=round(float(m), 6), kept=bool(k))
+            if mode == "move":
+                dest_dir = train_dir if k else rej_dir
+                if path.parent != dest_dir:
+                    dest_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(path), str(dest_dir / path.name))  # same filesystem: an atomic rename
+                    if k:
+                        summary.restored += 1
+                    else:
+                        summary.moved_to_rejected += 1
+        for part, entries in part_entries.items():
+            write_manifest_file(part, entries)
+        logger.info("filter %s: %s", gen_dir, summary)
+        return summary
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ __getattr__, __dir__, __all__ = attach(
             "derive_seed", "list_checkpoints", "plot_loss_curve", "save_sample_grid", "train_generator",
         ],
         "runtime": ["resolve_device"],
+        "images": ["pil_to_tensor01", "tensor01_to_pil", "tensor01_to_uint8"],
+        "locks": ["FILTER_LOCK_NAME", "LOCK_NAME", "OutputLock", "OutputLockedError", "output_lock", "read_holder", "shard_lock_name"],
+        "texture_attention": ["LevelTokensProcessor", "assign_levels", "use_level_tokens"],
         "io_utils": ["atomic_save", "atomic_write", "file_sha256", "is_temp_file"],
     },
 )  # fmt: skip

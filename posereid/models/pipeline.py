@@ -40,17 +40,16 @@ from posereid.models.sampling import (
 logger = logging.getLogger(__name__)
 
 
-def load_scheduler(
-    directory: str | os.PathLike[str], legacy: Mapping[str, Any] | None = None
-) -> DDPMScheduler:
+def load_scheduler(directory: str | os.PathLike[str]) -> DDPMScheduler:
     """``directory``'s ``scheduler_config.json``; without it, the schedule a pre-scheduler checkpoint used.
 
-    ``legacy`` holds the noise fields such a checkpoint kept in its model config (prediction type, T, beta
-    schedule); the betas were PIDM's linear 1e-4..2e-2.
+    Such a checkpoint kept the noise fields (prediction type, T, beta schedule) in its model
+    ``config.json``, read only in that case; the betas were PIDM's linear 1e-4..2e-2.
     """
     path = Path(directory) / SCHEDULER_CONFIG_NAME
     if not path.is_file():
-        return training_scheduler(**{k: v for k, v in (legacy or {}).items() if k in LEGACY_SCHEDULE_KEYS})
+        legacy = read_json(Path(directory) / CONFIG_NAME)
+        return training_scheduler(**{k: v for k, v in legacy.items() if k in LEGACY_SCHEDULE_KEYS})
     config = read_json(path)
     name = config.get("_class_name", DDPMScheduler.__name__)
     if name != DDPMScheduler.__name__:
@@ -183,9 +182,8 @@ class GeneratorPipeline(nn.Module):
         was saved on its own) loads with the schedule its model config recorded.
         """
         directory = Path(pretrained_model_name_or_path)
-        legacy = read_json(directory / CONFIG_NAME)
         model = cls.model_class.from_pretrained(directory, use_ema=use_ema)
-        pipe = cls(model, load_scheduler(directory, legacy))
+        pipe = cls(model, load_scheduler(directory))
         logger.info("loaded %s generator from %s", cls.family, directory)
         return pipe.eval()
 

@@ -238,19 +238,6 @@ def test_filter_cli_reports_skips_and_strict_stops_naming_the_file(gen_data, mon
 # --------------------------------------------------------------------------------------------------
 # evaluate-generator: a test pair with an unreadable image is skipped and counted, or (--strict) stops
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def synth_market(tmp_path_factory):
-    from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
-
-    root = tmp_path_factory.mktemp("market")
-    cfg = SynthConfig(
-        n_train_ids=3, n_test_ids=3, per_camera=2, cameras=2, n_distractors=1, n_junk=1, height=64, width=32,
-        max_pairs_per_id=4,
-    )  # fmt: skip
-    write_synthetic_market(root, cfg, progress=False)
-    return root
-
-
 def test_evaluate_generator_skips_pairs_with_an_unreadable_image(synth_market, tmp_path, monkeypatch, capsys):
     from posereid.experiments.quality import evaluate_generator
     from posereid.models.pidm import PIDMPipeline

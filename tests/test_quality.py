@@ -326,19 +326,6 @@ def test_pose_fidelity_with_mediapipe_on_synthetic_people():
 # End to end on a tiny synthetic Market folder with the tiny generator
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def synth_market(tmp_path_factory):
-    from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
-
-    root = tmp_path_factory.mktemp("market")
-    cfg = SynthConfig(
-        n_train_ids=3, n_test_ids=3, per_camera=2, cameras=2, n_distractors=1, n_junk=1, height=64, width=32,
-        max_pairs_per_id=4,
-    )  # fmt: skip
-    write_synthetic_market(root, cfg, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
 def tiny_generator():
     from posereid.models.pidm import PIDMPipeline
 

@@ -1,0 +1,344 @@
+"""The PIDM-style v2 ablation (issue 11, item 5): one row per recipe change, same data, seeds and budget.
+
+Every row trains the ``small`` preset from scratch on the same synthetic train split for the same number of
+optimizer steps (equal steps are equal CPU time up to the per-step cost, which ``bench`` measures on a quiet
+machine), then scores the EMA weights with :func:`~posereid.experiments.quality.evaluate.evaluate_generator`
+on the same 64 unseen test pairs (20 steps, guidance 2, the pose judge, the re-ID judge). The first run
+also scores the floor (untrained) and the ceiling (real images). A budget fixed in steps keeps the rows
+comparable when other work shares the CPU; wall times are recorded but not compared::
+
+    python -m posereid.experiments.quality.ablation run   --work runs/ablation --data DATA \\
+        --reid-checkpoint REID --rows baseline,v_pred --seeds 0,1 --steps 500 [--max-minutes M]
+    python -m posereid.experiments.quality.ablation steps --work runs/ablation --row v_pred --seed 0
+    python -m posereid.experiments.quality.ablation bench --rows baseline,v_pred --out BENCH.json
+    python -m posereid.experiments.quality.ablation table --work runs/ablation --out results/generator_v2
+
+``run`` resumes: a finished run (``result.json``) is skipped and a stopped training continues from its
+last checkpoint, so ``--max-minutes`` and a rerun finish the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posereid.argtypes import csv_list, non_negative_int, positive_float, positive_int
+from posereid.models.io_utils import atomic_write
+
+logger = logging.getLogger(__name__)
+
+#: row name → overrides of the ``small`` preset (model and schedule fields); "baseline" is the preset
+ROWS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "v_pred": {"prediction_type": "v_prediction"},
+    "v_pred+zero_snr": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
+    "v_pred+min_snr5": {"prediction_type": "v_prediction", "snr_gamma": 5.0},
+    "v_pred+src_drop": {"prediction_type": "v_prediction", "p_drop_source_pose": 0.3},
+    "v_pred+per_level": {"prediction_type": "v_prediction", "texture_attention": "per_level"},
+    "v_pred+cubic_t": {"prediction_type": "v_prediction", "timestep_sampling": "cubic"},
+}
+PRESET = "small"
+#: training hyper-parameters shared by every row (the asset's, scaled to a short run)
+TRAIN = dict(batch_size=16, lr=3e-4, ema_decay=0.999, checkpoint_every=100, keep_checkpoints=1)
+METRICS = ("pckh", "rank1", "mAP", "ssim", "mask_ssim", "id_margin")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as fh:
+        fh.write(text)
+
+
+def _overrides(row: str) -> dict[str, Any]:
+    if row not in ROWS:
+        raise SystemExit(f"unknown ablation row {row!r}; known: {', '.join(ROWS)}")
+    return dict(ROWS[row])
+
+
+def run_dir(work: Path, row: str, seed: int) -> Path:
+    return work / f"{row}-s{seed}"
+
+
+def train_row(work: Path, data: Path, row: str, seed: int, steps: int, max_minutes: float | None) -> bool:
+    """Train one (row, seed) to ``steps``; ``False`` when ``max_minutes`` ran out first (rerun resumes)."""
+    from accelerate.utils import set_seed
+
+    from posereid.experiments.data import market_pose_records
+    from posereid.models.pidm import PIDMPipeline
+    from posereid.models.training import PosePairDataset, TrainConfig, train_generator
+
+    out = run_dir(work, row, seed)
+    if (out / "final").is_dir():
+        return True
+    records = market_pose_records(data, data / "market-annotation-train.csv")
+    set_seed(seed)
+    model = PIDMPipeline.from_preset(PRESET, **_overrides(row))
+    dataset = PosePairDataset(records, model.image_size, seed=seed)
+    config = TrainConfig(
+        steps=steps, warmup_steps=max(1, steps // 10), sample_every=0, seed=seed, max_minutes=max_minutes,
+        **TRAIN,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    result = train_generator(model, dataset, config, out, progress=False)
+    wall = json.loads((out / "wall.json").read_text())["train_wall_s"] if (out / "wall.json").is_file() else 0
+    _write_text(out / "wall.json", json.dumps({"train_wall_s": wall + time.perf_counter() - t0}))
+    return not result.out_of_time
+
+
+def evaluate_row(
+    work: Path, data: Path, reid: Path, row: str, seed: int, *, references: bool, n_pairs: int
+) -> dict[str, Any]:
+    """Score a trained (row, seed) on the test pairs; writes and returns ``result.json``'s content."""
+    from posereid.experiments.quality.evaluate import evaluate_generator
+    from posereid.models.contract import load_generator
+
+    out = run_dir(work, row, seed)
+    gen = load_generator(out / "final", device="cpu")
+    report = evaluate_generator(
+        gen, data, reid_checkpoint=reid, steps=20, guidance=(2.0, 2.0), n_pairs=n_pairs, seed=0,
+        out_dir=out / "eval", include_ceiling=references, include_floor=references, generator_name=row,
+    )  # fmt: skip
+    systems = report["systems"]
+    result = {
+        "row": row, "seed": seed, "overrides": ROWS[row], "preset": PRESET,
+        "steps": _trained_steps(out),
+        "train_wall_s": json.loads((out / "wall.json").read_text())["train_wall_s"],
+        "trained": systems["trained"],
+    }  # fmt: skip
+    if references:
+        result["ceiling"] = systems["real (ceiling)"]
+        result["floor"] = systems["untrained (floor)"]
+    _write_text(out / "result.json", json.dumps(result, indent=1))
+    return result
+
+
+def _trained_steps(out: Path) -> int:
+    from posereid.models.training import list_checkpoints
+
+    done = list_checkpoints(out)
+    return done[-1][0] if done else -1
+
+
+def source_pose_row(work: Path, data: Path, row: str, seed: int, n_pairs: int) -> list[dict]:
+    """PCKh / SSIM with and without source keypoints (the item-2 mismatch) for one trained run."""
+    from posereid.experiments.quality.source_pose_check import check
+
+    out = run_dir(work, row, seed)
+    path = out / "source_pose.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    rows = check(str(out / "final"), str(data), n_pairs=n_pairs)
+    _write_text(path, json.dumps(rows, indent=1))
+    return rows
+
+
+def steps_sweep(
+    work: Path, data: Path, reid: Path, row: str, seed: int, steps: list[int], n_pairs: int
+) -> dict:
+    """Scores at fewer sampler steps (the steps column: fewest within 2 % of the 20-step scores)."""
+    from posereid.experiments.quality.evaluate import evaluate_generator
+    from posereid.models.contract import load_generator
+
+    out = run_dir(work, row, seed)
+    path = out / "steps.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    gen = load_generator(out / "final", device="cpu")
+    scores = {}
+    for n in steps:
+        rep = evaluate_generator(
+            gen, data, reid_checkpoint=reid, steps=n, guidance=(2.0, 2.0), n_pairs=n_pairs, seed=0,
+            out_dir=out / f"eval-steps{n}", include_ceiling=False, include_floor=False, generator_name=row,
+        )  # fmt: skip
+        scores[str(n)] = rep["systems"]["trained"]
+    _write_text(path, json.dumps(scores, indent=1))
+    return scores
+
+
+def bench_rows(rows: list[str], *, train_steps: int = 6, images: int = 16, steps: int = 20) -> dict:
+    """Quiet-machine cost per row: seconds per training step (batch 16) and per image (``steps`` steps)."""
+    from posereid.models.pidm import PIDMPipeline
+
+    torch.manual_seed(0)
+    res = {}
+    for row in rows:
+        pipe = PIDMPipeline.from_preset(PRESET, **_overrides(row))
+        h, w = pipe.image_size
+        b = TRAIN["batch_size"]
+        src, tgt = torch.rand(b, 3, h, w), torch.rand(b, 3, h, w)
+        kps = torch.rand(b, 18, 2) * torch.tensor([w - 1, h - 1])
+        opt = torch.optim.AdamW(pipe.parameters(), lr=1e-4)
+        times = []
+        for i in range(train_steps + 1):
+            t0 = time.perf_counter()
+            loss = pipe.training_loss(src, tgt, kps, kps, generator=torch.Generator().manual_seed(i))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if i:  # the first step warms up
+                times.append(time.perf_counter() - t0)
+        pipe.eval()
+        t0 = time.perf_counter()
+        pipe.generate(src[:images], kps[:images], kps[:images], steps=steps, seeds=list(range(images)))
+        res[row] = {
+            "sec_per_train_step": statistics.median(times),
+            "sec_per_image": (time.perf_counter() - t0) / min(images, b),
+        }
+        logger.info("%s: %s", row, res[row])
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- table
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def collect(work: Path) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(work.glob("*/result.json")):
+        r = json.loads(path.read_text())
+        runs.setdefault(r["row"], []).append(r)
+    return runs
+
+
+def render_table(work: Path, bench: dict | None = None) -> str:
+    """The markdown ablation table (mean ± sd over seeds, per-seed values in brackets)."""
+    runs = collect(work)
+    refs = next((r for rs in runs.values() for r in rs if "ceiling" in r), None)
+    head = ["row", "seeds", "PCKh (judge)", "re-ID rank-1", "re-ID mAP", "SSIM", "Mask-SSIM", "id margin"]
+    if bench:
+        head += ["s/train step", "s/image (20 steps)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cells(systems: list[dict]) -> list[str]:
+        return [_mean_sd([s[m] for s in systems]) for m in METRICS]
+
+    if refs:
+        lines.append("| ceiling (real images) | – | " + " | ".join(cells([refs["ceiling"]])) + " |"
+                     + (" – | – |" if bench else ""))  # fmt: skip
+    for row in ROWS:
+        if row not in runs:
+            continue
+        rs = sorted(runs[row], key=lambda r: r["seed"])
+        extra = []
+        if bench and row in bench:
+            extra = [f"{bench[row]['sec_per_train_step']:.3f}", f"{bench[row]['sec_per_image']:.3f}"]
+        elif bench:
+            extra = ["–", "–"]
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {row} | {seeds} | " + " | ".join(cells([r["trained"] for r in rs]) + extra) + " |")
+    if refs:
+        lines.append("| floor (untrained) | – | " + " | ".join(cells([refs["floor"]])) + " |"
+                     + (" – | – |" if bench else ""))  # fmt: skip
+    return "\n".join(lines)
+
+
+def render_steps(work: Path) -> str:
+    """Per swept run: the fewest sampler steps whose PCKh, rank-1 and SSIM stay within 2 % of 20 steps."""
+    out = []
+    for path in sorted(work.glob("*/steps.json")):
+        scores = json.loads(path.read_text())
+        res = json.loads((path.parent / "result.json").read_text())
+        ref = res["trained"]
+        out.append(f"**{res['row']}, seed {res['seed']}** (20 steps: PCKh {ref['pckh']:.3f}, rank-1 "
+                   f"{ref['rank1']:.3f}, SSIM {ref['ssim']:.3f})\n")  # fmt: skip
+        out.append(
+            "| steps | PCKh | rank-1 | mAP | SSIM | s/image | within 2 % |\n|---|---|---|---|---|---|---|"
+        )
+        best = 20
+        for n in sorted(scores, key=int):
+            s = scores[n]
+            ok = all(s[m] >= ref[m] * 0.98 - 1e-9 for m in ("pckh", "rank1", "ssim"))
+            if ok:
+                best = min(best, int(n))
+            out.append(f"| {n} | {s['pckh']:.3f} | {s['rank1']:.3f} | {s['mAP']:.3f} | {s['ssim']:.3f} | "
+                       f"{s.get('sec_per_image', math.nan):.2f} | {'yes' if ok else 'no'} |")  # fmt: skip
+        out.append(f"\nFewest steps within 2 % of the 20-step PCKh, rank-1 and SSIM: **{best}**\n")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m posereid.experiments.quality.ablation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="train and score (row, seed) runs; resumable")
+    run.add_argument("--work", type=Path, required=True)
+    run.add_argument("--data", type=Path, required=True)
+    run.add_argument("--reid-checkpoint", type=Path, required=True)
+    run.add_argument("--rows", type=csv_list(str), default=list(ROWS))
+    run.add_argument("--seeds", type=csv_list(str), default=["0"])
+    run.add_argument("--steps", type=positive_int, default=500)
+    run.add_argument("--n-pairs", type=positive_int, default=64)
+    run.add_argument("--max-minutes", type=positive_float, default=None, help="per training call")
+    run.add_argument(
+        "--source-pose-rows", type=csv_list(str), default=[], help="rows also scored without source kps"
+    )
+    st = sub.add_parser("steps", help="the steps column for one run")
+    st.add_argument("--work", type=Path, required=True)
+    st.add_argument("--data", type=Path, required=True)
+    st.add_argument("--reid-checkpoint", type=Path, required=True)
+    st.add_argument("--row", required=True)
+    st.add_argument("--seed", type=non_negative_int, default=0)
+    st.add_argument("--sweep", type=csv_list(str), default=["5", "10", "15"])
+    st.add_argument("--n-pairs", type=positive_int, default=64)
+    be = sub.add_parser("bench", help="quiet-machine seconds per training step and per image")
+    be.add_argument("--rows", type=csv_list(str), default=list(ROWS))
+    be.add_argument("--out", type=Path, required=True)
+    ta = sub.add_parser("table", help="write the markdown table")
+    ta.add_argument("--work", type=Path, required=True)
+    ta.add_argument("--bench", type=Path, default=None)
+    ta.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    if args.cmd == "run":
+        first = not any(args.work.glob("*/result.json"))
+        for seed in (int(s) for s in args.seeds):
+            for row in args.rows:
+                out = run_dir(args.work, row, seed)
+                if (out / "result.json").is_file():
+                    logger.info("%s seed %d: done", row, seed)
+                else:
+                    if not train_row(args.work, args.data, row, seed, args.steps, args.max_minutes):
+                        print(f"{row} seed {seed}: out of time; rerun to continue")
+                        return 3
+                    res = evaluate_row(args.work, args.data, args.reid_checkpoint, row, seed,
+                                       references=first, n_pairs=args.n_pairs)  # fmt: skip
+                    first = False
+                    t = res["trained"]
+                    print(f"{row} seed {seed}: PCKh {t['pckh']:.3f} rank-1 {t['rank1']:.3f} mAP {t['mAP']:.3f} "
+                          f"SSIM {t['ssim']:.3f} ({res['train_wall_s'] / 60:.1f} train-min)", flush=True)  # fmt: skip
+                if row in args.source_pose_rows:
+                    for r in source_pose_row(args.work, args.data, row, seed, args.n_pairs):
+                        print(f"{row} seed {seed}: {r}", flush=True)
+    elif args.cmd == "steps":
+        scores = steps_sweep(args.work, args.data, args.reid_checkpoint, args.row, args.seed,
+                             [int(s) for s in args.sweep], args.n_pairs)  # fmt: skip
+        print(json.dumps({k: {m: v[m] for m in METRICS} for k, v in scores.items()}, indent=1))
+    elif args.cmd == "bench":
+        res = bench_rows(args.rows)
+        _write_text(args.out, json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+    else:
+        bench = json.loads(args.bench.read_text()) if args.bench else None
+        args.out.mkdir(parents=True, exist_ok=True)
+        text = render_table(args.work, bench) + "\n\n" + render_steps(args.work)
+        _write_text(args.out / "ablation_table.md", text)
+        runs = collect(args.work)
+        _write_text(args.out / "ablation_runs.json", json.dumps(runs, indent=1))
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,13 +3,21 @@ Market-1501 folder with PATN keypoints, and draw samples from a trained one.
 
 The keypoints' frame is the size of the images the CSV annotates (128x64 for Market-1501); pass
 ``--annotation-size HxW`` when the CSV uses another frame. A keypoint outside the frame skips its row.
+
+A multi-stage family (PCDMs: ``TRAINING_STAGES`` inpaint → prior → refine) trains stage by stage
+(``--stage``, default all): each stage goes through the same training loop into ``OUT/<stage>/``, starts
+from the previous stage's ``final/`` and the last one is copied to ``OUT/final``. A rerun skips the stages
+that finished, so ``--max-minutes`` + rerun resumes the whole sequence.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate.utils import set_seed
@@ -17,12 +25,19 @@ from PIL import Image
 
 from posereid.argtypes import finite_float, non_negative_int, positive_float, positive_int
 from posereid.experiments.data import market_pose_records
-from posereid.models.contract import FAMILIES, family_class, load_generator
+from posereid.models.checkpoint import MODEL_INDEX_NAME
+from posereid.models.contract import FAMILIES, checkpoint_family, family_class, load_generator
 from posereid.models.images import pil_to_tensor01
 from posereid.models.io_utils import atomic_save
 from posereid.models.pose import resize_keypoints, skeleton_tensor
 from posereid.models.sampling import SAMPLERS
-from posereid.models.training import PosePairDataset, TrainConfig, train_generator
+from posereid.models.training import (
+    PosePairDataset,
+    TrainConfig,
+    TrainResult,
+    list_checkpoints,
+    train_generator,
+)
 from posereid.reid_integration.market1501 import (
     add_annotation_size_arg,
     add_strict_arg,
@@ -37,6 +52,23 @@ logger = logging.getLogger(__name__)
 
 def _presets() -> list[str]:
     return sorted({p for f in FAMILIES for p in family_class(f).PRESETS})
+
+
+def _stages() -> list[str]:
+    """Every training stage of a multi-stage family (``TRAINING_STAGES``), in their families' order."""
+    found: list[str] = []
+    for f in FAMILIES:
+        found += [s for s in getattr(family_class(f), "TRAINING_STAGES", ()) if s not in found]
+    return found
+
+
+def _stage_steps(text: str) -> tuple[int, ...]:
+    """``A,B,C``: steps of each training stage, in the family's stage order (e.g. inpaint,prior,refine)."""
+    try:
+        steps = tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated step counts, each {err}") from err
+    return steps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,6 +100,18 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
         help="share of training samples whose appearance encoder gets no source pose (default: the preset's)",
     )
     p("--init", type=Path, help="start from this generator directory (fine-tuning) instead of a preset")
+    p(
+        "--stage",
+        choices=(*_stages(), "all"),
+        help="multi-stage families (pcdms): the stage to train, or all in order (default: all); each goes to "
+        "OUT/<stage>/ and starts from the previous stage's final/ (or --init)",
+    )
+    p(
+        "--stage-steps",
+        type=_stage_steps,
+        help="multi-stage families: steps per stage in stage order, e.g. 20000,10000,10000 for "
+        "inpaint,prior,refine (default: --steps each)",
+    )
     p("--out", required=True, type=Path, help="output directory (checkpoints, samples, log, final/)")
     p("--steps", type=positive_int, default=d.steps)
     p("--batch-size", type=positive_int, default=d.batch_size, help="per process")
@@ -118,6 +162,54 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
 
 
+def _preset_model(args: argparse.Namespace) -> Any:
+    """A fresh pipeline of ``--family`` / ``--preset`` with the command's overrides."""
+    pipeline = family_class(args.family)
+    if args.preset not in pipeline.PRESETS:
+        raise SystemExit(
+            f"--preset {args.preset}: not a {args.family} preset ({', '.join(pipeline.PRESETS)})"
+        )
+    overrides: dict = {"image_size": tuple(args.image_size)} if args.image_size else {}
+    if args.prediction_type:
+        overrides["prediction_type"] = args.prediction_type
+    if args.zero_snr:
+        overrides["rescale_betas_zero_snr"] = True
+    if args.snr_gamma is not None:
+        overrides["snr_gamma"] = args.snr_gamma
+    if args.p_drop_source_pose is not None:
+        overrides["p_drop_source_pose"] = args.p_drop_source_pose
+    return pipeline.from_preset(args.preset, **overrides)
+
+
+def _load_init(args: argparse.Namespace, path: Path) -> Any:
+    """The generator in ``path`` (EMA weights), in training mode, checked against ``--image-size``."""
+    model = load_generator(path, use_ema=True).train()
+    if args.image_size is not None and tuple(args.image_size) != model.image_size:
+        raise SystemExit(f"--image-size {args.image_size} differs from {path}'s {model.image_size}")
+    return model
+
+
+def _train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
+    return TrainConfig(
+        steps=steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=min(args.warmup_steps, steps), lr_schedule=args.lr_schedule,
+        grad_accum=args.grad_accum, mixed_precision=args.mixed_precision, ema_decay=args.ema_decay,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, sample_every=args.sample_every, log_every=args.log_every,
+        seed=args.seed, num_workers=args.num_workers, max_minutes=args.max_minutes,
+    )  # fmt: skip
+
+
+def _report(args: argparse.Namespace, result: TrainResult, config: TrainConfig, out: Path) -> None:
+    print(f"trained steps {result.start_step}..{result.steps}, final loss {result.final_loss:.4f}, "
+          f"{result.skipped_nonfinite} non-finite step(s) skipped")  # fmt: skip
+    if result.out_of_time:
+        print(f"stopped by --max-minutes {args.max_minutes:g} at step {result.steps} of {config.steps}; "
+              "run the same command again to continue")  # fmt: skip
+    print(f"final model: {out / 'final'}\ncheckpoints: {out / 'checkpoints'}\n"
+          f"samples:     {out / 'samples'}\nloss log:    {out / 'train_log.csv'}")  # fmt: skip
+
+
 def run_train_generator(args: argparse.Namespace) -> int:
     records = market_pose_records(
         args.data,
@@ -127,51 +219,87 @@ def run_train_generator(args: argparse.Namespace) -> int:
         strict=args.strict,
     )
     set_seed(args.seed)  # the same --seed gives the same initial weights (and data order, noise, dropout)
-    if args.init is not None:
-        model = load_generator(args.init, use_ema=True).train()
-        if args.image_size is not None and tuple(args.image_size) != model.image_size:
-            raise SystemExit(f"--image-size {args.image_size} differs from {args.init}'s {model.image_size}")
-    else:
-        pipeline = family_class(args.family)
-        if args.preset not in pipeline.PRESETS:
-            raise SystemExit(
-                f"--preset {args.preset}: not a {args.family} preset ({', '.join(pipeline.PRESETS)})"
-            )
-        overrides: dict = {"image_size": tuple(args.image_size)} if args.image_size else {}
-        if args.prediction_type:
-            overrides["prediction_type"] = args.prediction_type
-        if args.zero_snr:
-            overrides["rescale_betas_zero_snr"] = True
-        if args.snr_gamma is not None:
-            overrides["snr_gamma"] = args.snr_gamma
-        if args.p_drop_source_pose is not None:
-            overrides["p_drop_source_pose"] = args.p_drop_source_pose
-        model = pipeline.from_preset(args.preset, **overrides)
+    family = checkpoint_family(args.init) if args.init is not None else args.family
+    stages = tuple(getattr(family_class(family), "TRAINING_STAGES", ()))
+    if stages:
+        return _train_stages(args, records, family, stages)
+    if args.stage is not None or args.stage_steps is not None:
+        raise ValueError(f"--stage / --stage-steps: the {family} family trains in one stage; drop them")
+    model = _load_init(args, args.init) if args.init is not None else _preset_model(args)
     pairs = read_pairs_csv(args.pairs) if args.pairs else None
     dataset = PosePairDataset(
         records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
     )
-    config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_steps=min(args.warmup_steps, args.steps), lr_schedule=args.lr_schedule,
-        grad_accum=args.grad_accum, mixed_precision=args.mixed_precision, ema_decay=args.ema_decay,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints, sample_every=args.sample_every, log_every=args.log_every,
-        seed=args.seed, num_workers=args.num_workers, max_minutes=args.max_minutes,
-    )  # fmt: skip
+    config = _train_config(args, args.steps)
     logger.info(
         "%d training pairs; %.2f M parameters", len(dataset), sum(p.numel() for p in model.parameters()) / 1e6
     )
     result = train_generator(
         model, dataset, config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress
     )
-    print(f"trained steps {result.start_step}..{result.steps}, final loss {result.final_loss:.4f}, "
-          f"{result.skipped_nonfinite} non-finite step(s) skipped")  # fmt: skip
-    if result.out_of_time:
-        print(f"stopped by --max-minutes {args.max_minutes:g} at step {result.steps} of {config.steps}; "
-              "run the same command again to continue")  # fmt: skip
-    print(f"final model: {args.out / 'final'}\ncheckpoints: {args.out / 'checkpoints'}\n"
-          f"samples:     {args.out / 'samples'}\nloss log:    {args.out / 'train_log.csv'}")  # fmt: skip
+    _report(args, result, config, args.out)
+    return 0
+
+
+def _stage_done(out: Path, steps: int) -> bool:
+    """``out`` (one stage's folder) holds a ``final/`` of a run that reached ``steps`` (not one cut short)."""
+    done = list_checkpoints(out)
+    return (out / "final" / MODEL_INDEX_NAME).is_file() and bool(done) and done[-1][0] == steps
+
+
+def _copy_dir(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary sibling and a rename (never a half copy at ``dst``)."""
+    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _train_stages(args: argparse.Namespace, records: list, family: str, stages: tuple[str, ...]) -> int:
+    """Train a multi-stage family's stages in order, each into ``OUT/<stage>/``; the last to ``OUT/final``."""
+    if args.stage is not None and args.stage != "all" and args.stage not in stages:
+        raise ValueError(f"--stage {args.stage}: not a {family} stage ({', '.join(stages)}, all)")
+    todo = list(stages) if args.stage in (None, "all") else [args.stage]
+    if args.stage_steps is not None and len(args.stage_steps) != len(stages):
+        raise ValueError(
+            f"--stage-steps: {len(args.stage_steps)} value(s) for the {len(stages)} {family} stages "
+            f"({','.join(stages)})"
+        )
+    steps = dict(zip(stages, args.stage_steps or [args.steps] * len(stages)))
+    pairs = read_pairs_csv(args.pairs) if args.pairs else None
+    prev: Path | None = args.init
+    for stage in todo:
+        out = args.out / stage
+        if not args.overwrite and _stage_done(out, steps[stage]):
+            print(f"stage {stage}: {out / 'final'} already trained to step {steps[stage]}; skipped")
+            prev = out / "final"
+            continue
+        model = _load_init(args, prev) if prev is not None else _preset_model(args)
+        model.set_training_stage(stage)
+        dataset = PosePairDataset(
+            records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
+        )
+        config = _train_config(args, steps[stage])
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(
+            "stage %s: %d training pairs; %.2f M trainable parameters", stage, len(dataset), trainable / 1e6
+        )
+        result = train_generator(
+            model, dataset, config, out, resume=args.resume, overwrite=args.overwrite, progress=args.progress
+        )
+        print(f"stage {stage}:")
+        _report(args, result, config, out)
+        if result.out_of_time:
+            return 0
+        prev = out / "final"
+    assert prev is not None
+    _copy_dir(prev, args.out / "final")
+    print(f"{family} stages {', '.join(todo)} done; final model: {args.out / 'final'}")
     return 0
 
 

@@ -16,6 +16,9 @@ __getattr__, __dir__, __all__ = attach(
         "contract": ["FAMILIES", "PoseTransferGenerator", "UnknownGeneratorError", "checkpoint_family", "family_class", "load_generator"],
         "pipeline": ["GeneratorPipeline", "autocast_context", "load_scheduler"],
         "pidm": ["PIDMModel", "PIDMPipeline"],
+        "pcdms": ["PCDMsInpainter", "PCDMsPipeline", "PCDMsPrior", "PCDMsRefiner"],
+        "cfld": ["CFLDModel", "CFLDPipeline"],
+        "refine": ["RefinedGenerator", "Refiner", "load_refiner", "refiner_seeds"],
         "checkpoint": [
             "CONFIG_NAME", "EMA_WEIGHTS_NAME", "MODEL_INDEX_NAME", "SCHEDULER_CONFIG_NAME", "WEIGHTS_NAME",
             "CheckpointError", "CheckpointMismatchError", "check_finite", "check_state_dict", "load_weights",

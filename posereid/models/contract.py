@@ -87,6 +87,8 @@ class PoseTransferGenerator(Protocol):
 #: family name → (``module:PipelineClass``, class names a checkpoint of it may carry)
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "pidm": ("posereid.models.pidm:PIDMPipeline", ("PIDMPipeline", "PIDMModel", "PoseTransferGenerator")),
+    "pcdms": ("posereid.models.pcdms:PCDMsPipeline", ("PCDMsPipeline",)),
+    "cfld": ("posereid.models.cfld:CFLDPipeline", ("CFLDPipeline", "CFLDModel")),
 }
 
 

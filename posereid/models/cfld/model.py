@@ -1,0 +1,495 @@
+"""The CFLD-style denoiser (Lu et al., CVPR 2024): weights only.
+
+:class:`CFLDModel` is a diffusers ``ModelMixin``/``ConfigMixin`` holding four parts:
+
+* a **source pyramid** (:class:`SourcePyramid`): multi-scale feature maps of the source image;
+* the **Perception-Refined Decoder** (:class:`PerceptionRefinedDecoder`): ``num_queries`` learnable queries
+  refined by a transformer decoder over the last level's tokens (+ 2-D positional code) give a short
+  "coarse prompt" that takes the text prompt's place in every UNet cross-attention (``use_prd=False``:
+  the last level's tokens are the prompt, the paper's "w/o PRD" row);
+* **Hybrid-Granularity Attention**: on the cross-attention layers of the UNet's *up* blocks, the source
+  feature map of the matching resolution, projected to the layer's query width, is added to the queries
+  (not to keys/values) by :class:`HybridGranularityProcessor` (``use_hga=False``: the "w/o HGA" row);
+* a **pose adapter**: diffusers' ``T2IAdapter`` over the target pose maps, whose per-level features go to
+  the UNet's down path through ``down_intrablock_additional_residuals``.
+
+The denoiser is a diffusers ``UNet2DConditionModel`` over the noisy target alone (pixels in ``[-1, 1]``, or
+VAE latents with ``latent=True``; the VAE itself belongs to the pipeline). The T2I-adapter adds level ``i``'s
+feature at the end of down block ``i`` *before* its down-sampling only for cross-attention blocks, so every
+down block but the last is a ``CrossAttnDownBlock2D``; high-resolution levels can skip self-attention
+(``self_attention_levels``: their transformer blocks only cross-attend the short prompt, which is cheap).
+
+Files: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (+ ``ema.safetensors``). A Stable
+Diffusion UNet loaded by :meth:`~posereid.models.cfld.CFLDPipeline.from_sd_components` is recorded as
+``unet_config`` and its weights are saved with the rest, so a checkpoint is self-contained.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin, T2IAdapter, UNet2DConditionModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.embeddings import get_2d_sincos_pos_embed
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
+
+from posereid.models.appearance import pyramid_shapes
+from posereid.models.checkpoint import (
+    CONFIG_NAME,
+    CheckpointError,
+    load_model_weights,
+    read_json,
+    save_model,
+)
+from posereid.models.io_utils import atomic_write
+from posereid.models.pose import POSE_CHANNELS
+from posereid.models.texture_attention import unet_level
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Source branch: conv pyramid and the Perception-Refined Decoder
+# --------------------------------------------------------------------------------------------------
+class SourcePyramid(nn.Module):
+    """Conv pyramid over the source image: one feature map per level, finest first.
+
+    Not :class:`~posereid.models.appearance.AppearanceEncoder`: that one turns *every* level into
+    layer-normalised cross-attention tokens (with level and null embeddings); CFLD needs raw maps (HGA
+    projects each to a UNet layer's query width) and tokens of the last level only, and parameters that
+    never receive a gradient would stop DDP (``find_unused_parameters=False``).
+    """
+
+    def __init__(self, channels: Sequence[int], stem_stride: int, norm_groups: int) -> None:
+        super().__init__()
+        chans = [int(c) for c in channels]
+        bad = [c for c in chans if c % norm_groups]
+        if bad:
+            raise ValueError(f"source_channels {bad} are not divisible by norm_num_groups={norm_groups}")
+        s = int(stem_stride)
+        self.stem = nn.Conv2d(
+            3, chans[0], kernel_size=3 if s == 1 else s, stride=s, padding=1 if s == 1 else 0
+        )
+        self.blocks = nn.ModuleList(
+            ResnetBlock2D(in_channels=c, out_channels=c, temb_channels=None, groups=norm_groups)
+            for c in chans
+        )
+        self.downs = nn.ModuleList(
+            Downsample2D(a, use_conv=True, out_channels=b, padding=1, name="op")
+            for a, b in zip(chans, chans[1:])
+        )
+
+    def forward(self, source: torch.Tensor) -> list[torch.Tensor]:
+        """``source`` ``(B, 3, H, W)`` in ``[0, 1]`` → feature maps ``(B, C_i, h_i, w_i)``."""
+        h = self.stem(source.to(self.stem.weight.dtype) * 2.0 - 1.0)
+        maps = []
+        for i, block in enumerate(self.blocks):
+            h = block(h, None)
+            maps.append(h)
+            if i < len(self.downs):
+                h = self.downs[i](h)
+        return maps
+
+
+class PerceptionRefinedDecoder(nn.Module):
+    """``num_queries`` learnable queries refined by a transformer decoder over source tokens → coarse prompt."""
+
+    def __init__(self, dim: int, num_queries: int, layers: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"cross_attention_dim {dim} is not divisible by prd_heads={heads}")
+        self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        layer = nn.TransformerDecoderLayer(
+            dim,
+            heads,
+            dim_feedforward=4 * dim,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.decoder = nn.TransformerDecoder(layer, num_layers=layers, norm=nn.LayerNorm(dim))
+
+    def forward(self, memory: torch.Tensor) -> torch.Tensor:
+        """``memory`` ``(B, N, D)`` → prompt ``(B, num_queries, D)``."""
+        queries = self.queries.to(memory.dtype).unsqueeze(0).expand(memory.shape[0], -1, -1)
+        return self.decoder(queries, memory)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hybrid-Granularity Attention
+# --------------------------------------------------------------------------------------------------
+class HybridGranularityProcessor(AttnProcessor2_0):
+    """Scaled-dot-product attention; on an HGA layer the layer's source bias is added to the queries.
+
+    Installed on every attention layer of the UNet (``set_attn_processor``) so that all of them accept the
+    ``hga_biases`` entry of ``cross_attention_kwargs``; a layer with ``index=None`` (down/mid blocks,
+    self-attention) ignores it. The biases travel with the UNet call rather than living on the processor,
+    so gradient checkpointing (which re-runs transformer blocks during backward) sees them too.
+    """
+
+    def __init__(self, index: int | None) -> None:
+        super().__init__()
+        self.index = index
+
+    def __call__(  # type: ignore[override]
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        hga_biases: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        bias = hga_biases[self.index] if self.index is not None and hga_biases is not None else None
+        if bias is None:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
+            raise ValueError("HGA expects the (B, N, C) tokens of a transformer block's cross-attention")
+        if attention_mask is not None:
+            raise NotImplementedError("HGA cross-attention does not take an attention mask")
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        query = attn.to_q(hidden_states)
+        if bias.shape != query.shape:
+            raise ValueError(
+                f"HGA bias of shape {tuple(bias.shape)} for queries of shape {tuple(query.shape)}"
+            )
+        query = query + bias.to(query.dtype)
+        key, value = attn.to_k(context), attn.to_v(context)
+        b, heads = hidden_states.shape[0], attn.heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+        q, k, v = split(query), split(key), split(value)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        out = out.transpose(1, 2).reshape(b, -1, v.shape[1] * v.shape[-1]).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def _level_size(size: tuple[int, int], level: int) -> tuple[int, int]:
+    h, w = size
+    for _ in range(level):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    return h, w
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+class CFLDModel(ModelMixin, ConfigMixin):
+    """UNet + pose adapter + source pyramid + PRD + HGA of the CFLD family (weights and config only).
+
+    Args:
+        image_size: ``(H, W)`` of the images, in pixels (also in latent mode).
+        block_out_channels: UNet channels per level (also the adapter's).
+        layers_per_block: ResNet/transformer layers per UNet level.
+        self_attention_levels: per UNet level, whether its transformer blocks self-attend too (else they
+            only cross-attend the prompt); the mid block always self-attends.
+        attention_head_dim: channels per attention head.
+        norm_num_groups: GroupNorm groups (UNet and source pyramid).
+        cross_attention_dim: prompt token width.
+        source_channels / source_stem_stride: the source pyramid's channels per level and first stride.
+        num_queries, prd_layers, prd_heads: the PRD's learnable queries, decoder layers and heads.
+        use_prd: False: the prompt is the last pyramid level's tokens ("w/o PRD").
+        use_hga: False: no query biases in the up blocks ("w/o HGA").
+        adapter_res_blocks: residual blocks per pose-adapter level.
+        timestep_sampling: training timesteps, ``"cubic"`` (CFLD's ``t = (1 − u³)·T``) or ``"uniform"``.
+        p_drop_pose, p_drop_appearance: independent training condition-dropout rates (for guidance).
+        snr_gamma: min-SNR-γ loss weighting (None: plain MSE).
+        pose_sigma: Gaussian width of pose maps in pixels (None: 2.5 % of the height).
+        latent: diffuse in a VAE latent (the pipeline holds the VAE) instead of pixels.
+        latent_channels, vae_scale_factor: the VAE's latent channels and down-sampling (latent mode).
+        unet_config: a full ``UNet2DConditionModel`` config (e.g. Stable Diffusion 1.5's) used instead of
+            the UNet fields above.
+    """
+
+    config_name = CONFIG_NAME
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        image_size: Sequence[int] = (128, 64),
+        block_out_channels: Sequence[int] = (64, 128, 256, 256),
+        layers_per_block: int = 2,
+        self_attention_levels: Sequence[bool] = (False, True, True, True),
+        attention_head_dim: int = 32,
+        norm_num_groups: int = 32,
+        cross_attention_dim: int = 256,
+        source_channels: Sequence[int] = (64, 128, 256, 256),
+        source_stem_stride: int = 2,
+        num_queries: int = 16,
+        prd_layers: int = 8,
+        prd_heads: int = 8,
+        use_prd: bool = True,
+        use_hga: bool = True,
+        adapter_res_blocks: int = 2,
+        timestep_sampling: Literal["uniform", "cubic"] = "cubic",
+        p_drop_pose: float = 0.1,
+        p_drop_appearance: float = 0.1,
+        snr_gamma: float | None = None,
+        pose_sigma: float | None = None,
+        latent: bool = False,
+        latent_channels: int = 4,
+        vae_scale_factor: int = 8,
+        unet_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        h, w = (int(v) for v in image_size)
+        dim = int(cross_attention_dim)
+        if timestep_sampling not in ("uniform", "cubic"):
+            raise ValueError(f"timestep_sampling must be 'uniform' or 'cubic', got {timestep_sampling!r}")
+        for name, p in (("p_drop_pose", p_drop_pose), ("p_drop_appearance", p_drop_appearance)):
+            if not 0.0 <= float(p) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        if snr_gamma is not None and not float(snr_gamma) > 0:
+            raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma}")
+        if dim % 4:
+            raise ValueError(f"cross_attention_dim must be divisible by 4, got {dim}")
+        factor = int(vae_scale_factor) if latent else 1
+        if h % factor or w % factor:
+            raise ValueError(f"image_size {h}x{w} is not divisible by the VAE's down-sampling {factor}")
+        self.unet_size = (h // factor, w // factor)
+        channels = int(latent_channels) if latent else 3
+        if unet_config is not None:
+            self.unet = UNet2DConditionModel.from_config(dict(unet_config))
+        else:
+            self.unet = self._build_unet(
+                channels, block_out_channels, self_attention_levels, layers_per_block, attention_head_dim,
+                norm_num_groups, dim,
+            )  # fmt: skip
+        self._check_unet(channels, dim, bool(latent))
+
+        # pose adapter: level i has the UNet's channels at down block i's resolution
+        self.adapter = T2IAdapter(
+            in_channels=POSE_CHANNELS,
+            channels=[int(c) for c in self.unet.config.block_out_channels],
+            num_res_blocks=int(adapter_res_blocks),
+            downscale_factor=factor,
+            adapter_type="full_adapter",
+        )
+
+        # source branch
+        self.source = SourcePyramid(source_channels, source_stem_stride, norm_num_groups)
+        self.source_shapes = pyramid_shapes(h, w, len(source_channels), int(source_stem_stride))
+        last_h, last_w = self.source_shapes[-1]
+        self.source_proj = nn.Linear(int(source_channels[-1]), dim)
+        pos = get_2d_sincos_pos_embed(dim, (last_h, last_w), base_size=16, output_type="pt").float()
+        self.register_buffer("source_pos", pos, persistent=False)
+        self.source_norm = nn.LayerNorm(dim)
+        self.prd = PerceptionRefinedDecoder(dim, num_queries, prd_layers, prd_heads) if use_prd else None
+        prompt_len = int(num_queries) if use_prd else last_h * last_w
+        self.null_prompt = nn.Parameter(torch.randn(prompt_len, dim) * 0.02)
+
+        # HGA: one query-bias projection per cross-attention layer of the up blocks
+        self.hga_layers: list[tuple[str, int, tuple[int, int]]] = []  # (processor, source level, size)
+        self.hga_proj = nn.ModuleList()
+        if use_hga:
+            self._install_hga(source_channels)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _build_unet(
+        self,
+        channels: int,
+        block_out_channels: Sequence[int],
+        self_attention_levels: Sequence[bool],
+        layers_per_block: int,
+        attention_head_dim: int,
+        norm_num_groups: int,
+        cross_attention_dim: int,
+    ) -> UNet2DConditionModel:
+        chans = [int(c) for c in block_out_channels]
+        selfattn = [bool(a) for a in self_attention_levels]
+        if len(selfattn) != len(chans):
+            raise ValueError(
+                f"self_attention_levels has {len(selfattn)} entries for {len(chans)} block_out_channels"
+            )
+        bad = [c for c in chans if c % norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"block_out_channels {bad} are not divisible by norm_num_groups={norm_num_groups}"
+            )
+        down = 2 ** (len(chans) - 1)
+        uh, uw = self.unet_size
+        if uh % down or uw % down:
+            raise ValueError(
+                f"the UNet input {uh}x{uw} (image_size / VAE factor) must be divisible by the UNet's "
+                f"total down-sampling {down} ({len(chans)} levels)"
+            )
+        return UNet2DConditionModel(
+            sample_size=(uh, uw),
+            in_channels=channels,
+            out_channels=channels,
+            down_block_types=("CrossAttnDownBlock2D",) * len(chans),
+            up_block_types=("CrossAttnUpBlock2D",) * len(chans),
+            only_cross_attention=tuple(not a for a in selfattn),
+            mid_block_only_cross_attention=False,
+            block_out_channels=tuple(chans),
+            layers_per_block=int(layers_per_block),
+            norm_num_groups=int(norm_num_groups),
+            cross_attention_dim=int(cross_attention_dim),
+            # diffusers' historical naming: this argument is the number of heads per level
+            attention_head_dim=tuple(max(1, c // int(attention_head_dim)) for c in chans),
+        )
+
+    def _check_unet(self, channels: int, dim: int, latent: bool) -> None:
+        ucfg = self.unet.config
+        if int(ucfg.in_channels) != channels or int(ucfg.out_channels) != channels:
+            raise ValueError(
+                f"the UNet maps {ucfg.in_channels} to {ucfg.out_channels} channels but the model diffuses "
+                f"{channels} ({'latent' if latent else 'RGB'})"
+            )
+        if ucfg.cross_attention_dim != dim:
+            raise ValueError(f"the UNet's cross_attention_dim {ucfg.cross_attention_dim} is not {dim}")
+        for i, block in enumerate(self.unet.down_blocks[:-1]):
+            if not getattr(block, "has_cross_attention", False):
+                raise ValueError(
+                    f"down block {i} ({type(block).__name__}) has no cross-attention: the T2I pose adapter "
+                    "adds its features before a block's down-sampling only in cross-attention blocks"
+                )
+
+    def _install_hga(self, source_channels: Sequence[int]) -> None:
+        n = len(self.unet.config.block_out_channels)
+        names = list(self.unet.attn_processors)
+        for name in names:
+            if not (name.startswith("up_blocks.") and name.endswith(".attn2.processor")):
+                continue
+            level = unet_level(name, n)
+            size = _level_size(self.unet_size, level)
+            # nearest source level by resolution (octaves); its map is resized to the layer's size
+            src = min(
+                range(len(self.source_shapes)),
+                key=lambda j: abs(math.log2(self.source_shapes[j][0] / size[0])),
+            )
+            attn = self.unet.get_submodule(name.removesuffix(".processor"))
+            self.hga_layers.append((name, src, size))
+            self.hga_proj.append(nn.Linear(int(source_channels[src]), attn.to_q.out_features))
+        index = {name: i for i, (name, _, _) in enumerate(self.hga_layers)}
+        self.unet.set_attn_processor({name: HybridGranularityProcessor(index.get(name)) for name in names})
+
+    # ------------------------------------------------------------------ conditions
+    @property
+    def latent(self) -> bool:
+        return bool(self.config.latent)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of what the UNet denoises (RGB pixels, or VAE latents)."""
+        return int(self.unet.config.in_channels), *self.unet_size
+
+    def encode_source(self, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The appearance condition ``(prompt, *hga_biases)`` of ``source`` ``(B, 3, H, W)`` in ``[0, 1]``.
+
+        ``prompt`` ``(B, P, cross_attention_dim)``; one bias ``(B, h·w, query width)`` per HGA layer."""
+        maps = self.source(source.to(self.unet.conv_in.weight.device))
+        last = maps[-1]
+        tokens = self.source_proj(last.flatten(2).transpose(1, 2)) + self.source_pos.to(last.dtype)
+        tokens = self.source_norm(tokens)
+        prompt = self.prd(tokens) if self.prd is not None else tokens
+        resized: dict[tuple[int, int, int], torch.Tensor] = {}
+        biases = []
+        for (_, src, size), proj in zip(self.hga_layers, self.hga_proj):
+            key = (src, *size)
+            if key not in resized:
+                m = maps[src]
+                if tuple(m.shape[-2:]) != size:
+                    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                resized[key] = m.flatten(2).transpose(1, 2)
+            biases.append(proj(resized[key]))
+        return (prompt, *biases)
+
+    def null_source(self, appearance: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The "appearance dropped" condition laid out like ``appearance``: learned null prompt, zero biases."""
+        prompt, *biases = appearance
+        null = self.null_prompt.to(prompt.dtype).unsqueeze(0).expand(prompt.shape[0], -1, -1)
+        return (null, *(torch.zeros_like(b) for b in biases))
+
+    def encode_pose(self, pose_maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The pose condition: the adapter's features ``(B, C_i, h_i, w_i)``, one per UNet down block."""
+        return tuple(self.adapter(pose_maps.to(self.adapter.adapter.conv_in.weight.dtype)))
+
+    @staticmethod
+    def null_pose(pose: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The "pose dropped" condition: zero adapter residuals (the UNet sees no pose at all)."""
+        return tuple(torch.zeros_like(r) for r in pose)
+
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        pose_residuals: Sequence[torch.Tensor] | None,
+        prompt: torch.Tensor,
+        hga_biases: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
+        """Model output (ε or v) for ``noisy`` ``(B, *sample_shape)`` given the conditions of
+        :meth:`encode_pose` (``None``: no pose) and :meth:`encode_source` (``prompt``, ``hga_biases``)."""
+        if len(hga_biases) != len(self.hga_proj):
+            raise ValueError(
+                f"got {len(hga_biases)} HGA biases; this model has {len(self.hga_proj)} HGA layers"
+            )
+        dtype = self.unet.conv_in.weight.dtype  # a half-precision model takes half inputs; autocast recasts
+        kwargs: dict[str, Any] = {}
+        if self.hga_proj:
+            kwargs["cross_attention_kwargs"] = {"hga_biases": tuple(b.to(dtype) for b in hga_biases)}
+        residuals = None
+        if pose_residuals is not None:
+            residuals = [r.to(dtype) for r in pose_residuals]  # a fresh list: the UNet pops from it
+        return self.unet(
+            noisy.to(dtype),
+            timesteps,
+            encoder_hidden_states=prompt.to(dtype),
+            down_intrablock_additional_residuals=residuals,
+            **kwargs,
+        ).sample
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(  # type: ignore[override]
+        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write safetensors weights (+ EMA weights) and ``config.json`` (last), each file atomically."""
+        directory = Path(save_directory)
+        save_model(self, directory, ema_state_dict)
+        with atomic_write(directory / CONFIG_NAME) as fh:
+            fh.write(self.to_json_string())
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
+    ) -> CFLDModel:
+        """Load a local directory written by :meth:`save_pretrained` (EMA weights preferred when present)."""
+        directory = Path(pretrained_model_name_or_path)
+        cfg_path = directory / CONFIG_NAME
+        config = read_json(cfg_path)
+        name = config.get("_class_name", cls.__name__)
+        if name != cls.__name__:
+            raise CheckpointError(f"{cfg_path}: is a {name} checkpoint, not {cls.__name__}")
+        try:
+            model = cls.from_config(config)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{cfg_path}: invalid model config ({err})") from err
+        weights = load_model_weights(model, directory, use_ema=use_ema)
+        logger.info("loaded %s from %s", cls.__name__, weights)
+        return model.eval()
+
+
+__all__ = ["CFLDModel", "HybridGranularityProcessor", "PerceptionRefinedDecoder", "SourcePyramid"]

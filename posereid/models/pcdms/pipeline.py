@@ -1,0 +1,835 @@
+"""The PCDMs-style pipeline: three stage losses, the staged sampling and a folder per stage on disk.
+
+``generate`` runs prior → inpainter → refiner (any subset that contains the inpainter):
+
+* **prior** (:class:`~posereid.models.pcdms.model.PCDMsPrior`): samples the target's embedding from the
+  source's embedding and both poses (``prior_steps`` steps, ``prior_guidance``). Without it the
+  inpainter gets the source's own embedding (trained with rate ``p_source_embedding``).
+* **inpaint** (:class:`~posereid.models.pcdms.model.PCDMsInpainter`): samples the ``source | target``
+  canvas. At every step the source half of the model input is the real source noised to that step's level
+  (one fixed noise per sample: the forward process the training saw), the model output there is replaced
+  by its exact regression target, and the returned canvas's source half is the source itself, so only the
+  target half is generated (:meth:`PCDMsPipeline.inpaint`).
+* **refine** (:class:`~posereid.models.pcdms.model.PCDMsRefiner`): samples the target again given the
+  coarse image; :meth:`PCDMsPipeline.refine` also takes any other family's output of the same size.
+
+Each image stage has disentangled guidance over (pose, appearance) as the PIDM pipeline
+(:mod:`posereid.models.guidance`); the prior's "appearance" is the source embedding. The stages train
+separately: :meth:`PCDMsPipeline.set_training_stage` leaves only one stage's weights trainable and
+``training_loss`` is that stage's diffusion loss, so the shared training loop
+(:func:`posereid.models.training.train_generator`) trains any stage unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import diffusers
+import torch
+from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from posereid.models.checkpoint import MODEL_INDEX_NAME, SCHEDULER_CONFIG_NAME, CheckpointError, read_json
+from posereid.models.guidance import check_guidance, condition_dropout, guided_denoiser
+from posereid.models.io_utils import atomic_write
+from posereid.models.pcdms.model import PCDMsInpainter, PCDMsPrior, PCDMsRefiner
+from posereid.models.pipeline import GeneratorPipeline, autocast_context, load_scheduler
+from posereid.models.pose import MISSING, NUM_KEYPOINTS, POSE_CHANNELS
+from posereid.models.sampling import (
+    SAMPLERS,
+    SCHEDULE_KEYS,
+    SamplerName,
+    diffusion_loss,
+    diffusion_target,
+    initial_noise,
+    make_sampler,
+    sample_loop,
+    sample_timesteps,
+    training_scheduler,
+)
+
+logger = logging.getLogger(__name__)
+
+Generators = list[torch.Generator] | torch.Generator | None
+Callback = Callable[[int, int, torch.Tensor], None]
+
+#: training stages in the order they are trained (``set_training_stage``)
+TRAINING_STAGES = ("inpaint", "prior", "refine")
+#: sampling stages in the order they run (``generate(stages=...)``)
+SAMPLING_STAGES = ("prior", "inpaint", "refine")
+#: stage → (pipeline attribute, folder in a checkpoint, model class)
+STAGE_PARTS: dict[str, tuple[str, str, type]] = {
+    "inpaint": ("model", "inpainter", PCDMsInpainter),
+    "prior": ("prior", "prior", PCDMsPrior),
+    "refine": ("refiner", "refiner", PCDMsRefiner),
+}
+_FOLDER_CLASS = {folder: cls for _, folder, cls in STAGE_PARTS.values()}
+
+
+def _init_fields(cls: type) -> set[str]:
+    return {k for k in inspect.signature(cls.__init__).parameters if k != "self"}
+
+
+def unclipped_sampler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMixin:
+    """The sampler ``name`` of :data:`~posereid.models.sampling.SAMPLERS` without clipping its x0 estimate.
+
+    The image samplers clip x0 to ``[-1, 1]`` (pixels); the prior's state is an embedding with unit
+    variance per entry, which that clipping would destroy.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    cls, overrides = SAMPLERS[name]
+    params = inspect.signature(cls.__init__).parameters
+    off = {k: False for k in ("clip_sample", "thresholding") if k in params}
+    return cls.from_config(train_scheduler.config, **{**overrides, **off})
+
+
+class PCDMsPipeline(GeneratorPipeline):
+    """Source image + target pose → the same person in the target pose, in three stages (PCDMs line).
+
+    ``self.model`` is the inpainter (it gives :attr:`image_size` and ``pose_sigma``); ``self.prior`` and
+    ``self.refiner`` the other stages, each with its own DDPM training scheduler (``self.scheduler``,
+    ``self.prior_scheduler`` with ``prediction_type="sample"``, ``self.refiner_scheduler``).
+
+    Presets: ``tiny`` (tests, 32×16), ``small`` (CPU, 64×32), ``market`` (GPU, 128×64). See
+    :meth:`from_preset` for how overrides reach the stages.
+
+    ``trained_stages``: the stages :meth:`set_training_stage` has selected (saved with the checkpoint);
+    ``generate`` runs those by default (with the inpainter), so a checkpoint trained only up to the
+    inpainter does not sample through an untrained prior or refiner.
+    """
+
+    family = "pcdms"
+    model_class = PCDMsInpainter
+    model: PCDMsInpainter
+    TRAINING_STAGES: ClassVar[tuple[str, ...]] = TRAINING_STAGES
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        # tests / CPU
+        "tiny": dict(
+            inpainter=dict(
+                image_size=(32, 16), block_out_channels=(16, 32, 32), layers_per_block=1,
+                attention_levels=(False, True, True), attention_head_dim=8, norm_num_groups=8,
+                cross_attention_dim=32, appearance_channels=(16, 32), appearance_stem_stride=2,
+                pose_encoder_channels=16, pose_feature_channels=8, embedder_channels=(16, 32), embedding_dim=32,
+            ),
+            prior=dict(
+                image_size=(32, 16), embedding_dim=32, num_layers=2, num_attention_heads=2, attention_head_dim=16,
+                pose_hidden_dim=64,
+            ),
+            refiner=dict(
+                image_size=(32, 16), block_out_channels=(16, 32, 32), layers_per_block=1,
+                attention_levels=(False, True, True), attention_head_dim=8, norm_num_groups=8,
+                cross_attention_dim=32, appearance_channels=(16, 32), appearance_stem_stride=2,
+                degrade_max_blur=4,
+            ),
+        ),
+        # CPU demo at 64x32 (the inpainter's canvas is 64x64)
+        "small": dict(
+            inpainter=dict(
+                image_size=(64, 32), block_out_channels=(32, 64, 64), layers_per_block=1,
+                attention_levels=(False, True, True), attention_head_dim=16, norm_num_groups=8,
+                cross_attention_dim=64, appearance_channels=(32, 64, 64), appearance_stem_stride=4,
+                pose_encoder_channels=32, pose_feature_channels=16, embedder_channels=(32, 64, 64),
+                embedding_dim=64,
+            ),
+            prior=dict(
+                image_size=(64, 32), embedding_dim=64, num_layers=4, num_attention_heads=4, attention_head_dim=32,
+                pose_hidden_dim=128,
+            ),
+            refiner=dict(
+                image_size=(64, 32), block_out_channels=(32, 64, 64), layers_per_block=1,
+                attention_levels=(False, True, True), attention_head_dim=16, norm_num_groups=8,
+                cross_attention_dim=64, appearance_channels=(32, 64, 64), appearance_stem_stride=4,
+            ),
+        ),
+        # Market-1501 native 128x64, GPU (the inpainter's canvas is 128x128)
+        "market": dict(
+            inpainter=dict(
+                image_size=(128, 64), block_out_channels=(64, 128, 256, 256), layers_per_block=2,
+                attention_levels=(False, True, True, True), attention_head_dim=32, norm_num_groups=32,
+                cross_attention_dim=256, appearance_channels=(64, 128, 256), appearance_stem_stride=4,
+                pose_encoder_channels=32, pose_feature_channels=16, embedder_channels=(32, 64, 128, 128),
+                embedding_dim=64,
+            ),
+            prior=dict(
+                image_size=(128, 64), embedding_dim=64, num_layers=6, num_attention_heads=4, attention_head_dim=64,
+                pose_hidden_dim=256,
+            ),
+            refiner=dict(
+                image_size=(128, 64), block_out_channels=(64, 128, 256), layers_per_block=2,
+                attention_levels=(False, True, True), attention_head_dim=32, norm_num_groups=32,
+                cross_attention_dim=256, appearance_channels=(64, 128, 256), appearance_stem_stride=4,
+            ),
+        ),
+    }  # fmt: skip
+
+    def __init__(
+        self,
+        model: PCDMsInpainter,
+        scheduler: DDPMScheduler | None = None,
+        *,
+        prior: PCDMsPrior,
+        refiner: PCDMsRefiner,
+        prior_scheduler: DDPMScheduler | None = None,
+        refiner_scheduler: DDPMScheduler | None = None,
+        training_stage: str = "inpaint",
+        trained_stages: Sequence[str] = (),
+    ) -> None:
+        super().__init__(model, scheduler)
+        self.prior = prior
+        self.refiner = refiner
+        self.prior_scheduler = (
+            prior_scheduler if prior_scheduler is not None else training_scheduler(prediction_type="sample")
+        )
+        self.refiner_scheduler = refiner_scheduler if refiner_scheduler is not None else training_scheduler()
+        size = tuple(int(v) for v in model.config.image_size)
+        for name, part in (("prior", prior), ("refiner", refiner)):
+            if tuple(int(v) for v in part.config.image_size) != size:
+                raise ValueError(
+                    f"the {name}'s image_size {tuple(part.config.image_size)} differs from the inpainter's {size}"
+                )
+        if int(prior.config.embedding_dim) != int(model.config.embedding_dim):
+            raise ValueError(
+                f"the prior's embedding_dim {prior.config.embedding_dim} differs from the inpainter's "
+                f"{model.config.embedding_dim} (the prior predicts the inpainter's embedding)"
+            )
+        if self.prior_scheduler.config.prediction_type != "sample":
+            raise ValueError(
+                "the prior's scheduler must use prediction_type='sample' (it predicts the clean embedding), "
+                f"got {self.prior_scheduler.config.prediction_type!r}"
+            )
+        bad = [s for s in trained_stages if s not in TRAINING_STAGES]
+        if bad:
+            raise ValueError(f"unknown PCDMs stage(s) {bad}; stages: {', '.join(TRAINING_STAGES)}")
+        self.trained_stages: tuple[str, ...] = tuple(s for s in TRAINING_STAGES if s in trained_stages)
+        self.training_stage = ""
+        self._select(training_stage)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> PCDMsPipeline:
+        """A fresh pipeline from preset ``name``.
+
+        An override ``prior_<field>``, ``inpainter_<field>`` or ``refiner_<field>`` reaches that stage only
+        (a schedule field its scheduler); a plain model field reaches every stage that has it (e.g.
+        ``image_size``, ``p_drop_source_pose``, ``embedding_dim``); a plain schedule field
+        (``prediction_type``, ``num_train_timesteps``, ``beta_schedule``, ``rescale_betas_zero_snr``)
+        reaches the two image stages' schedulers (the prior always predicts the clean embedding).
+        """
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown {cls.family} preset {name!r}; choose from {', '.join(cls.PRESETS)}")
+        configs = copy.deepcopy(cls.PRESETS[name])
+        schedules: dict[str, dict] = {"inpainter": {}, "prior": {"prediction_type": "sample"}, "refiner": {}}
+        fields = {folder: _init_fields(klass) for folder, klass in _FOLDER_CLASS.items()}
+        for key, value in overrides.items():
+            folder, _, field = key.partition("_")
+            if folder in fields and field:
+                if field in SCHEDULE_KEYS:
+                    if folder == "prior" and field == "prediction_type" and value != "sample":
+                        raise ValueError(f"{key}: the PCDMs prior predicts the clean embedding ('sample')")
+                    schedules[folder][field] = value
+                elif field in fields[folder]:
+                    configs[folder][field] = value
+                else:
+                    raise ValueError(f"{key}: {folder} has no config field {field!r}")
+            elif key in SCHEDULE_KEYS:
+                schedules["inpainter"][key] = schedules["refiner"][key] = value
+            else:
+                owners = [f for f, names in fields.items() if key in names]
+                if not owners:
+                    raise ValueError(
+                        f"unknown PCDMs config field {key!r} (prefix it with prior_, inpainter_ or refiner_ for "
+                        "one stage)"
+                    )
+                for f in owners:
+                    configs[f][key] = value
+        return cls(
+            PCDMsInpainter(**configs["inpainter"]),
+            training_scheduler(**schedules["inpainter"]),
+            prior=PCDMsPrior(**configs["prior"]),
+            refiner=PCDMsRefiner(**configs["refiner"]),
+            prior_scheduler=training_scheduler(**schedules["prior"]),
+            refiner_scheduler=training_scheduler(**schedules["refiner"]),
+        )
+
+    def reinitialized(self) -> PCDMsPipeline:
+        """A fresh, untrained pipeline with the same configuration and stages (a quality report's floor)."""
+        return type(self)(
+            type(self.model).from_config(self.model.config),
+            self.scheduler,
+            prior=type(self.prior).from_config(self.prior.config),
+            refiner=type(self.refiner).from_config(self.refiner.config),
+            prior_scheduler=self.prior_scheduler,
+            refiner_scheduler=self.refiner_scheduler,
+            training_stage=self.training_stage,
+            trained_stages=self.trained_stages,
+        )
+
+    # ------------------------------------------------------------------ stages
+    def _select(self, stage: str) -> None:
+        if stage not in TRAINING_STAGES:
+            raise ValueError(
+                f"unknown PCDMs training stage {stage!r}; choose from {', '.join(TRAINING_STAGES)}"
+            )
+        self.requires_grad_(False)
+        getattr(self, STAGE_PARTS[stage][0]).requires_grad_(True)
+        self.prior.freeze_unused()
+        self.training_stage = stage
+
+    def set_training_stage(self, stage: str) -> PCDMsPipeline:
+        """Train ``stage`` next: only its weights keep ``requires_grad`` (training the prior freezes the
+        inpainter's embedder, whose output it learns to predict) and ``training_loss`` is its loss."""
+        self._select(stage)
+        if stage not in self.trained_stages:
+            self.trained_stages = tuple(s for s in TRAINING_STAGES if s in (*self.trained_stages, stage))
+        return self
+
+    @property
+    def default_stages(self) -> tuple[str, ...]:
+        """What ``generate`` runs by default: the trained stages (always with the inpainter), or all."""
+        if not self.trained_stages:
+            return SAMPLING_STAGES
+        return tuple(s for s in SAMPLING_STAGES if s in self.trained_stages or s == "inpaint")
+
+    # ------------------------------------------------------------------ conditioning
+    def keypoints(self, kps: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """``(B, 18, 2)`` keypoints as float32 on the device (``None``: all missing); bad input names the problem."""
+        if kps is None:
+            return torch.full((batch, NUM_KEYPOINTS, 2), MISSING, device=self.device)
+        kps = torch.as_tensor(kps)
+        if kps.ndim != 3 or tuple(kps.shape[1:]) != (NUM_KEYPOINTS, 2) or len(kps) != batch:
+            raise ValueError(
+                f"keypoints: expected shape ({batch}, {NUM_KEYPOINTS}, 2), got {tuple(kps.shape)}"
+            )
+        kps = kps.to(self.device, torch.float32)
+        if not bool(torch.isfinite(kps).all()):
+            raise ValueError("keypoints: NaN/Inf coordinates (use -1 for a missing joint)")
+        return kps
+
+    def source_maps(
+        self, source_kps: torch.Tensor | None, batch: int, drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Source pose maps ``(B, C, H, W)``: empty for ``source_kps=None`` and for the samples flagged in ``drop``."""
+        if source_kps is None:
+            return torch.zeros(batch, POSE_CHANNELS, *self.image_size, device=self.device)
+        maps = self.pose_maps(source_kps, batch=batch)
+        if drop is not None:
+            maps = maps * (~drop).to(maps.dtype).view(-1, 1, 1, 1)
+        return maps
+
+    def pose_canvas(
+        self,
+        source_kps: torch.Tensor | None,
+        target_kps: torch.Tensor,
+        batch: int,
+        drop_source: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The inpainter's pose condition ``(B, C, H, 2W)``: source pose maps left, target pose maps right."""
+        return torch.cat(
+            [self.source_maps(source_kps, batch, drop_source), self.pose_maps(target_kps, batch=batch)],
+            dim=-1,
+        )
+
+    def _appearance_input(
+        self, part: PCDMsInpainter | PCDMsRefiner, maps: torch.Tensor
+    ) -> torch.Tensor | None:
+        return maps if part.config.appearance_use_pose else None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The stage-1 embedding ``(B, embedding_dim)`` of ``images`` ``(B, 3, H, W)`` in ``[0, 1]``."""
+        self.check_images(images, "images")
+        return self.model.embed(images.to(self.device, torch.float32))
+
+    def _rand(self, b: int, generator: torch.Generator | None) -> torch.Tensor:
+        dev = generator.device if generator is not None else self.device
+        return torch.rand(b, generator=generator, device=dev).to(self.device)
+
+    # ------------------------------------------------------------------ training
+    def training_loss(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        source_kps: torch.Tensor,
+        target_kps: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The diffusion loss of :attr:`training_stage` for a batch of pairs (images in ``[0, 1]``).
+
+        Every random draw (timesteps, noise, condition dropout, the refiner's degradation) comes from
+        ``generator`` when given, so a loss is reproducible.
+        """
+        self.check_images(source, "source")
+        self.check_images(target, "target")
+        if source.shape[0] != target.shape[0]:
+            raise ValueError(f"source and target batches differ: {source.shape[0]} vs {target.shape[0]}")
+        loss_fn = {"inpaint": self.inpaint_loss, "prior": self.prior_loss, "refine": self.refine_loss}
+        return loss_fn[self.training_stage](source, target, source_kps, target_kps, generator=generator)
+
+    def inpaint_loss(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        source_kps: torch.Tensor,
+        target_kps: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Stage 2: denoising loss over the target half of the canvas (the source half is given).
+
+        Conditions: the target's embedding (the source's with rate ``p_source_embedding``), the source's
+        appearance tokens, both poses (source pose dropped with rate ``p_drop_source_pose``); pose and
+        appearance are dropped independently for guidance.
+        """
+        cfg, dev, b = self.model.config, self.device, target.shape[0]
+        src = source.to(dev, torch.float32)
+        tgt = target.to(dev, torch.float32)
+        w = tgt.shape[-1]
+        drop_src = self._rand(b, generator) < cfg.p_drop_source_pose
+        use_src_emb = self._rand(b, generator) < cfg.p_source_embedding
+        t = sample_timesteps(b, self.scheduler.config.num_train_timesteps, generator=generator, device=dev)
+        x0 = torch.cat([src, tgt], dim=-1) * 2.0 - 1.0
+        noise = initial_noise(x0.shape, generator, dev)
+        drop_pose = self._rand(b, generator) < cfg.p_drop_pose
+        drop_app = self._rand(b, generator) < cfg.p_drop_appearance
+
+        emb_src, emb_tgt = self.model.embed(torch.cat([src, tgt])).chunk(2)
+        emb = torch.where(use_src_emb[:, None], emb_src, emb_tgt)
+        src_maps = self.source_maps(source_kps, b, drop_src)
+        tokens = self.model.condition_tokens(
+            self.model.encode_appearance(src, self._appearance_input(self.model, src_maps)), emb
+        )
+        pose = torch.cat([src_maps, self.pose_maps(target_kps, batch=b)], dim=-1)
+        pose, tokens = condition_dropout(
+            pose, tokens, torch.zeros_like(pose), self.model.null_like(tokens), drop_pose, drop_app
+        )
+        noisy = self.scheduler.add_noise(x0, noise, t)
+        out = self.model(noisy, t, x0[..., :w], pose, tokens)
+        return diffusion_loss(
+            self.scheduler, out[..., w:], x0[..., w:], noise[..., w:], t, snr_gamma=cfg.snr_gamma
+        )
+
+    def prior_loss(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        source_kps: torch.Tensor,
+        target_kps: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Stage 1: MSE of the predicted clean target embedding (the frozen embedder's code of the target)."""
+        cfg, dev, b = self.prior.config, self.device, target.shape[0]
+        with torch.no_grad():
+            emb_src, emb_tgt = self.model.embed(
+                torch.cat([source.to(dev, torch.float32), target.to(dev, torch.float32)])
+            ).chunk(2)
+        drop_src = self._rand(b, generator) < cfg.p_drop_source_pose
+        t = sample_timesteps(
+            b, self.prior_scheduler.config.num_train_timesteps, generator=generator, device=dev
+        )
+        noise = initial_noise(emb_tgt.shape, generator, dev)
+        drop_pose = self._rand(b, generator) < cfg.p_drop_pose
+        drop_app = self._rand(b, generator) < cfg.p_drop_appearance
+        ks = self.keypoints(source_kps, b)
+        ks = torch.where(drop_src[:, None, None], torch.full_like(ks, MISSING), ks)
+        poses = self.prior.encode_poses(ks, self.keypoints(target_kps, b))
+        poses, src_emb = condition_dropout(
+            poses,
+            emb_src,
+            self.prior.null_pose_tokens(b),
+            self.prior.null_source_embedding(b),
+            drop_pose,
+            drop_app,
+        )
+        noisy = self.prior_scheduler.add_noise(emb_tgt, noise, t)
+        out = self.prior(noisy, t, src_emb, poses)
+        return diffusion_loss(self.prior_scheduler, out, emb_tgt, noise, t)
+
+    def refine_loss(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        source_kps: torch.Tensor,
+        target_kps: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Stage 3: denoising loss of the target given a degraded copy of it (:meth:`PCDMsRefiner.degrade`)."""
+        cfg, dev, b = self.refiner.config, self.device, target.shape[0]
+        src = source.to(dev, torch.float32)
+        tgt = target.to(dev, torch.float32)
+        coarse = self.refiner.degrade(tgt, generator) * 2.0 - 1.0
+        drop_src = self._rand(b, generator) < cfg.p_drop_source_pose
+        t = sample_timesteps(
+            b, self.refiner_scheduler.config.num_train_timesteps, generator=generator, device=dev
+        )
+        x0 = tgt * 2.0 - 1.0
+        noise = initial_noise(x0.shape, generator, dev)
+        drop_pose = self._rand(b, generator) < cfg.p_drop_pose
+        drop_app = self._rand(b, generator) < cfg.p_drop_appearance
+        src_maps = self.source_maps(source_kps, b, drop_src)
+        tokens = self.refiner.encode_appearance(src, self._appearance_input(self.refiner, src_maps))
+        pose = self.pose_maps(target_kps, batch=b)
+        pose, tokens = condition_dropout(
+            pose, tokens, torch.zeros_like(pose), self.refiner.null_like(tokens), drop_pose, drop_app
+        )
+        noisy = self.refiner_scheduler.add_noise(x0, noise, t)
+        out = self.refiner(noisy, t, coarse, pose, tokens)
+        return diffusion_loss(self.refiner_scheduler, out, x0, noise, t, snr_gamma=cfg.snr_gamma)
+
+    # ------------------------------------------------------------------ sampling: stage 1
+    @torch.no_grad()
+    def predict_embedding(
+        self,
+        source: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        steps: int = 20,
+        sampler: SamplerName = "dpmsolver++",
+        guidance: Sequence[float] = (1.0, 1.0),
+        seeds: Sequence[int] | None = None,
+        generator: Generators = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Stage 1: the target's embedding ``(B, embedding_dim)`` sampled by the prior.
+
+        ``guidance``: ``(w_pose, w_source_embedding)``; ``(1, 1)`` is the plain conditional prior. The
+        sampler is ``sampler`` without x0 clipping (:func:`unclipped_sampler`).
+        """
+        self.check_images(source, "source")
+        b, dev = source.shape[0], self.device
+        gens = self.generators(seeds, generator, b)
+        amp = autocast_context(dev, autocast_dtype)
+        with amp:
+            src_emb = self.model.embed(source.to(dev, torch.float32))
+            poses = self.prior.encode_poses(self.keypoints(source_kps, b), self.keypoints(target_kps, b))
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, pose: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+            with amp:
+                return self.prior(x, t, emb, pose)
+
+        denoise = guided_denoiser(
+            model_fn,
+            poses,
+            src_emb,
+            self.prior.null_pose_tokens(b),
+            self.prior.null_source_embedding(b),
+            guidance,
+        )
+        x = initial_noise((b, int(self.prior.config.embedding_dim)), gens, dev)
+        return sample_loop(
+            denoise, unclipped_sampler(sampler, self.prior_scheduler), x, steps, generator=gens
+        ).float()
+
+    # ------------------------------------------------------------------ sampling: stage 2
+    def inpaint_denoiser(
+        self,
+        source: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        embedding: torch.Tensor | None = None,
+        guidance: Sequence[float] = (2.0, 2.0),
+        source_noise: torch.Tensor | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``denoise(canvas_t, t)`` of the inpainter with guidance, as :meth:`inpaint` uses it.
+
+        The source half of the input is replaced by the source noised to ``t`` with ``source_noise``
+        (``(B, 3, H, W)``; zeros when ``None``) and the output's source half by its exact regression target.
+        ``embedding``: the stage-1 embedding (``None``: the source's own). ``denoise.num_branches`` is the
+        number of guidance branches stacked in its one model call per step.
+        """
+        self.check_images(source, "source")
+        b, dev = source.shape[0], self.device
+        amp = autocast_context(dev, autocast_dtype)
+        src01 = source.to(dev, torch.float32)
+        src = src01 * 2.0 - 1.0
+        w = src.shape[-1]
+        eps = torch.zeros_like(src) if source_noise is None else source_noise.to(dev, torch.float32)
+        with amp:
+            emb = self.model.embed(src01) if embedding is None else embedding.to(dev)
+            maps = self.source_maps(source_kps, b)
+            tokens = self.model.condition_tokens(
+                self.model.encode_appearance(src01, self._appearance_input(self.model, maps)), emb
+            )
+            null_tokens = self.model.null_like(tokens)
+        pose = torch.cat([maps, self.pose_maps(target_kps, batch=b)], dim=-1)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, pose: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+            k = x.shape[0] // b
+            with amp:
+                return self.model(x, t, src.repeat(k, 1, 1, 1), pose, tok)
+
+        guided = guided_denoiser(model_fn, pose, tokens, torch.zeros_like(pose), null_tokens, guidance)
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t_idx = torch.as_tensor(t, device=dev).round().long()
+            noisy_src = self.scheduler.add_noise(src, eps, t_idx)
+            out = guided(torch.cat([noisy_src.to(x.dtype), x[..., w:]], dim=-1), t)
+            exact = diffusion_target(self.scheduler, src, eps, t_idx).to(out.dtype)
+            return torch.cat([exact, out[..., w:]], dim=-1)
+
+        denoise.num_branches = guided.num_branches  # type: ignore[attr-defined]
+        return denoise
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        source: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        embedding: torch.Tensor | None = None,
+        steps: int = 20,
+        sampler: SamplerName = "dpmsolver++",
+        guidance: Sequence[float] = (2.0, 2.0),
+        seeds: Sequence[int] | None = None,
+        generator: Generators = None,
+        callback: Callback | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Stage 2: the whole canvas ``(B, 3, H, 2W)`` in ``[0, 1]``; its left half IS ``source`` (bit for bit).
+
+        ``embedding``: the stage-1 embedding (``None``: the source's own, i.e. no prior). ``callback``
+        sees the target half of the state.
+        """
+        self.check_images(source, "source")
+        b, dev = source.shape[0], self.device
+        h, w = self.image_size
+        gens = self.generators(seeds, generator, b)
+        x = initial_noise((b, 3, h, 2 * w), gens, dev)
+        denoise = self.inpaint_denoiser(
+            source, target_kps, source_kps, embedding=embedding, guidance=guidance,
+            source_noise=x[..., :w].clone(), autocast_dtype=autocast_dtype,
+        )  # fmt: skip
+        hook = None if callback is None else lambda i, t, state: callback(i, t, state[..., w:])
+        x = sample_loop(
+            denoise, make_sampler(sampler, self.scheduler), x, steps, generator=gens, callback=hook,
+            progress=progress,
+        )  # fmt: skip
+        canvas = self.to_images(x)
+        canvas[..., :w] = source.to(dev, torch.float32)
+        return canvas
+
+    # ------------------------------------------------------------------ sampling: stage 3
+    @torch.no_grad()
+    def refine(
+        self,
+        source: torch.Tensor,
+        coarse: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        steps: int = 20,
+        sampler: SamplerName = "dpmsolver++",
+        guidance: Sequence[float] = (1.0, 2.0),
+        seeds: Sequence[int] | None = None,
+        generator: Generators = None,
+        callback: Callback | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Stage 3: refined images ``(B, 3, H, W)`` in ``[0, 1]`` from ``coarse`` images in ``[0, 1]``.
+
+        ``coarse`` may be any generator's output at :attr:`image_size` (the refiner trained on degraded
+        real images, not on stage 2's output). ``guidance``: ``(w_pose, w_appearance)`` over the target pose
+        maps and the source's appearance tokens (the coarse image is always given); without
+        ``use_target_pose`` ``w_pose`` has nothing to act on and is ignored.
+        """
+        self.check_images(source, "source")
+        self.check_images(coarse, "coarse")
+        if coarse.shape[0] != source.shape[0]:
+            raise ValueError(
+                f"coarse batch {coarse.shape[0]} differs from the source batch {source.shape[0]}"
+            )
+        b, dev = source.shape[0], self.device
+        w_p, w_s = check_guidance(guidance)
+        gens = self.generators(seeds, generator, b)
+        amp = autocast_context(dev, autocast_dtype)
+        src = source.to(dev, torch.float32)
+        coarse_m = coarse.to(dev, torch.float32) * 2.0 - 1.0
+        with amp:
+            maps = self.source_maps(source_kps, b)
+            tokens = self.refiner.encode_appearance(src, self._appearance_input(self.refiner, maps))
+            null_tokens = self.refiner.null_like(tokens)
+        if self.refiner.config.use_target_pose:
+            pose = self.pose_maps(target_kps, batch=b)
+        else:
+            self.keypoints(target_kps, b)  # still checked
+            pose, w_p = torch.zeros(b, 0, *self.image_size, device=dev), 1.0
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, pose: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+            k = x.shape[0] // b
+            with amp:
+                return self.refiner(x, t, coarse_m.repeat(k, 1, 1, 1), pose, tok)
+
+        denoise = guided_denoiser(model_fn, pose, tokens, torch.zeros_like(pose), null_tokens, (w_p, w_s))
+        x = initial_noise((b, 3, *self.image_size), gens, dev)
+        x = sample_loop(
+            denoise, make_sampler(sampler, self.refiner_scheduler), x, steps, generator=gens,
+            callback=callback, progress=progress,
+        )  # fmt: skip
+        return self.to_images(x)
+
+    # ------------------------------------------------------------------ sampling: all stages
+    @torch.no_grad()
+    def generate(
+        self,
+        source: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        steps: int = 20,
+        sampler: SamplerName = "dpmsolver++",
+        guidance: Sequence[float] = (2.0, 2.0),
+        seeds: Sequence[int] | None = None,
+        generator: Generators = None,
+        callback: Callback | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        progress: bool = False,
+        prior_steps: int = 20,
+        prior_guidance: Sequence[float] = (1.0, 1.0),
+        refiner_guidance: Sequence[float] = (1.0, 2.0),
+        stages: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in ``[0, 1]`` of the source people in the target poses.
+
+        Args:
+            source, target_kps, source_kps, steps, sampler, seeds, generator, autocast_dtype, progress: as
+                :meth:`posereid.models.pidm.PIDMPipeline.generate`; ``steps`` / ``sampler`` drive the image
+                stages, ``prior_steps`` (and ``sampler``, unclipped) the prior.
+            guidance: the inpainter's ``(w_pose, w_appearance)``; ``(1, 1)`` is its conditional model.
+            prior_guidance, refiner_guidance: the other stages' ``(w_pose, w_appearance)``.
+            stages: which of ``("prior", "inpaint", "refine")`` to run (always in that order, and the
+                inpainter must be one); ``None``: :attr:`default_stages`. Without ``"prior"`` the inpainter
+                gets the source's own embedding; without ``"refine"`` its output is returned.
+            callback: ``callback(step_index, timestep, x_t)`` after every step of the image stages (the
+                canvas's target half while inpainting).
+
+        Per-sample seeds make each image independent of the batch: every stage draws its noise from the
+        same per-sample generators, in order. Raises
+        :class:`~posereid.models.sampling.NonFiniteSampleError` rather than return a NaN image.
+        """
+        run = self._check_stages(stages)
+        for weights in (guidance, prior_guidance, refiner_guidance):
+            check_guidance(weights)
+        self.check_images(source, "source")
+        b = source.shape[0]
+        gens = self.generators(seeds, generator, b)
+        common = dict(sampler=sampler, generator=gens, autocast_dtype=autocast_dtype)
+        embedding = None
+        if "prior" in run:
+            embedding = self.predict_embedding(
+                source, target_kps, source_kps, steps=prior_steps, guidance=prior_guidance, **common
+            )
+        coarse = self.inpaint(
+            source, target_kps, source_kps, embedding=embedding, steps=steps, guidance=guidance,
+            callback=callback, progress=progress, **common,
+        )[..., self.image_size[1] :]  # fmt: skip
+        if "refine" not in run:
+            return coarse.contiguous()
+        return self.refine(
+            source, coarse, target_kps, source_kps, steps=steps, guidance=refiner_guidance, callback=callback,
+            progress=progress, **common,
+        )  # fmt: skip
+
+    def _check_stages(self, stages: Sequence[str] | None) -> tuple[str, ...]:
+        if stages is None:
+            return self.default_stages
+        if isinstance(stages, str):
+            stages = (stages,)
+        bad = [s for s in stages if s not in SAMPLING_STAGES]
+        if bad:
+            raise ValueError(f"unknown PCDMs stage(s) {bad}; choose from {', '.join(SAMPLING_STAGES)}")
+        if "inpaint" not in stages:
+            raise ValueError(
+                f"stages {tuple(stages)} lack 'inpaint', which draws the image; to refine another generator's "
+                "output call refine(source, coarse, target_kps)"
+            )
+        return tuple(s for s in SAMPLING_STAGES if s in stages)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(
+        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write ``model_index.json`` + one folder per stage (``prior/``, ``inpainter/``, ``refiner/``) with its
+        model files (+ EMA weights) and ``scheduler_config.json``, every file atomically.
+
+        ``ema_state_dict`` uses this pipeline's parameter names (``prior.…``, ``model.…``, ``refiner.…``), as
+        the training loop's EMA does. ``model_index.json`` is written last.
+        """
+        directory = Path(save_directory)
+        schedulers = {
+            "inpaint": self.scheduler,
+            "prior": self.prior_scheduler,
+            "refine": self.refiner_scheduler,
+        }
+        index: dict[str, Any] = {
+            "_class_name": type(self).__name__,
+            "_diffusers_version": diffusers.__version__,
+        }
+        for stage, (attr, folder, klass) in STAGE_PARTS.items():
+            ema = None
+            if ema_state_dict is not None:
+                prefix = f"{attr}."
+                ema = {k.removeprefix(prefix): v for k, v in ema_state_dict.items() if k.startswith(prefix)}
+            getattr(self, attr).save_pretrained(directory / folder, ema_state_dict=ema)
+            with atomic_write(directory / folder / SCHEDULER_CONFIG_NAME) as fh:
+                fh.write(schedulers[stage].to_json_string())
+            index[folder] = [klass.__module__.rsplit(".", 1)[0], klass.__name__]
+        index["training_stage"] = self.training_stage
+        index["trained_stages"] = list(self.trained_stages)
+        with atomic_write(directory / MODEL_INDEX_NAME) as fh:
+            fh.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
+    ) -> PCDMsPipeline:
+        """Load a directory written by :meth:`save_pretrained` (EMA weights preferred when present)."""
+        directory = Path(pretrained_model_name_or_path)
+        index_path = directory / MODEL_INDEX_NAME
+        if not index_path.is_file():
+            raise FileNotFoundError(
+                f"{index_path}: not found; expected a PCDMs pipeline directory written by save_pretrained "
+                "(model_index.json + prior/, inpainter/, refiner/)"
+            )
+        index = read_json(index_path)
+        if index.get("_class_name") != cls.__name__:
+            raise CheckpointError(
+                f"{index_path}: is a {index.get('_class_name')!r} checkpoint, not {cls.__name__}"
+            )
+        parts, schedulers = {}, {}
+        for stage, (_, folder, klass) in STAGE_PARTS.items():
+            if not (directory / folder).is_dir():
+                raise FileNotFoundError(
+                    f"{directory / folder}: stage folder missing from the PCDMs checkpoint"
+                )
+            parts[stage] = klass.from_pretrained(directory / folder, use_ema=use_ema)
+            schedulers[stage] = load_scheduler(directory / folder)
+        try:
+            pipe = cls(
+                parts["inpaint"], schedulers["inpaint"], prior=parts["prior"], refiner=parts["refine"],
+                prior_scheduler=schedulers["prior"], refiner_scheduler=schedulers["refine"],
+                training_stage=index.get("training_stage", "inpaint"),
+                trained_stages=index.get("trained_stages", ()),
+            )  # fmt: skip
+        except ValueError as err:
+            raise CheckpointError(f"{directory}: inconsistent PCDMs stages ({err})") from err
+        logger.info("loaded %s generator from %s", cls.family, directory)
+        return pipe.eval()
+
+
+__all__ = ["PCDMsPipeline", "SAMPLING_STAGES", "TRAINING_STAGES", "unclipped_sampler"]

@@ -69,11 +69,12 @@ def test_tiny_demo_end_to_end_then_rerun_reuses_everything(tmp_path: Path, capsy
     assert "| 100% | strong+synthetic | 1 |" in again
 
 
-def test_demo_with_a_given_generator_trains_none(tmp_path: Path, capsys) -> None:
-    from posereid.models.pidm import PIDMPipeline
+@pytest.mark.parametrize("family", ["pidm", "pcdms", "cfld"])
+def test_demo_with_a_given_generator_trains_none(family: str, tmp_path: Path, capsys) -> None:
+    from posereid.models.contract import family_class
 
     ckpt = tmp_path / "gen"
-    PIDMPipeline.from_preset("tiny", image_size=(32, 16)).save_pretrained(ckpt)
+    family_class(family).from_preset("tiny", image_size=(32, 16)).save_pretrained(ckpt)  # any family
     out = tmp_path / "demo_out"
     assert cli_main(["demo", "--tiny", "--out", str(out), "--device", "cpu", "--generator", str(ckpt)]) == 0
     assert f"using the given checkpoint {ckpt}" in capsys.readouterr().out

@@ -15,7 +15,6 @@ from posereid.experiments import reid_gain as rg
 from posereid.experiments.cli import main as cli_main
 from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
 from posereid.models import training
-from posereid.models.pidm import PIDMPipeline
 from posereid.reid_integration import train as reid_train
 from posereid.reid_integration.market1501 import Market1501, MarketRecord, parse_market_name
 
@@ -319,9 +318,12 @@ def test_rerun_resumes_without_recomputing(run, monkeypatch: pytest.MonkeyPatch)
         rg.run_gain(_config(config.data, config.out, synthetic_ratio=0.3))
 
 
-def test_cli_with_a_given_generator_records_it(market: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("family", ["pidm", "pcdms", "cfld"])
+def test_cli_with_a_given_generator_records_it(family: str, market: Path, tmp_path: Path, capsys) -> None:
+    from posereid.models.contract import family_class
+
     ckpt = tmp_path / "gen"
-    PIDMPipeline.from_preset("tiny", image_size=(H, W)).save_pretrained(ckpt)
+    family_class(family).from_preset("tiny", image_size=(H, W)).save_pretrained(ckpt)  # any family, unchanged
     out = tmp_path / "out"
     rc = cli_main([
         "reid-gain", "--data", str(market), "--out", str(out), "--fractions", "1", "--arms", "plain+synthetic",
@@ -379,6 +381,28 @@ def test_generator_data_full_trains_one_generator_on_all_images(
     assert seen <= {r.name for r in Market1501(market).train} and not seen <= half  # beyond the 50 % subset
     assert {r["generator"] for r in rows} == {"full"}
     assert "ALL train images" in (config.out / "results.md").read_text()
+
+
+def test_protocol_trains_a_multi_stage_family_stage_by_stage(
+    market: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """``generator_family="pcdms"``: one leakage-free generator per fraction, its three stages in order."""
+    from posereid.models import load_generator
+    from posereid.models.pcdms import PCDMsPipeline
+
+    gen_spy = Spy(training.train_generator)
+    monkeypatch.setattr(training, "train_generator", gen_spy)
+    config = _config(
+        market, tmp_path / "out", fractions=(1.0,), arms=("plain+synthetic",), generator_family="pcdms"
+    )
+    (row,) = rg.run_gain(config)
+    assert [c[0][0].training_stage for c in gen_spy.calls] == ["inpaint", "prior", "refine"]
+    final = rg.generator_dir(config, 1.0)
+    gen = load_generator(final)
+    assert type(gen) is PCDMsPipeline and gen.trained_stages == ("inpaint", "prior", "refine")
+    assert row["synthetic_images"] > 0 and row["generator"] == "kept"
+    with pytest.raises(rg.ProtocolMismatchError, match="generator_family"):
+        rg.run_gain(_config(market, config.out, fractions=(1.0,), arms=("plain+synthetic",)))
 
 
 def test_a_run_parses_the_market_folder_once(market: Path, tmp_path: Path, monkeypatch) -> None:

@@ -431,6 +431,10 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
         type=argtypes.shard,
         help="i/n: generate items with index %% n == i (default: accelerate rank)",
     )
+    parser.add_argument(
+        "--refiner", help="checkpoint with a refiner (PCDMs) run on every generated image (any family's)"
+    )
+    parser.add_argument("--refiner-steps", type=positive_int, default=20, help="sampler steps of the refiner")
     parser.add_argument("--filter-checkpoint", help="re-ID checkpoint: score each image by identity")
     parser.add_argument("--filter-threshold", type=finite_float, help="reject images scoring below this")
     parser.add_argument("--filter-score", choices=("similarity", "margin"), default="similarity")
@@ -450,6 +454,13 @@ def run_generate(args: argparse.Namespace) -> int:
     shard = args.shard
     device = resolve_device(args.device)
     generator = load_generator(args.generator, device=device)
+    if args.refiner:
+        from posereid.models.refine import RefinedGenerator, load_refiner
+
+        generator = RefinedGenerator(
+            generator, load_refiner(args.refiner, device=device), steps=args.refiner_steps,
+            sampler=args.sampler,
+        )  # fmt: skip
     bank = None
     if args.pose_bank:
         bank = (

@@ -85,6 +85,8 @@ class PoseTransferAugment(Transform):
         source_keypoints: ``"sample"`` gives the generator the sample's ``PoseKeypoints`` entry as the
             source pose when there is one; ``"none"`` never does (the model then conditions on appearance
             only).
+        refiner: a refiner (e.g. a PCDMs pipeline, :func:`posereid.models.refine.load_refiner`) run on the
+            generator's output with ``refiner_steps`` steps (:class:`~posereid.models.refine.RefinedGenerator`).
 
     After each call, :attr:`last_params` holds the draws (``apply`` mask, ``pose_index``, ``seeds``) so a
     caller can log which pose and seed produced an image.
@@ -101,6 +103,8 @@ class PoseTransferAugment(Transform):
         sampling: Literal["uniform", "cluster", "view"] = "uniform",
         seed: int | torch.Generator | None = None,
         source_keypoints: Literal["sample", "none"] = "sample",
+        refiner: Any = None,
+        refiner_steps: int = 20,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(p) <= 1.0:
@@ -113,6 +117,10 @@ class PoseTransferAugment(Transform):
             raise ValueError("PoseTransferAugment: the pose bank is empty")
         if seed is not None and not isinstance(seed, (int, np.integer, torch.Generator)):
             raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
+        if refiner is not None:
+            from posereid.models.refine import RefinedGenerator
+
+            generator = RefinedGenerator(generator, refiner, steps=refiner_steps, sampler=sampler)
         self.generator = generator
         self.pose_bank = pose_bank
         self.p = float(p)

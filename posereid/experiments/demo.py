@@ -47,6 +47,7 @@ from typing import Any
 
 from posereid.experiments import reid_gain as rg
 from posereid.experiments.data import MarketSource
+from posereid.models.contract import is_checkpoint_dir
 from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.reid_integration.market1501 import load_image
 
@@ -296,8 +297,9 @@ def new_plan(args: argparse.Namespace, device: str) -> dict[str, Any]:
     """The request (what must match for a rerun to reuse results) and the fixed part of the plan."""
     gen, how = _generator_source(args)
     if gen is not None:
-        cfg = json.loads((Path(gen) / "config.json").read_text())
-        hw = tuple(int(v) for v in cfg["image_size"])
+        from posereid.models.contract import load_generator
+
+        hw = tuple(load_generator(gen, device="cpu").image_size)  # any family's checkpoint
     else:
         hw = (32, 16) if args.tiny else (int(args.height), int(args.width))
     key = {"tiny": bool(args.tiny), "budget_minutes": float(args.budget_minutes), "device": device,
@@ -787,7 +789,7 @@ def run_demo(args: argparse.Namespace) -> int:
     _save_plan(out, plan)
     cfg = _gain_config(plan, out, device)
     subset = rg.prepare_fraction(cfg, 1.0, source=source)
-    train_now = plan["generator"] is None and not (rg.generator_dir(cfg, 1.0) / "config.json").is_file()
+    train_now = plan["generator"] is None and not is_checkpoint_dir(rg.generator_dir(cfg, 1.0))
     if plan["generator"] is not None:
         _say(f"\n[2/5] generator: using the {plan['generator_how']} checkpoint {plan['generator']}")
     elif not train_now:

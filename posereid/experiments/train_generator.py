@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,6 @@ from PIL import Image
 
 from posereid.argtypes import finite_float, non_negative_int, positive_float, positive_int
 from posereid.experiments.data import market_pose_records
-from posereid.models.checkpoint import MODEL_INDEX_NAME
 from posereid.models.contract import FAMILIES, checkpoint_family, family_class, load_generator
 from posereid.models.images import pil_to_tensor01
 from posereid.models.io_utils import atomic_save
@@ -35,8 +32,9 @@ from posereid.models.training import (
     PosePairDataset,
     TrainConfig,
     TrainResult,
-    list_checkpoints,
+    stage_done,
     train_generator,
+    train_stages,
 )
 from posereid.reid_integration.market1501 import (
     add_annotation_size_arg,
@@ -241,30 +239,11 @@ def run_train_generator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_done(out: Path, steps: int) -> bool:
-    """``out`` (one stage's folder) holds a ``final/`` of a run that reached ``steps`` (not one cut short)."""
-    done = list_checkpoints(out)
-    return (out / "final" / MODEL_INDEX_NAME).is_file() and bool(done) and done[-1][0] == steps
-
-
-def _copy_dir(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary sibling and a rename (never a half copy at ``dst``)."""
-    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(src, tmp)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _train_stages(args: argparse.Namespace, records: list, family: str, stages: tuple[str, ...]) -> int:
     """Train a multi-stage family's stages in order, each into ``OUT/<stage>/``; the last to ``OUT/final``."""
     if args.stage is not None and args.stage != "all" and args.stage not in stages:
         raise ValueError(f"--stage {args.stage}: not a {family} stage ({', '.join(stages)}, all)")
-    todo = list(stages) if args.stage in (None, "all") else [args.stage]
+    todo = tuple(stages) if args.stage in (None, "all") else (args.stage,)
     if args.stage_steps is not None and len(args.stage_steps) != len(stages):
         raise ValueError(
             f"--stage-steps: {len(args.stage_steps)} value(s) for the {len(stages)} {family} stages "
@@ -272,33 +251,31 @@ def _train_stages(args: argparse.Namespace, records: list, family: str, stages: 
         )
     steps = dict(zip(stages, args.stage_steps or [args.steps] * len(stages)))
     pairs = read_pairs_csv(args.pairs) if args.pairs else None
-    prev: Path | None = args.init
+
+    def load(prev: Path | None) -> Any:
+        if prev is None:
+            return _load_init(args, args.init) if args.init is not None else _preset_model(args)
+        return _load_init(args, prev)
+
+    first = load(None)  # the image size of the pair dataset (and the --preset / --init checks, early)
+    dataset = PosePairDataset(
+        records, first.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
+    )
+    configs = {s: _train_config(args, steps[s]) for s in stages}
     for stage in todo:
-        out = args.out / stage
-        if not args.overwrite and _stage_done(out, steps[stage]):
-            print(f"stage {stage}: {out / 'final'} already trained to step {steps[stage]}; skipped")
-            prev = out / "final"
-            continue
-        model = _load_init(args, prev) if prev is not None else _preset_model(args)
-        model.set_training_stage(stage)
-        dataset = PosePairDataset(
-            records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
-        )
-        config = _train_config(args, steps[stage])
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        logger.info(
-            "stage %s: %d training pairs; %.2f M trainable parameters", stage, len(dataset), trainable / 1e6
-        )
-        result = train_generator(
-            model, dataset, config, out, resume=args.resume, overwrite=args.overwrite, progress=args.progress
-        )
-        print(f"stage {stage}:")
-        _report(args, result, config, out)
+        if not args.overwrite and stage_done(args.out / stage, steps[stage]):
+            print(
+                f"stage {stage}: {args.out / stage / 'final'} already trained to step {steps[stage]}; skipped"
+            )
+    result = train_stages(
+        lambda prev: first if prev is None else load(prev), dataset, configs, args.out, stages=todo,
+        resume=args.resume, overwrite=args.overwrite, progress=args.progress,
+    )  # fmt: skip
+    if result is not None:
+        print(f"stage {result.output_dir.name}:")
+        _report(args, result, configs[result.output_dir.name], result.output_dir)
         if result.out_of_time:
             return 0
-        prev = out / "final"
-    assert prev is not None
-    _copy_dir(prev, args.out / "final")
     print(f"{family} stages {', '.join(todo)} done; final model: {args.out / 'final'}")
     return 0
 

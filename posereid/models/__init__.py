@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = attach(
             "render_pose_maps", "resize_keypoints", "skeleton_tensor", "visible_mask",
         ],
         "pose_estimation": ["BLAZEPOSE_TO_COCO18", "INSTALL_HINT", "MissingExtraError", "PoseEstimator", "landmarks_to_coco18"],
-        "contract": ["FAMILIES", "PoseTransferGenerator", "UnknownGeneratorError", "checkpoint_family", "family_class", "load_generator"],
+        "contract": ["FAMILIES", "PoseTransferGenerator", "UnknownGeneratorError", "checkpoint_family", "family_class", "is_checkpoint_dir", "load_generator"],
         "pipeline": ["GeneratorPipeline", "autocast_context", "load_scheduler"],
         "pidm": ["PIDMModel", "PIDMPipeline"],
         "pcdms": ["PCDMsInpainter", "PCDMsPipeline", "PCDMsPrior", "PCDMsRefiner"],

@@ -104,6 +104,12 @@ def family_class(family: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def is_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory written by a pipeline's ``save_pretrained`` (any family)."""
+    directory = Path(path)
+    return (directory / MODEL_INDEX_NAME).is_file() or (directory / CONFIG_NAME).is_file()
+
+
 def checkpoint_family(path: str | os.PathLike[str]) -> str:
     """The family a checkpoint directory holds, from ``model_index.json`` or ``config.json``."""
     directory = Path(path)
@@ -143,5 +149,6 @@ __all__ = [
     "UnknownGeneratorError",
     "checkpoint_family",
     "family_class",
+    "is_checkpoint_dir",
     "load_generator",
 ]

@@ -582,6 +582,81 @@ def _train_locked(
     )  # fmt: skip
 
 
+def stage_done(out: Path, steps: int) -> bool:
+    """``out`` (one stage's folder) holds a ``final/`` of a run that reached ``steps`` (``max_minutes`` also
+    writes ``final/`` when it stops a run early, so the last checkpoint's step decides)."""
+    done = list_checkpoints(out)
+    return (out / "final").is_dir() and bool(done) and done[-1][0] == steps
+
+
+def _copy_dir(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary sibling and a rename (never a half copy at ``dst``)."""
+    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_stages(
+    load: Callable[[Path | None], nn.Module],
+    dataset: PosePairDataset,
+    configs: dict[str, TrainConfig],
+    output_dir: str | Path,
+    *,
+    stages: tuple[str, ...] | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult | None:
+    """Train a multi-stage family (a pipeline with ``TRAINING_STAGES`` and ``set_training_stage``) stage by
+    stage through :func:`train_generator`, each into ``output_dir/<stage>/``; the last stage's ``final/`` is
+    copied to ``output_dir/final``.
+
+    ``load(path)`` builds the pipeline: ``None`` → a fresh one (or the caller's ``--init``), else the
+    previous stage's ``final/`` (EMA weights). ``configs`` maps every stage in ``stages`` (default: all
+    of ``configs``, in its order) to its settings. A stage whose ``final/`` reached its steps is skipped, so
+    a rerun after ``max_minutes`` continues the sequence. Returns the last stage's result (``None`` when
+    every stage was already done); one that ran out of time returns early without ``output_dir/final``.
+    """
+    out_root = Path(output_dir)
+    todo = tuple(configs) if stages is None else tuple(stages)
+    missing = [s for s in todo if s not in configs]
+    if missing:
+        raise ValueError(f"no TrainConfig for stage(s) {missing}")
+    prev: Path | None = None
+    result: TrainResult | None = None
+    for stage in todo:
+        out = out_root / stage
+        if not overwrite and stage_done(out, configs[stage].steps):
+            logger.info(
+                "stage %s: %s already trained to step %d; skipped", stage, out / "final", configs[stage].steps
+            )
+            prev = out / "final"
+            continue
+        model = load(prev)
+        if not callable(getattr(model, "set_training_stage", None)):
+            raise TypeError(f"{type(model).__name__} has no set_training_stage(); it trains in one stage")
+        model.set_training_stage(stage)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(
+            "stage %s: %d training pairs; %.2f M trainable parameters", stage, len(dataset), trainable / 1e6
+        )
+        result = train_generator(
+            model, dataset, configs[stage], out, resume=resume, overwrite=overwrite, progress=progress
+        )
+        if result.out_of_time:
+            return result
+        prev = out / "final"
+    if prev is not None:
+        _copy_dir(prev, out_root / "final")
+    return result
+
+
 def plot_loss_curve(log_csv: str | Path, png: str | Path, *, window: int = 50) -> Path:
     """Plot ``train_log.csv`` (raw loss and a running mean over ``window`` steps, LR on a second axis)."""
     import matplotlib
@@ -627,4 +702,6 @@ __all__ = [
     "list_checkpoints",
     "save_sample_grid",
     "train_generator",
+    "stage_done",
+    "train_stages",
 ]

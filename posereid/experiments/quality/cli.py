@@ -19,6 +19,10 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", required=True, help="generator checkpoint directory (save_pretrained)")
     parser.add_argument("--data", required=True, help="Market-1501-format folder")
     parser.add_argument(
+        "--refiner", help="checkpoint with a refiner (PCDMs) run on the generator's output (scored together)"
+    )
+    parser.add_argument("--refiner-steps", type=positive_int, default=20, help="sampler steps of the refiner")
+    parser.add_argument(
         "--annotations", help=f"PATN keypoint CSV (default: {ANNOTATIONS_NAME} beside the data)"
     )
     parser.add_argument("--pairs", help=f"PATN pairs CSV (default: {PAIRS_NAME}, else same-pid test pairs)")
@@ -83,6 +87,13 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
         print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
         return 2
     generator = load_generator(args.generator, device=device)
+    if args.refiner:
+        from posereid.models.refine import RefinedGenerator, load_refiner
+
+        generator = RefinedGenerator(
+            generator, load_refiner(args.refiner, device=device), steps=args.refiner_steps,
+            sampler=args.sampler,
+        )  # fmt: skip
     try:
         result = _evaluate_from_args(generator, args, guidance, sweep)
     except (FileNotFoundError, MissingExtraError) as exc:  # missing weights / data / package: say which
@@ -118,7 +129,7 @@ def _evaluate_from_args(
         sweep=sweep,
         batch_size=args.batch_size,
         pose_upscale=args.pose_upscale,
-        generator_name=str(args.generator),
+        generator_name=str(args.generator) + (f" + refiner {args.refiner}" if args.refiner else ""),
         strict=args.strict,
     )
 

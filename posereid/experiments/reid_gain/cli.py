@@ -16,6 +16,7 @@ from posereid.argtypes import (
 from posereid.experiments.reid_gain.config import ARMS, ORACLE_ARM, GainConfig, parse_fractions
 from posereid.experiments.reid_gain.protocol import run_gain
 from posereid.experiments.reid_gain.report import markdown_table, summarize
+from posereid.models.contract import FAMILIES
 
 
 def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,13 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reid-batch-size", type=positive_int, default=d.reid_batch_size)
     parser.add_argument("--reid-lr", type=positive_float, default=d.reid_lr)
     parser.add_argument(
-        "--generator-preset", default=d.generator_preset, help="tiny|small|market|deepfashion"
+        "--generator-family", default=d.generator_family, choices=sorted(FAMILIES),
+        help="family of the generators the protocol trains",
+    )  # fmt: skip
+    parser.add_argument(
+        "--generator-preset",
+        default=d.generator_preset,
+        help="a preset of that family (tiny|small|market|...)",
     )
     parser.add_argument("--generator-steps", type=positive_int, default=d.generator_steps)
     parser.add_argument("--generator-batch-size", type=positive_int, default=d.generator_batch_size)
@@ -112,7 +119,8 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         data=Path(args.data), out=Path(args.out), annotations=args.annotations, fractions=args.fractions,
         arms=args.arms, seeds=args.seeds, subset_seed=args.subset_seed, reid_steps=args.reid_steps,
         reid_model=args.reid_model, reid_batch_size=args.reid_batch_size, reid_lr=args.reid_lr,
-        height=args.height, width=args.width, generator_preset=args.generator_preset,
+        height=args.height, width=args.width, generator_family=args.generator_family,
+        generator_preset=args.generator_preset,
         generator_steps=args.generator_steps, generator_batch_size=args.generator_batch_size,
         generator_lr=args.generator_lr, generator=args.generator, generator_data=args.generator_data,
         per_image=args.per_image, synthetic_ratio=args.synthetic_ratio, sampler=args.sampler, steps=args.steps,

@@ -49,7 +49,7 @@ def arm_extra(arm: str) -> str:
 #: config fields that change what a cached subset / generator / result means; a rerun must agree on them.
 _PROTOCOL_FIELDS: tuple[str, ...] = (
     "subset_seed", "reid_steps", "reid_model", "reid_batch_size", "reid_lr", "height", "width",
-    "generator_preset", "generator_steps", "generator_batch_size", "generator_lr", "generator",
+    "generator_family", "generator_preset", "generator_steps", "generator_batch_size", "generator_lr", "generator",
     "generator_data", "per_image", "sampler", "steps", "guidance", "pose_sampling", "annotation_hw",
     "filter_checkpoint", "filter_score", "filter_threshold", "synthetic_ratio",
 )  # fmt: skip
@@ -75,6 +75,9 @@ class GainConfig:
         subset_seed: seed of the subset choice (shared by all arms and seeds, so arms compare on the
             same ``D_tr``).
         reid_steps: optimisation steps of EVERY re-ID run (baseline and augmented alike).
+        generator_family / generator_preset: the family (``posereid.models.FAMILIES``) and preset of the
+            generators the protocol trains; a multi-stage family trains its stages in order, each for
+            ``generator_steps``.
         generator: reuse this generator checkpoint for every fraction instead of training one.
         generator_data: ``"kept"`` trains one generator per fraction on that fraction's images only;
             ``"full"`` trains one on all train images (PIDM's leaky setting, for comparison).
@@ -107,6 +110,7 @@ class GainConfig:
     reid_lr: float = 3.5e-4
     height: int = 128
     width: int = 64
+    generator_family: str = "pidm"
     generator_preset: str = "small"
     generator_steps: int = 20000
     generator_batch_size: int = 16

@@ -149,14 +149,16 @@ def ensure_generator(
     """
     from posereid.experiments.data import market_pose_records
     from posereid.models import training
-    from posereid.models.pidm import PIDMPipeline
+    from posereid.models.contract import family_class, is_checkpoint_dir
 
     final = generator_dir(config, fraction)
     if config.generator is not None:
-        if not (final / "config.json").is_file():
-            raise FileNotFoundError(f"{final}: no generator checkpoint (config.json) there")
+        if not is_checkpoint_dir(final):
+            raise FileNotFoundError(
+                f"{final}: no generator checkpoint (model_index.json or config.json) there"
+            )
         return final
-    if (final / "config.json").is_file():
+    if is_checkpoint_dir(final):
         return final
     if config.generator_data == "full":
         data = source if source is not None else market_source(config)
@@ -168,7 +170,8 @@ def ensure_generator(
         raise ValueError(f"{root}: no annotated train image to train the generator on ({annotations})")
     pairs_csv = Path(annotations).with_name("market-pairs-train.csv")
     pairs = read_pairs_csv(pairs_csv) if config.generator_data == "kept" and pairs_csv.is_file() else None
-    model = PIDMPipeline.from_preset(config.generator_preset, image_size=(config.height, config.width))
+    pipeline = family_class(config.generator_family)
+    model = pipeline.from_preset(config.generator_preset, image_size=(config.height, config.width))
     dataset = training.PosePairDataset(
         records, model.image_size, pairs=pairs or None, seed=config.subset_seed
     )
@@ -187,9 +190,18 @@ def ensure_generator(
         steps,
         final.parent,
     )
+    stages = tuple(getattr(pipeline, "TRAINING_STAGES", ()))
     with _device_env(device):
-        training.train_generator(model, dataset, tcfg, final.parent, resume=True, progress=config.progress)
-    if not (final / "config.json").is_file():
+        if stages:  # a multi-stage family (PCDMs): each stage in order, the last copied to final/
+            training.train_stages(
+                lambda prev: model if prev is None else pipeline.from_pretrained(prev).train(),
+                dataset, dict.fromkeys(stages, tcfg), final.parent, progress=config.progress,
+            )  # fmt: skip
+        else:
+            training.train_generator(
+                model, dataset, tcfg, final.parent, resume=True, progress=config.progress
+            )
+    if not is_checkpoint_dir(final):
         raise RuntimeError(f"generator training finished without writing {final}")
     return final
 
@@ -347,12 +359,17 @@ def run_cell(
 # --------------------------------------------------------------------------------------------------
 # The protocol
 # --------------------------------------------------------------------------------------------------
+#: protocol fields that folders written before the field existed did not record, and the value they used
+_UNRECORDED = {"generator_family": "pidm"}
+
+
 def _check_protocol(config: GainConfig) -> None:
     """Refuse to mix results of different protocol settings in one output folder."""
     path = config.out / "gain_config.json"
     now = config.protocol()
     if path.is_file():
         saved = json.loads(path.read_text())
+        saved = {**_UNRECORDED, **saved}
         diff = {k: (saved.get(k), now[k]) for k in now if _jsonable(saved.get(k)) != _jsonable(now[k])}
         if diff:
             raise ProtocolMismatchError(

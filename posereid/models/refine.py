@@ -1,0 +1,149 @@
+"""A refiner after any generator: PCDMs' third stage restoring texture on another family's output.
+
+PCDMs (Shen et al., ICLR 2024) report that their refining stage, a diffusion model conditioned on a coarse
+image and the source, also improves other methods' results. :class:`RefinedGenerator` composes any
+:class:`~posereid.models.contract.PoseTransferGenerator` with anything that has
+``refine(source, coarse, target_kps, *, steps, sampler, guidance, seeds)`` (a PCDMs pipeline), and is
+itself a generator: ``posereid generate --refiner DIR``, ``PoseTransferAugment(..., refiner=...)``,
+``evaluate-generator --refiner DIR``, the demo and reid-gain use it unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from posereid.models.contract import PoseTransferGenerator, checkpoint_family, load_generator
+
+#: the refiner's per-sample seed is derived from the generation seed so its noise is not the same draw
+_REFINER_SEED_OFFSET = 0x5EED
+
+
+@runtime_checkable
+class Refiner(Protocol):
+    """What :class:`RefinedGenerator` needs of a refiner (a PCDMs pipeline provides it)."""
+
+    @property
+    def image_size(self) -> tuple[int, int]: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def refine(
+        self,
+        source: torch.Tensor,
+        coarse: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        steps: int = 20,
+        sampler: str = "dpmsolver++",
+        guidance: Sequence[float] = (2.0, 2.0),
+        seeds: Sequence[int] | None = None,
+        generator: list[torch.Generator] | torch.Generator | None = None,
+    ) -> torch.Tensor: ...
+
+
+def refiner_seeds(seeds: Sequence[int] | None) -> list[int] | None:
+    """Per-sample refiner seeds: a fixed function of the generation seeds (reproducible, not the same draw)."""
+    return None if seeds is None else [(int(s) + _REFINER_SEED_OFFSET) % 2**63 for s in seeds]
+
+
+class RefinedGenerator(nn.Module):
+    """``base`` generates, ``refiner`` restores texture; one :class:`PoseTransferGenerator` to callers.
+
+    Args:
+        base: any family's generator.
+        refiner: an object with ``refine`` (see :class:`Refiner`) working at ``base``'s image size.
+        steps, sampler, guidance: the refiner's sampling settings (the base uses those of ``generate``);
+            ``guidance=None`` keeps the refiner's own default weights.
+    """
+
+    def __init__(
+        self,
+        base: PoseTransferGenerator,
+        refiner: Refiner,
+        *,
+        steps: int = 20,
+        sampler: str = "dpmsolver++",
+        guidance: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(getattr(refiner, "refine", None)):
+            raise TypeError(f"{type(refiner).__name__} has no refine(source, coarse, target_kps) method")
+        if tuple(refiner.image_size) != tuple(base.image_size):
+            raise ValueError(
+                f"the refiner works at {tuple(refiner.image_size)} but the generator at "
+                f"{tuple(base.image_size)}; use a refiner trained at the generator's image size"
+            )
+        self.base = base
+        self.refiner = refiner
+        self.refiner_steps = int(steps)
+        self.refiner_sampler = sampler
+        self.refiner_guidance = None if guidance is None else tuple(float(g) for g in guidance)
+        self.family = f"{getattr(base, 'family', 'generator')}+refiner"
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self.base.image_size)  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @torch.no_grad()
+    def generate(
+        self,
+        source: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        seeds: Sequence[int] | None = None,
+        generator: list[torch.Generator] | torch.Generator | None = None,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """The base's images for the targets, then refined; ``kwargs`` go to the base's ``generate``."""
+        coarse = self.base.generate(
+            source, target_kps, source_kps, seeds=seeds, generator=generator, callback=callback, **kwargs
+        )
+        dev = self.refiner.device
+        options: dict[str, Any] = dict(steps=self.refiner_steps, sampler=self.refiner_sampler)
+        if self.refiner_guidance is not None:
+            options["guidance"] = self.refiner_guidance
+        return self.refiner.refine(
+            source.to(dev), coarse.to(dev), torch.as_tensor(target_kps).to(dev),
+            None if source_kps is None else torch.as_tensor(source_kps).to(dev),
+            seeds=refiner_seeds(seeds), generator=None if seeds is not None else generator, **options,
+        )  # fmt: skip
+
+    def training_loss(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise TypeError("a RefinedGenerator is not trained as one: train the generator and the refiner apart")
+
+    def reinitialized(self) -> RefinedGenerator:
+        """The untrained base with the same refiner (a quality report's floor)."""
+        return RefinedGenerator(
+            self.base.reinitialized(), self.refiner, steps=self.refiner_steps,
+            sampler=self.refiner_sampler, guidance=self.refiner_guidance,
+        )  # fmt: skip
+
+
+def load_refiner(
+    path: str | os.PathLike[str], *, device: torch.device | str | None = None, use_ema: bool = True
+) -> Refiner:
+    """A checkpoint directory whose family has a refiner (PCDMs), loaded for :class:`RefinedGenerator`."""
+    family = checkpoint_family(path)
+    model = load_generator(path, device=device, use_ema=use_ema)
+    if not callable(getattr(model, "refine", None)):
+        raise ValueError(
+            f"{path}: a {family} checkpoint has no refiner; pass a PCDMs checkpoint (train-generator "
+            "--family pcdms) whose refine stage is trained"
+        )
+    return model  # type: ignore[return-value]
+
+
+__all__ = ["RefinedGenerator", "Refiner", "load_refiner", "refiner_seeds"]

@@ -45,6 +45,12 @@ ROWS: dict[str, dict[str, Any]] = {
     "v_pred+per_level": {"prediction_type": "v_prediction", "texture_attention": "per_level"},
     "v_pred+cubic_t": {"prediction_type": "v_prediction", "timestep_sampling": "cubic"},
 }
+#: the other families at the same CPU budget as a PIDM row of 500 steps (~7.3 quiet CPU-minutes at 0.87 s/step):
+#: steps from their measured cost per step relative to PIDM's (``bench``); PCDMs splits it over its stages
+FAMILY_ROWS: dict[str, dict[str, Any]] = {
+    "cfld": {"family": "cfld", "steps": 180},
+    "pcdms": {"family": "pcdms", "stage_steps": {"inpaint": 150, "prior": 300, "refine": 150}},
+}
 PRESET = "small"
 #: training hyper-parameters shared by every row (the asset's, scaled to a short run)
 TRAIN = dict(batch_size=16, lr=3e-4, ema_decay=0.999, checkpoint_every=100, keep_checkpoints=1)
@@ -57,9 +63,17 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _overrides(row: str) -> dict[str, Any]:
+    if row in FAMILY_ROWS:
+        return {}
     if row not in ROWS:
-        raise SystemExit(f"unknown ablation row {row!r}; known: {', '.join(ROWS)}")
+        raise SystemExit(f"unknown ablation row {row!r}; known: {', '.join([*ROWS, *FAMILY_ROWS])}")
     return dict(ROWS[row])
+
+
+def _pipeline(row: str) -> Any:
+    from posereid.models.contract import family_class
+
+    return family_class(FAMILY_ROWS.get(row, {}).get("family", "pidm"))
 
 
 def run_dir(work: Path, row: str, seed: int) -> Path:
@@ -71,25 +85,41 @@ def train_row(work: Path, data: Path, row: str, seed: int, steps: int, max_minut
     from accelerate.utils import set_seed
 
     from posereid.experiments.data import market_pose_records
-    from posereid.models.pidm import PIDMPipeline
-    from posereid.models.training import PosePairDataset, TrainConfig, train_generator
+    from posereid.models.training import (
+        PosePairDataset,
+        TrainConfig,
+        stage_done,
+        train_generator,
+        train_stages,
+    )
 
     out = run_dir(work, row, seed)
-    if (out / "final").is_dir():
+    spec = FAMILY_ROWS.get(row, {})
+    stage_steps = spec.get("stage_steps") or {"": spec.get("steps", steps)}
+    if all(stage_done(out / stage, n) for stage, n in stage_steps.items()) and (out / "final").is_dir():
         return True
     records = market_pose_records(data, data / "market-annotation-train.csv")
     set_seed(seed)
-    model = PIDMPipeline.from_preset(PRESET, **_overrides(row))
+    pipeline = _pipeline(row)
+    model = pipeline.from_preset(PRESET, **_overrides(row))
     dataset = PosePairDataset(records, model.image_size, seed=seed)
-    config = TrainConfig(
-        steps=steps, warmup_steps=max(1, steps // 10), sample_every=0, seed=seed, max_minutes=max_minutes,
-        **TRAIN,
-    )  # fmt: skip
+    configs = {
+        stage: TrainConfig(
+            steps=n, warmup_steps=max(1, n // 10), sample_every=0, seed=seed, max_minutes=max_minutes, **TRAIN
+        )
+        for stage, n in stage_steps.items()
+    }
     t0 = time.perf_counter()
-    result = train_generator(model, dataset, config, out, progress=False)
+    if "stage_steps" in spec:
+        result = train_stages(
+            lambda prev: model if prev is None else pipeline.from_pretrained(prev).train(), dataset, configs, out,
+            progress=False,
+        )  # fmt: skip
+    else:
+        result = train_generator(model, dataset, configs[""], out, progress=False)
     wall = json.loads((out / "wall.json").read_text())["train_wall_s"] if (out / "wall.json").is_file() else 0
     _write_text(out / "wall.json", json.dumps({"train_wall_s": wall + time.perf_counter() - t0}))
-    return not result.out_of_time
+    return result is None or not result.out_of_time
 
 
 def evaluate_row(
@@ -107,8 +137,8 @@ def evaluate_row(
     )  # fmt: skip
     systems = report["systems"]
     result = {
-        "row": row, "seed": seed, "overrides": ROWS[row], "preset": PRESET,
-        "steps": _trained_steps(out),
+        "row": row, "seed": seed, "overrides": ROWS.get(row, FAMILY_ROWS.get(row)), "preset": PRESET,
+        "steps": _trained_steps(out, row),
         "train_wall_s": json.loads((out / "wall.json").read_text())["train_wall_s"],
         "trained": systems["trained"],
     }  # fmt: skip
@@ -119,11 +149,16 @@ def evaluate_row(
     return result
 
 
-def _trained_steps(out: Path) -> int:
+def _trained_steps(out: Path, row: str) -> int | dict[str, int]:
+    """Optimizer steps run (per stage for a staged family)."""
     from posereid.models.training import list_checkpoints
 
-    done = list_checkpoints(out)
-    return done[-1][0] if done else -1
+    def last(folder: Path) -> int:
+        done = list_checkpoints(folder)
+        return done[-1][0] if done else -1
+
+    stages = FAMILY_ROWS.get(row, {}).get("stage_steps")
+    return {stage: last(out / stage) for stage in stages} if stages else last(out)
 
 
 def source_pose_row(work: Path, data: Path, row: str, seed: int, n_pairs: int) -> list[dict]:
@@ -163,39 +198,54 @@ def steps_sweep(
 
 
 def bench_rows(rows: list[str], *, train_steps: int = 6, images: int = 16, steps: int = 20) -> dict:
-    """Quiet-machine cost per row: seconds per training step (batch 16) and per image (``steps`` steps)."""
-    from posereid.models.pidm import PIDMPipeline
-
+    """Quiet-machine cost per row: seconds per training step (batch 16; per stage for a staged family) and
+    per image (``steps`` sampler steps per stage), so budgets in steps convert to CPU-minutes."""
     torch.manual_seed(0)
     res = {}
     for row in rows:
-        pipe = PIDMPipeline.from_preset(PRESET, **_overrides(row))
+        pipe = _pipeline(row).from_preset(PRESET, **_overrides(row))
         h, w = pipe.image_size
         b = TRAIN["batch_size"]
         src, tgt = torch.rand(b, 3, h, w), torch.rand(b, 3, h, w)
         kps = torch.rand(b, 18, 2) * torch.tensor([w - 1, h - 1])
-        opt = torch.optim.AdamW(pipe.parameters(), lr=1e-4)
-        times = []
-        for i in range(train_steps + 1):
-            t0 = time.perf_counter()
-            loss = pipe.training_loss(src, tgt, kps, kps, generator=torch.Generator().manual_seed(i))
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            if i:  # the first step warms up
-                times.append(time.perf_counter() - t0)
+        per_stage = {}
+        for stage in getattr(pipe, "TRAINING_STAGES", ("",)):
+            if stage:
+                pipe.set_training_stage(stage)
+            opt = torch.optim.AdamW([p for p in pipe.parameters() if p.requires_grad], lr=1e-4)
+            times = []
+            for i in range(train_steps + 1):
+                t0 = time.perf_counter()
+                loss = pipe.training_loss(src, tgt, kps, kps, generator=torch.Generator().manual_seed(i))
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                if i:  # the first step warms up
+                    times.append(time.perf_counter() - t0)
+            per_stage[stage or "all"] = statistics.median(times)
         pipe.eval()
         t0 = time.perf_counter()
-        pipe.generate(src[:images], kps[:images], kps[:images], steps=steps, seeds=list(range(images)))
+        pipe.generate(
+            src[:images], kps[:images], kps[:images], steps=steps, seeds=list(range(min(images, b)))
+        )
         res[row] = {
-            "sec_per_train_step": statistics.median(times),
+            "sec_per_train_step": per_stage,
             "sec_per_image": (time.perf_counter() - t0) / min(images, b),
         }
         logger.info("%s: %s", row, res[row])
     return res
 
 
-# ---------------------------------------------------------------------------------------------- table
+def budget_minutes(row: str, bench: dict, steps: int) -> float | None:
+    """Quiet CPU-minutes of a row's training from its measured cost per step."""
+    if row not in bench:
+        return None
+    cost = bench[row]["sec_per_train_step"]
+    spec = FAMILY_ROWS.get(row, {})
+    stage_steps = spec.get("stage_steps") or {"all": spec.get("steps", steps)}
+    return sum(cost[stage] * n for stage, n in stage_steps.items()) / 60.0
+
+
 def _mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -211,34 +261,35 @@ def collect(work: Path) -> dict[str, list[dict]]:
 
 
 def render_table(work: Path, bench: dict | None = None) -> str:
-    """The markdown ablation table (mean ± sd over seeds, per-seed values in brackets)."""
+    """The markdown ablation table: mean ± sd over seeds; with ``bench``, the quiet training budget in
+    CPU-minutes and the seconds per image (20 sampler steps per stage, batch 16, 2 CPU threads)."""
     runs = collect(work)
     refs = next((r for rs in runs.values() for r in rs if "ceiling" in r), None)
     head = ["row", "seeds", "PCKh (judge)", "re-ID rank-1", "re-ID mAP", "SSIM", "Mask-SSIM", "id margin"]
-    if bench:
-        head += ["s/train step", "s/image (20 steps)"]
+    head += ["train steps", "CPU-min (quiet)", "s/image"] if bench else ["train steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    blank = " – |" * (len(head) - 2 - len(METRICS))
 
     def cells(systems: list[dict]) -> list[str]:
         return [_mean_sd([s[m] for s in systems]) for m in METRICS]
 
     if refs:
-        lines.append("| ceiling (real images) | – | " + " | ".join(cells([refs["ceiling"]])) + " |"
-                     + (" – | – |" if bench else ""))  # fmt: skip
-    for row in ROWS:
+        lines.append("| ceiling (real images) | – | " + " | ".join(cells([refs["ceiling"]])) + " |" + blank)
+    for row in [*ROWS, *FAMILY_ROWS]:
         if row not in runs:
             continue
         rs = sorted(runs[row], key=lambda r: r["seed"])
-        extra = []
-        if bench and row in bench:
-            extra = [f"{bench[row]['sec_per_train_step']:.3f}", f"{bench[row]['sec_per_image']:.3f}"]
-        elif bench:
-            extra = ["–", "–"]
+        steps = rs[0]["steps"]
+        extra = ["+".join(f"{k} {v}" for k, v in steps.items()) if isinstance(steps, dict) else str(steps)]
+        if bench:
+            minutes = budget_minutes(row, bench, steps if isinstance(steps, int) else 0)
+            extra += (
+                ["–", "–"] if minutes is None else [f"{minutes:.1f}", f"{bench[row]['sec_per_image']:.2f}"]
+            )
         seeds = ",".join(str(r["seed"]) for r in rs)
         lines.append(f"| {row} | {seeds} | " + " | ".join(cells([r["trained"] for r in rs]) + extra) + " |")
     if refs:
-        lines.append("| floor (untrained) | – | " + " | ".join(cells([refs["floor"]])) + " |"
-                     + (" – | – |" if bench else ""))  # fmt: skip
+        lines.append("| floor (untrained) | – | " + " | ".join(cells([refs["floor"]])) + " |" + blank)
     return "\n".join(lines)
 
 
@@ -292,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--sweep", type=csv_list(str), default=["5", "10", "15"])
     st.add_argument("--n-pairs", type=positive_int, default=64)
     be = sub.add_parser("bench", help="quiet-machine seconds per training step and per image")
-    be.add_argument("--rows", type=csv_list(str), default=list(ROWS))
+    be.add_argument("--rows", type=csv_list(str), default=[*ROWS, *FAMILY_ROWS])
     be.add_argument("--out", type=Path, required=True)
     ta = sub.add_parser("table", help="write the markdown table")
     ta.add_argument("--work", type=Path, required=True)

@@ -49,6 +49,8 @@ ROWS: dict[str, dict[str, Any]] = {
 #: steps from their measured cost per step relative to PIDM's (``bench``); PCDMs splits it over its stages
 FAMILY_ROWS: dict[str, dict[str, Any]] = {
     "cfld": {"family": "cfld", "steps": 180},
+    "cfld-no_hga": {"family": "cfld", "steps": 180, "overrides": {"use_hga": False}},
+    "cfld-no_prd": {"family": "cfld", "steps": 180, "overrides": {"use_prd": False}},
     "pcdms": {"family": "pcdms", "stage_steps": {"inpaint": 150, "prior": 300, "refine": 150}},
 }
 PRESET = "small"
@@ -64,7 +66,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _overrides(row: str) -> dict[str, Any]:
     if row in FAMILY_ROWS:
-        return {}
+        return dict(FAMILY_ROWS[row].get("overrides", {}))
     if row not in ROWS:
         raise SystemExit(f"unknown ablation row {row!r}; known: {', '.join([*ROWS, *FAMILY_ROWS])}")
     return dict(ROWS[row])

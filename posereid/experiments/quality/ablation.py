@@ -45,13 +45,26 @@ ROWS: dict[str, dict[str, Any]] = {
     "v_pred+per_level": {"prediction_type": "v_prediction", "texture_attention": "per_level"},
     "v_pred+cubic_t": {"prediction_type": "v_prediction", "timestep_sampling": "cubic"},
 }
-#: the other families at the same CPU budget as a PIDM row of 500 steps (~7.3 quiet CPU-minutes at 0.87 s/step):
+#: the other families at the same CPU budget as a PIDM row of 500 steps (~7.3 quiet CPU-minutes at 0.87 s/step),
+#: with the v-prediction the PIDM rows found (a fair comparison of architectures, not of noise recipes):
 #: steps from their measured cost per step relative to PIDM's (``bench``); PCDMs splits it over its stages
 FAMILY_ROWS: dict[str, dict[str, Any]] = {
-    "cfld": {"family": "cfld", "steps": 180},
-    "cfld-no_hga": {"family": "cfld", "steps": 180, "overrides": {"use_hga": False}},
-    "cfld-no_prd": {"family": "cfld", "steps": 180, "overrides": {"use_prd": False}},
-    "pcdms": {"family": "pcdms", "stage_steps": {"inpaint": 150, "prior": 300, "refine": 150}},
+    "cfld": {"family": "cfld", "steps": 180, "overrides": {"prediction_type": "v_prediction"}},
+    "cfld-no_hga": {
+        "family": "cfld",
+        "steps": 180,
+        "overrides": {"prediction_type": "v_prediction", "use_hga": False},
+    },
+    "cfld-no_prd": {
+        "family": "cfld",
+        "steps": 180,
+        "overrides": {"prediction_type": "v_prediction", "use_prd": False},
+    },
+    "pcdms": {
+        "family": "pcdms",
+        "stage_steps": {"inpaint": 150, "prior": 300, "refine": 150},
+        "overrides": {"prediction_type": "v_prediction"},  # the image stages; the prior predicts x0
+    },
 }
 PRESET = "small"
 #: training hyper-parameters shared by every row (the asset's, scaled to a short run)

@@ -83,8 +83,9 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p("--image-size", type=parse_hw, help="override the preset's HxW, e.g. 64x32")
     p(
         "--prediction-type",
-        choices=("epsilon", "v_prediction"),
-        help="override the preset's prediction target (v_prediction learns faster at small scale)",
+        choices=("epsilon", "v_prediction", "flow"),
+        help="override the preset's prediction target (v_prediction learns faster at small scale; flow: "
+        "flow matching / rectified flow, sampled with euler, dpmsolver++ or unipc)",
     )
     p(
         "--zero-snr",

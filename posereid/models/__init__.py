@@ -27,8 +27,9 @@ __getattr__, __dir__, __all__ = attach(
         "guidance": ["GuidanceFormula", "check_guidance", "condition_dropout", "guided_denoiser"],
         "appearance": ["AppearanceEncoder", "BackboneNotFoundError", "load_local_backbone"],
         "sampling": [
-            "NonFiniteSampleError", "SAMPLERS", "SamplerName", "diffusion_target", "initial_noise", "make_generators",
-            "make_sampler", "sample_loop", "sample_timesteps", "training_scheduler",
+            "FLOW_SAMPLERS", "NonFiniteSampleError", "SAMPLERS", "SamplerName", "diffusion_loss", "diffusion_target",
+            "initial_noise", "is_flow", "make_generators", "make_sampler", "model_timesteps", "noisy_sample",
+            "prediction_type", "sample_loop", "sample_timesteps", "training_scheduler",
         ],
         "training": [
             "ImageLoadError", "NonFiniteLossError", "PosePairDataset", "PoseRecord", "ResumeMismatchError", "TrainConfig",

@@ -32,19 +32,25 @@ from posereid.models.pose import NUM_KEYPOINTS, render_pose_maps
 from posereid.models.sampling import (
     LEGACY_SCHEDULE_KEYS,
     SCHEDULE_KEYS,
+    TRAINING_SCHEDULER_CLASSES,
     NonFiniteSampleError,
+    TrainingScheduler,
+    check_loss_weighting,
     make_generators,
+    prediction_type,
     training_scheduler,
 )
 
 logger = logging.getLogger(__name__)
 
 
-def load_scheduler(directory: str | os.PathLike[str]) -> DDPMScheduler:
+def load_scheduler(directory: str | os.PathLike[str]) -> TrainingScheduler:
     """``directory``'s ``scheduler_config.json``; without it, the schedule a pre-scheduler checkpoint used.
 
-    Such a checkpoint kept the noise fields (prediction type, T, beta schedule) in its model
-    ``config.json``, read only in that case; the betas were PIDM's linear 1e-4..2e-2.
+    The file may name a ``DDPMScheduler`` or a ``FlowMatchEulerDiscreteScheduler`` (flow matching); any
+    other class is refused naming the file. A pre-scheduler checkpoint kept the noise fields (prediction
+    type, T, beta schedule) in its model ``config.json``, read only in that case; the betas were PIDM's
+    linear 1e-4..2e-2.
     """
     path = Path(directory) / SCHEDULER_CONFIG_NAME
     if not path.is_file():
@@ -52,11 +58,13 @@ def load_scheduler(directory: str | os.PathLike[str]) -> DDPMScheduler:
         return training_scheduler(**{k: v for k, v in legacy.items() if k in LEGACY_SCHEDULE_KEYS})
     config = read_json(path)
     name = config.get("_class_name", DDPMScheduler.__name__)
-    if name != DDPMScheduler.__name__:
+    cls = TRAINING_SCHEDULER_CLASSES.get(name)
+    if cls is None:
         raise CheckpointError(
-            f"{path}: training scheduler {name!r} is not supported (expected DDPMScheduler)"
+            f"{path}: training scheduler {name!r} is not supported "
+            f"(expected {' or '.join(TRAINING_SCHEDULER_CLASSES)})"
         )
-    return DDPMScheduler.from_config(config)
+    return cls.from_config(config)
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -79,10 +87,11 @@ class GeneratorPipeline(nn.Module):
     #: config fields that belong to the noise schedule, not the model (``from_preset`` routes them)
     SCHEDULE_KEYS: ClassVar[tuple[str, ...]] = SCHEDULE_KEYS
 
-    def __init__(self, model: ModelMixin, scheduler: DDPMScheduler | None = None) -> None:
+    def __init__(self, model: ModelMixin, scheduler: TrainingScheduler | None = None) -> None:
         super().__init__()
         self.model = model
         self.scheduler = scheduler if scheduler is not None else training_scheduler()
+        check_loss_weighting(self.scheduler, model.config.get("snr_gamma"), type(model).__name__)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -112,7 +121,8 @@ class GeneratorPipeline(nn.Module):
 
     @property
     def prediction_type(self) -> str:
-        return str(self.scheduler.config.prediction_type)
+        """``"epsilon"``, ``"v_prediction"``, ``"sample"`` or ``"flow"`` (the training scheduler's)."""
+        return prediction_type(self.scheduler)
 
     # ------------------------------------------------------------------ conditioning
     def check_images(self, images: torch.Tensor, name: str) -> None:

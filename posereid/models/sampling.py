@@ -5,14 +5,24 @@ and this module holds the loop, which is one short function:
 
     x = sample_loop(denoise_fn, scheduler, x, steps, callback=..., generator=...)
 
-``denoise_fn(x_t, t) -> model output`` (ε or v, whatever the scheduler's ``prediction_type`` says) is the
+``denoise_fn(x_t, t) -> model output`` (ε, v, x0 or the flow velocity, whatever the training scheduler's
+:func:`prediction_type` says) is the
 **extension point**: the PIDM-style pipeline passes a closure over its UNet, pose maps and appearance
 tokens (:func:`posereid.models.guidance.guided_denoiser`); a PCDMs-style stage (prior / inpainting
 canvas / refiner) or a CFLD-style latent UNet passes its own closure (and decodes latents afterwards) and reuses the same samplers,
 guidance and per-sample noise unchanged.
 
-Guidance lives in :mod:`posereid.models.guidance`; training-time noise (the training scheduler and the
-timestep draw) is here too, so every family shares one schedule format (``scheduler_config.json``).
+Guidance lives in :mod:`posereid.models.guidance`; training-time noise (the training scheduler, the
+timestep draw, :func:`noisy_sample` and :func:`diffusion_target`) is here too, so every family shares one
+schedule format (``scheduler_config.json``) and every family's ``training_loss`` works with both kinds of
+training scheduler:
+
+* DDPM (``prediction_type`` ``"epsilon"`` / ``"v_prediction"`` / ``"sample"``): a diffusers
+  ``DDPMScheduler``; the network sees the integer timestep ``t``.
+* Flow matching / rectified flow (``prediction_type="flow"``; Lipman et al. 2023, Liu et al. 2023, as in
+  SD3): a diffusers ``FlowMatchEulerDiscreteScheduler``. ``x_t = (1 − σ)·x0 + σ·ε``, the network sees
+  ``σ·T`` (a float) and regresses the velocity ``ε − x0`` (``FlowMatchEulerDiscreteScheduler.step`` does
+  ``x_next = x_t + (σ_next − σ)·output``, which is exact for that target).
 
 Reproducibility: pass one ``torch.Generator`` per sample (:func:`make_generators`). The initial noise and
 the stochastic samplers' per-step noise (``ddpm``) are drawn per sample from its own generator
@@ -27,8 +37,8 @@ with a briefly trained model (random weights make long trajectories chaotic, tra
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from diffusers import (
@@ -36,6 +46,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -46,6 +57,14 @@ SamplerName = Literal["dpmsolver++", "ddim", "unipc", "euler", "ddpm"]
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor], None]
 TimestepSampling = Literal["uniform", "cubic"]
+PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
+#: the two kinds of training scheduler (DDPM for ε / v / x0, flow matching for ``"flow"``)
+TrainingScheduler = DDPMScheduler | FlowMatchEulerDiscreteScheduler
+#: the training scheduler classes a checkpoint's ``scheduler_config.json`` may name
+TRAINING_SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
+    DDPMScheduler.__name__: DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler.__name__: FlowMatchEulerDiscreteScheduler,
+}
 
 #: the noise-schedule fields a pre-scheduler checkpoint kept in its model config.json
 LEGACY_SCHEDULE_KEYS = ("prediction_type", "num_train_timesteps", "beta_schedule")
@@ -58,25 +77,31 @@ class NonFiniteSampleError(FloatingPointError):
 
 
 def training_scheduler(
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
+    prediction_type: PredictionType = "epsilon",
     num_train_timesteps: int = 1000,
     beta_schedule: str = "linear",
-    **overrides,
-) -> DDPMScheduler:
-    """The training noise schedule (PIDM's: linear betas 1e-4..2e-2, T = 1000), a diffusers ``DDPMScheduler``.
+    **overrides: Any,
+) -> TrainingScheduler:
+    """The training noise schedule: PIDM's DDPM (linear betas 1e-4..2e-2, T = 1000), or flow matching.
 
     It is saved beside the weights (``scheduler_config.json``); samplers are built from its config, so
     ``rescale_betas_zero_snr=True`` (zero terminal SNR, Lin et al. 2024: the last step is pure noise, as
     at sampling time) reaches every sampler too. Zero terminal SNR needs ``v_prediction`` (ε is undefined
     at SNR 0).
+
+    ``prediction_type="flow"`` gives diffusers' ``FlowMatchEulerDiscreteScheduler(num_train_timesteps=T,
+    shift=1.0)``. It has no betas: a beta field or ``rescale_betas_zero_snr`` is an error (the flow path
+    already ends in pure noise at σ = 1); other overrides must be that scheduler's own fields.
     """
+    if prediction_type == "flow":
+        return _flow_training_scheduler(int(num_train_timesteps), beta_schedule, overrides)
     if overrides.get("rescale_betas_zero_snr") and prediction_type == "epsilon":
         raise ValueError(
             "rescale_betas_zero_snr needs prediction_type='v_prediction' (ε is undefined at SNR 0)"
         )
     if prediction_type not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(
-            f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}"
+            f"prediction_type must be 'epsilon', 'v_prediction', 'sample' or 'flow', got {prediction_type!r}"
         )
     kwargs = dict(beta_start=1e-4, beta_end=2e-2, clip_sample=False)
     kwargs.update(overrides)
@@ -86,6 +111,45 @@ def training_scheduler(
         prediction_type=prediction_type,
         **kwargs,
     )
+
+
+def _flow_training_scheduler(
+    num_train_timesteps: int, beta_schedule: str, overrides: dict[str, Any]
+) -> FlowMatchEulerDiscreteScheduler:
+    """``training_scheduler(prediction_type="flow")``: refuses the DDPM-only fields instead of ignoring them."""
+    if overrides.get("rescale_betas_zero_snr"):
+        raise ValueError(
+            "rescale_betas_zero_snr does not apply to prediction_type='flow': the flow path "
+            "x_t = (1 - σ)·x0 + σ·ε already reaches pure noise at σ = 1"
+        )
+    overrides = {k: v for k, v in overrides.items() if k != "rescale_betas_zero_snr"}
+    betas = [k for k in ("beta_start", "beta_end", "trained_betas") if k in overrides]
+    if beta_schedule != "linear" or betas:
+        fields = [*(["beta_schedule"] if beta_schedule != "linear" else []), *betas]
+        raise ValueError(f"prediction_type='flow' has no betas; drop {', '.join(fields)}")
+    if overrides.get("use_dynamic_shifting"):
+        raise ValueError(
+            "use_dynamic_shifting is not supported for training (σ must not depend on the input)"
+        )
+    params = set(inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - params)
+    if unknown:
+        raise ValueError(
+            f"prediction_type='flow': FlowMatchEulerDiscreteScheduler has no field(s) {', '.join(unknown)}"
+        )
+    kwargs: dict[str, Any] = {"shift": 1.0, **overrides}
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, **kwargs)
+
+
+def is_flow(scheduler: SchedulerMixin) -> bool:
+    """Whether ``scheduler`` is a flow-matching training scheduler (``prediction_type="flow"``)."""
+    return isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def prediction_type(scheduler: SchedulerMixin) -> str:
+    """What a network trained with ``scheduler`` outputs: ``"epsilon"``, ``"v_prediction"``, ``"sample"``
+    or ``"flow"`` (diffusers' flow scheduler has no ``prediction_type`` field; it always takes a velocity)."""
+    return "flow" if is_flow(scheduler) else str(scheduler.config.prediction_type)
 
 
 def sample_timesteps(
@@ -106,13 +170,78 @@ def sample_timesteps(
     return (u * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
 
 
+def flow_sigmas(scheduler: FlowMatchEulerDiscreteScheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """σ of training draws ``timesteps`` (integers in ``[0, T)`` from :func:`sample_timesteps`).
+
+    Index ``i`` gives ``σ = shift((i + 1) / T)``, the scheduler's own training sigmas (``scheduler.sigmas``
+    before any ``set_timesteps``: ``1/T … 1`` shifted by ``config.shift``), so a uniform draw is uniform
+    over them and CFLD's cubic draw still favours high noise. σ > 0, so ``x_t`` is never exactly ``x0``.
+    """
+    t = int(scheduler.config.num_train_timesteps)
+    shift = float(scheduler.config.shift)
+    s = (timesteps.to(torch.float32) + 1.0) / t
+    return shift * s / (1.0 + (shift - 1.0) * s)
+
+
+def model_timesteps(scheduler: TrainingScheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """The network's timestep input for training draws ``timesteps`` (from :func:`sample_timesteps`).
+
+    DDPM: the draws themselves (integers). Flow: ``σ·T`` as floats, the values the flow samplers'
+    ``scheduler.timesteps`` take, so training and sampling feed the network the same scale. Pass the
+    result to :func:`noisy_sample` and :func:`diffusion_loss`.
+    """
+    if is_flow(scheduler):
+        return flow_sigmas(scheduler, timesteps) * float(scheduler.config.num_train_timesteps)
+    return timesteps
+
+
+def _ddpm_index(timesteps: torch.Tensor) -> torch.Tensor:
+    """Integer DDPM timesteps (a sampler's float timestep, e.g. Euler's, rounded to its training index)."""
+    t = torch.as_tensor(timesteps)
+    return t.round().long() if t.is_floating_point() else t
+
+
+def _flow_sigma_of(
+    scheduler: FlowMatchEulerDiscreteScheduler, timesteps: torch.Tensor, like: torch.Tensor
+) -> torch.Tensor:
+    """σ = timestep / T for model timesteps, shaped to broadcast over ``like`` ``(B, ...)``."""
+    sigma = torch.as_tensor(timesteps, device=like.device).to(torch.float32)
+    sigma = sigma / float(scheduler.config.num_train_timesteps)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(like.shape[0])
+    return sigma.view(-1, *([1] * (like.ndim - 1)))
+
+
+def noisy_sample(
+    scheduler: TrainingScheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """``x_t`` at model timesteps ``timesteps`` (:func:`model_timesteps`; a sampler's timesteps work too).
+
+    DDPM: ``scheduler.add_noise`` (``√ᾱ·x0 + √(1 − ᾱ)·ε``). Flow: ``(1 − σ)·x0 + σ·ε`` with ``σ = t / T``
+    (what ``FlowMatchEulerDiscreteScheduler.scale_noise`` computes, without its lookup of ``t`` in the
+    scheduler's own table, which a training draw or another sampler's timestep is not always in).
+    """
+    if is_flow(scheduler):
+        sigma = _flow_sigma_of(scheduler, timesteps, x0)
+        return ((1.0 - sigma) * x0.float() + sigma * noise.float()).to(x0.dtype)
+    return scheduler.add_noise(x0, noise, _ddpm_index(timesteps).to(x0.device))
+
+
 def min_snr_weights(
-    scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None
+    scheduler: TrainingScheduler, timesteps: torch.Tensor, gamma: float | None
 ) -> torch.Tensor | None:
     """Min-SNR-γ loss weights per sample (Hang et al. 2023): ``min(SNR, γ) / SNR`` for ε, ``/(SNR + 1)`` for v,
-    1 for x0; ``None`` when ``gamma`` is ``None`` (plain MSE). SNR from diffusers' ``compute_snr``."""
+    1 for x0; ``None`` when ``gamma`` is ``None`` (plain MSE). SNR from diffusers' ``compute_snr``.
+
+    Not defined here for flow matching (a ValueError): its velocity target would need its own weighting
+    derivation, and SD3-style recipes weight through the σ draw instead.
+    """
     if gamma is None:
         return None
+    if is_flow(scheduler):
+        raise ValueError(
+            "min-SNR-γ weighting (snr_gamma) is not defined for prediction_type='flow'; use snr_gamma=None"
+        )
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(scheduler, timesteps.to(scheduler.alphas_cumprod.device)).to(timesteps.device).float()
@@ -125,8 +254,17 @@ def min_snr_weights(
     return torch.ones_like(snr)
 
 
+def check_loss_weighting(scheduler: TrainingScheduler, snr_gamma: float | None, what: str = "model") -> None:
+    """Refuse ``snr_gamma`` with a flow scheduler when a pipeline is built, not at its first training step."""
+    if snr_gamma is not None and is_flow(scheduler):
+        raise ValueError(
+            f"{what}: snr_gamma={snr_gamma} (min-SNR-γ weighting) is not defined for prediction_type='flow'; "
+            "use snr_gamma=None"
+        )
+
+
 def diffusion_loss(
-    scheduler: DDPMScheduler,
+    scheduler: TrainingScheduler,
     prediction: torch.Tensor,
     x0: torch.Tensor,
     noise: torch.Tensor,
@@ -134,7 +272,10 @@ def diffusion_loss(
     *,
     snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """MSE between the network output and :func:`diffusion_target`, optionally min-SNR-γ weighted."""
+    """MSE between the network output and :func:`diffusion_target`, optionally min-SNR-γ weighted.
+
+    ``timesteps``: the model timesteps the network saw (:func:`model_timesteps`).
+    """
     target = diffusion_target(scheduler, x0, noise, timesteps).float()
     weights = min_snr_weights(scheduler, timesteps, snr_gamma)
     if weights is None:
@@ -144,14 +285,20 @@ def diffusion_loss(
 
 
 def diffusion_target(
-    scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    scheduler: TrainingScheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
-    """What the network regresses under ``scheduler``'s ``prediction_type``: ε, v or x0."""
-    kind = scheduler.config.prediction_type
+    """What the network regresses under ``scheduler``: ε, v, x0, or the flow velocity ``ε − x0``.
+
+    The velocity's sign is the one ``FlowMatchEulerDiscreteScheduler.step`` (``x + (σ_next − σ)·v``) and
+    the ``flow_prediction`` solvers (``x0 = x_t − σ·v``) expect: ``d x_t / dσ`` of ``(1 − σ)·x0 + σ·ε``.
+    """
+    kind = prediction_type(scheduler)
+    if kind == "flow":
+        return noise - x0
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
-        return scheduler.get_velocity(x0, noise, timesteps)
+        return scheduler.get_velocity(x0, noise, _ddpm_index(timesteps).to(x0.device))
     return x0
 
 
@@ -182,12 +329,67 @@ SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
 }
 
 
-def make_sampler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMixin:
-    """A fresh sampling scheduler built from the training scheduler's config (same betas, prediction type)."""
+#: flow-matching samplers (``prediction_type="flow"``): name → (scheduler class, its settings). They are
+#: built from ``num_train_timesteps`` and the training ``shift`` alone (a flow training config has no
+#: betas); DPM-Solver++ and UniPC use diffusers' public flow options (``use_flow_sigmas``,
+#: ``prediction_type="flow_prediction"``, ``flow_shift``) and keep the pixel-space x0 clipping of
+#: :data:`SAMPLERS`; the flow Euler scheduler has no x0 clipping. DDIM and DDPM have no flow form.
+FLOW_SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
+    "dpmsolver++": (
+        DPMSolverMultistepScheduler,
+        {
+            "algorithm_type": "dpmsolver++",
+            "solver_order": 2,
+            "use_flow_sigmas": True,
+            "prediction_type": "flow_prediction",
+            "thresholding": True,
+            "sample_max_value": 1.0,
+        },
+    ),
+    "unipc": (
+        UniPCMultistepScheduler,
+        {
+            "use_flow_sigmas": True,
+            "prediction_type": "flow_prediction",
+            "thresholding": True,
+            "sample_max_value": 1.0,
+        },
+    ),
+    "euler": (FlowMatchEulerDiscreteScheduler, {}),
+}
+
+_CLIP_FIELDS = ("clip_sample", "thresholding")
+
+
+def make_sampler(name: str, train_scheduler: SchedulerMixin, *, clip_x0: bool = True) -> SchedulerMixin:
+    """A fresh sampling scheduler for ``train_scheduler`` (same betas and prediction type, or the same flow).
+
+    ``clip_x0=False`` turns off the x0 clipping to ``[-1, 1]`` (``clip_sample`` / ``thresholding``): it
+    suits pixel space only, not latents or embeddings. A flow training scheduler takes only the
+    :data:`FLOW_SAMPLERS` names; ``"ddim"`` / ``"ddpm"`` then raise a ValueError saying so.
+    """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-    cls, overrides = SAMPLERS[name]
-    return cls.from_config(train_scheduler.config, **overrides)
+    if is_flow(train_scheduler):
+        if name not in FLOW_SAMPLERS:
+            raise ValueError(
+                f"sampler {name!r} does not support prediction_type='flow' (flow matching); "
+                f"use one of {', '.join(FLOW_SAMPLERS)}"
+            )
+        cls, overrides = FLOW_SAMPLERS[name]
+        config = train_scheduler.config
+        base: Mapping[str, Any] = config
+        # a solver with flow sigmas: only T and the shift carry over (the training config has no betas)
+        if cls is not FlowMatchEulerDiscreteScheduler:
+            base = {"num_train_timesteps": int(config.num_train_timesteps), "flow_shift": float(config.shift)}
+    else:
+        cls, overrides = SAMPLERS[name]
+        base = train_scheduler.config
+    kwargs = dict(overrides)
+    if not clip_x0:
+        params = inspect.signature(cls.__init__).parameters
+        kwargs.update({k: False for k in _CLIP_FIELDS if k in params})
+    return cls.from_config(base, **kwargs)
 
 
 def make_generators(
@@ -234,18 +436,21 @@ def sample_loop(
 
     ``x`` is scaled by the scheduler's ``init_noise_sigma`` (Euler needs it), every model input goes
     through ``scale_model_input``, and model outputs are cast to ``x``'s dtype (fp32) before the scheduler
-    step. ``callback(i, t, x)`` runs after each step. A NaN/Inf in the state stops the loop with
+    step. The flow Euler scheduler has neither (its state starts as the noise itself and is the model
+    input); its timesteps, ``σ·T``, are floats and reach ``denoise_fn`` as they are. ``callback(i, t, x)``
+    runs after each step (``t`` as an int). A NaN/Inf in the state stops the loop with
     :class:`NonFiniteSampleError` naming the step and batch items (never a grey image downstream).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     scheduler.set_timesteps(steps, device=x.device)
-    x = x * scheduler.init_noise_sigma
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+    scale_input = getattr(scheduler, "scale_model_input", None)
     step_kwargs = {}
     if "generator" in inspect.signature(scheduler.step).parameters:
         step_kwargs["generator"] = generator
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
-        model_in = scheduler.scale_model_input(x, t)
+        model_in = scale_input(x, t) if scale_input is not None else x
         out = denoise_fn(model_in, t).to(x.dtype)
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
         finite = torch.isfinite(x.flatten(1)).all(dim=1)
@@ -261,19 +466,29 @@ def sample_loop(
 
 
 __all__ = [
+    "FLOW_SAMPLERS",
     "LEGACY_SCHEDULE_KEYS",
     "SAMPLERS",
-    "NonFiniteSampleError",
-    "TimestepSampling",
     "SCHEDULE_KEYS",
+    "TRAINING_SCHEDULER_CLASSES",
+    "NonFiniteSampleError",
+    "PredictionType",
+    "SamplerName",
+    "TimestepSampling",
+    "TrainingScheduler",
+    "check_loss_weighting",
     "diffusion_loss",
     "diffusion_target",
-    "min_snr_weights",
-    "sample_timesteps",
-    "training_scheduler",
-    "SamplerName",
+    "flow_sigmas",
     "initial_noise",
+    "is_flow",
     "make_generators",
     "make_sampler",
+    "min_snr_weights",
+    "model_timesteps",
+    "noisy_sample",
+    "prediction_type",
     "sample_loop",
+    "sample_timesteps",
+    "training_scheduler",
 ]

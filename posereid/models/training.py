@@ -92,7 +92,8 @@ class TrainConfig:
     process. ``ema_start``: EMA updates begin after this many steps. The last step is always
     checkpointed (``checkpoint_every = 0``: only it); ``sample_every = 0`` draws no grids. Grids use
     ``sample_sampler`` (DDIM clips its x0 estimate, so grids of an under-trained model stay
-    informative). ``max_nonfinite_in_row``: abort with :class:`NonFiniteLossError` after more
+    informative; a flow-matching model, which DDIM cannot sample, draws them with DPM-Solver++, which
+    clips x0 too). ``max_nonfinite_in_row``: abort with :class:`NonFiniteLossError` after more
     consecutive non-finite steps than this. ``max_minutes``: wall-clock budget of one call; when it runs
     out, training checkpoints, draws a grid and returns early (the LR schedule still spans ``steps``,
     so a later call with ``resume`` carries on where it stopped: a job under a cluster time limit).
@@ -237,9 +238,18 @@ def save_sample_grid(
     seed: int,
     sampler: str = "ddim",
 ) -> None:
-    """PNG grid, one row per pair: source | target skeleton | generated | ground truth."""
+    """PNG grid, one row per pair: source | target skeleton | generated | ground truth.
+
+    A flow-matching model (``prediction_type="flow"``) has no DDIM/DDPM form: such a ``sampler`` is
+    replaced by ``"dpmsolver++"`` (these grids are a diagnostic).
+    """
     from torchvision.utils import make_grid, save_image
 
+    from posereid.models.sampling import FLOW_SAMPLERS, is_flow
+
+    scheduler = getattr(model, "scheduler", None)
+    if scheduler is not None and is_flow(scheduler) and sampler not in FLOW_SAMPLERS:
+        sampler = "dpmsolver++"
     device = next(model.parameters()).device
     n = batch["source"].shape[0]
     gen = model.generate(

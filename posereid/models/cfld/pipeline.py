@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from posereid.models.cfld.model import CFLDModel
@@ -34,9 +34,12 @@ from posereid.models.guidance import GuidanceFormula, condition_dropout, guided_
 from posereid.models.pipeline import GeneratorPipeline, autocast_context, load_scheduler
 from posereid.models.sampling import (
     SamplerName,
+    TrainingScheduler,
     diffusion_loss,
     initial_noise,
     make_sampler,
+    model_timesteps,
+    noisy_sample,
     sample_loop,
     sample_timesteps,
     training_scheduler,
@@ -119,7 +122,7 @@ class CFLDPipeline(GeneratorPipeline):
     }  # fmt: skip
 
     def __init__(
-        self, model: CFLDModel, scheduler: DDPMScheduler | None = None, vae: AutoencoderKL | None = None
+        self, model: CFLDModel, scheduler: TrainingScheduler | None = None, vae: AutoencoderKL | None = None
     ) -> None:
         super().__init__(model, scheduler)
         if model.latent and vae is None:
@@ -182,9 +185,10 @@ class CFLDPipeline(GeneratorPipeline):
         if unet is not None:
             config["unet_config"] = {k: v for k, v in unet.config.items() if not k.startswith("_")}
             config["cross_attention_dim"] = int(unet.config.cross_attention_dim)
-            schedule.setdefault("beta_schedule", "scaled_linear")
-            if schedule["beta_schedule"] == "scaled_linear":
-                schedule.update(beta_start=0.00085, beta_end=0.012)
+            if schedule.get("prediction_type") != "flow":  # a flow schedule has no betas
+                schedule.setdefault("beta_schedule", "scaled_linear")
+                if schedule["beta_schedule"] == "scaled_linear":
+                    schedule.update(beta_start=0.00085, beta_end=0.012)
         model = CFLDModel(**config)
         if unet is not None:
             model.unet.load_state_dict(unet.state_dict())
@@ -227,12 +231,7 @@ class CFLDPipeline(GeneratorPipeline):
 
     def sampler(self, name: str) -> SchedulerMixin:
         """The sampling scheduler ``name``; in latent mode without clipping x0 to ``[-1, 1]`` (a pixel range)."""
-        sched = make_sampler(name, self.scheduler)
-        if self.latent:
-            off = {k: False for k in ("thresholding", "clip_sample") if sched.config.get(k)}
-            if off:
-                sched = type(sched).from_config(sched.config, **off)
-        return sched
+        return make_sampler(name, self.scheduler, clip_x0=not self.latent)
 
     # ------------------------------------------------------------------ training
     def training_loss(
@@ -244,7 +243,7 @@ class CFLDPipeline(GeneratorPipeline):
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Denoising MSE (on ε or v) for a batch of pairs; images ``(B, 3, H, W)`` in ``[0, 1]``.
+        """Denoising MSE (on ε, v or the flow velocity) for a batch of pairs; images ``(B, 3, H, W)`` in ``[0, 1]``.
 
         Timesteps, noise, the VAE posterior sample and the independent pose / appearance dropout all come
         from ``generator`` when given, so a loss is reproducible. ``source_kps`` is not used (CFLD's source
@@ -255,15 +254,16 @@ class CFLDPipeline(GeneratorPipeline):
         cfg, dev, b = self.model.config, self.device, target.shape[0]
         rand_dev = generator.device if generator is not None else dev
         x0 = self.encode_target(target, generator)
-        t = sample_timesteps(
+        draws = sample_timesteps(
             b,
             self.scheduler.config.num_train_timesteps,
             cfg.timestep_sampling,
             generator=generator,
             device=dev,
         )
+        t = model_timesteps(self.scheduler, draws)  # DDPM: the draws; flow: σ·T
         noise = initial_noise(x0.shape, generator, dev)
-        noisy = self.scheduler.add_noise(x0, noise, t)
+        noisy = noisy_sample(self.scheduler, x0, noise, t)
         drop_pose = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_pose
         drop_app = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_appearance
         appearance = self.model.encode_source(source.to(dev))

@@ -43,13 +43,17 @@ from posereid.models.pcdms.model import PCDMsInpainter, PCDMsPrior, PCDMsRefiner
 from posereid.models.pipeline import GeneratorPipeline, autocast_context, load_scheduler
 from posereid.models.pose import MISSING, NUM_KEYPOINTS, POSE_CHANNELS
 from posereid.models.sampling import (
-    SAMPLERS,
     SCHEDULE_KEYS,
     SamplerName,
+    TrainingScheduler,
+    check_loss_weighting,
     diffusion_loss,
     diffusion_target,
     initial_noise,
     make_sampler,
+    model_timesteps,
+    noisy_sample,
+    prediction_type,
     sample_loop,
     sample_timesteps,
     training_scheduler,
@@ -83,20 +87,16 @@ def unclipped_sampler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMi
     The image samplers clip x0 to ``[-1, 1]`` (pixels); the prior's state is an embedding with unit
     variance per entry, which that clipping would destroy.
     """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-    cls, overrides = SAMPLERS[name]
-    params = inspect.signature(cls.__init__).parameters
-    off = {k: False for k in ("clip_sample", "thresholding") if k in params}
-    return cls.from_config(train_scheduler.config, **{**overrides, **off})
+    return make_sampler(name, train_scheduler, clip_x0=False)
 
 
 class PCDMsPipeline(GeneratorPipeline):
     """Source image + target pose → the same person in the target pose, in three stages (PCDMs line).
 
     ``self.model`` is the inpainter (it gives :attr:`image_size` and ``pose_sigma``); ``self.prior`` and
-    ``self.refiner`` the other stages, each with its own DDPM training scheduler (``self.scheduler``,
-    ``self.prior_scheduler`` with ``prediction_type="sample"``, ``self.refiner_scheduler``).
+    ``self.refiner`` the other stages, each with its own training scheduler (``self.scheduler``,
+    ``self.prior_scheduler``: always DDPM with ``prediction_type="sample"``, ``self.refiner_scheduler``);
+    the two image stages may train by flow matching (``prediction_type="flow"``).
 
     Presets: ``tiny`` (tests, 32×16), ``small`` (CPU, 64×32), ``market`` (GPU, 128×64). See
     :meth:`from_preset` for how overrides reach the stages.
@@ -174,12 +174,12 @@ class PCDMsPipeline(GeneratorPipeline):
     def __init__(
         self,
         model: PCDMsInpainter,
-        scheduler: DDPMScheduler | None = None,
+        scheduler: TrainingScheduler | None = None,
         *,
         prior: PCDMsPrior,
         refiner: PCDMsRefiner,
         prior_scheduler: DDPMScheduler | None = None,
-        refiner_scheduler: DDPMScheduler | None = None,
+        refiner_scheduler: TrainingScheduler | None = None,
         training_stage: str = "inpaint",
         trained_stages: Sequence[str] = (),
     ) -> None:
@@ -201,11 +201,12 @@ class PCDMsPipeline(GeneratorPipeline):
                 f"the prior's embedding_dim {prior.config.embedding_dim} differs from the inpainter's "
                 f"{model.config.embedding_dim} (the prior predicts the inpainter's embedding)"
             )
-        if self.prior_scheduler.config.prediction_type != "sample":
+        if prediction_type(self.prior_scheduler) != "sample":
             raise ValueError(
                 "the prior's scheduler must use prediction_type='sample' (it predicts the clean embedding), "
-                f"got {self.prior_scheduler.config.prediction_type!r}"
+                f"got {prediction_type(self.prior_scheduler)!r}"
             )
+        check_loss_weighting(self.refiner_scheduler, refiner.config.get("snr_gamma"), "the refiner")
         bad = [s for s in trained_stages if s not in TRAINING_STAGES]
         if bad:
             raise ValueError(f"unknown PCDMs stage(s) {bad}; stages: {', '.join(TRAINING_STAGES)}")
@@ -395,7 +396,10 @@ class PCDMsPipeline(GeneratorPipeline):
         w = tgt.shape[-1]
         drop_src = self._rand(b, generator) < cfg.p_drop_source_pose
         use_src_emb = self._rand(b, generator) < cfg.p_source_embedding
-        t = sample_timesteps(b, self.scheduler.config.num_train_timesteps, generator=generator, device=dev)
+        draws = sample_timesteps(
+            b, self.scheduler.config.num_train_timesteps, generator=generator, device=dev
+        )
+        t = model_timesteps(self.scheduler, draws)  # DDPM: the draws; flow: σ·T
         x0 = torch.cat([src, tgt], dim=-1) * 2.0 - 1.0
         noise = initial_noise(x0.shape, generator, dev)
         drop_pose = self._rand(b, generator) < cfg.p_drop_pose
@@ -411,7 +415,7 @@ class PCDMsPipeline(GeneratorPipeline):
         pose, tokens = condition_dropout(
             pose, tokens, torch.zeros_like(pose), self.model.null_like(tokens), drop_pose, drop_app
         )
-        noisy = self.scheduler.add_noise(x0, noise, t)
+        noisy = noisy_sample(self.scheduler, x0, noise, t)
         out = self.model(noisy, t, x0[..., :w], pose, tokens)
         return diffusion_loss(
             self.scheduler, out[..., w:], x0[..., w:], noise[..., w:], t, snr_gamma=cfg.snr_gamma
@@ -433,8 +437,11 @@ class PCDMsPipeline(GeneratorPipeline):
                 torch.cat([source.to(dev, torch.float32), target.to(dev, torch.float32)])
             ).chunk(2)
         drop_src = self._rand(b, generator) < cfg.p_drop_source_pose
-        t = sample_timesteps(
-            b, self.prior_scheduler.config.num_train_timesteps, generator=generator, device=dev
+        t = model_timesteps(
+            self.prior_scheduler,
+            sample_timesteps(
+                b, self.prior_scheduler.config.num_train_timesteps, generator=generator, device=dev
+            ),
         )
         noise = initial_noise(emb_tgt.shape, generator, dev)
         drop_pose = self._rand(b, generator) < cfg.p_drop_pose
@@ -450,7 +457,7 @@ class PCDMsPipeline(GeneratorPipeline):
             drop_pose,
             drop_app,
         )
-        noisy = self.prior_scheduler.add_noise(emb_tgt, noise, t)
+        noisy = noisy_sample(self.prior_scheduler, emb_tgt, noise, t)
         out = self.prior(noisy, t, src_emb, poses)
         return diffusion_loss(self.prior_scheduler, out, emb_tgt, noise, t)
 
@@ -469,8 +476,11 @@ class PCDMsPipeline(GeneratorPipeline):
         tgt = target.to(dev, torch.float32)
         coarse = self.refiner.degrade(tgt, generator) * 2.0 - 1.0
         drop_src = self._rand(b, generator) < cfg.p_drop_source_pose
-        t = sample_timesteps(
-            b, self.refiner_scheduler.config.num_train_timesteps, generator=generator, device=dev
+        t = model_timesteps(
+            self.refiner_scheduler,
+            sample_timesteps(
+                b, self.refiner_scheduler.config.num_train_timesteps, generator=generator, device=dev
+            ),
         )
         x0 = tgt * 2.0 - 1.0
         noise = initial_noise(x0.shape, generator, dev)
@@ -482,7 +492,7 @@ class PCDMsPipeline(GeneratorPipeline):
         pose, tokens = condition_dropout(
             pose, tokens, torch.zeros_like(pose), self.refiner.null_like(tokens), drop_pose, drop_app
         )
-        noisy = self.refiner_scheduler.add_noise(x0, noise, t)
+        noisy = noisy_sample(self.refiner_scheduler, x0, noise, t)
         out = self.refiner(noisy, t, coarse, pose, tokens)
         return diffusion_loss(self.refiner_scheduler, out, x0, noise, t, snr_gamma=cfg.snr_gamma)
 
@@ -574,10 +584,10 @@ class PCDMsPipeline(GeneratorPipeline):
         guided = guided_denoiser(model_fn, pose, tokens, torch.zeros_like(pose), null_tokens, guidance)
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            t_idx = torch.as_tensor(t, device=dev).round().long()
-            noisy_src = self.scheduler.add_noise(src, eps, t_idx)
+            t_src = torch.as_tensor(t, device=dev)  # a DDPM sampler's float t is rounded to its index
+            noisy_src = noisy_sample(self.scheduler, src, eps, t_src)
             out = guided(torch.cat([noisy_src.to(x.dtype), x[..., w:]], dim=-1), t)
-            exact = diffusion_target(self.scheduler, src, eps, t_idx).to(out.dtype)
+            exact = diffusion_target(self.scheduler, src, eps, t_src).to(out.dtype)
             return torch.cat([exact, out[..., w:]], dim=-1)
 
         denoise.num_branches = guided.num_branches  # type: ignore[attr-defined]

@@ -21,6 +21,8 @@ from posereid.models.sampling import (
     diffusion_loss,
     initial_noise,
     make_sampler,
+    model_timesteps,
+    noisy_sample,
     sample_loop,
     sample_timesteps,
 )
@@ -31,7 +33,8 @@ class PIDMPipeline(GeneratorPipeline):
 
     Presets: ``tiny`` (tests, 32×16), ``small`` (CPU, 64×32), ``market`` (GPU, 128×64), ``deepfashion``
     (GPU, 256×176). Schedule fields (``prediction_type``, ``num_train_timesteps``, ``beta_schedule``) go to
-    the scheduler, every other field to :class:`PIDMModel`.
+    the scheduler, every other field to :class:`PIDMModel`; ``prediction_type="flow"`` trains by flow
+    matching (:func:`~posereid.models.sampling.training_scheduler`).
     """
 
     family = "pidm"
@@ -94,7 +97,7 @@ class PIDMPipeline(GeneratorPipeline):
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Denoising MSE (on ε or v) for a batch of pairs; images ``(B, 3, H, W)`` in ``[0, 1]``.
+        """Denoising MSE (on ε, v or the flow velocity) for a batch of pairs; images ``(B, 3, H, W)`` in ``[0, 1]``.
 
         Draws timesteps, noise and the independent pose / appearance dropout, all from ``generator`` when
         given, so a loss is reproducible.
@@ -107,15 +110,16 @@ class PIDMPipeline(GeneratorPipeline):
         if cfg.p_drop_source_pose > 0:  # drawn only when used, so older recipes draw the same numbers
             drop_src = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_source_pose
         tokens = self.encode_appearance(source, source_kps, drop_source_pose=drop_src)
-        t = sample_timesteps(
+        draws = sample_timesteps(
             b,
             self.scheduler.config.num_train_timesteps,
             cfg.timestep_sampling,
             generator=generator,
             device=dev,
         )
+        t = model_timesteps(self.scheduler, draws)  # DDPM: the draws; flow: σ·T
         noise = initial_noise(x0.shape, generator, dev)
-        noisy = self.scheduler.add_noise(x0, noise, t)
+        noisy = noisy_sample(self.scheduler, x0, noise, t)
         drop_pose = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_pose
         drop_app = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_appearance
         pose = self.pose_maps(target_kps, batch=b)

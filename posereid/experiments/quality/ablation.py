@@ -44,6 +44,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "v_pred+src_drop": {"prediction_type": "v_prediction", "p_drop_source_pose": 0.3},
     "v_pred+per_level": {"prediction_type": "v_prediction", "texture_attention": "per_level"},
     "v_pred+cubic_t": {"prediction_type": "v_prediction", "timestep_sampling": "cubic"},
+    "flow": {"prediction_type": "flow"},
 }
 #: the other families at the same CPU budget as a PIDM row of 500 steps (~7.3 quiet CPU-minutes at 0.87 s/step),
 #: with the v-prediction the PIDM rows found (a fair comparison of architectures, not of noise recipes):

@@ -157,7 +157,7 @@ class HybridGranularityProcessor(AttnProcessor2_0):
         if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
             raise ValueError("HGA expects the (B, N, C) tokens of a transformer block's cross-attention")
         if attention_mask is not None:
-            raise NotImplementedError("HGA cross-attention does not take an attention mask")
+            raise ValueError("HGA cross-attention takes no attention mask (the coarse prompt has no padding)")
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)

@@ -599,19 +599,6 @@ def stage_done(out: Path, steps: int) -> bool:
     return (out / "final").is_dir() and bool(done) and done[-1][0] == steps
 
 
-def _copy_dir(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary sibling and a rename (never a half copy at ``dst``)."""
-    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(src, tmp)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def train_stages(
     load: Callable[[Path | None], nn.Module],
     dataset: PosePairDataset,
@@ -663,7 +650,8 @@ def train_stages(
             return result
         prev = out / "final"
     if prev is not None:
-        _copy_dir(prev, out_root / "final")
+        src = prev  # copied through a temporary sibling and a rename: never a half copy at final/
+        _write_dir(out_root / "final", lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
     return result
 
 

@@ -51,7 +51,7 @@ generator-asset: $(STAMP)
 	$(BIN)/posereid synth-market $(ASSET_WORK)/data --train-ids 30 --test-ids 30 --per-camera 3 --cameras 4 \
 		--distractors 20 --junk 5 --height 64 --width 32 --train-views 2 --seed 0
 	$(BIN)/posereid train-generator --data $(ASSET_WORK)/data --annotations $(ASSET_WORK)/data/market-annotation-train.csv \
-		--preset small --prediction-type v_prediction --out $(ASSET_WORK)/train --steps $(ASSET_STEPS) --batch-size 16 \
+		--preset small --prediction-type flow --out $(ASSET_WORK)/train --steps $(ASSET_STEPS) --batch-size 16 \
 		--lr 3e-4 --warmup-steps 200 --ema-decay 0.999 --checkpoint-every 250 --sample-every 500 --seed 0
 	$(BIN)/posereid train-generator --data $(ASSET_WORK)/data --annotations $(ASSET_WORK)/data/market-annotation-train.csv \
 		--init $(ASSET_WORK)/train/final --out $(ASSET_WORK)/finetune --steps $(ASSET_FINETUNE_STEPS) --batch-size 16 \

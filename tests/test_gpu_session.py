@@ -13,7 +13,8 @@ def test_gpu_session_cpu_path_fits_the_transfer_limits(tmp_path: Path) -> None:
     rc = main([
         "--out", str(out), "--minutes", "2.5", "--device", "cpu", "--bench-presets", "tiny", "--bench-steps", "2",
         "--train-preset", "tiny", "--height", "32", "--width", "16", "--train-ids", "3", "--batch-size", "2",
-        "--steps", "4", "--sample-every", "2", "--zero-snr", "--snr-gamma", "5", "--p-drop-source-pose", "0.5",
+        "--steps", "4", "--sample-every", "2", "--prediction-type", "v_prediction", "--zero-snr", "--snr-gamma", "5",
+        "--p-drop-source-pose", "0.5",
         "--reserve-minutes", "0.1",
     ])  # fmt: skip
     assert rc == 0

@@ -23,7 +23,7 @@ from posereid.models.sampling import (
 @pytest.fixture(scope="module")
 def model() -> PIDMPipeline:
     torch.manual_seed(0)
-    m = PIDMPipeline.from_preset("tiny").eval()
+    m = PIDMPipeline.from_preset("tiny", prediction_type="v_prediction").eval()  # DDPM: DDIM applies
     with torch.no_grad():  # make the null conditions matter (a fresh init barely uses them)
         m.model.appearance.null_embed.mul_(50.0)
     return m

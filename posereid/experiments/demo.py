@@ -57,8 +57,9 @@ logger = logging.getLogger(__name__)
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "generator-small"
 ASSET_META = "trained_on.json"  # which synthetic train split the shipped generator saw
 PLAN_FILE = "demo_plan.json"
-#: 2: strong / strong+synthetic always, the oracle, re-planning (an older plan starts over)
-PLAN_VERSION = 2
+#: 2: strong / strong+synthetic always, the oracle, re-planning (an older plan starts over);
+#: 3: DPM-Solver++ instead of DDIM (DDIM has no flow-matching form, and the shipped generator is flow)
+PLAN_VERSION = 3
 DATA_DONE = "synthetic-identities.json"  # written last by write_synthetic_market
 
 #: Share of the budget per stage (the rest covers imports, rendering, timing, evaluation, reports). The
@@ -309,13 +310,13 @@ def new_plan(args: argparse.Namespace, device: str) -> dict[str, Any]:
                             "synth": _synth_kwargs(args.tiny, hw, args.seed)}  # fmt: skip
     if args.tiny:
         plan.update(generator_preset="tiny", generator_steps=3, generator_batch_size=4, per_image=1,
-                    sampler="ddim", steps=2, guidance=[1.0, 1.0], reid_model="osnet_x0_25", reid_steps=4,
+                    sampler="dpmsolver++", steps=2, guidance=[1.0, 1.0], reid_model="osnet_x0_25", reid_steps=4,
                     reid_batch_size=8, arms=[*REQUIRED_ARMS, rg.ORACLE_ARM], required=list(REQUIRED_ARMS),
                     seeds=[int(args.seed)], filter=None)  # fmt: skip
     else:
         # osnet_x0_25 from scratch on ~250 images: Adam at 1e-2 reaches ~45 % mAP in 600 steps on the
         # synthetic test split where 3.5e-4 (the ImageNet-pretrained recipe) stays near chance (measured).
-        plan.update(generator_preset="small", generator_batch_size=16, sampler="ddim",
+        plan.update(generator_preset="small", generator_batch_size=16, sampler="dpmsolver++",
                     reid_model="osnet_x0_25", reid_batch_size=32, reid_lr=1e-2)  # fmt: skip
     return plan
 

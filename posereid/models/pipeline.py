@@ -28,6 +28,7 @@ from posereid.models.checkpoint import (
     CheckpointError,
     read_json,
 )
+from posereid.models.io_utils import atomic_write
 from posereid.models.pose import NUM_KEYPOINTS, render_pose_maps
 from posereid.models.sampling import (
     LEGACY_SCHEDULE_KEYS,
@@ -42,6 +43,13 @@ from posereid.models.sampling import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def save_scheduler(scheduler: TrainingScheduler, directory: str | os.PathLike[str]) -> None:
+    """Write ``directory/scheduler_config.json`` atomically (the scheduler's own ``save_pretrained`` writes in
+    place, so a killed job could leave half a config that :func:`load_scheduler` then refuses)."""
+    with atomic_write(Path(directory) / SCHEDULER_CONFIG_NAME) as fh:
+        fh.write(scheduler.to_json_string())
 
 
 def load_scheduler(directory: str | os.PathLike[str]) -> TrainingScheduler:
@@ -96,10 +104,16 @@ class GeneratorPipeline(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> GeneratorPipeline:
-        """A fresh pipeline from preset ``name``; any model or schedule field can be overridden."""
+        """A fresh pipeline from preset ``name``; any model or schedule field can be overridden.
+
+        Overriding ``prediction_type`` with ``"flow"`` also drops a preset's min-SNR-γ weighting (not defined
+        for flow matching) unless ``snr_gamma`` is overridden too.
+        """
         if name not in cls.PRESETS:
             raise ValueError(f"unknown {cls.family} preset {name!r}; choose from {', '.join(cls.PRESETS)}")
         config = {**cls.PRESETS[name], **overrides}
+        if overrides.get("prediction_type") == "flow" and "snr_gamma" not in overrides:
+            config.pop("snr_gamma", None)
         schedule = {k: config.pop(k) for k in cls.SCHEDULE_KEYS if k in config}
         return cls(cls.model_class(**config), training_scheduler(**schedule))
 
@@ -180,7 +194,7 @@ class GeneratorPipeline(nn.Module):
         if ema_state_dict is not None:
             ema = {k.removeprefix("model."): v for k, v in ema_state_dict.items() if k.startswith("model.")}
         self.model.save_pretrained(directory, ema_state_dict=ema)
-        self.scheduler.save_pretrained(str(directory))
+        save_scheduler(self.scheduler, directory)
 
     @classmethod
     def from_pretrained(

@@ -192,7 +192,9 @@ def flop_rate_notes(model: PIDMPipeline, rows: list[Row], batch: int, device: to
 
 def bench_preset(args: argparse.Namespace, name: str, device: torch.device) -> tuple[list[Row], list[str]]:
     torch.manual_seed(0)
-    model = PIDMPipeline.from_preset(name).to(device).eval()
+    # a DDPM schedule (v-prediction), so that the DDIM baseline applies; the cost per step does not depend
+    # on the noise recipe (the preset's flow matching runs the same UNet calls)
+    model = PIDMPipeline.from_preset(name, prediction_type="v_prediction").to(device).eval()
     batch = args.batch
     src, ks, kt = make_inputs(model, batch)
     seeds = list(range(batch))

@@ -56,7 +56,12 @@ def add_session_args(p: argparse.ArgumentParser) -> None:
         "--steps", type=positive_int, default=20000, help="LR schedule length (time stops it first)"
     )
     p.add_argument("--sample-every", type=non_negative_int, default=1000)
-    p.add_argument("--prediction-type", default="v_prediction", choices=("epsilon", "v_prediction", "flow"))
+    p.add_argument(
+        "--prediction-type",
+        default="flow",
+        choices=("epsilon", "v_prediction", "flow"),
+        help="default: flow, the winner of the CPU ablation (results/generator_v2)",
+    )
     p.add_argument("--zero-snr", action="store_true", help="zero terminal SNR schedule")
     p.add_argument("--snr-gamma", type=positive_float, default=None, help="min-SNR-gamma loss weighting")
     p.add_argument("--p-drop-source-pose", type=float, default=None, help="source-pose dropout")

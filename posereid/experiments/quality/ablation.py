@@ -35,9 +35,11 @@ from posereid.models.io_utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
-#: row name → overrides of the ``small`` preset (model and schedule fields); "baseline" is the preset
+#: row name → overrides of the ``small`` preset (model and schedule fields); every row names its
+#: prediction type, so the rows stay what they were measured as when the preset's recipe changes
+#: ("baseline" is the ε recipe the presets had before this ablation)
 ROWS: dict[str, dict[str, Any]] = {
-    "baseline": {},
+    "baseline": {"prediction_type": "epsilon"},
     "v_pred": {"prediction_type": "v_prediction"},
     "v_pred+zero_snr": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
     "v_pred+min_snr5": {"prediction_type": "v_prediction", "snr_gamma": 5.0},
@@ -268,18 +270,29 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def collect(work: Path) -> dict[str, list[dict]]:
-    runs: dict[str, list[dict]] = {}
+def collect(work: Path, include: list[Path] = ()) -> dict[str, list[dict]]:
+    """Every scored run: ``work``'s ``result.json`` files, plus the runs recorded in ``include`` (earlier
+    ``ablation_runs.json`` files, e.g. the committed ones after the work folder is gone); a (row, seed)
+    present in ``work`` wins."""
+    found: dict[tuple[str, int], dict] = {}
+    for runs_file in include:
+        for rs in json.loads(Path(runs_file).read_text()).values():
+            found.update({(r["row"], r["seed"]): r for r in rs})
     for path in sorted(work.glob("*/result.json")):
         r = json.loads(path.read_text())
-        runs.setdefault(r["row"], []).append(r)
+        if (path.parent / "steps.json").is_file():
+            r["sampler_steps"] = json.loads((path.parent / "steps.json").read_text())
+        found[(r["row"], r["seed"])] = r
+    runs: dict[str, list[dict]] = {}
+    for key in sorted(found):
+        runs.setdefault(key[0], []).append(found[key])
     return runs
 
 
-def render_table(work: Path, bench: dict | None = None) -> str:
-    """The markdown ablation table: mean ± sd over seeds; with ``bench``, the quiet training budget in
-    CPU-minutes and the seconds per image (20 sampler steps per stage, batch 16, 2 CPU threads)."""
-    runs = collect(work)
+def render_table(runs: dict[str, list[dict]], bench: dict | None = None) -> str:
+    """The markdown ablation table of :func:`collect`'s runs: mean ± sd over seeds; with ``bench``, the quiet
+    training budget in CPU-minutes and the seconds per image (20 sampler steps per stage, batch 16, 2 CPU
+    threads)."""
     refs = next((r for rs in runs.values() for r in rs if "ceiling" in r), None)
     head = ["row", "seeds", "PCKh (judge)", "re-ID rank-1", "re-ID mAP", "SSIM", "Mask-SSIM", "id margin"]
     head += ["train steps", "CPU-min (quiet)", "s/image"] if bench else ["train steps"]
@@ -309,12 +322,11 @@ def render_table(work: Path, bench: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def render_steps(work: Path) -> str:
+def render_steps(runs: dict[str, list[dict]]) -> str:
     """Per swept run: the fewest sampler steps whose PCKh, rank-1 and SSIM stay within 2 % of 20 steps."""
     out = []
-    for path in sorted(work.glob("*/steps.json")):
-        scores = json.loads(path.read_text())
-        res = json.loads((path.parent / "result.json").read_text())
+    for res in (r for rs in runs.values() for r in rs if "sampler_steps" in r):
+        scores = res["sampler_steps"]
         ref = res["trained"]
         out.append(f"**{res['row']}, seed {res['seed']}** (20 steps: PCKh {ref['pckh']:.3f}, rank-1 "
                    f"{ref['rank1']:.3f}, SSIM {ref['ssim']:.3f})\n")  # fmt: skip
@@ -365,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     ta.add_argument("--work", type=Path, required=True)
     ta.add_argument("--bench", type=Path, default=None)
     ta.add_argument("--out", type=Path, required=True)
+    ta.add_argument(
+        "--include", type=Path, action="append", default=[], help="earlier ablation_runs.json to merge"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -399,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         bench = json.loads(args.bench.read_text()) if args.bench else None
         args.out.mkdir(parents=True, exist_ok=True)
-        text = render_table(args.work, bench) + "\n\n" + render_steps(args.work)
+        runs = collect(args.work, args.include)
+        text = render_table(runs, bench) + "\n\n" + render_steps(runs)
         _write_text(args.out / "ablation_table.md", text)
-        runs = collect(args.work)
         _write_text(args.out / "ablation_runs.json", json.dumps(runs, indent=1))
         print(text)
     return 0

@@ -36,11 +36,11 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from posereid.models.checkpoint import MODEL_INDEX_NAME, SCHEDULER_CONFIG_NAME, CheckpointError, read_json
+from posereid.models.checkpoint import MODEL_INDEX_NAME, CheckpointError, read_json
 from posereid.models.guidance import check_guidance, condition_dropout, guided_denoiser
 from posereid.models.io_utils import atomic_write
 from posereid.models.pcdms.model import PCDMsInpainter, PCDMsPrior, PCDMsRefiner
-from posereid.models.pipeline import GeneratorPipeline, autocast_context, load_scheduler
+from posereid.models.pipeline import GeneratorPipeline, autocast_context, load_scheduler, save_scheduler
 from posereid.models.pose import MISSING, NUM_KEYPOINTS, POSE_CHANNELS
 from posereid.models.sampling import (
     SCHEDULE_KEYS,
@@ -796,8 +796,7 @@ class PCDMsPipeline(GeneratorPipeline):
                 prefix = f"{attr}."
                 ema = {k.removeprefix(prefix): v for k, v in ema_state_dict.items() if k.startswith(prefix)}
             getattr(self, attr).save_pretrained(directory / folder, ema_state_dict=ema)
-            with atomic_write(directory / folder / SCHEDULER_CONFIG_NAME) as fh:
-                fh.write(schedulers[stage].to_json_string())
+            save_scheduler(schedulers[stage], directory / folder)
             index[folder] = [klass.__module__.rsplit(".", 1)[0], klass.__name__]
         index["training_stage"] = self.training_stage
         index["trained_stages"] = list(self.trained_stages)

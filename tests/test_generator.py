@@ -55,7 +55,9 @@ def test_presets_and_sizes() -> None:
         PIDMPipeline.from_preset("tiny", image_size=(30, 16))
     with pytest.raises(ValueError, match="unknown pidm preset"):
         PIDMPipeline.from_preset("huge")
-    sched = tiny.scheduler
+    # the presets' recipe is flow matching (results/generator_v2); a DDPM recipe keeps PIDM's linear betas
+    assert tiny.prediction_type == "flow" and tiny.scheduler.config.num_train_timesteps == 1000
+    sched = PIDMPipeline.from_preset("tiny", prediction_type="v_prediction").scheduler
     assert sched.config.num_train_timesteps == 1000
     assert sched.betas[0].item() == pytest.approx(1e-4) and sched.betas[-1].item() == pytest.approx(2e-2)
 
@@ -168,7 +170,7 @@ def test_save_load_bit_identical_sampling(model: PIDMPipeline, tmp_path) -> None
     cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert cfg["_class_name"] == "PIDMModel" and cfg["image_size"] == [H, W]
     sched = json.loads((tmp_path / "ckpt" / SCHEDULER_CONFIG_NAME).read_text())  # diffusers' own format
-    assert sched["_class_name"] == "DDPMScheduler" and sched["prediction_type"] == "epsilon"
+    assert sched["_class_name"] == "FlowMatchEulerDiscreteScheduler"  # the presets' flow recipe
     assert not list((tmp_path / "ckpt").glob("*.tmp-*"))
     loaded = load_generator(tmp_path / "ckpt")
     assert type(loaded) is PIDMPipeline

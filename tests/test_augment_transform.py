@@ -182,6 +182,7 @@ def test_pose_keypoints_are_replaced_by_the_target_and_used_as_source(gen, bank)
     src_small = torch.from_numpy(resize_keypoints(src_pose, hw, GEN_HW))[None]
     with_src = _direct(gen, bank, small, aug.last_params, source_kps=src_small)
     without = _direct(gen, bank, small, aug.last_params)
+
     # the transform's image is the generator's, resized back: exactly that with the source pose, not without
     def back(x: torch.Tensor) -> torch.Tensor:
         return v2.functional.resize(x, list(hw), antialias=True).clamp(0, 1)[0]

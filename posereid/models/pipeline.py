@@ -104,16 +104,10 @@ class GeneratorPipeline(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> GeneratorPipeline:
-        """A fresh pipeline from preset ``name``; any model or schedule field can be overridden.
-
-        Overriding ``prediction_type`` with ``"flow"`` also drops a preset's min-SNR-γ weighting (not defined
-        for flow matching) unless ``snr_gamma`` is overridden too.
-        """
+        """A fresh pipeline from preset ``name``; any model or schedule field can be overridden."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown {cls.family} preset {name!r}; choose from {', '.join(cls.PRESETS)}")
         config = {**cls.PRESETS[name], **overrides}
-        if overrides.get("prediction_type") == "flow" and "snr_gamma" not in overrides:
-            config.pop("snr_gamma", None)
         schedule = {k: config.pop(k) for k in cls.SCHEDULE_KEYS if k in config}
         return cls(cls.model_class(**config), training_scheduler(**schedule))
 

@@ -296,9 +296,9 @@ def test_checkpoint_from_before_the_split_loads_with_its_schedule(tmp_path) -> N
 
 
 def test_shipped_asset_is_the_flow_recipe_and_follows_the_target_pose() -> None:
-    """The shipped ``small`` generator loads with its flow schedule and puts the person where the target
-    pose says: the generated person's rows follow the target keypoints' rows (a model ignoring the pose
-    keeps the source's vertical layout)."""
+    """The shipped ``small`` generator loads with its flow schedule and draws the person in the target pose:
+    the pose judge finds the target's joints on its images, clearly more often than the source's (a model
+    ignoring the target pose would copy the source's)."""
     gen = load_generator(ASSET)
     assert isinstance(gen, PIDMPipeline) and gen.image_size == (64, 32) and gen.prediction_type == "flow"
     assert (

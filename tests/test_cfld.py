@@ -210,10 +210,10 @@ def test_guidance_one_is_the_conditional_model_in_one_branch(pipe: CFLDPipeline)
     batches: list[int] = []
     hook = pipe.model.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
     try:
-        guided = pipe.generate(src, kt, steps=3, seeds=[1, 2], guidance=(1.0, 1.0), sampler="ddim")
+        guided = pipe.generate(src, kt, steps=3, seeds=[1, 2], guidance=(1.0, 1.0), sampler="euler")
         assert batches == [2, 2, 2]
         batches.clear()
-        both = pipe.generate(src, kt, steps=3, seeds=[1, 2], guidance=(2.0, 2.0), sampler="ddim")
+        both = pipe.generate(src, kt, steps=3, seeds=[1, 2], guidance=(2.0, 2.0), sampler="euler")
         assert batches == [6, 6, 6] and not torch.allclose(both, guided, atol=1e-4)
     finally:
         hook.remove()
@@ -223,7 +223,7 @@ def test_guidance_one_is_the_conditional_model_in_one_branch(pipe: CFLDPipeline)
         pose = net.encode_pose(pipe.pose_maps(kt))
         x = torch.cat([torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(s)) for s in (1, 2)])
         x = sample_loop(
-            lambda x, t: net(x, t, pose, prompt, biases), make_sampler("ddim", pipe.scheduler), x, 3
+            lambda x, t: net(x, t, pose, prompt, biases), make_sampler("euler", pipe.scheduler), x, 3
         )
     assert torch.equal(pipe.to_images(x), guided)
 
@@ -278,6 +278,11 @@ def test_latent_mode_end_to_end_over_a_local_vae(tmp_path: Path) -> None:
     sd = CFLDPipeline.from_sd_components(tmp_path / "vae", tmp_path / "unet", preset="tiny")
     ref = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
     assert sd.model.config.cross_attention_dim == 24 and sd.scheduler.config.beta_schedule == "scaled_linear"
+    # SD's weights were trained as ε-prediction: the UNet keeps SD's schedule, not the presets' flow
+    assert pipe.prediction_type == "flow" and sd.prediction_type == "epsilon"
+    assert sd.scheduler.config.beta_start == 0.00085 and sd.scheduler.config.beta_end == 0.012
+    asked = CFLDPipeline.from_sd_components(tmp_path / "vae", tmp_path / "unet", preset="tiny", prediction_type="flow")
+    assert asked.prediction_type == "flow"
     assert torch.equal(sd.model.unet.conv_in.weight, ref.conv_in.weight) and len(sd.model.hga_layers) == 2
     assert sd.generate(src, kt, steps=1, seeds=[0, 1]).shape == (2, 3, H, W)
     with pytest.raises(FileNotFoundError, match=r"UNet directory .*no_unet"):

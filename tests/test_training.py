@@ -251,6 +251,38 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert again.steps == 6 and again.losses == []
 
 
+def test_frozen_parameters_stay_out_of_the_ema_and_resume_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frozen part (a latent model's VAE, a finished stage) is saved as it is, in the raw and EMA weights,
+    and the EMA averages only what trains, across a resume too."""
+
+    def frozen() -> PIDMPipeline:
+        pipe = _tiny()
+        pipe.model.appearance.requires_grad_(False)
+        return pipe
+
+    init = {k: v.clone() for k, v in frozen().model.appearance.state_dict().items()}
+    ds = PosePairDataset(_records(), (H, W), seed=0)
+    cfg = _config(steps=6, checkpoint_every=3, keep_checkpoints=3)
+    train_generator(frozen(), ds, cfg, tmp_path / "full", progress=False)
+    with monkeypatch.context() as mp:
+        _kill_after(mp, calls=4)
+        with pytest.raises(_Interrupt):
+            train_generator(frozen(), ds, cfg, tmp_path / "cut", progress=False)
+    train_generator(frozen(), ds, cfg, tmp_path / "cut", progress=False)
+    for use_ema in (False, True):
+        a = PIDMPipeline.from_pretrained(tmp_path / "full" / "final", use_ema=use_ema).model
+        b = PIDMPipeline.from_pretrained(tmp_path / "cut" / "final", use_ema=use_ema).model
+        for k, v in a.appearance.state_dict().items():
+            assert torch.equal(v, init[k]), f"frozen {k} changed (ema={use_ema})"
+        for (k, v), w in zip(a.unet.state_dict().items(), b.unet.state_dict().values()):
+            torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-6, msg=f"{k} (ema={use_ema})")
+    raw = PIDMPipeline.from_pretrained(tmp_path / "full" / "final", use_ema=False).model.unet.state_dict()
+    ema = PIDMPipeline.from_pretrained(tmp_path / "full" / "final", use_ema=True).model.unet.state_dict()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw), "the trained part should be averaged"
+
+
 def test_time_budget_checkpoints_and_resume_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``max_minutes`` stops a job cleanly (checkpoint + grid); the next call resumes to the same weights."""
     import posereid.models.training as training

@@ -196,9 +196,11 @@ def _write_dir(target: Path, write: Callable[[Path], None]) -> None:
 
 
 def _ema_state_dict(model: nn.Module, ema: Any) -> dict[str, torch.Tensor]:
-    """The model's state dict with parameters replaced by their EMA (buffers as they are)."""
+    """The model's state dict with its trainable parameters replaced by their EMA (frozen parameters, e.g. a
+    latent model's VAE or a finished PCDMs stage, and buffers as they are)."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    for (name, _), shadow in zip(model.named_parameters(), ema.shadow_params):
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    for name, shadow in zip(trainable, ema.shadow_params, strict=True):
         state[name] = shadow.detach().cpu().clone()
     return state
 
@@ -328,7 +330,8 @@ class _Trainer:
         )
         self.wrapper, self.optimizer = self.acc.prepare(_LossModule(model), optimizer)
         self.net = self.acc.unwrap_model(self.wrapper).model
-        self.params = list(self.net.parameters())
+        # the EMA follows what trains: averaging a frozen VAE or stage would only cost memory and time
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.ema = EMAModel(self.params, decay=cfg.ema_decay, update_after_step=cfg.ema_start, foreach=True)
         self.step, self.skipped, self.in_row = 0, 0, 0
 
@@ -341,7 +344,9 @@ class _Trainer:
         check_resume_config(state.get("config") or {}, asdict(self.cfg), source=ckpt / STATE_FILE)
         cls = type(self.net)
         self.net.load_state_dict(cls.from_pretrained(ckpt / "model", use_ema=False).state_dict())
-        averaged = cls.from_pretrained(ckpt / "model", use_ema=True).parameters()
+        loaded = cls.from_pretrained(ckpt / "model", use_ema=True)
+        mine = self.net.parameters()
+        averaged = [p for p, q in zip(loaded.parameters(), mine, strict=True) if q.requires_grad]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.ema.load_state_dict(state["ema"])  # counters; the averaged weights are model/'s EMA weights

@@ -48,21 +48,15 @@ ROWS: dict[str, dict[str, Any]] = {
     "v_pred+cubic_t": {"prediction_type": "v_prediction", "timestep_sampling": "cubic"},
     "flow": {"prediction_type": "flow"},
 }
-#: the other families at the same CPU budget as a PIDM row of 500 steps (~7.3 quiet CPU-minutes at 0.87 s/step),
-#: with the v-prediction the PIDM rows found (a fair comparison of architectures, not of noise recipes):
-#: steps from their measured cost per step relative to PIDM's (``bench``); PCDMs splits it over its stages
+#: the other families at the CPU budget of a PIDM row of 500 steps (~5 quiet CPU-minutes): steps from their
+#: cost per step relative to PIDM's, both measured in one quiet ``bench`` (CFLD: 1.04 vs 0.67 s/step over 20
+#: steps, so 320; PCDMs splits its budget over its stages). CFLD rows use the flow recipe the PIDM rows chose
+#: (a comparison of architectures; ``cfld-v_pred`` is the recipe check); PCDMs' row predates it (v-prediction)
 FAMILY_ROWS: dict[str, dict[str, Any]] = {
-    "cfld": {"family": "cfld", "steps": 180, "overrides": {"prediction_type": "v_prediction"}},
-    "cfld-no_hga": {
-        "family": "cfld",
-        "steps": 180,
-        "overrides": {"prediction_type": "v_prediction", "use_hga": False},
-    },
-    "cfld-no_prd": {
-        "family": "cfld",
-        "steps": 180,
-        "overrides": {"prediction_type": "v_prediction", "use_prd": False},
-    },
+    "cfld": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "flow"}},
+    "cfld-no_hga": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "flow", "use_hga": False}},
+    "cfld-no_prd": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "flow", "use_prd": False}},
+    "cfld-v_pred": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "v_prediction"}},
     "pcdms": {
         "family": "pcdms",
         "stage_steps": {"inpaint": 150, "prior": 300, "refine": 150},
@@ -373,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     be = sub.add_parser("bench", help="quiet-machine seconds per training step and per image")
     be.add_argument("--rows", type=csv_list(str), default=[*ROWS, *FAMILY_ROWS])
     be.add_argument("--out", type=Path, required=True)
+    be.add_argument("--train-steps", type=positive_int, default=6, help="timed training steps per row/stage")
     ta = sub.add_parser("table", help="write the markdown table")
     ta.add_argument("--work", type=Path, required=True)
     ta.add_argument("--bench", type=Path, default=None)
@@ -408,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                              [int(s) for s in args.sweep], args.n_pairs)  # fmt: skip
         print(json.dumps({k: {m: v[m] for m in METRICS} for k, v in scores.items()}, indent=1))
     elif args.cmd == "bench":
-        res = bench_rows(args.rows)
+        res = bench_rows(args.rows, train_steps=args.train_steps)
         _write_text(args.out, json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
     else:

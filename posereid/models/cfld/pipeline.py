@@ -48,6 +48,14 @@ from posereid.models.sampling import (
 logger = logging.getLogger(__name__)
 
 VAE_DIR = "vae"
+#: the noise recipe of the presets (trained from scratch): flow matching, as the PIDM presets; in the
+#: family ablation (results/generator_v2, 320 steps) it lifted CFLD from the floor. A Stable Diffusion UNet
+#: loaded by :meth:`CFLDPipeline.from_sd_components` keeps its own ε-prediction DDPM schedule instead.
+RECIPE: dict[str, str] = {"prediction_type": "flow"}
+#: the training schedule of Stable Diffusion 1.x, which its UNet weights were trained under
+SD_SCHEDULE: dict[str, Any] = {
+    "prediction_type": "epsilon", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+}  # fmt: skip
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
@@ -88,8 +96,9 @@ def vae_scale_factor(vae: AutoencoderKL) -> int:
 class CFLDPipeline(GeneratorPipeline):
     """Source image + target pose → the same person in the target pose (CFLD line; pixels or VAE latents).
 
-    Presets: ``tiny`` (tests, 32×16), ``small`` (CPU, 64×32), ``market`` (GPU, 128×64), all pixel space and
-    trained from scratch. Schedule fields go to the scheduler, every other field to :class:`CFLDModel`.
+    Presets: ``tiny`` (tests, 32×16), ``small`` (CPU, 64×32), ``market`` (GPU, 128×64), all pixel space,
+    trained from scratch by flow matching (:data:`RECIPE`; a flow model samples with ``dpmsolver++``, ``unipc``
+    or ``euler``). Schedule fields go to the scheduler, every other field to :class:`CFLDModel`.
     ``vae``: the frozen ``AutoencoderKL`` of a latent-mode model (``None`` in pixel mode).
     """
 
@@ -103,21 +112,21 @@ class CFLDPipeline(GeneratorPipeline):
             image_size=(32, 16), block_out_channels=(16, 32, 32), layers_per_block=1,
             self_attention_levels=(False, True, True), attention_head_dim=8, norm_num_groups=8,
             cross_attention_dim=32, source_channels=(16, 32), source_stem_stride=2,
-            num_queries=16, prd_layers=1, prd_heads=2, adapter_res_blocks=1,
+            num_queries=16, prd_layers=1, prd_heads=2, adapter_res_blocks=1, **RECIPE,
         ),
         # CPU demo at 64x32: ~2 M parameters (as PIDM small)
         "small": dict(
             image_size=(64, 32), block_out_channels=(32, 64, 64), layers_per_block=1,
             self_attention_levels=(False, True, True), attention_head_dim=16, norm_num_groups=8,
             cross_attention_dim=64, source_channels=(32, 64, 64), source_stem_stride=2,
-            num_queries=16, prd_layers=2, prd_heads=4, adapter_res_blocks=1,
+            num_queries=16, prd_layers=2, prd_heads=4, adapter_res_blocks=1, **RECIPE,
         ),
         # Market-1501 native 128x64, GPU; 8 PRD layers as in the paper
         "market": dict(
             image_size=(128, 64), block_out_channels=(64, 128, 256, 256), layers_per_block=2,
             self_attention_levels=(False, True, True, True), attention_head_dim=32, norm_num_groups=32,
             cross_attention_dim=256, source_channels=(64, 128, 256, 256), source_stem_stride=2,
-            num_queries=16, prd_layers=8, prd_heads=8, adapter_res_blocks=2,
+            num_queries=16, prd_layers=8, prd_heads=8, adapter_res_blocks=2, **RECIPE,
         ),
     }  # fmt: skip
 
@@ -166,8 +175,8 @@ class CFLDPipeline(GeneratorPipeline):
 
         ``vae_dir``: a diffusers ``AutoencoderKL`` folder (e.g. SD 1.5's ``vae/``). ``unet_dir``: a
         ``UNet2DConditionModel`` folder in the SD layout (e.g. SD 1.5's ``unet/``) whose weights start the
-        denoiser; ``cross_attention_dim`` then follows it and the schedule defaults to SD's (scaled-linear
-        betas 0.00085..0.012). Without it the preset's UNet is built at the latent size. Other fields come
+        denoiser; ``cross_attention_dim`` then follows it and the schedule defaults to SD's
+        (:data:`SD_SCHEDULE`: ε-prediction, scaled-linear betas 0.00085..0.012), not the presets' flow. Without it the preset's UNet is built at the latent size. Other fields come
         from ``preset`` and ``overrides`` (``image_size`` is in pixels). Missing folders raise
         ``FileNotFoundError`` naming the path; nothing is downloaded.
         """
@@ -185,10 +194,12 @@ class CFLDPipeline(GeneratorPipeline):
         if unet is not None:
             config["unet_config"] = {k: v for k, v in unet.config.items() if not k.startswith("_")}
             config["cross_attention_dim"] = int(unet.config.cross_attention_dim)
+            # the UNet's own (SD) schedule, not the preset's, unless the caller asked for another
+            schedule = {k: v for k, v in overrides.items() if k in cls.SCHEDULE_KEYS}
             if schedule.get("prediction_type") != "flow":  # a flow schedule has no betas
-                schedule.setdefault("beta_schedule", "scaled_linear")
-                if schedule["beta_schedule"] == "scaled_linear":
-                    schedule.update(beta_start=0.00085, beta_end=0.012)
+                schedule = {**SD_SCHEDULE, **schedule}
+                if schedule["beta_schedule"] != "scaled_linear":
+                    del schedule["beta_start"], schedule["beta_end"]
         model = CFLDModel(**config)
         if unet is not None:
             model.unet.load_state_dict(unet.state_dict())
@@ -368,4 +379,4 @@ class CFLDPipeline(GeneratorPipeline):
         return pipe.eval()
 
 
-__all__ = ["CFLDPipeline", "VAE_DIR", "load_local_unet", "load_local_vae", "vae_scale_factor"]
+__all__ = ["CFLDPipeline", "RECIPE", "SD_SCHEDULE", "VAE_DIR", "load_local_unet", "load_local_vae", "vae_scale_factor"]

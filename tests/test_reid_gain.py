@@ -174,6 +174,31 @@ def test_recovered_share_per_seed_and_over_seeds() -> None:
     assert rg.recovered_share({0: 45.0}, strong, oracle).per_seed == {0: 0.5}
 
 
+def test_share_of_mean_gains_is_fiellers_interval() -> None:
+    """The ratio of the mean gains and the ratios r where the paired t-interval of arm − r·oracle holds 0."""
+    arm = [4.8, 0.2, 1.0, 12.0, 4.0]  # gains over strong of the synthetic and the oracle arm, per seed
+    oracle = [1.3, 6.0, 9.0, 13.0, 8.0]
+    iv = rg.share_of_mean_gains(arm, oracle)
+    assert iv.n == 5 and iv.mean == pytest.approx(sum(arm) / sum(oracle))
+    assert iv.lo < iv.mean < iv.hi
+    for r, end in ((iv.lo, "lo"), (iv.hi, "hi")):  # at each end, 0 sits exactly on the t-interval's edge
+        edge = getattr(rg.paired_interval([a - r * b for a, b in zip(arm, oracle)]), end)
+        assert edge == pytest.approx(0.0, abs=1e-9)
+    inside = rg.paired_interval([a - iv.mean * b for a, b in zip(arm, oracle)])
+    assert inside.lo < 0 < inside.hi
+    # one seed with an oracle gain near 0 blows up the per-seed mean, not the ratio of means
+    per_seed = rg.recovered_share(dict(enumerate(arm)), dict.fromkeys(range(5), 0.0), dict(enumerate(oracle)))
+    assert per_seed.of_means == iv and per_seed.interval.hi - per_seed.interval.lo > iv.hi - iv.lo
+    # an oracle gain that is itself not settled leaves the share unbounded, and the table says so
+    loose = rg.share_of_mean_gains([1.0, 0.5, 2.0, -1.0], [3.0, -2.0, 4.0, -3.5])
+    assert math.isinf(loose.lo) and math.isinf(loose.hi) and not loose.settled
+    assert "unbounded" in rg.format_share_of_means(loose)
+    one = rg.share_of_mean_gains([1.0], [2.0])
+    assert one.mean == 0.5 and one.n == 1 and math.isnan(one.lo)
+    with pytest.raises(ValueError, match="paired"):
+        rg.share_of_mean_gains([1.0, 2.0], [1.0])
+
+
 def _rows(arms: dict[str, list[float]], fraction: float = 1.0) -> list[dict]:
     return [
         {"fraction": fraction, "arm": a, "seed": s, "mAP": v, "rank1": v + 5, "images": 10,
@@ -207,6 +232,7 @@ def test_table_reports_intervals_verdicts_and_the_recovered_share(tmp_path: Path
     assert "Recovered share of the oracle's gain" in md
     share_line = next(ln for ln in md.splitlines() if "s0: 0.40" in ln)
     assert "s3: -0.20" in share_line and "0.18 [" in share_line and "not settled" in share_line
+    assert f"{1.8 / 10.0:.2f} [" in share_line  # mean gain 1.8 over mean oracle gain 10.0
     # a seed where the oracle did not beat strong gives no share, and says so
     rows2 = [dict(r, mAP=39.0) if (r["arm"], r["seed"]) == ("strong+oracle", 0) else r for r in rows]
     md2 = rg.markdown_table(rg.summarize(rows2))

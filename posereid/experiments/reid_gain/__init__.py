@@ -17,7 +17,7 @@ __getattr__, __dir__, __all__ = attach(
                      "ensure_synthetic", "generator_dir", "market_source", "oracle_dir", "planned_cells",
                      "prepare_fraction", "resolve_device", "run_cell", "run_gain", "synthetic_dir"],
         "report": ["CSV_FIELDS", "Interval", "Share", "cell_key", "format_interval", "markdown_table", "paired_interval",
-                   "plot_results", "read_results", "recovered_share", "summarize", "verdict", "write_reports",
+                   "format_share_of_means", "plot_results", "read_results", "recovered_share", "share_of_mean_gains", "summarize", "verdict", "write_reports",
                    "write_results"],
     },
 )  # fmt: skip

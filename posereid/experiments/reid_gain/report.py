@@ -10,7 +10,9 @@ a two-sided 95 % Student-t interval on ``n - 1`` degrees of freedom (:func:`pair
 comparison is called *settled* only when that interval excludes 0 (:func:`verdict`); one seed gives no
 interval and is never settled. With an oracle arm, every synthetic arm is also reported as the share of
 the oracle's gain over ``strong`` it recovers, per seed, ``(arm - strong) / (oracle - strong)``, with the
-same interval over seeds (:func:`recovered_share`). No correction for the number of comparisons is made.
+same interval over seeds (:func:`recovered_share`), and as the ratio of the mean gains with Fieller's
+interval (:func:`share_of_mean_gains`), which a seed with an oracle gain near 0 cannot blow up. No
+correction for the number of comparisons is made.
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ class Share(NamedTuple):
     per_seed: dict[int, float]  # seeds where the oracle beat strong
     undefined: list[int]  # seeds where it did not (oracle - strong <= 0): no share
     oracle_gain: dict[int, float]  # oracle - strong, per seed
-    interval: Interval
+    interval: Interval  # mean of the per-seed shares
+    of_means: Interval  # mean(arm - strong) / mean(oracle - strong), Fieller's interval
 
 
 def recovered_share(
@@ -157,7 +160,43 @@ def recovered_share(
     gain = {s: float(oracle[s]) - float(strong[s]) for s in seeds}
     per_seed = {s: (float(arm[s]) - float(strong[s])) / gain[s] for s in seeds if gain[s] > 0}
     undefined = [s for s in seeds if gain[s] <= 0]
-    return Share(per_seed, undefined, gain, paired_interval(per_seed.values(), level))
+    arm_gain = [float(arm[s]) - float(strong[s]) for s in seeds]
+    of_means = share_of_mean_gains(arm_gain, [gain[s] for s in seeds], level)
+    return Share(per_seed, undefined, gain, paired_interval(per_seed.values(), level), of_means)
+
+
+def share_of_mean_gains(
+    arm_gain: Sequence[float], oracle_gain: Sequence[float], level: float = 0.95
+) -> Interval:
+    """``mean(arm_gain) / mean(oracle_gain)`` over paired seeds, with Fieller's interval.
+
+    The interval is every ratio ``r`` for which the paired differences ``arm_gain - r · oracle_gain`` have a
+    Student-t interval (``n - 1`` degrees of freedom) containing 0: the exact interval of a ratio of two
+    paired means. When the oracle's mean gain is itself not distinguishable from 0 at ``level`` the set is
+    unbounded (``lo = -inf``, ``hi = inf``: no share can be claimed). Fewer than two seeds: no interval.
+    """
+    from scipy.stats import t
+
+    a = [float(x) for x in arm_gain]
+    b = [float(x) for x in oracle_gain]
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} arm gains for {len(b)} oracle gains: the seeds must be paired")
+    n = len(a)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    ratio = ma / mb if mb else math.nan
+    if n == 1:
+        return Interval(ratio, math.nan, math.nan, 1)
+    q = float(t.ppf(0.5 + level / 2.0, n - 1)) ** 2 / n
+    saa, sbb = statistics.variance(a), statistics.variance(b)
+    sab = statistics.covariance(a, b)
+    # (ma - r mb)^2 <= q (saa - 2 r sab + r^2 sbb), i.e. A r^2 - 2 B r + C <= 0
+    qa, qb, qc = mb * mb - q * sbb, ma * mb - q * sab, ma * ma - q * saa
+    if qa <= 0:
+        return Interval(ratio, -math.inf, math.inf, n)
+    root = math.sqrt(max(qb * qb - qa * qc, 0.0))
+    return Interval(ratio, (qb - root) / qa, (qb + root) / qa, n)
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -232,6 +271,13 @@ def share_lines(e: dict[str, Any], metric: str = "mAP") -> tuple[str, str, str]:
     return gains, per, format_interval(sh.interval, digits=2, signed=False)
 
 
+def format_share_of_means(iv: Interval) -> str:
+    """``0.88 [0.12, 1.60] settled``; ``0.88 [unbounded] not settled`` when the oracle gain is not settled."""
+    if iv.n >= 2 and math.isinf(iv.lo):
+        return f"{iv.mean:.2f} [unbounded: oracle gain not settled] not settled"
+    return format_interval(iv, digits=2, signed=False)
+
+
 def markdown_table(summary: Sequence[dict[str, Any]], header: str = "") -> str:
     """The summary as markdown: one row per fraction × arm (metrics in %, mean ± std over seeds; deltas
     are the mean of per-seed paired differences [95 % t-interval] and whether that is settled), then,
@@ -265,13 +311,23 @@ def markdown_table(summary: Sequence[dict[str, Any]], header: str = "") -> str:
             "1 = all of what real views of the hidden poses give, 0 = nothing.",
             "",
             "| kept | arm | oracle ΔmAP over strong | share of the mAP gain, per seed | share (mAP), mean [95 % CI] "
-            "| share (rank-1), mean [95 % CI] |",
-            "|---:|---|---|---|---|---|",
+            "| share (rank-1), mean [95 % CI] | mean gain / mean oracle gain, mAP [95 % Fieller] | same, rank-1 |",
+            "|---:|---|---|---|---|---|---|---|",
         ]
         for e in shares:
             gains, per, mean = share_lines(e, "mAP")
             rank1 = share_lines(e, "rank1")[2]
-            lines.append(f"| {e['fraction'] * 100:.0f}% | {e['arm']} | {gains} | {per} | {mean} | {rank1} |")
+            ratios = [format_share_of_means(e[f"share_{m}"].of_means) for m in ("mAP", "rank1")]
+            lines.append(
+                f"| {e['fraction'] * 100:.0f}% | {e['arm']} | {gains} | {per} | {mean} | {rank1} | "
+                + " | ".join(ratios)
+                + " |"
+            )
+        lines.append(
+            "\nThe ratio of the mean gains is the share a seed with an oracle gain near 0 cannot blow up; its "
+            "interval (Fieller's) is every ratio r for which the paired (arm − strong) − r·(oracle − strong) "
+            "has a t-interval containing 0."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -323,6 +323,55 @@ def test_baseline_and_augmented_arms_get_the_same_steps(run) -> None:
     assert [bool(c.synthetic) for c in cfgs] == [False, True, False, True]
 
 
+def test_max_minutes_stops_between_cells_and_the_same_call_continues(
+    market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a fake clock where every re-ID run takes 10 minutes, a 15-minute budget runs two cells, writes their
+    reports and stops; the same call again runs only the third."""
+    from posereid.experiments.reid_gain import protocol
+
+    now = [0.0]
+    monkeypatch.setattr(protocol, "_clock", lambda: now[0])
+    real = reid_train.train_reid
+
+    def ten_minutes(*args, **kwargs):
+        now[0] += 600.0
+        return real(*args, **kwargs)
+
+    reid_spy = Spy(ten_minutes)
+    monkeypatch.setattr(reid_train, "train_reid", reid_spy)
+    config = _config(
+        market, tmp_path / "gain", fractions=(1.0,), arms=("plain",), seeds=(0, 1, 2), max_minutes=15
+    )
+    with pytest.raises(rg.GainOutOfTimeError, match=r"2 of 3 cells.*rerun"):
+        rg.run_gain(config)
+    assert len(reid_spy.calls) == 2 and len(rg.read_results(config.out / "results.csv")) == 2
+    assert (config.out / "results.md").is_file()  # the cells done are reported
+    rows = rg.run_gain(config)  # a fresh budget: only the missing cell
+    assert len(reid_spy.calls) == 3 and sorted(r["seed"] for r in rows) == [0, 1, 2]
+    with pytest.raises(ValueError, match="max_minutes"):
+        _config(market, tmp_path / "x", max_minutes=0)
+
+
+def test_a_generator_out_of_time_stops_the_run(market: Path, tmp_path: Path, monkeypatch) -> None:
+    """The generator training gets what is left of the budget; when it runs out, the run stops with
+    ``GainOutOfTimeError`` (no cell uses a half-trained generator) and the CLI exits 3."""
+    seen: list[float | None] = []
+
+    def out_of_time(model, dataset, config, output_dir, **kwargs):
+        seen.append(config.max_minutes)
+        return training.TrainResult(steps=1, output_dir=Path(output_dir), out_of_time=True)
+
+    monkeypatch.setattr(training, "train_generator", out_of_time)
+    args = ["reid-gain", "--data", str(market), "--out", str(tmp_path / "gain"), "--fractions", "1",
+            "--arms", "plain+synthetic", "--seeds", "0", "--reid-steps", "3", "--height", str(H), "--width",
+            str(W), "--generator-preset", "tiny", "--generator-steps", "2", "--steps", "2", "--device", "cpu",
+            "--no-progress", "--max-minutes", "30"]  # fmt: skip
+    assert cli_main(args) == 3
+    assert len(seen) == 1 and 29.0 < seen[0] <= 30.0
+    assert not (tmp_path / "gain" / "results.csv").is_file()
+
+
 def test_rerun_resumes_without_recomputing(run, monkeypatch: pytest.MonkeyPatch) -> None:
     config, rows, _, _ = run
     csv_before = (config.out / "results.csv").read_text()

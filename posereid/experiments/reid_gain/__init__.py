@@ -10,7 +10,7 @@ from posereid._lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "config": ["ARMS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "DEFAULT_SEEDS", "GainConfig", "ORACLE_ARM",
+        "config": ["ARMS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "DEFAULT_SEEDS", "GainConfig", "GainOutOfTimeError", "ORACLE_ARM",
                    "ProtocolMismatchError", "arm_extra", "find_annotations", "fraction_tag", "parse_fractions"],
         "subset": ["Subset", "materialize_subset", "select_subset", "subset_order"],
         "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filtered", "ensure_generator", "ensure_oracle",

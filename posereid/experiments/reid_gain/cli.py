@@ -13,7 +13,13 @@ from posereid.argtypes import (
     positive_int,
     share,
 )
-from posereid.experiments.reid_gain.config import ARMS, ORACLE_ARM, GainConfig, parse_fractions
+from posereid.experiments.reid_gain.config import (
+    ARMS,
+    ORACLE_ARM,
+    GainConfig,
+    GainOutOfTimeError,
+    parse_fractions,
+)
 from posereid.experiments.reid_gain.protocol import run_gain
 from posereid.experiments.reid_gain.report import markdown_table, summarize
 from posereid.models.contract import FAMILIES
@@ -110,6 +116,11 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1, …")
     parser.add_argument("--workers", type=int, default=d.num_workers, help="data loader workers")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--max-minutes", type=positive_float, default=None,
+        help="stop after this many wall minutes (no new cell; a generator training checkpoints), exit code 3; "
+        "the same command again continues",
+    )  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> GainConfig:
@@ -128,14 +139,18 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         gen_batch_size=args.gen_batch_size, annotation_hw=args.annotation_hw,
         filter_checkpoint=args.filter_checkpoint, filter_score=args.filter_score,
         filter_threshold=args.filter_threshold, device=args.device, num_workers=args.workers,
-        progress=not args.no_progress,
+        progress=not args.no_progress, max_minutes=args.max_minutes,
     )  # fmt: skip
 
 
 def run_reid_gain(args: argparse.Namespace) -> int:
     """Run ``posereid reid-gain``: the protocol, then print the summary table and the output paths."""
     config = config_from_args(args)
-    rows = run_gain(config)
+    try:
+        rows = run_gain(config)
+    except GainOutOfTimeError as err:
+        print(f"out of time: {err}")
+        return 3
     print(markdown_table(summarize(rows)))
     for what, path in (
         ("results", config.out / "results.csv"),

@@ -59,6 +59,10 @@ class ProtocolMismatchError(RuntimeError):
     """The output folder holds results made with different protocol settings."""
 
 
+class GainOutOfTimeError(RuntimeError):
+    """``max_minutes`` ran out before every cell was done; rerunning the same call continues the run."""
+
+
 @dataclass
 class GainConfig:
     """Settings of one gain experiment (see the module docstring).
@@ -95,6 +99,9 @@ class GainConfig:
             fraction (leakage-free). filter_score / filter_threshold: keep images scoring ≥ threshold
             (default: margin ≥ 0, i.e. closer to their own identity than to any other).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
+        max_minutes: wall-clock budget of one run (``None``: none). Once spent, no new cell starts and a
+            generator training checkpoints and stops; the run raises :class:`GainOutOfTimeError` after
+            writing the reports of the cells done, and the same call again continues where it stopped.
     """
 
     data: Path
@@ -131,6 +138,7 @@ class GainConfig:
     device: str = "auto"
     num_workers: int = 0
     progress: bool = True
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -164,6 +172,8 @@ class GainConfig:
             )
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        if self.max_minutes is not None and not float(self.max_minutes) > 0:
+            raise ValueError(f"max_minutes must be > 0 or None, got {self.max_minutes}")
         if self.generator_data not in ("kept", "full"):
             raise ValueError(f"generator_data must be 'kept' or 'full', got {self.generator_data!r}")
         if self.synthetic_ratio is not None:  # checked here too: fail before any generation, not hours in

@@ -45,7 +45,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from posereid.experiments.data import MarketSource
 from posereid.experiments.reid_gain.config import (
     ORACLE_ARM,
     GainConfig,
+    GainOutOfTimeError,
     ProtocolMismatchError,
     arm_extra,
     find_annotations,
@@ -65,6 +66,7 @@ from posereid.models.locks import LOCK_NAME, output_lock
 from posereid.reid_integration.market1501 import Market1501, read_pairs_csv
 
 logger = logging.getLogger(__name__)
+_clock = time.monotonic  # the ``max_minutes`` clock (tests replace it)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,14 +140,21 @@ def ensure_oracle(config: GainConfig, fraction: float, subset: Subset) -> int:
 
 
 def ensure_generator(
-    config: GainConfig, fraction: float, subset: Subset, *, device: str, source: MarketSource | None = None
+    config: GainConfig,
+    fraction: float,
+    subset: Subset,
+    *,
+    device: str,
+    source: MarketSource | None = None,
+    max_minutes: float | None = None,
 ) -> Path:
     """Train (or reuse) the generator for ``fraction`` and return its checkpoint directory.
 
     ``generator_data="kept"`` trains on ``subset`` only (leakage-free); ``"full"`` on all train images
     (``source``: the run's parsed Market folder, see :func:`market_source`); a given ``config.generator``
     is returned as is. A finished ``final/`` directory is reused; an interrupted run resumes from its last
-    checkpoint (``train_generator(resume=True)``).
+    checkpoint (``train_generator(resume=True)``). ``max_minutes``: the training's wall budget; when it
+    runs out the training checkpoints and :class:`GainOutOfTimeError` is raised (a rerun resumes it).
     """
     from posereid.experiments.data import market_pose_records
     from posereid.models import training
@@ -180,7 +189,7 @@ def ensure_generator(
         steps=steps, batch_size=config.generator_batch_size, lr=config.generator_lr,
         warmup_steps=min(500, steps // 10), checkpoint_every=max(1, steps // 5) if steps >= 50 else 0,
         sample_every=0, seed=config.subset_seed, tensorboard=False, num_workers=config.num_workers,
-        mixed_precision="bf16" if device.startswith("cuda") and _bf16_ok() else "no",
+        mixed_precision="bf16" if device.startswith("cuda") and _bf16_ok() else "no", max_minutes=max_minutes,
     )  # fmt: skip
     logger.info(
         "training the %s generator on %d images (%s) for %d steps → %s",
@@ -193,14 +202,19 @@ def ensure_generator(
     stages = tuple(getattr(pipeline, "TRAINING_STAGES", ()))
     with _device_env(device):
         if stages:  # a multi-stage family (PCDMs): each stage in order, the last copied to final/
-            training.train_stages(
+            result = training.train_stages(
                 lambda prev: model if prev is None else pipeline.from_pretrained(prev).train(),
                 dataset, dict.fromkeys(stages, tcfg), final.parent, progress=config.progress,
             )  # fmt: skip
         else:
-            training.train_generator(
+            result = training.train_generator(
                 model, dataset, tcfg, final.parent, resume=True, progress=config.progress
             )
+    if result is not None and result.out_of_time:
+        raise GainOutOfTimeError(
+            f"the generator of {fraction_tag(fraction)} stopped at step {result.steps} of {steps} "
+            f"({final.parent}) when the time budget ran out; rerun to resume it"
+        )
     if not is_checkpoint_dir(final):
         raise RuntimeError(f"generator training finished without writing {final}")
     return final
@@ -425,6 +439,9 @@ def run_gain(config: GainConfig, *, source: MarketSource | None = None) -> list[
 
     The run holds the lock ``out/.lock`` (:mod:`posereid.models.locks`): a second run on the same ``out``
     raises :class:`~posereid.models.locks.OutputLockedError` naming the first.
+
+    With ``config.max_minutes``, no cell starts once the budget is spent and a generator training stops at
+    a checkpoint; the reports of the cells done are written, then :class:`GainOutOfTimeError` is raised.
     """
     with output_lock(config.out, LOCK_NAME, what="posereid reid-gain"):
         return _run_gain(config, source=source)
@@ -450,6 +467,19 @@ def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[s
         unit="run",
         disable=not config.progress,
     )
+    deadline = None if config.max_minutes is None else _clock() + 60.0 * float(config.max_minutes)
+
+    def minutes_left() -> float | None:
+        if deadline is None:
+            return None
+        left = (deadline - _clock()) / 60.0
+        if left <= 0:
+            raise GainOutOfTimeError(
+                f"max_minutes={config.max_minutes} spent with {len(set(plan) & done)} of {len(plan)} cells "
+                f"done in {csv_path}; rerun the same command to continue"
+            )
+        return left
+
     try:
         for fraction in sorted(config.fractions):
             todo = [(a, s) for a in config.arms for s in config.seeds if cell_key(fraction, a, s) not in done]
@@ -462,19 +492,25 @@ def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[s
             todo.sort(key=lambda c: ("", "oracle", "synthetic").index(arm_extra(c[0])))
             extra: dict[str, list[Path]] = {}
             for arm, seed in todo:
+                minutes_left()
                 if arm == ORACLE_ARM and arm not in extra:
                     ensure_oracle(config, fraction, subset)
                     extra[arm] = [oracle_dir(config, fraction)]
                 elif arm_extra(arm) == "synthetic" and arm not in extra:
                     extra[arm] = _synthetic_folders(
-                        config, fraction, subset, arm, device=device, source=source
+                        config, fraction, subset, arm, device=device, source=source, budget=minutes_left
                     )
+                    minutes_left()
                 bar.set_postfix_str(f"{fraction_tag(fraction)} {arm} seed {seed}")
                 row = run_cell(config, subset, arm, seed, extra.get(arm, []), device=device)
                 rows.append(row)
                 done.add(cell_key(fraction, arm, seed))
                 write_results(csv_path, rows)
                 bar.update(1)
+    except GainOutOfTimeError:
+        if rows:
+            write_reports(config, rows)
+        raise
     finally:
         bar.close()
     write_reports(config, rows)
@@ -483,9 +519,16 @@ def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[s
 
 
 def _synthetic_folders(
-    config: GainConfig, fraction: float, subset: Subset, arm: str, *, device: str, source: MarketSource
+    config: GainConfig,
+    fraction: float,
+    subset: Subset,
+    arm: str,
+    *,
+    device: str,
+    source: MarketSource,
+    budget: Callable[[], float | None] = lambda: None,
 ) -> list[Path]:
-    gen = ensure_generator(config, fraction, subset, device=device, source=source)
+    gen = ensure_generator(config, fraction, subset, device=device, source=source, max_minutes=budget())
     ensure_synthetic(config, fraction, subset, gen, device=device)
     if arm.endswith("+filtered"):
         ensure_filtered(config, fraction, subset, device=device)

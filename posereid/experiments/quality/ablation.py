@@ -54,9 +54,22 @@ ROWS: dict[str, dict[str, Any]] = {
 #: (a comparison of architectures; ``cfld-v_pred`` is the recipe check); PCDMs' row predates it (v-prediction)
 FAMILY_ROWS: dict[str, dict[str, Any]] = {
     "cfld": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "flow"}},
-    "cfld-no_hga": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "flow", "use_hga": False}},
-    "cfld-no_prd": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "flow", "use_prd": False}},
+    "cfld-no_hga": {
+        "family": "cfld",
+        "steps": 320,
+        "overrides": {"prediction_type": "flow", "use_hga": False},
+    },
+    "cfld-no_prd": {
+        "family": "cfld",
+        "steps": 320,
+        "overrides": {"prediction_type": "flow", "use_prd": False},
+    },
     "cfld-v_pred": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "v_prediction"}},
+    "cfld-q1": {
+        "family": "cfld",
+        "steps": 320,
+        "overrides": {"prediction_type": "flow", "prd_query_std": 1.0},
+    },
     "pcdms": {
         "family": "pcdms",
         "stage_steps": {"inpaint": 150, "prior": 300, "refine": 150},

@@ -104,11 +104,13 @@ class SourcePyramid(nn.Module):
 class PerceptionRefinedDecoder(nn.Module):
     """``num_queries`` learnable queries refined by a transformer decoder over source tokens → coarse prompt."""
 
-    def __init__(self, dim: int, num_queries: int, layers: int, heads: int) -> None:
+    def __init__(self, dim: int, num_queries: int, layers: int, heads: int, query_std: float = 0.02) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"cross_attention_dim {dim} is not divisible by prd_heads={heads}")
-        self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        if not query_std > 0:
+            raise ValueError(f"prd_query_std must be > 0, got {query_std}")
+        self.queries = nn.Parameter(torch.randn(num_queries, dim) * float(query_std))
         layer = nn.TransformerDecoderLayer(
             dim,
             heads,
@@ -210,6 +212,7 @@ class CFLDModel(ModelMixin, ConfigMixin):
         cross_attention_dim: prompt token width.
         source_channels / source_stem_stride: the source pyramid's channels per level and first stride.
         num_queries, prd_layers, prd_heads: the PRD's learnable queries, decoder layers and heads.
+        prd_query_std: initial standard deviation of the learnable queries.
         use_prd: False: the prompt is the last pyramid level's tokens ("w/o PRD").
         use_hga: False: no query biases in the up blocks ("w/o HGA").
         adapter_res_blocks: residual blocks per pose-adapter level.
@@ -241,6 +244,7 @@ class CFLDModel(ModelMixin, ConfigMixin):
         num_queries: int = 16,
         prd_layers: int = 8,
         prd_heads: int = 8,
+        prd_query_std: float = 0.02,
         use_prd: bool = True,
         use_hga: bool = True,
         adapter_res_blocks: int = 2,
@@ -297,7 +301,11 @@ class CFLDModel(ModelMixin, ConfigMixin):
         pos = get_2d_sincos_pos_embed(dim, (last_h, last_w), base_size=16, output_type="pt").float()
         self.register_buffer("source_pos", pos, persistent=False)
         self.source_norm = nn.LayerNorm(dim)
-        self.prd = PerceptionRefinedDecoder(dim, num_queries, prd_layers, prd_heads) if use_prd else None
+        self.prd = (
+            PerceptionRefinedDecoder(dim, num_queries, prd_layers, prd_heads, prd_query_std)
+            if use_prd
+            else None
+        )
         prompt_len = int(num_queries) if use_prd else last_h * last_w
         self.null_prompt = nn.Parameter(torch.randn(prompt_len, dim) * 0.02)
 

@@ -64,6 +64,11 @@ FAMILY_ROWS: dict[str, dict[str, Any]] = {
         "steps": 320,
         "overrides": {"prediction_type": "flow", "use_prd": False},
     },
+    "cfld-no_prd-no_hga": {
+        "family": "cfld",
+        "steps": 320,
+        "overrides": {"prediction_type": "flow", "use_prd": False, "use_hga": False},
+    },
     "cfld-v_pred": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "v_prediction"}},
     "cfld-q1": {
         "family": "cfld",

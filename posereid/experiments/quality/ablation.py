@@ -51,29 +51,28 @@ ROWS: dict[str, dict[str, Any]] = {
 #: the other families at the CPU budget of a PIDM row of 500 steps (~5 quiet CPU-minutes): steps from their
 #: cost per step relative to PIDM's, both measured in one quiet ``bench`` (CFLD: 1.04 vs 0.67 s/step over 20
 #: steps, so 320; PCDMs splits its budget over its stages). CFLD rows use the flow recipe the PIDM rows chose
-#: (a comparison of architectures; ``cfld-v_pred`` is the recipe check); PCDMs' row predates it (v-prediction)
+#: (a comparison of architectures; ``cfld-v_pred`` is the recipe check, made with the earlier query init). The
+#: ``-q0.02`` rows are CFLDModel's earlier PRD query init (0.02 instead of 1.0). PCDMs' row predates flow.
+_FLOW = {"prediction_type": "flow"}
 FAMILY_ROWS: dict[str, dict[str, Any]] = {
-    "cfld": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "flow"}},
-    "cfld-no_hga": {
-        "family": "cfld",
-        "steps": 320,
-        "overrides": {"prediction_type": "flow", "use_hga": False},
-    },
-    "cfld-no_prd": {
-        "family": "cfld",
-        "steps": 320,
-        "overrides": {"prediction_type": "flow", "use_prd": False},
-    },
+    "cfld": {"family": "cfld", "steps": 320, "overrides": {**_FLOW}},
+    "cfld-no_hga": {"family": "cfld", "steps": 320, "overrides": {**_FLOW, "use_hga": False}},
+    "cfld-no_prd": {"family": "cfld", "steps": 320, "overrides": {**_FLOW, "use_prd": False}},
     "cfld-no_prd-no_hga": {
         "family": "cfld",
         "steps": 320,
-        "overrides": {"prediction_type": "flow", "use_prd": False, "use_hga": False},
+        "overrides": {**_FLOW, "use_prd": False, "use_hga": False},
     },
-    "cfld-v_pred": {"family": "cfld", "steps": 320, "overrides": {"prediction_type": "v_prediction"}},
-    "cfld-q1": {
+    "cfld-q0.02": {"family": "cfld", "steps": 320, "overrides": {**_FLOW, "prd_query_std": 0.02}},
+    "cfld-no_hga-q0.02": {
         "family": "cfld",
         "steps": 320,
-        "overrides": {"prediction_type": "flow", "prd_query_std": 1.0},
+        "overrides": {**_FLOW, "use_hga": False, "prd_query_std": 0.02},
+    },
+    "cfld-v_pred": {
+        "family": "cfld",
+        "steps": 320,
+        "overrides": {"prediction_type": "v_prediction", "prd_query_std": 0.02},
     },
     "pcdms": {
         "family": "pcdms",

@@ -379,4 +379,12 @@ class CFLDPipeline(GeneratorPipeline):
         return pipe.eval()
 
 
-__all__ = ["CFLDPipeline", "RECIPE", "SD_SCHEDULE", "VAE_DIR", "load_local_unet", "load_local_vae", "vae_scale_factor"]
+__all__ = [
+    "CFLDPipeline",
+    "RECIPE",
+    "SD_SCHEDULE",
+    "VAE_DIR",
+    "load_local_unet",
+    "load_local_vae",
+    "vae_scale_factor",
+]

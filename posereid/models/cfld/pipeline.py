@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 VAE_DIR = "vae"
 #: the noise recipe of the presets (trained from scratch): flow matching, as the PIDM presets; in the
 #: family ablation (results/generator_v2, 320 steps) it took CFLD's PCKh from 0.166 (v-prediction) to 0.724.
-#: A Stable Diffusion UNet
-#: loaded by :meth:`CFLDPipeline.from_sd_components` keeps its own ε-prediction DDPM schedule instead.
+#: A Stable Diffusion UNet loaded by :meth:`CFLDPipeline.from_sd_components` keeps its own ε-prediction DDPM
+#: schedule instead.
 RECIPE: dict[str, str] = {"prediction_type": "flow"}
 #: the training schedule of Stable Diffusion 1.x, which its UNet weights were trained under
 SD_SCHEDULE: dict[str, Any] = {

@@ -195,12 +195,17 @@ def _write_dir(target: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _ema_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The parameters the EMA averages, by name: those that train. Averaging a frozen VAE or a finished
+    PCDMs stage would only cost memory and time (their EMA is themselves)."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
 def _ema_state_dict(model: nn.Module, ema: Any) -> dict[str, torch.Tensor]:
-    """The model's state dict with its trainable parameters replaced by their EMA (frozen parameters, e.g. a
-    latent model's VAE or a finished PCDMs stage, and buffers as they are)."""
+    """The model's state dict with the :func:`_ema_params` replaced by their EMA (frozen parameters and
+    buffers as they are)."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    for name, shadow in zip(trainable, ema.shadow_params, strict=True):
+    for (name, _), shadow in zip(_ema_params(model), ema.shadow_params, strict=True):
         state[name] = shadow.detach().cpu().clone()
     return state
 
@@ -330,8 +335,7 @@ class _Trainer:
         )
         self.wrapper, self.optimizer = self.acc.prepare(_LossModule(model), optimizer)
         self.net = self.acc.unwrap_model(self.wrapper).model
-        # the EMA follows what trains: averaging a frozen VAE or stage would only cost memory and time
-        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.params = [p for _, p in _ema_params(self.net)]
         self.ema = EMAModel(self.params, decay=cfg.ema_decay, update_after_step=cfg.ema_start, foreach=True)
         self.step, self.skipped, self.in_row = 0, 0, 0
 
@@ -344,9 +348,8 @@ class _Trainer:
         check_resume_config(state.get("config") or {}, asdict(self.cfg), source=ckpt / STATE_FILE)
         cls = type(self.net)
         self.net.load_state_dict(cls.from_pretrained(ckpt / "model", use_ema=False).state_dict())
-        loaded = cls.from_pretrained(ckpt / "model", use_ema=True)
-        mine = self.net.parameters()
-        averaged = [p for p, q in zip(loaded.parameters(), mine, strict=True) if q.requires_grad]
+        loaded = dict(cls.from_pretrained(ckpt / "model", use_ema=True).named_parameters())
+        averaged = [loaded[name] for name, _ in _ema_params(self.net)]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.ema.load_state_dict(state["ema"])  # counters; the averaged weights are model/'s EMA weights

@@ -50,9 +50,10 @@ ROWS: dict[str, dict[str, Any]] = {
 }
 #: the other families at the CPU budget of a PIDM row of 500 steps (~5 quiet CPU-minutes): steps from their
 #: cost per step relative to PIDM's, measured in one quiet ``bench`` of 20 steps before the runs (CFLD: 1.04 vs
-#: 0.67 s/step, so 320; the committed bench.json reads 1.22 vs 0.78); PCDMs splits its budget over its stages. CFLD rows use the flow recipe the PIDM rows chose
-#: (a comparison of architectures; ``cfld-v_pred`` is the recipe check, made with the earlier query init). The
-#: ``-q0.02`` rows are CFLDModel's earlier PRD query init (0.02 instead of 1.0). PCDMs' row predates flow.
+#: 0.67 s/step, so 320; the committed bench.json reads 1.22 vs 0.78); PCDMs splits its budget over its stages.
+#: CFLD rows use the flow recipe the PIDM rows chose (a comparison of architectures; ``cfld-v_pred`` is the
+#: recipe check, made with the earlier query init). The ``-q0.02`` rows are CFLDModel's earlier PRD query init
+#: (0.02 instead of 1.0). PCDMs' row predates flow.
 _FLOW = {"prediction_type": "flow"}
 FAMILY_ROWS: dict[str, dict[str, Any]] = {
     "cfld": {"family": "cfld", "steps": 320, "overrides": {**_FLOW}},

@@ -272,7 +272,7 @@ def share_lines(e: dict[str, Any], metric: str = "mAP") -> tuple[str, str, str]:
 
 
 def format_share_of_means(iv: Interval) -> str:
-    """``0.88 [0.12, 1.60] settled``; ``0.88 [unbounded] not settled`` when the oracle gain is not settled."""
+    """``0.88 [0.12, 1.60] settled``, or ``0.88 [unbounded: oracle gain not settled] not settled``."""
     if iv.n >= 2 and math.isinf(iv.lo):
         return f"{iv.mean:.2f} [unbounded: oracle gain not settled] not settled"
     return format_interval(iv, digits=2, signed=False)

@@ -245,6 +245,46 @@ def test_table_reports_intervals_verdicts_and_the_recovered_share(tmp_path: Path
         assert im.format == "PNG" and im.width > 1000  # three panels: mAP, rank-1, Δ vs strong with CI
 
 
+def _write_run(out: Path, rows: list[dict], **settings) -> Path:
+    out.mkdir(parents=True)
+    (out / "gain_config.json").write_text(
+        json.dumps({"generator_preset": "small", "generator_steps": 5, **settings})
+    )
+    rg.write_results(out / "results.csv", rows)
+    return out
+
+
+def test_compare_puts_each_generator_beside_the_others_on_the_same_baselines(tmp_path: Path) -> None:
+    """Two runs (two families) on one strong/oracle baseline: one row per generator with its paired gain
+    and recovered share; a run whose strong cells differ is flagged; the CLI writes the table and plot."""
+    base = {"strong": [40.0, 42.0, 41.0, 43.0, 40.0], "strong+oracle": [50.0, 52.0, 51.0, 53.0, 50.0]}
+    a = _write_run(tmp_path / "a", _rows({**base, "strong+synthetic": [45.0, 47.0, 46.0, 48.0, 45.0]}),
+                   generator_family="cfld")  # fmt: skip
+    b = _write_run(tmp_path / "b", _rows({**base, "strong+synthetic": [41.0, 42.0, 42.0, 43.0, 41.0]}),
+                   generator_family="pidm")  # fmt: skip
+    runs = [rg.load_run(a), rg.load_run(b)]
+    assert runs[0].label.startswith("cfld `small`, 5 steps")
+    md = rg.compare_table(runs)
+    row_a = next(ln for ln in md.splitlines() if "| strong+synthetic | cfld" in ln)
+    row_b = next(ln for ln in md.splitlines() if "| strong+synthetic | pidm" in ln)
+    assert "+5.0 [+5.0, +5.0] settled" in row_a and "| 0.50 [0.50, 0.50] settled |" in row_a
+    assert "+0.6 [" in row_b and "not settled" in row_b  # gains 1, 0, 1, 0, 1: mean 0.6
+    assert "| 100% | strong+oracle | real renders | 5 |" in md and "+10.0 [+10.0, +10.0] settled" in md
+    assert "All runs share the first run's `strong` models." in md
+    c = _write_run(tmp_path / "c", _rows({"strong": [30.0] * 5, "strong+synthetic": [31.0] * 5}))
+    md2 = rg.compare_table([runs[0], rg.load_run(c, "other")])
+    assert "**Not the same baseline models**: other" in md2 and "– (no oracle)" in md2
+    assert (
+        cli_main(["reid-gain-compare", str(a), str(b), "--out", str(tmp_path / "cmp"), "--labels", "A,B"])
+        == 0
+    )
+    assert "| 100% | strong+synthetic | A | 5 |" in (tmp_path / "cmp" / "comparison.md").read_text()
+    with Image.open(tmp_path / "cmp" / "comparison.png") as im:
+        assert im.format == "PNG" and im.width > 1000
+    with pytest.raises(FileNotFoundError, match="not a reid-gain output folder"):
+        rg.load_run(tmp_path / "cmp")
+
+
 def test_default_seeds_are_five() -> None:
     assert rg.GainConfig(data=Path("."), out=Path(".")).seeds == (0, 1, 2, 3, 4)
     parser = argparse.ArgumentParser()
@@ -391,6 +431,31 @@ def test_rerun_resumes_without_recomputing(run, monkeypatch: pytest.MonkeyPatch)
         rg.run_gain(_config(config.data, config.out, reid_steps=4))
     with pytest.raises(rg.ProtocolMismatchError, match="synthetic_ratio"):
         rg.run_gain(_config(config.data, config.out, synthetic_ratio=0.3))
+
+
+def test_baselines_from_another_run_are_read_not_retrained(
+    run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second generator (other steps) compared on the first run's baseline models: only its synthetic
+    cells train, its CSV carries the first run's baseline rows unchanged, and a run whose re-ID settings
+    differ is refused."""
+    config, rows, _, _ = run
+    reid_spy = Spy(reid_train.train_reid)
+    monkeypatch.setattr(reid_train, "train_reid", reid_spy)
+    other = _config(config.data, tmp_path / "other", generator_steps=3, baselines_from=config.out)
+    got = rg.run_gain(other)
+    assert [args[0].synthetic != () for args, _ in reid_spy.calls] == [True, True]  # no baseline trained
+    first = {rg.cell_key(r["fraction"], r["arm"], r["seed"]): r for r in rows if r["arm"] == "plain"}
+    mine = {rg.cell_key(r["fraction"], r["arm"], r["seed"]): r for r in got if r["arm"] == "plain"}
+    assert mine.keys() == first.keys() and all(mine[k]["mAP"] == first[k]["mAP"] for k in first)
+    assert all(r["generator"] == "kept" for r in got if r["arm"] == "plain+synthetic")
+    assert f"read from `{config.out}`" in (other.out / "results.md").read_text()
+    assert len(rg.read_results(other.out / "results.csv")) == 4
+    for field, value in (("reid_steps", 4), ("per_image", 2)):
+        with pytest.raises(rg.ProtocolMismatchError, match=field):
+            rg.run_gain(_config(config.data, tmp_path / field, baselines_from=config.out, **{field: value}))
+    with pytest.raises(FileNotFoundError, match="not a reid-gain output folder"):
+        rg.run_gain(_config(config.data, tmp_path / "x", baselines_from=tmp_path))
 
 
 @pytest.mark.parametrize("family", ["pidm", "pcdms", "cfld"])

@@ -10,14 +10,15 @@ from posereid._lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "config": ["ARMS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "DEFAULT_SEEDS", "GainConfig", "GainOutOfTimeError", "ORACLE_ARM",
+        "config": ["ARMS", "BASELINE_FIELDS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "DEFAULT_SEEDS", "GainConfig", "GainOutOfTimeError", "ORACLE_ARM",
                    "ProtocolMismatchError", "arm_extra", "find_annotations", "fraction_tag", "parse_fractions"],
         "subset": ["Subset", "materialize_subset", "select_subset", "subset_order"],
         "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filtered", "ensure_generator", "ensure_oracle",
-                     "ensure_synthetic", "generator_dir", "market_source", "oracle_dir", "planned_cells",
+                     "ensure_synthetic", "generator_dir", "import_baselines", "market_source", "oracle_dir", "planned_cells",
                      "prepare_fraction", "resolve_device", "run_cell", "run_gain", "synthetic_dir"],
+        "compare": ["GainRun", "compare_table", "load_run", "plot_compare", "run_label", "write_comparison"],
         "report": ["CSV_FIELDS", "Interval", "Share", "cell_key", "format_interval", "markdown_table", "paired_interval",
-                   "format_share_of_means", "plot_results", "read_results", "recovered_share", "share_of_mean_gains", "summarize", "verdict", "write_reports",
+                   "format_share_of_means", "plot_results", "read_results", "read_run", "summary_delta", "recovered_share", "share_of_mean_gains", "summarize", "verdict", "write_reports",
                    "write_results"],
     },
 )  # fmt: skip

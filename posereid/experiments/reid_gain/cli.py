@@ -121,6 +121,11 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         help="stop after this many wall minutes (no new cell; a generator training checkpoints), exit code 3; "
         "the same command again continues",
     )  # fmt: skip
+    parser.add_argument(
+        "--baselines-from", metavar="DIR",
+        help="read the baseline and oracle cells from this earlier reid-gain --out (same data, subset and re-ID "
+        "settings) instead of training them again: compares another generator on the same baseline models",
+    )  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> GainConfig:
@@ -139,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         gen_batch_size=args.gen_batch_size, annotation_hw=args.annotation_hw,
         filter_checkpoint=args.filter_checkpoint, filter_score=args.filter_score,
         filter_threshold=args.filter_threshold, device=args.device, num_workers=args.workers,
-        progress=not args.no_progress, max_minutes=args.max_minutes,
+        progress=not args.no_progress, max_minutes=args.max_minutes, baselines_from=args.baselines_from,
     )  # fmt: skip
 
 

@@ -53,6 +53,13 @@ _PROTOCOL_FIELDS: tuple[str, ...] = (
     "generator_data", "per_image", "sampler", "steps", "guidance", "pose_sampling", "annotation_hw",
     "filter_checkpoint", "filter_score", "filter_threshold", "synthetic_ratio",
 )  # fmt: skip
+#: the protocol fields a baseline or oracle cell depends on (plus the data and its annotations): two runs
+#: that agree on them train the same ``strong`` / ``plain`` / ``strong+oracle`` models, whatever their
+#: generators, so one run may read those cells from the other (``baselines_from``).
+BASELINE_FIELDS: tuple[str, ...] = (
+    "data", "annotations_sha256", "subset_seed", "reid_steps", "reid_model", "reid_batch_size", "reid_lr",
+    "height", "width", "per_image",
+)  # fmt: skip
 
 
 class ProtocolMismatchError(RuntimeError):
@@ -102,6 +109,9 @@ class GainConfig:
         max_minutes: wall-clock budget of one run (``None``: none). Once spent, no new cell starts and a
             generator training checkpoints and stops; the run raises :class:`GainOutOfTimeError` after
             writing the reports of the cells done, and the same call again continues where it stopped.
+        baselines_from: another run's output folder to read the baseline and oracle cells from instead of
+            training them again (its :data:`BASELINE_FIELDS` must agree with this run's): how generators of
+            several families are compared on the same ``strong`` and ``strong+oracle`` models.
     """
 
     data: Path
@@ -139,12 +149,14 @@ class GainConfig:
     num_workers: int = 0
     progress: bool = True
     max_minutes: float | None = None
+    baselines_from: Path | None = None
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.out = Path(self.out)
         self.annotations = None if self.annotations is None else Path(self.annotations)
         self.generator = None if self.generator is None else Path(self.generator)
+        self.baselines_from = None if self.baselines_from is None else Path(self.baselines_from)
         if self.filter_checkpoint is not None and str(self.filter_checkpoint) != "auto":
             self.filter_checkpoint = Path(self.filter_checkpoint)
         g = (

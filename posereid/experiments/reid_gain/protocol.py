@@ -51,6 +51,7 @@ from typing import Any
 
 from posereid.experiments.data import MarketSource
 from posereid.experiments.reid_gain.config import (
+    BASELINE_FIELDS,
     ORACLE_ARM,
     GainConfig,
     GainOutOfTimeError,
@@ -59,7 +60,13 @@ from posereid.experiments.reid_gain.config import (
     find_annotations,
     fraction_tag,
 )
-from posereid.experiments.reid_gain.report import cell_key, read_results, write_reports, write_results
+from posereid.experiments.reid_gain.report import (
+    cell_key,
+    read_results,
+    read_run,
+    write_reports,
+    write_results,
+)
 from posereid.experiments.reid_gain.subset import Subset, _link_or_copy, materialize_subset
 from posereid.models.io_utils import atomic_write
 from posereid.models.locks import LOCK_NAME, output_lock
@@ -400,6 +407,36 @@ def _jsonable(v: Any) -> Any:
     return json.loads(json.dumps(v))
 
 
+def import_baselines(
+    config: GainConfig, plan: Sequence[tuple[str, str, int]], done: set[tuple[str, str, int]]
+) -> list[dict[str, Any]]:
+    """The baseline and oracle rows of ``config.baselines_from`` that ``plan`` asks for and ``done`` lacks.
+
+    Refuses (:class:`ProtocolMismatchError`) a folder whose :data:`BASELINE_FIELDS` differ from this run's:
+    its cells would not be the models this run would train.
+    """
+    src = config.baselines_from
+    if src is None:
+        return []
+    saved, theirs = read_run(src)
+    now = config.protocol()
+    diff = {
+        k: (saved.get(k), now[k]) for k in BASELINE_FIELDS if _jsonable(saved.get(k)) != _jsonable(now[k])
+    }
+    if diff:
+        raise ProtocolMismatchError(
+            f"--baselines-from {src}: its baseline cells were made with other settings "
+            + ", ".join(f"{k}: {a!r} (there) vs {b!r} (here)" for k, (a, b) in diff.items())
+        )
+    wanted = set(plan) - done
+    rows = [
+        r for r in theirs
+        if arm_extra(r["arm"]) in ("", "oracle") and cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
+    ]  # fmt: skip
+    logger.info("reid-gain: %d baseline/oracle cell(s) read from %s", len(rows), src)
+    return rows
+
+
 def planned_cells(config: GainConfig) -> list[tuple[str, str, int]]:
     """Every ``(fraction tag, arm, seed)`` the config asks for, in run order."""
     return [cell_key(f, a, s) for f in sorted(config.fractions) for a in config.arms for s in config.seeds]
@@ -457,6 +494,11 @@ def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[s
     rows = read_results(csv_path)
     done = {cell_key(r["fraction"], r["arm"], r["seed"]) for r in rows}
     plan = planned_cells(config)
+    imported = import_baselines(config, plan, done)
+    if imported:
+        rows += imported
+        done |= {cell_key(r["fraction"], r["arm"], r["seed"]) for r in imported}
+        write_results(csv_path, rows)
     logger.info("reid-gain: %d cell(s) planned, %d already in %s", len(plan), len(set(plan) & done), csv_path)
     from tqdm.auto import tqdm
 
@@ -544,6 +586,7 @@ __all__ = [
     "ensure_oracle",
     "ensure_synthetic",
     "generator_dir",
+    "import_baselines",
     "market_source",
     "oracle_dir",
     "planned_cells",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -77,6 +78,14 @@ def read_results(path: Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path} line {reader.line_num}: {exc}") from None
             rows.append(out)
     return rows
+
+
+def read_run(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The saved settings (``gain_config.json``) and result rows of a ``reid-gain --out`` folder."""
+    cfg, csv_path = Path(out) / "gain_config.json", Path(out) / "results.csv"
+    if not cfg.is_file() or not csv_path.is_file():
+        raise FileNotFoundError(f"{out}: not a reid-gain output folder (no gain_config.json / results.csv)")
+    return json.loads(cfg.read_text()), read_results(csv_path)
 
 
 def write_results(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -255,7 +264,8 @@ def format_interval(iv: Interval, digits: int = 1, signed: bool = True) -> str:
     return f"{fmt.format(iv.mean)} [{fmt.format(iv.lo)}, {fmt.format(iv.hi)}] {verdict(iv)}"
 
 
-def _delta(e: dict[str, Any], metric: str, base: str) -> Interval:
+def summary_delta(e: dict[str, Any], metric: str, base: str) -> Interval:
+    """The paired delta of a :func:`summarize` entry vs ``base`` (``plain``/``strong``) as an :class:`Interval`."""
     k = f"d_{metric}_{base}"
     return Interval(e[k], e[f"{k}_lo"], e[f"{k}_hi"], e[f"{k}_n"])
 
@@ -294,7 +304,7 @@ def markdown_table(summary: Sequence[dict[str, Any]], header: str = "") -> str:
         deltas = []
         for metric in ("mAP", "rank1"):
             for base in BASELINES:
-                deltas.append("–" if e["arm"] == base else format_interval(_delta(e, metric, base)))
+                deltas.append("–" if e["arm"] == base else format_interval(summary_delta(e, metric, base)))
         lines.append(
             f"| {e['fraction'] * 100:.0f}% | {e['arm']} | {e['seeds']} | {imgs} | {_pm(e['mAP'], e['mAP_std'])} "
             f"| {_pm(e['rank1'], e['rank1_std'])} | " + " | ".join(deltas) + " |"
@@ -384,7 +394,7 @@ def plot_results(summary: Sequence[dict[str, Any]], path: Path, title: str = "")
         ax.axhline(0.0, color="k", linewidth=0.8)
         width = 1.5  # percentage points between the arms of one fraction
         for i, arm in enumerate(compared):
-            pts = sorted((e["fraction"], _delta(e, "mAP", base)) for e in summary if e["arm"] == arm)
+            pts = sorted((e["fraction"], summary_delta(e, "mAP", base)) for e in summary if e["arm"] == arm)
             xs = (
                 [i]
                 if len(fractions) == 1
@@ -448,6 +458,12 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
             f"- `{ORACLE_ARM}`: the strong baseline + real renders of the train identities in the views the train "
             f"split hides, {config.per_image} per kept image under its pid (the ceiling of pose augmentation)\n"
             if any(r["arm"] == ORACLE_ARM for r in rows)
+            else ""
+        )
+        + (
+            f"- the baseline and oracle cells were read from `{config.baselines_from}` (a run with the same data, "
+            "subset and re-ID settings: the same models), not trained again\n"
+            if config.baselines_from is not None
             else ""
         )
     )

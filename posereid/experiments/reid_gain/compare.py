@@ -1,0 +1,253 @@
+"""``posereid reid-gain-compare``: several ``reid-gain`` runs (one generator each) in one table and plot.
+
+The protocol trains one generator family per run. To compare families, the later runs read the first
+run's baseline and oracle cells (``reid-gain --baselines-from``), so every generator is scored against the
+same ``strong`` and ``strong+oracle`` models; this module then puts each run's synthetic arm beside the
+others, per kept fraction: the paired gain over ``strong`` with its 95 % interval, and the share of the
+oracle's gain it recovers (ratio of the mean gains, Fieller's interval). Runs whose ``strong`` cells differ
+are still compared, each against its own baseline, and the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from posereid.experiments.reid_gain.config import ORACLE_ARM, arm_extra, fraction_tag
+from posereid.experiments.reid_gain.report import (
+    Interval,
+    cell_key,
+    format_interval,
+    format_share_of_means,
+    read_run,
+    summarize,
+    summary_delta,
+)
+from posereid.models.io_utils import atomic_save, atomic_write
+
+
+@dataclass
+class GainRun:
+    """One ``reid-gain`` output folder: its saved settings, result rows and summary."""
+
+    path: Path
+    label: str
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+
+    def strong_cells(self) -> dict[tuple[str, str, int], float]:
+        """``strong`` mAP by cell: two runs with equal values here share their baseline models."""
+        return {
+            cell_key(r["fraction"], r["arm"], r["seed"]): float(r["mAP"])
+            for r in self.rows
+            if r["arm"] == "strong"
+        }
+
+
+def run_label(settings: dict[str, Any]) -> str:
+    """``cfld `small`, 320 steps (lr 0.0003, kept)`` or ``given `generator-small```, from ``gain_config.json``."""
+    if settings.get("generator"):
+        return f"given `{Path(str(settings['generator'])).name}`"
+    family = settings.get("generator_family", "pidm")
+    return (
+        f"{family} `{settings.get('generator_preset')}`, {settings.get('generator_steps')} steps "
+        f"(lr {settings.get('generator_lr')}, {settings.get('generator_data', 'kept')})"
+    )
+
+
+def load_run(path: Path, label: str | None = None) -> GainRun:
+    """Read one ``reid-gain --out`` folder; a clear error when it is not one."""
+    path = Path(path)
+    settings, rows = read_run(path)
+    return GainRun(path, label or run_label(settings), settings, rows, summarize(rows))
+
+
+def _synthetic_entries(run: GainRun) -> list[dict[str, Any]]:
+    return [e for e in run.summary if arm_extra(e["arm"]) == "synthetic" and e["arm"].startswith("strong")]
+
+
+def compare_table(runs: Sequence[GainRun]) -> str:
+    """Markdown: per kept fraction, the strong baseline, the oracle's gain, then each run's synthetic arm
+    (ΔmAP / Δrank-1 vs ``strong`` [95 % CI], verdict, recovered share of the oracle's gain)."""
+    if not runs:
+        raise ValueError("no run to compare")
+    first = runs[0].strong_cells()
+    shared = [r.label for r in runs[1:] if r.strong_cells() != first]
+    lines = [
+        "| kept | arm | generator | seeds | mAP | ΔmAP vs strong [95 % CI] | Δrank-1 vs strong [95 % CI] "
+        "| share of the oracle's gain, mAP [Fieller 95 %] | same, rank-1 |",
+        "|---:|---|---|---:|---:|---|---|---|---|",
+    ]
+    fractions = sorted({e["fraction"] for r in runs for e in r.summary})
+    for f in fractions:
+        base = next((e for r in runs for e in r.summary if e["fraction"] == f and e["arm"] == "strong"), None)
+        oracle = next(
+            (e for r in runs for e in r.summary if e["fraction"] == f and e["arm"] == ORACLE_ARM), None
+        )
+        kept = f"{f * 100:.0f}%"
+        if base is not None:
+            lines.append(
+                f"| {kept} | strong | – | {base['seeds']} | {base['mAP']:.1f} ± {base['mAP_std']:.1f} | – | – | – | – |"
+            )
+        if oracle is not None:
+            lines.append(
+                f"| {kept} | {ORACLE_ARM} | real renders | {oracle['seeds']} | {oracle['mAP']:.1f} ± "
+                f"{oracle['mAP_std']:.1f} | {format_interval(summary_delta(oracle, 'mAP', 'strong'))} | "
+                f"{format_interval(summary_delta(oracle, 'rank1', 'strong'))} | 1 | 1 |"
+            )
+        for run in runs:
+            for e in _synthetic_entries(run):
+                if e["fraction"] != f:
+                    continue
+                shares = [
+                    format_share_of_means(e[f"share_{m}"].of_means) if f"share_{m}" in e else "– (no oracle)"
+                    for m in ("mAP", "rank1")
+                ]
+                lines.append(
+                    f"| {kept} | {e['arm']} | {run.label} | {e['seeds']} | {e['mAP']:.1f} ± {e['mAP_std']:.1f} | "
+                    f"{format_interval(summary_delta(e, 'mAP', 'strong'))} | {format_interval(summary_delta(e, 'rank1', 'strong'))} "
+                    f"| {shares[0]} | {shares[1]} |"
+                )
+    lines.append(
+        "\nΔ: mean of the per-seed paired differences with the run's own `strong` cells [95 % t-interval]; "
+        "*settled* only when the interval excludes 0. Share: mean gain / mean oracle gain, with Fieller's "
+        "interval (every ratio r for which the paired (arm − strong) − r·(oracle − strong) has a t-interval "
+        "containing 0)."
+    )
+    lines.append(
+        "\nAll runs share the first run's `strong` models."
+        if not shared
+        else "\n**Not the same baseline models**: " + ", ".join(shared) + " have other `strong` cells than "
+        f"{runs[0].label}; each is compared with its own."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _clip(v: float, lo: float, hi: float) -> float:
+    return min(max(v, lo), hi)
+
+
+def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
+    """ΔmAP vs ``strong`` by kept fraction for the oracle and each run's synthetic arm (95 % CI, filled =
+    settled), and beside it the recovered share of the oracle's gain (ratio of means, Fieller's interval,
+    clipped to [-1, 2] where it is unbounded); PNG, atomic."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    series: list[tuple[str, list[tuple[float, Interval, Interval | None]]]] = []
+    oracle = {
+        e["fraction"]: e for r in runs for e in reversed(r.summary) if e["arm"] == ORACLE_ARM
+    }  # the first run's, when several have one
+    if oracle:
+        series.append(
+            (ORACLE_ARM, [(f, summary_delta(e, "mAP", "strong"), None) for f, e in sorted(oracle.items())])
+        )
+    for run in runs:
+        pts = [
+            (
+                e["fraction"],
+                summary_delta(e, "mAP", "strong"),
+                e["share_mAP"].of_means if "share_mAP" in e else None,
+            )
+            for e in _synthetic_entries(run)
+        ]
+        if pts:
+            series.append((run.label, sorted(pts, key=lambda p: p[0])))
+    width = 1.2
+    for i, (label, pts) in enumerate(series):
+        colour = "k" if label == ORACLE_ARM else f"C{i}"
+        offset = (i - (len(series) - 1) / 2) * width
+        for axis, which in ((ax, 1), (bx, 2)):
+            xs, ys, lo, hi, filled = [], [], [], [], []
+            for p in pts:
+                iv = p[which]
+                if iv is None or iv.n == 0:
+                    continue
+                xs.append(p[0] * 100 + offset)
+                ys.append(iv.mean)
+                lo.append(_clip(iv.lo, -1.0, 2.0) if which == 2 else iv.lo)
+                hi.append(_clip(iv.hi, -1.0, 2.0) if which == 2 else iv.hi)
+                filled.append(iv.settled)
+            if not xs:
+                continue
+            axis.plot(xs, ys, "-", color=colour, alpha=0.5)
+            for x, y, a, b, s in zip(xs, ys, lo, hi, filled):
+                err = None if math.isnan(a) else [[y - a], [b - y]]
+                axis.errorbar([x], [y], yerr=err, marker="o", capsize=4, color=colour,
+                              markerfacecolor=colour if s else "white")  # fmt: skip
+            axis.plot([], [], "o-", color=colour, label=label)
+    ax.axhline(0.0, color="k", linewidth=0.8)
+    ax.set_xlabel("train images kept (%)")
+    ax.set_ylabel("ΔmAP vs strong (paired, 95 % CI)")
+    ax.set_title("filled = settled (the interval excludes 0)", fontsize=8)
+    ax.legend(fontsize=7)
+    for y in (0.0, 0.5, 1.0):
+        bx.axhline(y, color="k", linewidth=0.8 if y != 0.5 else 0.5, linestyle="-" if y != 0.5 else ":")
+    bx.set_xlabel("train images kept (%)")
+    bx.set_ylabel("share of the oracle's mAP gain (Fieller 95 %)")
+    bx.set_title("ratio of mean gains; intervals clipped to [-1, 2]", fontsize=8)
+    for axis in (ax, bx):
+        axis.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:
+    """``comparison.md`` and ``comparison.png`` in ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    md, png = out / "comparison.md", out / "comparison.png"
+    header = "# Re-ID gain: generators compared\n\nRuns:\n" + "".join(
+        f"- {r.label}: `{r.path}` ({len(r.rows)} cells; fractions "
+        f"{', '.join(fraction_tag(f) for f in sorted({e['fraction'] for e in r.summary}))})\n"
+        for r in runs
+    )
+    with atomic_write(md, "w", encoding="utf-8") as fh:
+        fh.write(header + "\n" + compare_table(runs))
+    plot_compare(runs, png, title="re-ID gain over the strong baseline, by generator")
+    return {"markdown": md, "plot": png}
+
+
+def add_reid_gain_compare_args(parser: argparse.ArgumentParser) -> None:
+    """Add the ``posereid reid-gain-compare`` options to ``parser``."""
+    parser.add_argument(
+        "runs", nargs="+", help="reid-gain --out folders (the first one's baselines are the reference)"
+    )
+    parser.add_argument("--out", required=True, help="folder for comparison.md / comparison.png")
+    parser.add_argument(
+        "--labels", help="comma list of row labels, one per run (default: from each run's settings)"
+    )
+
+
+def run_reid_gain_compare(args: argparse.Namespace) -> int:
+    """Run ``posereid reid-gain-compare``: print the table and write it with its plot."""
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else [None] * len(args.runs)
+    if len(labels) != len(args.runs):
+        raise SystemExit(f"--labels has {len(labels)} label(s) for {len(args.runs)} run(s)")
+    runs = [load_run(Path(p), label) for p, label in zip(args.runs, labels)]
+    paths = write_comparison(runs, Path(args.out))
+    print(compare_table(runs))
+    for what, path in paths.items():
+        print(f"{what:>8}: {path}")
+    return 0
+
+
+__all__ = [
+    "GainRun",
+    "add_reid_gain_compare_args",
+    "compare_table",
+    "load_run",
+    "plot_compare",
+    "run_label",
+    "run_reid_gain_compare",
+    "write_comparison",
+]

@@ -77,6 +77,23 @@ def shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` (a model or schedule option): the value is read as JSON when it parses (``3``, ``0.5``,
+    ``true``, ``[1, 2]``), else kept as text (``flow``)."""
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a field name as KEY, got {text!r}")
+    try:
+        value: object = json.loads(raw)
+    except ValueError:
+        value = raw
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{key}: must be a finite number, got {raw!r}")
+    return key.strip(), value
+
+
 def csv_list(item: Callable[[str], object]) -> Callable[[str], tuple]:
     """A comma-separated list whose items are checked by ``item`` (one of the types above)."""
 
@@ -92,6 +109,7 @@ def csv_list(item: Callable[[str], object]) -> Callable[[str], tuple]:
 __all__ = [
     "csv_list",
     "finite_float",
+    "key_value",
     "non_negative_int",
     "positive_float",
     "positive_int",

@@ -458,6 +458,33 @@ def test_baselines_from_another_run_are_read_not_retrained(
         rg.run_gain(_config(config.data, tmp_path / "x", baselines_from=tmp_path))
 
 
+def test_generator_options_reach_the_trained_generator(market: Path, tmp_path: Path, monkeypatch) -> None:
+    """``--generator-option prediction_type=v_prediction`` trains a v-prediction generator (the recipe is
+    in its saved schedule); an unknown field is refused before any re-ID model trains."""
+    reid_spy = Spy(reid_train.train_reid)
+    monkeypatch.setattr(reid_train, "train_reid", reid_spy)
+    args = ["reid-gain", "--data", str(market), "--out", str(tmp_path / "gain"), "--fractions", "1", "--arms",
+            "plain,plain+synthetic", "--seeds", "0", "--reid-steps", "2", "--height", str(H), "--width", str(W),
+            "--generator-preset", "tiny", "--generator-steps", "2", "--steps", "2", "--device", "cpu",
+            "--no-progress", "--generator-option", "prediction_type=v_prediction"]  # fmt: skip
+    assert cli_main(args) == 0
+    config = _config(market, tmp_path / "gain", generator_options={"prediction_type": "v_prediction"})
+    schedules = [
+        json.loads(p.read_text()) for p in rg.generator_dir(config, 1.0).rglob("scheduler_config.json")
+    ]
+    assert schedules and {s["prediction_type"] for s in schedules} == {"v_prediction"}
+    assert "prediction_type=v_prediction" in (tmp_path / "gain" / "results.md").read_text()
+    calls = len(reid_spy.calls)
+    bad = _config(
+        market, tmp_path / "bad", arms=("plain", "plain+synthetic"), generator_options={"no_such": 1}
+    )
+    with pytest.raises(ValueError, match="no_such"):
+        rg.run_gain(bad)
+    assert len(reid_spy.calls) == calls
+    with pytest.raises(SystemExit):
+        cli_main([*args[:-1], "not-a-pair"])
+
+
 @pytest.mark.parametrize("family", ["pidm", "pcdms", "cfld"])
 def test_cli_with_a_given_generator_records_it(family: str, market: Path, tmp_path: Path, capsys) -> None:
     from posereid.models.contract import family_class

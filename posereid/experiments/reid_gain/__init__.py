@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = attach(
                    "ProtocolMismatchError", "arm_extra", "find_annotations", "fraction_tag", "parse_fractions"],
         "subset": ["Subset", "materialize_subset", "select_subset", "subset_order"],
         "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filtered", "ensure_generator", "ensure_oracle",
-                     "ensure_synthetic", "generator_dir", "import_baselines", "market_source", "oracle_dir", "planned_cells",
+                     "ensure_synthetic", "generator_dir", "import_baselines", "new_generator", "market_source", "oracle_dir", "planned_cells",
                      "prepare_fraction", "resolve_device", "run_cell", "run_gain", "synthetic_dir"],
         "compare": ["GainRun", "compare_table", "load_run", "plot_compare", "run_label", "write_comparison"],
         "report": ["CSV_FIELDS", "Interval", "Share", "cell_key", "format_interval", "markdown_table", "paired_interval",

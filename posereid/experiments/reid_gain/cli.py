@@ -8,6 +8,7 @@ from pathlib import Path
 from posereid.argtypes import (
     csv_list,
     finite_float,
+    key_value,
     non_negative_int,
     positive_float,
     positive_int,
@@ -67,6 +68,10 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         default=d.generator_preset,
         help="a preset of that family (tiny|small|market|...)",
     )
+    parser.add_argument(
+        "--generator-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="override a field of the preset (repeatable), e.g. prediction_type=v_prediction",
+    )  # fmt: skip
     parser.add_argument("--generator-steps", type=positive_int, default=d.generator_steps)
     parser.add_argument("--generator-batch-size", type=positive_int, default=d.generator_batch_size)
     parser.add_argument("--generator-lr", type=positive_float, default=d.generator_lr)
@@ -136,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         arms=args.arms, seeds=args.seeds, subset_seed=args.subset_seed, reid_steps=args.reid_steps,
         reid_model=args.reid_model, reid_batch_size=args.reid_batch_size, reid_lr=args.reid_lr,
         height=args.height, width=args.width, generator_family=args.generator_family,
-        generator_preset=args.generator_preset,
+        generator_preset=args.generator_preset, generator_options=dict(args.generator_option),
         generator_steps=args.generator_steps, generator_batch_size=args.generator_batch_size,
         generator_lr=args.generator_lr, generator=args.generator, generator_data=args.generator_data,
         per_image=args.per_image, synthetic_ratio=args.synthetic_ratio, sampler=args.sampler, steps=args.steps,

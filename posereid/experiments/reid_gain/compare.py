@@ -54,8 +54,9 @@ def run_label(settings: dict[str, Any]) -> str:
     if settings.get("generator"):
         return f"given `{Path(str(settings['generator'])).name}`"
     family = settings.get("generator_family", "pidm")
+    options = "".join(f", {k}={v}" for k, v in (settings.get("generator_options") or {}).items())
     return (
-        f"{family} `{settings.get('generator_preset')}`, {settings.get('generator_steps')} steps "
+        f"{family} `{settings.get('generator_preset')}`{options}, {settings.get('generator_steps')} steps "
         f"(lr {settings.get('generator_lr')}, {settings.get('generator_data', 'kept')})"
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +49,8 @@ def arm_extra(arm: str) -> str:
 #: config fields that change what a cached subset / generator / result means; a rerun must agree on them.
 _PROTOCOL_FIELDS: tuple[str, ...] = (
     "subset_seed", "reid_steps", "reid_model", "reid_batch_size", "reid_lr", "height", "width",
-    "generator_family", "generator_preset", "generator_steps", "generator_batch_size", "generator_lr", "generator",
+    "generator_family", "generator_preset", "generator_options", "generator_steps", "generator_batch_size",
+    "generator_lr", "generator",
     "generator_data", "per_image", "sampler", "steps", "guidance", "pose_sampling", "annotation_hw",
     "filter_checkpoint", "filter_score", "filter_threshold", "synthetic_ratio",
 )  # fmt: skip
@@ -88,7 +89,8 @@ class GainConfig:
         reid_steps: optimisation steps of EVERY re-ID run (baseline and augmented alike).
         generator_family / generator_preset: the family (``posereid.models.FAMILIES``) and preset of the
             generators the protocol trains; a multi-stage family trains its stages in order, each for
-            ``generator_steps``.
+            ``generator_steps``. generator_options: overrides of that preset (model or schedule fields,
+            e.g. ``{"prediction_type": "v_prediction"}``), as ``from_preset(preset, **options)`` takes them.
         generator: reuse this generator checkpoint for every fraction instead of training one.
         generator_data: ``"kept"`` trains one generator per fraction on that fraction's images only;
             ``"full"`` trains one on all train images (PIDM's leaky setting, for comparison).
@@ -129,6 +131,7 @@ class GainConfig:
     width: int = 64
     generator_family: str = "pidm"
     generator_preset: str = "small"
+    generator_options: dict[str, Any] = field(default_factory=dict)
     generator_steps: int = 20000
     generator_batch_size: int = 16
     generator_lr: float = 1e-4
@@ -157,6 +160,7 @@ class GainConfig:
         self.annotations = None if self.annotations is None else Path(self.annotations)
         self.generator = None if self.generator is None else Path(self.generator)
         self.baselines_from = None if self.baselines_from is None else Path(self.baselines_from)
+        self.generator_options = dict(self.generator_options or {})
         if self.filter_checkpoint is not None and str(self.filter_checkpoint) != "auto":
             self.filter_checkpoint = Path(self.filter_checkpoint)
         g = (

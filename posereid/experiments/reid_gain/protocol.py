@@ -187,7 +187,7 @@ def ensure_generator(
     pairs_csv = Path(annotations).with_name("market-pairs-train.csv")
     pairs = read_pairs_csv(pairs_csv) if config.generator_data == "kept" and pairs_csv.is_file() else None
     pipeline = family_class(config.generator_family)
-    model = pipeline.from_preset(config.generator_preset, image_size=(config.height, config.width))
+    model = new_generator(config)
     dataset = training.PosePairDataset(
         records, model.image_size, pairs=pairs or None, seed=config.subset_seed
     )
@@ -225,6 +225,20 @@ def ensure_generator(
     if not is_checkpoint_dir(final):
         raise RuntimeError(f"generator training finished without writing {final}")
     return final
+
+
+def new_generator(config: GainConfig) -> Any:
+    """A fresh, untrained generator of ``config``'s family, preset and options at the re-ID image size."""
+    from posereid.models.contract import family_class
+
+    options = {"image_size": (config.height, config.width), **config.generator_options}
+    try:
+        return family_class(config.generator_family).from_preset(config.generator_preset, **options)
+    except TypeError as err:  # a model's __init__ refusing an unknown keyword
+        raise ValueError(
+            f"generator options {config.generator_options}: the {config.generator_family} preset "
+            f"{config.generator_preset!r} does not take them ({err})"
+        ) from None
 
 
 def _bf16_ok() -> bool:
@@ -381,7 +395,7 @@ def run_cell(
 # The protocol
 # --------------------------------------------------------------------------------------------------
 #: protocol fields that folders written before the field existed did not record, and the value they used
-_UNRECORDED = {"generator_family": "pidm"}
+_UNRECORDED: dict[str, Any] = {"generator_family": "pidm", "generator_options": {}}
 
 
 def _check_protocol(config: GainConfig) -> None:
@@ -487,6 +501,8 @@ def run_gain(config: GainConfig, *, source: MarketSource | None = None) -> list[
 def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[str, Any]]:
     """The body of :func:`run_gain`, run while holding the lock of ``config.out``."""
     check_oracle(config)  # before any work: a missing oracle must not surface hours into a run
+    if config.generator_options and config.generator is None:
+        new_generator(config)  # an unknown option fails now, not after the baselines
     config.out.mkdir(parents=True, exist_ok=True)
     _check_protocol(config)
     device = resolve_device(config.device)
@@ -587,6 +603,7 @@ __all__ = [
     "ensure_synthetic",
     "generator_dir",
     "import_baselines",
+    "new_generator",
     "market_source",
     "oracle_dir",
     "planned_cells",

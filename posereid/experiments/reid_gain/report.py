@@ -435,10 +435,11 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
     seeds = sorted({int(r["seed"]) for r in rows})
     md_path, png_path = config.out / "results.md", config.out / "results.png"
     gen = config.generator_source()
+    options = "".join(f", {k}={v}" for k, v in config.generator_options.items())
     gen_text = {
-        "kept": f"trained on the kept fraction only (leakage-free), preset `{config.generator_preset}`, "
+        "kept": f"trained on the kept fraction only (leakage-free), preset `{config.generator_preset}`{options}, "
         f"{config.generator_steps} steps",
-        "full": f"trained on ALL train images (leaky, PIDM's setting), preset `{config.generator_preset}`, "
+        "full": f"trained on ALL train images (leaky, PIDM's setting), preset `{config.generator_preset}`{options}, "
         f"{config.generator_steps} steps",
     }.get(gen, f"given checkpoint `{config.generator}`")
     header = (

@@ -270,7 +270,10 @@ def test_compare_puts_each_generator_beside_the_others_on_the_same_baselines(tmp
     assert "+5.0 [+5.0, +5.0] settled" in row_a and "| 0.50 [0.50, 0.50] settled |" in row_a
     assert "+0.6 [" in row_b and "not settled" in row_b  # gains 1, 0, 1, 0, 1: mean 0.6
     assert "| 100% | strong+oracle | real renders | 5 |" in md and "+10.0 [+10.0, +10.0] settled" in md
-    assert "All runs share the first run's `strong` models." in md
+    assert "All runs share the first run's `strong` models" in md
+    more = _rows({**base, "strong+synthetic": [41.0] * 5}) + _rows({"strong": [44.0]}, fraction=0.5)
+    d = _write_run(tmp_path / "d", more)  # one more fraction than the first run: the shared cells agree
+    assert "All runs share" in rg.compare_table([runs[0], rg.load_run(d)])
     c = _write_run(tmp_path / "c", _rows({"strong": [30.0] * 5, "strong+synthetic": [31.0] * 5}))
     md2 = rg.compare_table([runs[0], rg.load_run(c, "other")])
     assert "**Not the same baseline models**: other" in md2 and "– (no oracle)" in md2

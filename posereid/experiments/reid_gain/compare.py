@@ -72,13 +72,19 @@ def _synthetic_entries(run: GainRun) -> list[dict[str, Any]]:
     return [e for e in run.summary if arm_extra(e["arm"]) == "synthetic" and e["arm"].startswith("strong")]
 
 
+def _same_baselines(a: dict[tuple[str, str, int], float], b: dict[tuple[str, str, int], float]) -> bool:
+    """Whether two runs' ``strong`` cells agree wherever both have one (and they share at least one)."""
+    common = a.keys() & b.keys()
+    return bool(common) and all(a[k] == b[k] for k in common)
+
+
 def compare_table(runs: Sequence[GainRun]) -> str:
     """Markdown: per kept fraction, the strong baseline, the oracle's gain, then each run's synthetic arm
     (ΔmAP / Δrank-1 vs ``strong`` [95 % CI], verdict, recovered share of the oracle's gain)."""
     if not runs:
         raise ValueError("no run to compare")
     first = runs[0].strong_cells()
-    shared = [r.label for r in runs[1:] if r.strong_cells() != first]
+    shared = [r.label for r in runs[1:] if not _same_baselines(first, r.strong_cells())]
     lines = [
         "| kept | arm | generator | seeds | mAP | ΔmAP vs strong [95 % CI] | Δrank-1 vs strong [95 % CI] "
         "| share of the oracle's gain, mAP [Fieller 95 %] | same, rank-1 |",
@@ -121,7 +127,7 @@ def compare_table(runs: Sequence[GainRun]) -> str:
         "containing 0)."
     )
     lines.append(
-        "\nAll runs share the first run's `strong` models."
+        "\nAll runs share the first run's `strong` models (the same values in every cell both have)."
         if not shared
         else "\n**Not the same baseline models**: " + ", ".join(shared) + " have other `strong` cells than "
         f"{runs[0].label}; each is compared with its own."

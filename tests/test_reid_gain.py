@@ -454,6 +454,10 @@ def test_baselines_from_another_run_are_read_not_retrained(
     assert all(r["generator"] == "kept" for r in got if r["arm"] == "plain+synthetic")
     assert f"read from `{config.out}`" in (other.out / "results.md").read_text()
     assert len(rg.read_results(other.out / "results.csv")) == 4
+    # the two generators answer the same requests: one sheet, a column each (source, pose, 2 runs, source)
+    paths = rg.write_comparison([rg.load_run(config.out, "a"), rg.load_run(other.out, "b")], tmp_path / "cmp")
+    with Image.open(paths["samples"]) as im:
+        assert im.width == 5 * (W * math.ceil(160 / H) + 4)
     for field, value in (("reid_steps", 4), ("per_image", 2)):
         with pytest.raises(rg.ProtocolMismatchError, match=field):
             rg.run_gain(_config(config.data, tmp_path / field, baselines_from=config.out, **{field: value}))

@@ -124,10 +124,11 @@ def write_sheet(
     target_kps: np.ndarray,
     columns: Mapping[str, torch.Tensor],
     rows: int = 8,
+    real_label: str = "real target",
 ) -> None:
     """PNG grid, one row per pair: source | target pose | each generated set (``columns``) | real target.
 
-    Small images are enlarged by an integer factor (nearest neighbour, so no detail is invented) to at
+    ``real_label`` names the last column (``target``'s images). Small images are enlarged by an integer factor (nearest neighbour, so no detail is invented) to at
     least 160 px high; the skeleton is drawn at the enlarged size so it stays legible.
     """
     n = min(rows, len(target))
@@ -137,7 +138,7 @@ def write_sheet(
     skel = skeleton_tensor(resize_keypoints(target_kps[:n], (h, w), (ch, cw)), ch, cw)
     cols: dict[str, tuple[torch.Tensor, int]] = {"source": (source[:n], scale), "target pose": (skel, 1)}
     cols.update({k: (v[:n], scale) for k, v in columns.items()})
-    cols["real target"] = (target[:n], scale)
+    cols[real_label] = (target[:n], scale)
     head, gap = 14, 4
     sheet = Image.new("RGB", ((cw + gap) * len(cols), head + (ch + gap) * n), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)

@@ -11,6 +11,7 @@ are still compared, each against its own baseline, and the table says so.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -195,7 +196,8 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
     ax.set_xlabel("train images kept (%)")
     ax.set_ylabel("ΔmAP vs strong (paired, 95 % CI)")
     ax.set_title("filled = settled (the interval excludes 0)", fontsize=8)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # runs without a strong arm have nothing to draw
+        ax.legend(fontsize=7)
     for y in (0.0, 0.5, 1.0):
         bx.axhline(y, color="k", linewidth=0.8 if y != 0.5 else 0.5, linestyle="-" if y != 0.5 else ":")
     bx.set_xlabel("train images kept (%)")
@@ -209,8 +211,80 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def _work_dir(run: GainRun, kind: str, fraction: float) -> Path:
+    return run.path / "work" / f"{kind}-{fraction_tag(fraction)}"
+
+
+def sheet_fraction(runs: Sequence[GainRun]) -> float | None:
+    """The largest kept fraction whose synthetic folder every run that kept its ``work/`` has (``None``:
+    no such fraction, or no run kept its images)."""
+    with_work = [r for r in runs if (r.path / "work").is_dir()]
+    common = [
+        f for f in sorted({e["fraction"] for r in with_work for e in r.summary}, reverse=True)
+        if all((_work_dir(r, "synthetic", f) / "manifest.jsonl").is_file() for r in with_work)
+    ]  # fmt: skip
+    return common[0] if with_work and common else None
+
+
+def write_compare_sheet(runs: Sequence[GainRun], fraction: float, path: Path, rows: int = 8) -> None:
+    """PNG: the same generation requests (source image and target pose) answered by each run's generator,
+    beside a real render of that person in a view the train split hides (the oracle), when a run has it.
+
+    Rows are spread over the first run's manifest; a run without that image leaves its column out.
+    """
+    import numpy as np
+    import torch
+
+    from posereid.experiments.quality.report import write_sheet
+    from posereid.experiments.synthetic.dataset import oracle_name
+    from posereid.models.images import pil_to_tensor01
+    from posereid.models.pose import resize_keypoints
+    from posereid.reid_integration.market1501 import load_image
+
+    with_work = [r for r in runs if (_work_dir(r, "synthetic", fraction) / "manifest.jsonl").is_file()]
+    if not with_work:
+        raise FileNotFoundError(f"no run has a synthetic folder for fraction {fraction_tag(fraction)}")
+    lines = (_work_dir(with_work[0], "synthetic", fraction) / "manifest.jsonl").read_text().splitlines()
+    entries = [json.loads(ln) for ln in lines if ln.strip()]
+    picked = [entries[i] for i in np.linspace(0, len(entries) - 1, min(rows, len(entries))).astype(int)]
+    first = load_image(
+        _work_dir(with_work[0], "synthetic", fraction) / "bounding_box_train" / picked[0]["name"]
+    )
+    hw = (first.height, first.width)
+
+    def stack(paths: list[Path]) -> torch.Tensor:
+        return torch.stack([pil_to_tensor01(load_image(p, size=hw)) for p in paths])
+
+    source = stack(
+        [_work_dir(with_work[0], "subset", fraction) / "bounding_box_train" / e["source"] for e in picked]
+    )
+    kps = np.stack(
+        [resize_keypoints(np.asarray(e["target_pose"]), tuple(e["pose_frame"]), hw) for e in picked]
+    )
+    columns: dict[str, torch.Tensor] = {}
+    for run in with_work:
+        files = [_work_dir(run, "synthetic", fraction) / "bounding_box_train" / e["name"] for e in picked]
+        if all(f.is_file() for f in files):
+            columns[run.label] = stack(files)
+    oracle = [
+        [
+            _work_dir(r, "oracle", fraction) / "bounding_box_train" / oracle_name(e["source"], e["k"])
+            for e in picked
+        ]
+        for r in runs
+    ]
+    real = next((files for files in oracle if all(f.is_file() for f in files)), None)
+    if real is None:  # no oracle folder: the last column repeats the source, and says so
+        write_sheet(path, source, source, kps, columns, rows=len(picked), real_label="source (no oracle)")
+    else:
+        write_sheet(
+            path, source, stack(real), kps, columns, rows=len(picked), real_label="oracle: real, new view"
+        )
+
+
 def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:
-    """``comparison.md`` and ``comparison.png`` in ``out``; returns their paths."""
+    """``comparison.md``, ``comparison.png`` and, when runs kept their ``work/`` folders, ``samples.png``
+    (:func:`write_compare_sheet` at :func:`sheet_fraction`) in ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     md, png = out / "comparison.md", out / "comparison.png"
     header = "# Re-ID gain: generators compared\n\nRuns:\n" + "".join(
@@ -221,7 +295,12 @@ def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:
     with atomic_write(md, "w", encoding="utf-8") as fh:
         fh.write(header + "\n" + compare_table(runs))
     plot_compare(runs, png, title="re-ID gain over the strong baseline, by generator")
-    return {"markdown": md, "plot": png}
+    paths = {"markdown": md, "plot": png}
+    fraction = sheet_fraction(runs)
+    if fraction is not None:
+        paths["samples"] = out / "samples.png"
+        write_compare_sheet(runs, fraction, paths["samples"])
+    return paths
 
 
 def add_reid_gain_compare_args(parser: argparse.ArgumentParser) -> None:
@@ -256,5 +335,7 @@ __all__ = [
     "plot_compare",
     "run_label",
     "run_reid_gain_compare",
+    "sheet_fraction",
+    "write_compare_sheet",
     "write_comparison",
 ]

@@ -180,15 +180,16 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
                 if iv is None or iv.n == 0:
                     continue
                 xs.append(p[0] * 100 + offset)
-                ys.append(iv.mean)
-                lo.append(_clip(iv.lo, -1.0, 2.0) if which == 2 else iv.lo)
-                hi.append(_clip(iv.hi, -1.0, 2.0) if which == 2 else iv.hi)
+                clip = (lambda v: _clip(v, -1.0, 2.0)) if which == 2 else (lambda v: v)
+                ys.append(clip(iv.mean))  # a share far outside [-1, 2] is drawn at the edge
+                lo.append(clip(iv.lo))
+                hi.append(clip(iv.hi))
                 filled.append(iv.settled)
             if not xs:
                 continue
             axis.plot(xs, ys, "-", color=colour, alpha=0.5)
             for x, y, a, b, s in zip(xs, ys, lo, hi, filled):
-                err = None if math.isnan(a) else [[y - a], [b - y]]
+                err = None if math.isnan(a) else [[max(0.0, y - a)], [max(0.0, b - y)]]
                 axis.errorbar([x], [y], yerr=err, marker="o", capsize=4, color=colour,
                               markerfacecolor=colour if s else "white")  # fmt: skip
             axis.plot([], [], "o-", color=colour, label=label)
@@ -202,7 +203,7 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
         bx.axhline(y, color="k", linewidth=0.8 if y != 0.5 else 0.5, linestyle="-" if y != 0.5 else ":")
     bx.set_xlabel("train images kept (%)")
     bx.set_ylabel("share of the oracle's mAP gain (Fieller 95 %)")
-    bx.set_title("ratio of mean gains; intervals clipped to [-1, 2]", fontsize=8)
+    bx.set_title("ratio of mean gains; values and intervals clipped to [-1, 2]", fontsize=8)
     for axis in (ax, bx):
         axis.grid(alpha=0.3)
     if title:
@@ -277,9 +278,7 @@ def write_compare_sheet(runs: Sequence[GainRun], fraction: float, path: Path, ro
     if real is None:  # no oracle folder: the last column repeats the source, and says so
         write_sheet(path, source, source, kps, columns, rows=len(picked), real_label="source (no oracle)")
     else:
-        write_sheet(
-            path, source, stack(real), kps, columns, rows=len(picked), real_label="oracle: real, new view"
-        )
+        write_sheet(path, source, stack(real), kps, columns, rows=len(picked), real_label="oracle (real)")
 
 
 def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:

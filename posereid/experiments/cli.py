@@ -26,7 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filter": ("posereid.augment.filter", "re-score / re-filter a generated folder by identity"),
     "train-reid": ("posereid.reid_integration.train", "train and evaluate a re-ID model with torchreid"),
     "reid-gain": ("posereid.experiments.reid_gain.cli", "the re-ID gain protocol (baseline vs augmented)"),
-    "reid-gain-compare": ("posereid.experiments.reid_gain.compare", "several reid-gain runs in one table and plot"),
+    "reid-gain-compare": (
+        "posereid.experiments.reid_gain.compare",
+        "several reid-gain runs in one table and plot",
+    ),
     "evaluate-generator": (
         "posereid.experiments.quality.cli",
         "generator quality: SSIM/LPIPS/FID, pose, identity",

@@ -165,7 +165,7 @@ def ensure_generator(
     """
     from posereid.experiments.data import market_pose_records
     from posereid.models import training
-    from posereid.models.contract import family_class, is_checkpoint_dir
+    from posereid.models.contract import is_checkpoint_dir
 
     final = generator_dir(config, fraction)
     if config.generator is not None:
@@ -186,8 +186,8 @@ def ensure_generator(
         raise ValueError(f"{root}: no annotated train image to train the generator on ({annotations})")
     pairs_csv = Path(annotations).with_name("market-pairs-train.csv")
     pairs = read_pairs_csv(pairs_csv) if config.generator_data == "kept" and pairs_csv.is_file() else None
-    pipeline = family_class(config.generator_family)
     model = new_generator(config)
+    pipeline = type(model)
     dataset = training.PosePairDataset(
         records, model.image_size, pairs=pairs or None, seed=config.subset_seed
     )

@@ -128,8 +128,9 @@ def write_sheet(
 ) -> None:
     """PNG grid, one row per pair: source | target pose | each generated set (``columns``) | real target.
 
-    ``real_label`` names the last column (``target``'s images). Small images are enlarged by an integer factor (nearest neighbour, so no detail is invented) to at
-    least 160 px high; the skeleton is drawn at the enlarged size so it stays legible.
+    ``real_label`` names the last column (``target``'s images). Small images are enlarged by an integer
+    factor (nearest neighbour, so no detail is invented) to at least 160 px high; the skeleton is drawn at
+    the enlarged size so it stays legible.
     """
     n = min(rows, len(target))
     h, w = (int(v) for v in target.shape[-2:])

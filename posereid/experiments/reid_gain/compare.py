@@ -175,12 +175,12 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
         offset = (i - (len(series) - 1) / 2) * width
         for axis, which in ((ax, 1), (bx, 2)):
             xs, ys, lo, hi, filled = [], [], [], [], []
+            clip = (lambda v: _clip(v, -1.0, 2.0)) if which == 2 else (lambda v: v)
             for p in pts:
                 iv = p[which]
                 if iv is None or iv.n == 0:
                     continue
                 xs.append(p[0] * 100 + offset)
-                clip = (lambda v: _clip(v, -1.0, 2.0)) if which == 2 else (lambda v: v)
                 ys.append(clip(iv.mean))  # a share far outside [-1, 2] is drawn at the edge
                 lo.append(clip(iv.lo))
                 hi.append(clip(iv.hi))
@@ -275,10 +275,9 @@ def write_compare_sheet(runs: Sequence[GainRun], fraction: float, path: Path, ro
         for r in runs
     ]
     real = next((files for files in oracle if all(f.is_file() for f in files)), None)
-    if real is None:  # no oracle folder: the last column repeats the source, and says so
-        write_sheet(path, source, source, kps, columns, rows=len(picked), real_label="source (no oracle)")
-    else:
-        write_sheet(path, source, stack(real), kps, columns, rows=len(picked), real_label="oracle (real)")
+    # no oracle folder: the last column repeats the source, and says so
+    last, label = (source, "source (no oracle)") if real is None else (stack(real), "oracle (real)")
+    write_sheet(path, source, last, kps, columns, rows=len(picked), real_label=label)
 
 
 def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:

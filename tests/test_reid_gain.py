@@ -277,6 +277,12 @@ def test_compare_puts_each_generator_beside_the_others_on_the_same_baselines(tmp
     c = _write_run(tmp_path / "c", _rows({"strong": [30.0] * 5, "strong+synthetic": [31.0] * 5}))
     md2 = rg.compare_table([runs[0], rg.load_run(c, "other")])
     assert "**Not the same baseline models**: other" in md2 and "– (no oracle)" in md2
+    # a later run with its own (10-seed) oracle: the table and the plot both keep the first run's
+    e = _write_run(tmp_path / "e", _rows({"strong": [40.0, 42.0, 41.0, 43.0, 40.0] * 2,
+                                          "strong+oracle": [44.0] * 10, "strong+synthetic": [42.0] * 10}))  # fmt: skip
+    later = [runs[0], rg.load_run(e)]
+    assert rg.first_cells(later, "strong+oracle")[1.0]["seeds"] == 5
+    assert "| 100% | strong+oracle | real renders | 5 |" in rg.compare_table(later)
     assert (
         cli_main(["reid-gain-compare", str(a), str(b), "--out", str(tmp_path / "cmp"), "--labels", "A,B"])
         == 0

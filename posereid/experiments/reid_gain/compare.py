@@ -79,6 +79,18 @@ def _same_baselines(a: dict[tuple[str, str, int], float], b: dict[tuple[str, str
     return bool(common) and all(a[k] == b[k] for k in common)
 
 
+def first_cells(runs: Sequence[GainRun], arm: str) -> dict[float, dict[str, Any]]:
+    """Per kept fraction, the summary of ``arm`` from the first run that has it: the ``strong`` and oracle
+    rows the table and the plot both show (runs built with ``--baselines-from`` share them; the first wins
+    where an older run has more seeds)."""
+    cells: dict[float, dict[str, Any]] = {}
+    for run in runs:
+        for e in run.summary:
+            if e["arm"] == arm:
+                cells.setdefault(e["fraction"], e)
+    return cells
+
+
 def compare_table(runs: Sequence[GainRun]) -> str:
     """Markdown: per kept fraction, the strong baseline, the oracle's gain, then each run's synthetic arm
     (ΔmAP / Δrank-1 vs ``strong`` [95 % CI], verdict, recovered share of the oracle's gain)."""
@@ -92,11 +104,9 @@ def compare_table(runs: Sequence[GainRun]) -> str:
         "|---:|---|---|---:|---:|---|---|---|---|",
     ]
     fractions = sorted({e["fraction"] for r in runs for e in r.summary})
+    bases, oracles = first_cells(runs, "strong"), first_cells(runs, ORACLE_ARM)
     for f in fractions:
-        base = next((e for r in runs for e in r.summary if e["fraction"] == f and e["arm"] == "strong"), None)
-        oracle = next(
-            (e for r in runs for e in r.summary if e["fraction"] == f and e["arm"] == ORACLE_ARM), None
-        )
+        base, oracle = bases.get(f), oracles.get(f)
         kept = f"{f * 100:.0f}%"
         if base is not None:
             lines.append(
@@ -151,9 +161,7 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     series: list[tuple[str, list[tuple[float, Interval, Interval | None]]]] = []
-    oracle = {
-        e["fraction"]: e for r in runs for e in reversed(r.summary) if e["arm"] == ORACLE_ARM
-    }  # the first run's, when several have one
+    oracle = first_cells(runs, ORACLE_ARM)
     if oracle:
         series.append(
             (ORACLE_ARM, [(f, summary_delta(e, "mAP", "strong"), None) for f, e in sorted(oracle.items())])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from posereid.augment.manifest import parse_synthetic_name
 from posereid.experiments import reid_gain as rg
 from posereid.experiments.cli import main as cli_main
 from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
@@ -281,6 +282,12 @@ def test_compare_puts_each_generator_beside_the_others_on_the_same_baselines(tmp
     e = _write_run(tmp_path / "e", _rows({"strong": [40.0, 42.0, 41.0, 43.0, 40.0] * 2,
                                           "strong+oracle": [44.0] * 10, "strong+synthetic": [42.0] * 10}))  # fmt: skip
     later = [runs[0], rg.load_run(e)]
+    # the floor: shown once, from the first run that has it, with its own (here negative) share
+    fl = _write_run(tmp_path / "fl", _rows({**base, "strong+noise": [35.0, 37.0, 36.0, 38.0, 35.0]}))
+    md3 = rg.compare_table([rg.load_run(fl), runs[1]])
+    floor_row = next(ln for ln in md3.splitlines() if "| strong+noise |" in ln)
+    assert "| pixel noise (the floor) | 5 |" in floor_row and "-5.0 [-5.0, -5.0] settled" in floor_row
+    assert "| -0.50 [-0.50, -0.50] settled |" in floor_row
     assert rg.first_cells(later, "strong+oracle")[1.0]["seeds"] == 5
     assert "| 100% | strong+oracle | real renders | 5 |" in rg.compare_table(later)
     assert (
@@ -717,3 +724,45 @@ def test_oracle_arm_trains_strong_on_oracle_views_without_a_generator(market: Pa
     assert names == {oracle_name(n, k) for n in kept for k in range(2)}  # from the KEPT images only
     md = (config.out / "results.md").read_text()
     assert "| 50% | strong+oracle | 1 |" in md and "real renders" in md
+
+
+def test_noise_floor_arm_adds_colour_matched_noise_under_the_kept_pids(
+    market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``strong+noise``: one pixel-noise image per kept image, named for its pid and camera, with that image's
+    colour statistics and none of its structure; the re-ID cell trains on them, and a rerun writes the same
+    folder."""
+    import numpy as np
+
+    reid_spy = Spy(reid_train.train_reid)
+    monkeypatch.setattr(reid_train, "train_reid", reid_spy)
+    config = _config(market, tmp_path / "g", fractions=(1.0,), arms=("strong", "strong+noise"))
+    rows = rg.run_gain(config)
+    noise = rg.noise_dir(config, 1.0)
+    (cfg,) = [args[0] for args, _ in reid_spy.calls if args[0].synthetic]
+    assert [Path(p) for p in cfg.synthetic] == [noise]
+    row = next(r for r in rows if r["arm"] == "strong+noise")
+    kept = sorted(p.name for p in (market / "bounding_box_train").glob("*.jpg"))
+    assert row["generator"] == "noise" and row["synthetic_images"] == len(kept)
+    files = sorted((noise / "bounding_box_train").glob("*.jpg"))
+    assert len(files) == len(kept)
+    for f in files:
+        src_stem, k = parse_synthetic_name(f.name)
+        src = market / "bounding_box_train" / f"{src_stem}.jpg"
+        assert k == 0 and parse_market_name(f.name)[:2] == parse_market_name(src.name)[:2]
+        a = np.asarray(Image.open(f).convert("RGB"), dtype=float)
+        b = np.asarray(Image.open(src).convert("RGB"), dtype=float)
+        assert a.shape == b.shape
+        assert (
+            np.abs(a.mean((0, 1)) - b.mean((0, 1))).max() < 12
+        )  # the person's colours (clipping moves them a little)
+        a, b = a - a.mean((0, 1)), b - b.mean((0, 1))  # within each channel: the body's shape
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.3  # none of it
+    before = {f.name: f.read_bytes() for f in files}
+    (noise / "gain_done.json").unlink()  # unmarked: written again, the same
+    assert rg.ensure_noise(config, 1.0, rg.prepare_fraction(config, 1.0)) == len(kept)
+    assert {f.name: f.read_bytes() for f in (noise / "bounding_box_train").glob("*.jpg")} == before
+    assert (
+        "`strong+noise`: the strong baseline + 1 pixel-noise image(s)"
+        in (config.out / "results.md").read_text()
+    )

@@ -10,11 +10,11 @@ from posereid._lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "config": ["ARMS", "BASELINE_FIELDS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "DEFAULT_SEEDS", "GainConfig", "GainOutOfTimeError", "ORACLE_ARM",
+        "config": ["ARMS", "BASELINE_FIELDS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "DEFAULT_SEEDS", "GainConfig", "GainOutOfTimeError", "NOISE_ARM", "ORACLE_ARM",
                    "ProtocolMismatchError", "arm_extra", "find_annotations", "fraction_tag", "parse_fractions"],
         "subset": ["Subset", "materialize_subset", "select_subset", "subset_order"],
-        "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filtered", "ensure_generator", "ensure_oracle",
-                     "ensure_synthetic", "generator_dir", "import_baselines", "new_generator", "market_source", "oracle_dir", "planned_cells",
+        "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filtered", "ensure_generator", "ensure_noise", "ensure_oracle",
+                     "ensure_synthetic", "generator_dir", "import_baselines", "new_generator", "market_source", "noise_dir", "oracle_dir", "planned_cells",
                      "prepare_fraction", "resolve_device", "run_cell", "run_gain", "synthetic_dir"],
         "compare": ["GainRun", "compare_table", "first_cells", "load_run", "plot_compare", "run_label", "write_comparison"],
         "report": ["CSV_FIELDS", "Interval", "Share", "cell_key", "format_interval", "markdown_table", "paired_interval",

@@ -16,6 +16,7 @@ from posereid.argtypes import (
 )
 from posereid.experiments.reid_gain.config import (
     ARMS,
+    NOISE_ARM,
     ORACLE_ARM,
     GainConfig,
     GainOutOfTimeError,
@@ -43,7 +44,8 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         type=csv_list(str),
         default=d.arms,
         help=f"comma list from {', '.join(ARMS)} (default: {','.join(d.arms)}); {ORACLE_ARM} (real renders of "
-        "the train identities in the views the train split hides: the ceiling) needs a synth-market dataset",
+        "the train identities in the views the train split hides: the ceiling) needs a synth-market dataset; "
+        f"{NOISE_ARM} (pixel noise with each kept image's colours, as many as the synthetic images: the floor)",
     )
     parser.add_argument(
         "--seeds",

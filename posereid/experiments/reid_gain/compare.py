@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posereid.experiments.reid_gain.config import ORACLE_ARM, arm_extra, fraction_tag
+from posereid.experiments.reid_gain.config import NOISE_ARM, ORACLE_ARM, arm_extra, fraction_tag
 from posereid.experiments.reid_gain.report import (
     Interval,
     cell_key,
@@ -79,6 +79,19 @@ def _same_baselines(a: dict[tuple[str, str, int], float], b: dict[tuple[str, str
     return bool(common) and all(a[k] == b[k] for k in common)
 
 
+def _share(entry: dict[str, Any]) -> Interval | None:
+    """An entry's share of the oracle's mAP gain (ratio of means, Fieller), if it has an oracle."""
+    return entry["share_mAP"].of_means if "share_mAP" in entry else None
+
+
+def _share_cells(entry: dict[str, Any]) -> str:
+    """The two share columns (mAP, rank-1) of a table row."""
+    return " | ".join(
+        format_share_of_means(entry[f"share_{m}"].of_means) if f"share_{m}" in entry else "– (no oracle)"
+        for m in ("mAP", "rank1")
+    )
+
+
 def first_cells(runs: Sequence[GainRun], arm: str) -> dict[float, dict[str, Any]]:
     """Per kept fraction, the summary of ``arm`` from the first run that has it: the ``strong`` and oracle
     rows the table and the plot both show (runs built with ``--baselines-from`` share them; the first wins
@@ -105,6 +118,7 @@ def compare_table(runs: Sequence[GainRun]) -> str:
     ]
     fractions = sorted({e["fraction"] for r in runs for e in r.summary})
     bases, oracles = first_cells(runs, "strong"), first_cells(runs, ORACLE_ARM)
+    floors = first_cells(runs, NOISE_ARM)
     for f in fractions:
         base, oracle = bases.get(f), oracles.get(f)
         kept = f"{f * 100:.0f}%"
@@ -118,18 +132,21 @@ def compare_table(runs: Sequence[GainRun]) -> str:
                 f"{oracle['mAP_std']:.1f} | {format_interval(summary_delta(oracle, 'mAP', 'strong'))} | "
                 f"{format_interval(summary_delta(oracle, 'rank1', 'strong'))} | 1 | 1 |"
             )
+        floor = floors.get(f)
+        if floor is not None:
+            lines.append(
+                f"| {kept} | {NOISE_ARM} | pixel noise (the floor) | {floor['seeds']} | {floor['mAP']:.1f} ± "
+                f"{floor['mAP_std']:.1f} | {format_interval(summary_delta(floor, 'mAP', 'strong'))} | "
+                f"{format_interval(summary_delta(floor, 'rank1', 'strong'))} | {_share_cells(floor)} |"
+            )
         for run in runs:
             for e in _synthetic_entries(run):
                 if e["fraction"] != f:
                     continue
-                shares = [
-                    format_share_of_means(e[f"share_{m}"].of_means) if f"share_{m}" in e else "– (no oracle)"
-                    for m in ("mAP", "rank1")
-                ]
                 lines.append(
                     f"| {kept} | {e['arm']} | {run.label} | {e['seeds']} | {e['mAP']:.1f} ± {e['mAP_std']:.1f} | "
                     f"{format_interval(summary_delta(e, 'mAP', 'strong'))} | {format_interval(summary_delta(e, 'rank1', 'strong'))} "
-                    f"| {shares[0]} | {shares[1]} |"
+                    f"| {_share_cells(e)} |"
                 )
     lines.append(
         "\nΔ: mean of the per-seed paired differences with the run's own `strong` cells [95 % t-interval]; "
@@ -166,12 +183,20 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
         series.append(
             (ORACLE_ARM, [(f, summary_delta(e, "mAP", "strong"), None) for f, e in sorted(oracle.items())])
         )
+    floor = first_cells(runs, NOISE_ARM)
+    if floor:
+        series.append(
+            (
+                f"{NOISE_ARM} (floor)",
+                [(f, summary_delta(e, "mAP", "strong"), _share(e)) for f, e in sorted(floor.items())],
+            )
+        )
     for run in runs:
         pts = [
             (
                 e["fraction"],
                 summary_delta(e, "mAP", "strong"),
-                e["share_mAP"].of_means if "share_mAP" in e else None,
+                _share(e),
             )
             for e in _synthetic_entries(run)
         ]
@@ -179,7 +204,7 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
             series.append((run.label, sorted(pts, key=lambda p: p[0])))
     width = 1.2
     for i, (label, pts) in enumerate(series):
-        colour = "k" if label == ORACLE_ARM else f"C{i}"
+        colour = {ORACLE_ARM: "k", f"{NOISE_ARM} (floor)": "0.55"}.get(label, f"C{i}")
         offset = (i - (len(series) - 1) / 2) * width
         for axis, which in ((ax, 1), (bx, 2)):
             xs, ys, lo, hi, filled = [], [], [], [], []

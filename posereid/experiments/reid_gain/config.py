@@ -26,6 +26,7 @@ ARMS: tuple[str, ...] = (
     "strong+synthetic",
     "strong+synthetic+filtered",
     "strong+oracle",
+    "strong+noise",
 )
 DEFAULT_ARMS: tuple[str, ...] = ARMS[:4]
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -36,13 +37,19 @@ BASELINES: tuple[str, ...] = ("plain", "strong")
 #: train split hides, as many as the synthetic images, under the same pids (synthetic datasets only): the
 #: ceiling of pose augmentation. A synthetic arm is also reported as the share of its gain it recovers.
 ORACLE_ARM = "strong+oracle"
+#: the strong baseline + as many pixel-noise images as the synthetic arm adds (each with one kept image's
+#: per-channel mean and spread, under its pid and camera): the floor, what a generator that has learnt
+#: nothing but colour statistics gives. A synthetic arm below it is worse than adding noise.
+NOISE_ARM = "strong+noise"
 
 
 def arm_extra(arm: str) -> str:
     """What an arm adds to the kept real images: ``""`` (a baseline), ``"synthetic"`` (generated images,
-    which need a generator) or ``"oracle"`` (rendered ground truth)."""
+    which need a generator), ``"oracle"`` (rendered ground truth) or ``"noise"`` (the floor)."""
     if arm == ORACLE_ARM:
         return "oracle"
+    if arm == NOISE_ARM:
+        return "noise"
     return "synthetic" if "synthetic" in arm else ""
 
 

@@ -12,7 +12,9 @@ with three corrections (``docs/DESIGN.md`` §6):
   every arm;
 - on synthetic people an **oracle** arm (``strong+oracle``: real renders of the train identities in the
   views the train split hides, as many as the synthetic images): the ceiling of pose augmentation, against
-  which a synthetic arm is reported as the share of the oracle's gain it recovers.
+  which a synthetic arm is reported as the share of the oracle's gain it recovers; and a **floor**
+  (``strong+noise``: as many pixel-noise images with each kept image's colour statistics), which a
+  generator must beat to be worth more than noise.
 
 Every fraction's subset is materialised as a Market-format folder (hard links, symlinks or copies) plus
 its PATN annotation / pair rows, so the generator trainer, the offline generator and the re-ID trainer all
@@ -52,6 +54,7 @@ from typing import Any
 from posereid.experiments.data import MarketSource
 from posereid.experiments.reid_gain.config import (
     BASELINE_FIELDS,
+    NOISE_ARM,
     ORACLE_ARM,
     GainConfig,
     GainOutOfTimeError,
@@ -104,6 +107,50 @@ def synthetic_dir(config: GainConfig, fraction: float, *, filtered: bool = False
 def oracle_dir(config: GainConfig, fraction: float) -> Path:
     """The Market-format folder of ``fraction``'s oracle images (the ``strong+oracle`` arm)."""
     return config.work / f"oracle-{fraction_tag(fraction)}"
+
+
+def noise_dir(config: GainConfig, fraction: float) -> Path:
+    """The Market-format folder of ``fraction``'s noise images (the ``strong+noise`` floor)."""
+    return config.work / f"noise-{fraction_tag(fraction)}"
+
+
+def ensure_noise(config: GainConfig, fraction: float, subset: Subset) -> int:
+    """Write (or reuse) ``fraction``'s noise folder; return its image count.
+
+    ``per_image`` images per kept image, under its pid and camera (synthetic names), each i.i.d. Gaussian
+    pixel noise with that image's per-channel mean and standard deviation: as many images as the synthetic
+    arm adds, with the colour statistics of the person they are labelled as and nothing else. Seeded by the
+    image name, so a rerun writes the same folder.
+    """
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    from posereid.augment.manifest import synthetic_name
+
+    out = noise_dir(config, fraction)
+    done = out / "gain_done.json"
+    if done.is_file():
+        return int(json.loads(done.read_text())["images"])
+    shutil.rmtree(out, ignore_errors=True)  # complete but unmarked: write again (it is deterministic)
+    train = out / "bounding_box_train"
+    train.mkdir(parents=True)
+    src_dir = subset.root / "bounding_box_train"
+    for name in subset.names:
+        with Image.open(src_dir / name) as im:
+            px = np.asarray(im.convert("RGB"), dtype=np.float64)
+        mean, std = px.mean(axis=(0, 1)), px.std(axis=(0, 1))
+        for k in range(config.per_image):
+            rng = np.random.default_rng([zlib.crc32(name.encode()), k])
+            noise = rng.normal(mean, std, size=px.shape).clip(0, 255).round().astype(np.uint8)
+            target = train / synthetic_name(name, k)
+            with atomic_write(target, "wb") as fh:
+                Image.fromarray(noise).save(fh, format="JPEG", quality=95)
+    images = len(subset.names) * config.per_image
+    with atomic_write(done) as fh:
+        json.dump({"images": images, "per_image": config.per_image}, fh)
+    return images
 
 
 class OracleUnavailableError(ValueError):
@@ -383,7 +430,7 @@ def run_cell(
         "images": int(res.get("real_images", subset.images)), "identities": int(res.get("identities", subset.identities)),
         "synthetic_images": int(res.get("synthetic_images", 0)), "steps": int(res.get("steps", config.reid_steps)),
         "batch_size": int(res.get("batch_size", config.reid_batch_size)), "wall_s": round(wall, 2), "reid_model": config.reid_model,
-        "generator": ("oracle" if arm == ORACLE_ARM else config.generator_source()) if synthetic else "",
+        "generator": {ORACLE_ARM: "oracle", NOISE_ARM: "noise"}.get(arm, config.generator_source()) if synthetic else "",
     }  # fmt: skip
     detail = {k: v for k, v in res.items() if k != "checkpoint"}
     with atomic_write(config.work / "cells" / f"{fraction_tag(subset.fraction)}_{arm}_s{seed}.json") as fh:
@@ -445,7 +492,7 @@ def import_baselines(
     wanted = set(plan) - done
     rows = [
         r for r in theirs
-        if arm_extra(r["arm"]) in ("", "oracle") and cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
+        if arm_extra(r["arm"]) in ("", "oracle", "noise") and cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
     ]  # fmt: skip
     logger.info("reid-gain: %d baseline/oracle cell(s) read from %s", len(rows), src)
     return rows
@@ -546,14 +593,17 @@ def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[s
             if source is None:
                 source = market_source(config)
             subset = prepare_fraction(config, fraction, source=source)
-            # baselines first, then the oracle, then what needs the generator (stable: arm order kept)
-            todo.sort(key=lambda c: ("", "oracle", "synthetic").index(arm_extra(c[0])))
+            # baselines first, then the oracle and the floor, then what needs the generator (stable: arm order kept)
+            todo.sort(key=lambda c: ("", "oracle", "noise", "synthetic").index(arm_extra(c[0])))
             extra: dict[str, list[Path]] = {}
             for arm, seed in todo:
                 minutes_left()
                 if arm == ORACLE_ARM and arm not in extra:
                     ensure_oracle(config, fraction, subset)
                     extra[arm] = [oracle_dir(config, fraction)]
+                elif arm == NOISE_ARM and arm not in extra:
+                    ensure_noise(config, fraction, subset)
+                    extra[arm] = [noise_dir(config, fraction)]
                 elif arm_extra(arm) == "synthetic" and arm not in extra:
                     extra[arm] = _synthetic_folders(
                         config, fraction, subset, arm, device=device, source=source, budget=minutes_left
@@ -599,12 +649,14 @@ __all__ = [
     "check_oracle",
     "ensure_filtered",
     "ensure_generator",
+    "ensure_noise",
     "ensure_oracle",
     "ensure_synthetic",
     "generator_dir",
     "import_baselines",
     "new_generator",
     "market_source",
+    "noise_dir",
     "oracle_dir",
     "planned_cells",
     "prepare_fraction",

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 from posereid.experiments.reid_gain.config import (
     ARMS,
     BASELINES,
+    NOISE_ARM,
     ORACLE_ARM,
     GainConfig,
     arm_extra,
@@ -240,7 +241,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 entry[key], entry[f"{key}_lo"], entry[f"{key}_hi"], entry[f"{key}_n"] = iv
                 entry[f"{key}_settled"] = iv.settled
             strong, oracle = cells.get((f, "strong")), cells.get((f, ORACLE_ARM))
-            if arm_extra(a) == "synthetic" and a.startswith("strong") and strong and oracle:
+            if arm_extra(a) in ("synthetic", "noise") and a.startswith("strong") and strong and oracle:
                 entry[f"share_{metric}"] = recovered_share(
                     *({s: float(r[metric]) for s, r in c.items()} for c in (by_seed, strong, oracle))
                 )
@@ -459,6 +460,12 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
             f"- `{ORACLE_ARM}`: the strong baseline + real renders of the train identities in the views the train "
             f"split hides, {config.per_image} per kept image under its pid (the ceiling of pose augmentation)\n"
             if any(r["arm"] == ORACLE_ARM for r in rows)
+            else ""
+        )
+        + (
+            f"- `{NOISE_ARM}`: the strong baseline + {config.per_image} pixel-noise image(s) per kept image, each "
+            "with that image's per-channel mean and spread, under its pid (the floor: colour statistics only)\n"
+            if any(r["arm"] == NOISE_ARM for r in rows)
             else ""
         )
         + (

@@ -288,6 +288,10 @@ def test_compare_puts_each_generator_beside_the_others_on_the_same_baselines(tmp
     floor_row = next(ln for ln in md3.splitlines() if "| strong+noise |" in ln)
     assert "| pixel noise (the floor) | 5 |" in floor_row and "-5.0 [-5.0, -5.0] settled" in floor_row
     assert "| -0.50 [-0.50, -0.50] settled |" in floor_row
+    # every other row paired with the floor's seeds: the oracle 15 above it, run b's images 5.6 above it
+    assert "| +15.0 [+15.0, +15.0] settled | 1 | 1 |" in md3
+    row_b3 = next(ln for ln in md3.splitlines() if "| strong+synthetic | pidm" in ln)
+    assert row_b3.split(" | ")[7].startswith("+5.6 [") and "– (no oracle)" not in row_b3
     assert rg.first_cells(later, "strong+oracle")[1.0]["seeds"] == 5
     assert "| 100% | strong+oracle | real renders | 5 |" in rg.compare_table(later)
     assert (

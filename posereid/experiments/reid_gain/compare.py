@@ -24,6 +24,7 @@ from posereid.experiments.reid_gain.report import (
     cell_key,
     format_interval,
     format_share_of_means,
+    paired_interval,
     read_run,
     summarize,
     summary_delta,
@@ -104,6 +105,33 @@ def first_cells(runs: Sequence[GainRun], arm: str) -> dict[float, dict[str, Any]
     return cells
 
 
+def _by_seed(rows: Sequence[dict[str, Any]], arm: str) -> dict[str, dict[int, float]]:
+    """``arm``'s mAP per kept fraction (its tag) and seed."""
+    out: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["arm"] == arm:
+            out.setdefault(fraction_tag(r["fraction"]), {})[int(r["seed"])] = float(r["mAP"])
+    return out
+
+
+def floor_by_seed(runs: Sequence[GainRun]) -> dict[str, dict[int, float]]:
+    """Per kept fraction (its tag), the floor's (``strong+noise``) mAP by seed, from the first run that has it
+    there: what each generator's images are paired against to say whether they beat noise."""
+    out: dict[str, dict[int, float]] = {}
+    for run in runs:
+        for tag, seeds in _by_seed(run.rows, NOISE_ARM).items():
+            out.setdefault(tag, seeds)
+    return out
+
+
+def _vs_floor(values: dict[int, float], floor: dict[int, float] | None) -> str:
+    """ΔmAP over the floor, paired by seed [95 % CI] verdict; ``–`` without a floor."""
+    seeds = sorted(values.keys() & (floor or {}).keys())
+    if not seeds:
+        return "–"
+    return format_interval(paired_interval([values[s] - floor[s] for s in seeds]))
+
+
 def compare_table(runs: Sequence[GainRun]) -> str:
     """Markdown: per kept fraction, the strong baseline, the oracle's gain, then each run's synthetic arm
     (ΔmAP / Δrank-1 vs ``strong`` [95 % CI], verdict, recovered share of the oracle's gain)."""
@@ -113,31 +141,38 @@ def compare_table(runs: Sequence[GainRun]) -> str:
     shared = [r.label for r in runs[1:] if not _same_baselines(first, r.strong_cells())]
     lines = [
         "| kept | arm | generator | seeds | mAP | ΔmAP vs strong [95 % CI] | Δrank-1 vs strong [95 % CI] "
-        "| share of the oracle's gain, mAP [Fieller 95 %] | same, rank-1 |",
-        "|---:|---|---|---:|---:|---|---|---|---|",
+        "| ΔmAP vs the floor [95 % CI] | share of the oracle's gain, mAP [Fieller 95 %] | same, rank-1 |",
+        "|---:|---|---|---:|---:|---|---|---|---|---|",
     ]
+    floor_seeds = floor_by_seed(runs)
+    oracle_seeds: dict[str, dict[int, float]] = {}
+    for run in runs:
+        for tag, seeds in _by_seed(run.rows, ORACLE_ARM).items():
+            oracle_seeds.setdefault(tag, seeds)
     fractions = sorted({e["fraction"] for r in runs for e in r.summary})
     bases, oracles = first_cells(runs, "strong"), first_cells(runs, ORACLE_ARM)
     floors = first_cells(runs, NOISE_ARM)
     for f in fractions:
         base, oracle = bases.get(f), oracles.get(f)
-        kept = f"{f * 100:.0f}%"
+        kept, tag = f"{f * 100:.0f}%", fraction_tag(f)
+        fl = floor_seeds.get(tag)
         if base is not None:
             lines.append(
-                f"| {kept} | strong | – | {base['seeds']} | {base['mAP']:.1f} ± {base['mAP_std']:.1f} | – | – | – | – |"
+                f"| {kept} | strong | – | {base['seeds']} | {base['mAP']:.1f} ± {base['mAP_std']:.1f} | – | – | – | – | – |"
             )
         if oracle is not None:
             lines.append(
                 f"| {kept} | {ORACLE_ARM} | real renders | {oracle['seeds']} | {oracle['mAP']:.1f} ± "
                 f"{oracle['mAP_std']:.1f} | {format_interval(summary_delta(oracle, 'mAP', 'strong'))} | "
-                f"{format_interval(summary_delta(oracle, 'rank1', 'strong'))} | 1 | 1 |"
+                f"{format_interval(summary_delta(oracle, 'rank1', 'strong'))} | "
+                f"{_vs_floor(oracle_seeds.get(tag, {}), fl)} | 1 | 1 |"
             )
         floor = floors.get(f)
         if floor is not None:
             lines.append(
                 f"| {kept} | {NOISE_ARM} | pixel noise (the floor) | {floor['seeds']} | {floor['mAP']:.1f} ± "
                 f"{floor['mAP_std']:.1f} | {format_interval(summary_delta(floor, 'mAP', 'strong'))} | "
-                f"{format_interval(summary_delta(floor, 'rank1', 'strong'))} | {_share_cells(floor)} |"
+                f"{format_interval(summary_delta(floor, 'rank1', 'strong'))} | – | {_share_cells(floor)} |"
             )
         for run in runs:
             for e in _synthetic_entries(run):
@@ -146,11 +181,13 @@ def compare_table(runs: Sequence[GainRun]) -> str:
                 lines.append(
                     f"| {kept} | {e['arm']} | {run.label} | {e['seeds']} | {e['mAP']:.1f} ± {e['mAP_std']:.1f} | "
                     f"{format_interval(summary_delta(e, 'mAP', 'strong'))} | {format_interval(summary_delta(e, 'rank1', 'strong'))} "
-                    f"| {_share_cells(e)} |"
+                    f"| {_vs_floor(_by_seed(run.rows, e['arm']).get(tag, {}), fl)} | {_share_cells(e)} |"
                 )
     lines.append(
         "\nΔ: mean of the per-seed paired differences with the run's own `strong` cells [95 % t-interval]; "
-        "*settled* only when the interval excludes 0. Share: mean gain / mean oracle gain, with Fieller's "
+        "*settled* only when the interval excludes 0; vs the floor: paired with the first run's "
+        f"`{NOISE_ARM}` cells (above 0: better than as many images of colour-matched noise). "
+        "Share: mean gain / mean oracle gain, with Fieller's "
         "interval (every ratio r for which the paired (arm − strong) − r·(oracle − strong) has a t-interval "
         "containing 0)."
     )

@@ -130,7 +130,7 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--baselines-from", metavar="DIR",
-        help="read the baseline and oracle cells from this earlier reid-gain --out (same data, subset and re-ID "
+        help="read the baseline, oracle and floor cells from this earlier reid-gain --out (same data, subset and re-ID "
         "settings) instead of training them again: compares another generator on the same baseline models",
     )  # fmt: skip
 

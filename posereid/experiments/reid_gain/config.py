@@ -118,7 +118,7 @@ class GainConfig:
         max_minutes: wall-clock budget of one run (``None``: none). Once spent, no new cell starts and a
             generator training checkpoints and stops; the run raises :class:`GainOutOfTimeError` after
             writing the reports of the cells done, and the same call again continues where it stopped.
-        baselines_from: another run's output folder to read the baseline and oracle cells from instead of
+        baselines_from: another run's output folder to read the baseline, oracle and floor cells from instead of
             training them again (its :data:`BASELINE_FIELDS` must agree with this run's): how generators of
             several families are compared on the same ``strong`` and ``strong+oracle`` models.
     """

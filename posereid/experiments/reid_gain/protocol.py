@@ -471,7 +471,7 @@ def _jsonable(v: Any) -> Any:
 def import_baselines(
     config: GainConfig, plan: Sequence[tuple[str, str, int]], done: set[tuple[str, str, int]]
 ) -> list[dict[str, Any]]:
-    """The baseline and oracle rows of ``config.baselines_from`` that ``plan`` asks for and ``done`` lacks.
+    """The baseline, oracle and floor rows of ``config.baselines_from`` that ``plan`` asks for and ``done`` lacks.
 
     Refuses (:class:`ProtocolMismatchError`) a folder whose :data:`BASELINE_FIELDS` differ from this run's:
     its cells would not be the models this run would train.
@@ -494,7 +494,7 @@ def import_baselines(
         r for r in theirs
         if arm_extra(r["arm"]) in ("", "oracle", "noise") and cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
     ]  # fmt: skip
-    logger.info("reid-gain: %d baseline/oracle cell(s) read from %s", len(rows), src)
+    logger.info("reid-gain: %d baseline, oracle and floor cell(s) read from %s", len(rows), src)
     return rows
 
 

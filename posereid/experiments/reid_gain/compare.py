@@ -114,12 +114,12 @@ def _by_seed(rows: Sequence[dict[str, Any]], arm: str) -> dict[str, dict[int, fl
     return out
 
 
-def floor_by_seed(runs: Sequence[GainRun]) -> dict[str, dict[int, float]]:
-    """Per kept fraction (its tag), the floor's (``strong+noise``) mAP by seed, from the first run that has it
-    there: what each generator's images are paired against to say whether they beat noise."""
+def _first_by_seed(runs: Sequence[GainRun], arm: str) -> dict[str, dict[int, float]]:
+    """Per kept fraction (its tag), ``arm``'s mAP by seed from the first run that has it there (the rows
+    behind :func:`first_cells`): the floor's are what every other arm is paired with."""
     out: dict[str, dict[int, float]] = {}
     for run in runs:
-        for tag, seeds in _by_seed(run.rows, NOISE_ARM).items():
+        for tag, seeds in _by_seed(run.rows, arm).items():
             out.setdefault(tag, seeds)
     return out
 
@@ -144,11 +144,7 @@ def compare_table(runs: Sequence[GainRun]) -> str:
         "| ΔmAP vs the floor [95 % CI] | share of the oracle's gain, mAP [Fieller 95 %] | same, rank-1 |",
         "|---:|---|---|---:|---:|---|---|---|---|---|",
     ]
-    floor_seeds = floor_by_seed(runs)
-    oracle_seeds: dict[str, dict[int, float]] = {}
-    for run in runs:
-        for tag, seeds in _by_seed(run.rows, ORACLE_ARM).items():
-            oracle_seeds.setdefault(tag, seeds)
+    floor_seeds, oracle_seeds = _first_by_seed(runs, NOISE_ARM), _first_by_seed(runs, ORACLE_ARM)
     fractions = sorted({e["fraction"] for r in runs for e in r.summary})
     bases, oracles = first_cells(runs, "strong"), first_cells(runs, ORACLE_ARM)
     floors = first_cells(runs, NOISE_ARM)

@@ -237,7 +237,10 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
             series.append((run.label, sorted(pts, key=lambda p: p[0])))
     width = 1.2
     for i, (label, pts) in enumerate(series):
-        colour = {ORACLE_ARM: "k", f"{NOISE_ARM} (floor)": "0.55"}.get(label, f"C{i}")
+        # tab10 without its grey (C7): grey and black are the floor's and the oracle's
+        colour = {ORACLE_ARM: "k", f"{NOISE_ARM} (floor)": "0.55"}.get(
+            label, f"C{[0, 1, 2, 3, 4, 5, 6, 8, 9][i % 9]}"
+        )
         offset = (i - (len(series) - 1) / 2) * width
         for axis, which in ((ax, 1), (bx, 2)):
             xs, ys, lo, hi, filled = [], [], [], [], []

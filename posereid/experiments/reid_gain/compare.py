@@ -11,13 +11,13 @@ are still compared, each against its own baseline, and the table says so.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from posereid.augment.manifest import manifest_paths, read_manifest
 from posereid.experiments.reid_gain.config import NOISE_ARM, ORACLE_ARM, arm_extra, fraction_tag
 from posereid.experiments.reid_gain.report import (
     Interval,
@@ -291,7 +291,7 @@ def sheet_fraction(runs: Sequence[GainRun]) -> float | None:
     with_work = [r for r in runs if (r.path / "work").is_dir()]
     common = [
         f for f in sorted({e["fraction"] for r in with_work for e in r.summary}, reverse=True)
-        if all((_work_dir(r, "synthetic", f) / "manifest.jsonl").is_file() for r in with_work)
+        if all(manifest_paths(_work_dir(r, "synthetic", f)) for r in with_work)
     ]  # fmt: skip
     return common[0] if with_work and common else None
 
@@ -311,15 +311,13 @@ def write_compare_sheet(runs: Sequence[GainRun], fraction: float, path: Path, ro
     from posereid.models.pose import resize_keypoints
     from posereid.reid_integration.market1501 import load_image
 
-    with_work = [r for r in runs if (_work_dir(r, "synthetic", fraction) / "manifest.jsonl").is_file()]
+    with_work = [r for r in runs if manifest_paths(_work_dir(r, "synthetic", fraction))]
     if not with_work:
         raise FileNotFoundError(f"no run has a synthetic folder for fraction {fraction_tag(fraction)}")
-    lines = (_work_dir(with_work[0], "synthetic", fraction) / "manifest.jsonl").read_text().splitlines()
-    entries = [json.loads(ln) for ln in lines if ln.strip()]
+    synthetic = _work_dir(with_work[0], "synthetic", fraction)
+    entries = read_manifest(synthetic)  # the checked reader: torn lines dropped, unsafe names refused
     picked = [entries[i] for i in np.linspace(0, len(entries) - 1, min(rows, len(entries))).astype(int)]
-    first = load_image(
-        _work_dir(with_work[0], "synthetic", fraction) / "bounding_box_train" / picked[0]["name"]
-    )
+    first = load_image(synthetic / "bounding_box_train" / picked[0]["name"])
     hw = (first.height, first.width)
 
     def stack(paths: list[Path]) -> torch.Tensor:

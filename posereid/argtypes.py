@@ -50,14 +50,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-def unit_fraction(text: str) -> float:
-    """A fraction in (0, 1]; a percentage such as ``20`` or ``1.5`` is refused, not guessed."""
-    value = finite_float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] (e.g. 0.2 for 20 %), got {text!r}")
-    return value
-
-
 def share(text: str) -> float:
     """A share in [0, 1) (e.g. of synthetic images per batch: 1 would leave no real image)."""
     value = finite_float(text)
@@ -115,5 +107,4 @@ __all__ = [
     "positive_int",
     "shard",
     "share",
-    "unit_fraction",
 ]

@@ -759,7 +759,9 @@ def run_demo(args: argparse.Namespace) -> int:
     budget = Budget(max(1.0, float(args.budget_minutes)) * 60.0, SHARES_TRAIN)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = rg.resolve_device(args.device)
+    from posereid.models.runtime import resolve_device
+
+    device = str(resolve_device(None if args.device in ("", "auto") else args.device))
     plan = load_or_start_plan(args, out, device)
     budget.shares = SHARES_SHIPPED if plan["generator"] is not None else SHARES_TRAIN
     budget.log = plan.setdefault("stages", {})

@@ -15,7 +15,7 @@ __getattr__, __dir__, __all__ = attach(
         "subset": ["Subset", "materialize_subset", "select_subset", "subset_order"],
         "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filtered", "ensure_generator", "ensure_noise", "ensure_oracle",
                      "ensure_synthetic", "generator_dir", "import_baselines", "new_generator", "market_source", "noise_dir", "oracle_dir", "planned_cells",
-                     "prepare_fraction", "resolve_device", "run_cell", "run_gain", "synthetic_dir"],
+                     "prepare_fraction", "run_cell", "run_gain", "synthetic_dir"],
         "compare": ["GainRun", "compare_table", "first_cells", "load_run", "plot_compare", "run_label", "write_comparison"],
         "report": ["CSV_FIELDS", "Interval", "Share", "cell_key", "format_interval", "markdown_table", "paired_interval",
                    "format_share_of_means", "plot_results", "read_results", "read_run", "summary_delta", "recovered_share", "share_of_mean_gains", "summarize", "verdict", "write_reports",

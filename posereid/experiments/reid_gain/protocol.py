@@ -82,14 +82,6 @@ _clock = time.monotonic  # the ``max_minutes`` clock (tests replace it)
 # --------------------------------------------------------------------------------------------------
 # Stages: generator, synthetic folder, filter, one re-ID cell
 # --------------------------------------------------------------------------------------------------
-def resolve_device(device: str | None) -> str:
-    """``"auto"``/``None`` → this process's accelerator (:func:`posereid.models.runtime.resolve_device`), as
-    a string (it goes into the protocol's JSON); anything else unchanged."""
-    from posereid.models.runtime import resolve_device as resolve
-
-    return str(resolve(None if device in (None, "", "auto") else device))
-
-
 def generator_dir(config: GainConfig, fraction: float) -> Path:
     """Where the generator used for ``fraction`` lives (a ``save_pretrained`` directory)."""
     if config.generator is not None:
@@ -552,7 +544,10 @@ def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[s
         new_generator(config)  # an unknown option fails now, not after the baselines
     config.out.mkdir(parents=True, exist_ok=True)
     _check_protocol(config)
-    device = resolve_device(config.device)
+    from posereid.models.runtime import resolve_device
+
+    # "auto" (the default) is this process's accelerator; the stages take the device's name as text
+    device = str(resolve_device(None if config.device in ("", "auto") else config.device))
     csv_path = config.out / "results.csv"
     rows = read_results(csv_path)
     done = {cell_key(r["fraction"], r["arm"], r["seed"]) for r in rows}
@@ -660,7 +655,6 @@ __all__ = [
     "oracle_dir",
     "planned_cells",
     "prepare_fraction",
-    "resolve_device",
     "run_cell",
     "run_gain",
     "synthetic_dir",

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-reid": ("posereid.reid_integration.train", "train and evaluate a re-ID model with torchreid"),
     "reid-gain": ("posereid.experiments.reid_gain.cli", "the re-ID gain protocol (baseline vs augmented)"),
     "reid-gain-compare": (
-        "posereid.experiments.reid_gain.compare",
+        "posereid.experiments.reid_gain.cli",
         "several reid-gain runs in one table and plot",
     ),
     "evaluate-generator": (

@@ -1,8 +1,9 @@
 """The re-ID gain protocol: does training on pose-transfer images help a re-ID model, honestly measured?
 
 ``config`` (:class:`GainConfig`, the arms), ``subset`` (the nested train subsets), ``protocol`` (the
-stages, one re-ID cell, :func:`run_gain`), ``report`` (results CSV, summary, table, plot) and ``cli``
-(``posereid reid-gain``). The public names are re-exported here, resolved on first access.
+stages, one re-ID cell, :func:`run_gain`), ``report`` (results CSV, summary, table, plot), ``compare``
+(several runs in one table and plot) and ``cli`` (``posereid reid-gain`` and ``reid-gain-compare``). The
+public names are re-exported here, resolved on first access.
 """
 
 from posereid._lazy import attach

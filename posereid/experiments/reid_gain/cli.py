@@ -1,4 +1,6 @@
-"""``posereid reid-gain``: the command line of the re-ID gain protocol (:mod:`posereid.experiments.reid_gain`)."""
+"""``posereid reid-gain`` and ``posereid reid-gain-compare``: the command lines of the re-ID gain protocol
+(:mod:`posereid.experiments.reid_gain`) and of its comparison of runs
+(:mod:`~posereid.experiments.reid_gain.compare`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from posereid.argtypes import (
     positive_int,
     share,
 )
+from posereid.experiments.reid_gain.compare import compare_table, load_run, write_comparison
 from posereid.experiments.reid_gain.config import (
     ARMS,
     NOISE_ARM,
@@ -173,4 +176,34 @@ def run_reid_gain(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_reid_gain_args", "config_from_args", "run_reid_gain"]
+def add_reid_gain_compare_args(parser: argparse.ArgumentParser) -> None:
+    """Add the ``posereid reid-gain-compare`` options to ``parser``."""
+    parser.add_argument(
+        "runs", nargs="+", help="reid-gain --out folders (the first one's baselines are the reference)"
+    )
+    parser.add_argument("--out", required=True, help="folder for comparison.md / comparison.png")
+    parser.add_argument(
+        "--labels", help="comma list of row labels, one per run (default: from each run's settings)"
+    )
+
+
+def run_reid_gain_compare(args: argparse.Namespace) -> int:
+    """Run ``posereid reid-gain-compare``: print the table and write it with its plot."""
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else [None] * len(args.runs)
+    if len(labels) != len(args.runs):
+        raise SystemExit(f"--labels has {len(labels)} label(s) for {len(args.runs)} run(s)")
+    runs = [load_run(Path(p), label) for p, label in zip(args.runs, labels)]
+    paths = write_comparison(runs, Path(args.out))
+    print(compare_table(runs))
+    for what, path in paths.items():
+        print(f"{what:>8}: {path}")
+    return 0
+
+
+__all__ = [
+    "add_reid_gain_args",
+    "add_reid_gain_compare_args",
+    "config_from_args",
+    "run_reid_gain",
+    "run_reid_gain_compare",
+]

@@ -1,4 +1,5 @@
-"""``posereid reid-gain-compare``: several ``reid-gain`` runs (one generator each) in one table and plot.
+"""Several ``reid-gain`` runs (one generator each) in one table and plot (``posereid reid-gain-compare``,
+whose command line is in :mod:`~posereid.experiments.reid_gain.cli`).
 
 The protocol trains one generator family per run. To compare families, the later runs read the first
 run's baseline and oracle cells (``reid-gain --baselines-from``), so every generator is scored against the
@@ -10,7 +11,6 @@ are still compared, each against its own baseline, and the table says so.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -368,38 +368,12 @@ def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:
     return paths
 
 
-def add_reid_gain_compare_args(parser: argparse.ArgumentParser) -> None:
-    """Add the ``posereid reid-gain-compare`` options to ``parser``."""
-    parser.add_argument(
-        "runs", nargs="+", help="reid-gain --out folders (the first one's baselines are the reference)"
-    )
-    parser.add_argument("--out", required=True, help="folder for comparison.md / comparison.png")
-    parser.add_argument(
-        "--labels", help="comma list of row labels, one per run (default: from each run's settings)"
-    )
-
-
-def run_reid_gain_compare(args: argparse.Namespace) -> int:
-    """Run ``posereid reid-gain-compare``: print the table and write it with its plot."""
-    labels = [s.strip() for s in args.labels.split(",")] if args.labels else [None] * len(args.runs)
-    if len(labels) != len(args.runs):
-        raise SystemExit(f"--labels has {len(labels)} label(s) for {len(args.runs)} run(s)")
-    runs = [load_run(Path(p), label) for p, label in zip(args.runs, labels)]
-    paths = write_comparison(runs, Path(args.out))
-    print(compare_table(runs))
-    for what, path in paths.items():
-        print(f"{what:>8}: {path}")
-    return 0
-
-
 __all__ = [
     "GainRun",
-    "add_reid_gain_compare_args",
     "compare_table",
     "load_run",
     "plot_compare",
     "run_label",
-    "run_reid_gain_compare",
     "sheet_fraction",
     "write_compare_sheet",
     "write_comparison",

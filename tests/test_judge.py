@@ -103,7 +103,6 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     np.testing.assert_array_equal(s1, s2)
 
 
-
 #: SHA-256 of the shipped judge's keypoints and scores on the seeded inputs below, recorded before the judge
 #: became a package (one torch thread, x86_64 CPU, torch 2.14; the thread count changes the last bits)
 SHIPPED_JUDGE_SHA256 = "e9bb27a87d54b34899d29470ec04cf95edf624a791f010b85e62f03443c94b6f"
@@ -265,9 +264,11 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
 
 def test_the_warm_up_does_not_depend_on_the_run_length():
     """A time-budget run fixes its length inside the warm-up, so `--steps N` replays it exactly."""
-    for step in range(J.WARMUP_STEPS):
-        assert J._lr_factor(step, None) == J._lr_factor(step, 200) == J._lr_factor(step, 5000)
-    assert J._lr_factor(4999, 5000) == pytest.approx(0.02, abs=1e-3)
+    from posereid.experiments.quality.judge.model import WARMUP_STEPS, _lr_factor
+
+    for step in range(WARMUP_STEPS):
+        assert _lr_factor(step, None) == _lr_factor(step, 200) == _lr_factor(step, 5000)
+    assert _lr_factor(4999, 5000) == pytest.approx(0.02, abs=1e-3)
 
 
 def test_evaluate_generator_picks_the_judge_by_data_kind(tmp_path):

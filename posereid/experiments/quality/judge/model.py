@@ -98,7 +98,7 @@ SIZES: tuple[tuple[int, int], ...] = ((64, 32), (128, 64))
 TRAINING_NAME = "training.json"
 REPORT_JSON, REPORT_MD = "judge_report.json", "judge_report.md"
 #: where the shipped judge lives (``config.json`` + safetensors + ``training.json`` + its report)
-DEFAULT_JUDGE_DIR = Path(__file__).resolve().parents[2] / "assets" / "pose-judge"
+DEFAULT_JUDGE_DIR = Path(__file__).resolve().parents[3] / "assets" / "pose-judge"
 #: the acceptance bar of the held-out renders (issue 11): PCKh@0.5 and share of people found
 TARGET_PCKH, TARGET_FOUND = 0.95, 0.98
 SYNTH_JPEG_QUALITY = 95  # MarketWriter's default: what synth-market images go through

@@ -1,7 +1,9 @@
-"""argparse types shared by every command: bad values stop in the parser with a one-line usage error.
+"""argparse types and options shared by every command: bad values stop in the parser with a one-line usage
+error.
 
 Every layer may import this module (it imports nothing from posereid), so ``posereid generate --batch-size
-0`` or ``--guidance-pose nan`` is refused before any model is loaded, with exit code 2.
+0`` or ``--guidance-pose nan`` is refused before any model is loaded, with exit code 2. The options that
+several commands share (``--strict``, ``--annotation-size HxW``) are defined here once, with one help text.
 """
 
 from __future__ import annotations
@@ -69,6 +71,31 @@ def shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _hw_at_least(text: str, low: int) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW like 128x64, got {text!r}") from None
+    if h < low or w < low:
+        what = "positive" if low == 1 else f"at least {low}x{low}"
+        raise argparse.ArgumentTypeError(f"image size must be {what}, got {text!r}")
+    return h, w
+
+
+def hw(text: str) -> tuple[int, int]:
+    """``HxW`` → ``(H, W)``, e.g. ``"128x64"`` → ``(128, 64)`` (both sides >= 1): an image size or frame."""
+    return _hw_at_least(text, 1)
+
+
+def hw_at_least(low: int) -> Callable[[str], tuple[int, int]]:
+    """An ``HxW`` type whose sides must both be >= ``low`` (e.g. ``hw_at_least(8)``)."""
+
+    def parse(text: str) -> tuple[int, int]:
+        return _hw_at_least(text, low)
+
+    return parse
+
+
 def key_value(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` (a model or schedule option): the value is read as JSON when it parses (``3``, ``0.5``,
     ``true``, ``[1, 2]``), else kept as text (``flow``)."""
@@ -98,9 +125,43 @@ def csv_list(item: Callable[[str], object]) -> Callable[[str], tuple]:
     return parse
 
 
+# --------------------------------------------------------------------------------------------------
+# Options several commands share (one definition, one help text)
+# --------------------------------------------------------------------------------------------------
+#: the help of ``--strict``, the same in every batch command.
+STRICT_HELP = (
+    "stop at the first unreadable image or malformed row (or stray file in a Market folder), with an "
+    "error naming the file, instead of skipping it, counting it and reporting the count in the summary "
+    "(the default)"
+)
+
+
+def add_strict_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--strict`` (:data:`STRICT_HELP`; the batch policy of
+    :class:`~posereid.reid_integration.market1501.BadInputPolicy`) to a batch command's parser."""
+    parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
+
+
+def add_annotation_size_arg(parser: argparse.ArgumentParser, *, what: str = "the annotation CSV") -> None:
+    """Add ``--annotation-size HxW`` (``args.annotation_size``: ``(H, W)`` or ``None`` = from the data)."""
+    parser.add_argument(
+        "--annotation-size",
+        type=hw,
+        default=None,
+        metavar="HxW",
+        help=f"frame of the keypoint coordinates of {what} (default: the size of the images it annotates; "
+        "required when those have mixed sizes)",
+    )
+
+
 __all__ = [
+    "STRICT_HELP",
+    "add_annotation_size_arg",
+    "add_strict_arg",
     "csv_list",
     "finite_float",
+    "hw",
+    "hw_at_least",
     "key_value",
     "non_negative_int",
     "positive_float",

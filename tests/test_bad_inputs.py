@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from posereid.argtypes import STRICT_HELP
 from posereid.augment import filter as filter_mod
 from posereid.augment.filter import IdentityFilter, filter_folder
 from posereid.augment.generate import read_manifest, synthetic_name, write_manifest_file
@@ -22,7 +23,6 @@ from posereid.experiments.cli import build_parser
 from posereid.experiments.cli import main as cli_main
 from posereid.reid_integration.market1501 import (
     SPLIT_DIRS,
-    STRICT_HELP,
     BadInputPolicy,
     ImageReadError,
     Market1501,

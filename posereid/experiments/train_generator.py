@@ -21,7 +21,15 @@ import torch
 from accelerate.utils import set_seed
 from PIL import Image
 
-from posereid.argtypes import finite_float, non_negative_int, positive_float, positive_int
+from posereid.argtypes import (
+    add_annotation_size_arg,
+    add_strict_arg,
+    finite_float,
+    hw,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from posereid.experiments.data import market_pose_records
 from posereid.models.contract import FAMILIES, checkpoint_family, family_class, load_generator
 from posereid.models.images import pil_to_tensor01
@@ -37,11 +45,8 @@ from posereid.models.training import (
     train_stages,
 )
 from posereid.reid_integration.market1501 import (
-    add_annotation_size_arg,
-    add_strict_arg,
     load_annotations,
     load_image,
-    parse_hw,
     read_pairs_csv,
 )
 
@@ -80,7 +85,7 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p("--pairs", type=Path, help="PATN pairs CSV (from,to); default: all same-identity pairs, on the fly")
     p("--family", default="pidm", choices=sorted(FAMILIES), help="generator family")
     p("--preset", default="market", choices=_presets(), help="model size (of the chosen family)")
-    p("--image-size", type=parse_hw, help="override the preset's HxW, e.g. 64x32")
+    p("--image-size", type=hw, help="override the preset's HxW, e.g. 64x32")
     p(
         "--prediction-type",
         choices=("epsilon", "v_prediction", "flow"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from posereid.experiments.quality import evaluate_generator, load_eval_pairs
+from posereid.experiments.quality import EvaluateConfig, evaluate_generator, load_eval_pairs
 from posereid.experiments.quality import metrics as qm
 from posereid.experiments.quality.report import parse_guidance, parse_sweep
 from posereid.models.pose import KEYPOINT_NAMES, missing_pose
@@ -342,11 +342,12 @@ def _strict_json(path):
 
 def test_evaluate_generator_end_to_end(synth_market, tiny_generator, lpips_dir, tmp_path):
     out = tmp_path / "report"
-    evaluate_generator(
-        tiny_generator, synth_market, reid_checkpoint=_colour_features, fid_weights=_TinyFeatures(),
-        lpips_weights=lpips_dir, lpips_net="squeeze", pose_estimator="auto", steps=2, n_pairs=4, seed=0,
-        out_dir=out, sweep={"steps": [1, 2], "guidance": [1, "1:2"]}, batch_size=8,
+    config = EvaluateConfig(
+        data=synth_market, reid_checkpoint=_colour_features, fid_weights=_TinyFeatures(), lpips_weights=lpips_dir,
+        lpips_net="squeeze", pose_estimator="auto", steps=2, n_pairs=4, seed=0, out_dir=out,
+        sweep={"steps": [1, 2], "guidance": [1, "1:2"]}, batch_size=8,
     )  # fmt: skip
+    evaluate_generator(tiny_generator, config)
     for name in ("report.md", "report.json", "sheet.png", "sweep.png"):
         assert (out / name).is_file(), name
     doc = _strict_json(out / "report.json")
@@ -377,8 +378,11 @@ def test_evaluate_generator_end_to_end(synth_market, tiny_generator, lpips_dir, 
     ]  # fmt: skip
     # the sweep point equal to the main setting reproduces it exactly (per-pair seeds)
     res2 = evaluate_generator(
-        tiny_generator, synth_market, reid_checkpoint=_colour_features, pose_estimator=None, steps=1,
-        guidance="1:2", n_pairs=4, seed=0, include_ceiling=False, include_floor=False,
+        tiny_generator,
+        EvaluateConfig(
+            data=synth_market, reid_checkpoint=_colour_features, pose_estimator=None, steps=1, guidance="1:2",
+            n_pairs=4, seed=0, include_ceiling=False, include_floor=False,
+        ),
     )  # fmt: skip
     assert res2["systems"]["trained"]["ssim"] == pytest.approx(doc["sweep"][1]["ssim"], abs=1e-6)
     md = (out / "report.md").read_text()
@@ -392,10 +396,11 @@ def test_evaluate_generator_end_to_end(synth_market, tiny_generator, lpips_dir, 
 
 def test_missing_weights_reported_or_raised(synth_market, tiny_generator, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    res = evaluate_generator(
-        tiny_generator, synth_market, pose_estimator=None, steps=1, n_pairs=2, include_ceiling=False,
-        include_floor=False, out_dir=tmp_path / "r",
+    config = EvaluateConfig(
+        data=synth_market, pose_estimator=None, steps=1, n_pairs=2, include_ceiling=False, include_floor=False,
+        out_dir=tmp_path / "r",
     )  # fmt: skip
+    res = evaluate_generator(tiny_generator, config)
     status = res["metric_status"]
     assert (
         status["LPIPS"].startswith("not computed (missing weights")
@@ -407,9 +412,40 @@ def test_missing_weights_reported_or_raised(synth_market, tiny_generator, tmp_pa
     assert "alexnet-owt-7be5be79.pth" in (tmp_path / "r" / "report.md").read_text()
     # an explicit path to a missing file is an error, raised before any generation
     with pytest.raises(qm.MissingWeightsError, match="--lpips-weights"):
-        evaluate_generator(tiny_generator, synth_market, lpips_weights=tmp_path / "no_such_dir" / "x.pth")
+        evaluate_generator(
+            tiny_generator, EvaluateConfig(synth_market, lpips_weights=tmp_path / "no" / "x.pth")
+        )
     with pytest.raises(qm.MissingWeightsError, match="--fid-weights"):
-        evaluate_generator(tiny_generator, synth_market, fid_weights=tmp_path / "nope.pth")
+        evaluate_generator(tiny_generator, EvaluateConfig(synth_market, fid_weights=tmp_path / "nope.pth"))
+
+
+def test_evaluate_config_checks_its_fields_and_normalises_them(tmp_path):
+    cfg = EvaluateConfig(
+        data=str(tmp_path), guidance="1:2", out_dir=str(tmp_path / "r"), sweep={"steps": [1], "guidance": [1]}
+    )
+    assert cfg.guidance == (1.0, 2.0) and cfg.out_dir == tmp_path / "r" and cfg.data == tmp_path
+    assert cfg.sweep == {"steps": (1,), "guidance": ((1.0, 1.0),)}
+    bad = {
+        "steps": {"steps": 0},
+        "batch_size": {"batch_size": -1},
+        "seed": {"seed": -1},
+        "n_pairs": {"n_pairs": 0},
+        "pose_upscale": {"pose_upscale": 0},
+        "sheet_rows": {"sheet_rows": 0},
+        "guidance": {"guidance": "nan"},
+        "sampler": {"sampler": "no-such-sampler"},
+        "lpips_net": {"lpips_net": "resnet"},
+        "pose_estimator": {"pose_estimator": "openpose"},
+        "sweep": {"sweep": {"cfg": [1]}},
+    }
+    for field, kw in bad.items():
+        with pytest.raises(ValueError, match=f"EvaluateConfig.{field}"):
+            EvaluateConfig(data=tmp_path, **kw)
+    # the keyword form builds the same config; keywords replace a given config's fields
+    with pytest.raises(ValueError, match="EvaluateConfig.steps"):
+        evaluate_generator(None, tmp_path, steps=0)
+    with pytest.raises(ValueError, match="EvaluateConfig.steps"):
+        evaluate_generator(None, cfg, steps=0)
 
 
 def test_pair_selection_is_seeded_and_skips_are_counted(synth_market, tmp_path):

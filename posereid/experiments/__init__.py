@@ -19,7 +19,7 @@ __getattr__, __dir__, __all__ = attach(
         "reid_gain.subset": ["select_subset"],
         "quality.pairs": ["EvalPairs", "load_eval_pairs"],
         "quality.scoring": ["QualityScorer"],
-        "quality.evaluate": ["evaluate_generator", "generate_for_pairs", "untrained_like"],
+        "quality.evaluate": ["EvaluateConfig", "evaluate_generator", "generate_for_pairs", "untrained_like"],
         "quality.metrics": [
             "FidScorer", "IdentityScores", "Lpips", "MissingWeightsError", "body_mask", "identity_fidelity",
             "pose_fidelity", "ssim_scores",

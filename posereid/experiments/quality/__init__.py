@@ -1,9 +1,9 @@
 """Generator quality (``posereid evaluate-generator``): does it keep the person and follow the pose?
 
 ``pairs`` (which test pairs, loaded), ``metrics`` (SSIM/LPIPS/FID, masks, PCKh, identity), ``scoring``
-(:class:`QualityScorer`), ``evaluate`` (:func:`evaluate_generator`, the API), ``report`` (markdown/JSON,
-sheet, sweep plot) and ``cli``. The public names are re-exported here, resolved on first access, so
-importing the package pulls in neither torchmetrics nor the generator.
+(:class:`QualityScorer`), ``evaluate`` (:class:`EvaluateConfig` and :func:`evaluate_generator`, the API),
+``report`` (markdown/JSON, sheet, sweep plot) and ``cli``. The public names are re-exported here, resolved
+on first access, so importing the package pulls in neither torchmetrics nor the generator.
 """
 
 from posereid._lazy import attach
@@ -17,7 +17,8 @@ __getattr__, __dir__, __all__ = attach(
                     "identity_fidelity", "lpips_backbone_filename", "pose_fidelity", "pose_normaliser", "ssim_scores",
                     "torch_fidelity_available"],
         "scoring": ["Backends", "FeatureFn", "QualityScorer"],
-        "evaluate": ["CEILING", "FLOOR", "TRAINED", "evaluate_generator", "generate_for_pairs", "untrained_like"],
+        "evaluate": ["CEILING", "FLOOR", "LPIPS_NETS", "POSE_ESTIMATORS", "TRAINED", "EvaluateConfig", "evaluate_generator",
+                     "generate_for_pairs", "untrained_like"],
         "report": ["METRICS", "parse_guidance", "parse_sweep", "render_markdown", "to_jsonable", "write_sheet",
                    "write_sweep_plot"],
     },

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from posereid.argtypes import non_negative_int, positive_int
-from posereid.experiments.quality.evaluate import evaluate_generator
+from posereid.experiments.quality.evaluate import EvaluateConfig, evaluate_generator
 from posereid.experiments.quality.pairs import ANNOTATIONS_NAME, PAIRS_NAME
 from posereid.experiments.quality.report import parse_guidance, parse_sweep, render_markdown
 from posereid.models.pose_estimation import MissingExtraError
@@ -38,7 +38,9 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
         "(+ optional <net>.pth linear layers); default: the torch hub cache, else LPIPS is not computed",
     )
     parser.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
-    parser.add_argument("--n-pairs", type=int, default=200, help="pairs to score (seeded draw); 0 = all")
+    parser.add_argument(
+        "--n-pairs", type=non_negative_int, default=200, help="pairs to score (seeded draw); 0 = all"
+    )
     parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument("--guidance", default="2", help="w (both weights) or w_pose:w_appearance")
     parser.add_argument(
@@ -65,7 +67,7 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
         "--pose-judge-dir", help="pose judge directory (default: the shipped posereid/assets/pose-judge)"
     )
     parser.add_argument(
-        "--pose-upscale", type=int, help="enlarge images by this factor before pose detection"
+        "--pose-upscale", type=positive_int, help="enlarge images by this factor before pose detection"
     )
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--seed", type=non_negative_int, default=0)
@@ -107,9 +109,8 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
 def _evaluate_from_args(
     generator: Any, args: argparse.Namespace, guidance: tuple[float, float], sweep: Any
 ) -> dict:
-    return evaluate_generator(
-        generator,
-        args.data,
+    config = EvaluateConfig(
+        data=args.data,
         pairs=args.pairs,
         annotations=args.annotations,
         reid_checkpoint=args.reid_checkpoint,
@@ -132,6 +133,7 @@ def _evaluate_from_args(
         generator_name=str(args.generator) + (f" + refiner {args.refiner}" if args.refiner else ""),
         strict=args.strict,
     )
+    return evaluate_generator(generator, config)
 
 
 __all__ = ["add_evaluate_generator_args", "run_evaluate_generator"]

@@ -38,11 +38,13 @@ their public names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,37 +190,25 @@ def untrained_like(generator: Any, seed: int) -> Any:
 
 
 def _score_all(
-    generator: Any,
-    pairs: EvalPairs,
-    scorer: QualityScorer,
-    *,
-    steps: int,
-    guidance: tuple[float, float],
-    sampler: str,
-    seed: int,
-    batch_size: int,
-    include_ceiling: bool,
-    include_floor: bool,
-    sweep: Mapping[str, Sequence] | None,
-    sheet_rows: int,
+    generator: Any, pairs: EvalPairs, scorer: QualityScorer, config: EvaluateConfig
 ) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Scores of the ceiling, the trained and the untrained generator, the sheet's images, the sweep rows."""
     systems: dict[str, dict[str, float]] = {}
     sheet_cols: dict[str, torch.Tensor] = {}
-    if include_ceiling:
+    if config.include_ceiling:
         systems[CEILING] = scorer.score(pairs.target, query_camids=pairs.target_camid)
-    gen_kw = dict(sampler=sampler, seed=seed, batch_size=batch_size)
-    runs = [(TRAINED, generator)] + ([(FLOOR, None)] if include_floor else [])
+    gen_kw = dict(sampler=config.sampler, seed=config.seed, batch_size=config.batch_size)
+    runs = [(TRAINED, generator)] + ([(FLOOR, None)] if config.include_floor else [])
     for name, model in runs:
-        model = model if model is not None else untrained_like(generator, seed)
-        images, spi = generate_for_pairs(model, pairs, steps=steps, guidance=guidance, **gen_kw)
+        model = model if model is not None else untrained_like(generator, config.seed)
+        images, spi = generate_for_pairs(model, pairs, steps=config.steps, guidance=config.guidance, **gen_kw)
         systems[name] = {**scorer.score(images, query_camids=pairs.target_camid), "sec_per_image": spi}
-        sheet_cols["generated" if name == TRAINED else "untrained"] = images[:sheet_rows].clone()
+        sheet_cols["generated" if name == TRAINED else "untrained"] = images[: config.sheet_rows].clone()
         del images
     sweep_rows: list[dict[str, Any]] = []
-    if sweep:
-        for s in [int(v) for v in sweep.get("steps", [steps])]:
-            for g in [parse_guidance(v) for v in sweep.get("guidance", [guidance])]:
+    if config.sweep:
+        for s in config.sweep.get("steps", (config.steps,)):
+            for g in config.sweep.get("guidance", (config.guidance,)):
                 images, spi = generate_for_pairs(generator, pairs, steps=s, guidance=g, **gen_kw)
                 scores = scorer.score(images, query_camids=pairs.target_camid)
                 sweep_rows.append({"steps": s, "guidance": list(g), **scores, "sec_per_image": spi})
@@ -226,120 +216,234 @@ def _score_all(
 
 
 # --------------------------------------------------------------------------------------------------
-# Entry point
+# The settings
 # --------------------------------------------------------------------------------------------------
-def evaluate_generator(
-    generator: Any,
-    market_root: str | os.PathLike[str],
-    *,
-    pairs: str | os.PathLike[str] | None = None,
-    annotations: str | os.PathLike[str] | None = None,
-    reid_checkpoint: str | os.PathLike[str] | FeatureFn | None = None,
-    fid_weights: str | os.PathLike[str] | torch.nn.Module | None = None,
-    lpips_weights: str | os.PathLike[str] | None = None,
-    lpips_net: str = "alex",
-    pose_estimator: Any = "auto",
-    pose_judge_dir: str | os.PathLike[str] | None = None,
-    steps: int = 20,
-    guidance: tuple[float, float] | float | str = (2.0, 2.0),
-    sampler: str = "dpmsolver++",
-    n_pairs: int | None = 200,
-    seed: int = 0,
-    out_dir: str | os.PathLike[str] | None = None,
-    include_ceiling: bool = True,
-    include_floor: bool = True,
-    sweep: Mapping[str, Sequence] | None = None,
-    batch_size: int = 32,
-    pose_upscale: int | None = None,
-    sheet_rows: int = 8,
-    generator_name: str | None = None,
-    strict: bool = False,
-) -> dict[str, Any]:
-    """Score a pose-transfer generator on test pairs; write the report when ``out_dir`` is given.
+POSE_ESTIMATORS: tuple[str, ...] = ("auto", "judge", "mediapipe")
+LPIPS_NETS: tuple[str, ...] = ("alex", "vgg", "squeeze")
+
+
+def _path_or(value: Any) -> Any:
+    """A path given as text becomes a :class:`~pathlib.Path`; a module or callable stays as it is."""
+    return Path(value) if isinstance(value, (str, os.PathLike)) else value
+
+
+@dataclass
+class EvaluateConfig:
+    """What :func:`evaluate_generator` scores and how; checked on construction (errors name the field).
 
     Args:
-        generator: any family's :class:`~posereid.models.contract.PoseTransferGenerator` (on its device).
-        market_root: Market-1501-format folder (its gallery is the re-ID gallery, its train split the FID
+        data: Market-1501-format folder (its gallery is the re-ID gallery, its train split the FID
             reference).
         pairs / annotations: PATN pairs / annotation CSVs (defaults: ``market-pairs-test.csv`` /
             ``market-annotation-test.csv`` beside the data; without a pairs file, same-pid test pairs).
         reid_checkpoint: local re-ID checkpoint, or a callable ``(B,3,H,W) [0,1] → (B,D)`` features.
         fid_weights: FID Inception weights file (or a directory holding it), or a feature ``nn.Module``.
-        lpips_weights: LPIPS backbone file or directory (see :meth:`Lpips.from_local`).
-            For all three, ``None`` means "use the default location if the file is there, else report the
-            metric as not computed"; a given path that does not exist raises.
+        lpips_weights: LPIPS backbone file or directory (see :meth:`Lpips.from_local`); ``lpips_net``: one
+            of :data:`LPIPS_NETS`. For all three weights, ``None`` means "use the default location if the
+            file is there, else report the metric as not computed"; a given path that does not exist raises.
         pose_estimator: ``"auto"`` (the pose judge on synthetic data, i.e. a folder with the renderer's
             metadata; mediapipe on real photos), ``"judge"``, ``"mediapipe"``, a callable
             ``uint8 HxWx3 → (18, 2)``, or None. ``pose_judge_dir``: the judge (default: the shipped one).
-        steps, guidance, sampler: the sampling setting scored as "trained" (guidance: number = both weights,
-            or ``(w_pose, w_appearance)`` / ``"wp:wa"``).
-        n_pairs, seed: how many pairs to draw, and the seed of the draw and of every image's noise.
+        steps, guidance, sampler: the sampling setting scored as "trained" (guidance: one number = both
+            weights, or ``(w_pose, w_appearance)`` / ``"wp:wa"``; stored as a pair of floats).
+        n_pairs, seed: how many pairs to draw (``None``: all), and the seed of the draw and of every
+            image's noise.
+        out_dir: where to write ``report.md``, ``report.json``, ``sheet.png`` (and ``sweep.png``); ``None``:
+            no files, the result only.
         include_ceiling / include_floor: also score the real targets / an untrained generator.
-        sweep: ``{"steps": [...], "guidance": [...]}`` grid for the trained generator (plot + table).
+        sweep: ``{"steps": [...], "guidance": [...]}`` grid for the trained generator (plot + table);
+            stored as tuples of ints / guidance pairs.
+        batch_size: images per generator and metric call. pose_upscale: enlarge images by this factor
+            before pose detection. sheet_rows: pairs shown in ``sheet.png``.
+        generator_name: the generator's name in the report (default: its class name).
         strict: stop at the first unreadable image or stray data file instead of skipping and counting it
             (``data.skipped`` of the result).
+    """
+
+    data: Path
+    pairs: Path | None = None
+    annotations: Path | None = None
+    reid_checkpoint: Path | FeatureFn | None = None
+    fid_weights: Path | torch.nn.Module | None = None
+    lpips_weights: Path | None = None
+    lpips_net: str = "alex"
+    pose_estimator: str | Callable[..., Any] | None = "auto"
+    pose_judge_dir: Path | None = None
+    steps: int = 20
+    guidance: tuple[float, float] = (2.0, 2.0)
+    sampler: str = "dpmsolver++"
+    n_pairs: int | None = 200
+    seed: int = 0
+    out_dir: Path | None = None
+    include_ceiling: bool = True
+    include_floor: bool = True
+    sweep: dict[str, tuple] | None = None
+    batch_size: int = 32
+    pose_upscale: int | None = None
+    sheet_rows: int = 8
+    generator_name: str | None = None
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        from posereid.models.sampling import SAMPLERS
+
+        self.data = Path(self.data)
+        for name in ("pairs", "annotations", "lpips_weights", "pose_judge_dir", "out_dir"):
+            value = getattr(self, name)
+            setattr(self, name, None if value is None else Path(value))
+        self.reid_checkpoint = _path_or(self.reid_checkpoint)
+        self.fid_weights = _path_or(self.fid_weights)
+        try:
+            self.guidance = parse_guidance(self.guidance)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"EvaluateConfig.guidance: {exc}") from None
+        for name in ("steps", "batch_size", "sheet_rows"):
+            _check_int(name, getattr(self, name), low=1)
+        _check_int("seed", self.seed, low=0)
+        for name in ("n_pairs", "pose_upscale"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), low=1)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"EvaluateConfig.sampler: {self.sampler!r}, choose from {', '.join(SAMPLERS)}")
+        if self.lpips_net not in LPIPS_NETS:
+            raise ValueError(
+                f"EvaluateConfig.lpips_net: {self.lpips_net!r}, choose from {', '.join(LPIPS_NETS)}"
+            )
+        pose = self.pose_estimator
+        if pose not in POSE_ESTIMATORS and not (
+            pose is None or (callable(pose) and not isinstance(pose, str))
+        ):
+            raise ValueError(
+                f"EvaluateConfig.pose_estimator: {pose!r}, choose from {', '.join(POSE_ESTIMATORS)}, a "
+                "callable or None"
+            )
+        if self.sweep is not None:
+            self.sweep = _checked_sweep(self.sweep)
+
+
+def _check_int(name: str, value: Any, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"EvaluateConfig.{name} must be a whole number >= {low}, got {value!r}")
+
+
+def _checked_sweep(sweep: Mapping[str, Sequence]) -> dict[str, tuple]:
+    """``sweep`` with its steps as ints and its guidance values as ``(w_pose, w_appearance)`` pairs."""
+    unknown = sorted(set(sweep) - {"steps", "guidance"})
+    if unknown:
+        raise ValueError(f"EvaluateConfig.sweep: unknown key(s) {unknown}; use steps and/or guidance")
+    out: dict[str, tuple] = {}
+    if "steps" in sweep:
+        for v in sweep["steps"]:
+            _check_int("sweep['steps'] item", v, low=1)
+        out["steps"] = tuple(sweep["steps"])
+    if "guidance" in sweep:
+        try:
+            out["guidance"] = tuple(parse_guidance(v) for v in sweep["guidance"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"EvaluateConfig.sweep['guidance']: {exc}") from None
+    if any(not values for values in out.values()):
+        raise ValueError(f"EvaluateConfig.sweep: every key needs at least one value, got {dict(sweep)}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point and its steps
+# --------------------------------------------------------------------------------------------------
+def evaluate_generator(
+    generator: Any, config: EvaluateConfig | str | os.PathLike[str], **options: Any
+) -> dict[str, Any]:
+    """Score a pose-transfer generator on test pairs; write the report when ``config.out_dir`` is given.
+
+    Args:
+        generator: any family's :class:`~posereid.models.contract.PoseTransferGenerator` (on its device).
+        config: the :class:`EvaluateConfig`. A script may instead pass the Market folder and the config's
+            other fields as keywords (``EvaluateConfig(data=config, **options)``); with a config, keywords
+            replace its fields.
 
     Returns:
         ``{"config", "data", "metric_status", "reference", "systems": {name: metrics}, "sweep": [rows],
         "files"}``.
     """
-    g = parse_guidance(guidance)
+    if isinstance(config, EvaluateConfig):
+        config = dataclasses.replace(config, **options) if options else config
+    else:
+        config = EvaluateConfig(data=config, **options)
     dev = next(generator.parameters()).device
-    was_training = generator.training
-    generator.eval()
     size = tuple(int(v) for v in generator.image_size)
     # metric networks first: an explicit path to a missing file fails before any work is done
-    backends = Backends()
-    backends.lpips, backends.status["LPIPS"] = _resolve_lpips(lpips_weights, lpips_net)
-    if backends.lpips is not None:
-        backends.lpips.to(dev)
-    backends.fid, backends.status["FID"] = _resolve_fid(fid_weights, size)  # type: ignore[arg-type]
-    backends.reid, backends.status["identity (re-ID)"] = _resolve_reid(reid_checkpoint, dev)
-    market = Market1501(market_root, strict=strict)
-    pairs_ = load_eval_pairs(
-        market_root, size, pairs=pairs, annotations=annotations, n_pairs=n_pairs, seed=seed, market=market,
-        strict=strict,
+    backends = _metric_backends(config, size, dev)
+    market = Market1501(config.data, strict=config.strict)
+    pairs = load_eval_pairs(
+        config.data, size, pairs=config.pairs, annotations=config.annotations, n_pairs=config.n_pairs,
+        seed=config.seed, market=market, strict=config.strict,
     )  # fmt: skip
-    logger.info("scoring %d pairs from %s", len(pairs_), pairs_.origin)
-    synthetic = any((p / META_CSV).is_file() for p in (Path(market_root), market.root))
+    logger.info("scoring %d pairs from %s", len(pairs), pairs.origin)
+    synthetic = any((p / META_CSV).is_file() for p in (config.data, market.root))
     backends.pose, backends.status["pose (PCKh)"] = _resolve_pose(
-        pose_estimator, synthetic=synthetic, judge_dir=pose_judge_dir, device=dev
+        config.pose_estimator, synthetic=synthetic, judge_dir=config.pose_judge_dir, device=dev
     )
+    was_training = generator.training
+    generator.eval()
     try:
         scorer = QualityScorer(
-            pairs_, market, backends, batch_size=batch_size, pose_upscale=pose_upscale, seed=seed, device=dev,
-            strict=strict,
+            pairs, market, backends, batch_size=config.batch_size, pose_upscale=config.pose_upscale,
+            seed=config.seed, device=dev, strict=config.strict,
         )  # fmt: skip
-        systems, sheet_cols, sweep_rows = _score_all(
-            generator, pairs_, scorer, steps=steps, guidance=g, sampler=sampler, seed=seed, batch_size=batch_size,
-            include_ceiling=include_ceiling, include_floor=include_floor, sweep=sweep, sheet_rows=sheet_rows,
-        )  # fmt: skip
+        systems, sheet_cols, sweep_rows = _score_all(generator, pairs, scorer, config)
     finally:
         generator.train(was_training)
-        if isinstance(pose_estimator, str) and backends.pose is not None:
+        if isinstance(config.pose_estimator, str) and backends.pose is not None:
             backends.pose.close()  # we opened it
+    result = _result(config, generator, size, dev, pairs, backends, scorer, systems, sweep_rows)
+    if config.out_dir is not None:
+        _write_report(config.out_dir, result, pairs, sheet_cols, config.sheet_rows)
+    return result
 
-    result: dict[str, Any] = {
+
+def _metric_backends(config: EvaluateConfig, size: tuple[int, ...], dev: torch.device) -> Backends:
+    """LPIPS, FID and the re-ID model of ``config`` (the pose judge comes once the data is known)."""
+    backends = Backends()
+    backends.lpips, backends.status["LPIPS"] = _resolve_lpips(config.lpips_weights, config.lpips_net)
+    if backends.lpips is not None:
+        backends.lpips.to(dev)
+    backends.fid, backends.status["FID"] = _resolve_fid(config.fid_weights, size)  # type: ignore[arg-type]
+    backends.reid, backends.status["identity (re-ID)"] = _resolve_reid(config.reid_checkpoint, dev)
+    return backends
+
+
+def _result(
+    config: EvaluateConfig,
+    generator: Any,
+    size: tuple[int, ...],
+    dev: torch.device,
+    pairs: EvalPairs,
+    backends: Backends,
+    scorer: QualityScorer,
+    systems: dict[str, dict[str, float]],
+    sweep_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The result (and ``report.json``): settings, data accounting, metric status, scores."""
+    return {
         "config": {
-            "generator": generator_name or type(generator).__name__,
+            "generator": config.generator_name or type(generator).__name__,
             "image_size": list(size),
-            "steps": steps,
-            "guidance": list(g),
-            "sampler": sampler,
-            "n_pairs": n_pairs,
-            "seed": seed,
-            "data": str(market_root),
+            "steps": config.steps,
+            "guidance": list(config.guidance),
+            "sampler": config.sampler,
+            "n_pairs": config.n_pairs,
+            "seed": config.seed,
+            "data": str(config.data),
             "device": str(dev),
             "pose_judge": getattr(backends.pose, "description", "mediapipe")
             if backends.pose is not None
             else None,
         },
         "data": {
-            "pairs_origin": pairs_.origin,
-            "pairs_total": pairs_.total,
-            "pairs_used": len(pairs_),
-            "skipped": {**pairs_.skipped, "unreadable_reference_image": scorer.bad.skipped},
-            "pairs": [list(p) for p in pairs_.names],
+            "pairs_origin": pairs.origin,
+            "pairs_total": pairs.total,
+            "pairs_used": len(pairs),
+            "skipped": {**pairs.skipped, "unreadable_reference_image": scorer.bad.skipped},
+            "pairs": [list(p) for p in pairs.names],
         },
         "metric_status": dict(backends.status),
         "reference": scorer.info,
@@ -347,27 +451,44 @@ def evaluate_generator(
         "sweep": sweep_rows,
         "files": {},
     }
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        files = {
-            "sheet": out / "sheet.png",
-            "report_json": out / "report.json",
-            "report_md": out / "report.md",
-        }
-        write_sheet(
-            files["sheet"], pairs_.source, pairs_.target, pairs_.target_kps, sheet_cols, rows=sheet_rows
-        )
-        if sweep_rows:
-            files["sweep_plot"] = out / "sweep.png"
-            refs = {k: v for k, v in systems.items() if k != TRAINED}
-            write_sweep_plot(files["sweep_plot"], sweep_rows, refs)
-        result["files"] = {k: str(v) for k, v in files.items()}
-        with atomic_write(files["report_json"]) as fh:
-            json.dump(to_jsonable(result), fh, indent=2, allow_nan=False)
-        with atomic_write(files["report_md"]) as fh:
-            fh.write(render_markdown(result))
-    return result
 
 
-__all__ = ["CEILING", "FLOOR", "TRAINED", "evaluate_generator", "generate_for_pairs", "untrained_like"]
+def _write_report(
+    out_dir: Path,
+    result: dict[str, Any],
+    pairs: EvalPairs,
+    sheet_cols: dict[str, torch.Tensor],
+    sheet_rows: int,
+) -> dict[str, str]:
+    """``sheet.png``, ``sweep.png`` (with a sweep), ``report.json`` and ``report.md`` in ``out_dir``; their
+    paths go into ``result["files"]`` (before the reports are written) and are returned."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "sheet": out_dir / "sheet.png",
+        "report_json": out_dir / "report.json",
+        "report_md": out_dir / "report.md",
+    }
+    write_sheet(files["sheet"], pairs.source, pairs.target, pairs.target_kps, sheet_cols, rows=sheet_rows)
+    if result["sweep"]:
+        files["sweep_plot"] = out_dir / "sweep.png"
+        refs = {k: v for k, v in result["systems"].items() if k != TRAINED}
+        write_sweep_plot(files["sweep_plot"], result["sweep"], refs)
+    result["files"] = {k: str(v) for k, v in files.items()}
+    with atomic_write(files["report_json"]) as fh:
+        json.dump(to_jsonable(result), fh, indent=2, allow_nan=False)
+    with atomic_write(files["report_md"]) as fh:
+        fh.write(render_markdown(result))
+    return result["files"]
+
+
+__all__ = [
+    "CEILING",
+    "FLOOR",
+    "LPIPS_NETS",
+    "POSE_ESTIMATORS",
+    "TRAINED",
+    "EvaluateConfig",
+    "evaluate_generator",
+    "generate_for_pairs",
+    "untrained_like",
+]

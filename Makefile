@@ -30,8 +30,8 @@ demo:
 	$(BIN)/posereid demo --out demo_out --budget-minutes $$left
 
 lint: $(STAMP)
-	$(BIN)/ruff check posereid tests
-	$(BIN)/ruff format --check posereid tests
+	$(BIN)/ruff check posereid studies tests
+	$(BIN)/ruff format --check posereid studies tests
 
 grid: $(STAMP)
 	$(BIN)/posereid synth-grid --out docs/synthetic_grid.png
@@ -42,7 +42,8 @@ clean:
 # Reproduces the generator checkpoint shipped in posereid/assets/generator-small: the `small` preset trained
 # on the train split of the demo's synthetic dataset (same SynthConfig and seed as `posereid demo`), in two
 # stages of 3000 steps (42 + 45 min on the 2-core CPU): a first cosine schedule, then a second one from its
-# EMA weights with another data order (seed 1).
+# EMA weights with another data order (seed 1). The asset keeps one copy of the weights, the EMA one, as
+# its plain weights file (the loader reads that file when there is no ema.safetensors).
 ASSET_WORK ?= runs/generator-asset
 ASSET_STEPS ?= 3000
 ASSET_FINETUNE_STEPS ?= 3000
@@ -58,6 +59,7 @@ generator-asset: $(STAMP)
 		--lr 2e-4 --warmup-steps 100 --ema-decay 0.999 --checkpoint-every 250 --sample-every 1000 --seed 1
 	rm -rf posereid/assets/generator-small && mkdir -p posereid/assets
 	cp -r $(ASSET_WORK)/finetune/final posereid/assets/generator-small
+	mv -f posereid/assets/generator-small/ema.safetensors posereid/assets/generator-small/diffusion_pytorch_model.safetensors
 	$(BIN)/python -c "from posereid.experiments.demo import write_asset_meta; write_asset_meta('posereid/assets/generator-small')"
 
 # Wheels a lent GPU machine lacks (Python 3.12 there; torch, accelerate, transformers, safetensors are
@@ -78,7 +80,7 @@ judge-asset: $(STAMP)
 	rm -rf runs/pose-judge
 	$(BIN)/python -m posereid.experiments.quality.judge train --out runs/pose-judge --steps 5000 --threads 1 \
 		--eval-images 512 --no-progress
-	rm -rf posereid/assets/pose-judge && mkdir -p posereid/assets/pose-judge posereid/experiments/results/pose_judge
+	rm -rf posereid/assets/pose-judge && mkdir -p posereid/assets/pose-judge results/pose_judge
 	cp runs/pose-judge/config.json runs/pose-judge/diffusion_pytorch_model.safetensors runs/pose-judge/training.json \
 		posereid/assets/pose-judge/
-	cp runs/pose-judge/judge_report.md runs/pose-judge/judge_report.json posereid/experiments/results/pose_judge/
+	cp runs/pose-judge/judge_report.md runs/pose-judge/judge_report.json results/pose_judge/

@@ -2,7 +2,7 @@
 
 ``generator`` (sampling and training speed vs a naive baseline), ``augment`` (offline generation
 throughput), ``evaluate`` (our evaluator vs torchreid's) and ``synthetic`` (the synthetic-people
-renderer). Each writes a markdown report; the committed ones are in ``posereid/experiments/results/``.
+renderer). Each writes a markdown report; the committed ones are in the repository's ``results/``.
 The names other code uses are re-exported here, resolved on first access.
 """
 

@@ -37,7 +37,8 @@ from posereid.models.pidm import PIDMPipeline
 from posereid.models.pose import resize_keypoints
 from posereid.reid_integration.market1501 import Market1501, load_image, read_patn_csv
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+#: the repository's committed reports (run from the repository root)
+RESULTS = Path("results")
 
 
 def _sync(device: torch.device) -> None:

@@ -36,7 +36,8 @@ from posereid.experiments.synthetic.people import render_person
 from posereid.models.io_utils import atomic_write
 from posereid.reid_integration.market1501 import MarketWriter, format_market_name
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "bench_synthetic.md"
+#: the repository's committed reports (run from the repository root)
+DEFAULT_OUT = Path("results") / "bench_synthetic.md"
 TARGET = 2000.0  # images/s at 128x64, render only
 
 

@@ -215,7 +215,7 @@ class CFLDModel(ModelMixin, ConfigMixin):
         prd_query_std: initial standard deviation of the learnable queries: 1.0, an embedding's. With 0.02
             the queries, small beside what the decoder adds to them, came out of training nearly alike: one
             prompt token sixteen times, nothing for HGA to choose between, identity at the floor
-            (``experiments/results/generator_v2``, ``cfld-q0.02`` rows).
+            (``results/generator_v2``, ``cfld-q0.02`` rows).
         use_prd: False: the prompt is the last pyramid level's tokens ("w/o PRD").
         use_hga: False: no query biases in the up blocks ("w/o HGA").
         adapter_res_blocks: residual blocks per pose-adapter level.

@@ -12,7 +12,7 @@ It also reads the coarse prompt itself: how different the ``num_queries`` tokens
 prompt whose tokens are all alike leaves HGA nothing to choose between: a query bias only re-weights the
 prompt tokens. ::
 
-    python -m posereid.experiments.quality.cfld_probe --generator DIR [DIR ...] --data MARKET --out probe.json
+    python -m studies.cfld_probe --generator DIR [DIR ...] --data MARKET --out probe.json
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def render(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m posereid.experiments.quality.cfld_probe", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m studies.cfld_probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--generator", nargs="+", required=True, help="CFLD checkpoint directories")
     parser.add_argument("--data", required=True, help="Market-format folder with test pairs")

@@ -7,11 +7,11 @@ on the same 64 unseen test pairs (20 steps, guidance 2, the pose judge, the re-I
 also scores the floor (untrained) and the ceiling (real images). A budget fixed in steps keeps the rows
 comparable when other work shares the CPU; wall times are recorded but not compared::
 
-    python -m posereid.experiments.quality.ablation run   --work runs/ablation --data DATA \\
+    python -m studies.ablation run   --work runs/ablation --data DATA \\
         --reid-checkpoint REID --rows baseline,v_pred --seeds 0,1 --steps 500 [--max-minutes M]
-    python -m posereid.experiments.quality.ablation steps --work runs/ablation --row v_pred --seed 0
-    python -m posereid.experiments.quality.ablation bench --rows baseline,v_pred --out BENCH.json
-    python -m posereid.experiments.quality.ablation table --work runs/ablation --out results/generator_v2
+    python -m studies.ablation steps --work runs/ablation --row v_pred --seed 0
+    python -m studies.ablation bench --rows baseline,v_pred --out BENCH.json
+    python -m studies.ablation table --work runs/ablation --out results/generator_v2
 
 ``run`` resumes: a finished run (``result.json``) is skipped and a stopped training continues from its
 last checkpoint, so ``--max-minutes`` and a rerun finish the grid.
@@ -193,7 +193,7 @@ def _trained_steps(out: Path, row: str) -> int | dict[str, int]:
 
 def source_pose_row(work: Path, data: Path, row: str, seed: int, n_pairs: int) -> list[dict]:
     """PCKh / SSIM with and without source keypoints (the item-2 mismatch) for one trained run."""
-    from posereid.experiments.quality.source_pose_check import check
+    from studies.source_pose_check import check
 
     out = run_dir(work, row, seed)
     path = out / "source_pose.json"
@@ -359,7 +359,7 @@ def render_steps(runs: dict[str, list[dict]]) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m posereid.experiments.quality.ablation", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m studies.ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="train and score (row, seed) runs; resumable")

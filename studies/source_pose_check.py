@@ -5,7 +5,7 @@ Training feeds the appearance encoder the source pose maps, but ``PoseTransferAu
 sampler twice, with and without the source keypoints, with the pose judge (PCKh@0.5) and SSIM, and writes
 a markdown table::
 
-    python -m posereid.experiments.quality.source_pose_check --generator DIR --data MARKET --out REPORT.md
+    python -m studies.source_pose_check --generator DIR --data MARKET --out REPORT.md
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m posereid.experiments.quality.source_pose_check")
+    p = argparse.ArgumentParser(prog="python -m studies.source_pose_check")
     p.add_argument("--generator", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--n-pairs", type=positive_int, default=64)

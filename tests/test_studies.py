@@ -1,5 +1,6 @@
-"""The ablation table (``posereid.experiments.quality.ablation``): merging committed and new runs, the
-mean ± sd over seeds, the budget column, and the committed table's equal-budget claim."""
+"""The one-off studies under ``studies/`` (run from the repository root): the ablation table (merging
+committed and new runs, the mean ± sd over seeds, the budget column, the committed table's equal-budget
+claim), the source-keypoint check and the CFLD probe."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from posereid.experiments.quality import ablation
+from posereid.experiments.cli import main as cli_main
+from posereid.models.cfld import CFLDPipeline
+from posereid.models.pidm import PIDMPipeline
+from studies import ablation, cfld_probe, source_pose_check
 
-RESULTS = Path(ablation.__file__).resolve().parents[1] / "results" / "generator_v2"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "generator_v2"
 
 
 def _scores(pckh: float, rank1: float = 0.0) -> dict[str, float]:
@@ -70,3 +75,39 @@ def test_committed_family_rows_are_at_the_pidm_budget() -> None:
     pidm = minutes["flow"]
     for row in ("cfld", "cfld-no_hga", "cfld-no_prd"):
         assert abs(minutes[row] - pidm) <= 0.2 * pidm, (row, minutes[row], pidm)
+
+
+def test_source_pose_check_writes_both_rows(tmp_path: Path) -> None:
+    """The source-keypoint check scores the same pairs twice and reports both rows."""
+    data = tmp_path / "data"
+    assert cli_main(["synth-market", str(data), "--train-ids", "2", "--test-ids", "3", "--height", "64",
+                     "--width", "32", "--seed", "3", "--no-progress"]) == 0  # fmt: skip
+    PIDMPipeline.from_preset("tiny", image_size=(64, 32)).save_pretrained(tmp_path / "gen")
+    out = tmp_path / "report.md"
+    assert source_pose_check.main(["--generator", str(tmp_path / "gen"), "--data", str(data), "--n-pairs", "4",
+                                   "--steps", "2", "--out", str(out)]) == 0  # fmt: skip
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| with")]
+    assert [r.split("|")[1].strip() for r in rows] == ["with source keypoints", "without source keypoints"]
+
+
+def test_probe_measures_what_the_denoiser_listens_to(synth_market: Path, tmp_path: Path) -> None:
+    """The CFLD probe: a model without HGA has no HGA sensitivity; scaling the HGA projections up raises it;
+    swapping the source or the pose moves the output; a non-CFLD checkpoint is refused by name."""
+    torch.manual_seed(0)
+    for name, kw in (("full", {}), ("no_hga", {"use_hga": False})):
+        CFLDPipeline.from_preset("tiny", image_size=(64, 32), **kw).save_pretrained(tmp_path / name)
+    loud = CFLDPipeline.from_pretrained(tmp_path / "full")
+    with torch.no_grad():
+        for proj in loud.model.hga_proj:
+            proj.weight.mul_(50.0)
+    loud.save_pretrained(tmp_path / "loud")
+    res = {n: cfld_probe.probe(tmp_path / n, synth_market, n_pairs=6) for n in ("full", "no_hga", "loud")}
+    assert all(s["hga"] == 0.0 for s in res["no_hga"]["sensitivity"])
+    for a, b in zip(res["full"]["sensitivity"], res["loud"]["sensitivity"]):
+        assert 0 < a["hga"] < b["hga"]
+    assert all(s["appearance"] > 0 and s["pose"] > 0 for r in res.values() for s in r["sensitivity"])
+    assert 0 < res["full"]["prompt_token_spread"] and 0 < res["full"]["prompt_person_spread"]
+    assert "| " in cfld_probe.render(list(res.values()))
+    PIDMPipeline.from_preset("tiny", image_size=(64, 32)).save_pretrained(tmp_path / "pidm")
+    with pytest.raises(ValueError, match="pidm checkpoint"):
+        cfld_probe.probe(tmp_path / "pidm", synth_market, n_pairs=6)

@@ -78,7 +78,7 @@ gpu-wheels: $(STAMP)
 # (seeds >= 10**6, disjoint from every dataset), 1720 s on one CPU thread; writes the held-out report too.
 judge-asset: $(STAMP)
 	rm -rf runs/pose-judge
-	$(BIN)/python -m posereid.experiments.quality.judge train --out runs/pose-judge --steps 5000 --threads 1 \
+	$(BIN)/posereid pose-judge train --out runs/pose-judge --steps 5000 --threads 1 \
 		--eval-images 512 --no-progress
 	rm -rf posereid/assets/pose-judge && mkdir -p posereid/assets/pose-judge results/pose_judge
 	cp runs/pose-judge/config.json runs/pose-judge/diffusion_pytorch_model.safetensors runs/pose-judge/training.json \

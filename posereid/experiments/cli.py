@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "posereid.experiments.quality.cli",
         "generator quality: SSIM/LPIPS/FID, pose, identity",
     ),
+    "pose-judge": (
+        "posereid.experiments.quality.judge.cli",
+        "train / evaluate the pose judge for synthetic people",
+    ),
     "demo": ("posereid.experiments.demo", "end-to-end demo on synthetic people"),
 }
 

@@ -1,10 +1,9 @@
-"""Commands of the pose judge (:mod:`posereid.experiments.quality.judge`).
+"""``posereid pose-judge``: train a pose judge on fresh renders, or score one on held-out renders.
 
-``python -m posereid.experiments.quality.judge train --out DIR --minutes M`` trains a judge on fresh
-renders and writes ``DIR`` (``config.json`` + safetensors + ``training.json`` + ``judge_report.{md,json}``);
-``... evaluate --judge DIR --out REPORT_DIR`` scores a judge on held-out renders (and, with ``--data``, on
-a dataset's evaluation targets). ``add_pose_judge_args`` / ``run_pose_judge`` follow the CLI convention,
-so ``posereid pose-judge train|evaluate`` can map here.
+``posereid pose-judge train --out DIR --minutes M`` writes ``DIR`` (``config.json`` + safetensors +
+``training.json`` + ``judge_report.{md,json}``); ``posereid pose-judge evaluate --judge DIR --out REPORT_DIR``
+scores a judge (default: the shipped one) on held-out renders and, with ``--data``, on a dataset's
+evaluation targets. No library module imports this one.
 """
 
 from __future__ import annotations
@@ -12,7 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from posereid.argtypes import non_negative_int, positive_int
+from posereid.experiments.quality.judge.model import PoseJudgeEstimator
+from posereid.experiments.quality.judge.renders import EVAL_SEED, SIZES, TRAIN_SEED
+from posereid.experiments.quality.judge.report import REPORT_MD, evaluate_judge, render_judge_markdown
+from posereid.experiments.quality.judge.train import JudgeTrainConfig, train_judge
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -26,8 +31,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_pose_judge_args(parser: argparse.ArgumentParser) -> None:
-    from posereid.experiments.quality.judge import EVAL_SEED, SIZES, TRAIN_SEED, JudgeTrainConfig
-
+    """The ``train`` and ``evaluate`` sub-commands and their options."""
     d = JudgeTrainConfig()
     sizes = [f"{h}x{w}" for h, w in SIZES]
     sub = parser.add_subparsers(dest="judge_command", required=True)
@@ -69,48 +73,35 @@ def add_pose_judge_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pose_judge(args: argparse.Namespace) -> int:
-    import torch
-
-    from posereid.experiments.quality import judge as J
-
+    """Train a judge or write its held-out report; 2 on a bad value (e.g. a seed below 10**6)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or "cpu"
     try:
         if args.judge_command == "train":
             model = {"channels": list(args.channels)} if args.channels else {}
-            cfg = J.JudgeTrainConfig(
+            cfg = JudgeTrainConfig(
                 steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 sizes=tuple(args.sizes), augment=args.augment, eval_images=args.eval_images, model=model,
             )  # fmt: skip
-            _, summary = J.train_judge(args.out, cfg, progress=not args.no_progress, device=device)
+            _, summary = train_judge(args.out, cfg, progress=not args.no_progress, device=device)
             print(
                 f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; judge written to {args.out}"
             )
             if "evaluation" in summary:
-                print(J.render_judge_markdown(summary["evaluation"]))
+                print(render_judge_markdown(summary["evaluation"]))
             return 0
-        est = J.PoseJudgeEstimator.from_pretrained(args.judge, device=device, threshold=args.threshold)
-        result = J.evaluate_judge(
+        est = PoseJudgeEstimator.from_pretrained(args.judge, device=device, threshold=args.threshold)
+        result = evaluate_judge(
             est, args.out, n_images=args.n_images, sizes=args.sizes, seed=args.seed, data=args.data,
             data_pairs=args.data_pairs or None, data_seed=args.data_seed,
         )  # fmt: skip
-        print(J.render_judge_markdown(result))
-        print(f"report: {args.out}/{J.REPORT_MD}")
+        print(render_judge_markdown(result))
+        print(f"report: {args.out}/{REPORT_MD}")
         return 0
     except (FileNotFoundError, ValueError) as exc:
         print(f"pose judge: {exc}", file=sys.stderr)
         return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m posereid.experiments.quality.judge", description=__doc__)
-    add_pose_judge_args(parser)
-    return run_pose_judge(parser.parse_args(argv))
-
-
-__all__ = ["add_pose_judge_args", "main", "run_pose_judge"]
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["add_pose_judge_args", "run_pose_judge"]

@@ -8,10 +8,15 @@ and brings back at most 8 files of 16 MB each from ``$OUT``. This script fits th
    denoiser FLOP rate against a matmul rate measured in the same run) for ``--bench-presets``;
 2. renders a synthetic 128×64 Market-format dataset and trains ``--train-preset`` on it with the recipe
    given by the flags (bf16 mixed precision on CUDA), stopping cleanly at the time left
-   (``--max-minutes``: checkpoint, grid, ``final/``);
+   (``TrainConfig.max_minutes``: checkpoint, grid, ``final/``);
 3. leaves in ``--out`` only: ``bench_generator.md``, ``train_log.csv``, ``loss.png``, the first and last
    sample grids, ``train_config.json`` and ``session.json`` (what ran, how long each part took, the
    device): 7 files, each far below 16 MB.
+
+Step 2 calls the library (:func:`~posereid.experiments.synthetic.dataset.write_synthetic_market`,
+:func:`~posereid.experiments.data.market_pose_records`, :func:`~posereid.models.training.train_generator`),
+not the console script; ``session.json`` records the equivalent ``posereid train-generator`` arguments
+(``train_argv``).
 
 Run on the device (after the wheel prefix of docs/GPU.md)::
 
@@ -29,15 +34,22 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 
 from posereid.argtypes import non_negative_int, positive_float, positive_int
+from posereid.experiments.data import market_pose_records
+from posereid.experiments.synthetic.dataset import SynthConfig, write_synthetic_market
+from posereid.models.contract import family_class
 from posereid.models.io_utils import atomic_write
+from posereid.models.training import PosePairDataset, TrainConfig, TrainResult, train_generator
 
 #: what may come back from the device, at most (files in --out, bytes each)
 MAX_FILES = 8
 MAX_BYTES = 16 * 1024 * 1024
+ANNOTATIONS = "market-annotation-train.csv"  # written by write_synthetic_market beside the images
 
 
 def add_session_args(p: argparse.ArgumentParser) -> None:
@@ -68,12 +80,71 @@ def add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reserve-minutes", type=positive_float, default=0.75, help="kept for saving and copying")
 
 
-def _cli(argv: list[str]) -> None:
-    from posereid.experiments.cli import main as cli_main
+def synth_config(args: argparse.Namespace) -> SynthConfig:
+    """The session's synthetic 128x64 people: ``--train-ids`` train identities, 2 test ones, 6 cameras."""
+    return SynthConfig(
+        n_train_ids=args.train_ids, n_test_ids=2, per_camera=4, cameras=6, height=args.height, width=args.width,
+        seed=0,
+    )  # fmt: skip
 
-    rc = cli_main(argv)
-    if rc:
-        raise RuntimeError(f"posereid {argv[0]} exited with {rc}")
+
+def train_settings(
+    args: argparse.Namespace, device: torch.device, minutes: float
+) -> tuple[dict[str, Any], TrainConfig]:
+    """The ``--train-preset`` overrides (image size, recipe flags) and the :class:`TrainConfig` of a
+    training stopped after ``minutes`` (bf16 mixed precision on CUDA, no checkpoint before the last)."""
+    overrides: dict[str, Any] = {
+        "image_size": (args.height, args.width),
+        "prediction_type": args.prediction_type,
+    }
+    if args.zero_snr:
+        overrides["rescale_betas_zero_snr"] = True
+    if args.snr_gamma is not None:
+        overrides["snr_gamma"] = args.snr_gamma
+    if args.p_drop_source_pose is not None:
+        overrides["p_drop_source_pose"] = args.p_drop_source_pose
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(500, args.steps),
+        mixed_precision="bf16" if device.type == "cuda" else "no", checkpoint_every=0,
+        sample_every=args.sample_every, seed=0, max_minutes=round(minutes, 3),
+    )  # fmt: skip
+    return overrides, config
+
+
+def equivalent_argv(
+    args: argparse.Namespace, data: Path, run: Path, overrides: dict[str, Any], config: TrainConfig
+) -> list[str]:
+    """The ``posereid train-generator`` arguments that train the same model (``session.json``'s record)."""
+    h, w = overrides["image_size"]
+    argv = [
+        "--data", str(data), "--annotations", str(data / ANNOTATIONS), "--preset", args.train_preset,
+        "--image-size", f"{h}x{w}", "--prediction-type", overrides["prediction_type"], "--out", str(run),
+        "--steps", str(config.steps), "--batch-size", str(config.batch_size), "--lr", str(config.lr),
+        "--warmup-steps", "500", "--checkpoint-every", str(config.checkpoint_every),
+        "--sample-every", str(config.sample_every), "--max-minutes", f"{config.max_minutes:.3f}",
+        "--seed", str(config.seed), "--no-progress",
+    ]  # fmt: skip
+    if config.mixed_precision != "no":
+        argv += ["--mixed-precision", config.mixed_precision]
+    if overrides.get("rescale_betas_zero_snr"):
+        argv.append("--zero-snr")
+    if "snr_gamma" in overrides:
+        argv += ["--snr-gamma", str(overrides["snr_gamma"])]
+    if "p_drop_source_pose" in overrides:
+        argv += ["--p-drop-source-pose", str(overrides["p_drop_source_pose"])]
+    return argv
+
+
+def train(
+    args: argparse.Namespace, data: Path, run: Path, overrides: dict[str, Any], config: TrainConfig
+) -> TrainResult:
+    """Train a fresh ``--train-preset`` PIDM generator on ``data`` into ``run`` (as ``train-generator``
+    does: the records, then the seed, then the model, so the same seed gives the same weights)."""
+    records = market_pose_records(data, data / ANNOTATIONS)
+    set_seed(config.seed)
+    model = family_class("pidm").from_preset(args.train_preset, **overrides)
+    dataset = PosePairDataset(records, model.image_size, singletons="skip", seed=config.seed)
+    return train_generator(model, dataset, config, run, progress=False)
 
 
 def run_session(args: argparse.Namespace) -> dict:
@@ -110,33 +181,20 @@ def run_session(args: argparse.Namespace) -> dict:
     # 2. data + training with what is left
     with tempfile.TemporaryDirectory(prefix="posereid-gpu-") as tmp:
         data, run = Path(tmp) / "data", Path(tmp) / "train"
-        _cli(["synth-market", str(data), "--train-ids", str(args.train_ids), "--test-ids", "2",
-              "--per-camera", "4", "--cameras", "6", "--height", str(args.height), "--width", str(args.width),
-              "--seed", "0", "--no-progress"])  # fmt: skip
+        summary = write_synthetic_market(data, synth_config(args), progress=False)
+        print(
+            f"synthetic data: {summary['train']['images']} train images of {summary['train']['identities']} ids"
+        )
         info["parts"]["data_minutes"] = round(elapsed() - info["parts"]["bench_minutes"], 2)
         left = args.minutes - elapsed() - args.reserve_minutes
         if left <= 0.05:
             raise RuntimeError(f"no time left for training after {elapsed():.1f} of {args.minutes} minutes")
-        train_argv = [
-            "train-generator", "--data", str(data), "--annotations", str(data / "market-annotation-train.csv"),
-            "--preset", args.train_preset, "--image-size", f"{args.height}x{args.width}",
-            "--prediction-type", args.prediction_type, "--out", str(run), "--steps", str(args.steps),
-            "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps", "500",
-            "--checkpoint-every", "0", "--sample-every", str(args.sample_every), "--max-minutes", f"{left:.3f}",
-            "--seed", "0", "--no-progress",
-        ]  # fmt: skip
-        if device.type == "cuda":
-            train_argv += ["--mixed-precision", "bf16"]
-        if args.zero_snr:
-            train_argv.append("--zero-snr")
-        if args.snr_gamma is not None:
-            train_argv += ["--snr-gamma", str(args.snr_gamma)]
-        if args.p_drop_source_pose is not None:
-            train_argv += ["--p-drop-source-pose", str(args.p_drop_source_pose)]
+        overrides, config = train_settings(args, device, left)
         t_train = elapsed()
-        _cli(train_argv)
+        result = train(args, data, run, overrides, config)
+        print(f"trained steps {result.start_step}..{result.steps}, final loss {result.final_loss:.4f}")
         info["parts"]["train_minutes"] = round(elapsed() - t_train, 2)
-        info["train_argv"] = train_argv[1:]
+        info["train_argv"] = equivalent_argv(args, data, run, overrides, config)
         with open(run / "train_log.csv", encoding="utf-8") as fh:
             rows = fh.read().splitlines()[1:]
         info["train_steps"] = int(rows[-1].split(",")[0]) if rows else 0

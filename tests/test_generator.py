@@ -186,7 +186,7 @@ def test_checkpoint_files_are_readable_like_other_outputs(model: PIDMPipeline, t
     mask = os.umask(0)
     os.umask(mask)
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "ckpt").iterdir()}
-    assert set(modes) == {"config.json", WEIGHTS_NAME, EMA_WEIGHTS_NAME, SCHEDULER_CONFIG_NAME}
+    assert set(modes) == {"config.json", "model_index.json", WEIGHTS_NAME, EMA_WEIGHTS_NAME, SCHEDULER_CONFIG_NAME}
     assert set(modes.values()) == {0o666 & ~mask}, modes
 
 
@@ -268,31 +268,18 @@ def test_local_transformers_backbone(tmp_path) -> None:
 # ------------------------------------------------------------------------------------ the contract
 
 
-def test_checkpoint_from_before_the_split_loads_with_its_schedule(tmp_path) -> None:
-    """A checkpoint written before models/ became families (class ``PoseTransferGenerator``, the noise fields
-    in its ``config.json``, no ``scheduler_config.json``) loads with that schedule and gives the images of
-    the pipeline that wrote it."""
-    from posereid.models.pidm.model import LEGACY_CLASS_NAME
-
-    torch.manual_seed(0)
-    m = PIDMPipeline.from_preset("tiny", prediction_type="v_prediction").eval()
-    m.save_pretrained(tmp_path)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg.update(_class_name=LEGACY_CLASS_NAME, prediction_type="v_prediction", num_train_timesteps=1000,
-               beta_schedule="linear")  # fmt: skip
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+def test_checkpoint_without_its_scheduler_or_of_an_unknown_class_is_refused_naming_the_file(tmp_path) -> None:
+    """Every model folder carries its training scheduler; a folder without one (or one whose class no family
+    claims, like the pre-family ``PoseTransferGenerator``) is refused with the file's name, not guessed."""
+    PIDMPipeline.from_preset("tiny").save_pretrained(tmp_path)
     (tmp_path / SCHEDULER_CONFIG_NAME).unlink()
-    old = load_generator(tmp_path)
-    assert isinstance(old, PIDMPipeline) and old.prediction_type == "v_prediction"
-    assert torch.equal(old.scheduler.alphas_cumprod, m.scheduler.alphas_cumprod)
-    src, kt, ks = _images(2, 3), _pose(2.0, 2), _pose(0.0, 2)
-    for kw in (dict(steps=4, sampler="dpmsolver++", guidance=(2.0, 2.0)), dict(steps=3, sampler="ddim")):
-        assert torch.equal(
-            old.generate(src, kt, ks, seeds=[7, 8], **kw), m.generate(src, kt, ks, seeds=[7, 8], **kw)
-        )
-    cfg["prediction_type"] = "epsilon"  # the schedule is read from that config, not assumed
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    assert load_generator(tmp_path).prediction_type == "epsilon"
+    with pytest.raises(CheckpointError, match=rf"{SCHEDULER_CONFIG_NAME}: not found"):
+        load_generator(tmp_path)
+    (tmp_path / "model_index.json").unlink()
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "_class_name": "PoseTransferGenerator"}))
+    with pytest.raises(UnknownGeneratorError, match=r"config.json: _class_name 'PoseTransferGenerator'"):
+        load_generator(tmp_path)
 
 
 def test_shipped_asset_is_the_flow_recipe_and_follows_the_target_pose() -> None:
@@ -359,7 +346,7 @@ def test_damaged_weights_are_refused_naming_file_or_tensor(model: PIDMPipeline, 
         load_generator(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "image_size": "big"}))
-    with pytest.raises(CheckpointError, match=r"config\.json: invalid model config"):
+    with pytest.raises(CheckpointError, match=r"config\.json: invalid PIDMModel config"):
         load_generator(tmp_path)
 
 

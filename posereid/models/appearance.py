@@ -29,6 +29,8 @@ from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from posereid.models.checkpoint import require_local_weights
+
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -44,18 +46,14 @@ def load_local_backbone(path: str | Path) -> nn.Module:
     A CLIP-style dual model is reduced to its ``vision_model``. Raises :class:`BackboneNotFoundError` naming
     the path and what must be in it.
     """
-    directory = Path(path)
-    if not directory.is_dir() or not (directory / "config.json").is_file():
-        raise BackboneNotFoundError(
-            f"appearance backbone directory {str(directory)!r} not found or has no config.json; put a "
-            "transformers vision model there (e.g. model.save_pretrained(dir) of a DINOv2/CLIP model). "
-            "Weights are never downloaded."
-        )
-    if not any((directory / name).is_file() for name in _WEIGHT_FILES):
-        raise BackboneNotFoundError(
-            f"appearance backbone directory {str(directory)!r} has config.json but no weights "
-            f"(expected one of {', '.join(_WEIGHT_FILES)})"
-        )
+    directory = require_local_weights(
+        path,
+        "appearance backbone",
+        "put a transformers vision model there (e.g. model.save_pretrained(dir) of a DINOv2/CLIP model). "
+        "Weights are never downloaded.",
+        weight_files=_WEIGHT_FILES,
+        error=BackboneNotFoundError,
+    )
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(directory), local_files_only=True)

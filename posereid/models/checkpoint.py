@@ -1,8 +1,13 @@
 """Checkpoint files shared by every generator family: names, JSON configs and safetensors weights.
 
 A checkpoint is a directory, as in diffusers: ``config.json`` + ``diffusion_pytorch_model.safetensors``
-(+ ``ema.safetensors``) for one model, ``scheduler_config.json`` for its noise schedule, and for a
-multi-stage pipeline a ``model_index.json`` naming one such folder per stage. No pickle anywhere.
+(+ ``ema.safetensors``) for one model, ``scheduler_config.json`` for its noise schedule, and a
+``model_index.json`` naming the pipeline class and one sub-folder per further component (a stage, a VAE,
+a vision backbone), each written by that component's own ``save_pretrained``. No pickle anywhere.
+
+Every model class of the project (each family's weights, the pose judge) gets ``save_pretrained`` /
+``from_pretrained`` from :class:`CheckpointMixin`; foreign components (a diffusers VAE, a
+``transformers`` backbone) go through :func:`save_component` / :func:`require_local_weights`.
 
 Every read names the file it failed on: a truncated or renamed-pickle ``.safetensors``, invalid JSON, a
 state dict that does not fit the config, or a weight with a NaN/Inf value (named tensor) raise
@@ -12,21 +17,32 @@ state dict that does not fit the config, or a weight with a NaN/Inf value (named
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from posereid.models.io_utils import atomic_save
+from posereid.models.io_utils import atomic_save, atomic_write
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 EMA_WEIGHTS_NAME = "ema.safetensors"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 MODEL_INDEX_NAME = "model_index.json"
+#: weight files a diffusers / transformers component folder may hold
+COMPONENT_WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors", "pytorch_model.bin",
+)  # fmt: skip
+
+_M = TypeVar("_M", bound="CheckpointMixin")
 
 
 class CheckpointError(ValueError):
@@ -138,7 +154,136 @@ def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike[str]
     return weights
 
 
+def require_local_weights(
+    path: str | os.PathLike[str],
+    what: str,
+    hint: str,
+    *,
+    weight_files: tuple[str, ...] = COMPONENT_WEIGHT_FILES,
+    error: type[FileNotFoundError] = FileNotFoundError,
+) -> Path:
+    """``path`` as a local component folder with ``config.json`` and weights, or ``error`` naming the path.
+
+    The one check before a foreign ``from_pretrained(dir, local_files_only=True)`` (a VAE, a UNet, a vision
+    backbone): nothing is ever downloaded, and a missing folder or file says what to put there (``hint``).
+    """
+    directory = Path(path)
+    if not directory.is_dir() or not (directory / CONFIG_NAME).is_file():
+        raise error(f"{what} directory {str(directory)!r} not found or has no {CONFIG_NAME}; {hint}")
+    if not any((directory / name).is_file() for name in weight_files):
+        raise error(
+            f"{what} directory {str(directory)!r} has {CONFIG_NAME} but no weights "
+            f"(expected one of {', '.join(weight_files)}); {hint}"
+        )
+    return directory
+
+
+def save_component(
+    module: Any, directory: str | os.PathLike[str], *, extra_files: tuple[Path, ...] = ()
+) -> None:
+    """Write a foreign component (``module.save_pretrained(dir)``, e.g. a VAE or a vision backbone) as one
+    folder that appears whole or not at all: written beside, then swapped in (their savers write in place).
+
+    ``extra_files``: files copied in with it (e.g. a backbone's ``preprocessor_config.json``).
+    """
+    target = Path(directory)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module.save_pretrained(str(tmp))
+    for src in extra_files:
+        if Path(src).is_file():
+            shutil.copy(src, tmp / Path(src).name)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def _library(cls: type) -> str:
+    """Where ``model_index.json`` says a class comes from: its package for ours (``posereid.models.pcdms``),
+    the top-level library for a foreign one (``diffusers``, ``transformers``), as diffusers writes it."""
+    module = cls.__module__
+    return module.rsplit(".", 1)[0] if module.startswith("posereid.") else module.split(".")[0]
+
+
+def write_model_index(
+    directory: str | os.PathLike[str], class_name: str, components: Mapping[str, Any], **extra: Any
+) -> None:
+    """``model_index.json`` (diffusers' layout): the pipeline class, then ``folder: [library, class]`` per
+    component (``None`` for an absent optional one), then ``extra`` fields; written atomically, last."""
+    import diffusers
+
+    index: dict[str, Any] = {"_class_name": class_name, "_diffusers_version": diffusers.__version__}
+    for folder, module in components.items():
+        index[folder] = [None, None] if module is None else [_library(type(module)), type(module).__name__]
+    index.update(extra)
+    with atomic_write(Path(directory) / MODEL_INDEX_NAME) as fh:
+        fh.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+class CheckpointMixin:
+    """``save_pretrained`` / ``from_pretrained`` of one model folder for a diffusers ``ModelMixin`` +
+    ``ConfigMixin``: ``config.json`` + safetensors weights (+ ``ema.safetensors``), each written atomically
+    (the config last), read back with the finite and shape checks of this module.
+
+    Put it first among the bases (``class M(CheckpointMixin, ModelMixin, ConfigMixin)``) so its methods
+    replace diffusers' (which would accept hub ids and pickles). Hooks: :attr:`LEGACY_CLASS_NAMES` (older
+    ``_class_name`` values still read), :meth:`_checkpoint_config` (adapt a read config, e.g. point a
+    path field at a folder of the checkpoint), :meth:`_save_components` (write sub-folders beside the
+    weights).
+    """
+
+    config_name = CONFIG_NAME
+    #: ``_class_name`` values of checkpoints written before a rename, still loaded by this class
+    LEGACY_CLASS_NAMES: ClassVar[tuple[str, ...]] = ()
+
+    def save_pretrained(  # type: ignore[override]
+        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write the weights (+ EMA weights, + components), then ``config.json``, each file atomically."""
+        directory = Path(save_directory)
+        save_model(self, directory, ema_state_dict)  # type: ignore[arg-type]
+        self._save_components(directory)
+        with atomic_write(directory / CONFIG_NAME) as fh:
+            fh.write(self.to_json_string())  # type: ignore[attr-defined]
+
+    def _save_components(self, directory: Path) -> None:
+        """Write sub-folders a model keeps beside its weights (none by default)."""
+
+    @classmethod
+    def _checkpoint_config(cls, config: dict[str, Any], directory: Path) -> dict[str, Any]:
+        """The config read from ``directory`` as :meth:`from_config` should see it (unchanged by default)."""
+        return config
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls: type[_M], pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
+    ) -> _M:
+        """Load a local folder written by :meth:`save_pretrained` (EMA weights preferred), in eval mode.
+
+        A folder of another class, a config the constructor refuses, a damaged or mismatched weights file
+        raise :class:`CheckpointError` naming the file.
+        """
+        directory = Path(pretrained_model_name_or_path)
+        cfg_path = directory / CONFIG_NAME
+        config = read_json(cfg_path)
+        name = config.get("_class_name", cls.__name__)
+        if name not in (cls.__name__, *cls.LEGACY_CLASS_NAMES):
+            raise CheckpointError(f"{cfg_path}: is a {name} checkpoint, not {cls.__name__}")
+        config = {**cls._checkpoint_config(config, directory), "_class_name": cls.__name__}
+        try:
+            model = cls.from_config(config)  # type: ignore[attr-defined]
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{cfg_path}: invalid {cls.__name__} config ({err})") from err
+        weights = load_model_weights(model, directory, use_ema=use_ema)
+        logger.info("loaded %s from %s", cls.__name__, weights)
+        return model.eval()
+
+
 __all__ = [
+    "COMPONENT_WEIGHT_FILES",
+    "CheckpointMixin",
+    "require_local_weights",
+    "save_component",
+    "write_model_index",
     "CONFIG_NAME",
     "EMA_WEIGHTS_NAME",
     "MODEL_INDEX_NAME",

@@ -5,8 +5,11 @@ only ever hold a :class:`PoseTransferGenerator`; :func:`load_generator` turns a 
 one. A family is a folder under ``posereid/models/`` whose pipeline subclasses
 :class:`~posereid.models.pipeline.GeneratorPipeline` and is listed in :data:`FAMILIES`.
 
-Which family a directory holds is read as diffusers does: ``model_index.json``'s ``_class_name`` for a
-multi-stage pipeline, else ``config.json``'s ``_class_name`` (the main model's class).
+Which family a directory holds is read as diffusers does: ``model_index.json``'s ``_class_name`` (the
+pipeline class), else ``config.json``'s ``_class_name`` (the main model's class, for a checkpoint written
+before pipelines wrote an index).
+
+A new family registers itself with :func:`register_family` (``docs/ARCHITECTURE.md``, "A new family").
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -28,10 +31,16 @@ class PoseTransferGenerator(Protocol):
 
     Implementations are ``torch.nn.Module`` s (``.to``, ``.eval``, ``.parameters`` work), so the shared
     training loop (:func:`posereid.models.training.train_generator`) can optimise, average and checkpoint
-    them without knowing the family.
+    them without knowing the family. Every family's pipeline (a
+    :class:`~posereid.models.pipeline.GeneratorPipeline`) provides all of it; a wrapper such as
+    :class:`~posereid.models.refine.RefinedGenerator` provides what sampling needs.
     """
 
     family: str
+    #: preset name → config fields (:meth:`from_preset`)
+    PRESETS: ClassVar[dict[str, dict]]
+    #: stages a multi-stage family trains one at a time; empty for a one-model family
+    TRAINING_STAGES: ClassVar[tuple[str, ...]]
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -56,7 +65,10 @@ class PoseTransferGenerator(Protocol):
         autocast_dtype: torch.dtype | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
-        """``(B, 3, H, W)`` images in ``[0, 1]``; one seed per sample makes each independent of the batch."""
+        """``(B, 3, H, W)`` images in ``[0, 1]``; one seed per sample makes each independent of the batch.
+
+        The defaults are :data:`posereid.models.pipeline.SAMPLING_DEFAULTS` (a test checks they agree).
+        """
 
     def training_loss(
         self,
@@ -75,6 +87,13 @@ class PoseTransferGenerator(Protocol):
         """Write a checkpoint directory that :func:`load_generator` reads back."""
 
     @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> PoseTransferGenerator:
+        """A fresh, untrained generator of preset ``name`` (``PRESETS``), any config field overridden."""
+
+    def set_training_stage(self, stage: str) -> PoseTransferGenerator:
+        """Train ``stage`` of ``TRAINING_STAGES`` next (a one-model family refuses every name)."""
+
+    @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
     ) -> PoseTransferGenerator:
@@ -84,12 +103,40 @@ class PoseTransferGenerator(Protocol):
         """A fresh, untrained generator of the same configuration (a quality report's floor)."""
 
 
-#: family name → (``module:PipelineClass``, class names a checkpoint of it may carry)
+#: family name → (``module:PipelineClass``, class names a checkpoint of it may carry: the pipeline's in
+#: ``model_index.json``, the main model's in ``config.json``)
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "pidm": ("posereid.models.pidm:PIDMPipeline", ("PIDMPipeline", "PIDMModel", "PoseTransferGenerator")),
+    "pidm": ("posereid.models.pidm:PIDMPipeline", ("PIDMPipeline", "PIDMModel")),
     "pcdms": ("posereid.models.pcdms:PCDMsPipeline", ("PCDMsPipeline",)),
     "cfld": ("posereid.models.cfld:CFLDPipeline", ("CFLDPipeline", "CFLDModel")),
 }
+
+
+def register_family(family: str, pipeline: str | type, class_names: Sequence[str] = ()) -> None:
+    """Make ``family`` known to :func:`load_generator`, the commands and the conformance tests.
+
+    ``pipeline``: the pipeline class, or ``"module:ClassName"`` (imported on first use);
+    ``class_names``: the ``_class_name`` values its checkpoints carry (default: the pipeline class's name
+    and its ``model_class``'s). Registering a name again replaces it.
+    """
+    if isinstance(pipeline, str):
+        module, _, name = pipeline.partition(":")
+        if not module or not name:
+            raise ValueError(f"pipeline must be a class or 'module:ClassName', got {pipeline!r}")
+        names = tuple(class_names) or (name,)
+    else:
+        module, name = pipeline.__module__, pipeline.__qualname__
+        default = (
+            pipeline.__name__,
+            getattr(getattr(pipeline, "model_class", None), "__name__", pipeline.__name__),
+        )
+        names = tuple(class_names) or tuple(dict.fromkeys(default))
+        _CLASSES[f"{module}:{name}"] = pipeline
+    FAMILIES[family] = (f"{module}:{name}", names)
+
+
+#: classes registered directly (e.g. defined in a script or a test module) by their ``module:name``
+_CLASSES: dict[str, type] = {}
 
 
 class UnknownGeneratorError(CheckpointError):
@@ -100,7 +147,10 @@ def family_class(family: str) -> type:
     """The pipeline class of ``family`` (imported on demand)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown generator family {family!r}; known: {', '.join(FAMILIES)}")
-    module, _, name = FAMILIES[family][0].partition(":")
+    spec = FAMILIES[family][0]
+    if spec in _CLASSES:
+        return _CLASSES[spec]
+    module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -151,4 +201,5 @@ __all__ = [
     "family_class",
     "is_checkpoint_dir",
     "load_generator",
+    "register_family",
 ]

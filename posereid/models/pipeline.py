@@ -1,48 +1,106 @@
-"""The base of every family's pipeline: conditioning checks, the sampling frame and checkpoint directories.
+"""The base of every family's pipeline: conditioning checks, the training and sampling templates, and
+checkpoint directories with their components.
 
-A family's pipeline holds its weight-only model(s) (diffusers ``ModelMixin``) and a diffusers training
-scheduler, and implements two methods: ``training_loss`` (the shared training loop's hook) and
-``generate`` (the loop and guidance over :func:`posereid.models.sampling.sample_loop`). Everything else
-lives here once: image and keypoint checks, pose maps at the model's size, per-sample seeds, autocast,
-the non-finite check, ``save_pretrained`` / ``from_pretrained`` (model files + ``scheduler_config.json``)
-and presets. A pipeline is a ``torch.nn.Module`` so that ``.to()``, ``.eval()``, ``.parameters()``, the
-optimizer, EMA and DDP see every stage's weights; the scheduler holds no weights.
+A family's pipeline holds its weight-only model(s) (diffusers ``ModelMixin`` with
+:class:`~posereid.models.checkpoint.CheckpointMixin`) and a diffusers training scheduler. For a family whose
+every sampling step is one (guided) call of one model, the pipeline supplies only what differs:
+:meth:`GeneratorPipeline.conditions` (source image + poses → a pose and an appearance condition),
+:meth:`GeneratorPipeline.null_conditions` (the "dropped" versions, for guidance) and
+:meth:`GeneratorPipeline.model_output` (one denoiser call); optionally :attr:`sample_shape`,
+:meth:`encode_target` / :meth:`decode` (a latent space) and :meth:`sampler`. ``training_loss`` and
+``generate`` are then the templates here (timesteps, noise, condition dropout, the loss; per-sample
+seeds, autocast, guidance, the sampling loop, the non-finite check). A multi-stage family (PCDMs)
+overrides those two and keeps the rest.
+
+Checkpoints: the main model and its scheduler live in :attr:`MODEL_FOLDER` (the root by default), every
+further component (:attr:`COMPONENTS`: stages, a VAE) in its own folder, all named in ``model_index.json``
+(diffusers' layout) — one way to save and load them. A pipeline is a ``torch.nn.Module`` so that
+``.to()``, ``.eval()``, ``.parameters()``, the optimizer, EMA and DDP see every stage's weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import torch
 from diffusers import DDPMScheduler, ModelMixin
 from torch import nn
 
 from posereid.models.checkpoint import (
-    CONFIG_NAME,
+    MODEL_INDEX_NAME,
     SCHEDULER_CONFIG_NAME,
     CheckpointError,
+    CheckpointMixin,
     read_json,
+    save_component,
+    write_model_index,
 )
+from posereid.models.guidance import Condition, GuidanceFormula, condition_dropout, guided_denoiser
 from posereid.models.io_utils import atomic_write
 from posereid.models.pose import NUM_KEYPOINTS, render_pose_maps
 from posereid.models.sampling import (
-    LEGACY_SCHEDULE_KEYS,
     SCHEDULE_KEYS,
     TRAINING_SCHEDULER_CLASSES,
     NonFiniteSampleError,
+    SamplerName,
     TrainingScheduler,
     check_loss_weighting,
+    diffusion_loss,
+    initial_noise,
     make_generators,
+    make_sampler,
+    model_timesteps,
+    noisy_sample,
     prediction_type,
+    sample_loop,
+    sample_timesteps,
     training_scheduler,
 )
 
 logger = logging.getLogger(__name__)
+
+Generators = list[torch.Generator] | torch.Generator | None
+Callback = Callable[[int, int, torch.Tensor], None]
+
+
+class SamplingOptions(TypedDict, total=False):
+    """The keyword options every generator's ``generate`` takes (see :meth:`GeneratorPipeline.generate`);
+    a multi-stage family's stage samplers take them as ``**options``."""
+
+    steps: int
+    sampler: SamplerName
+    guidance: Sequence[float]
+    seeds: Sequence[int] | None
+    generator: Generators
+    callback: Callback | None
+    autocast_dtype: torch.dtype | None
+    progress: bool
+
+
+#: the defaults of :class:`SamplingOptions`. Kept on purpose beside two spelled-out signatures (the contract's
+#: and :meth:`GeneratorPipeline.generate`'s, for readers and type checkers); tests/test_conformance.py checks
+#: that all three agree.
+SAMPLING_DEFAULTS: dict[str, Any] = dict(
+    steps=20, sampler="dpmsolver++", guidance=(2.0, 2.0), seeds=None, generator=None, callback=None,
+    autocast_dtype=None, progress=False,
+)  # fmt: skip
+
+
+def sampling_options(options: Mapping[str, Any], where: str, **defaults: Any) -> dict[str, Any]:
+    """``options`` completed with :data:`SAMPLING_DEFAULTS` (``defaults`` first); an unknown name raises
+    ``TypeError`` as Python would for ``where(...)``."""
+    unknown = sorted(set(options) - set(SAMPLING_DEFAULTS))
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {', '.join(unknown)}")
+    return {**SAMPLING_DEFAULTS, **defaults, **options}
 
 
 def save_scheduler(scheduler: TrainingScheduler, directory: str | os.PathLike[str]) -> None:
@@ -53,17 +111,14 @@ def save_scheduler(scheduler: TrainingScheduler, directory: str | os.PathLike[st
 
 
 def load_scheduler(directory: str | os.PathLike[str]) -> TrainingScheduler:
-    """``directory``'s ``scheduler_config.json``; without it, the schedule a pre-scheduler checkpoint used.
-
-    The file may name a ``DDPMScheduler`` or a ``FlowMatchEulerDiscreteScheduler`` (flow matching); any
-    other class is refused naming the file. A pre-scheduler checkpoint kept the noise fields (prediction
-    type, T, beta schedule) in its model ``config.json``, read only in that case; the betas were PIDM's
-    linear 1e-4..2e-2.
-    """
+    """``directory``'s ``scheduler_config.json``: a ``DDPMScheduler`` or a ``FlowMatchEulerDiscreteScheduler``
+    (flow matching); a missing file or any other class is refused naming the file."""
     path = Path(directory) / SCHEDULER_CONFIG_NAME
     if not path.is_file():
-        legacy = read_json(Path(directory) / CONFIG_NAME)
-        return training_scheduler(**{k: v for k, v in legacy.items() if k in LEGACY_SCHEDULE_KEYS})
+        raise CheckpointError(
+            f"{path}: not found; every model folder of a generator checkpoint holds its training scheduler "
+            "(written by save_pretrained)"
+        )
     config = read_json(path)
     name = config.get("_class_name", DDPMScheduler.__name__)
     cls = TRAINING_SCHEDULER_CLASSES.get(name)
@@ -80,13 +135,46 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> context
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-class GeneratorPipeline(nn.Module):
-    """Shared part of a family pipeline: one main model (``self.model``) and a training ``scheduler``.
+def init_fields(cls: type) -> set[str]:
+    """The keyword arguments of ``cls.__init__`` (a model's config fields)."""
+    return {k for k in inspect.signature(cls.__init__).parameters if k != "self"}
 
-    Subclasses set :attr:`family`, :attr:`model_class`, :attr:`PRESETS` and implement ``training_loss``
-    and ``generate`` (see :class:`posereid.models.contract.PoseTransferGenerator`). Multi-stage families
-    override :meth:`save_pretrained` / :meth:`from_pretrained` (a ``model_index.json`` and a folder per
-    stage).
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """A part of a pipeline saved in its own checkpoint folder (the key of :attr:`GeneratorPipeline.COMPONENTS`).
+
+    Args:
+        attr: the pipeline attribute (and constructor keyword) holding it.
+        model_class: a :class:`~posereid.models.checkpoint.CheckpointMixin` model class (trainable, with
+            EMA weights), or ``None`` for a foreign frozen module read by ``load``.
+        load: ``load(folder)`` for a foreign module (e.g. a local diffusers ``AutoencoderKL``).
+        scheduler: the attribute (and constructor keyword) of the training scheduler saved beside it.
+        optional: the attribute may be ``None`` (no folder is written, the index says ``[null, null]``).
+    """
+
+    attr: str
+    model_class: type[CheckpointMixin] | None = None
+    load: Callable[[Path], Any] | None = None
+    scheduler: str | None = None
+    optional: bool = False
+
+    def read(self, folder: Path, *, use_ema: bool) -> Any:
+        """The component saved in ``folder``."""
+        if self.model_class is not None:
+            return self.model_class.from_pretrained(folder, use_ema=use_ema)
+        assert self.load is not None, f"component {self.attr!r} needs a model_class or a load function"
+        return self.load(folder)
+
+
+class GeneratorPipeline(nn.Module):
+    """Shared part of a family pipeline: one main model (``self.model``) and its training ``scheduler``.
+
+    A family sets :attr:`family`, :attr:`model_class` and :attr:`PRESETS` and implements
+    :meth:`conditions`, :meth:`null_conditions` and :meth:`model_output` (see the module docstring and
+    ``docs/ARCHITECTURE.md``). ``model_class``'s config must have ``image_size`` ``(H, W)``,
+    ``p_drop_pose`` and ``p_drop_appearance``; ``pose_sigma``, ``snr_gamma`` and ``timestep_sampling`` are
+    read when present.
     """
 
     family: ClassVar[str] = ""
@@ -94,6 +182,12 @@ class GeneratorPipeline(nn.Module):
     PRESETS: ClassVar[dict[str, dict]] = {}
     #: config fields that belong to the noise schedule, not the model (``from_preset`` routes them)
     SCHEDULE_KEYS: ClassVar[tuple[str, ...]] = SCHEDULE_KEYS
+    #: stages a multi-stage family trains one at a time (:meth:`set_training_stage`); empty: one model
+    TRAINING_STAGES: ClassVar[tuple[str, ...]] = ()
+    #: folder of ``self.model`` and ``self.scheduler`` in a checkpoint ("": the checkpoint directory itself)
+    MODEL_FOLDER: ClassVar[str] = ""
+    #: further components, by checkpoint folder
+    COMPONENTS: ClassVar[dict[str, Component]] = {}
 
     def __init__(self, model: ModelMixin, scheduler: TrainingScheduler | None = None) -> None:
         super().__init__()
@@ -107,6 +201,9 @@ class GeneratorPipeline(nn.Module):
         """A fresh pipeline from preset ``name``; any model or schedule field can be overridden."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown {cls.family} preset {name!r}; choose from {', '.join(cls.PRESETS)}")
+        unknown = sorted(set(overrides) - init_fields(cls.model_class) - set(cls.SCHEDULE_KEYS))
+        if unknown:
+            raise ValueError(f"the {cls.family} family has no setting {', '.join(unknown)}")
         config = {**cls.PRESETS[name], **overrides}
         schedule = {k: config.pop(k) for k in cls.SCHEDULE_KEYS if k in config}
         return cls(cls.model_class(**config), training_scheduler(**schedule))
@@ -114,6 +211,14 @@ class GeneratorPipeline(nn.Module):
     def reinitialized(self) -> GeneratorPipeline:
         """A fresh, untrained pipeline with the same configuration (the floor of a quality report)."""
         return type(self)(type(self.model).from_config(self.model.config), self.scheduler)
+
+    def set_training_stage(self, stage: str) -> GeneratorPipeline:
+        """Train ``stage`` of :attr:`TRAINING_STAGES` next (a multi-stage family overrides this)."""
+        raise ValueError(
+            f"the {self.family} family trains as one model; it has no training stage {stage!r}"
+            if not self.TRAINING_STAGES
+            else f"{type(self).__name__} must implement set_training_stage"
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -126,6 +231,11 @@ class GeneratorPipeline(nn.Module):
         """``(H, W)`` of the images this generator works on."""
         h, w = self.model.config.image_size
         return int(h), int(w)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """What the sampling loop denoises, per sample: ``(3, H, W)`` pixels unless a family says otherwise."""
+        return (3, *self.image_size)
 
     @property
     def prediction_type(self) -> str:
@@ -159,7 +269,37 @@ class GeneratorPipeline(nn.Module):
         if kps.is_floating_point() and not bool(torch.isfinite(kps).all()):
             raise ValueError("keypoints: NaN/Inf coordinates (use -1 for a missing joint)")
         h, w = self.image_size
-        return render_pose_maps(kps, h, w, sigma=self.model.config.pose_sigma, device=self.device)
+        return render_pose_maps(kps, h, w, sigma=self.model.config.get("pose_sigma"), device=self.device)
+
+    def draw(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        """``(batch,)`` uniform draws on the pipeline's device, from ``generator`` (on its own device) when given."""
+        dev = generator.device if generator is not None else self.device
+        return torch.rand(batch, generator=generator, device=dev).to(self.device)
+
+    def noised(
+        self,
+        scheduler: TrainingScheduler,
+        x0: torch.Tensor,
+        generator: torch.Generator | None,
+        timestep_sampling: str = "uniform",
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(t, noise, x_t)`` of one training step: timesteps drawn as ``timestep_sampling`` says, then
+        noise, both from ``generator`` (model timesteps: DDPM's integers, flow's σ·T)."""
+        draws = sample_timesteps(
+            x0.shape[0], scheduler.config.num_train_timesteps, timestep_sampling, generator=generator,
+            device=self.device,
+        )  # fmt: skip
+        t = model_timesteps(scheduler, draws)
+        noise = initial_noise(x0.shape, generator, self.device)
+        return t, noise, noisy_sample(scheduler, x0, noise, t)
+
+    def dropout_draws(
+        self, batch: int, config: Any, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(batch,)`` masks of dropped poses and dropped appearances (rates ``config.p_drop_pose`` and
+        ``config.p_drop_appearance``), drawn independently: what disentangled guidance trains on."""
+        drop_pose = self.draw(batch, generator) < config.p_drop_pose
+        return drop_pose, self.draw(batch, generator) < config.p_drop_appearance
 
     @staticmethod
     def to_images(x: torch.Tensor) -> torch.Tensor:
@@ -169,41 +309,242 @@ class GeneratorPipeline(nn.Module):
         return (x.float().clamp(-1.0, 1.0) + 1.0) / 2.0
 
     @staticmethod
-    def generators(
-        seeds: Sequence[int] | None, generator: list[torch.Generator] | torch.Generator | None, batch: int
-    ) -> list[torch.Generator] | torch.Generator | None:
+    def generators(seeds: Sequence[int] | None, generator: Generators, batch: int) -> Generators:
         """One ``torch.Generator`` per sample from ``seeds`` (see :func:`~posereid.models.sampling.make_generators`)."""
         return make_generators(seeds, generator, batch)
 
+    # ------------------------------------------------------------------ what a family supplies
+    def conditions(
+        self,
+        source: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        training: bool = False,
+    ) -> tuple[Condition, Condition]:
+        """``(pose, appearance)``: the target-pose and source-appearance conditions of one batch.
+
+        ``source`` ``(B, 3, H, W)`` in ``[0, 1]`` on the device; keypoints ``(B, 18, 2)`` (``source_kps``
+        may be ``None``). Each condition is a tensor or a tuple of tensors, batch first. ``training``: a
+        training batch (random draws from ``generator`` allowed, e.g. dropping the source pose).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement conditions()")
+
+    def null_conditions(self, pose: Condition, appearance: Condition) -> tuple[Condition, Condition]:
+        """The "pose dropped" and "appearance dropped" conditions laid out like ``pose`` and ``appearance``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement null_conditions()")
+
+    def model_output(
+        self, x: torch.Tensor, t: torch.Tensor, pose: Condition, appearance: Condition
+    ) -> torch.Tensor:
+        """One denoiser call: the model's prediction (ε, v, x0 or velocity) for the noisy ``x`` at ``t``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement model_output()")
+
+    def encode_target(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in ``[0, 1]`` → the clean sample the model denoises (``[-1, 1]`` pixels)."""
+        return images.to(self.device, torch.float32) * 2.0 - 1.0
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model denoises → ``[-1, 1]`` pixels (identity in pixel space)."""
+        return x
+
+    def sampler(self, name: str) -> Any:
+        """The sampling scheduler ``name`` (:data:`~posereid.models.sampling.SAMPLERS`) for this model."""
+        return make_sampler(name, self.scheduler)
+
+    # ------------------------------------------------------------------ training
+    def training_loss(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        source_kps: torch.Tensor,
+        target_kps: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Denoising MSE (on ε, v or the flow velocity) for a batch of same-identity pairs in ``[0, 1]``.
+
+        Draws timesteps, noise and the independent pose / appearance dropout (the four branches that
+        disentangled guidance needs), all from ``generator`` when given, so a loss is reproducible.
+        """
+        self.check_images(source, "source")
+        self.check_images(target, "target")
+        if source.shape[0] != target.shape[0]:
+            raise ValueError(f"source and target batches differ: {source.shape[0]} vs {target.shape[0]}")
+        cfg, dev, b = self.model.config, self.device, target.shape[0]
+        x0 = self.encode_target(target, generator)
+        pose, appearance = self.conditions(
+            source.to(dev), target_kps, source_kps, generator=generator, training=True
+        )
+        t, noise, noisy = self.noised(self.scheduler, x0, generator, cfg.get("timestep_sampling", "uniform"))
+        drop_pose, drop_app = self.dropout_draws(b, cfg, generator)
+        pose, appearance = condition_dropout(
+            pose, appearance, *self.null_conditions(pose, appearance), drop_pose, drop_app
+        )
+        out = self.model_output(noisy, t, pose, appearance)
+        return diffusion_loss(self.scheduler, out, x0, noise, t, snr_gamma=cfg.get("snr_gamma"))
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        source: torch.Tensor,
+        target_kps: torch.Tensor,
+        source_kps: torch.Tensor | None = None,
+        *,
+        steps: int = 20,
+        sampler: SamplerName = "dpmsolver++",
+        guidance: Sequence[float] = (2.0, 2.0),
+        seeds: Sequence[int] | None = None,
+        generator: Generators = None,
+        callback: Callback | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        progress: bool = False,
+        guidance_formula: GuidanceFormula = "anchored",
+    ) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in ``[0, 1]`` of the source people in the target poses.
+
+        Args:
+            source: ``(B, 3, H, W)`` in ``[0, 1]`` at :attr:`image_size` (resizing is the caller's job).
+            target_kps / source_kps: ``(B, 18, 2)`` keypoints in that frame (-1 missing); a family that
+                reads the source image alone ignores ``source_kps``.
+            steps, sampler: number of steps and sampler (see :data:`posereid.models.sampling.SAMPLERS`).
+            guidance: ``(w_pose, w_appearance)``; ``(1, 1)`` is the plain conditional model.
+            seeds / generator: one seed or ``torch.Generator`` per sample makes each image independent
+                of the rest of the batch; a single generator or ``None`` draws batch noise.
+            callback: ``callback(step_index, timestep, x_t)`` after every step.
+            autocast_dtype: e.g. ``torch.bfloat16``; ``None`` runs in the model's dtype.
+            guidance_formula: ``"anchored"`` (default) or ``"pidm"``; see :mod:`posereid.models.guidance`.
+
+        The conditions are computed ONCE, before the loop; every step is one batched model call over the
+        guidance branches. Raises :class:`~posereid.models.sampling.NonFiniteSampleError` rather than
+        return a NaN image.
+        """
+        self.check_images(source, "source")
+        b, dev = source.shape[0], self.device
+        gens = self.generators(seeds, generator, b)
+        amp = autocast_context(dev, autocast_dtype)
+        with amp:
+            pose, appearance = self.conditions(source.to(dev), target_kps, source_kps)
+            null_pose, null_appearance = self.null_conditions(pose, appearance)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, p: Condition, a: Condition) -> torch.Tensor:
+            with amp:
+                return self.model_output(x, t, p, a)
+
+        denoise = guided_denoiser(
+            model_fn, pose, appearance, null_pose, null_appearance, guidance, formula=guidance_formula
+        )
+        x = initial_noise((b, *self.sample_shape), gens, dev)
+        x = sample_loop(
+            denoise, self.sampler(sampler), x, steps, generator=gens, callback=callback, progress=progress
+        )
+        return self.to_images(self.decode(x))
+
     # ------------------------------------------------------------------ checkpoints
+    def _index_fields(self) -> dict[str, Any]:
+        """Extra fields of ``model_index.json`` (a multi-stage family records its trained stages)."""
+        return {}
+
+    @classmethod
+    def _index_kwargs(cls, index: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor keywords read back from :meth:`_index_fields`' fields."""
+        return {}
+
     def save_pretrained(
         self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
     ) -> None:
-        """Write the model (``config.json`` + safetensors, + EMA) and ``scheduler_config.json``, each atomically.
+        """Write the main model + its scheduler (in :attr:`MODEL_FOLDER`), one folder per component, then
+        ``model_index.json`` naming them; every file atomically.
 
-        ``ema_state_dict`` uses this pipeline's parameter names (``model.…``), as the training loop's EMA does.
+        ``ema_state_dict`` uses this pipeline's parameter names (``model.…``, ``<component>.…``), as the
+        training loop's EMA does; each model gets its own part.
         """
         directory = Path(save_directory)
-        ema = None
-        if ema_state_dict is not None:
-            ema = {k.removeprefix("model."): v for k, v in ema_state_dict.items() if k.startswith("model.")}
-        self.model.save_pretrained(directory, ema_state_dict=ema)
-        save_scheduler(self.scheduler, directory)
+
+        def ema_of(attr: str) -> dict[str, torch.Tensor] | None:
+            if ema_state_dict is None:
+                return None
+            return {
+                k.removeprefix(f"{attr}."): v for k, v in ema_state_dict.items() if k.startswith(f"{attr}.")
+            }
+
+        main = directory / self.MODEL_FOLDER
+        self.model.save_pretrained(main, ema_state_dict=ema_of("model"))
+        save_scheduler(self.scheduler, main)
+        parts: dict[str, Any] = {self.MODEL_FOLDER: self.model} if self.MODEL_FOLDER else {}
+        for folder, spec in self.COMPONENTS.items():
+            module = getattr(self, spec.attr)
+            parts[folder] = module
+            if module is None:
+                shutil.rmtree(directory / folder, ignore_errors=True)  # a stale one would be loaded
+                continue
+            if spec.model_class is not None:
+                module.save_pretrained(directory / folder, ema_state_dict=ema_of(spec.attr))
+            else:
+                save_component(module, directory / folder)
+            if spec.scheduler is not None:
+                save_scheduler(getattr(self, spec.scheduler), directory / folder)
+        write_model_index(directory, type(self).__name__, parts, **self._index_fields())
 
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
     ) -> GeneratorPipeline:
-        """Load a directory written by :meth:`save_pretrained` (EMA weights preferred when present).
+        """Load a local directory written by :meth:`save_pretrained` (EMA weights preferred when present).
 
-        Only local directories. A checkpoint without ``scheduler_config.json`` (written before the schedule
-        was saved on its own) loads with the schedule its model config recorded.
+        A directory of another pipeline, a missing component folder, or components that do not fit
+        together raise :class:`~posereid.models.checkpoint.CheckpointError` (or ``FileNotFoundError``)
+        naming the path.
         """
         directory = Path(pretrained_model_name_or_path)
-        model = cls.model_class.from_pretrained(directory, use_ema=use_ema)
-        pipe = cls(model, load_scheduler(directory))
+        index_path = directory / MODEL_INDEX_NAME
+        index: dict[str, Any] = {}
+        if index_path.is_file():
+            index = read_json(index_path)
+            if index.get("_class_name") != cls.__name__:
+                raise CheckpointError(
+                    f"{index_path}: is a {index.get('_class_name')!r} checkpoint, not {cls.__name__}"
+                )
+        elif cls.MODEL_FOLDER or cls.COMPONENTS:
+            raise FileNotFoundError(
+                f"{index_path}: not found; expected a {cls.family} pipeline directory written by "
+                f"save_pretrained ({MODEL_INDEX_NAME} + {', '.join([cls.MODEL_FOLDER, *cls.COMPONENTS])})"
+            )
+        main = directory / cls.MODEL_FOLDER
+        if cls.MODEL_FOLDER and not main.is_dir():
+            raise FileNotFoundError(f"{main}: model folder missing from the {cls.family} checkpoint")
+        model = cls.model_class.from_pretrained(main, use_ema=use_ema)
+        kwargs: dict[str, Any] = {}
+        for folder, spec in cls.COMPONENTS.items():
+            path = directory / folder
+            if not path.is_dir():
+                if spec.optional:
+                    kwargs[spec.attr] = None
+                    continue
+                raise FileNotFoundError(f"{path}: component folder missing from the {cls.family} checkpoint")
+            kwargs[spec.attr] = spec.read(path, use_ema=use_ema)
+            if spec.scheduler is not None:
+                kwargs[spec.scheduler] = load_scheduler(path)
+        try:
+            pipe = cls(model, load_scheduler(main), **kwargs, **cls._index_kwargs(index))
+        except ValueError as err:
+            raise CheckpointError(
+                f"{directory}: the {cls.family} components do not fit together ({err})"
+            ) from err
         logger.info("loaded %s generator from %s", cls.family, directory)
         return pipe.eval()
 
 
-__all__ = ["GeneratorPipeline", "autocast_context", "load_scheduler"]
+__all__ = [
+    "SAMPLING_DEFAULTS",
+    "Component",
+    "SamplingOptions",
+    "sampling_options",
+    "GeneratorPipeline",
+    "autocast_context",
+    "init_fields",
+    "load_scheduler",
+    "save_scheduler",
+]

@@ -66,10 +66,8 @@ TRAINING_SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
     FlowMatchEulerDiscreteScheduler.__name__: FlowMatchEulerDiscreteScheduler,
 }
 
-#: the noise-schedule fields a pre-scheduler checkpoint kept in its model config.json
-LEGACY_SCHEDULE_KEYS = ("prediction_type", "num_train_timesteps", "beta_schedule")
 #: every noise-schedule field a preset or a command may set (they go to the scheduler, not the model)
-SCHEDULE_KEYS = (*LEGACY_SCHEDULE_KEYS, "rescale_betas_zero_snr")
+SCHEDULE_KEYS = ("prediction_type", "num_train_timesteps", "beta_schedule", "rescale_betas_zero_snr")
 
 
 class NonFiniteSampleError(FloatingPointError):
@@ -467,7 +465,6 @@ def sample_loop(
 
 __all__ = [
     "FLOW_SAMPLERS",
-    "LEGACY_SCHEDULE_KEYS",
     "SAMPLERS",
     "SCHEDULE_KEYS",
     "TRAINING_SCHEDULER_CLASSES",

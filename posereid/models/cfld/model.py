@@ -26,11 +26,8 @@ Diffusion UNet loaded by :meth:`~posereid.models.cfld.CFLDPipeline.from_sd_compo
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -44,18 +41,10 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from posereid.models.appearance import pyramid_shapes
-from posereid.models.checkpoint import (
-    CONFIG_NAME,
-    CheckpointError,
-    load_model_weights,
-    read_json,
-    save_model,
-)
-from posereid.models.io_utils import atomic_write
+from posereid.models.checkpoint import CheckpointMixin
+from posereid.models.parts import build_unet, check_training_fields
 from posereid.models.pose import POSE_CHANNELS
 from posereid.models.texture_attention import unet_level
-
-logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,7 +187,7 @@ def _level_size(size: tuple[int, int], level: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
-class CFLDModel(ModelMixin, ConfigMixin):
+class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
     """UNet + pose adapter + source pyramid + PRD + HGA of the CFLD family (weights and config only).
 
     Args:
@@ -229,7 +218,6 @@ class CFLDModel(ModelMixin, ConfigMixin):
             the UNet fields above.
     """
 
-    config_name = CONFIG_NAME
     _supports_gradient_checkpointing = True
 
     @register_to_config
@@ -264,13 +252,10 @@ class CFLDModel(ModelMixin, ConfigMixin):
         super().__init__()
         h, w = (int(v) for v in image_size)
         dim = int(cross_attention_dim)
-        if timestep_sampling not in ("uniform", "cubic"):
-            raise ValueError(f"timestep_sampling must be 'uniform' or 'cubic', got {timestep_sampling!r}")
-        for name, p in (("p_drop_pose", p_drop_pose), ("p_drop_appearance", p_drop_appearance)):
-            if not 0.0 <= float(p) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {p}")
-        if snr_gamma is not None and not float(snr_gamma) > 0:
-            raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma}")
+        check_training_fields(
+            p_drop_pose=p_drop_pose, p_drop_appearance=p_drop_appearance, snr_gamma=snr_gamma,
+            timestep_sampling=timestep_sampling,
+        )  # fmt: skip
         if dim % 4:
             raise ValueError(f"cross_attention_dim must be divisible by 4, got {dim}")
         factor = int(vae_scale_factor) if latent else 1
@@ -281,9 +266,12 @@ class CFLDModel(ModelMixin, ConfigMixin):
         if unet_config is not None:
             self.unet = UNet2DConditionModel.from_config(dict(unet_config))
         else:
-            self.unet = self._build_unet(
-                channels, block_out_channels, self_attention_levels, layers_per_block, attention_head_dim,
-                norm_num_groups, dim,
+            self.unet = build_unet(
+                sample_size=self.unet_size, in_channels=channels, out_channels=channels,
+                block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+                self_attention_levels=self_attention_levels, attention_head_dim=attention_head_dim,
+                norm_num_groups=norm_num_groups, cross_attention_dim=dim,
+                what="the UNet input (image_size / VAE factor)",
             )  # fmt: skip
         self._check_unet(channels, dim, bool(latent))
 
@@ -319,50 +307,6 @@ class CFLDModel(ModelMixin, ConfigMixin):
             self._install_hga(source_channels)
 
     # ------------------------------------------------------------------ construction helpers
-    def _build_unet(
-        self,
-        channels: int,
-        block_out_channels: Sequence[int],
-        self_attention_levels: Sequence[bool],
-        layers_per_block: int,
-        attention_head_dim: int,
-        norm_num_groups: int,
-        cross_attention_dim: int,
-    ) -> UNet2DConditionModel:
-        chans = [int(c) for c in block_out_channels]
-        selfattn = [bool(a) for a in self_attention_levels]
-        if len(selfattn) != len(chans):
-            raise ValueError(
-                f"self_attention_levels has {len(selfattn)} entries for {len(chans)} block_out_channels"
-            )
-        bad = [c for c in chans if c % norm_num_groups]
-        if bad:
-            raise ValueError(
-                f"block_out_channels {bad} are not divisible by norm_num_groups={norm_num_groups}"
-            )
-        down = 2 ** (len(chans) - 1)
-        uh, uw = self.unet_size
-        if uh % down or uw % down:
-            raise ValueError(
-                f"the UNet input {uh}x{uw} (image_size / VAE factor) must be divisible by the UNet's "
-                f"total down-sampling {down} ({len(chans)} levels)"
-            )
-        return UNet2DConditionModel(
-            sample_size=(uh, uw),
-            in_channels=channels,
-            out_channels=channels,
-            down_block_types=("CrossAttnDownBlock2D",) * len(chans),
-            up_block_types=("CrossAttnUpBlock2D",) * len(chans),
-            only_cross_attention=tuple(not a for a in selfattn),
-            mid_block_only_cross_attention=False,
-            block_out_channels=tuple(chans),
-            layers_per_block=int(layers_per_block),
-            norm_num_groups=int(norm_num_groups),
-            cross_attention_dim=int(cross_attention_dim),
-            # diffusers' historical naming: this argument is the number of heads per level
-            attention_head_dim=tuple(max(1, c // int(attention_head_dim)) for c in chans),
-        )
-
     def _check_unet(self, channels: int, dim: int, latent: bool) -> None:
         ucfg = self.unet.config
         if int(ucfg.in_channels) != channels or int(ucfg.out_channels) != channels:
@@ -472,35 +416,6 @@ class CFLDModel(ModelMixin, ConfigMixin):
             down_intrablock_additional_residuals=residuals,
             **kwargs,
         ).sample
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(  # type: ignore[override]
-        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
-    ) -> None:
-        """Write safetensors weights (+ EMA weights) and ``config.json`` (last), each file atomically."""
-        directory = Path(save_directory)
-        save_model(self, directory, ema_state_dict)
-        with atomic_write(directory / CONFIG_NAME) as fh:
-            fh.write(self.to_json_string())
-
-    @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
-    ) -> CFLDModel:
-        """Load a local directory written by :meth:`save_pretrained` (EMA weights preferred when present)."""
-        directory = Path(pretrained_model_name_or_path)
-        cfg_path = directory / CONFIG_NAME
-        config = read_json(cfg_path)
-        name = config.get("_class_name", cls.__name__)
-        if name != cls.__name__:
-            raise CheckpointError(f"{cfg_path}: is a {name} checkpoint, not {cls.__name__}")
-        try:
-            model = cls.from_config(config)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{cfg_path}: invalid model config ({err})") from err
-        weights = load_model_weights(model, directory, use_ema=use_ema)
-        logger.info("loaded %s from %s", cls.__name__, weights)
-        return model.eval()
 
 
 __all__ = ["CFLDModel", "HybridGranularityProcessor", "PerceptionRefinedDecoder", "SourcePyramid"]

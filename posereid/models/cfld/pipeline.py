@@ -10,19 +10,14 @@ over the guidance branches.
 **Latent mode** (``latent=True``, for users with Stable Diffusion weights on disk):
 :meth:`CFLDPipeline.from_sd_components` loads a local ``AutoencoderKL`` (frozen) and optionally a UNet in
 the SD-1.5 layout; the model diffuses ``(vae.encode(x) − shift)·scaling_factor`` and ``generate`` decodes
-at the end, so ``image_size`` and the images in and out stay in pixels. The VAE is saved in a ``vae/``
-folder of the checkpoint (its own ``save_pretrained``), so :func:`~posereid.models.contract.load_generator`
-needs nothing else. Nothing is ever downloaded.
+at the end, so ``image_size`` and the images in and out stay in pixels. The VAE is a component of the
+checkpoint (its own folder ``vae/``, named in ``model_index.json``), so
+:func:`~posereid.models.contract.load_generator` needs nothing else. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
 import os
-import shutil
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -30,22 +25,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from posereid.models.cfld.model import CFLDModel
-from posereid.models.guidance import GuidanceFormula, condition_dropout, guided_denoiser
-from posereid.models.pipeline import GeneratorPipeline, autocast_context, load_scheduler
-from posereid.models.sampling import (
-    SamplerName,
-    TrainingScheduler,
-    diffusion_loss,
-    initial_noise,
-    make_sampler,
-    model_timesteps,
-    noisy_sample,
-    sample_loop,
-    sample_timesteps,
-    training_scheduler,
-)
-
-logger = logging.getLogger(__name__)
+from posereid.models.checkpoint import require_local_weights
+from posereid.models.guidance import Condition
+from posereid.models.pipeline import Component, GeneratorPipeline
+from posereid.models.sampling import TrainingScheduler, make_sampler, training_scheduler
 
 VAE_DIR = "vae"
 #: the noise recipe of the presets (trained from scratch): flow matching, as the PIDM presets; in the
@@ -62,17 +45,8 @@ _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model
 
 def _load_local(cls: type, path: str | os.PathLike[str], what: str, example: str) -> Any:
     """``cls.from_pretrained`` of a local diffusers folder only; a missing folder or file names the path."""
-    directory = Path(path)
     hint = f"put a diffusers {cls.__name__} there ({example}); weights are never downloaded"
-    if not directory.is_dir() or not (directory / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{what} directory {str(directory)!r} not found or has no config.json; {hint}"
-        )
-    if not any((directory / name).is_file() for name in _WEIGHT_FILES):
-        raise FileNotFoundError(
-            f"{what} directory {str(directory)!r} has config.json but no weights "
-            f"(expected {' or '.join(_WEIGHT_FILES)}); {hint}"
-        )
+    directory = require_local_weights(path, what, hint, weight_files=_WEIGHT_FILES)
     return cls.from_pretrained(str(directory), local_files_only=True)
 
 
@@ -106,6 +80,9 @@ class CFLDPipeline(GeneratorPipeline):
     family = "cfld"
     model_class = CFLDModel
     model: CFLDModel
+    COMPONENTS: ClassVar[dict[str, Component]] = {
+        VAE_DIR: Component("vae", load=load_local_vae, optional=True)
+    }
 
     PRESETS: ClassVar[dict[str, dict]] = {
         # tests: ~0.5 M parameters
@@ -154,15 +131,6 @@ class CFLDPipeline(GeneratorPipeline):
         self.vae = vae
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> CFLDPipeline:
-        """A fresh pixel-space pipeline from preset ``name``; any model or schedule field can be overridden."""
-        known = set(inspect.signature(CFLDModel.__init__).parameters) | set(cls.SCHEDULE_KEYS)
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"the cfld family has no setting {', '.join(unknown)}")
-        return super().from_preset(name, **overrides)  # type: ignore[return-value]
-
     @classmethod
     def from_sd_components(
         cls,
@@ -246,139 +214,38 @@ class CFLDPipeline(GeneratorPipeline):
         """The sampling scheduler ``name``; in latent mode without clipping x0 to ``[-1, 1]`` (a pixel range)."""
         return make_sampler(name, self.scheduler, clip_x0=not self.latent)
 
-    # ------------------------------------------------------------------ training
-    def training_loss(
-        self,
-        source: torch.Tensor,
-        target: torch.Tensor,
-        source_kps: torch.Tensor,
-        target_kps: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Denoising MSE (on ε, v or the flow velocity) for a batch of pairs; images ``(B, 3, H, W)`` in ``[0, 1]``.
+    # ------------------------------------------------------------------ conditioning
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(C, h, w)`` of what the UNet denoises (RGB pixels, or VAE latents)."""
+        return self.model.sample_shape
 
-        Timesteps, noise, the VAE posterior sample and the independent pose / appearance dropout all come
-        from ``generator`` when given, so a loss is reproducible. ``source_kps`` is not used (CFLD's source
-        branch reads the image alone).
-        """
-        self.check_images(source, "source")
-        self.check_images(target, "target")
-        cfg, dev, b = self.model.config, self.device, target.shape[0]
-        rand_dev = generator.device if generator is not None else dev
-        x0 = self.encode_target(target, generator)
-        draws = sample_timesteps(
-            b,
-            self.scheduler.config.num_train_timesteps,
-            cfg.timestep_sampling,
-            generator=generator,
-            device=dev,
-        )
-        t = model_timesteps(self.scheduler, draws)  # DDPM: the draws; flow: σ·T
-        noise = initial_noise(x0.shape, generator, dev)
-        noisy = noisy_sample(self.scheduler, x0, noise, t)
-        drop_pose = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_pose
-        drop_app = torch.rand(b, generator=generator, device=rand_dev).to(dev) < cfg.p_drop_appearance
-        appearance = self.model.encode_source(source.to(dev))
-        pose = self.model.encode_pose(self.pose_maps(target_kps, batch=b))
-        pose, appearance = condition_dropout(
-            pose,
-            appearance,
-            self.model.null_pose(pose),
-            self.model.null_source(appearance),
-            drop_pose,
-            drop_app,
-        )
-        out = self.model(noisy, t, pose, appearance[0], appearance[1:])
-        return diffusion_loss(self.scheduler, out, x0, noise, t, snr_gamma=cfg.snr_gamma)
-
-    # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def generate(
+    def conditions(
         self,
         source: torch.Tensor,
         target_kps: torch.Tensor,
         source_kps: torch.Tensor | None = None,
         *,
-        steps: int = 20,
-        sampler: SamplerName = "dpmsolver++",
-        guidance: Sequence[float] = (2.0, 2.0),
-        seeds: Sequence[int] | None = None,
-        generator: list[torch.Generator] | torch.Generator | None = None,
-        callback: Callable[[int, int, torch.Tensor], None] | None = None,
-        autocast_dtype: torch.dtype | None = None,
-        progress: bool = False,
-        guidance_formula: GuidanceFormula = "anchored",
-    ) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` in ``[0, 1]`` of the source people in the target poses.
-
-        Args:
-            source: ``(B, 3, H, W)`` in ``[0, 1]`` at :attr:`image_size` (resizing is the caller's job).
-            target_kps: ``(B, 18, 2)`` keypoints in that frame (-1 missing).
-            source_kps: accepted for the common contract and ignored (CFLD reads the source image alone).
-            steps, sampler: number of steps and sampler (see :data:`posereid.models.sampling.SAMPLERS`);
-                the paper samples 50 DDPM steps with guidance 2.
-            guidance: ``(w_pose, w_appearance)``; ``(1, 1)`` is the plain conditional model.
-            seeds / generator: one seed or ``torch.Generator`` per sample makes each image independent
-                of the rest of the batch; a single generator or ``None`` draws batch noise.
-            callback: ``callback(step_index, timestep, x_t)`` after every step (``x_t`` latent in latent mode).
-            autocast_dtype: e.g. ``torch.bfloat16``; ``None`` runs in the model's dtype.
-            guidance_formula: ``"anchored"`` (default) or ``"pidm"``; see :mod:`posereid.models.guidance`.
-
-        Raises :class:`~posereid.models.sampling.NonFiniteSampleError` rather than return a NaN image.
-        """
+        generator: torch.Generator | None = None,
+        training: bool = False,
+    ) -> tuple[Condition, Condition]:
+        """The pose adapter's features of the target pose maps, and ``(coarse prompt, *HGA biases)`` of the
+        source image (source pyramid + PRD + HGA projections). ``source_kps`` is not used: CFLD's source
+        branch reads the image alone."""
         self.check_images(source, "source")
-        b, dev = source.shape[0], self.device
-        gens = self.generators(seeds, generator, b)
-        amp = autocast_context(dev, autocast_dtype)
-        model = self.model
+        appearance = self.model.encode_source(source)
+        pose = self.model.encode_pose(self.pose_maps(target_kps, batch=source.shape[0]))
+        return pose, appearance
 
-        def model_fn(
-            x: torch.Tensor, t: torch.Tensor, pose: tuple[torch.Tensor, ...], app: tuple[torch.Tensor, ...]
-        ) -> torch.Tensor:
-            with amp:
-                return model(x, t, pose, app[0], app[1:])
+    def null_conditions(self, pose: Condition, appearance: Condition) -> tuple[Condition, Condition]:
+        """Zero adapter residuals (no pose at all); the learned null prompt with zero HGA biases."""
+        return self.model.null_pose(pose), self.model.null_source(appearance)
 
-        with amp:  # source pyramid + PRD + HGA projections and the pose adapter: ONCE, before the loop
-            appearance = model.encode_source(source.to(dev))
-            pose = model.encode_pose(self.pose_maps(target_kps, batch=b))
-        denoise = guided_denoiser(
-            model_fn, pose, appearance, model.null_pose(pose), model.null_source(appearance), guidance,
-            formula=guidance_formula,
-        )  # fmt: skip
-        x = initial_noise((b, *model.sample_shape), gens, dev)
-        x = sample_loop(
-            denoise, self.sampler(sampler), x, steps, generator=gens, callback=callback, progress=progress
-        )
-        return self.to_images(self.decode(x))
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(
-        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
-    ) -> None:
-        """The base layout (model files + ``scheduler_config.json``), plus the VAE's own folder ``vae/``."""
-        directory = Path(save_directory)
-        super().save_pretrained(directory, ema_state_dict)
-        if self.vae is not None:
-            tmp = directory / f"{VAE_DIR}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.vae.save_pretrained(str(tmp))
-            shutil.rmtree(directory / VAE_DIR, ignore_errors=True)
-            os.replace(tmp, directory / VAE_DIR)
-        elif (directory / VAE_DIR).is_dir():  # a stale VAE from an earlier latent model
-            shutil.rmtree(directory / VAE_DIR)
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
-    ) -> CFLDPipeline:
-        """Load a directory written by :meth:`save_pretrained` (EMA weights preferred; ``vae/`` in latent mode)."""
-        directory = Path(pretrained_model_name_or_path)
-        model = CFLDModel.from_pretrained(directory, use_ema=use_ema)
-        vae = load_local_vae(directory / VAE_DIR) if model.latent else None
-        pipe = cls(model, load_scheduler(directory), vae=vae)
-        logger.info("loaded %s generator from %s", cls.family, directory)
-        return pipe.eval()
+    def model_output(
+        self, x: torch.Tensor, t: torch.Tensor, pose: Condition, appearance: Condition
+    ) -> torch.Tensor:
+        """The UNet over ``x`` with the adapter residuals, the prompt and the HGA query biases."""
+        return self.model(x, t, pose, appearance[0], appearance[1:])
 
 
 __all__ = [

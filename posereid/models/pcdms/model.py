@@ -18,123 +18,26 @@ two poses. The re-ID feature space was not used: ``posereid.models`` must not im
 ``reid_integration``, and it would tie the generator to one re-ID checkpoint.
 
 The noise schedules are the pipeline's schedulers; losses and sampling loops are in
-:mod:`posereid.models.pcdms.pipeline`. Every stage saves ``config.json`` + safetensors (+ ``ema.safetensors``)
-in its own folder (:mod:`posereid.models.checkpoint`).
+:mod:`posereid.models.pcdms.pipeline`. Every part saves ``config.json`` + safetensors (+ ``ema.safetensors``)
+in its own folder (:class:`~posereid.models.checkpoint.CheckpointMixin`).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import torch
-from diffusers import ConfigMixin, ModelMixin, PriorTransformer, UNet2DConditionModel
+from diffusers import ConfigMixin, ModelMixin, PriorTransformer
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from posereid.models.appearance import AppearanceEncoder
-from posereid.models.checkpoint import (
-    CONFIG_NAME,
-    CheckpointError,
-    load_model_weights,
-    read_json,
-    save_model,
-)
-from posereid.models.io_utils import atomic_write
+from posereid.models.checkpoint import CheckpointMixin
+from posereid.models.parts import build_unet, check_training_fields
 from posereid.models.pose import NUM_KEYPOINTS, POSE_CHANNELS
-
-logger = logging.getLogger(__name__)
 
 #: per pose token of the prior: (x, y, visible) of every joint
 KEYPOINT_FEATURES = NUM_KEYPOINTS * 3
-
-
-# ---------------------------------------------------------------------------------------------- checks
-def _check_probabilities(**rates: float) -> None:
-    for name, p in rates.items():
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {p}")
-
-
-def _unet(
-    sample_size: tuple[int, int],
-    in_channels: int,
-    block_out_channels: Sequence[int],
-    layers_per_block: int,
-    attention_levels: Sequence[bool],
-    attention_head_dim: int,
-    norm_num_groups: int,
-    cross_attention_dim: int,
-    what: str,
-) -> UNet2DConditionModel:
-    """A pixel-space ``UNet2DConditionModel`` (3 output channels), checking the sizes with clear errors."""
-    chans = [int(c) for c in block_out_channels]
-    attn = [bool(a) for a in attention_levels]
-    if len(attn) != len(chans):
-        raise ValueError(
-            f"{what}: attention_levels has {len(attn)} entries for {len(chans)} block_out_channels"
-        )
-    factor = 2 ** (len(chans) - 1)
-    h, w = sample_size
-    if h % factor or w % factor:
-        raise ValueError(
-            f"{what}: size {h}x{w} must be divisible by the UNet's total down-sampling {factor} "
-            f"({len(chans)} levels)"
-        )
-    bad = [c for c in chans if c % norm_num_groups]
-    if bad:
-        raise ValueError(
-            f"{what}: block_out_channels {bad} are not divisible by norm_num_groups={norm_num_groups}"
-        )
-    return UNet2DConditionModel(
-        sample_size=(h, w),
-        in_channels=in_channels,
-        out_channels=3,
-        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        block_out_channels=tuple(chans),
-        layers_per_block=layers_per_block,
-        norm_num_groups=norm_num_groups,
-        cross_attention_dim=cross_attention_dim,
-        # diffusers' historical naming: this argument is the number of heads per level
-        attention_head_dim=tuple(max(1, c // attention_head_dim) for c in chans),
-    )
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-class _StageCheckpoint:
-    """``save_pretrained`` / ``from_pretrained`` of one stage folder (config + weights + EMA), as PIDMModel's."""
-
-    def save_pretrained(  # type: ignore[override]
-        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
-    ) -> None:
-        """Write ``config.json`` + safetensors weights (+ EMA weights), each file atomically."""
-        directory = Path(save_directory)
-        save_model(self, directory, ema_state_dict)  # type: ignore[arg-type]
-        with atomic_write(directory / CONFIG_NAME) as fh:
-            fh.write(self.to_json_string())  # type: ignore[attr-defined]
-
-    @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
-    ) -> Any:
-        """Load a local stage folder written by :meth:`save_pretrained` (EMA weights preferred when present)."""
-        directory = Path(pretrained_model_name_or_path)
-        cfg_path = directory / CONFIG_NAME
-        config = read_json(cfg_path)
-        name = config.get("_class_name", cls.__name__)
-        if name != cls.__name__:
-            raise CheckpointError(f"{cfg_path}: is a {name} checkpoint, not {cls.__name__}")
-        try:
-            model = cls.from_config(config)  # type: ignore[attr-defined]
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{cfg_path}: invalid model config ({err})") from err
-        weights = load_model_weights(model, directory, use_ema=use_ema)
-        logger.info("loaded %s from %s", cls.__name__, weights)
-        return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------- embedder
@@ -165,7 +68,7 @@ class ImageEmbedder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- stage 2
-class PCDMsInpainter(_StageCheckpoint, ModelMixin, ConfigMixin):
+class PCDMsInpainter(CheckpointMixin, ModelMixin, ConfigMixin):
     """Stage 2: a UNet over the ``source | target`` canvas (``H × 2W``) that paints the target half.
 
     UNet input channels: the noisy canvas (3) ⊕ the mask (1; 1 on the target half) ⊕ the masked canvas
@@ -195,8 +98,6 @@ class PCDMsInpainter(_StageCheckpoint, ModelMixin, ConfigMixin):
         pose_sigma: Gaussian width of pose maps in pixels (None: 2.5 % of the height).
     """
 
-    config_name = CONFIG_NAME
-
     @register_to_config
     def __init__(
         self,
@@ -223,12 +124,10 @@ class PCDMsInpainter(_StageCheckpoint, ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         h, w = (int(v) for v in image_size)
-        _check_probabilities(
+        check_training_fields(
             p_drop_pose=p_drop_pose, p_drop_appearance=p_drop_appearance,
-            p_drop_source_pose=p_drop_source_pose, p_source_embedding=p_source_embedding,
+            p_drop_source_pose=p_drop_source_pose, p_source_embedding=p_source_embedding, snr_gamma=snr_gamma,
         )  # fmt: skip
-        if snr_gamma is not None and not float(snr_gamma) > 0:
-            raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma}")
         if int(pose_encoder_channels) < 1 or int(pose_feature_channels) < 1 or int(embedding_dim) < 1:
             raise ValueError("pose_encoder_channels, pose_feature_channels and embedding_dim must be >= 1")
         c = int(pose_encoder_channels)
@@ -237,9 +136,12 @@ class PCDMsInpainter(_StageCheckpoint, ModelMixin, ConfigMixin):
             nn.Conv2d(c, c, 3, padding=1), nn.SiLU(),
             nn.Conv2d(c, int(pose_feature_channels), 3, padding=1),
         )  # fmt: skip
-        self.unet = _unet(
-            (h, 2 * w), 3 + 1 + 3 + int(pose_feature_channels), block_out_channels, layers_per_block,
-            attention_levels, attention_head_dim, norm_num_groups, cross_attention_dim, "PCDMs inpainter canvas",
+        self.unet = build_unet(
+            sample_size=(h, 2 * w), in_channels=3 + 1 + 3 + int(pose_feature_channels), out_channels=3,
+            block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+            attention_levels=attention_levels, attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
+            what="PCDMs inpainter canvas",
         )  # fmt: skip
         self.appearance = AppearanceEncoder(
             (h, w),
@@ -309,7 +211,7 @@ class PCDMsInpainter(_StageCheckpoint, ModelMixin, ConfigMixin):
 
 
 # ---------------------------------------------------------------------------------------------- stage 1
-class PCDMsPrior(_StageCheckpoint, ModelMixin, ConfigMixin):
+class PCDMsPrior(CheckpointMixin, ModelMixin, ConfigMixin):
     """Stage 1: diffusion over the target's embedding given the source's embedding and both poses.
 
     The network is diffusers' public unCLIP ``PriorTransformer``, whose interface is exactly this task's:
@@ -331,8 +233,6 @@ class PCDMsPrior(_StageCheckpoint, ModelMixin, ConfigMixin):
         p_drop_source_pose: training rate of an all-missing source pose (sampling without source keypoints).
     """
 
-    config_name = CONFIG_NAME
-
     @register_to_config
     def __init__(
         self,
@@ -347,7 +247,7 @@ class PCDMsPrior(_StageCheckpoint, ModelMixin, ConfigMixin):
         p_drop_source_pose: float = 0.1,
     ) -> None:
         super().__init__()
-        _check_probabilities(
+        check_training_fields(
             p_drop_pose=p_drop_pose,
             p_drop_appearance=p_drop_appearance,
             p_drop_source_pose=p_drop_source_pose,
@@ -420,7 +320,7 @@ class PCDMsPrior(_StageCheckpoint, ModelMixin, ConfigMixin):
 
 
 # ---------------------------------------------------------------------------------------------- stage 3
-class PCDMsRefiner(_StageCheckpoint, ModelMixin, ConfigMixin):
+class PCDMsRefiner(CheckpointMixin, ModelMixin, ConfigMixin):
     """Stage 3: a UNet over the noisy target ⊕ a coarse image (⊕ the target pose maps) that restores texture.
 
     Cross-attention reads the source's appearance tokens (its own
@@ -441,8 +341,6 @@ class PCDMsRefiner(_StageCheckpoint, ModelMixin, ConfigMixin):
         degrade_shift: largest translation as a fraction of the image size.
         degrade_noise: largest standard deviation of the additive Gaussian noise (images in ``[0, 1]``).
     """
-
-    config_name = CONFIG_NAME
 
     @register_to_config
     def __init__(
@@ -469,13 +367,10 @@ class PCDMsRefiner(_StageCheckpoint, ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         h, w = (int(v) for v in image_size)
-        _check_probabilities(
-            p_drop_pose=p_drop_pose,
-            p_drop_appearance=p_drop_appearance,
-            p_drop_source_pose=p_drop_source_pose,
-        )
-        if snr_gamma is not None and not float(snr_gamma) > 0:
-            raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma}")
+        check_training_fields(
+            p_drop_pose=p_drop_pose, p_drop_appearance=p_drop_appearance, p_drop_source_pose=p_drop_source_pose,
+            snr_gamma=snr_gamma,
+        )  # fmt: skip
         blur = int(degrade_max_blur)
         if blur < 1 or blur & (blur - 1) or h % blur or w % blur:
             raise ValueError(
@@ -486,9 +381,11 @@ class PCDMsRefiner(_StageCheckpoint, ModelMixin, ConfigMixin):
             if not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         in_channels = 3 + 3 + (POSE_CHANNELS if use_target_pose else 0)
-        self.unet = _unet(
-            (h, w), in_channels, block_out_channels, layers_per_block, attention_levels, attention_head_dim,
-            norm_num_groups, cross_attention_dim, "PCDMs refiner",
+        self.unet = build_unet(
+            sample_size=(h, w), in_channels=in_channels, out_channels=3, block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block, attention_levels=attention_levels,
+            attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
+            cross_attention_dim=cross_attention_dim, what="PCDMs refiner",
         )  # fmt: skip
         self.appearance = AppearanceEncoder(
             (h, w),

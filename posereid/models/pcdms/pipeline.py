@@ -18,67 +18,60 @@ Each image stage has disentangled guidance over (pose, appearance) as the PIDM p
 separately: :meth:`PCDMsPipeline.set_training_stage` leaves only one stage's weights trainable and
 ``training_loss`` is that stage's diffusion loss, so the shared training loop
 (:func:`posereid.models.training.train_generator`) trains any stage unchanged.
+
+Names: a *stage* is what runs or trains (``"prior"``, ``"inpaint"``, ``"refine"``); the model it runs is
+a *part* (:data:`STAGE_PARTS`: ``prior``, ``inpainter``, ``refiner``), which is both the pipeline
+attribute and the checkpoint folder. ``self.model`` is the inpainter (the base's main model), also
+reachable as ``self.inpainter``.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
-import json
-import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import diffusers
 import torch
 from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from posereid.models.checkpoint import MODEL_INDEX_NAME, CheckpointError, read_json
 from posereid.models.guidance import check_guidance, condition_dropout, guided_denoiser
-from posereid.models.io_utils import atomic_write
 from posereid.models.pcdms.model import PCDMsInpainter, PCDMsPrior, PCDMsRefiner
-from posereid.models.pipeline import GeneratorPipeline, autocast_context, load_scheduler, save_scheduler
+from posereid.models.pipeline import (
+    Component,
+    GeneratorPipeline,
+    autocast_context,
+    init_fields,
+    sampling_options,
+)
 from posereid.models.pose import MISSING, NUM_KEYPOINTS, POSE_CHANNELS
 from posereid.models.sampling import (
     SCHEDULE_KEYS,
-    SamplerName,
     TrainingScheduler,
     check_loss_weighting,
     diffusion_loss,
     diffusion_target,
     initial_noise,
     make_sampler,
-    model_timesteps,
     noisy_sample,
     prediction_type,
     sample_loop,
-    sample_timesteps,
     training_scheduler,
 )
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-Generators = list[torch.Generator] | torch.Generator | None
-Callback = Callable[[int, int, torch.Tensor], None]
+    from posereid.models.pipeline import SamplingOptions
 
 #: training stages in the order they are trained (``set_training_stage``)
 TRAINING_STAGES = ("inpaint", "prior", "refine")
 #: sampling stages in the order they run (``generate(stages=...)``)
 SAMPLING_STAGES = ("prior", "inpaint", "refine")
-#: stage → (pipeline attribute, folder in a checkpoint, model class)
-STAGE_PARTS: dict[str, tuple[str, str, type]] = {
-    "inpaint": ("model", "inpainter", PCDMsInpainter),
-    "prior": ("prior", "prior", PCDMsPrior),
-    "refine": ("refiner", "refiner", PCDMsRefiner),
-}
-_FOLDER_CLASS = {folder: cls for _, folder, cls in STAGE_PARTS.values()}
-
-
-def _init_fields(cls: type) -> set[str]:
-    return {k for k in inspect.signature(cls.__init__).parameters if k != "self"}
+#: stage → the part it runs (the pipeline attribute and the checkpoint folder of its model)
+STAGE_PARTS: dict[str, str] = {"inpaint": "inpainter", "prior": "prior", "refine": "refiner"}
+#: part → its model class
+PART_CLASSES: dict[str, type] = {"inpainter": PCDMsInpainter, "prior": PCDMsPrior, "refiner": PCDMsRefiner}
 
 
 def unclipped_sampler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMixin:
@@ -93,13 +86,13 @@ def unclipped_sampler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMi
 class PCDMsPipeline(GeneratorPipeline):
     """Source image + target pose → the same person in the target pose, in three stages (PCDMs line).
 
-    ``self.model`` is the inpainter (it gives :attr:`image_size` and ``pose_sigma``); ``self.prior`` and
-    ``self.refiner`` the other stages, each with its own training scheduler (``self.scheduler``,
-    ``self.prior_scheduler``: always DDPM with ``prediction_type="sample"``, ``self.refiner_scheduler``);
-    the two image stages may train by flow matching (``prediction_type="flow"``).
+    ``self.model`` (also ``self.inpainter``) is the inpainter (it gives :attr:`image_size` and
+    ``pose_sigma``); ``self.prior`` and ``self.refiner`` the other parts, each with its own training
+    scheduler (``self.scheduler``, ``self.prior_scheduler``: always DDPM with ``prediction_type="sample"``,
+    ``self.refiner_scheduler``); the two image stages may train by flow matching (``prediction_type="flow"``).
 
     Presets: ``tiny`` (tests, 32×16), ``small`` (CPU, 64×32), ``market`` (GPU, 128×64). See
-    :meth:`from_preset` for how overrides reach the stages.
+    :meth:`from_preset` for how overrides reach the parts.
 
     ``trained_stages``: the stages :meth:`set_training_stage` has selected (saved with the checkpoint);
     ``generate`` runs those by default (with the inpainter), so a checkpoint trained only up to the
@@ -110,6 +103,11 @@ class PCDMsPipeline(GeneratorPipeline):
     model_class = PCDMsInpainter
     model: PCDMsInpainter
     TRAINING_STAGES: ClassVar[tuple[str, ...]] = TRAINING_STAGES
+    MODEL_FOLDER: ClassVar[str] = "inpainter"
+    COMPONENTS: ClassVar[dict[str, Component]] = {
+        "prior": Component("prior", PCDMsPrior, scheduler="prior_scheduler"),
+        "refiner": Component("refiner", PCDMsRefiner, scheduler="refiner_scheduler"),
+    }
 
     PRESETS: ClassVar[dict[str, dict]] = {
         # tests / CPU
@@ -207,6 +205,10 @@ class PCDMsPipeline(GeneratorPipeline):
                 f"got {prediction_type(self.prior_scheduler)!r}"
             )
         check_loss_weighting(self.refiner_scheduler, refiner.config.get("snr_gamma"), "the refiner")
+        if isinstance(trained_stages, str):
+            raise ValueError(
+                f"trained_stages must be a list of stage names, got the string {trained_stages!r}"
+            )
         bad = [s for s in trained_stages if s not in TRAINING_STAGES]
         if bad:
             raise ValueError(f"unknown PCDMs stage(s) {bad}; stages: {', '.join(TRAINING_STAGES)}")
@@ -214,13 +216,18 @@ class PCDMsPipeline(GeneratorPipeline):
         self.training_stage = ""
         self._select(training_stage)
 
+    @property
+    def inpainter(self) -> PCDMsInpainter:
+        """The stage-2 part (the base's ``self.model``)."""
+        return self.model
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> PCDMsPipeline:
         """A fresh pipeline from preset ``name``.
 
-        An override ``prior_<field>``, ``inpainter_<field>`` or ``refiner_<field>`` reaches that stage only
-        (a schedule field its scheduler); a plain model field reaches every stage that has it (e.g.
+        An override ``prior_<field>``, ``inpainter_<field>`` or ``refiner_<field>`` reaches that part only
+        (a schedule field its scheduler); a plain model field reaches every part that has it (e.g.
         ``image_size``, ``p_drop_source_pose``, ``embedding_dim``); a plain schedule field
         (``prediction_type``, ``num_train_timesteps``, ``beta_schedule``, ``rescale_betas_zero_snr``)
         reaches the two image stages' schedulers (the prior always predicts the clean embedding).
@@ -229,18 +236,18 @@ class PCDMsPipeline(GeneratorPipeline):
             raise ValueError(f"unknown {cls.family} preset {name!r}; choose from {', '.join(cls.PRESETS)}")
         configs = copy.deepcopy(cls.PRESETS[name])
         schedules: dict[str, dict] = {"inpainter": {}, "prior": {"prediction_type": "sample"}, "refiner": {}}
-        fields = {folder: _init_fields(klass) for folder, klass in _FOLDER_CLASS.items()}
+        fields = {part: init_fields(klass) for part, klass in PART_CLASSES.items()}
         for key, value in overrides.items():
-            folder, _, field = key.partition("_")
-            if folder in fields and field:
+            part, _, field = key.partition("_")
+            if part in fields and field:
                 if field in SCHEDULE_KEYS:
-                    if folder == "prior" and field == "prediction_type" and value != "sample":
+                    if part == "prior" and field == "prediction_type" and value != "sample":
                         raise ValueError(f"{key}: the PCDMs prior predicts the clean embedding ('sample')")
-                    schedules[folder][field] = value
-                elif field in fields[folder]:
-                    configs[folder][field] = value
+                    schedules[part][field] = value
+                elif field in fields[part]:
+                    configs[part][field] = value
                 else:
-                    raise ValueError(f"{key}: {folder} has no config field {field!r}")
+                    raise ValueError(f"{key}: {part} has no config field {field!r}")
             elif key in SCHEDULE_KEYS:
                 schedules["inpainter"][key] = schedules["refiner"][key] = value
             else:
@@ -248,7 +255,7 @@ class PCDMsPipeline(GeneratorPipeline):
                 if not owners:
                     raise ValueError(
                         f"unknown PCDMs config field {key!r} (prefix it with prior_, inpainter_ or refiner_ for "
-                        "one stage)"
+                        "one part)"
                     )
                 for f in owners:
                     configs[f][key] = value
@@ -281,7 +288,7 @@ class PCDMsPipeline(GeneratorPipeline):
                 f"unknown PCDMs training stage {stage!r}; choose from {', '.join(TRAINING_STAGES)}"
             )
         self.requires_grad_(False)
-        getattr(self, STAGE_PARTS[stage][0]).requires_grad_(True)
+        getattr(self, STAGE_PARTS[stage]).requires_grad_(True)
         self.prior.freeze_unused()
         self.training_stage = stage
 
@@ -299,6 +306,16 @@ class PCDMsPipeline(GeneratorPipeline):
         if not self.trained_stages:
             return SAMPLING_STAGES
         return tuple(s for s in SAMPLING_STAGES if s in self.trained_stages or s == "inpaint")
+
+    def _index_fields(self) -> dict[str, Any]:
+        return {"training_stage": self.training_stage, "trained_stages": list(self.trained_stages)}
+
+    @classmethod
+    def _index_kwargs(cls, index: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "training_stage": index.get("training_stage", "inpaint"),
+            "trained_stages": index.get("trained_stages", ()),
+        }
 
     # ------------------------------------------------------------------ conditioning
     def keypoints(self, kps: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -339,19 +356,17 @@ class PCDMsPipeline(GeneratorPipeline):
             dim=-1,
         )
 
-    def _appearance_input(
-        self, part: PCDMsInpainter | PCDMsRefiner, maps: torch.Tensor
-    ) -> torch.Tensor | None:
-        return maps if part.config.appearance_use_pose else None
+    @staticmethod
+    def stage_tokens(
+        part: PCDMsInpainter | PCDMsRefiner, source: torch.Tensor, source_maps: torch.Tensor
+    ) -> torch.Tensor:
+        """``part``'s appearance tokens of ``source`` in ``[0, 1]`` (fed its pose maps when it uses them)."""
+        return part.encode_appearance(source, source_maps if part.config.appearance_use_pose else None)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The stage-1 embedding ``(B, embedding_dim)`` of ``images`` ``(B, 3, H, W)`` in ``[0, 1]``."""
         self.check_images(images, "images")
         return self.model.embed(images.to(self.device, torch.float32))
-
-    def _rand(self, b: int, generator: torch.Generator | None) -> torch.Tensor:
-        dev = generator.device if generator is not None else self.device
-        return torch.rand(b, generator=generator, device=dev).to(self.device)
 
     # ------------------------------------------------------------------ training
     def training_loss(
@@ -373,15 +388,15 @@ class PCDMsPipeline(GeneratorPipeline):
         if source.shape[0] != target.shape[0]:
             raise ValueError(f"source and target batches differ: {source.shape[0]} vs {target.shape[0]}")
         loss_fn = {"inpaint": self.inpaint_loss, "prior": self.prior_loss, "refine": self.refine_loss}
-        return loss_fn[self.training_stage](source, target, source_kps, target_kps, generator=generator)
+        src, tgt = source.to(self.device, torch.float32), target.to(self.device, torch.float32)
+        return loss_fn[self.training_stage](src, tgt, source_kps, target_kps, generator)
 
     def inpaint_loss(
         self,
-        source: torch.Tensor,
-        target: torch.Tensor,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
         source_kps: torch.Tensor,
         target_kps: torch.Tensor,
-        *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Stage 2: denoising loss over the target half of the canvas (the source half is given).
@@ -390,32 +405,20 @@ class PCDMsPipeline(GeneratorPipeline):
         appearance tokens, both poses (source pose dropped with rate ``p_drop_source_pose``); pose and
         appearance are dropped independently for guidance.
         """
-        cfg, dev, b = self.model.config, self.device, target.shape[0]
-        src = source.to(dev, torch.float32)
-        tgt = target.to(dev, torch.float32)
-        w = tgt.shape[-1]
-        drop_src = self._rand(b, generator) < cfg.p_drop_source_pose
-        use_src_emb = self._rand(b, generator) < cfg.p_source_embedding
-        draws = sample_timesteps(
-            b, self.scheduler.config.num_train_timesteps, generator=generator, device=dev
-        )
-        t = model_timesteps(self.scheduler, draws)  # DDPM: the draws; flow: σ·T
+        cfg, b, w = self.model.config, tgt.shape[0], tgt.shape[-1]
+        drop_src = self.draw(b, generator) < cfg.p_drop_source_pose
+        use_src_emb = self.draw(b, generator) < cfg.p_source_embedding
         x0 = torch.cat([src, tgt], dim=-1) * 2.0 - 1.0
-        noise = initial_noise(x0.shape, generator, dev)
-        drop_pose = self._rand(b, generator) < cfg.p_drop_pose
-        drop_app = self._rand(b, generator) < cfg.p_drop_appearance
-
+        t, noise, noisy = self.noised(self.scheduler, x0, generator)
+        drop_pose, drop_app = self.dropout_draws(b, cfg, generator)
         emb_src, emb_tgt = self.model.embed(torch.cat([src, tgt])).chunk(2)
         emb = torch.where(use_src_emb[:, None], emb_src, emb_tgt)
         src_maps = self.source_maps(source_kps, b, drop_src)
-        tokens = self.model.condition_tokens(
-            self.model.encode_appearance(src, self._appearance_input(self.model, src_maps)), emb
-        )
+        tokens = self.model.condition_tokens(self.stage_tokens(self.model, src, src_maps), emb)
         pose = torch.cat([src_maps, self.pose_maps(target_kps, batch=b)], dim=-1)
         pose, tokens = condition_dropout(
             pose, tokens, torch.zeros_like(pose), self.model.null_like(tokens), drop_pose, drop_app
         )
-        noisy = noisy_sample(self.scheduler, x0, noise, t)
         out = self.model(noisy, t, x0[..., :w], pose, tokens)
         return diffusion_loss(
             self.scheduler, out[..., w:], x0[..., w:], noise[..., w:], t, snr_gamma=cfg.snr_gamma
@@ -423,78 +426,50 @@ class PCDMsPipeline(GeneratorPipeline):
 
     def prior_loss(
         self,
-        source: torch.Tensor,
-        target: torch.Tensor,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
         source_kps: torch.Tensor,
         target_kps: torch.Tensor,
-        *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Stage 1: MSE of the predicted clean target embedding (the frozen embedder's code of the target)."""
-        cfg, dev, b = self.prior.config, self.device, target.shape[0]
+        cfg, b = self.prior.config, tgt.shape[0]
         with torch.no_grad():
-            emb_src, emb_tgt = self.model.embed(
-                torch.cat([source.to(dev, torch.float32), target.to(dev, torch.float32)])
-            ).chunk(2)
-        drop_src = self._rand(b, generator) < cfg.p_drop_source_pose
-        t = model_timesteps(
-            self.prior_scheduler,
-            sample_timesteps(
-                b, self.prior_scheduler.config.num_train_timesteps, generator=generator, device=dev
-            ),
-        )
-        noise = initial_noise(emb_tgt.shape, generator, dev)
-        drop_pose = self._rand(b, generator) < cfg.p_drop_pose
-        drop_app = self._rand(b, generator) < cfg.p_drop_appearance
+            emb_src, emb_tgt = self.model.embed(torch.cat([src, tgt])).chunk(2)
+        drop_src = self.draw(b, generator) < cfg.p_drop_source_pose
+        t, noise, noisy = self.noised(self.prior_scheduler, emb_tgt, generator)
+        drop_pose, drop_app = self.dropout_draws(b, cfg, generator)
         ks = self.keypoints(source_kps, b)
         ks = torch.where(drop_src[:, None, None], torch.full_like(ks, MISSING), ks)
         poses = self.prior.encode_poses(ks, self.keypoints(target_kps, b))
         poses, src_emb = condition_dropout(
-            poses,
-            emb_src,
-            self.prior.null_pose_tokens(b),
-            self.prior.null_source_embedding(b),
-            drop_pose,
+            poses, emb_src, self.prior.null_pose_tokens(b), self.prior.null_source_embedding(b), drop_pose,
             drop_app,
-        )
-        noisy = noisy_sample(self.prior_scheduler, emb_tgt, noise, t)
+        )  # fmt: skip
         out = self.prior(noisy, t, src_emb, poses)
         return diffusion_loss(self.prior_scheduler, out, emb_tgt, noise, t)
 
     def refine_loss(
         self,
-        source: torch.Tensor,
-        target: torch.Tensor,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
         source_kps: torch.Tensor,
         target_kps: torch.Tensor,
-        *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Stage 3: denoising loss of the target given a degraded copy of it (:meth:`PCDMsRefiner.degrade`)."""
-        cfg, dev, b = self.refiner.config, self.device, target.shape[0]
-        src = source.to(dev, torch.float32)
-        tgt = target.to(dev, torch.float32)
+        cfg, b = self.refiner.config, tgt.shape[0]
         coarse = self.refiner.degrade(tgt, generator) * 2.0 - 1.0
-        drop_src = self._rand(b, generator) < cfg.p_drop_source_pose
-        t = model_timesteps(
-            self.refiner_scheduler,
-            sample_timesteps(
-                b, self.refiner_scheduler.config.num_train_timesteps, generator=generator, device=dev
-            ),
-        )
-        x0 = tgt * 2.0 - 1.0
-        noise = initial_noise(x0.shape, generator, dev)
-        drop_pose = self._rand(b, generator) < cfg.p_drop_pose
-        drop_app = self._rand(b, generator) < cfg.p_drop_appearance
-        src_maps = self.source_maps(source_kps, b, drop_src)
-        tokens = self.refiner.encode_appearance(src, self._appearance_input(self.refiner, src_maps))
+        drop_src = self.draw(b, generator) < cfg.p_drop_source_pose
+        t, noise, noisy = self.noised(self.refiner_scheduler, tgt * 2.0 - 1.0, generator)
+        drop_pose, drop_app = self.dropout_draws(b, cfg, generator)
+        tokens = self.stage_tokens(self.refiner, src, self.source_maps(source_kps, b, drop_src))
         pose = self.pose_maps(target_kps, batch=b)
         pose, tokens = condition_dropout(
             pose, tokens, torch.zeros_like(pose), self.refiner.null_like(tokens), drop_pose, drop_app
         )
-        noisy = noisy_sample(self.refiner_scheduler, x0, noise, t)
         out = self.refiner(noisy, t, coarse, pose, tokens)
-        return diffusion_loss(self.refiner_scheduler, out, x0, noise, t, snr_gamma=cfg.snr_gamma)
+        return diffusion_loss(self.refiner_scheduler, out, tgt * 2.0 - 1.0, noise, t, snr_gamma=cfg.snr_gamma)
 
     # ------------------------------------------------------------------ sampling: stage 1
     @torch.no_grad()
@@ -503,23 +478,19 @@ class PCDMsPipeline(GeneratorPipeline):
         source: torch.Tensor,
         target_kps: torch.Tensor,
         source_kps: torch.Tensor | None = None,
-        *,
-        steps: int = 20,
-        sampler: SamplerName = "dpmsolver++",
-        guidance: Sequence[float] = (1.0, 1.0),
-        seeds: Sequence[int] | None = None,
-        generator: Generators = None,
-        autocast_dtype: torch.dtype | None = None,
+        **options: Unpack[SamplingOptions],
     ) -> torch.Tensor:
         """Stage 1: the target's embedding ``(B, embedding_dim)`` sampled by the prior.
 
-        ``guidance``: ``(w_pose, w_source_embedding)``; ``(1, 1)`` is the plain conditional prior. The
-        sampler is ``sampler`` without x0 clipping (:func:`unclipped_sampler`).
+        ``options``: as :meth:`generate`'s (``callback`` and ``progress`` are not used); ``guidance``:
+        ``(w_pose, w_source_embedding)``, by default ``(1, 1)``, the plain conditional prior. The sampler
+        is ``sampler`` without x0 clipping (:func:`unclipped_sampler`).
         """
+        opts = sampling_options(options, "predict_embedding", guidance=(1.0, 1.0))
         self.check_images(source, "source")
         b, dev = source.shape[0], self.device
-        gens = self.generators(seeds, generator, b)
-        amp = autocast_context(dev, autocast_dtype)
+        gens = self.generators(opts["seeds"], opts["generator"], b)
+        amp = autocast_context(dev, opts["autocast_dtype"])
         with amp:
             src_emb = self.model.embed(source.to(dev, torch.float32))
             poses = self.prior.encode_poses(self.keypoints(source_kps, b), self.keypoints(target_kps, b))
@@ -529,19 +500,40 @@ class PCDMsPipeline(GeneratorPipeline):
                 return self.prior(x, t, emb, pose)
 
         denoise = guided_denoiser(
-            model_fn,
-            poses,
-            src_emb,
-            self.prior.null_pose_tokens(b),
-            self.prior.null_source_embedding(b),
-            guidance,
-        )
+            model_fn, poses, src_emb, self.prior.null_pose_tokens(b), self.prior.null_source_embedding(b),
+            opts["guidance"],
+        )  # fmt: skip
         x = initial_noise((b, int(self.prior.config.embedding_dim)), gens, dev)
-        return sample_loop(
-            denoise, unclipped_sampler(sampler, self.prior_scheduler), x, steps, generator=gens
-        ).float()
+        sampler = unclipped_sampler(opts["sampler"], self.prior_scheduler)
+        return sample_loop(denoise, sampler, x, opts["steps"], generator=gens).float()
 
-    # ------------------------------------------------------------------ sampling: stage 2
+    # ------------------------------------------------------------------ sampling: stages 2 and 3
+    def _image_stage(
+        self,
+        part: PCDMsInpainter | PCDMsRefiner,
+        source: torch.Tensor,
+        source_kps: torch.Tensor | None,
+        pose: torch.Tensor,
+        opts: Mapping[str, Any],
+        call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor],
+        tokens_of: Callable[[torch.Tensor], torch.Tensor] = lambda tokens: tokens,
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The guided ``denoise(x_t, t)`` of an image stage: ``part``'s appearance tokens of ``source``
+        (through ``tokens_of``) and their null version, the pose condition ``pose`` (dropped: zeros), and
+        ``call(x, t, pose, tokens, k)`` for ``k`` guidance branches stacked in the batch."""
+        b = source.shape[0]
+        amp = autocast_context(self.device, opts["autocast_dtype"])
+        with amp:
+            maps = self.source_maps(source_kps, b)
+            tokens = tokens_of(self.stage_tokens(part, source.to(self.device, torch.float32), maps))
+            null_tokens = part.null_like(tokens)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, p: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+            with amp:
+                return call(x, t, p, tok, x.shape[0] // b)
+
+        return guided_denoiser(model_fn, pose, tokens, torch.zeros_like(pose), null_tokens, opts["guidance"])
+
     def inpaint_denoiser(
         self,
         source: torch.Tensor,
@@ -562,26 +554,18 @@ class PCDMsPipeline(GeneratorPipeline):
         """
         self.check_images(source, "source")
         b, dev = source.shape[0], self.device
-        amp = autocast_context(dev, autocast_dtype)
         src01 = source.to(dev, torch.float32)
         src = src01 * 2.0 - 1.0
         w = src.shape[-1]
         eps = torch.zeros_like(src) if source_noise is None else source_noise.to(dev, torch.float32)
-        with amp:
+        with autocast_context(dev, autocast_dtype):
             emb = self.model.embed(src01) if embedding is None else embedding.to(dev)
-            maps = self.source_maps(source_kps, b)
-            tokens = self.model.condition_tokens(
-                self.model.encode_appearance(src01, self._appearance_input(self.model, maps)), emb
-            )
-            null_tokens = self.model.null_like(tokens)
-        pose = torch.cat([maps, self.pose_maps(target_kps, batch=b)], dim=-1)
-
-        def model_fn(x: torch.Tensor, t: torch.Tensor, pose: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
-            k = x.shape[0] // b
-            with amp:
-                return self.model(x, t, src.repeat(k, 1, 1, 1), pose, tok)
-
-        guided = guided_denoiser(model_fn, pose, tokens, torch.zeros_like(pose), null_tokens, guidance)
+        guided = self._image_stage(
+            self.model, source, source_kps, self.pose_canvas(source_kps, target_kps, b),
+            dict(autocast_dtype=autocast_dtype, guidance=guidance),
+            lambda x, t, p, tok, k: self.model(x, t, src.repeat(k, 1, 1, 1), p, tok),
+            lambda tokens: self.model.condition_tokens(tokens, emb),
+        )  # fmt: skip
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             t_src = torch.as_tensor(t, device=dev)  # a DDPM sampler's float t is rounded to its index
@@ -601,39 +585,33 @@ class PCDMsPipeline(GeneratorPipeline):
         source_kps: torch.Tensor | None = None,
         *,
         embedding: torch.Tensor | None = None,
-        steps: int = 20,
-        sampler: SamplerName = "dpmsolver++",
-        guidance: Sequence[float] = (2.0, 2.0),
-        seeds: Sequence[int] | None = None,
-        generator: Generators = None,
-        callback: Callback | None = None,
-        autocast_dtype: torch.dtype | None = None,
-        progress: bool = False,
+        **options: Unpack[SamplingOptions],
     ) -> torch.Tensor:
         """Stage 2: the whole canvas ``(B, 3, H, 2W)`` in ``[0, 1]``; its left half IS ``source`` (bit for bit).
 
-        ``embedding``: the stage-1 embedding (``None``: the source's own, i.e. no prior). ``callback``
-        sees the target half of the state.
+        ``embedding``: the stage-1 embedding (``None``: the source's own, i.e. no prior). ``options``: as
+        :meth:`generate`'s; ``callback`` sees the target half of the state.
         """
+        opts = sampling_options(options, "inpaint")
         self.check_images(source, "source")
         b, dev = source.shape[0], self.device
         h, w = self.image_size
-        gens = self.generators(seeds, generator, b)
+        gens = self.generators(opts["seeds"], opts["generator"], b)
         x = initial_noise((b, 3, h, 2 * w), gens, dev)
         denoise = self.inpaint_denoiser(
-            source, target_kps, source_kps, embedding=embedding, guidance=guidance,
-            source_noise=x[..., :w].clone(), autocast_dtype=autocast_dtype,
+            source, target_kps, source_kps, embedding=embedding, guidance=opts["guidance"],
+            source_noise=x[..., :w].clone(), autocast_dtype=opts["autocast_dtype"],
         )  # fmt: skip
+        callback = opts["callback"]
         hook = None if callback is None else lambda i, t, state: callback(i, t, state[..., w:])
         x = sample_loop(
-            denoise, make_sampler(sampler, self.scheduler), x, steps, generator=gens, callback=hook,
-            progress=progress,
+            denoise, make_sampler(opts["sampler"], self.scheduler), x, opts["steps"], generator=gens,
+            callback=hook, progress=opts["progress"],
         )  # fmt: skip
         canvas = self.to_images(x)
         canvas[..., :w] = source.to(dev, torch.float32)
         return canvas
 
-    # ------------------------------------------------------------------ sampling: stage 3
     @torch.no_grad()
     def refine(
         self,
@@ -641,23 +619,17 @@ class PCDMsPipeline(GeneratorPipeline):
         coarse: torch.Tensor,
         target_kps: torch.Tensor,
         source_kps: torch.Tensor | None = None,
-        *,
-        steps: int = 20,
-        sampler: SamplerName = "dpmsolver++",
-        guidance: Sequence[float] = (1.0, 2.0),
-        seeds: Sequence[int] | None = None,
-        generator: Generators = None,
-        callback: Callback | None = None,
-        autocast_dtype: torch.dtype | None = None,
-        progress: bool = False,
+        **options: Unpack[SamplingOptions],
     ) -> torch.Tensor:
         """Stage 3: refined images ``(B, 3, H, W)`` in ``[0, 1]`` from ``coarse`` images in ``[0, 1]``.
 
         ``coarse`` may be any generator's output at :attr:`image_size` (the refiner trained on degraded
-        real images, not on stage 2's output). ``guidance``: ``(w_pose, w_appearance)`` over the target pose
-        maps and the source's appearance tokens (the coarse image is always given); without
-        ``use_target_pose`` ``w_pose`` has nothing to act on and is ignored.
+        real images, not on stage 2's output). ``options``: as :meth:`generate`'s; ``guidance`` (default
+        ``(1, 2)``): ``(w_pose, w_appearance)`` over the target pose maps and the source's appearance tokens
+        (the coarse image is always given); without ``use_target_pose`` ``w_pose`` has nothing to act on
+        and is ignored.
         """
+        opts = sampling_options(options, "refine", guidance=(1.0, 2.0))
         self.check_images(source, "source")
         self.check_images(coarse, "coarse")
         if coarse.shape[0] != source.shape[0]:
@@ -665,95 +637,74 @@ class PCDMsPipeline(GeneratorPipeline):
                 f"coarse batch {coarse.shape[0]} differs from the source batch {source.shape[0]}"
             )
         b, dev = source.shape[0], self.device
-        w_p, w_s = check_guidance(guidance)
-        gens = self.generators(seeds, generator, b)
-        amp = autocast_context(dev, autocast_dtype)
-        src = source.to(dev, torch.float32)
+        w_p, w_s = check_guidance(opts["guidance"])
+        gens = self.generators(opts["seeds"], opts["generator"], b)
         coarse_m = coarse.to(dev, torch.float32) * 2.0 - 1.0
-        with amp:
-            maps = self.source_maps(source_kps, b)
-            tokens = self.refiner.encode_appearance(src, self._appearance_input(self.refiner, maps))
-            null_tokens = self.refiner.null_like(tokens)
         if self.refiner.config.use_target_pose:
             pose = self.pose_maps(target_kps, batch=b)
         else:
             self.keypoints(target_kps, b)  # still checked
             pose, w_p = torch.zeros(b, 0, *self.image_size, device=dev), 1.0
-
-        def model_fn(x: torch.Tensor, t: torch.Tensor, pose: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
-            k = x.shape[0] // b
-            with amp:
-                return self.refiner(x, t, coarse_m.repeat(k, 1, 1, 1), pose, tok)
-
-        denoise = guided_denoiser(model_fn, pose, tokens, torch.zeros_like(pose), null_tokens, (w_p, w_s))
+        denoise = self._image_stage(
+            self.refiner, source, source_kps, pose, {**opts, "guidance": (w_p, w_s)},
+            lambda x, t, p, tok, k: self.refiner(x, t, coarse_m.repeat(k, 1, 1, 1), p, tok),
+        )  # fmt: skip
         x = initial_noise((b, 3, *self.image_size), gens, dev)
         x = sample_loop(
-            denoise, make_sampler(sampler, self.refiner_scheduler), x, steps, generator=gens,
-            callback=callback, progress=progress,
+            denoise, make_sampler(opts["sampler"], self.refiner_scheduler), x, opts["steps"], generator=gens,
+            callback=opts["callback"], progress=opts["progress"],
         )  # fmt: skip
         return self.to_images(x)
 
     # ------------------------------------------------------------------ sampling: all stages
     @torch.no_grad()
-    def generate(
+    def generate(  # type: ignore[override]
         self,
         source: torch.Tensor,
         target_kps: torch.Tensor,
         source_kps: torch.Tensor | None = None,
         *,
-        steps: int = 20,
-        sampler: SamplerName = "dpmsolver++",
-        guidance: Sequence[float] = (2.0, 2.0),
-        seeds: Sequence[int] | None = None,
-        generator: Generators = None,
-        callback: Callback | None = None,
-        autocast_dtype: torch.dtype | None = None,
-        progress: bool = False,
         prior_steps: int = 20,
         prior_guidance: Sequence[float] = (1.0, 1.0),
         refiner_guidance: Sequence[float] = (1.0, 2.0),
         stages: Sequence[str] | None = None,
+        **options: Unpack[SamplingOptions],
     ) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in ``[0, 1]`` of the source people in the target poses.
 
         Args:
-            source, target_kps, source_kps, steps, sampler, seeds, generator, autocast_dtype, progress: as
-                :meth:`posereid.models.pidm.PIDMPipeline.generate`; ``steps`` / ``sampler`` drive the image
-                stages, ``prior_steps`` (and ``sampler``, unclipped) the prior.
-            guidance: the inpainter's ``(w_pose, w_appearance)``; ``(1, 1)`` is its conditional model.
+            source, target_kps, source_kps, options: as :meth:`GeneratorPipeline.generate`; ``steps`` /
+                ``sampler`` drive the image stages, ``prior_steps`` (and ``sampler``, unclipped) the prior;
+                ``guidance`` is the inpainter's ``(w_pose, w_appearance)`` (``(1, 1)``: its conditional model).
             prior_guidance, refiner_guidance: the other stages' ``(w_pose, w_appearance)``.
             stages: which of ``("prior", "inpaint", "refine")`` to run (always in that order, and the
                 inpainter must be one); ``None``: :attr:`default_stages`. Without ``"prior"`` the inpainter
                 gets the source's own embedding; without ``"refine"`` its output is returned.
-            callback: ``callback(step_index, timestep, x_t)`` after every step of the image stages (the
-                canvas's target half while inpainting).
 
-        Per-sample seeds make each image independent of the batch: every stage draws its noise from the
-        same per-sample generators, in order. Raises
+        ``callback(step_index, timestep, x_t)`` runs after every step of the image stages (the canvas's
+        target half while inpainting). Per-sample seeds make each image independent of the batch: every
+        stage draws its noise from the same per-sample generators, in order. Raises
         :class:`~posereid.models.sampling.NonFiniteSampleError` rather than return a NaN image.
         """
+        opts = sampling_options(options, "generate")
         run = self._check_stages(stages)
-        for weights in (guidance, prior_guidance, refiner_guidance):
+        for weights in (opts["guidance"], prior_guidance, refiner_guidance):
             check_guidance(weights)
         self.check_images(source, "source")
-        b = source.shape[0]
-        gens = self.generators(seeds, generator, b)
-        common = dict(sampler=sampler, generator=gens, autocast_dtype=autocast_dtype)
+        gens = self.generators(opts["seeds"], opts["generator"], source.shape[0])
+        common = dict(sampler=opts["sampler"], generator=gens, autocast_dtype=opts["autocast_dtype"])
+        image = dict(common, steps=opts["steps"], callback=opts["callback"], progress=opts["progress"])
         embedding = None
         if "prior" in run:
             embedding = self.predict_embedding(
                 source, target_kps, source_kps, steps=prior_steps, guidance=prior_guidance, **common
             )
         coarse = self.inpaint(
-            source, target_kps, source_kps, embedding=embedding, steps=steps, guidance=guidance,
-            callback=callback, progress=progress, **common,
-        )[..., self.image_size[1] :]  # fmt: skip
+            source, target_kps, source_kps, embedding=embedding, guidance=opts["guidance"], **image
+        )[..., self.image_size[1] :]
         if "refine" not in run:
             return coarse.contiguous()
-        return self.refine(
-            source, coarse, target_kps, source_kps, steps=steps, guidance=refiner_guidance, callback=callback,
-            progress=progress, **common,
-        )  # fmt: skip
+        return self.refine(source, coarse, target_kps, source_kps, guidance=refiner_guidance, **image)
 
     def _check_stages(self, stages: Sequence[str] | None) -> tuple[str, ...]:
         if stages is None:
@@ -770,75 +721,12 @@ class PCDMsPipeline(GeneratorPipeline):
             )
         return tuple(s for s in SAMPLING_STAGES if s in stages)
 
-    # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(
-        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
-    ) -> None:
-        """Write ``model_index.json`` + one folder per stage (``prior/``, ``inpainter/``, ``refiner/``) with its
-        model files (+ EMA weights) and ``scheduler_config.json``, every file atomically.
 
-        ``ema_state_dict`` uses this pipeline's parameter names (``prior.…``, ``model.…``, ``refiner.…``), as
-        the training loop's EMA does. ``model_index.json`` is written last.
-        """
-        directory = Path(save_directory)
-        schedulers = {
-            "inpaint": self.scheduler,
-            "prior": self.prior_scheduler,
-            "refine": self.refiner_scheduler,
-        }
-        index: dict[str, Any] = {
-            "_class_name": type(self).__name__,
-            "_diffusers_version": diffusers.__version__,
-        }
-        for stage, (attr, folder, klass) in STAGE_PARTS.items():
-            ema = None
-            if ema_state_dict is not None:
-                prefix = f"{attr}."
-                ema = {k.removeprefix(prefix): v for k, v in ema_state_dict.items() if k.startswith(prefix)}
-            getattr(self, attr).save_pretrained(directory / folder, ema_state_dict=ema)
-            save_scheduler(schedulers[stage], directory / folder)
-            index[folder] = [klass.__module__.rsplit(".", 1)[0], klass.__name__]
-        index["training_stage"] = self.training_stage
-        index["trained_stages"] = list(self.trained_stages)
-        with atomic_write(directory / MODEL_INDEX_NAME) as fh:
-            fh.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
-    ) -> PCDMsPipeline:
-        """Load a directory written by :meth:`save_pretrained` (EMA weights preferred when present)."""
-        directory = Path(pretrained_model_name_or_path)
-        index_path = directory / MODEL_INDEX_NAME
-        if not index_path.is_file():
-            raise FileNotFoundError(
-                f"{index_path}: not found; expected a PCDMs pipeline directory written by save_pretrained "
-                "(model_index.json + prior/, inpainter/, refiner/)"
-            )
-        index = read_json(index_path)
-        if index.get("_class_name") != cls.__name__:
-            raise CheckpointError(
-                f"{index_path}: is a {index.get('_class_name')!r} checkpoint, not {cls.__name__}"
-            )
-        parts, schedulers = {}, {}
-        for stage, (_, folder, klass) in STAGE_PARTS.items():
-            if not (directory / folder).is_dir():
-                raise FileNotFoundError(
-                    f"{directory / folder}: stage folder missing from the PCDMs checkpoint"
-                )
-            parts[stage] = klass.from_pretrained(directory / folder, use_ema=use_ema)
-            schedulers[stage] = load_scheduler(directory / folder)
-        try:
-            pipe = cls(
-                parts["inpaint"], schedulers["inpaint"], prior=parts["prior"], refiner=parts["refine"],
-                prior_scheduler=schedulers["prior"], refiner_scheduler=schedulers["refine"],
-                training_stage=index.get("training_stage", "inpaint"),
-                trained_stages=index.get("trained_stages", ()),
-            )  # fmt: skip
-        except ValueError as err:
-            raise CheckpointError(f"{directory}: inconsistent PCDMs stages ({err})") from err
-        logger.info("loaded %s generator from %s", cls.family, directory)
-        return pipe.eval()
-
-
-__all__ = ["PCDMsPipeline", "SAMPLING_STAGES", "TRAINING_STAGES", "unclipped_sampler"]
+__all__ = [
+    "PART_CLASSES",
+    "PCDMsPipeline",
+    "SAMPLING_STAGES",
+    "STAGE_PARTS",
+    "TRAINING_STAGES",
+    "unclipped_sampler",
+]

@@ -8,44 +8,29 @@ The noise schedule is the pipeline's scheduler; the loss and the sampling loop a
 :mod:`posereid.models.pidm.pipeline`.
 
 Files: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (+ ``ema.safetensors``; + ``backbone/``
-when a local vision backbone is used). Checkpoints written before the split (``_class_name``
-``PoseTransferGenerator``, noise fields in the config) load unchanged.
+when a local vision backbone is used), through :class:`~posereid.models.checkpoint.CheckpointMixin`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
+from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from posereid.models.appearance import AppearanceEncoder
-from posereid.models.checkpoint import (
-    CONFIG_NAME,
-    CheckpointError,
-    load_model_weights,
-    read_json,
-    save_model,
-)
-from posereid.models.io_utils import atomic_write
+from posereid.models.checkpoint import CheckpointMixin, save_component
+from posereid.models.parts import build_unet, check_training_fields
 from posereid.models.pose import POSE_CHANNELS
-from posereid.models.sampling import LEGACY_SCHEDULE_KEYS
 from posereid.models.texture_attention import assign_levels, use_level_tokens
 
-logger = logging.getLogger(__name__)
-
 BACKBONE_DIR = "backbone"
-#: the class name checkpoints carried before the model/scheduler/pipeline split
-LEGACY_CLASS_NAME = "PoseTransferGenerator"
 
 
-class PIDMModel(ModelMixin, ConfigMixin):
+class PIDMModel(CheckpointMixin, ModelMixin, ConfigMixin):
     """UNet denoiser + appearance encoder of the PIDM-style family (weights and config only).
 
     Args:
@@ -72,7 +57,6 @@ class PIDMModel(ModelMixin, ConfigMixin):
         backbone_path: local directory of a ``transformers`` vision model adding appearance tokens.
     """
 
-    config_name = CONFIG_NAME
     _supports_gradient_checkpointing = True
 
     @register_to_config
@@ -99,49 +83,20 @@ class PIDMModel(ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         h, w = (int(v) for v in image_size)
-        chans = [int(c) for c in block_out_channels]
-        attn = [bool(a) for a in attention_levels]
-        if len(attn) != len(chans):
-            raise ValueError(f"attention_levels has {len(attn)} entries for {len(chans)} block_out_channels")
-        if timestep_sampling not in ("uniform", "cubic"):
-            raise ValueError(f"timestep_sampling must be 'uniform' or 'cubic', got {timestep_sampling!r}")
-        for name, p in (
-            ("p_drop_pose", p_drop_pose),
-            ("p_drop_appearance", p_drop_appearance),
-            ("p_drop_source_pose", p_drop_source_pose),
-        ):
-            if not 0.0 <= float(p) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        check_training_fields(
+            p_drop_pose=p_drop_pose, p_drop_appearance=p_drop_appearance,
+            p_drop_source_pose=p_drop_source_pose, snr_gamma=snr_gamma, timestep_sampling=timestep_sampling,
+        )  # fmt: skip
         if texture_attention not in ("flat", "per_level"):
             raise ValueError(f"texture_attention must be 'flat' or 'per_level', got {texture_attention!r}")
         if texture_attention == "per_level" and backbone_path is not None:
             raise ValueError("texture_attention='per_level' does not take a backbone yet; use 'flat'")
-        if snr_gamma is not None and not float(snr_gamma) > 0:
-            raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma}")
-        factor = 2 ** (len(chans) - 1)
-        if h % factor or w % factor:
-            raise ValueError(
-                f"image_size {h}x{w} must be divisible by the UNet's total down-sampling {factor} "
-                f"({len(chans)} levels)"
-            )
-        bad = [c for c in chans if c % norm_num_groups]
-        if bad:
-            raise ValueError(
-                f"block_out_channels {bad} are not divisible by norm_num_groups={norm_num_groups}"
-            )
-        self.unet = UNet2DConditionModel(
-            sample_size=(h, w),
-            in_channels=3 + POSE_CHANNELS,
-            out_channels=3,
-            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-            block_out_channels=tuple(chans),
-            layers_per_block=layers_per_block,
-            norm_num_groups=norm_num_groups,
-            cross_attention_dim=cross_attention_dim,
-            # diffusers' historical naming: this argument is the number of heads per level
-            attention_head_dim=tuple(max(1, c // attention_head_dim) for c in chans),
-        )
+        self.unet = build_unet(
+            sample_size=(h, w), in_channels=3 + POSE_CHANNELS, out_channels=3,
+            block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+            attention_levels=attention_levels, attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
+        )  # fmt: skip
         self.appearance = AppearanceEncoder(
             (h, w),
             appearance_channels,
@@ -204,47 +159,19 @@ class PIDMModel(ModelMixin, ConfigMixin):
         return self.unet(x, timesteps, encoder_hidden_states=tokens.to(dtype)).sample
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(  # type: ignore[override]
-        self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
-    ) -> None:
-        """Write ``config.json`` + safetensors weights (+ EMA weights, + ``backbone/``), each file atomically."""
-        directory = Path(save_directory)
-        save_model(self, directory, ema_state_dict)
+    def _save_components(self, directory: Path) -> None:
+        """The frozen vision backbone, if any, in ``backbone/`` (its own ``save_pretrained`` layout)."""
         backbone = self.appearance.backbone
         if backbone is not None:
-            tmp = directory / f"{BACKBONE_DIR}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            backbone.save_pretrained(str(tmp))
-            src_proc = Path(self.config.backbone_path) / "preprocessor_config.json"
-            if src_proc.is_file():
-                shutil.copy(src_proc, tmp / src_proc.name)
-            shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)
-            os.replace(tmp, directory / BACKBONE_DIR)
-        with atomic_write(directory / CONFIG_NAME) as fh:
-            fh.write(self.to_json_string())
+            processor = Path(self.config.backbone_path) / "preprocessor_config.json"
+            save_component(backbone, directory / BACKBONE_DIR, extra_files=(processor,))
 
     @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
-    ) -> PIDMModel:
-        """Load a local directory written by :meth:`save_pretrained` (EMA weights preferred when present)."""
-        directory = Path(pretrained_model_name_or_path)
-        cfg_path = directory / CONFIG_NAME
-        config = read_json(cfg_path)
-        name = config.get("_class_name", cls.__name__)
-        if name not in (cls.__name__, LEGACY_CLASS_NAME):
-            raise CheckpointError(f"{cfg_path}: is a {name} checkpoint, not {cls.__name__}")
-        config = {k: v for k, v in config.items() if k not in LEGACY_SCHEDULE_KEYS}  # now the scheduler's
-        config["_class_name"] = cls.__name__
+    def _checkpoint_config(cls, config: dict[str, Any], directory: Path) -> dict[str, Any]:
+        """A backbone is read from the checkpoint's own ``backbone/`` folder, not from where it was first found."""
         if config.get("backbone_path") is not None:
-            config["backbone_path"] = str(directory / BACKBONE_DIR)
-        try:
-            model = cls.from_config(config)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{cfg_path}: invalid model config ({err})") from err
-        weights = load_model_weights(model, directory, use_ema=use_ema)
-        logger.info("loaded %s from %s", cls.__name__, weights)
-        return model.eval()
+            config = {**config, "backbone_path": str(directory / BACKBONE_DIR)}
+        return config
 
 
-__all__ = ["BACKBONE_DIR", "LEGACY_CLASS_NAME", "PIDMModel"]
+__all__ = ["BACKBONE_DIR", "PIDMModel"]

@@ -12,7 +12,7 @@ import torch
 
 from posereid.experiments.quality import judge as J
 from posereid.experiments.quality.metrics import detect_keypoints
-from posereid.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from posereid.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from posereid.models.pose import NUM_KEYPOINTS, render_pose_maps
 
 TINY = {"channels": (8, 16, 16), "blocks": (0, 1, 1)}
@@ -100,6 +100,23 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     k2, s2 = loaded.predict(x, threshold=0.05)
     np.testing.assert_array_equal(k1, k2)
     np.testing.assert_array_equal(s1, s2)
+
+
+def test_a_damaged_or_foreign_judge_folder_names_the_file(tmp_path):
+    """PoseJudge's checkpoints are the shared CheckpointMixin's: no EMA file (as in the shipped judge)
+    loads the plain weights; a config the constructor refuses or another class's folder names config.json."""
+    judge = _tiny_judge()
+    judge.save_pretrained(tmp_path / "j")
+    assert not (tmp_path / "j" / "ema.safetensors").exists()
+    J.PoseJudge.from_pretrained(tmp_path / "j")  # use_ema=True falls back to the plain weights
+    cfg_path = tmp_path / "j" / CONFIG_NAME
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "output_stride": 3}))
+    with pytest.raises(CheckpointError, match=r"config\.json: invalid PoseJudge config \(output_stride"):
+        J.PoseJudge.from_pretrained(tmp_path / "j")
+    cfg_path.write_text(json.dumps({**cfg, "_class_name": "PIDMModel"}))
+    with pytest.raises(CheckpointError, match="is a PIDMModel checkpoint, not PoseJudge"):
+        J.PoseJudge.from_pretrained(tmp_path / "j")
 
 
 # ------------------------------------------------------------------ decoding

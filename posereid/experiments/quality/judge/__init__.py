@@ -11,7 +11,8 @@ for real photos.
 Modules:
 
 * ``model`` — :class:`PoseJudge` (diffusers ``ModelMixin``/``ConfigMixin``: ``config.json`` +
-  ``diffusion_pytorch_model.safetensors``, ``save_pretrained`` / ``from_pretrained(dir)``; input
+  ``diffusion_pytorch_model.safetensors``, ``save_pretrained`` / ``from_pretrained(dir)`` of the shared
+  :class:`~posereid.models.checkpoint.CheckpointMixin`; input
   ``(B, 3, H, W)`` in ``[0, 1]``, heatmap logits at 1/``output_stride``; :meth:`PoseJudge.predict` decodes
   keypoints) and :class:`PoseJudgeEstimator` — the call surface of the mediapipe
   :class:`~posereid.models.pose_estimation.PoseEstimator` (``est(uint8 HxWx3) → (18, 2)``, ``batch``,

@@ -17,14 +17,7 @@ from PIL import Image
 from torch import nn
 
 from posereid.experiments.quality.judge.heatmaps import decode_heatmaps
-from posereid.models.checkpoint import (
-    CONFIG_NAME,
-    CheckpointError,
-    load_model_weights,
-    read_json,
-    save_model,
-)
-from posereid.models.io_utils import atomic_write
+from posereid.models.checkpoint import CONFIG_NAME, CheckpointMixin
 from posereid.models.pose import NUM_KEYPOINTS, drop_outside, resize_keypoints
 
 #: where the shipped judge lives (``config.json`` + safetensors + ``training.json``)
@@ -62,7 +55,7 @@ class _ResBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
-class PoseJudge(ModelMixin, ConfigMixin):
+class PoseJudge(CheckpointMixin, ModelMixin, ConfigMixin):
     """A small heatmap network for COCO-18 keypoints of one person per image (weights and config only).
 
     Encoder: three stride-2 stages (1/2, 1/4, 1/8) of residual blocks, a global-context vector (the
@@ -83,8 +76,6 @@ class PoseJudge(ModelMixin, ConfigMixin):
             images are judged alike (PCKh's tolerance scales with the person) and the network stays
             cheap; 0 = judge each image at its own size (then H and W must be divisible by 8).
     """
-
-    config_name = CONFIG_NAME
 
     @register_to_config
     def __init__(
@@ -163,30 +154,6 @@ class PoseJudge(ModelMixin, ConfigMixin):
         if (xh, xw) != (h, w):
             kps = drop_outside(resize_keypoints(kps, (xh, xw), (h, w)), h, w)
         return kps, scores
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:  # type: ignore[override]
-        """Write ``config.json`` + ``diffusion_pytorch_model.safetensors``, each atomically."""
-        directory = Path(save_directory)
-        save_model(self, directory)
-        with atomic_write(directory / CONFIG_NAME) as fh:
-            fh.write(self.to_json_string())
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str]) -> PoseJudge:  # type: ignore[override]
-        """Load a local directory written by :meth:`save_pretrained` (in eval mode)."""
-        directory = Path(pretrained_model_name_or_path)
-        cfg_path = directory / CONFIG_NAME
-        config = read_json(cfg_path)
-        name = config.get("_class_name", cls.__name__)
-        if name != cls.__name__:
-            raise CheckpointError(f"{cfg_path}: is a {name} checkpoint, not {cls.__name__}")
-        try:
-            model = cls.from_config(config)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{cfg_path}: invalid judge config ({err})") from err
-        load_model_weights(model, directory, use_ema=False)
-        return model.eval()
 
 
 class PoseJudgeEstimator:

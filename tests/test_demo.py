@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -83,18 +83,18 @@ def test_demo_with_a_given_generator_trains_none(family: str, tmp_path: Path, ca
     assert syn["generator"] == f"given:{ckpt}" and syn["synthetic_images"] > 0
 
 
-def _plan_args(**kw) -> argparse.Namespace:
+def _options(**kw) -> demo.DemoOptions:
     base = dict(generator=None, tiny=False, train_generator=True, height=64, width=32, budget_minutes=10.0,
                 seed=0, arms=None)  # fmt: skip
     base.update(kw)
-    return argparse.Namespace(**base)
+    return demo.DemoOptions(**base)
 
 
 def _generator_steps(monkeypatch, budget_s: float, s_per_step: float) -> int:
-    plan = demo.new_plan(_plan_args(), "cpu")
+    plan = demo.new_plan(_options(), "cpu")
     monkeypatch.setattr(demo, "time_generator_step", lambda *a: s_per_step)
     demo.plan_generator(plan, budget_s, "cpu")
-    return plan["generator_steps"]
+    return plan.generator_steps
 
 
 def test_generator_training_plan_fits_the_budget_and_grows_with_it(monkeypatch) -> None:
@@ -109,9 +109,13 @@ def test_generator_training_plan_fits_the_budget_and_grows_with_it(monkeypatch) 
 
 
 def _reid_plan(
-    monkeypatch, budget_s: float, s_per_step: float, arms: str | None = None, slowdown: float = 1.0
-) -> dict:
-    plan = demo.new_plan(_plan_args(), "cuda")
+    monkeypatch,
+    budget_s: float,
+    s_per_step: float,
+    arms: tuple[str, ...] | None = None,
+    slowdown: float = 1.0,
+) -> demo.DemoPlan:
+    plan = demo.new_plan(_options(), "cuda")
     monkeypatch.setattr(demo, "time_reid_step", lambda *a: s_per_step)
     demo.plan_reid(plan, 30, budget_s, "cuda", arms, slowdown=slowdown)
     return plan
@@ -122,32 +126,33 @@ def test_reid_plan_fits_the_budget_and_more_budget_never_buys_less(monkeypatch) 
     sps = 0.01
     budgets = [0.0, 30.0, 204.0, 600.0, 2000.0, 5000.0, 20_000.0, 1e6]
     plans = [_reid_plan(monkeypatch, b, sps) for b in budgets]
-    floor = plans[0]["reid_steps"]  # the least a run ever gets
+    floor = plans[0].reid_steps  # the least a run ever gets
     for b, p in zip(budgets, plans):
         # the strong baseline and strong + synthetic, always: a budget cuts steps, never that comparison
-        assert p["arms"][:2] == ["strong", "strong+synthetic"] and p["required"] == p["arms"][:2]
-        if p["reid_steps"] > floor:  # every run (arm × seed) gets the same steps, and all of them fit
-            assert len(p["arms"]) * len(p["seeds"]) * p["reid_steps"] * sps <= b
-        if len(p["arms"]) > 2:  # the oracle comes first among the optional arms
-            assert p["arms"][2] == "strong+oracle"
-    assert len(plans[0]["seeds"]) == 1 and len(plans[0]["arms"]) == 2  # a tight budget: the minimal pair
-    assert any(len(p["arms"]) == 3 for p in plans)  # a middling one: + the oracle, nothing else
+        assert p.arms[:2] == ("strong", "strong+synthetic") and p.required == p.arms[:2]
+        if p.reid_steps > floor:  # every run (arm × seed) gets the same steps, and all of them fit
+            assert len(p.arms) * len(p.seeds) * p.reid_steps * sps <= b
+        if len(p.arms) > 2:  # the oracle comes first among the optional arms
+            assert p.arms[2] == "strong+oracle"
+    assert len(plans[0].seeds) == 1 and len(plans[0].arms) == 2  # a tight budget: the minimal pair
+    assert any(len(p.arms) == 3 for p in plans)  # a middling one: + the oracle, nothing else
     for small, big in zip(plans, plans[1:]):  # more budget: never fewer arms or seeds
-        assert set(small["arms"]) <= set(big["arms"]) and len(small["seeds"]) <= len(big["seeds"])
+        assert set(small.arms) <= set(big.arms) and len(small.seeds) <= len(big.seeds)
     rich = plans[-1]
-    assert {"plain", "plain+synthetic", "strong+synthetic+filtered"} <= set(rich["arms"])
-    assert rich["filter"] == "auto" and len(rich["seeds"]) >= 5
+    assert {"plain", "plain+synthetic", "strong+synthetic+filtered"} <= set(rich.arms)
+    assert rich.filter == "auto" and len(rich.seeds) >= 5
     # a machine slower than its probe: the same budget buys fewer steps (or fewer optional arms)
     slow = _reid_plan(monkeypatch, 2000.0, sps, slowdown=2.0)
     at_speed = plans[budgets.index(2000.0)]
-    assert slow["reid_steps"] * len(slow["arms"]) < at_speed["reid_steps"] * len(at_speed["arms"])
-    assert slow["arms"][:2] == ["strong", "strong+synthetic"]
+    assert slow.reid_steps * len(slow.arms) < at_speed.reid_steps * len(at_speed.arms)
+    assert slow.arms[:2] == ("strong", "strong+synthetic")
     # with the arms fixed, more budget never gives fewer optimisation steps (over all seeds)
-    fixed = [_reid_plan(monkeypatch, b, sps, arms="plain,plain+synthetic") for b in budgets]
-    totals = [p["reid_steps"] * len(p["seeds"]) for p in fixed]
+    fixed = [_reid_plan(monkeypatch, b, sps, arms=("plain", "plain+synthetic")) for b in budgets]
+    assert all(p.arms == p.required == ("plain", "plain+synthetic") for p in fixed)
+    totals = [p.reid_steps * len(p.seeds) for p in fixed]
     assert totals == sorted(totals) and totals[-1] > totals[0]
     # measured speed matters: a slower step gets fewer steps for the same budget
-    assert _reid_plan(monkeypatch, 204.0, 10 * sps)["reid_steps"] < plans[budgets.index(204.0)]["reid_steps"]
+    assert _reid_plan(monkeypatch, 204.0, 10 * sps).reid_steps < plans[budgets.index(204.0)].reid_steps
 
 
 def test_later_stages_share_the_time_actually_left() -> None:
@@ -187,11 +192,11 @@ def test_cpu_threads_are_chosen_by_measured_speed(monkeypatch, faster: int) -> N
 def test_planning_skips_the_filter_when_it_is_unavailable(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "posereid.augment.filter", None)  # import now raises ImportError
     assert demo._filter_available() is False
-    plan = demo.new_plan(_plan_args(), "cuda")
+    plan = demo.new_plan(_options(), "cuda")
     monkeypatch.setattr(demo, "time_reid_step", lambda *a: 0.001)
     demo.plan_reid(plan, 30, 204.0, "cuda", None)
-    assert "strong+synthetic+filtered" not in plan["arms"] and plan["filter"] is None
-    assert rg.GainConfig(data=Path("."), out=Path("."), arms=tuple(plan["arms"])).arms == tuple(plan["arms"])
+    assert "strong+synthetic+filtered" not in plan.arms and plan.filter is None
+    assert rg.GainConfig(data=Path("."), out=Path("."), arms=plan.arms).arms == plan.arms
 
 
 def test_generation_planning_fits_the_budget(monkeypatch, tmp_path: Path) -> None:
@@ -202,8 +207,8 @@ def test_generation_planning_fits_the_budget(monkeypatch, tmp_path: Path) -> Non
     n_sources, s_per_image_step = 250, 0.001
     monkeypatch.setattr(demo, "time_generation", lambda *a: s_per_image_step)
 
-    def plan_for(budget_s: float) -> dict:
-        plan = demo.new_plan(_plan_args(), "cpu")
+    def plan_for(budget_s: float) -> demo.DemoPlan:
+        plan = demo.new_plan(_options(), "cpu")
         demo.plan_generation(plan, ckpt, n_sources, budget_s, "cpu")
         return plan
 
@@ -211,15 +216,40 @@ def test_generation_planning_fits_the_budget(monkeypatch, tmp_path: Path) -> Non
     plans = [plan_for(b) for b in budgets]
     floor = plans[0]  # the least the plan ever asks for
     for b, p in zip(budgets, plans):
-        assert p["per_image"] >= 1 and p["guidance"][0] == p["guidance"][1]
+        assert p.per_image >= 1 and p.guidance[0] == p.guidance[1]
         # guided sampling evaluates the model three times per step (conditional and two unconditional)
-        passes = 1 if p["guidance"] == [1.0, 1.0] else 3
-        if (p["steps"], p["per_image"]) != (floor["steps"], floor["per_image"]):
-            assert n_sources * p["per_image"] * p["steps"] * passes * s_per_image_step <= b
-    steps = [p["steps"] for p in plans]
+        passes = 1 if p.guidance == (1.0, 1.0) else 3
+        if (p.steps, p.per_image) != (floor.steps, floor.per_image):
+            assert n_sources * p.per_image * p.steps * passes * s_per_image_step <= b
+    steps = [p.steps for p in plans]
     assert steps == sorted(steps) and steps[-1] > steps[0]  # more budget never gives fewer steps
-    images = [p["per_image"] for p in plans]
+    images = [p.per_image for p in plans]
     assert images[-1] > images[0]  # and a large one buys more images per source
+
+
+def test_demo_options_are_checked_and_the_plan_round_trips_through_json(tmp_path: Path) -> None:
+    for field, kw in {"budget_minutes": {"budget_minutes": 0}, "height": {"height": 0},
+                      "arms": {"arms": ("strong", "nope")}}.items():  # fmt: skip
+        with pytest.raises(ValueError, match=f"DemoOptions.{field}"):
+            _options(**kw)
+    plan = demo.new_plan(_options(tiny=True, arms=("strong", "strong+synthetic")), "cpu")
+    assert plan.key.arms == "strong,strong+synthetic" and plan.hw == (32, 16) and plan.guidance == (1.0, 1.0)
+    plan.skipped = [("strong+oracle", 0)]
+    demo.save_plan(tmp_path, plan)
+    again = demo.DemoPlan.from_json(json.loads((tmp_path / demo.PLAN_FILE).read_text()))
+    assert again == plan
+    # a rerun with the same options reuses the saved plan; other options start over
+    assert (
+        demo.load_or_start_plan(_options(tiny=True, arms=("strong", "strong+synthetic")), tmp_path, "cpu")
+        == plan
+    )
+    assert demo.load_or_start_plan(_options(tiny=True), tmp_path, "cpu").key.arms is None
+
+
+def test_demo_command_refuses_an_unknown_arm(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["demo", "--tiny", "--arms", "strong,nope"])
+    assert exc.value.code == 2 and "unknown arm 'nope'" in capsys.readouterr().err
 
 
 class FakeClock:
@@ -238,8 +268,11 @@ class FakeClock:
 def test_reid_stage_skips_optional_runs_that_no_longer_fit(monkeypatch) -> None:
     clock = FakeClock()
     monkeypatch.setattr(demo, "_clock", clock)
-    plan = {"arms": ["strong", "strong+synthetic", "strong+oracle"], "required": ["strong", "strong+synthetic"],
-            "seeds": [0, 1], "reid_steps": 100, "timing": {"reid_s_per_step_cost": 0.1}}  # fmt: skip
+    plan = dataclasses.replace(
+        demo.new_plan(_options(), "cpu"), arms=("strong", "strong+synthetic", "strong+oracle"),
+        required=("strong", "strong+synthetic"), seeds=(0, 1), reid_steps=100,
+        timing={"reid_s_per_step_cost": 0.1},
+    )  # fmt: skip
     predicted = 100 * 0.1  # s per run
 
     def stage(total_s: float, slower: float, done=frozenset()) -> tuple[list, list, float]:
@@ -254,7 +287,7 @@ def test_reid_stage_skips_optional_runs_that_no_longer_fit(monkeypatch) -> None:
 
     # enough time: every run, seed by seed, the required arms first
     ran, skipped, _ = stage(1000.0, 1.0)
-    assert ran == [(a, s) for s in (0, 1) for a in plan["arms"]] and not skipped
+    assert ran == [(a, s) for s in (0, 1) for a in plan.arms] and not skipped
     # a machine 3x slower than planned: the required pair runs, the oracle and seed 1 are skipped
     budget_s = 55.0 / (1 - demo.FINAL_RESERVE)  # 55 s usable: 2 required runs take 60 s
     ran, skipped, elapsed = stage(budget_s, 3.0)
@@ -321,9 +354,8 @@ def _fake_demo(
     monkeypatch.setattr(demo, "identity_grid", lambda *a, **k: 0)
     monkeypatch.setattr(synth_dataset, "render_grid", lambda *a, **k: None)
     start = clock.now
-    args = argparse.Namespace(out=str(out), budget_minutes=10.0, device="cpu", seed=0, generator=None,
-                              train_generator=True, height=64, width=32, arms=None, tiny=False)  # fmt: skip
-    assert demo.run_demo(args) == 0
+    outputs = demo.run_pipeline(_options(out=out, device="cpu"))
+    assert outputs["plan and timings"] == plan_file
     return json.loads(plan_file.read_text()), out, clock.now - start
 
 

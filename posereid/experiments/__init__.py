@@ -1,7 +1,8 @@
 """Synthetic people, the re-ID gain protocol, generator quality, benchmarks, reports and the CLI.
 
 Subpackages: ``synthetic``, ``reid_gain``, ``quality``, ``bench``; modules: ``data`` (the Market input of
-a run, parsed once), ``train_generator`` and ``demo`` (commands), ``cli`` (the console script).
+a run, parsed once), ``demo`` (the demo: :class:`DemoOptions`, :class:`DemoPlan`, its stages),
+``train_generator`` and ``demo_cli`` (commands), ``cli`` (the console script).
 """
 
 from posereid._lazy import attach

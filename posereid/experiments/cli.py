@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "posereid.experiments.quality.judge.cli",
         "train / evaluate the pose judge for synthetic people",
     ),
-    "demo": ("posereid.experiments.demo", "end-to-end demo on synthetic people"),
+    "demo": ("posereid.experiments.demo_cli", "end-to-end demo on synthetic people"),
 }
 
 

@@ -1,4 +1,7 @@
-"""``posereid demo`` (``make demo``): the whole pipeline on synthetic people within a time budget.
+"""The demo (``posereid demo``, ``make demo``): the whole pipeline on synthetic people within a time budget.
+
+:func:`run_pipeline` runs it for a :class:`DemoOptions` (the command line is in
+:mod:`posereid.experiments.demo_cli`), in five named stages:
 
 1. render a synthetic Market-1501-format dataset in which every TRAIN identity is shown in only two of the
    four view directions (query and gallery show all four), so a re-ID model must recognise people from
@@ -25,23 +28,24 @@ never the strong / strong + synthetic pair. It re-plans as it goes (:class:`Budg
 longer than its plan predicted (a machine slower than its start-up probe, another process on the cores)
 leaves less time to the later stages and makes them assume the measured slowdown; inside the re-ID stage,
 an optional run (the oracle, plain arms, more seeds) that no longer fits the time left is skipped, and
-the report says so. The plan, with each stage's share, prediction and actual time, is saved in
-``OUT/demo_plan.json``; a rerun with the same options reuses it and every finished stage (data,
+the report says so. The plan (:class:`DemoPlan`), with each stage's share, prediction and actual time, is
+saved in ``OUT/demo_plan.json``; a rerun with the same options reuses it and every finished stage (data,
 generator, synthetic images, re-ID results), so it completes in seconds. ``--tiny`` runs everything at
 toy sizes in seconds (tests).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -250,8 +254,125 @@ def _clamp(v: float, lo: int, hi: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# The plan
+# The request and the plan
 # --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo is asked for (the flags of ``posereid demo``).
+
+    Args:
+        out: output folder (the plan, data, generator, synthetic images, re-ID results, pictures).
+        budget_minutes: time budget of the whole demo (at least one minute is used).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, …
+        seed: seed of the synthetic dataset, the subset and the first re-ID seed.
+        generator: use this generator checkpoint directory (any family) instead of the shipped or a
+            trained one. train_generator: train one even when one is shipped.
+        height / width: image size when training a generator (a given or shipped one sets its own).
+        arms: the re-ID arms, all required (default: strong and strong+synthetic always, the oracle when
+            it fits, more on a budget that allows them).
+        tiny: toy sizes and step counts: the whole pipeline in seconds (tests).
+    """
+
+    out: Path = Path("demo_out")
+    budget_minutes: float = 10.0
+    device: str = "auto"
+    seed: int = 0
+    generator: Path | None = None
+    train_generator: bool = False
+    height: int = 64
+    width: int = 32
+    arms: tuple[str, ...] | None = None
+    tiny: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        if self.generator is not None:
+            object.__setattr__(self, "generator", Path(self.generator))
+        if not math.isfinite(float(self.budget_minutes)) or float(self.budget_minutes) <= 0:
+            raise ValueError(f"DemoOptions.budget_minutes must be a number > 0, got {self.budget_minutes!r}")
+        for name in ("height", "width"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DemoOptions.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.arms is not None:
+            arms = tuple(self.arms)
+            unknown = [a for a in arms if a not in rg.ARMS]
+            if unknown or not arms:
+                raise ValueError(
+                    f"DemoOptions.arms: unknown arm(s) {unknown or '(none given)'}; choose from "
+                    f"{', '.join(rg.ARMS)}"
+                )
+            object.__setattr__(self, "arms", arms)
+
+
+@dataclass(frozen=True)
+class PlanKey:
+    """What must match for a rerun to reuse an earlier run's plan and finished stages."""
+
+    tiny: bool
+    budget_minutes: float
+    device: str
+    generator: str  # the checkpoint directory, or "train"
+    seed: int
+    hw: tuple[int, int]
+    arms: str | None  # the requested arms, comma-separated
+    plan_version: int = PLAN_VERSION
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PlanKey:
+        return cls(**{**data, "hw": tuple(int(v) for v in data["hw"])})
+
+
+@dataclass
+class DemoPlan:
+    """The demo's plan, saved as ``OUT/demo_plan.json`` after every stage.
+
+    The fixed part comes from the request (:func:`new_plan`); the step counts of each stage are planned
+    when it starts (``None`` until then: :func:`plan_generator`, :func:`plan_generation`,
+    :func:`plan_reid`); ``timing`` / ``predicted_s`` hold the start-up probes and what they predicted,
+    ``stages`` each stage's share, prediction and actual seconds (:class:`Budget`).
+    """
+
+    key: PlanKey
+    generator: str | None  # checkpoint directory; None: train one
+    generator_how: str  # "given", "shipped" or "train"
+    hw: tuple[int, int]
+    synth: dict[str, Any]  # the SynthConfig fields of the dataset
+    generator_preset: str
+    generator_batch_size: int
+    sampler: str
+    reid_model: str
+    reid_batch_size: int
+    reid_lr: float = 3.5e-4
+    generator_steps: int | None = None
+    steps: int | None = None
+    guidance: tuple[float, float] | None = None
+    per_image: int | None = None
+    reid_steps: int | None = None
+    arms: tuple[str, ...] | None = None
+    required: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    filter: str | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+    predicted_s: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    slowdown: float = 1.0
+    skipped: list[tuple[str, int]] = field(default_factory=list)
+    seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DemoPlan:
+        """A plan read back from ``demo_plan.json`` (lists become tuples)."""
+        d = {**data, "key": PlanKey.from_json(data["key"]), "hw": tuple(data["hw"])}
+        for name in ("guidance", "arms", "required", "seeds"):
+            if d.get(name) is not None:
+                d[name] = tuple(d[name])
+        d["skipped"] = [(str(a), int(s)) for a, s in d.get("skipped", [])]
+        return cls(**d)
+
+
 def _synth_kwargs(tiny: bool, hw: tuple[int, int], seed: int) -> dict[str, Any]:
     if tiny:
         return dict(n_train_ids=6, n_test_ids=4, per_camera=2, cameras=2, n_distractors=2, n_junk=1,
@@ -283,73 +404,87 @@ def _shipped_generator_fits(hw: tuple[int, int], seed: int) -> bool:
     return True
 
 
-def _generator_source(args: argparse.Namespace) -> tuple[str | None, str]:
+def _generator_source(options: DemoOptions) -> tuple[str | None, str]:
     """``(checkpoint dir or None, how it was chosen)``."""
-    if args.generator:
-        return str(Path(args.generator)), "given"
-    if not args.tiny and not args.train_generator and (ASSET_DIR / "config.json").is_file():
+    if options.generator is not None:
+        return str(options.generator), "given"
+    if not options.tiny and not options.train_generator and (ASSET_DIR / "config.json").is_file():
         cfg = json.loads((ASSET_DIR / "config.json").read_text())
-        if _shipped_generator_fits(tuple(int(v) for v in cfg["image_size"]), int(args.seed)):
+        if _shipped_generator_fits(tuple(int(v) for v in cfg["image_size"]), int(options.seed)):
             return str(ASSET_DIR), "shipped"
     return None, "train"
 
 
-def new_plan(args: argparse.Namespace, device: str) -> dict[str, Any]:
+def new_plan(options: DemoOptions, device: str) -> DemoPlan:
     """The request (what must match for a rerun to reuse results) and the fixed part of the plan."""
-    gen, how = _generator_source(args)
+    gen, how = _generator_source(options)
     if gen is not None:
         from posereid.models.contract import load_generator
 
         hw = tuple(load_generator(gen, device="cpu").image_size)  # any family's checkpoint
     else:
-        hw = (32, 16) if args.tiny else (int(args.height), int(args.width))
-    key = {"tiny": bool(args.tiny), "budget_minutes": float(args.budget_minutes), "device": device,
-           "generator": gen or "train", "seed": int(args.seed), "hw": list(hw), "arms": args.arms,
-           "plan_version": PLAN_VERSION}  # fmt: skip
-    plan: dict[str, Any] = {"key": key, "generator": gen, "generator_how": how, "hw": list(hw),
-                            "synth": _synth_kwargs(args.tiny, hw, args.seed)}  # fmt: skip
-    if args.tiny:
-        plan.update(generator_preset="tiny", generator_steps=3, generator_batch_size=4, per_image=1,
-                    sampler="dpmsolver++", steps=2, guidance=[1.0, 1.0], reid_model="osnet_x0_25", reid_steps=4,
-                    reid_batch_size=8, arms=[*REQUIRED_ARMS, rg.ORACLE_ARM], required=list(REQUIRED_ARMS),
-                    seeds=[int(args.seed)], filter=None)  # fmt: skip
-    else:
-        # osnet_x0_25 from scratch on ~250 images: Adam at 1e-2 reaches ~45 % mAP in 600 steps on the
-        # synthetic test split where 3.5e-4 (the ImageNet-pretrained recipe) stays near chance (measured).
-        plan.update(generator_preset="small", generator_batch_size=16, sampler="dpmsolver++",
-                    reid_model="osnet_x0_25", reid_batch_size=32, reid_lr=1e-2)  # fmt: skip
-    return plan
-
-
-def _gain_config(plan: dict[str, Any], out: Path, device: str, *, progress: bool = True) -> rg.GainConfig:
-    """The :class:`~posereid.experiments.reid_gain.GainConfig` of the plan (fields not yet planned get
-    placeholders; they are only read by the stages that come after planning them)."""
-    h, w = plan["hw"]
-    return rg.GainConfig(
-        data=out / "data", out=out / "gain", fractions=(1.0,), arms=tuple(plan.get("arms") or ("plain",)),
-        seeds=tuple(plan.get("seeds") or (plan["key"]["seed"],)), subset_seed=plan["key"]["seed"],
-        reid_steps=plan.get("reid_steps", 1), reid_model=plan["reid_model"],
-        reid_batch_size=plan["reid_batch_size"], reid_lr=plan.get("reid_lr", 3.5e-4), height=h, width=w,
-        generator_preset=plan["generator_preset"], generator_steps=max(1, plan.get("generator_steps") or 1),
-        generator_batch_size=plan["generator_batch_size"],
-        generator=plan["generator"], per_image=plan.get("per_image", 1), sampler=plan["sampler"],
-        steps=plan.get("steps", 1), guidance=tuple(plan.get("guidance", (1.0, 1.0))), pose_sampling="view",
-        annotation_hw=(h, w), filter_checkpoint=plan.get("filter"), device=device, progress=progress,
+        hw = (32, 16) if options.tiny else (int(options.height), int(options.width))
+    key = PlanKey(
+        tiny=bool(options.tiny), budget_minutes=float(options.budget_minutes), device=device,
+        generator=gen or "train", seed=int(options.seed), hw=hw,
+        arms=",".join(options.arms) if options.arms else None,
+    )  # fmt: skip
+    fixed = dict(
+        key=key, generator=gen, generator_how=how, hw=hw, synth=_synth_kwargs(options.tiny, hw, options.seed)
+    )
+    if options.tiny:
+        return DemoPlan(
+            **fixed, generator_preset="tiny", generator_steps=3, generator_batch_size=4, per_image=1,
+            sampler="dpmsolver++", steps=2, guidance=(1.0, 1.0), reid_model="osnet_x0_25", reid_steps=4,
+            reid_batch_size=8, arms=(*REQUIRED_ARMS, rg.ORACLE_ARM), required=REQUIRED_ARMS,
+            seeds=(int(options.seed),), filter=None,
+        )  # fmt: skip
+    # osnet_x0_25 from scratch on ~250 images: Adam at 1e-2 reaches ~45 % mAP in 600 steps on the
+    # synthetic test split where 3.5e-4 (the ImageNet-pretrained recipe) stays near chance (measured).
+    return DemoPlan(
+        **fixed, generator_preset="small", generator_batch_size=16, sampler="dpmsolver++",
+        reid_model="osnet_x0_25", reid_batch_size=32, reid_lr=1e-2,
     )  # fmt: skip
 
 
-def _save_plan(out: Path, plan: dict[str, Any]) -> None:
+def _gain_config(plan: DemoPlan, out: Path, device: str, *, progress: bool = True) -> rg.GainConfig:
+    """The :class:`~posereid.experiments.reid_gain.GainConfig` of the plan (fields not yet planned get
+    placeholders; they are only read by the stages that come after planning them)."""
+    h, w = plan.hw
+    return rg.GainConfig(
+        data=out / "data", out=out / "gain", fractions=(1.0,), arms=plan.arms or ("plain",),
+        seeds=plan.seeds or (plan.key.seed,), subset_seed=plan.key.seed, reid_steps=plan.reid_steps or 1,
+        reid_model=plan.reid_model, reid_batch_size=plan.reid_batch_size, reid_lr=plan.reid_lr, height=h,
+        width=w, generator_preset=plan.generator_preset, generator_steps=max(1, plan.generator_steps or 1),
+        generator_batch_size=plan.generator_batch_size, generator=plan.generator,
+        per_image=plan.per_image or 1, sampler=plan.sampler, steps=plan.steps or 1,
+        guidance=plan.guidance or (1.0, 1.0), pose_sampling="view", annotation_hw=(h, w),
+        filter_checkpoint=plan.filter, device=device, progress=progress,
+    )  # fmt: skip
+
+
+def save_plan(out: Path, plan: DemoPlan) -> None:
+    """Write ``plan`` to ``out/demo_plan.json`` (atomically)."""
     with atomic_write(out / PLAN_FILE) as fh:
-        json.dump(plan, fh, indent=2)
+        json.dump(plan.to_json(), fh, indent=2)
 
 
-def load_or_start_plan(args: argparse.Namespace, out: Path, device: str) -> dict[str, Any]:
+def _read_plan(path: Path) -> DemoPlan | None:
+    """The plan in ``path``, or ``None`` when it is not one this version can read (it then starts over)."""
+    try:
+        return DemoPlan.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError) as exc:
+        logger.info("%s: not a plan of this demo version (%s)", path, exc)
+        return None
+
+
+def load_or_start_plan(options: DemoOptions, out: Path, device: str) -> DemoPlan:
     """Reuse ``OUT/demo_plan.json`` when the request matches; otherwise clear the demo's own outputs."""
-    fresh = new_plan(args, device)
+    fresh = new_plan(options, device)
     path = out / PLAN_FILE
     if path.is_file():
-        old = json.loads(path.read_text())
-        if old.get("key") == fresh["key"]:
+        old = _read_plan(path)
+        if old is not None and old.key == fresh.key:
             _say(f"reusing the plan and finished stages in {out} (same options as before)")
             return old
         _say(f"{out}: earlier demo run with other options; starting over")
@@ -357,14 +492,14 @@ def load_or_start_plan(args: argparse.Namespace, out: Path, device: str) -> dict
             shutil.rmtree(out / sub, ignore_errors=True)
     elif (out / "data").exists() or (out / "gain").exists():
         raise FileExistsError(f"{out} holds data/ or gain/ not written by the demo; choose another --out")
-    _save_plan(out, fresh)
+    save_plan(out, fresh)
     return fresh
 
 
 # --------------------------------------------------------------------------------------------------
-# Stages
+# Planning each stage
 # --------------------------------------------------------------------------------------------------
-def stage_data(plan: dict[str, Any], out: Path) -> dict[str, Any] | None:
+def stage_data(plan: DemoPlan, out: Path) -> dict[str, Any] | None:
     """Render the synthetic dataset into ``out/data``; return its summary, or ``None`` when it was already
     there (the caller takes the summary from its one parse of the folder)."""
     from posereid.experiments.synthetic.dataset import SynthConfig, write_synthetic_market
@@ -374,31 +509,29 @@ def stage_data(plan: dict[str, Any], out: Path) -> dict[str, Any] | None:
         _say(f"  already rendered: {data}")
         return None
     shutil.rmtree(data, ignore_errors=True)  # an interrupted render of ours
-    summary = write_synthetic_market(data, SynthConfig(**plan["synth"]), progress=True)
-    return summary
+    return write_synthetic_market(data, SynthConfig(**plan.synth), progress=True)
 
 
-def plan_generator(plan: dict[str, Any], budget_s: float, device: str) -> None:
-    if "generator_steps" in plan:
+def plan_generator(plan: DemoPlan, budget_s: float, device: str) -> None:
+    """Generator training steps that fit ``budget_s`` (none for a given or shipped generator)."""
+    if plan.generator_steps is not None:
         return
-    if plan["generator"] is not None:
-        plan["generator_steps"] = 0
+    if plan.generator is not None:
+        plan.generator_steps = 0
         return
-    sps = time_generator_step(
-        plan["generator_preset"], tuple(plan["hw"]), plan["generator_batch_size"], device
-    )
-    plan["generator_steps"] = _clamp(budget_s / (sps * 1.15), 20, 4000)
-    plan["timing"] = {**plan.get("timing", {}), "generator_s_per_step": round(sps, 4)}
-    _predict(plan, "generator", plan["generator_steps"] * sps * 1.15)
+    sps = time_generator_step(plan.generator_preset, plan.hw, plan.generator_batch_size, device)
+    plan.generator_steps = _clamp(budget_s / (sps * 1.15), 20, 4000)
+    plan.timing["generator_s_per_step"] = round(sps, 4)
+    _predict(plan, "generator", plan.generator_steps * sps * 1.15)
 
 
-def _predict(plan: dict[str, Any], stage: str, seconds: float) -> None:
+def _predict(plan: DemoPlan, stage: str, seconds: float) -> None:
     """Record what the probes predict ``stage`` takes on an unloaded machine (no slowdown applied)."""
-    plan.setdefault("predicted_s", {})[stage] = round(float(seconds), 2)
+    plan.predicted_s[stage] = round(float(seconds), 2)
 
 
 def plan_generation(
-    plan: dict[str, Any],
+    plan: DemoPlan,
     generator_path: Path,
     n_sources: int,
     budget_s: float,
@@ -408,7 +541,7 @@ def plan_generation(
 ) -> None:
     """Sampling steps, guidance and images per source that fit ``budget_s`` on a machine ``slowdown``
     times slower than the probe says."""
-    if "steps" in plan:
+    if plan.steps is not None:
         return
     from posereid.models.contract import load_generator
 
@@ -422,25 +555,25 @@ def plan_generation(
             break
     steps, g = choice
     per_set = n_sources * steps * c1 * (3 if g != 1.0 else 1)
-    plan.update(steps=steps, guidance=[g, g], per_image=_clamp(budget_s / per_set, 1, 4))
-    plan["timing"] = {**plan.get("timing", {}), "generate_s_per_image_step": round(probe / 1.15, 5)}
-    _predict(plan, "generate", plan["per_image"] * per_set / max(1.0, slowdown))
+    plan.steps, plan.guidance, plan.per_image = steps, (g, g), _clamp(budget_s / per_set, 1, 4)
+    plan.timing["generate_s_per_image_step"] = round(probe / 1.15, 5)
+    _predict(plan, "generate", plan.per_image * per_set / max(1.0, slowdown))
 
 
 FILTERED_ARM = "strong+synthetic+filtered"
 
 
-def _runs(arms: list[str]) -> int:
+def _runs(arms: Sequence[str]) -> int:
     """Re-ID trainings one seed of ``arms`` costs (the filtered arm also trains its filter model)."""
     return len(arms) + (1 if FILTERED_ARM in arms else 0)
 
 
 def plan_reid(
-    plan: dict[str, Any],
+    plan: DemoPlan,
     classes: int,
     budget_s: float,
     device: str,
-    arms_arg: str | None,
+    arms_asked: Sequence[str] | None,
     *,
     slowdown: float = 1.0,
 ) -> None:
@@ -449,19 +582,18 @@ def plan_reid(
 
     Always :data:`REQUIRED_ARMS` (strong, strong + synthetic); the oracle while every run keeps
     :data:`MIN_OPTIONAL_ARM_STEPS` steps; plain arms, the identity filter and 3 or 5 seeds on rich budgets.
-    A tight budget cuts steps (down to a floor), never the required pair. ``arms_arg`` (``--arms``)
-    replaces the choice of arms, and all of them are then required.
+    A tight budget cuts steps (down to a floor), never the required pair. ``arms_asked``
+    (:attr:`DemoOptions.arms`) replaces the choice of arms, and all of them are then required.
     """
-    if "reid_steps" in plan:
+    if plan.reid_steps is not None:
         return
-    sps = time_reid_step(plan["reid_model"], tuple(plan["hw"]), plan["reid_batch_size"], classes, device)
+    sps = time_reid_step(plan.reid_model, plan.hw, plan.reid_batch_size, classes, device)
     raw = sps * 1.6 + 0.02  # data loading, transforms, scheduler; measured overhead on CPU
     cost = raw * max(1.0, slowdown)
-    if arms_arg:
-        arms = [a.strip() for a in arms_arg.split(",") if a.strip()]
-        required = list(arms)
+    if arms_asked:
+        arms, required = list(arms_asked), tuple(arms_asked)
     else:
-        arms, required = list(REQUIRED_ARMS), list(REQUIRED_ARMS)
+        arms, required = list(REQUIRED_ARMS), REQUIRED_ARMS
         if budget_s / (3 * cost) >= MIN_OPTIONAL_ARM_STEPS:  # the oracle, when it fits
             arms.append(rg.ORACLE_ARM)
             if budget_s / (5 * cost) >= RICH_STEPS:
@@ -470,29 +602,24 @@ def plan_reid(
                     arms.append(FILTERED_ARM)
     runs = _runs(arms)
     n_seeds = next((n for n in (5, 3) if budget_s / (n * runs * cost) >= MORE_SEEDS_STEPS), 1)
-    seeds = [plan["key"]["seed"] + i for i in range(n_seeds)]
-    plan.update(
-        arms=arms, required=required, seeds=seeds,
-        reid_steps=_clamp(budget_s / (len(seeds) * runs * cost), 40, 3000),
-        filter="auto" if FILTERED_ARM in arms else None,
-    )  # fmt: skip
-    plan["timing"] = {
-        **plan.get("timing", {}),
-        "reid_s_per_step": round(sps, 4),
-        "reid_s_per_step_cost": round(raw, 4),
-    }
-    _predict(plan, "reid", plan["reid_steps"] * raw * len(seeds) * runs)
+    plan.arms, plan.required = tuple(arms), required
+    plan.seeds = tuple(plan.key.seed + i for i in range(n_seeds))
+    plan.reid_steps = _clamp(budget_s / (n_seeds * runs * cost), 40, 3000)
+    plan.filter = "auto" if FILTERED_ARM in arms else None
+    plan.timing.update(reid_s_per_step=round(sps, 4), reid_s_per_step_cost=round(raw, 4))
+    _predict(plan, "reid", plan.reid_steps * raw * n_seeds * runs)
 
 
-def reid_runs(plan: dict[str, Any]) -> list[list[tuple[str, int]]]:
+def reid_runs(plan: DemoPlan) -> list[list[tuple[str, int]]]:
     """The planned re-ID cells, grouped by seed, in the order they run (the required arms first)."""
-    required = plan.get("required") or list(REQUIRED_ARMS)
-    arms = [a for a in plan["arms"] if a in required] + [a for a in plan["arms"] if a not in required]
-    return [[(a, int(s)) for a in arms] for s in plan["seeds"]]
+    required = plan.required or REQUIRED_ARMS
+    arms = plan.arms or ()
+    ordered = [a for a in arms if a in required] + [a for a in arms if a not in required]
+    return [[(a, int(s)) for a in ordered] for s in plan.seeds or ()]
 
 
 def run_reid_stage(
-    plan: dict[str, Any],
+    plan: DemoPlan,
     budget: Budget,
     run_cell: Callable[[str, int], object],
     done: Collection[tuple[str, int]] = (),
@@ -505,14 +632,15 @@ def run_reid_stage(
     measured one (the plan's prediction × the slowdown before any), twice for the filtered arm (which
     also trains its filter model). Cells in ``done`` (finished by an earlier run) cost nothing.
     """
-    required = set(plan.get("required") or REQUIRED_ARMS)
-    cost = plan.get("timing", {}).get("reid_s_per_step_cost")
-    per_run = plan["reid_steps"] * float(cost) * budget.slowdown if cost else 0.0
+    required = set(plan.required or REQUIRED_ARMS)
+    cost = plan.timing.get("reid_s_per_step_cost")
+    per_run = (plan.reid_steps or 0) * float(cost) * budget.slowdown if cost else 0.0
+    first_seed = plan.seeds[0] if plan.seeds else None
     ran: list[tuple[str, int]] = []
     skipped: list[tuple[str, int]] = []
 
     def weight(arm: str, seed: int) -> int:
-        return 2 if arm == FILTERED_ARM and seed == plan["seeds"][0] else 1
+        return 2 if arm == FILTERED_ARM and seed == first_seed else 1
 
     def run(cell: tuple[str, int]) -> None:
         nonlocal per_run
@@ -664,53 +792,8 @@ def identity_grid(
 
 
 # --------------------------------------------------------------------------------------------------
-# CLI
+# The run, stage by stage
 # --------------------------------------------------------------------------------------------------
-def add_demo_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--budget-minutes", type=float, default=10.0, help="time budget for the whole demo")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, …")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--generator", help="use this generator checkpoint directory")
-    parser.add_argument(
-        "--train-generator",
-        action="store_true",
-        help="train a generator even when one is shipped in posereid/assets/generator-small",
-    )
-    parser.add_argument("--height", type=int, default=64, help="image height when training a generator")
-    parser.add_argument("--width", type=int, default=32, help="image width when training a generator")
-    parser.add_argument(
-        "--arms",
-        help=f"comma list from {', '.join(rg.ARMS)} (default: strong and strong+synthetic always, "
-        f"{rg.ORACLE_ARM} when it fits, more on a budget that allows them)",
-    )
-    parser.add_argument(
-        "--tiny",
-        "--quick",
-        dest="tiny",
-        action="store_true",
-        help="toy sizes and step counts: the whole pipeline in seconds (for tests)",
-    )
-
-
-def _finish_stage(budget: Budget, plan: dict[str, Any], stage: str, *, worked: bool) -> None:
-    """Close ``stage`` on the budget; say so when it ran over its share or slower than its probe (the
-    later stages then re-plan for the slowdown)."""
-    before = budget.slowdown
-    actual = budget.finish(stage, worked=worked)
-    plan["slowdown"] = round(budget.slowdown, 3)
-    entry = budget.log[stage]
-    if not worked:
-        return
-    share, predicted = float(entry["share_s"]), float(entry["predicted_s"])
-    if actual > 1.05 * share > 0 or budget.slowdown > max(1.1, 1.05 * before):
-        _say(
-            f"  the {stage} stage took {actual:.0f} s ({share:.0f} s share, {predicted:.0f} s predicted by the "
-            f"start-up probe): the later stages plan for a machine {budget.slowdown:.1f}x slower than its "
-            f"probe, in the {max(0.0, budget.left()):.0f} s left"
-        )
-
-
 def comparison_lines(summary: list[dict[str, Any]], oracle_ran: bool) -> list[str]:
     """The demo's answer: every augmented arm against its baseline (paired, with its interval when there
     are several seeds), then the share of the oracle's gain strong + synthetic recovers."""
@@ -755,106 +838,180 @@ def comparison_lines(summary: list[dict[str, Any]], oracle_ran: bool) -> list[st
     return lines
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    budget = Budget(max(1.0, float(args.budget_minutes)) * 60.0, SHARES_TRAIN)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class _Run:
+    """One demo run in progress: where it writes, its device, budget and plan, and the parsed dataset."""
+
+    options: DemoOptions
+    out: Path
+    device: str
+    budget: Budget
+    plan: DemoPlan
+    source: MarketSource | None = None  # the run's one parse of the dataset and its annotations
+    n_train: int = 0  # train images
+    n_ids: int = 0  # train identities
+
+    def config(self) -> rg.GainConfig:
+        """The gain protocol's config for what is planned so far."""
+        return _gain_config(self.plan, self.out, self.device)
+
+    def save(self) -> None:
+        save_plan(self.out, self.plan)
+
+    def finish(self, stage: str, *, worked: bool) -> None:
+        """Close ``stage`` on the budget; say so when it ran over its share or slower than its probe (the
+        later stages then re-plan for the slowdown)."""
+        budget = self.budget
+        before = budget.slowdown
+        actual = budget.finish(stage, worked=worked)
+        self.plan.slowdown = round(budget.slowdown, 3)
+        entry = budget.log[stage]
+        if not worked:
+            return
+        share, predicted = float(entry["share_s"]), float(entry["predicted_s"])
+        if actual > 1.05 * share > 0 or budget.slowdown > max(1.1, 1.05 * before):
+            _say(
+                f"  the {stage} stage took {actual:.0f} s ({share:.0f} s share, {predicted:.0f} s predicted "
+                f"by the start-up probe): the later stages plan for a machine {budget.slowdown:.1f}x slower "
+                f"than its probe, in the {max(0.0, budget.left()):.0f} s left"
+            )
+
+
+def run_pipeline(options: DemoOptions) -> dict[str, Path]:
+    """Run the demo (see the module docstring) within ``options.budget_minutes``; return its outputs
+    (description → path), which it also prints."""
+    run = _start(options)
+    _data_stage(run)
+    generator, subset = _generator_stage(run)
+    _generate_stage(run, generator, subset)
+    config, ran = _reid_stage(run)
+    return _report_stage(run, config, ran, generator)
+
+
+def _start(options: DemoOptions) -> _Run:
+    """The budget starts; the device, the plan (new or reused) and the CPU threads are settled."""
     from posereid.models.runtime import resolve_device
 
-    device = str(resolve_device(None if args.device in ("", "auto") else args.device))
-    plan = load_or_start_plan(args, out, device)
-    budget.shares = SHARES_SHIPPED if plan["generator"] is not None else SHARES_TRAIN
-    budget.log = plan.setdefault("stages", {})
-    h, w = plan["hw"]
+    budget = Budget(max(1.0, float(options.budget_minutes)) * 60.0, SHARES_TRAIN)
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    device = str(resolve_device(None if options.device in ("", "auto") else options.device))
+    plan = load_or_start_plan(options, out, device)
+    budget.shares = SHARES_SHIPPED if plan.generator is not None else SHARES_TRAIN
+    budget.log = plan.stages
+    h, w = plan.hw
     threads = ""
-    if device == "cpu" and not args.tiny:
-        n = pick_cpu_threads(reid_step_fn(plan["reid_model"], (h, w), plan["reid_batch_size"], 8, "cpu"))
+    if device == "cpu" and not options.tiny:
+        n = pick_cpu_threads(reid_step_fn(plan.reid_model, plan.hw, plan.reid_batch_size, 8, "cpu"))
         threads = f", {n} CPU thread{'s' if n > 1 else ''}"
     _say(f"posereid demo → {out}  (device {device}{threads}, budget {budget.total_s / 60:.0f} min"
-         f"{', tiny' if args.tiny else ''}, images {h}x{w})")  # fmt: skip
+         f"{', tiny' if options.tiny else ''}, images {h}x{w})")  # fmt: skip
+    return _Run(options, out, device, budget, plan)
 
-    # 1. data ------------------------------------------------------------------------------------
-    s = plan["synth"]
+
+def _data_stage(run: _Run) -> None:
+    """[1/5] Render the synthetic dataset (or reuse it) and parse it once for every later stage."""
+    s = run.plan.synth
     _say(
         f"\n[1/5] rendering a synthetic Market-1501 dataset: {s['n_train_ids']} train identities, each "
         f"seen in only {s['train_views']} of 4 view directions; {s['n_test_ids']} test identities in all views"
     )
-    rendered = stage_data(plan, out)
-    # the run's one parse of the dataset and its annotations, shared by every stage below
-    source = MarketSource(out / "data", rg.find_annotations(out / "data"))
-    summary = rendered if rendered is not None else source.market.summary()
-    n_train = int(summary["train"]["images"])
+    rendered = stage_data(run.plan, run.out)
+    data = run.out / "data"
+    run.source = MarketSource(data, rg.find_annotations(data))
+    summary = rendered if rendered is not None else run.source.market.summary()
+    run.n_train = int(summary["train"]["images"])
+    run.n_ids = int(summary["train"]["identities"])
     _say("  " + ", ".join(f"{k}: {summary[k]['images']} images / {summary[k]['identities']} ids"
                           for k in ("train", "query", "gallery")))  # fmt: skip
 
-    # 2. generator --------------------------------------------------------------------------------
-    plan_generator(plan, budget.share("generator"), device)
-    _save_plan(out, plan)
-    cfg = _gain_config(plan, out, device)
-    subset = rg.prepare_fraction(cfg, 1.0, source=source)
-    train_now = plan["generator"] is None and not is_checkpoint_dir(rg.generator_dir(cfg, 1.0))
-    if plan["generator"] is not None:
-        _say(f"\n[2/5] generator: using the {plan['generator_how']} checkpoint {plan['generator']}")
+
+def _generator_stage(run: _Run) -> tuple[Path, Any]:
+    """[2/5] The generator: given, shipped, trained before, or trained now for its share of the budget.
+    Returns its checkpoint and the (full) train subset."""
+    plan, budget = run.plan, run.budget
+    plan_generator(plan, budget.share("generator"), run.device)
+    run.save()
+    cfg = run.config()
+    subset = rg.prepare_fraction(cfg, 1.0, source=run.source)
+    train_now = plan.generator is None and not is_checkpoint_dir(rg.generator_dir(cfg, 1.0))
+    if plan.generator is not None:
+        _say(f"\n[2/5] generator: using the {plan.generator_how} checkpoint {plan.generator}")
     elif not train_now:
-        _say(f"\n[2/5] generator: reusing the one trained before ({plan['generator_steps']} steps)")
+        _say(f"\n[2/5] generator: reusing the one trained before ({plan.generator_steps} steps)")
     else:
-        timing = plan.get("timing", {}).get("generator_s_per_step")
-        _say(f"\n[2/5] generator: training the '{plan['generator_preset']}' preset on the {n_train} train "
-             f"images for {plan['generator_steps']} steps (batch {plan['generator_batch_size']}"
+        timing = plan.timing.get("generator_s_per_step")
+        _say(f"\n[2/5] generator: training the '{plan.generator_preset}' preset on the {run.n_train} train "
+             f"images for {plan.generator_steps} steps (batch {plan.generator_batch_size}"
              + (f", {timing:.2f} s/step measured, ~{budget.share('generator') / 60:.1f} min budget" if timing else "")
              + ")")  # fmt: skip
-    budget.start("generator", plan.get("predicted_s", {}).get("generator", 0.0) if train_now else 0.0)
-    gen_path = rg.ensure_generator(cfg, 1.0, subset, device=device, source=source)
-    _finish_stage(budget, plan, "generator", worked=train_now)
-    _say(f"  generator: {gen_path}")
+    budget.start("generator", plan.predicted_s.get("generator", 0.0) if train_now else 0.0)
+    generator = rg.ensure_generator(cfg, 1.0, subset, device=run.device, source=run.source)
+    run.finish("generator", worked=train_now)
+    _say(f"  generator: {generator}")
+    return generator, subset
 
-    # 3. synthetic images -------------------------------------------------------------------------
-    plan_generation(plan, gen_path, n_train, budget.share("generate"), device, slowdown=budget.slowdown)
-    _save_plan(out, plan)
-    cfg = _gain_config(plan, out, device)
+
+def _generate_stage(run: _Run, generator: Path, subset: Any) -> None:
+    """[3/5] Synthetic images of every train image in new, view-balanced poses (or reuse them)."""
+    plan, budget = run.plan, run.budget
+    plan_generation(
+        plan, generator, run.n_train, budget.share("generate"), run.device, slowdown=budget.slowdown
+    )
+    run.save()
+    cfg = run.config()
     generate_now = not (rg.synthetic_dir(cfg, 1.0) / "gain_done.json").is_file()
     _say(
-        f"\n[3/5] generating{'' if generate_now else ' (already done)'} {plan['per_image']} image(s) per train "
-        f"image in new poses (view-balanced pose sampling, {plan['sampler']} {plan['steps']} steps, guidance "
-        f"{plan['guidance'][0]:g})"
+        f"\n[3/5] generating{'' if generate_now else ' (already done)'} {plan.per_image} image(s) per train "
+        f"image in new poses (view-balanced pose sampling, {plan.sampler} {plan.steps} steps, guidance "
+        f"{plan.guidance[0]:g})"
     )
-    budget.start("generate", plan.get("predicted_s", {}).get("generate", 0.0) if generate_now else 0.0)
-    n_syn = rg.ensure_synthetic(cfg, 1.0, subset, gen_path, device=device)
-    _finish_stage(budget, plan, "generate", worked=generate_now)
+    budget.start("generate", plan.predicted_s.get("generate", 0.0) if generate_now else 0.0)
+    n_syn = rg.ensure_synthetic(cfg, 1.0, subset, generator, device=run.device)
+    run.finish("generate", worked=generate_now)
     _say(f"  {n_syn} synthetic images under their source identities: {rg.synthetic_dir(cfg, 1.0)}")
 
-    # 4. re-ID ------------------------------------------------------------------------------------
-    plan_reid(plan, int(summary["train"]["identities"]), budget.share("reid"), device, args.arms,
-              slowdown=budget.slowdown)  # fmt: skip
-    _save_plan(out, plan)
-    cfg = _gain_config(plan, out, device)
+
+def _reid_stage(run: _Run) -> tuple[rg.GainConfig, list[tuple[str, int]]]:
+    """[4/5] The planned re-ID cells that fit (same steps for every run); returns the config and the
+    cells that ran (or had run before)."""
+    plan, budget = run.plan, run.budget
+    plan_reid(plan, run.n_ids, budget.share("reid"), run.device, run.options.arms, slowdown=budget.slowdown)
+    run.save()
+    cfg = run.config()
+    h, w = plan.hw
     _say(
         f"\n[4/5] re-ID: {cfg.reid_model} at {h}x{w}, {cfg.reid_steps} steps for EVERY run; arms "
         f"{', '.join(cfg.arms)}; seed(s) {', '.join(map(str, cfg.seeds))}"
     )
-    csv_path = cfg.out / "results.csv"
-    done = {(r["arm"], int(r["seed"])) for r in rg.read_results(csv_path) if float(r["fraction"]) == 1.0}
-    budget.start("reid", plan.get("predicted_s", {}).get("reid", 0.0))
-    ran, skipped = run_reid_stage(
-        plan,
-        budget,
-        lambda arm, seed: rg.run_gain(dataclasses.replace(cfg, arms=(arm,), seeds=(seed,)), source=source),
-        done,
-    )
-    _finish_stage(budget, plan, "reid", worked=bool(set(ran) - done))
-    plan["skipped"] = [list(c) for c in skipped]
-    _save_plan(out, plan)
+    rows = rg.read_results(cfg.out / "results.csv")
+    done = {(r["arm"], int(r["seed"])) for r in rows if float(r["fraction"]) == 1.0}
+    budget.start("reid", plan.predicted_s.get("reid", 0.0))
+
+    def cell(arm: str, seed: int) -> object:
+        return rg.run_gain(dataclasses.replace(cfg, arms=(arm,), seeds=(seed,)), source=run.source)
+
+    ran, skipped = run_reid_stage(plan, budget, cell, done)
+    run.finish("reid", worked=bool(set(ran) - done))
+    plan.skipped = list(skipped)
+    run.save()
     for arm, seed in skipped:
         _say(
             f"  skipped for time: {arm}, seed {seed} (it no longer fit the {max(0.0, budget.left()):.0f} s left)"
         )
+    return cfg, ran
 
-    # 5. report -----------------------------------------------------------------------------------
+
+def _report_stage(
+    run: _Run, cfg: rg.GainConfig, ran: list[tuple[str, int]], generator: Path
+) -> dict[str, Path]:
+    """[5/5] The table, the comparison and the recovered share, the reports and pictures; returns and
+    prints where every output is."""
     _say("\n[5/5] results (mAP / rank-1 in %, on query/gallery identities never seen in training)\n")
     cells = set(ran)
     rows = [
         r
-        for r in rg.read_results(csv_path)
+        for r in rg.read_results(cfg.out / "results.csv")
         if float(r["fraction"]) == 1.0 and (r["arm"], int(r["seed"])) in cells
     ]
     cfg = dataclasses.replace(
@@ -867,45 +1024,61 @@ def run_demo(args: argparse.Namespace) -> int:
     _say(rg.markdown_table(summary_rows))
     for line in comparison_lines(summary_rows, oracle_ran=rg.ORACLE_ARM in cfg.arms):
         _say(line)
-    samples = out / "samples.png"
-    identities = out / "identities.png"
-    people = out / "people.png"
-    n_rows = sample_grid(cfg, samples)
-    n_ids = identity_grid(cfg, identities, source=source)
-    from posereid.experiments.synthetic.dataset import render_grid
-
-    render_grid(people, n_ids=4, n_cols=8, seed=plan["key"]["seed"], height=h, width=w)
-    plan["seconds"] = round(budget.elapsed(), 1)
-    _save_plan(out, plan)
+    pictures = _write_pictures(run, cfg)
+    run.plan.seconds = round(run.budget.elapsed(), 1)
+    run.save()
     outputs = {
         "results table": cfg.out / "results.md",
         "results CSV": cfg.out / "results.csv",
         "plot (mAP/rank-1 per arm, Δ vs strong)": cfg.out / "results.png",
-        f"sample grid ({n_rows} rows: source | target skeleton | generated)": samples,
-        f"identity grid ({n_ids} ids: real train views | generated)": identities,
-        "synthetic people (views x cameras)": people,
+        **pictures,
         "synthetic dataset": cfg.data,
-        "generator": gen_path,
+        "generator": generator,
         "synthetic images + manifest": rg.synthetic_dir(cfg, 1.0),
-        "plan and timings": out / PLAN_FILE,
+        "plan and timings": run.out / PLAN_FILE,
     }
     if rg.ORACLE_ARM in cfg.arms:
         outputs["oracle images (hidden views, rendered)"] = rg.oracle_dir(cfg, 1.0)
-    _say(f"\ndone in {plan['seconds'] / 60:.1f} min. Outputs:")
+    _say(f"\ndone in {run.plan.seconds / 60:.1f} min. Outputs:")
     for what, path in outputs.items():
         _say(f"  {what:<58} {path}")
-    return 0
+    return outputs
+
+
+def _write_pictures(run: _Run, cfg: rg.GainConfig) -> dict[str, Path]:
+    """The sample grid, the identity grid and a grid of synthetic people; description → path."""
+    from posereid.experiments.synthetic.dataset import render_grid
+
+    samples, identities, people = run.out / "samples.png", run.out / "identities.png", run.out / "people.png"
+    n_rows = sample_grid(cfg, samples)
+    n_ids = identity_grid(cfg, identities, source=run.source)
+    h, w = run.plan.hw
+    render_grid(people, n_ids=4, n_cols=8, seed=run.plan.key.seed, height=h, width=w)
+    return {
+        f"sample grid ({n_rows} rows: source | target skeleton | generated)": samples,
+        f"identity grid ({n_ids} ids: real train views | generated)": identities,
+        "synthetic people (views x cameras)": people,
+    }
 
 
 __all__ = [
     "ASSET_DIR",
     "Budget",
-    "add_demo_args",
+    "DemoOptions",
+    "DemoPlan",
+    "PlanKey",
     "comparison_lines",
     "identity_grid",
+    "load_or_start_plan",
+    "new_plan",
     "pick_cpu_threads",
-    "run_demo",
+    "plan_generation",
+    "plan_generator",
+    "plan_reid",
+    "run_pipeline",
     "run_reid_stage",
     "sample_grid",
+    "save_plan",
     "stage_budget",
+    "write_asset_meta",
 ]

@@ -83,8 +83,8 @@ def add_session_args(p: argparse.ArgumentParser) -> None:
 def synth_config(args: argparse.Namespace) -> SynthConfig:
     """The session's synthetic 128x64 people: ``--train-ids`` train identities, 2 test ones, 6 cameras."""
     return SynthConfig(
-        n_train_ids=args.train_ids, n_test_ids=2, per_camera=4, cameras=6, height=args.height, width=args.width,
-        seed=0,
+        n_train_ids=args.train_ids, n_test_ids=2, per_camera=4, cameras=6, height=args.height,
+        width=args.width, seed=0,
     )  # fmt: skip
 
 
@@ -183,7 +183,8 @@ def run_session(args: argparse.Namespace) -> dict:
         data, run = Path(tmp) / "data", Path(tmp) / "train"
         summary = write_synthetic_market(data, synth_config(args), progress=False)
         print(
-            f"synthetic data: {summary['train']['images']} train images of {summary['train']['identities']} ids"
+            f"synthetic data: {summary['train']['images']} train images, "
+            f"{summary['train']['identities']} identities"
         )
         info["parts"]["data_minutes"] = round(elapsed() - info["parts"]["bench_minutes"], 2)
         left = args.minutes - elapsed() - args.reserve_minutes

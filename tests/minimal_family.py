@@ -55,7 +55,7 @@ class ConcatPipeline(GeneratorPipeline):
     model_class = ConcatModel
     PRESETS = {"tiny": dict(image_size=(32, 16), prediction_type="flow")}
 
-    def conditions(self, source, target_kps, source_kps=None, *, generator=None, training=False):
+    def conditions(self, source, target_kps, source_kps):
         self.check_images(source, "source")
         return self.pose_maps(target_kps, batch=source.shape[0]), source * 2.0 - 1.0
 

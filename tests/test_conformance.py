@@ -208,8 +208,17 @@ def test_reid_gain_accepts_every_family(family: str, ckpts: dict[str, Path], tmp
     market = tmp_path / "market"
     write_synthetic_market(
         market,
-        SynthConfig(n_train_ids=3, n_test_ids=3, per_camera=1, cameras=2, n_distractors=1, n_junk=0,
-                    height=H, width=W, seed=1),  # fmt: skip
+        SynthConfig(
+            n_train_ids=3,
+            n_test_ids=3,
+            per_camera=1,
+            cameras=2,
+            n_distractors=1,
+            n_junk=0,
+            height=H,
+            width=W,
+            seed=1,
+        ),  # fmt: skip
         progress=False,
     )
     out = tmp_path / "out"
@@ -222,3 +231,23 @@ def test_reid_gain_accepts_every_family(family: str, ckpts: dict[str, Path], tmp
     assert rc == 0
     cell = json.loads(next((out / "work" / "cells").glob("*.json")).read_text())
     assert cell["synthetic_images"] > 0
+
+
+def test_shared_config_fields_agree_across_families() -> None:
+    """The size fields spelled out in every model's ``__init__`` (marked "kept on purpose" there) mean the same
+    everywhere: same annotation, and the shared preset sizes build every model that takes them."""
+    from posereid.models.cfld import CFLDModel
+    from posereid.models.parts import TOKEN_UNET_SIZES
+    from posereid.models.pcdms.model import PCDMsInpainter, PCDMsRefiner
+    from posereid.models.pidm import PIDMModel
+
+    token_models = (PIDMModel, PCDMsInpainter, PCDMsRefiner)
+    common = ("image_size", "block_out_channels", "layers_per_block", "attention_head_dim", "norm_num_groups",
+              "cross_attention_dim")  # fmt: skip
+    for field in {*TOKEN_UNET_SIZES["tiny"], *common}:
+        owners = [m for m in (*token_models, CFLDModel) if field in inspect.signature(m.__init__).parameters]
+        kinds = {str(inspect.signature(m.__init__).parameters[field].annotation) for m in owners}
+        assert len(kinds) == 1, (field, kinds)
+        assert field not in TOKEN_UNET_SIZES["tiny"] or set(token_models) <= set(owners), field
+    for model in token_models:
+        assert list(model(**TOKEN_UNET_SIZES["tiny"]).config.image_size) == [H, W]

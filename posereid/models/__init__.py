@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = attach(
             "render_pose_maps", "resize_keypoints", "skeleton_tensor", "visible_mask",
         ],
         "pose_estimation": ["BLAZEPOSE_TO_COCO18", "INSTALL_HINT", "MissingExtraError", "PoseEstimator", "landmarks_to_coco18"],
-        "contract": ["FAMILIES", "PoseTransferGenerator", "UnknownGeneratorError", "checkpoint_family", "family_class", "is_checkpoint_dir", "load_generator", "register_family"],
+        "contract": ["FAMILIES", "PoseTransferGenerator", "PoseTransferSampler", "UnknownGeneratorError", "checkpoint_family", "family_class", "is_checkpoint_dir", "load_generator", "register_family"],
         "pipeline": [
             "SAMPLING_DEFAULTS", "Component", "GeneratorPipeline", "SamplingOptions", "autocast_context", "init_fields",
             "load_scheduler", "sampling_options", "save_scheduler",
@@ -44,7 +44,9 @@ __getattr__, __dir__, __all__ = attach(
         "runtime": ["resolve_device"],
         "images": ["pil_to_tensor01", "tensor01_to_pil", "tensor01_to_uint8"],
         "locks": ["FILTER_LOCK_NAME", "LOCK_NAME", "OutputLock", "OutputLockedError", "output_lock", "read_holder", "shard_lock_name"],
-        "texture_attention": ["LevelTokensProcessor", "assign_levels", "use_level_tokens"],
+        "texture_attention": [
+            "HybridGranularityProcessor", "LevelTokensProcessor", "SourceAttnProcessor", "assign_levels", "use_level_tokens",
+        ],
         "io_utils": ["atomic_save", "atomic_write", "file_sha256", "is_temp_file"],
     },
 )  # fmt: skip

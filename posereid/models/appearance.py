@@ -30,6 +30,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from posereid.models.checkpoint import require_local_weights
+from posereid.models.pose import POSE_CHANNELS
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,7 +105,7 @@ class AppearanceEncoder(nn.Module):
         channels: Sequence[int],
         token_dim: int,
         *,
-        in_channels: int = 3,
+        use_pose: bool = False,
         stem_stride: int = 2,
         norm_groups: int = 8,
         backbone_path: str | None = None,
@@ -116,6 +117,7 @@ class AppearanceEncoder(nn.Module):
         if bad:
             raise ValueError(f"appearance channels {bad} are not divisible by norm_num_groups={norm_groups}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
+        in_channels = 3 + (POSE_CHANNELS if use_pose else 0)
         self.in_channels = in_channels
         self.shapes = pyramid_shapes(*self.image_size, len(channels), stem_stride)
         self.stem = nn.Conv2d(in_channels, channels[0], kernel_size=stem_stride, stride=stem_stride)
@@ -175,6 +177,7 @@ class AppearanceEncoder(nn.Module):
         """The tokens of each pyramid level ``(B, h_i·w_i, D)`` (finest first), then the backbone's if any.
 
         Layer-normalised per token, so their concatenation is exactly :meth:`forward`'s sequence."""
+        source = source.to(self.stem.weight.device)
         x = source.to(self.stem.weight.dtype) * 2.0 - 1.0
         if self.in_channels > 3:
             if source_maps is None:

@@ -16,11 +16,12 @@ state dict that does not fit the config, or a weight with a NaN/Inf value (named
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -66,6 +67,31 @@ def read_json(path: str | os.PathLike[str]) -> dict:
         raise CheckpointError(f"{path}: invalid JSON (line {err.lineno}): {err.msg}") from err
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+@contextlib.contextmanager
+def refused_as(path: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Turn a ``TypeError`` / ``ValueError`` raised inside (a constructor refusing a config) into
+    :class:`CheckpointError` ``"<path>: <what> (<the error>)"``, so the user learns which file is wrong."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: {what} ({err})") from err
+
+
+def read_class_json(
+    path: str | os.PathLike[str], names: tuple[str, ...], *, default: str | None = None
+) -> dict:
+    """The JSON object in ``path`` (a ``config.json`` or ``model_index.json``), refused with
+    :class:`CheckpointError` naming the file when its ``_class_name`` (``default`` when absent) is not one of
+    ``names``."""
+    data = read_json(path)
+    name = data.get("_class_name", default)
+    if name not in names:
+        raise CheckpointError(f"{path}: is a {name!r} checkpoint, not {names[0]}")
     return data
 
 
@@ -264,15 +290,10 @@ class CheckpointMixin:
         """
         directory = Path(pretrained_model_name_or_path)
         cfg_path = directory / CONFIG_NAME
-        config = read_json(cfg_path)
-        name = config.get("_class_name", cls.__name__)
-        if name not in (cls.__name__, *cls.LEGACY_CLASS_NAMES):
-            raise CheckpointError(f"{cfg_path}: is a {name} checkpoint, not {cls.__name__}")
+        config = read_class_json(cfg_path, (cls.__name__, *cls.LEGACY_CLASS_NAMES), default=cls.__name__)
         config = {**cls._checkpoint_config(config, directory), "_class_name": cls.__name__}
-        try:
+        with refused_as(cfg_path, f"invalid {cls.__name__} config"):
             model = cls.from_config(config)  # type: ignore[attr-defined]
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{cfg_path}: invalid {cls.__name__} config ({err})") from err
         weights = load_model_weights(model, directory, use_ema=use_ema)
         logger.info("loaded %s from %s", cls.__name__, weights)
         return model.eval()
@@ -295,6 +316,8 @@ __all__ = [
     "check_state_dict",
     "load_model_weights",
     "load_weights",
+    "read_class_json",
+    "refused_as",
     "read_json",
     "save_model",
     "save_weights",

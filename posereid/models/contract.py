@@ -16,31 +16,23 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from posereid.models.checkpoint import CONFIG_NAME, MODEL_INDEX_NAME, CheckpointError, read_json
+from posereid.models.pipeline import GeneratorPipeline
 
 
 @runtime_checkable
-class PoseTransferGenerator(Protocol):
-    """Source image + keypoints, target keypoints → image; what every family's pipeline provides.
-
-    Implementations are ``torch.nn.Module`` s (``.to``, ``.eval``, ``.parameters`` work), so the shared
-    training loop (:func:`posereid.models.training.train_generator`) can optimise, average and checkpoint
-    them without knowing the family. Every family's pipeline (a
-    :class:`~posereid.models.pipeline.GeneratorPipeline`) provides all of it; a wrapper such as
-    :class:`~posereid.models.refine.RefinedGenerator` provides what sampling needs.
-    """
+class PoseTransferSampler(Protocol):
+    """Source image + keypoints, target keypoints → image: what sampling callers need (the augment transform,
+    offline generation, the identity filter, quality reports). Every family's pipeline is one, and so is a
+    wrapper such as :class:`~posereid.models.refine.RefinedGenerator`."""
 
     family: str
-    #: preset name → config fields (:meth:`from_preset`)
-    PRESETS: ClassVar[dict[str, dict]]
-    #: stages a multi-stage family trains one at a time; empty for a one-model family
-    TRAINING_STAGES: ClassVar[tuple[str, ...]]
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -50,36 +42,31 @@ class PoseTransferGenerator(Protocol):
     def device(self) -> torch.device:
         """Where the weights are; inputs are moved there."""
 
-    def generate(
-        self,
-        source: torch.Tensor,
-        target_kps: torch.Tensor,
-        source_kps: torch.Tensor | None = None,
-        *,
-        steps: int = 20,
-        sampler: str = "dpmsolver++",
-        guidance: Sequence[float] = (2.0, 2.0),
-        seeds: Sequence[int] | None = None,
-        generator: list[torch.Generator] | torch.Generator | None = None,
-        callback: Callable[[int, int, torch.Tensor], None] | None = None,
-        autocast_dtype: torch.dtype | None = None,
-        progress: bool = False,
-    ) -> torch.Tensor:
-        """``(B, 3, H, W)`` images in ``[0, 1]``; one seed per sample makes each independent of the batch.
+    #: ``generate(source, target_kps, source_kps=None, *, steps, sampler, guidance, seeds, generator, callback,
+    #: autocast_dtype, progress) -> (B, 3, H, W)`` images in ``[0, 1]``; one seed per sample makes each
+    #: image independent of the batch. The one spelled-out signature is the base pipeline's (no copy here).
+    generate = GeneratorPipeline.generate
 
-        The defaults are :data:`posereid.models.pipeline.SAMPLING_DEFAULTS` (a test checks they agree).
-        """
+    def reinitialized(self) -> PoseTransferSampler:
+        """A fresh, untrained generator of the same configuration (a quality report's floor)."""
 
-    def training_loss(
-        self,
-        source: torch.Tensor,
-        target: torch.Tensor,
-        source_kps: torch.Tensor,
-        target_kps: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Scalar loss of one batch of same-identity pairs (the shared training loop's hook)."""
+
+@runtime_checkable
+class PoseTransferGenerator(PoseTransferSampler, Protocol):
+    """A trainable, saveable generator: what every family's pipeline provides (``load_generator`` returns
+    one). Implementations are ``torch.nn.Module`` s (``.to``, ``.eval``, ``.parameters`` work), so the shared
+    training loop (:func:`posereid.models.training.train_generator`) can optimise, average and checkpoint
+    them without knowing the family.
+    """
+
+    #: preset name → config fields (:meth:`from_preset`)
+    PRESETS: ClassVar[dict[str, dict]]
+    #: stages a multi-stage family trains one at a time; empty for a one-model family
+    TRAINING_STAGES: ClassVar[tuple[str, ...]]
+
+    #: ``training_loss(source, target, source_kps, target_kps, *, generator=None)``: the scalar loss of one
+    #: batch of same-identity pairs (the shared training loop's hook).
+    training_loss = GeneratorPipeline.training_loss
 
     def save_pretrained(
         self, save_directory: str | os.PathLike[str], ema_state_dict: Mapping[str, torch.Tensor] | None = None
@@ -98,9 +85,6 @@ class PoseTransferGenerator(Protocol):
         cls, pretrained_model_name_or_path: str | os.PathLike[str], *, use_ema: bool = True
     ) -> PoseTransferGenerator:
         """Load a checkpoint directory of this family."""
-
-    def reinitialized(self) -> PoseTransferGenerator:
-        """A fresh, untrained generator of the same configuration (a quality report's floor)."""
 
 
 #: family name → (``module:PipelineClass``, class names a checkpoint of it may carry: the pipeline's in
@@ -196,6 +180,7 @@ def load_generator(
 __all__ = [
     "FAMILIES",
     "PoseTransferGenerator",
+    "PoseTransferSampler",
     "UnknownGeneratorError",
     "checkpoint_family",
     "family_class",

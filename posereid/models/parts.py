@@ -14,6 +14,27 @@ from diffusers import UNet2DConditionModel
 #: how training timesteps are drawn: uniform, or CFLD's "cubic" t = (1 − u³)·T
 TIMESTEP_SAMPLINGS = ("uniform", "cubic")
 
+#: per preset, the sizes of a pixel UNet that cross-attends to appearance tokens and of its appearance
+#: encoder: the PIDM denoiser and the PCDMs image stages share them (``tiny``: tests, ~0.4 M parameters;
+#: ``small``: the CPU demo at 64x32, ~2 M; ``market``: Market-1501's 128x64 on a GPU, ~44 M for PIDM)
+TOKEN_UNET_SIZES: dict[str, dict] = {
+    "tiny": dict(
+        image_size=(32, 16), block_out_channels=(16, 32, 32), layers_per_block=1,
+        attention_levels=(False, True, True), attention_head_dim=8, norm_num_groups=8,
+        cross_attention_dim=32, appearance_channels=(16, 32), appearance_stem_stride=2,
+    ),
+    "small": dict(
+        image_size=(64, 32), block_out_channels=(32, 64, 64), layers_per_block=1,
+        attention_levels=(False, True, True), attention_head_dim=16, norm_num_groups=8,
+        cross_attention_dim=64, appearance_channels=(32, 64, 64), appearance_stem_stride=4,
+    ),
+    "market": dict(
+        image_size=(128, 64), block_out_channels=(64, 128, 256, 256), layers_per_block=2,
+        attention_levels=(False, True, True, True), attention_head_dim=32, norm_num_groups=32,
+        cross_attention_dim=256, appearance_channels=(64, 128, 256), appearance_stem_stride=4,
+    ),
+}  # fmt: skip
+
 
 def check_training_fields(
     *, snr_gamma: float | None = None, timestep_sampling: str | None = None, **rates: float
@@ -99,4 +120,4 @@ def build_unet(
     )
 
 
-__all__ = ["TIMESTEP_SAMPLINGS", "build_unet", "check_training_fields"]
+__all__ = ["TIMESTEP_SAMPLINGS", "TOKEN_UNET_SIZES", "build_unet", "check_training_fields"]

@@ -28,7 +28,7 @@ import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, NamedTuple, TypedDict
 
 import torch
 from diffusers import DDPMScheduler, ModelMixin
@@ -39,7 +39,9 @@ from posereid.models.checkpoint import (
     SCHEDULER_CONFIG_NAME,
     CheckpointError,
     CheckpointMixin,
+    read_class_json,
     read_json,
+    refused_as,
     save_component,
     write_model_index,
 )
@@ -69,6 +71,16 @@ logger = logging.getLogger(__name__)
 
 Generators = list[torch.Generator] | torch.Generator | None
 Callback = Callable[[int, int, torch.Tensor], None]
+
+
+class PairBatch(NamedTuple):
+    """A checked training batch: images ``(B, 3, H, W)`` in ``[0, 1]`` (float32, on the pipeline's device)
+    and their keypoints ``(B, 18, 2)``."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    source_kps: torch.Tensor
+    target_kps: torch.Tensor
 
 
 class SamplingOptions(TypedDict, total=False):
@@ -315,21 +327,21 @@ class GeneratorPipeline(nn.Module):
 
     # ------------------------------------------------------------------ what a family supplies
     def conditions(
-        self,
-        source: torch.Tensor,
-        target_kps: torch.Tensor,
-        source_kps: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        training: bool = False,
+        self, source: torch.Tensor, target_kps: torch.Tensor, source_kps: torch.Tensor | None
     ) -> tuple[Condition, Condition]:
         """``(pose, appearance)``: the target-pose and source-appearance conditions of one batch.
 
         ``source`` ``(B, 3, H, W)`` in ``[0, 1]`` on the device; keypoints ``(B, 18, 2)`` (``source_kps``
-        may be ``None``). Each condition is a tensor or a tuple of tensors, batch first. ``training``: a
-        training batch (random draws from ``generator`` allowed, e.g. dropping the source pose).
+        may be ``None``). Each condition is a tensor or a tuple of tensors, batch first.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement conditions()")
+
+    def training_conditions(
+        self, batch: PairBatch, generator: torch.Generator | None
+    ) -> tuple[Condition, Condition]:
+        """The conditions of a training batch: :meth:`conditions` unless a family draws something for
+        training (e.g. dropping the source pose), from ``generator``."""
+        return self.conditions(batch.source, batch.target_kps, batch.source_kps)
 
     def null_conditions(self, pose: Condition, appearance: Condition) -> tuple[Condition, Condition]:
         """The "pose dropped" and "appearance dropped" conditions laid out like ``pose`` and ``appearance``."""
@@ -363,20 +375,28 @@ class GeneratorPipeline(nn.Module):
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Denoising MSE (on ε, v or the flow velocity) for a batch of same-identity pairs in ``[0, 1]``.
+        """Scalar training loss of a batch of same-identity pairs, images ``(B, 3, H, W)`` in ``[0, 1]``.
 
-        Draws timesteps, noise and the independent pose / appearance dropout (the four branches that
-        disentangled guidance needs), all from ``generator`` when given, so a loss is reproducible.
+        Checks the batch, then :meth:`batch_loss`. Every random draw comes from ``generator`` when given,
+        so a loss is reproducible.
         """
         self.check_images(source, "source")
         self.check_images(target, "target")
         if source.shape[0] != target.shape[0]:
             raise ValueError(f"source and target batches differ: {source.shape[0]} vs {target.shape[0]}")
-        cfg, dev, b = self.model.config, self.device, target.shape[0]
-        x0 = self.encode_target(target, generator)
-        pose, appearance = self.conditions(
-            source.to(dev), target_kps, source_kps, generator=generator, training=True
+        dev = self.device
+        batch = PairBatch(
+            source.to(dev, torch.float32), target.to(dev, torch.float32), source_kps, target_kps
         )
+        return self.batch_loss(batch, generator)
+
+    def batch_loss(self, batch: PairBatch, generator: torch.Generator | None) -> torch.Tensor:
+        """Denoising MSE (on ε, v or the flow velocity) of a checked batch: timesteps, noise and the
+        independent pose / appearance dropout (the four branches disentangled guidance needs). A
+        multi-stage family overrides this with its current stage's loss."""
+        cfg, b = self.model.config, batch.target.shape[0]
+        x0 = self.encode_target(batch.target, generator)
+        pose, appearance = self.training_conditions(batch, generator)
         t, noise, noisy = self.noised(self.scheduler, x0, generator, cfg.get("timestep_sampling", "uniform"))
         drop_pose, drop_app = self.dropout_draws(b, cfg, generator)
         pose, appearance = condition_dropout(
@@ -502,11 +522,7 @@ class GeneratorPipeline(nn.Module):
         index_path = directory / MODEL_INDEX_NAME
         index: dict[str, Any] = {}
         if index_path.is_file():
-            index = read_json(index_path)
-            if index.get("_class_name") != cls.__name__:
-                raise CheckpointError(
-                    f"{index_path}: is a {index.get('_class_name')!r} checkpoint, not {cls.__name__}"
-                )
+            index = read_class_json(index_path, (cls.__name__,))
         elif cls.MODEL_FOLDER or cls.COMPONENTS:
             raise FileNotFoundError(
                 f"{index_path}: not found; expected a {cls.family} pipeline directory written by "
@@ -527,14 +543,9 @@ class GeneratorPipeline(nn.Module):
             kwargs[spec.attr] = spec.read(path, use_ema=use_ema)
             if spec.scheduler is not None:
                 kwargs[spec.scheduler] = load_scheduler(path)
-        try:
+        with refused_as(directory, f"the {cls.family} components do not fit together"):
             pipe = cls(model, load_scheduler(main), **kwargs, **cls._index_kwargs(index))
-        except ValueError as err:
-            raise CheckpointError(
-                f"{directory}: the {cls.family} components do not fit together ({err})"
-            ) from err
-        logger.info("loaded %s generator from %s", cls.family, directory)
-        return pipe.eval()
+        return pipe.eval()  # each model logged where its weights came from
 
 
 __all__ = [

@@ -11,7 +11,7 @@ itself a generator: ``posereid generate --refiner DIR``, ``PoseTransferAugment(.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -34,18 +34,11 @@ class Refiner(Protocol):
     def device(self) -> torch.device: ...
 
     def refine(
-        self,
-        source: torch.Tensor,
-        coarse: torch.Tensor,
-        target_kps: torch.Tensor,
-        source_kps: torch.Tensor | None = None,
-        *,
-        steps: int = 20,
-        sampler: str = "dpmsolver++",
-        guidance: Sequence[float] = (2.0, 2.0),
-        seeds: Sequence[int] | None = None,
-        generator: list[torch.Generator] | torch.Generator | None = None,
-    ) -> torch.Tensor: ...
+        self, source: torch.Tensor, coarse: torch.Tensor, target_kps: torch.Tensor, source_kps: Any = None,
+        **options: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        """``coarse`` images refined; ``options`` are the sampling options (``steps``, ``sampler``, ``guidance``,
+        ``seeds``, ``generator``: see :class:`~posereid.models.pipeline.SamplingOptions`)."""
 
 
 def refiner_seeds(seeds: Sequence[int] | None) -> list[int] | None:
@@ -97,28 +90,19 @@ class RefinedGenerator(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self,
-        source: torch.Tensor,
-        target_kps: torch.Tensor,
-        source_kps: torch.Tensor | None = None,
-        *,
-        seeds: Sequence[int] | None = None,
-        generator: list[torch.Generator] | torch.Generator | None = None,
-        callback: Callable[[int, int, torch.Tensor], None] | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """The base's images for the targets, then refined; ``kwargs`` go to the base's ``generate``."""
-        coarse = self.base.generate(
-            source, target_kps, source_kps, seeds=seeds, generator=generator, callback=callback, **kwargs
-        )
-        dev = self.refiner.device
-        options: dict[str, Any] = dict(steps=self.refiner_steps, sampler=self.refiner_sampler)
+        self, source: torch.Tensor, target_kps: torch.Tensor, source_kps: torch.Tensor | None = None, **opts: Any
+    ) -> torch.Tensor:  # fmt: skip
+        """The base's images for the targets (``opts`` go to the base's ``generate``), then refined with
+        the refiner's settings and per-sample seeds derived from ``seeds`` (:func:`refiner_seeds`)."""
+        coarse = self.base.generate(source, target_kps, source_kps, **opts)
+        dev, seeds = self.refiner.device, opts.get("seeds")
+        refine: dict[str, Any] = dict(steps=self.refiner_steps, sampler=self.refiner_sampler)
         if self.refiner_guidance is not None:
-            options["guidance"] = self.refiner_guidance
+            refine["guidance"] = self.refiner_guidance
         return self.refiner.refine(
             source.to(dev), coarse.to(dev), torch.as_tensor(target_kps).to(dev),
             None if source_kps is None else torch.as_tensor(source_kps).to(dev),
-            seeds=refiner_seeds(seeds), generator=None if seeds is not None else generator, **options,
+            seeds=refiner_seeds(seeds), generator=None if seeds is not None else opts.get("generator"), **refine,
         )  # fmt: skip
 
     def training_loss(self, *args: Any, **kwargs: Any) -> torch.Tensor:

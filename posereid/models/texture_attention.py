@@ -1,12 +1,15 @@
-"""Scale-matched cross-attention: each UNet level reads the appearance features of its own resolution.
+"""Source features inside the denoiser's attention, through diffusers attention processors (a public
+extension point); one processor class, :class:`SourceAttnProcessor`, serves every family.
 
-PIDM's texture diffusion module lets every UNet resolution attend to the source features of the matching
-scale, instead of one flat bag of all levels' tokens. With diffusers this is an attention processor (a
-public extension point): :class:`LevelTokensProcessor` replaces a cross-attention layer's
-``encoder_hidden_states`` by the token level it was assigned, taken from
-``cross_attention_kwargs={"level_tokens": (level_0, level_1, ...)}``; self-attention is untouched.
-:func:`assign_levels` maps every attention layer of a ``UNet2DConditionModel`` to the pyramid level whose
-resolution is closest to the layer's own.
+* **Scale-matched tokens** (PIDM's texture diffusion): every UNet resolution attends to the source
+  features of the matching scale instead of one flat bag of all levels' tokens.
+  :class:`LevelTokensProcessor` replaces a cross-attention layer's ``encoder_hidden_states`` by the token
+  level it was assigned, taken from ``cross_attention_kwargs={"level_tokens": (level_0, level_1, ...)}``;
+  self-attention is untouched. :func:`assign_levels` maps every attention layer of a
+  ``UNet2DConditionModel`` to the pyramid level whose resolution is closest to the layer's own.
+* **Query biases** (CFLD's Hybrid-Granularity Attention): :class:`HybridGranularityProcessor` adds the
+  layer's source feature map, projected to the query width, to the cross-attention queries (not to keys
+  or values), taken from ``cross_attention_kwargs={"hga_biases": (...)}``.
 """
 
 from __future__ import annotations
@@ -15,16 +18,24 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 
-class LevelTokensProcessor(AttnProcessor2_0):
-    """Scaled-dot-product attention whose cross-attention keys/values are the tokens of one level."""
+class SourceAttnProcessor(AttnProcessor2_0):
+    """Scaled-dot-product attention that can read source features: a cross-attention layer with a
+    ``level`` takes the tokens of that level (``level_tokens``), one with a ``bias_index`` adds that source
+    bias to its queries (``hga_biases``). Without them (or on other layers) it is diffusers' own.
 
-    def __init__(self, level: int) -> None:
+    The features travel with the UNet call (``cross_attention_kwargs``) rather than living on the
+    processor, so gradient checkpointing (which re-runs transformer blocks during backward) sees them too.
+    """
+
+    def __init__(self, level: int | None = None, bias_index: int | None = None) -> None:
         super().__init__()
-        self.level = int(level)
+        self.level = None if level is None else int(level)
+        self.bias_index = None if bias_index is None else int(bias_index)
 
     def __call__(  # type: ignore[override]
         self,
@@ -34,10 +45,62 @@ class LevelTokensProcessor(AttnProcessor2_0):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         level_tokens: Sequence[torch.Tensor] | None = None,
+        hga_biases: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if attn.is_cross_attention and level_tokens is not None:
+        if self.level is not None and attn.is_cross_attention and level_tokens is not None:
             encoder_hidden_states = level_tokens[self.level].to(hidden_states.dtype)
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        bias = hga_biases[self.bias_index] if self.bias_index is not None and hga_biases is not None else None
+        if bias is None:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
+            raise ValueError("HGA expects the (B, N, C) tokens of a transformer block's cross-attention")
+        if attention_mask is not None:
+            raise ValueError("HGA cross-attention takes no attention mask (the coarse prompt has no padding)")
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        query = attn.to_q(hidden_states)
+        if bias.shape != query.shape:
+            raise ValueError(
+                f"HGA bias of shape {tuple(bias.shape)} for queries of shape {tuple(query.shape)}"
+            )
+        query = query + bias.to(query.dtype)
+        key, value = attn.to_k(context), attn.to_v(context)
+        b, heads = hidden_states.shape[0], attn.heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+        q, k, v = split(query), split(key), split(value)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        out = out.transpose(1, 2).reshape(b, -1, v.shape[1] * v.shape[-1]).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+class LevelTokensProcessor(SourceAttnProcessor):
+    """Cross-attention keys/values are the tokens of one pyramid level (PIDM's scale matching)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level=level)
+
+
+class HybridGranularityProcessor(SourceAttnProcessor):
+    """CFLD's HGA: the layer's source bias (``index`` into ``hga_biases``) is added to the queries; installed
+    on every attention layer so that all accept ``hga_biases`` (``index=None``: the layer ignores it)."""
+
+    def __init__(self, index: int | None) -> None:
+        super().__init__(bias_index=index)
+
+    @property
+    def index(self) -> int | None:
+        return self.bias_index
 
 
 def unet_level(processor_name: str, num_levels: int) -> int:
@@ -66,4 +129,11 @@ def use_level_tokens(unet: UNet2DConditionModel, levels: dict[str, int]) -> None
     unet.set_attn_processor({name: LevelTokensProcessor(level) for name, level in levels.items()})
 
 
-__all__ = ["LevelTokensProcessor", "assign_levels", "unet_level", "use_level_tokens"]
+__all__ = [
+    "HybridGranularityProcessor",
+    "LevelTokensProcessor",
+    "SourceAttnProcessor",
+    "assign_levels",
+    "unet_level",
+    "use_level_tokens",
+]

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin, T2IAdapter, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from diffusers.models.resnet import ResnetBlock2D
@@ -44,7 +43,7 @@ from posereid.models.appearance import pyramid_shapes
 from posereid.models.checkpoint import CheckpointMixin
 from posereid.models.parts import build_unet, check_training_fields
 from posereid.models.pose import POSE_CHANNELS
-from posereid.models.texture_attention import unet_level
+from posereid.models.texture_attention import HybridGranularityProcessor, unet_level
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,66 +116,6 @@ class PerceptionRefinedDecoder(nn.Module):
         return self.decoder(queries, memory)
 
 
-# --------------------------------------------------------------------------------------------------
-# Hybrid-Granularity Attention
-# --------------------------------------------------------------------------------------------------
-class HybridGranularityProcessor(AttnProcessor2_0):
-    """Scaled-dot-product attention; on an HGA layer the layer's source bias is added to the queries.
-
-    Installed on every attention layer of the UNet (``set_attn_processor``) so that all of them accept the
-    ``hga_biases`` entry of ``cross_attention_kwargs``; a layer with ``index=None`` (down/mid blocks,
-    self-attention) ignores it. The biases travel with the UNet call rather than living on the processor,
-    so gradient checkpointing (which re-runs transformer blocks during backward) sees them too.
-    """
-
-    def __init__(self, index: int | None) -> None:
-        super().__init__()
-        self.index = index
-
-    def __call__(  # type: ignore[override]
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        hga_biases: Sequence[torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        bias = hga_biases[self.index] if self.index is not None and hga_biases is not None else None
-        if bias is None:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
-            raise ValueError("HGA expects the (B, N, C) tokens of a transformer block's cross-attention")
-        if attention_mask is not None:
-            raise ValueError("HGA cross-attention takes no attention mask (the coarse prompt has no padding)")
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        query = attn.to_q(hidden_states)
-        if bias.shape != query.shape:
-            raise ValueError(
-                f"HGA bias of shape {tuple(bias.shape)} for queries of shape {tuple(query.shape)}"
-            )
-        query = query + bias.to(query.dtype)
-        key, value = attn.to_k(context), attn.to_v(context)
-        b, heads = hidden_states.shape[0], attn.heads
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2)
-
-        q, k, v = split(query), split(key), split(value)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-        out = out.transpose(1, 2).reshape(b, -1, v.shape[1] * v.shape[-1]).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
-
-
 def _level_size(size: tuple[int, int], level: int) -> tuple[int, int]:
     h, w = size
     for _ in range(level):
@@ -220,6 +159,9 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
 
+    # Kept on purpose: the size fields shared with the other families' models (image_size ... cross_attention_dim)
+    # are spelled out in each, since a diffusers model's config is its __init__ signature;
+    # tests/test_conformance.py::test_shared_config_fields_agree_across_families checks that they agree.
     @register_to_config
     def __init__(
         self,

@@ -221,21 +221,14 @@ class CFLDPipeline(GeneratorPipeline):
         return self.model.sample_shape
 
     def conditions(
-        self,
-        source: torch.Tensor,
-        target_kps: torch.Tensor,
-        source_kps: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        training: bool = False,
+        self, source: torch.Tensor, target_kps: torch.Tensor, source_kps: torch.Tensor | None
     ) -> tuple[Condition, Condition]:
         """The pose adapter's features of the target pose maps, and ``(coarse prompt, *HGA biases)`` of the
         source image (source pyramid + PRD + HGA projections). ``source_kps`` is not used: CFLD's source
         branch reads the image alone."""
         self.check_images(source, "source")
         appearance = self.model.encode_source(source)
-        pose = self.model.encode_pose(self.pose_maps(target_kps, batch=source.shape[0]))
-        return pose, appearance
+        return self.model.encode_pose(self.pose_maps(target_kps, batch=source.shape[0])), appearance
 
     def null_conditions(self, pose: Condition, appearance: Condition) -> tuple[Condition, Condition]:
         """Zero adapter residuals (no pose at all); the learned null prompt with zero HGA biases."""

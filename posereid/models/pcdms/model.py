@@ -98,6 +98,9 @@ class PCDMsInpainter(CheckpointMixin, ModelMixin, ConfigMixin):
         pose_sigma: Gaussian width of pose maps in pixels (None: 2.5 % of the height).
     """
 
+    # Kept on purpose: the size fields shared with the other families' models (image_size ... cross_attention_dim)
+    # are spelled out in each, since a diffusers model's config is its __init__ signature;
+    # tests/test_conformance.py::test_shared_config_fields_agree_across_families checks that they agree.
     @register_to_config
     def __init__(
         self,
@@ -144,13 +147,9 @@ class PCDMsInpainter(CheckpointMixin, ModelMixin, ConfigMixin):
             what="PCDMs inpainter canvas",
         )  # fmt: skip
         self.appearance = AppearanceEncoder(
-            (h, w),
-            appearance_channels,
-            cross_attention_dim,
-            in_channels=3 + (POSE_CHANNELS if appearance_use_pose else 0),
-            stem_stride=appearance_stem_stride,
-            norm_groups=norm_num_groups,
-        )
+            (h, w), appearance_channels, cross_attention_dim, use_pose=appearance_use_pose,
+            stem_stride=appearance_stem_stride, norm_groups=norm_num_groups,
+        )  # fmt: skip
         self.embedder = ImageEmbedder(embedder_channels, int(embedding_dim), norm_groups=norm_num_groups)
         self.embedding_proj = nn.Linear(int(embedding_dim), cross_attention_dim)
         self.null_embedding_token = nn.Parameter(torch.randn(cross_attention_dim) * 0.02)
@@ -158,13 +157,6 @@ class PCDMsInpainter(CheckpointMixin, ModelMixin, ConfigMixin):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The stage-1 embedding ``(B, embedding_dim)`` of ``images`` ``(B, 3, H, W)`` in ``[0, 1]``."""
         return self.embedder(images.to(self.unet.conv_in.weight.device))
-
-    def encode_appearance(
-        self, source: torch.Tensor, source_maps: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Appearance tokens ``(B, N, cross_attention_dim)`` of ``source`` in ``[0, 1]`` (``source_maps``:
-        its pose maps when the config uses them; ``None`` gives empty maps)."""
-        return self.appearance(source.to(self.unet.conv_in.weight.device), source_maps)
 
     def condition_tokens(self, tokens: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """The cross-attention sequence: appearance ``tokens`` then one token from ``embedding``."""
@@ -342,6 +334,9 @@ class PCDMsRefiner(CheckpointMixin, ModelMixin, ConfigMixin):
         degrade_noise: largest standard deviation of the additive Gaussian noise (images in ``[0, 1]``).
     """
 
+    # Kept on purpose: the size fields shared with the other families' models (image_size ... cross_attention_dim)
+    # are spelled out in each, since a diffusers model's config is its __init__ signature;
+    # tests/test_conformance.py::test_shared_config_fields_agree_across_families checks that they agree.
     @register_to_config
     def __init__(
         self,
@@ -388,19 +383,9 @@ class PCDMsRefiner(CheckpointMixin, ModelMixin, ConfigMixin):
             cross_attention_dim=cross_attention_dim, what="PCDMs refiner",
         )  # fmt: skip
         self.appearance = AppearanceEncoder(
-            (h, w),
-            appearance_channels,
-            cross_attention_dim,
-            in_channels=3 + (POSE_CHANNELS if appearance_use_pose else 0),
-            stem_stride=appearance_stem_stride,
-            norm_groups=norm_num_groups,
-        )
-
-    def encode_appearance(
-        self, source: torch.Tensor, source_maps: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Appearance tokens ``(B, N, cross_attention_dim)`` of ``source`` in ``[0, 1]``."""
-        return self.appearance(source.to(self.unet.conv_in.weight.device), source_maps)
+            (h, w), appearance_channels, cross_attention_dim, use_pose=appearance_use_pose,
+            stem_stride=appearance_stem_stride, norm_groups=norm_num_groups,
+        )  # fmt: skip
 
     def null_like(self, tokens: torch.Tensor) -> torch.Tensor:
         """The learned "appearance dropped" tokens laid out like ``tokens``."""

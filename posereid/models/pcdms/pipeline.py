@@ -36,10 +36,12 @@ from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from posereid.models.guidance import check_guidance, condition_dropout, guided_denoiser
+from posereid.models.parts import TOKEN_UNET_SIZES
 from posereid.models.pcdms.model import PCDMsInpainter, PCDMsPrior, PCDMsRefiner
 from posereid.models.pipeline import (
     Component,
     GeneratorPipeline,
+    PairBatch,
     autocast_context,
     init_fields,
     sampling_options,
@@ -110,61 +112,42 @@ class PCDMsPipeline(GeneratorPipeline):
     }
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        # tests / CPU
+        # tests / CPU; the image stages have the sizes of PIDM's preset of the same name (parts.TOKEN_UNET_SIZES)
         "tiny": dict(
             inpainter=dict(
-                image_size=(32, 16), block_out_channels=(16, 32, 32), layers_per_block=1,
-                attention_levels=(False, True, True), attention_head_dim=8, norm_num_groups=8,
-                cross_attention_dim=32, appearance_channels=(16, 32), appearance_stem_stride=2,
-                pose_encoder_channels=16, pose_feature_channels=8, embedder_channels=(16, 32), embedding_dim=32,
+                **TOKEN_UNET_SIZES["tiny"], pose_encoder_channels=16, pose_feature_channels=8,
+                embedder_channels=(16, 32), embedding_dim=32,
             ),
             prior=dict(
                 image_size=(32, 16), embedding_dim=32, num_layers=2, num_attention_heads=2, attention_head_dim=16,
                 pose_hidden_dim=64,
             ),
-            refiner=dict(
-                image_size=(32, 16), block_out_channels=(16, 32, 32), layers_per_block=1,
-                attention_levels=(False, True, True), attention_head_dim=8, norm_num_groups=8,
-                cross_attention_dim=32, appearance_channels=(16, 32), appearance_stem_stride=2,
-                degrade_max_blur=4,
-            ),
+            refiner=dict(**TOKEN_UNET_SIZES["tiny"], degrade_max_blur=4),
         ),
         # CPU demo at 64x32 (the inpainter's canvas is 64x64)
         "small": dict(
             inpainter=dict(
-                image_size=(64, 32), block_out_channels=(32, 64, 64), layers_per_block=1,
-                attention_levels=(False, True, True), attention_head_dim=16, norm_num_groups=8,
-                cross_attention_dim=64, appearance_channels=(32, 64, 64), appearance_stem_stride=4,
-                pose_encoder_channels=32, pose_feature_channels=16, embedder_channels=(32, 64, 64),
-                embedding_dim=64,
+                **TOKEN_UNET_SIZES["small"], pose_encoder_channels=32, pose_feature_channels=16,
+                embedder_channels=(32, 64, 64), embedding_dim=64,
             ),
             prior=dict(
                 image_size=(64, 32), embedding_dim=64, num_layers=4, num_attention_heads=4, attention_head_dim=32,
                 pose_hidden_dim=128,
             ),
-            refiner=dict(
-                image_size=(64, 32), block_out_channels=(32, 64, 64), layers_per_block=1,
-                attention_levels=(False, True, True), attention_head_dim=16, norm_num_groups=8,
-                cross_attention_dim=64, appearance_channels=(32, 64, 64), appearance_stem_stride=4,
-            ),
+            refiner=dict(TOKEN_UNET_SIZES["small"]),
         ),
-        # Market-1501 native 128x64, GPU (the inpainter's canvas is 128x128)
+        # Market-1501 native 128x64, GPU (the inpainter's canvas is 128x128; the refiner has one level less)
         "market": dict(
             inpainter=dict(
-                image_size=(128, 64), block_out_channels=(64, 128, 256, 256), layers_per_block=2,
-                attention_levels=(False, True, True, True), attention_head_dim=32, norm_num_groups=32,
-                cross_attention_dim=256, appearance_channels=(64, 128, 256), appearance_stem_stride=4,
-                pose_encoder_channels=32, pose_feature_channels=16, embedder_channels=(32, 64, 128, 128),
-                embedding_dim=64,
+                **TOKEN_UNET_SIZES["market"], pose_encoder_channels=32, pose_feature_channels=16,
+                embedder_channels=(32, 64, 128, 128), embedding_dim=64,
             ),
             prior=dict(
                 image_size=(128, 64), embedding_dim=64, num_layers=6, num_attention_heads=4, attention_head_dim=64,
                 pose_hidden_dim=256,
             ),
             refiner=dict(
-                image_size=(128, 64), block_out_channels=(64, 128, 256), layers_per_block=2,
-                attention_levels=(False, True, True), attention_head_dim=32, norm_num_groups=32,
-                cross_attention_dim=256, appearance_channels=(64, 128, 256), appearance_stem_stride=4,
+                TOKEN_UNET_SIZES["market"], block_out_channels=(64, 128, 256), attention_levels=(False, True, True)
             ),
         ),
     }  # fmt: skip
@@ -361,7 +344,7 @@ class PCDMsPipeline(GeneratorPipeline):
         part: PCDMsInpainter | PCDMsRefiner, source: torch.Tensor, source_maps: torch.Tensor
     ) -> torch.Tensor:
         """``part``'s appearance tokens of ``source`` in ``[0, 1]`` (fed its pose maps when it uses them)."""
-        return part.encode_appearance(source, source_maps if part.config.appearance_use_pose else None)
+        return part.appearance(source, source_maps if part.config.appearance_use_pose else None)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The stage-1 embedding ``(B, embedding_dim)`` of ``images`` ``(B, 3, H, W)`` in ``[0, 1]``."""
@@ -369,43 +352,21 @@ class PCDMsPipeline(GeneratorPipeline):
         return self.model.embed(images.to(self.device, torch.float32))
 
     # ------------------------------------------------------------------ training
-    def training_loss(
-        self,
-        source: torch.Tensor,
-        target: torch.Tensor,
-        source_kps: torch.Tensor,
-        target_kps: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """The diffusion loss of :attr:`training_stage` for a batch of pairs (images in ``[0, 1]``).
-
-        Every random draw (timesteps, noise, condition dropout, the refiner's degradation) comes from
-        ``generator`` when given, so a loss is reproducible.
-        """
-        self.check_images(source, "source")
-        self.check_images(target, "target")
-        if source.shape[0] != target.shape[0]:
-            raise ValueError(f"source and target batches differ: {source.shape[0]} vs {target.shape[0]}")
+    def batch_loss(self, batch: PairBatch, generator: torch.Generator | None) -> torch.Tensor:
+        """The diffusion loss of :attr:`training_stage` (every draw, the refiner's degradation included,
+        from ``generator`` when given)."""
         loss_fn = {"inpaint": self.inpaint_loss, "prior": self.prior_loss, "refine": self.refine_loss}
-        src, tgt = source.to(self.device, torch.float32), target.to(self.device, torch.float32)
-        return loss_fn[self.training_stage](src, tgt, source_kps, target_kps, generator)
+        return loss_fn[self.training_stage](batch, generator)
 
-    def inpaint_loss(
-        self,
-        src: torch.Tensor,
-        tgt: torch.Tensor,
-        source_kps: torch.Tensor,
-        target_kps: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    def inpaint_loss(self, batch: PairBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Stage 2: denoising loss over the target half of the canvas (the source half is given).
 
         Conditions: the target's embedding (the source's with rate ``p_source_embedding``), the source's
         appearance tokens, both poses (source pose dropped with rate ``p_drop_source_pose``); pose and
         appearance are dropped independently for guidance.
         """
-        cfg, b, w = self.model.config, tgt.shape[0], tgt.shape[-1]
+        cfg, (src, tgt, source_kps, target_kps) = self.model.config, batch
+        b, w = tgt.shape[0], tgt.shape[-1]
         drop_src = self.draw(b, generator) < cfg.p_drop_source_pose
         use_src_emb = self.draw(b, generator) < cfg.p_source_embedding
         x0 = torch.cat([src, tgt], dim=-1) * 2.0 - 1.0
@@ -424,16 +385,10 @@ class PCDMsPipeline(GeneratorPipeline):
             self.scheduler, out[..., w:], x0[..., w:], noise[..., w:], t, snr_gamma=cfg.snr_gamma
         )
 
-    def prior_loss(
-        self,
-        src: torch.Tensor,
-        tgt: torch.Tensor,
-        source_kps: torch.Tensor,
-        target_kps: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    def prior_loss(self, batch: PairBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Stage 1: MSE of the predicted clean target embedding (the frozen embedder's code of the target)."""
-        cfg, b = self.prior.config, tgt.shape[0]
+        cfg, (src, tgt, source_kps, target_kps) = self.prior.config, batch
+        b = tgt.shape[0]
         with torch.no_grad():
             emb_src, emb_tgt = self.model.embed(torch.cat([src, tgt])).chunk(2)
         drop_src = self.draw(b, generator) < cfg.p_drop_source_pose
@@ -449,16 +404,10 @@ class PCDMsPipeline(GeneratorPipeline):
         out = self.prior(noisy, t, src_emb, poses)
         return diffusion_loss(self.prior_scheduler, out, emb_tgt, noise, t)
 
-    def refine_loss(
-        self,
-        src: torch.Tensor,
-        tgt: torch.Tensor,
-        source_kps: torch.Tensor,
-        target_kps: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    def refine_loss(self, batch: PairBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Stage 3: denoising loss of the target given a degraded copy of it (:meth:`PCDMsRefiner.degrade`)."""
-        cfg, b = self.refiner.config, tgt.shape[0]
+        cfg, (src, tgt, source_kps, target_kps) = self.refiner.config, batch
+        b = tgt.shape[0]
         coarse = self.refiner.degrade(tgt, generator) * 2.0 - 1.0
         drop_src = self.draw(b, generator) < cfg.p_drop_source_pose
         t, noise, noisy = self.noised(self.refiner_scheduler, tgt * 2.0 - 1.0, generator)
@@ -539,19 +488,23 @@ class PCDMsPipeline(GeneratorPipeline):
         source: torch.Tensor,
         target_kps: torch.Tensor,
         source_kps: torch.Tensor | None = None,
-        *,
-        embedding: torch.Tensor | None = None,
-        guidance: Sequence[float] = (2.0, 2.0),
-        source_noise: torch.Tensor | None = None,
-        autocast_dtype: torch.dtype | None = None,
+        **opts: Any,
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``denoise(canvas_t, t)`` of the inpainter with guidance, as :meth:`inpaint` uses it.
 
-        The source half of the input is replaced by the source noised to ``t`` with ``source_noise``
-        (``(B, 3, H, W)``; zeros when ``None``) and the output's source half by its exact regression target.
-        ``embedding``: the stage-1 embedding (``None``: the source's own). ``denoise.num_branches`` is the
-        number of guidance branches stacked in its one model call per step.
+        ``opts``: ``guidance`` (default ``(2, 2)``), ``autocast_dtype``, ``embedding`` (the stage-1 embedding;
+        ``None``: the source's own) and ``source_noise`` (``(B, 3, H, W)``; zeros when ``None``). The source
+        half of the input is replaced by the source noised to ``t`` with ``source_noise`` and the output's
+        source half by its exact regression target. ``denoise.num_branches`` is the number of guidance
+        branches stacked in its one model call per step.
         """
+        unknown = set(opts) - {"guidance", "autocast_dtype", "embedding", "source_noise"}
+        if unknown:
+            raise TypeError(
+                f"inpaint_denoiser() got unexpected keyword argument(s) {', '.join(sorted(unknown))}"
+            )
+        guidance, autocast_dtype = opts.get("guidance", (2.0, 2.0)), opts.get("autocast_dtype")
+        embedding, source_noise = opts.get("embedding"), opts.get("source_noise")
         self.check_images(source, "source")
         b, dev = source.shape[0], self.device
         src01 = source.to(dev, torch.float32)

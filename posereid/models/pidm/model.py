@@ -59,6 +59,9 @@ class PIDMModel(CheckpointMixin, ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
 
+    # Kept on purpose: the size fields shared with the other families' models (image_size ... cross_attention_dim)
+    # are spelled out in each, since a diffusers model's config is its __init__ signature;
+    # tests/test_conformance.py::test_shared_config_fields_agree_across_families checks that they agree.
     @register_to_config
     def __init__(
         self,
@@ -98,14 +101,10 @@ class PIDMModel(CheckpointMixin, ModelMixin, ConfigMixin):
             norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
         )  # fmt: skip
         self.appearance = AppearanceEncoder(
-            (h, w),
-            appearance_channels,
-            cross_attention_dim,
-            in_channels=3 + (POSE_CHANNELS if appearance_use_pose else 0),
-            stem_stride=appearance_stem_stride,
-            norm_groups=norm_num_groups,
+            (h, w), appearance_channels, cross_attention_dim, use_pose=appearance_use_pose,
+            stem_stride=appearance_stem_stride, norm_groups=norm_num_groups,
             backbone_path=backbone_path,
-        )
+        )  # fmt: skip
         if texture_attention == "per_level":
             use_level_tokens(self.unet, assign_levels(self.unet, (h, w), self.appearance.shapes))
 

@@ -13,8 +13,9 @@ from typing import ClassVar
 import torch
 
 from posereid.models.guidance import Condition
+from posereid.models.parts import TOKEN_UNET_SIZES
 from posereid.models.pidm.model import PIDMModel
-from posereid.models.pipeline import GeneratorPipeline
+from posereid.models.pipeline import GeneratorPipeline, PairBatch
 
 #: the noise recipe of every preset, chosen by the ablation (results/generator_v2, 2 seeds at an equal
 #: CPU budget): flow matching gave the best identity (rank-1 0.055 vs 0.016) and SSIM (0.200 vs 0.179) at
@@ -38,27 +39,8 @@ class PIDMPipeline(GeneratorPipeline):
     model: PIDMModel
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        # tests / CPU: ~0.4 M parameters; also usable at 64x32 via image_size=(64, 32)
-        "tiny": dict(
-            image_size=(32, 16), block_out_channels=(16, 32, 32), layers_per_block=1,
-            attention_levels=(False, True, True), attention_head_dim=8, norm_num_groups=8,
-            cross_attention_dim=32, appearance_channels=(16, 32), appearance_stem_stride=2,
-            **RECIPE,
-        ),
-        # CPU demo at 64x32: ~2 M parameters
-        "small": dict(
-            image_size=(64, 32), block_out_channels=(32, 64, 64), layers_per_block=1,
-            attention_levels=(False, True, True), attention_head_dim=16, norm_num_groups=8,
-            cross_attention_dim=64, appearance_channels=(32, 64, 64), appearance_stem_stride=4,
-            **RECIPE,
-        ),
-        # Market-1501 native 128x64, GPU: ~44 M parameters
-        "market": dict(
-            image_size=(128, 64), block_out_channels=(64, 128, 256, 256), layers_per_block=2,
-            attention_levels=(False, True, True, True), attention_head_dim=32, norm_num_groups=32,
-            cross_attention_dim=256, appearance_channels=(64, 128, 256), appearance_stem_stride=4,
-            **RECIPE,
-        ),
+        # tests / CPU (also usable at 64x32 via image_size=(64, 32)); the CPU demo at 64x32; Market-1501 on a GPU
+        **{name: dict(**TOKEN_UNET_SIZES[name], **RECIPE) for name in ("tiny", "small", "market")},
         # DeepFashion 256x176, GPU: ~115 M parameters
         "deepfashion": dict(
             image_size=(256, 176), block_out_channels=(64, 128, 256, 256, 512), layers_per_block=2,
@@ -88,22 +70,21 @@ class PIDMPipeline(GeneratorPipeline):
         return self.model.encode_appearance(source, maps)
 
     def conditions(
-        self,
-        source: torch.Tensor,
-        target_kps: torch.Tensor,
-        source_kps: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        training: bool = False,
+        self, source: torch.Tensor, target_kps: torch.Tensor, source_kps: torch.Tensor | None
     ) -> tuple[Condition, Condition]:
-        """Target pose maps and the source's appearance tokens; in training the source pose maps are
-        emptied with rate ``p_drop_source_pose`` (drawn only when used, so older recipes draw the same)."""
-        b = source.shape[0]
-        drop_src = None
-        if training and self.model.config.p_drop_source_pose > 0:
-            drop_src = self.draw(b, generator) < self.model.config.p_drop_source_pose
-        tokens = self.encode_appearance(source, source_kps, drop_source_pose=drop_src)
-        return self.pose_maps(target_kps, batch=b), tokens
+        """Target pose maps and the source's appearance tokens."""
+        tokens = self.encode_appearance(source, source_kps)
+        return self.pose_maps(target_kps, batch=source.shape[0]), tokens
+
+    def training_conditions(
+        self, batch: PairBatch, generator: torch.Generator | None
+    ) -> tuple[Condition, Condition]:
+        """As :meth:`conditions`, the source pose maps emptied with rate ``p_drop_source_pose`` (drawn only
+        when used, so older recipes draw the same numbers)."""
+        rate, b = self.model.config.p_drop_source_pose, batch.source.shape[0]
+        drop = self.draw(b, generator) < rate if rate > 0 else None
+        tokens = self.encode_appearance(batch.source, batch.source_kps, drop_source_pose=drop)
+        return self.pose_maps(batch.target_kps, batch=b), tokens
 
     def null_conditions(self, pose: Condition, appearance: Condition) -> tuple[Condition, Condition]:
         """Zero pose maps; the learned null tokens (flat or per level, like ``appearance``)."""

@@ -158,10 +158,10 @@ def test_writer_loads_in_torchreid_with_same_counts(tmp_path):
     # torchreid keeps pid/camid for query/gallery (no relabel): identical triples to ours minus junk
     for split, tr_list in (("query", tr.query), ("gallery", tr.gallery)):
         theirs = {(Path(p).name, pid, cam) for p, pid, cam, _ in tr_list}
-        mine = {(r.name, r.pid, r.camid) for r in ours.split(split) if r.pid != -1}
+        mine = {(r.name, r.pid, r.camid) for r in ours.split(split) if not r.is_junk}
         assert theirs == mine
     assert {(Path(p).name, c) for p, _, c, _ in tr.train} == {
-        (r.name, r.camid) for r in ours.train if r.pid != -1
+        (r.name, r.camid) for r in ours.train if not r.is_junk
     }
     # its own image reader decodes what we wrote
     from torchreid.reid.utils.tools import read_image

@@ -108,7 +108,7 @@ def market_pose_records(
     skipped: Counter[str] = Counter()
     records: list[PoseRecord] = []
     for rec in tqdm(market.train, desc="checking images", leave=False):
-        if rec.pid <= 0:
+        if not rec.has_identity:
             skipped["junk/distractor image(s)"] += 1
             continue
         kps = ann.get(rec.name)

@@ -130,7 +130,7 @@ def scan_reid_lists(
         raise ValueError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
     corrupt = BadInputPolicy(strict if on_corrupt is None else on_corrupt == "raise")
     market = Market1501(root, strict=strict)
-    real = [r for r in market.train if r.pid > 0]
+    real = [r for r in market.train if r.has_identity]
     skipped = {
         "train_junk_or_distractor": len(market.train) - len(real),
         "corrupt": 0,
@@ -157,8 +157,8 @@ def scan_reid_lists(
                 )
         synth.extend(smarket.train)
 
-    query = [r for r in market.query if r.pid != -1]
-    gallery = [r for r in market.gallery if r.pid != -1]
+    query = [r for r in market.query if not r.is_junk]
+    gallery = [r for r in market.gallery if not r.is_junk]
     for split, recs in (("query", query), ("gallery", gallery)):
         if not recs:
             raise ValueError(f"{market.root}: the {split} split has no usable images")

@@ -142,10 +142,10 @@ class Market1501:
             recs = self.split(split)
             out[split] = {
                 "images": len(recs),
-                "identities": len({r.pid for r in recs if r.pid > 0}),
-                "cameras": len({r.camid for r in recs if r.pid != -1}),
-                "junk": sum(r.pid == -1 for r in recs),
-                "distractors": sum(r.pid == 0 for r in recs),
+                "identities": len({r.pid for r in recs if r.has_identity}),
+                "cameras": len({r.camid for r in recs if not r.is_junk}),
+                "junk": sum(r.is_junk for r in recs),
+                "distractors": sum(r.is_distractor for r in recs),
                 "skipped": self.skipped[split],
             }
         return out

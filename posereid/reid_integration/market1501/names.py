@@ -55,11 +55,18 @@ class MarketRecord:
 
     @property
     def is_junk(self) -> bool:
+        """A junk image (pid ``-1``): torchreid drops it from every split."""
         return self.pid == -1
 
     @property
     def is_distractor(self) -> bool:
+        """A distractor (pid ``0``): a gallery image of nobody in the query set."""
         return self.pid == 0
+
+    @property
+    def has_identity(self) -> bool:
+        """Neither junk nor a distractor (pid > 0): an image of a labelled person, what re-ID trains on."""
+        return self.pid > 0
 
 
 def parse_market_name(name: str) -> tuple[int, int, int, int, int]:

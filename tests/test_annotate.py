@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posereid.experiments import cli
+from posereid.experiments import cli, synthetic
 from posereid.models.pose import KEYPOINT_NAMES, visible_mask
 from posereid.models.pose_estimation import (
     BLAZEPOSE_TO_COCO18,
@@ -100,7 +100,6 @@ def test_real_photo_keypoints_are_plausible(estimator):
 # (b) a rendered synthetic person
 # --------------------------------------------------------------------------------------------------
 def test_synthetic_person_keypoints_near_truth(estimator):
-    synthetic = pytest.importorskip("posereid.experiments.synthetic")
     cameras = synthetic.make_cameras(4, seed=0)
     torso = [J[n] for n in ("neck", "r_shoulder", "l_shoulder", "r_hip", "l_hip")]
     for seed in (1, 2, 3, 4):  # front views at Market size (128x64); the renderer gives exact keypoints
@@ -481,7 +480,7 @@ def test_two_runs_on_the_same_output_are_refused(tmp_path):
 
 
 def test_cli_interrupt_resume_and_overwrite(tmp_path, monkeypatch, capsys):
-    from posereid.reid_integration import annotate
+    from posereid.reid_integration import cli as reid_cli
 
     imgs = _make_colour_folder(tmp_path / "imgs")
     out = tmp_path / "ann.csv"
@@ -497,7 +496,7 @@ def test_cli_interrupt_resume_and_overwrite(tmp_path, monkeypatch, capsys):
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(annotate, "PoseEstimator", CliFake)
+    monkeypatch.setattr(reid_cli, "PoseEstimator", CliFake)
     argv = ["annotate", str(imgs), "--out", str(out), "--no-progress"]
     assert cli.main(argv) == 130
     err = capsys.readouterr().err

@@ -166,17 +166,17 @@ def test_training_records_skip_or_stop_at_an_unreadable_image(posed_market):
 
 
 def test_generate_skips_or_stops_at_an_unreadable_source(posed_market, tmp_path):
-    from posereid.augment.generate import generate_offline
+    from posereid.augment.generate import GenerateConfig, generate_offline
     from posereid.models.pidm import PIDMPipeline
 
     market, victim = posed_market
     torch.manual_seed(0)
     gen = PIDMPipeline.from_preset("tiny").eval()
     kw = dict(per_image=1, steps=1, progress=False, grid_items=0)
-    s = generate_offline(gen, market, market / "ann.csv", tmp_path / "o1", **kw)
+    s = generate_offline(GenerateConfig(tmp_path / "o1", **kw), gen, market, market / "ann.csv")
     assert (s.generated, s.failed_items) == (3, 1) and victim.name in s.failures[0]
     with pytest.raises(ImageReadError, match=victim.name):
-        generate_offline(gen, market, market / "ann.csv", tmp_path / "o2", strict=True, **kw)
+        generate_offline(GenerateConfig(tmp_path / "o2", strict=True, **kw), gen, market, market / "ann.csv")
 
 
 # --------------------------------------------------------------------------------------------------

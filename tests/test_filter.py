@@ -10,7 +10,13 @@ from PIL import Image
 
 from posereid.augment import manifest as M
 from posereid.augment.filter import FilterError, IdentityFilter, filter_folder, select
-from posereid.augment.generate import generate_offline, read_manifest, synthetic_name, write_manifest_file
+from posereid.augment.generate import (
+    GenerateConfig,
+    generate_offline,
+    read_manifest,
+    synthetic_name,
+    write_manifest_file,
+)
 from posereid.experiments.cli import main as cli_main
 from posereid.reid_integration.market1501 import format_market_name, write_patn_csv
 
@@ -181,15 +187,11 @@ def test_generation_with_filter_records_scores_and_rejects_below_threshold(data,
     filt = IdentityFilter(mean_colour).fit_market(market)
     out = tmp_path / "filtered"
     s = generate_offline(
+        GenerateConfig(out, per_image=2, steps=1, filter_threshold=0.0, progress=False),
         gen,
         market,
         market / "ann.csv",
-        out,
-        per_image=2,
-        steps=1,
         identity_filter=filt,
-        filter_threshold=0.0,
-        progress=False,
     )
     entries = read_manifest(out)
     assert len(entries) == s.generated == 16 and s.rejected == sum(not e["kept"] for e in entries)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from posereid.augment.generate import (
     CONFIG_FILE,
+    GenerateConfig,
     GenerateConfigError,
     generate_offline,
     generator_sha256,
@@ -80,7 +81,10 @@ def setup(tmp_path_factory):
     # the reference: one uninterrupted in-process run
     ref = tmp / "ref"
     summary = generate_offline(
-        gen, market, market / "ann.csv", ref, per_image=PER_IMAGE, steps=STEPS, batch_size=4, progress=False
+        GenerateConfig(ref, per_image=PER_IMAGE, steps=STEPS, batch_size=4, progress=False),
+        gen,
+        market,
+        market / "ann.csv",
     )
     return tmp, market, gen, ref, summary
 
@@ -119,6 +123,30 @@ def test_output_is_a_market_folder_under_source_pids(setup):
     assert generator_sha256(gen) == file_sha256(setup[0] / "ckpt" / WEIGHTS_NAME)
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("per_image", 0), ("sampling", "random"), ("steps", 0), ("sampler", "nope"), ("guidance", (2.0,)),
+        ("guidance", (2.0, float("nan"))), ("batch_size", 0), ("seed", -1), ("shard", (2, 2)),
+        ("filter_threshold", float("inf")), ("filter_score", "cosine"), ("annotation_hw", (0, 64)),
+        ("out_size", (128,)), ("grid_items", -1), ("autocast_dtype", "bf16"),
+    ],
+)  # fmt: skip
+def test_generate_config_refuses_a_bad_value_naming_the_field(tmp_path, field, value):
+    with pytest.raises(ValueError, match=rf"GenerateConfig\.{field}\b"):
+        GenerateConfig(**{"out_dir": tmp_path, "per_image": 1, field: value})
+
+
+def test_generate_config_normalises_its_values(tmp_path):
+    c = GenerateConfig(str(tmp_path), per_image=2, guidance=[1, 3], shard=[1, 4], annotation_hw=[64, 32])
+    assert (
+        c.out_dir == tmp_path
+        and c.guidance == (1.0, 3.0)
+        and c.shard == (1, 4)
+        and c.annotation_hw == (64, 32)
+    )
+
+
 def test_synthetic_names_never_collide_with_real_ones(tmp_path):
     name = synthetic_name("0002_c1s1_000451_03.jpg", 0)
     assert name == "0002_c1s9_100045103_00.jpg"
@@ -132,7 +160,10 @@ def test_synthetic_names_never_collide_with_real_ones(tmp_path):
     gen = PIDMPipeline.from_preset("tiny").eval()
     with pytest.raises(MarketFormatError, match=clash):
         generate_offline(
-            gen, market, market / "ann.csv", tmp_path / "o", per_image=1, steps=1, progress=False
+            GenerateConfig(tmp_path / "o", per_image=1, steps=1, progress=False),
+            gen,
+            market,
+            market / "ann.csv",
         )
 
 
@@ -147,7 +178,10 @@ def _cli_args(ckpt: Path, market: Path, out: Path, *extra: str) -> list[str]:
 def _generate_in_child(gen, market: Path, out: Path) -> None:
     torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
     generate_offline(
-        gen, market, market / "ann.csv", out, per_image=PER_IMAGE, steps=STEPS, batch_size=1, progress=False
+        GenerateConfig(out, per_image=PER_IMAGE, steps=STEPS, batch_size=1, progress=False),
+        gen,
+        market,
+        market / "ann.csv",
     )
 
 
@@ -202,7 +236,7 @@ def test_resume_reconciles_orphans_temp_files_and_torn_lines(setup, tmp_path):
     _, market, gen, ref, _ = setup
     out = tmp_path / "out"
     kw = dict(per_image=PER_IMAGE, steps=STEPS, batch_size=4, progress=False)
-    generate_offline(gen, market, market / "ann.csv", out, **kw)
+    generate_offline(GenerateConfig(out, **kw), gen, market, market / "ann.csv")
     train = out / "bounding_box_train"
     manifest = out / "manifest.jsonl"
     lines = manifest.read_text().splitlines()
@@ -215,7 +249,7 @@ def test_resume_reconciles_orphans_temp_files_and_torn_lines(setup, tmp_path):
     kept = [ln for i, ln in enumerate(lines) if i != 1]
     manifest.write_text("\n".join(kept) + "\n" + lines[1][:25])
     (out / "manifest.jsonl.tmp-999999").write_text("{")
-    s = generate_offline(gen, market, market / "ann.csv", out, **kw)
+    s = generate_offline(GenerateConfig(out, **kw), gen, market, market / "ann.csv")
     assert s.removed_temp_files == 2 and s.removed_orphan_images == 1
     assert s.dropped_manifest_lines == 2  # the torn line and the line of the vanished image
     assert s.generated == 2 and s.already_done == s.planned - 2
@@ -224,7 +258,7 @@ def test_resume_reconciles_orphans_temp_files_and_torn_lines(setup, tmp_path):
     assert {orphan, vanished} <= {json.loads(x)["name"] for x in manifest.read_text().splitlines()[-2:]}
     # resuming with other settings is refused instead of mixing two plans
     with pytest.raises(GenerateConfigError, match="seed"):
-        generate_offline(gen, market, market / "ann.csv", out, **{**kw, "seed": 1})
+        generate_offline(GenerateConfig(out, **{**kw, "seed": 1}), gen, market, market / "ann.csv")
     assert json.loads((out / CONFIG_FILE).read_text())["seed"] == 0
 
 
@@ -233,8 +267,8 @@ def test_shards_together_equal_the_unsharded_run(setup, tmp_path):
     out = tmp_path / "sharded"
     s0, s1 = (
         generate_offline(
-            gen, market, market / "ann.csv", out, per_image=PER_IMAGE, steps=STEPS, batch_size=5,
-            shard=(i, 2), progress=False,
+            GenerateConfig(out, per_image=PER_IMAGE, steps=STEPS, batch_size=5, shard=(i, 2), progress=False),
+            gen, market, market / "ann.csv",
         )
         for i in range(2)
     )  # fmt: skip
@@ -255,7 +289,7 @@ def test_unreadable_source_is_counted_and_skipped(tmp_path):
     bad.write_bytes(b"not a jpeg")
     gen = PIDMPipeline.from_preset("tiny").eval()
     s = generate_offline(
-        gen, market, market / "ann.csv", tmp_path / "o", per_image=2, steps=1, progress=False
+        GenerateConfig(tmp_path / "o", per_image=2, steps=1, progress=False), gen, market, market / "ann.csv"
     )
     assert s.failed_items == 2 and s.generated == 6 and bad.name in s.failures[0]
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from posereid.augment.generate import generate_offline, manifest_paths
+from posereid.augment.generate import GenerateConfig, generate_offline, manifest_paths
 from posereid.experiments.cli import main as cli_main
 from posereid.models.locks import (
     FILTER_LOCK_NAME,
@@ -84,7 +84,7 @@ def _gated_child(gen, market, ann, out, shard, started, go) -> None:
         return real(*args, **kwargs)
 
     gen.generate = generate
-    generate_offline(gen, market, ann, out, shard=shard, **_kwargs())
+    generate_offline(GenerateConfig(out, shard=shard, **_kwargs()), gen, market, ann)
 
 
 def _start(setup, out: Path, shard, go):
@@ -193,7 +193,9 @@ def test_a_killed_runs_lock_is_taken_over(setup, tmp_path):
     try:
         assert proc.stdout.readline().strip() == "held"
         with pytest.raises(OutputLockedError, match=rf"pid {proc.pid}, .*--shard") as info:
-            generate_offline(gen, market, ann, out, **_kwargs())  # another process holds it: refused
+            generate_offline(
+                GenerateConfig(out, **_kwargs()), gen, market, ann
+            )  # another process holds it: refused
         assert info.value.holder["pid"] == proc.pid and info.value.lock_file == out / shard_lock_name((0, 1))
         assert not (out / "bounding_box_train").exists()  # refused before writing anything
     finally:
@@ -203,7 +205,7 @@ def test_a_killed_runs_lock_is_taken_over(setup, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     lock = out / shard_lock_name((0, 1))
     assert lock.exists() and read_holder(lock)["pid"] == proc.pid  # left behind by the dead run
-    summary = generate_offline(gen, market, ann, out, **_kwargs())
+    summary = generate_offline(GenerateConfig(out, **_kwargs()), gen, market, ann)
     assert summary.generated == summary.planned == PLANNED
     _check_folder(out, PLANNED)
     assert lock.exists() and not holder_path(lock).exists()

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from PIL import Image
 
 from posereid.augment.dataset import PoseAugmentedDataset
 from posereid.augment.filter import IdentityFilter, filter_folder
-from posereid.augment.generate import generate_offline, read_manifest, synthetic_name
+from posereid.augment.generate import GenerateConfig, generate_offline, read_manifest, synthetic_name
 from posereid.augment.manifest import CONFIG_FILE, write_manifest_file
 from posereid.augment.pose_bank import PoseBank
 from posereid.experiments.cli import main as cli_main
@@ -55,24 +54,7 @@ TEST_CSV = "market-annotation-test.csv"
 def _synth_market(out: Path) -> None:
     args = ["--train-ids", "3", "--test-ids", "2", "--per-camera", "1", "--cameras", "2",
             "--distractors", "0", "--junk", "0", "--height", str(H), "--width", str(W)]  # fmt: skip
-    try:
-        assert cli_main(["synth-market", str(out), *args, "--no-progress"]) == 0
-        return
-    except (AttributeError, ImportError):  # posereid.experiments mid-reorganisation: call the writer
-        pass
-    for module in ("posereid.experiments.synthetic", "posereid.experiments.synthetic.dataset"):
-        try:
-            m = importlib.import_module(module)
-            write, config = m.write_synthetic_market, m.SynthConfig
-            break
-        except (AttributeError, ImportError):
-            continue
-    else:
-        pytest.skip("no synth-market writer importable")
-    cfg = config(
-        n_train_ids=3, n_test_ids=2, per_camera=1, cameras=2, n_distractors=0, n_junk=0, height=H, width=W
-    )
-    write(out, cfg, progress=False)
+    assert cli_main(["synth-market", str(out), *args, "--no-progress"]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +121,10 @@ def test_generate_uses_the_annotations_in_the_images_own_frame(market, tmp_path,
     gen = SpyGenerator(gen_size)
     out = tmp_path / "out"
     s = generate_offline(
-        gen, market, market / TRAIN_CSV, out, per_image=2, steps=1, batch_size=4, progress=False
+        GenerateConfig(out, per_image=2, steps=1, batch_size=4, progress=False),
+        gen,
+        market,
+        market / TRAIN_CSV,
     )
     assert s.generated == s.planned == 2 * len(Market1501(market).train)
     _check_spied_keypoints(gen, out, ann, ann, (H, W))
@@ -181,7 +166,9 @@ def test_keypoint_outside_the_frame_is_an_error_naming_file_and_line(market, tmp
     lines[2] = f"{name}:{ys}:[{', '.join(map(str, x_list))}]"
     csv.write_text("\n".join(lines) + "\n")
     with pytest.raises(MarketFormatError, match=rf"{csv} line 3: joint 1 of '{name}' .* outside the 64x32"):
-        generate_offline(SpyGenerator(), market, csv, tmp_path / "o", per_image=1, steps=1, progress=False)
+        generate_offline(
+            GenerateConfig(tmp_path / "o", per_image=1, steps=1, progress=False), SpyGenerator(), market, csv
+        )
     assert not (tmp_path / "o" / "bounding_box_train").exists() or not any(
         (tmp_path / "o" / "bounding_box_train").iterdir()
     )
@@ -202,12 +189,13 @@ def test_mixed_image_sizes_need_an_explicit_frame(market, tmp_path):
         MarketFormatError, match=rf"different sizes .*64x32.*128x64: 1 image\(s\), e\.g\. .*{first.name}"
     ):
         generate_offline(
-            SpyGenerator(), market, market / TRAIN_CSV, tmp_path / "o", per_image=1, steps=1, progress=False
+            GenerateConfig(tmp_path / "o", per_image=1, steps=1, progress=False),
+            SpyGenerator(),
+            market,
+            market / TRAIN_CSV,
         )
-    s = generate_offline(
-        SpyGenerator(), market, market / TRAIN_CSV, tmp_path / "o", per_image=1, steps=1,
-        annotation_hw=(H, W), progress=False,
-    )  # fmt: skip
+    config = GenerateConfig(tmp_path / "o", per_image=1, steps=1, annotation_hw=(H, W), progress=False)
+    s = generate_offline(config, SpyGenerator(), market, market / TRAIN_CSV)
     assert s.generated == s.planned > 0
 
 
@@ -365,7 +353,9 @@ def test_patn_csv_with_a_path_name_stops_generate(market, tmp_path, bad):
     csv.write_text("\n".join(lines) + "\n")
     pattern = rf"{csv} line 3: image name '{bad}' is not a plain file name"
     with pytest.raises(UnsafeNameError, match=pattern):
-        generate_offline(SpyGenerator(), market, csv, tmp_path / "o", per_image=1, steps=1, progress=False)
+        generate_offline(
+            GenerateConfig(tmp_path / "o", per_image=1, steps=1, progress=False), SpyGenerator(), market, csv
+        )
     with pytest.raises(UnsafeNameError, match=pattern):
         PoseBank.from_csv(csv)
 
@@ -396,11 +386,9 @@ def test_degenerate_source_sizes_are_skipped_and_counted(market, tmp_path):
     Image.new("RGB", (2000, 4000)).save(huge)
     gen = SpyGenerator()
     out = tmp_path / "out"
-    s = generate_offline(
-        gen, market, market / TRAIN_CSV, out, per_image=2, steps=1, batch_size=4, progress=False,
-        annotation_hw=(H, W),
-    )  # fmt: skip
-    n_sources = len([r for r in Market1501(market).train if r.pid > 0])
+    config = GenerateConfig(out, per_image=2, steps=1, batch_size=4, progress=False, annotation_hw=(H, W))
+    s = generate_offline(config, gen, market, market / TRAIN_CSV)
+    n_sources = len([r for r in Market1501(market).train if r.has_identity])
     assert s.failed_items == 4 and s.generated == s.planned - 4 == 2 * (n_sources - 2)
     assert any(str(tiny) in f and "too far from the keypoint frame" in f for f in s.failures)
     assert any(str(huge) in f and "4000x2000" in f for f in s.failures)
@@ -409,4 +397,6 @@ def test_degenerate_source_sizes_are_skipped_and_counted(market, tmp_path):
     assert len(written) == s.generated
     # without an explicit frame the mixed sizes are refused up front (the frame would be ambiguous)
     with pytest.raises(MarketFormatError, match="different sizes"):
-        generate_offline(gen, market, market / TRAIN_CSV, tmp_path / "o2", per_image=1, progress=False)
+        generate_offline(
+            GenerateConfig(tmp_path / "o2", per_image=1, progress=False), gen, market, market / TRAIN_CSV
+        )

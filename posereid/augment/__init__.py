@@ -10,8 +10,8 @@ __getattr__, __dir__, __all__ = attach(
         "transform": ["PoseTransferAugment"],
         "dataset": ["PoseAugmentedDataset"],
         "generate": [
-            "CONFIG_FILE", "GenerateConfigError", "GenerateSummary", "MANIFEST_NAME", "PlanItem", "REJECTED_DIR",
-            "SYNTHETIC_SEQ", "TRAIN_DIR", "generate_offline", "generator_sha256", "manifest_paths",
+            "CONFIG_FILE", "GenerateConfig", "GenerateConfigError", "GenerateSummary", "MANIFEST_NAME", "PlanItem",
+            "REJECTED_DIR", "SYNTHETIC_SEQ", "TRAIN_DIR", "generate_offline", "generator_sha256", "manifest_paths",
             "parse_synthetic_name", "plan_draws", "read_manifest", "read_manifest_file", "synthetic_name",
             "write_manifest_file",
         ],

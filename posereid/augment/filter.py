@@ -1,4 +1,5 @@
-"""Identity-consistency filter for generated people, and the ``posereid filter`` command.
+"""Identity-consistency filter for generated people (the library of ``posereid filter``, whose command
+line is in :mod:`posereid.augment.cli`).
 
 A generated image is useful for re-ID training only if it still looks like its source identity (the
 literature reports that unfiltered synthetic images can hurt). Each image is scored with a re-ID feature
@@ -30,7 +31,6 @@ re-ID checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -55,13 +55,11 @@ from posereid.augment.manifest import (
 )
 from posereid.models.images import pil_to_tensor01
 from posereid.models.locks import FILTER_LOCK_NAME, output_lock
-from posereid.models.runtime import resolve_device
 from posereid.reid_integration.evaluate import IdentityCentroids
 from posereid.reid_integration.market1501 import (
     BadInputPolicy,
     ImageReadError,
     Market1501,
-    add_strict_arg,
     load_image,
     safe_child,
 )
@@ -183,12 +181,6 @@ class IdentityFilter:
                 outs.append(self.features(ims))
         return (torch.cat(outs) if outs else torch.zeros(0, 0)), kept
 
-    def path_features(
-        self, paths: Sequence[str | os.PathLike[str]], *, desc: str = "features"
-    ) -> torch.Tensor:
-        """Features of image files (loaded in batches; an unreadable file raises naming it)."""
-        return self.readable_features(paths, BadInputPolicy(strict=True), desc=desc)[0]
-
     # ------------------------------------------------------------------ centroids
     def fit(
         self, paths: Sequence[str | os.PathLike[str]], pids: Sequence[int], *, strict: bool = False
@@ -218,7 +210,7 @@ class IdentityFilter:
         market = Market1501(market_root, strict=strict)
         self.skipped_references += market.skipped["train"]
         self.reference_errors.extend(market.errors)
-        recs = [r for r in market.train if r.pid > 0]
+        recs = [r for r in market.train if r.has_identity]
         if not recs:
             raise FilterError(f"{market_root}: no real train image with a pid > 0 to build centroids from")
         return self.fit([r.path for r in recs], [r.pid for r in recs], strict=strict)
@@ -395,66 +387,6 @@ def filter_folder(
             write_manifest_file(part, entries)
         logger.info("filter %s: %s", gen_dir, summary)
         return summary
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI: posereid filter
-# --------------------------------------------------------------------------------------------------
-def add_filter_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", required=True, help="folder written by `posereid generate`")
-    parser.add_argument("--data", required=True, help="Market-1501 folder with the REAL train images")
-    parser.add_argument("--reid-checkpoint", required=True, help="local posereid re-ID checkpoint")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--threshold", type=float, help="keep images whose score is >= this")
-    group.add_argument("--keep-top", type=float, metavar="FRACTION", help="keep the best-scoring fraction")
-    parser.add_argument(
-        "--score",
-        choices=("similarity", "margin"),
-        default="similarity",
-        help="what the threshold / ranking applies to",
-    )
-    parser.add_argument(
-        "--mode",
-        choices=("move", "manifest-only"),
-        default="move",
-        help="move rejected images to <dir>/rejected/, or only write scores to the manifest",
-    )
-    parser.add_argument(
-        "--device", default=None, help="device of the re-ID model (default: cuda if available)"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        nargs=2,
-        default=(128, 64),
-        metavar=("H", "W"),
-        help="size images are batched at (the re-ID model then resizes to its input size)",
-    )
-    add_strict_arg(parser)
-
-
-def run_filter(args: argparse.Namespace) -> int:
-    extractor = load_extractor(args.reid_checkpoint, resolve_device(args.device))
-    filt = IdentityFilter(extractor, image_size=tuple(args.image_size), batch_size=args.batch_size)
-    summary = filter_folder(
-        args.dir,
-        args.data,
-        filt,
-        threshold=args.threshold,
-        keep_top=args.keep_top,
-        score=args.score,
-        mode=args.mode,
-        strict=args.strict,
-    )
-    print(
-        f"scored {summary.scored}: kept {summary.kept}, rejected {summary.rejected} "
-        f"(threshold {summary.threshold}, moved {summary.moved_to_rejected}, restored {summary.restored}, "
-        f"missing {summary.missing_images}, unlisted {summary.unlisted_images}); skipped "
-        f"{summary.unreadable_images} unreadable generated image(s) and {summary.skipped_references} "
-        "real reference image(s)"
-    )
-    return 0
 
 
 __all__ = ["FilterError", "FilterSummary", "IdentityFilter", "filter_folder", "load_extractor", "select"]

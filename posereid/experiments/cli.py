@@ -19,12 +19,12 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth-market": ("posereid.experiments.synthetic.cli", "render a synthetic Market-1501-format dataset"),
     "synth-grid": ("posereid.experiments.synthetic.cli", "grid PNG of synthetic identities x poses/cameras"),
-    "annotate": ("posereid.reid_integration.annotate", "extract COCO-18 keypoints (mediapipe) to a PATN CSV"),
+    "annotate": ("posereid.reid_integration.cli", "extract COCO-18 keypoints (mediapipe) to a PATN CSV"),
     "train-generator": ("posereid.experiments.train_generator", "train the pose-transfer generator"),
     "sample": ("posereid.experiments.train_generator", "generate images with a trained generator"),
-    "generate": ("posereid.augment.generate", "offline generation into a Market-format folder"),
-    "filter": ("posereid.augment.filter", "re-score / re-filter a generated folder by identity"),
-    "train-reid": ("posereid.reid_integration.train", "train and evaluate a re-ID model with torchreid"),
+    "generate": ("posereid.augment.cli", "offline generation into a Market-format folder"),
+    "filter": ("posereid.augment.cli", "re-score / re-filter a generated folder by identity"),
+    "train-reid": ("posereid.reid_integration.cli", "train and evaluate a re-ID model with torchreid"),
     "reid-gain": ("posereid.experiments.reid_gain.cli", "the re-ID gain protocol (baseline vs augmented)"),
     "reid-gain-compare": (
         "posereid.experiments.reid_gain.cli",

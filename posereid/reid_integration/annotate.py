@@ -1,4 +1,5 @@
-"""Extract COCO-18 keypoints for a folder of images into a PATN annotation CSV (``posereid annotate``).
+"""Extract COCO-18 keypoints for a folder of images into a PATN annotation CSV (the library of ``posereid
+annotate``, whose command line is in :mod:`posereid.reid_integration.cli`).
 
 Keys are bare file names, like PATN's ``market-annotation-*.csv`` (with ``recursive=True`` two images of
 the same name in different sub-folders are an error, not a silent overwrite). Coordinates are in each
@@ -35,10 +36,8 @@ Runs are resumable, because annotating Market-1501 takes hours:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,14 +50,13 @@ from tqdm.auto import tqdm
 from posereid.models.io_utils import is_temp_file
 from posereid.models.locks import OutputLock, OutputLockedError
 from posereid.models.pose import visible_mask
-from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
+from posereid.models.pose_estimation import PoseEstimator
 from posereid.reid_integration.market1501 import (
     IMAGE_EXTENSIONS,
     PATN_HEADER,
     BadInputPolicy,
     ImageReadError,
     MarketFormatError,
-    add_strict_arg,
     format_patn_row,  # the PATN row format, shared so progress lines are the CSV's rows
     load_image,
     parse_patn_row,
@@ -394,79 +392,12 @@ def annotate_folder(
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI: posereid annotate DIR --out CSV
-# --------------------------------------------------------------------------------------------------
-def add_annotate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", type=Path, metavar="DIR", help="folder of person images")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        metavar="CSV",
-        help=(
-            f"PATN annotation CSV to write (atomically, when every image is done). Progress is saved in "
-            f"CSV{PARTIAL_SUFFIX} as it goes: after an interruption run the same command again to resume. "
-            "Images that already have a row in CSV or CSV.partial are not annotated again"
-        ),
-    )
-    parser.add_argument("--recursive", action="store_true", help="also annotate images in sub-folders")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help=f"start over: delete CSV and CSV{PARTIAL_SUFFIX} and annotate every image again "
-        "(needed after changing --min-visibility)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_strict_arg(parser)
-    parser.add_argument(
-        "--min-visibility",
-        type=float,
-        default=0.5,
-        help="BlazePose visibility below which a joint is missing",
-    )
-
-
-def run_annotate(args: argparse.Namespace) -> int:
-    try:
-        estimator = PoseEstimator(min_visibility=args.min_visibility)
-    except MissingExtraError as exc:
-        print(f"posereid annotate: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        summary = annotate_folder(
-            args.dir,
-            args.out,
-            estimator=estimator,
-            recursive=args.recursive,
-            progress=not args.no_progress,
-            overwrite=args.overwrite,
-            strict=args.strict,
-        )
-    except (NotADirectoryError, MarketFormatError, AnnotateLockedError) as exc:
-        print(f"posereid annotate: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            f"posereid annotate: interrupted; progress is saved in {partial_path(args.out)}, "
-            "run the same command again to resume",
-            file=sys.stderr,
-        )
-        return 130
-    finally:
-        estimator.close()
-    print(summary)
-    return 0
-
-
 __all__ = [
     "PARTIAL_SUFFIX",
     "AnnotateLockedError",
     "AnnotateSummary",
-    "add_annotate_args",
     "annotate_folder",
     "list_images",
     "lock_path",
     "partial_path",
-    "run_annotate",
 ]

@@ -1,4 +1,5 @@
-"""``posereid train-reid``: train a torchreid model for a fixed number of optimisation steps, then evaluate.
+"""Train a torchreid model for a fixed number of optimisation steps, then evaluate (the library of
+``posereid train-reid``, whose command line is in :mod:`posereid.reid_integration.cli`).
 
 The re-ID gain protocol compares a baseline with an augmented training set (DESIGN.md §6). For that
 comparison to be fair both arms must get the same number of updates, so training is a fixed budget of
@@ -14,7 +15,6 @@ so a set smaller than one batch trains nothing): it caps the batch to what the s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 from posereid.models.io_utils import atomic_write
 from posereid.models.runtime import resolve_device
 from posereid.reid_integration.evaluate import evaluate_features
-from posereid.reid_integration.market1501 import add_strict_arg
 from posereid.reid_integration.torchreid_plugin import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -384,91 +383,3 @@ def train_reid(
         results["synthetic_images"],
     )
     return results
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
-    d = ReidTrainConfig(data="")
-    parser.add_argument(
-        "--data", required=True, help="Market-1501-format folder (bounding_box_train, query, …)"
-    )
-    parser.add_argument(
-        "--synthetic",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="Market-format folder of generated train images under their source pids (repeatable)",
-    )
-    parser.add_argument("--model", default=d.model, help="torchreid model name, e.g. osnet_x0_25, resnet50")
-    parser.add_argument("--loss", choices=["softmax", "triplet"], default=d.loss)
-    parser.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (fixed budget)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--height", type=int, default=d.height)
-    parser.add_argument("--width", type=int, default=d.width)
-    parser.add_argument(
-        "--augment",
-        choices=["plain", "strong"],
-        default=d.augment,
-        help="strong = random horizontal flip + random erasing",
-    )
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument(
-        "--synthetic-ratio",
-        type=float,
-        default=None,
-        metavar="R",
-        help="share of synthetic images per batch, in expectation (default: uniform over "
-        "real and synthetic images)",
-    )
-    parser.add_argument("--out", required=True, help="output folder (results.json, model.safetensors)")
-    parser.add_argument(
-        "--pretrained",
-        default=None,
-        metavar="LOCAL_FILE",
-        help="local weights (.safetensors or torch state dict); never downloaded",
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
-    parser.add_argument("--num-instances", type=int, default=d.num_instances)
-    parser.add_argument("--workers", type=int, default=d.workers)
-    parser.add_argument("--metric", choices=["euclidean", "cosine"], default=d.metric)
-    add_strict_arg(parser)
-
-
-def run_train_reid(args: argparse.Namespace) -> int:
-    config = ReidTrainConfig(
-        data=args.data,
-        synthetic=tuple(args.synthetic),
-        model=args.model,
-        loss=args.loss,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        height=args.height,
-        width=args.width,
-        augment=args.augment,
-        seed=args.seed,
-        out=args.out,
-        pretrained=args.pretrained,
-        device=args.device,
-        num_instances=args.num_instances,
-        workers=args.workers,
-        metric=args.metric,
-        strict=args.strict,
-        synthetic_ratio=args.synthetic_ratio,
-    )
-    r = train_reid(config)
-    print(
-        f"rank1 {r['rank1']:.4f}  rank5 {r['rank5']:.4f}  rank10 {r['rank10']:.4f}  mAP {r['mAP']:.4f}  "
-        f"steps {r['steps']}  images {r['images']} ({r['synthetic_images']} synthetic)  -> {args.out}"
-    )
-    skipped = r.get("skipped", {})
-    print(
-        f"skipped {skipped.get('corrupt', 0)} unreadable image(s) and {skipped.get('stray_file', 0)} stray "
-        "file(s) (--strict stops at the first instead)"
-    )
-    return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posereid.augment.generate import generate_offline
+from posereid.augment.generate import GenerateConfig, generate_offline
 from posereid.augment.manifest import read_manifest
 from posereid.augment.pose_bank import PoseBank
 from posereid.models.images import pil_to_tensor01
@@ -98,15 +98,11 @@ def run(preset: str, device: torch.device, n_images: int, steps: int, batch_size
         out = Path(tmp) / "out"
         t = time.perf_counter()
         summary = generate_offline(
+            GenerateConfig(out, per_image=per_image, steps=steps, batch_size=batch_size, progress=False),
             gen,
             market,
             ann,
-            out,
-            per_image=per_image,
             pose_bank=bank,
-            steps=steps,
-            batch_size=batch_size,
-            progress=False,
         )
         _sync(device)
         t_offline = time.perf_counter() - t

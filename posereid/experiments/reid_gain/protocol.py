@@ -315,7 +315,7 @@ def ensure_synthetic(
     outside ``D_tr`` enters. ``generate_offline`` resumes an interrupted folder and refuses one made with
     other settings.
     """
-    from posereid.augment.generate import generate_offline
+    from posereid.augment.generate import GenerateConfig, generate_offline
     from posereid.models.contract import load_generator
 
     out = synthetic_dir(config, fraction)
@@ -323,11 +323,12 @@ def ensure_synthetic(
     if done.is_file():
         return int(json.loads(done.read_text())["images"])
     model = load_generator(generator, device=device)
-    summary = generate_offline(
-        model, subset.root, subset.annotations, out, per_image=config.per_image, sampling=config.pose_sampling,
-        steps=config.steps, sampler=config.sampler, guidance=config.guidance, batch_size=config.gen_batch_size,
+    settings = GenerateConfig(
+        out, per_image=config.per_image, sampling=config.pose_sampling, steps=config.steps,
+        sampler=config.sampler, guidance=config.guidance, batch_size=config.gen_batch_size,
         seed=config.subset_seed, annotation_hw=config.annotation_hw, progress=config.progress,
     )  # fmt: skip
+    summary = generate_offline(settings, model, subset.root, subset.annotations)
     if summary.failed_items:
         logger.warning("%s: %d source image(s) failed: %s", out, summary.failed_items, summary.failures[:3])
     images = len(Market1501(out).train)

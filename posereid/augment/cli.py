@@ -1,0 +1,189 @@
+"""The commands of :mod:`posereid.augment`: ``posereid generate`` and ``posereid filter``.
+
+Argument parsing, the glue from options to the library (:mod:`posereid.augment.generate`,
+:mod:`posereid.augment.filter`) and the printed summaries live here; no library module imports this one.
+Each command imports its library module when it is chosen, so one command never pays for the other's
+imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from posereid import argtypes
+from posereid.argtypes import (
+    add_annotation_size_arg,
+    add_strict_arg,
+    finite_float,
+    non_negative_int,
+    positive_int,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# posereid generate
+# --------------------------------------------------------------------------------------------------
+def add_generate_args(parser: argparse.ArgumentParser) -> None:
+    """Add the ``posereid generate`` options to ``parser``."""
+    from posereid.augment.pose_bank import SAMPLINGS
+    from posereid.models.sampling import SAMPLERS
+
+    parser.add_argument("--generator", required=True, help="generator checkpoint directory (save_pretrained)")
+    parser.add_argument("--data", required=True, help="Market-1501 folder whose train images are the sources")
+    parser.add_argument("--annotations", required=True, help="PATN annotation CSV of the source images")
+    parser.add_argument(
+        "--per-image", type=positive_int, required=True, help="synthetic images per source image"
+    )
+    parser.add_argument("--out", required=True, help="output folder (Market format + manifest.jsonl)")
+    parser.add_argument(
+        "--pose-bank", help="target poses: PATN CSV or PoseBank .npz (default: train annotations)"
+    )
+    add_annotation_size_arg(parser, what="--annotations (and of a --pose-bank CSV)")
+    parser.add_argument("--sampling", choices=SAMPLINGS, default="uniform", help="pose sampling strategy")
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--sampler", default="dpmsolver++", choices=sorted(SAMPLERS))
+    parser.add_argument("--guidance-pose", type=finite_float, default=2.0)
+    parser.add_argument("--guidance-appearance", type=finite_float, default=2.0)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--shard",
+        type=argtypes.shard,
+        help="i/n: generate items with index %% n == i (default: accelerate rank)",
+    )
+    parser.add_argument(
+        "--refiner", help="checkpoint with a refiner (PCDMs) run on every generated image (any family's)"
+    )
+    parser.add_argument("--refiner-steps", type=positive_int, default=20, help="sampler steps of the refiner")
+    parser.add_argument("--filter-checkpoint", help="re-ID checkpoint: score each image by identity")
+    parser.add_argument("--filter-threshold", type=finite_float, help="reject images scoring below this")
+    parser.add_argument("--filter-score", choices=("similarity", "margin"), default="similarity")
+    parser.add_argument(
+        "--out-size", type=positive_int, nargs=2, metavar=("H", "W"), help="size of written images"
+    )
+    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_strict_arg(parser)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """``posereid generate``: load the generator (+ refiner, pose bank, identity filter), generate, print
+    the summary; exit code 1 when a source image failed."""
+    import torch
+
+    from posereid.augment.generate import GenerateConfig, generate_offline
+    from posereid.augment.pose_bank import PoseBank
+    from posereid.models.contract import load_generator
+    from posereid.models.runtime import resolve_device
+
+    # the settings first: a bad combination stops before any model is loaded
+    config = GenerateConfig(
+        out_dir=args.out, per_image=args.per_image, sampling=args.sampling, steps=args.steps,
+        sampler=args.sampler, guidance=(args.guidance_pose, args.guidance_appearance),
+        batch_size=args.batch_size, seed=args.seed, shard=args.shard, filter_threshold=args.filter_threshold,
+        filter_score=args.filter_score, annotation_hw=args.annotation_size,
+        out_size=tuple(args.out_size) if args.out_size else None,
+        autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast],
+        progress=not args.no_progress, strict=args.strict,
+    )  # fmt: skip
+    device = resolve_device(args.device)
+    generator = load_generator(args.generator, device=device)
+    if args.refiner:
+        from posereid.models.refine import RefinedGenerator, load_refiner
+
+        generator = RefinedGenerator(
+            generator, load_refiner(args.refiner, device=device), steps=args.refiner_steps,
+            sampler=args.sampler,
+        )  # fmt: skip
+    bank = None
+    if args.pose_bank:
+        bank = (
+            PoseBank.load(args.pose_bank)
+            if args.pose_bank.endswith(".npz")
+            else PoseBank.from_csv(args.pose_bank, image_hw=args.annotation_size, images=args.data)
+        )
+    identity_filter = None
+    if args.filter_checkpoint:
+        from posereid.augment.filter import IdentityFilter, load_extractor
+
+        identity_filter = IdentityFilter(load_extractor(args.filter_checkpoint, device)).fit_market(
+            args.data, strict=args.strict
+        )
+    summary = generate_offline(
+        config, generator, args.data, args.annotations, pose_bank=bank, identity_filter=identity_filter
+    )
+    print(
+        f"shard {summary.shard}: {summary.generated} generated, {summary.already_done} already done, "
+        f"{summary.rejected} rejected, {summary.failed_items} failed of {summary.planned} planned "
+        f"({summary.images_per_s:.2f} images/s); manifest {summary.manifest}"
+    )
+    return 1 if summary.failed_items else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# posereid filter
+# --------------------------------------------------------------------------------------------------
+def add_filter_args(parser: argparse.ArgumentParser) -> None:
+    """Add the ``posereid filter`` options to ``parser``."""
+    parser.add_argument("--dir", required=True, help="folder written by `posereid generate`")
+    parser.add_argument("--data", required=True, help="Market-1501 folder with the REAL train images")
+    parser.add_argument("--reid-checkpoint", required=True, help="local posereid re-ID checkpoint")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, help="keep images whose score is >= this")
+    group.add_argument("--keep-top", type=float, metavar="FRACTION", help="keep the best-scoring fraction")
+    parser.add_argument(
+        "--score",
+        choices=("similarity", "margin"),
+        default="similarity",
+        help="what the threshold / ranking applies to",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("move", "manifest-only"),
+        default="move",
+        help="move rejected images to <dir>/rejected/, or only write scores to the manifest",
+    )
+    parser.add_argument(
+        "--device", default=None, help="device of the re-ID model (default: cuda if available)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=(128, 64),
+        metavar=("H", "W"),
+        help="size images are batched at (the re-ID model then resizes to its input size)",
+    )
+    add_strict_arg(parser)
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    """``posereid filter``: re-score a generated folder with a re-ID checkpoint and print the summary."""
+    from posereid.augment.filter import IdentityFilter, filter_folder, load_extractor
+    from posereid.models.runtime import resolve_device
+
+    extractor = load_extractor(args.reid_checkpoint, resolve_device(args.device))
+    filt = IdentityFilter(extractor, image_size=tuple(args.image_size), batch_size=args.batch_size)
+    summary = filter_folder(
+        args.dir,
+        args.data,
+        filt,
+        threshold=args.threshold,
+        keep_top=args.keep_top,
+        score=args.score,
+        mode=args.mode,
+        strict=args.strict,
+    )
+    print(
+        f"scored {summary.scored}: kept {summary.kept}, rejected {summary.rejected} "
+        f"(threshold {summary.threshold}, moved {summary.moved_to_rejected}, restored {summary.restored}, "
+        f"missing {summary.missing_images}, unlisted {summary.unlisted_images}); skipped "
+        f"{summary.unreadable_images} unreadable generated image(s) and {summary.skipped_references} "
+        "real reference image(s)"
+    )
+    return 0
+
+
+__all__ = ["add_filter_args", "add_generate_args", "run_filter", "run_generate"]

@@ -65,8 +65,8 @@ def _damaged(ckpt: Path, tmp_path: Path, what: str) -> Path:
     elif what == "config":
         cfg = json.loads((bad / "config.json").read_text())
         (bad / "config.json").write_text(json.dumps({**cfg, "image_size": "big"}))
-    elif what == "unknown":
-        (bad / "config.json").write_text(json.dumps({"_class_name": "Mystery"}))
+    elif what == "unknown":  # the file that names the pipeline class
+        (bad / "model_index.json").write_text(json.dumps({"_class_name": "Mystery"}))
     return bad
 
 

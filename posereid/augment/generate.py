@@ -41,7 +41,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -83,6 +83,9 @@ from posereid.reid_integration.market1501 import (
     load_annotations,
     load_image,
 )
+
+if TYPE_CHECKING:
+    from posereid.models.contract import PoseTransferSampler
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +365,7 @@ class _Run:
     def __init__(
         self,
         config: GenerateConfig,
-        generator: Any,
+        generator: PoseTransferSampler,
         plan: _Plan,
         part: Path,
         summary: GenerateSummary,
@@ -494,7 +497,7 @@ class _Run:
 
 def generate_offline(
     config: GenerateConfig,
-    generator: Any,
+    generator: PoseTransferSampler,
     market_root: str | os.PathLike[str],
     annotations: str | os.PathLike[str] | Mapping[str, np.ndarray],
     *,

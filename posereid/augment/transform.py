@@ -29,7 +29,7 @@ torchreid batch hook of :mod:`posereid.reid_integration`). The per-item path is 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import PIL.Image
@@ -42,6 +42,9 @@ from torchvision.transforms.v2 import functional as F
 from posereid.augment.pose_bank import SAMPLINGS, PoseBank
 from posereid.models.images import pil_to_tensor01, tensor01_to_pil
 from posereid.models.pose import NUM_KEYPOINTS, PoseKeypoints, as_keypoints, resize_keypoints
+
+if TYPE_CHECKING:
+    from posereid.models.contract import PoseTransferSampler
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class PoseTransferAugment(Transform):
 
     def __init__(
         self,
-        generator: Any,
+        generator: PoseTransferSampler,
         pose_bank: PoseBank,
         p: float = 0.5,
         steps: int = 20,

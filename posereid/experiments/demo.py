@@ -47,13 +47,16 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from posereid.experiments import reid_gain as rg
 from posereid.experiments.data import MarketSource
 from posereid.models.contract import is_checkpoint_dir
 from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.reid_integration.market1501 import load_image
+
+if TYPE_CHECKING:
+    from posereid.models.contract import PoseTransferSampler
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +193,7 @@ def time_generator_step(preset: str, hw: tuple[int, int], batch_size: int, devic
     return _timed(step, 2)
 
 
-def time_generation(generator: Any, batch_size: int) -> float:
+def time_generation(generator: PoseTransferSampler, batch_size: int) -> float:
     """Seconds per image per sampling step of ``generator`` without guidance (one model pass)."""
     import torch
 

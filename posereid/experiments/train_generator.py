@@ -61,7 +61,7 @@ def _stages() -> list[str]:
     """Every training stage of a multi-stage family (``TRAINING_STAGES``), in their families' order."""
     found: list[str] = []
     for f in FAMILIES:
-        found += [s for s in getattr(family_class(f), "TRAINING_STAGES", ()) if s not in found]
+        found += [s for s in family_class(f).TRAINING_STAGES if s not in found]
     return found
 
 
@@ -224,7 +224,7 @@ def run_train_generator(args: argparse.Namespace) -> int:
     )
     set_seed(args.seed)  # the same --seed gives the same initial weights (and data order, noise, dropout)
     family = checkpoint_family(args.init) if args.init is not None else args.family
-    stages = tuple(getattr(family_class(family), "TRAINING_STAGES", ()))
+    stages = family_class(family).TRAINING_STAGES
     if stages:
         return _train_stages(args, records, family, stages)
     if args.stage is not None or args.stage_steps is not None:

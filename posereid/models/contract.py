@@ -127,7 +127,7 @@ class UnknownGeneratorError(CheckpointError):
     """A checkpoint directory names no known family (the message lists the known ones)."""
 
 
-def family_class(family: str) -> type:
+def family_class(family: str) -> type[GeneratorPipeline]:
     """The pipeline class of ``family`` (imported on demand)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown generator family {family!r}; known: {', '.join(FAMILIES)}")

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -65,6 +65,9 @@ from posereid.experiments.synthetic.dataset import META_CSV
 from posereid.models.io_utils import atomic_write
 from posereid.models.pose_estimation import MissingExtraError
 from posereid.reid_integration.market1501 import Market1501
+
+if TYPE_CHECKING:
+    from posereid.models.contract import PoseTransferSampler
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +152,7 @@ def _resolve_reid(checkpoint: Any, device: torch.device) -> tuple[FeatureFn | No
 # Generation
 # --------------------------------------------------------------------------------------------------
 def generate_for_pairs(
-    generator: Any,
+    generator: PoseTransferSampler,
     pairs: EvalPairs,
     *,
     steps: int,
@@ -181,7 +184,7 @@ def generate_for_pairs(
     return torch.cat(out), (time.perf_counter() - t0) / max(1, len(pairs))
 
 
-def untrained_like(generator: Any, seed: int) -> Any:
+def untrained_like(generator: PoseTransferSampler, seed: int) -> PoseTransferSampler:
     """A freshly initialised generator of the same family and config (the floor), seeded for repeatability."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -190,7 +193,7 @@ def untrained_like(generator: Any, seed: int) -> Any:
 
 
 def _score_all(
-    generator: Any, pairs: EvalPairs, scorer: QualityScorer, config: EvaluateConfig
+    generator: PoseTransferSampler, pairs: EvalPairs, scorer: QualityScorer, config: EvaluateConfig
 ) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Scores of the ceiling, the trained and the untrained generator, the sheet's images, the sweep rows."""
     systems: dict[str, dict[str, float]] = {}
@@ -350,7 +353,7 @@ def _checked_sweep(sweep: Mapping[str, Sequence]) -> dict[str, tuple]:
 # Entry point and its steps
 # --------------------------------------------------------------------------------------------------
 def evaluate_generator(
-    generator: Any, config: EvaluateConfig | str | os.PathLike[str], **options: Any
+    generator: PoseTransferSampler, config: EvaluateConfig | str | os.PathLike[str], **options: Any
 ) -> dict[str, Any]:
     """Score a pose-transfer generator on test pairs; write the report when ``config.out_dir`` is given.
 
@@ -413,7 +416,7 @@ def _metric_backends(config: EvaluateConfig, size: tuple[int, ...], dev: torch.d
 
 def _result(
     config: EvaluateConfig,
-    generator: Any,
+    generator: PoseTransferSampler,
     size: tuple[int, ...],
     dev: torch.device,
     pairs: EvalPairs,

@@ -245,7 +245,7 @@ def ensure_generator(
         steps,
         final.parent,
     )
-    stages = tuple(getattr(pipeline, "TRAINING_STAGES", ()))
+    stages = pipeline.TRAINING_STAGES
     with _device_env(device):
         if stages:  # a multi-stage family (PCDMs): each stage in order, the last copied to final/
             result = training.train_stages(

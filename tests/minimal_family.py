@@ -44,7 +44,9 @@ class ConcatModel(CheckpointMixin, ModelMixin, ConfigMixin):
         )  # fmt: skip
         self.null_source = nn.Parameter(torch.zeros(3, h, w))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, pose: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, pose: torch.Tensor, source: torch.Tensor
+    ) -> torch.Tensor:
         return self.unet(torch.cat([x, pose.to(x.dtype), source.to(x.dtype)], dim=1), t).sample
 
 

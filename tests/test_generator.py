@@ -186,7 +186,13 @@ def test_checkpoint_files_are_readable_like_other_outputs(model: PIDMPipeline, t
     mask = os.umask(0)
     os.umask(mask)
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "ckpt").iterdir()}
-    assert set(modes) == {"config.json", "model_index.json", WEIGHTS_NAME, EMA_WEIGHTS_NAME, SCHEDULER_CONFIG_NAME}
+    assert set(modes) == {
+        "config.json",
+        "model_index.json",
+        WEIGHTS_NAME,
+        EMA_WEIGHTS_NAME,
+        SCHEDULER_CONFIG_NAME,
+    }
     assert set(modes.values()) == {0o666 & ~mask}, modes
 
 

@@ -330,7 +330,7 @@ def test_run_writes_csv_markdown_and_plot(run, market: Path) -> None:
     with open(config.out / "results.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
     assert len(csv_rows) == 4 and set(rg.CSV_FIELDS) <= set(csv_rows[0])
-    n_train = len([r for r in Market1501(market).train if r.pid > 0])
+    n_train = len([r for r in Market1501(market).train if r.has_identity])
     for r in rows:
         assert math.isfinite(r["mAP"]) and math.isfinite(r["rank1"])  # every run had valid queries
         assert r["images"] == (n_train if r["fraction"] == 1.0 else max(5, round(0.5 * n_train)))
@@ -347,7 +347,7 @@ def test_run_writes_csv_markdown_and_plot(run, market: Path) -> None:
 
 def test_every_identity_kept_at_every_fraction(run, market: Path) -> None:
     config, _, _, _ = run
-    full_pids = {r.pid for r in Market1501(market).train if r.pid > 0}
+    full_pids = {r.pid for r in Market1501(market).train if r.has_identity}
     for f in config.fractions:
         sub = Market1501(config.work / f"subset-{rg.fraction_tag(f)}")
         assert {r.pid for r in sub.train} == full_pids
@@ -649,7 +649,7 @@ def test_oracle_views_show_train_identities_in_their_hidden_views(market: Path, 
         write_oracle_views,
     )
 
-    train = sorted(r.name for r in Market1501(market).train if r.pid > 0)
+    train = sorted(r.name for r in Market1501(market).train if r.has_identity)
     sources = train[::2]
     summary = write_oracle_views(market, tmp_path / "oracle", sources, per_image=2)
     hidden = hidden_train_views(market)

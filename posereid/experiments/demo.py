@@ -764,7 +764,7 @@ def identity_grid(
     real: dict[int, list[Path]] = defaultdict(list)
     market = (source if source is not None else MarketSource(gain_cfg.data)).market
     for r in market.train:
-        if r.pid > 0:
+        if r.has_identity:
             real[r.pid].append(r.path)
     syn = rg.synthetic_dir(gain_cfg, 1.0)
     fake: dict[int, list[dict]] = defaultdict(list)
@@ -898,7 +898,7 @@ def _start(options: DemoOptions) -> _Run:
     budget = Budget(max(1.0, float(options.budget_minutes)) * 60.0, SHARES_TRAIN)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    device = str(resolve_device(None if options.device in ("", "auto") else options.device))
+    device = str(resolve_device(options.device))
     plan = load_or_start_plan(options, out, device)
     budget.shares = SHARES_SHIPPED if plan.generator is not None else SHARES_TRAIN
     budget.log = plan.stages

@@ -8,13 +8,13 @@ import torch
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a ``torch.device``; ``None`` picks this process's accelerator.
+    """``device`` as a ``torch.device``; ``None`` or ``"auto"`` picks this process's accelerator.
 
     Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) that is the process's own GPU
     (accelerate's ``PartialState``), otherwise CUDA when available, else the CPU. An unknown name raises
     ``ValueError`` naming it.
     """
-    if device is not None:
+    if device is not None and device not in ("", "auto"):
         try:
             return torch.device(device)
         except (RuntimeError, TypeError) as err:

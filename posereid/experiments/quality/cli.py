@@ -6,12 +6,11 @@ import argparse
 import sys
 from typing import Any
 
-from posereid.argtypes import non_negative_int, positive_int
+from posereid.argtypes import add_strict_arg, non_negative_int, positive_int
 from posereid.experiments.quality.evaluate import EvaluateConfig, evaluate_generator
 from posereid.experiments.quality.pairs import ANNOTATIONS_NAME, PAIRS_NAME
 from posereid.experiments.quality.report import parse_guidance, parse_sweep, render_markdown
 from posereid.models.pose_estimation import MissingExtraError
-from posereid.reid_integration.market1501 import add_strict_arg
 
 
 def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:

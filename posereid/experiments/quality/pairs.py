@@ -120,7 +120,7 @@ def load_eval_pairs(
     else:
         by_pid: dict[int, list[str]] = {}
         for rec in sorted(market.query + market.gallery, key=lambda r: r.name):
-            if rec.pid > 0 and rec.name in kps:
+            if rec.has_identity and rec.name in kps:
                 by_pid.setdefault(rec.pid, []).append(rec.name)
         candidates = [(a, b) for names in by_pid.values() for a in names for b in names if a != b]
         origin = "same-pid pairs of the test split (query + gallery)"

@@ -124,7 +124,7 @@ class QualityScorer:
         self.info: dict[str, Any] = {}
         if backends.fid is not None:
             ref = market.train or market.gallery
-            ref = [r for r in ref if r.pid != -1]
+            ref = [r for r in ref if not r.is_junk]
             if len(ref) > fid_reference_max:
                 keep = np.sort(np.random.default_rng(seed).choice(len(ref), fid_reference_max, replace=False))
                 ref = [ref[i] for i in keep]
@@ -134,7 +134,7 @@ class QualityScorer:
                 backends.fid.add_real(batch)
             self.info["fid_reference"] = f"{len(used)} real {'train' if market.train else 'gallery'} images"
         if backends.reid is not None:
-            gal = [r for r in market.gallery if r.pid != -1]  # real resolution; the re-ID model resizes
+            gal = [r for r in market.gallery if not r.is_junk]  # real resolution; the re-ID model resizes
             if not gal:
                 raise ValueError(
                     f"{market.root}: the gallery (bounding_box_test) is empty; identity metrics need it"

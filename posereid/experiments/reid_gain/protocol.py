@@ -548,7 +548,7 @@ def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[s
     from posereid.models.runtime import resolve_device
 
     # "auto" (the default) is this process's accelerator; the stages take the device's name as text
-    device = str(resolve_device(None if config.device in ("", "auto") else config.device))
+    device = str(resolve_device(config.device))
     csv_path = config.out / "results.csv"
     rows = read_results(csv_path)
     done = {cell_key(r["fraction"], r["arm"], r["seed"]) for r in rows}

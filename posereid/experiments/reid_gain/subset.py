@@ -125,7 +125,7 @@ def materialize_subset(
     if source is None:
         source = MarketSource(data, annotations)
     ds = source.market
-    train = [r for r in ds.train if r.pid > 0]  # junk and distractors never enter re-ID training
+    train = [r for r in ds.train if r.has_identity]  # junk and distractors never enter re-ID training
     if not train:
         raise ValueError(f"{ds.root}: the train split has no identity images (pid > 0)")
     kept = select_subset(train, fraction, seed)

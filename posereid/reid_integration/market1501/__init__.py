@@ -19,9 +19,6 @@ moves it into place, so a killed job never leaves a half-written file. The comma
 batch commands share (``--strict``, ``--annotation-size HxW``) are in :mod:`posereid.argtypes`.
 """
 
-# the argparse helpers live in posereid.argtypes; re-exported for callers that still import them from here
-from posereid.argtypes import STRICT_HELP, add_annotation_size_arg, add_strict_arg
-from posereid.argtypes import hw as parse_hw
 from posereid.reid_integration.market1501.folder import RELEASE_DIR, SPLIT_DIRS, Market1501, resolve_data_dir
 from posereid.reid_integration.market1501.frame import (
     MAX_ASPECT_CHANGE,
@@ -76,10 +73,7 @@ __all__ = [
     "PatnAnnotations",
     "RELEASE_DIR",
     "SPLIT_DIRS",
-    "STRICT_HELP",
     "UnsafeNameError",
-    "add_annotation_size_arg",
-    "add_strict_arg",
     "annotation_frame",
     "check_file_name",
     "check_image",
@@ -90,7 +84,6 @@ __all__ = [
     "image_size_problem",
     "load_annotations",
     "load_image",
-    "parse_hw",
     "parse_market_name",
     "parse_patn_row",
     "read_pairs_csv",

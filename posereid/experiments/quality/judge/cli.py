@@ -13,21 +13,14 @@ import sys
 
 import torch
 
-from posereid.argtypes import non_negative_int, positive_int
+from posereid.argtypes import hw_at_least, non_negative_int, positive_int
 from posereid.experiments.quality.judge.model import PoseJudgeEstimator
 from posereid.experiments.quality.judge.renders import EVAL_SEED, SIZES, TRAIN_SEED
 from posereid.experiments.quality.judge.report import REPORT_MD, evaluate_judge, render_judge_markdown
 from posereid.experiments.quality.judge.train import JudgeTrainConfig, train_judge
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW like 128x64, got {text!r}") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
-    return h, w
+#: an image size the judge can read (HxW, both sides >= 8)
+_SIZE = hw_at_least(8)
 
 
 def add_pose_judge_args(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +37,7 @@ def add_pose_judge_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument("--seed", type=int, default=TRAIN_SEED, help="weights + render stream seed (>= 10**6)")
-    t.add_argument("--sizes", nargs="+", type=_size, default=[_size(s) for s in sizes], metavar="HxW")
+    t.add_argument("--sizes", nargs="+", type=_SIZE, default=[_SIZE(s) for s in sizes], metavar="HxW")
     t.add_argument("--augment", type=float, default=d.augment, help="degradation strength (0 = none)")
     t.add_argument(
         "--channels", type=positive_int, nargs=3, default=None, help="stage widths (default 32 64 128)"
@@ -58,7 +51,7 @@ def add_pose_judge_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--judge", help="judge directory (default: the shipped posereid/assets/pose-judge)")
     e.add_argument("--out", required=True, help="report directory")
     e.add_argument("--n-images", type=positive_int, default=512, help="held-out people per size")
-    e.add_argument("--sizes", nargs="+", type=_size, default=[_size(s) for s in sizes], metavar="HxW")
+    e.add_argument("--sizes", nargs="+", type=_SIZE, default=[_SIZE(s) for s in sizes], metavar="HxW")
     e.add_argument("--seed", type=int, default=EVAL_SEED, help="held-out render seed (>= 10**6)")
     e.add_argument("--data", help="also score the evaluation targets of this Market-format folder")
     e.add_argument(

@@ -58,7 +58,7 @@ def test_parse_and_format_round_trip(name, parsed):
 def test_format_defaults_and_parse_inverse():
     assert format_market_name(7, 2) == "0007_c2s1_000000_01.jpg"
     assert format_market_name(-1, 3, 2, 5, 0, ext="png") == "-1_c3s2_000005_00.png"
-    for t in [(0, 1, 1, 0, 0), (12345, 9, 6, 999999, 99), (-1, 5, 0, 12, 7)]:
+    for t in [(0, 1, 1, 0, 0), (9999, 9, 6, 999999, 99), (-1, 5, 0, 12, 7), (3, 1, 9, 100000701, 4)]:
         assert parse_market_name(format_market_name(*t)) == t
 
 
@@ -79,10 +79,150 @@ def test_bad_names_raise_naming_the_name(bad):
         parse_market_name(bad)
 
 
-@pytest.mark.parametrize("kwargs", [dict(pid=-2, cam=1), dict(pid=1, cam=0), dict(pid=1, cam=10)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(pid=-2, cam=1),
+        dict(pid=1, cam=0),
+        dict(pid=1, cam=10),
+        dict(pid=10000, cam=1),  # 5 digits
+        dict(pid=1, cam=1, seq=10),  # 'c1s10'
+        dict(pid=1, cam=1, frame=1_000_000),  # 7 digits
+        dict(pid=1, cam=1, frame=99_999_999),  # 8 digits
+        dict(pid=1, cam=1, frame=10**9),  # 10 digits
+        dict(pid=1, cam=1, bbox=100),  # 3 digits
+    ],
+)
 def test_format_rejects_bad_values(kwargs):
+    """format_market_name writes only names parse_market_name reads back (no width it would refuse)."""
     with pytest.raises(ValueError):
         format_market_name(**kwargs)
+
+
+# The issue's near misses: each is a second spelling of an accepted name's (pid, cam, seq, frame, bbox).
+NEAR_MISSES = [
+    "0001_c1s1_0000007_01.jpg",  # 7-digit frame, beside 0001_c1s1_000007_01.jpg
+    "0001_c1s01_000007_01.jpg",  # 2-digit sequence
+    "0001_c1s1_00000\uff17_01.jpg",  # full-width 7
+    "\u0660001_c1s1_000007_01.jpg",  # Arabic-Indic 0
+    "0001_c1s1_000007_001.jpg",  # 3-digit box
+    "0001_c1s1_000007_1.jpg",  # 1-digit box
+    "00001_c1s1_000007_01.jpg",  # 5-digit pid
+    "001_c1s1_000007_01.jpg",  # 3-digit pid
+    "0001_c01s1_000007_01.jpg",  # 2-digit camera
+    "0001_C1S1_000007_01.jpg",  # upper-case c / s
+    "0001_c1s1_7_01.jpg",  # unpadded frame
+    "0001_c1s1_0100000701_00.jpg",  # a 9-digit synthetic frame zero-padded to 10
+    "0001_c1s1_010000070_00.jpg",  # 9 digits with a leading zero (that is a 6-digit frame's field)
+    "+001_c1s1_000007_01.jpg",
+    "0001_c1s1_000007_01.jpg\n",
+    " 0001_c1s1_000007_01.jpg",
+]
+
+
+@pytest.mark.parametrize("bad", NEAR_MISSES)
+def test_issue_near_miss_names_are_refused(bad):
+    """Issue 27 item 1: names that int() would read as another name's numbers are not Market names."""
+    with pytest.raises(MarketFormatError, match="not a Market-1501 file name"):
+        parse_market_name(bad)
+
+
+def test_issue_example_folder_gives_one_synthetic_name_per_source(tmp_path):
+    """The issue's folder: the near misses are skipped (counted, named), and no two sources share a
+    synthetic name; with strict=True the first one stops the scan naming the file."""
+    from posereid.augment.manifest import synthetic_name
+
+    train = tmp_path / SPLIT_DIRS["train"]
+    train.mkdir()
+    names = [
+        "0001_c1s1_000007_01.jpg",
+        "0001_c1s1_0000007_01.jpg",
+        "0001_c1s01_000007_01.jpg",
+        "0001_c1s1_00000\uff17_01.jpg",
+        "0001_c1s1_000007_01.png",  # differs only in the extension: the second one is skipped
+        "0002_c2s1_000451_03.jpg",
+    ]
+    for name in names:
+        Image.fromarray(_person()).save(train / name, format="PNG" if name.endswith(".png") else "JPEG")
+    ds = Market1501(tmp_path)
+    assert [r.name for r in ds.train] == ["0001_c1s1_000007_01.jpg", "0002_c2s1_000451_03.jpg"]
+    assert ds.skipped["train"] == 4
+    assert any("0001_c1s1_000007_01.png" in e and "extension" in e for e in ds.errors)
+    synthetic = [synthetic_name(r.name, k) for r in ds.train for k in range(3)]
+    assert len(set(synthetic)) == len(synthetic)
+    with pytest.raises(MarketFormatError, match="0001_c1s01_000007_01.jpg"):
+        Market1501(tmp_path, strict=True)
+
+
+def _candidate_names(rng: np.random.Generator, n: int) -> list[str]:
+    """Well-formed names and their near misses: 0-2 edits each (a digit inserted or removed, a digit made
+    full-width or Arabic-Indic, a letter upper-cased), so that collisions would be found if they existed."""
+    out = []
+    for _ in range(n):
+        pid = -1 if rng.random() < 0.1 else int(rng.integers(0, 30))
+        frame = int(rng.integers(0, 40)) if rng.random() < 0.8 else int(rng.integers(10**8, 10**8 + 40))
+        ext = str(rng.choice(["jpg", "png", "jpeg", "JPG"]))
+        name = list(
+            format_market_name(pid, int(rng.integers(1, 4)), int(rng.integers(0, 3)), frame, 1, ext="jpg")
+        )
+        name[-3:] = list(ext)
+        for _ in range(int(rng.integers(0, 3))):
+            at = int(rng.integers(len(name) - 4))
+            edit = int(rng.integers(4))
+            if edit == 0 and name[at].isdigit():
+                name.insert(at, "0")
+            elif edit == 1 and name[at].isdigit():
+                del name[at]
+            elif edit == 2 and name[at] in "0123456789":
+                name[at] = str(
+                    rng.choice(
+                        [
+                            "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19",
+                            "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669",
+                        ]
+                    )
+                )[int(name[at])]
+            elif edit == 3:
+                name[at] = name[at].upper()
+        out.append("".join(name))
+    return out
+
+
+def test_parse_is_one_to_one_and_format_inverts_it():
+    """Two accepted names never parse to one tuple (unless they differ only in the extension, which the
+    folder reader refuses), and format(parse(name)) gives the name back: so two source images can never
+    map to one synthetic name."""
+    from posereid.augment.manifest import parse_synthetic_name, synthetic_name
+
+    rng = np.random.default_rng(0)
+    names = set(_candidate_names(rng, 20000))
+    names |= {format_market_name(*t) for t in [(1, 1, 1, 7, 1), (-1, 9, 0, 999999, 99), (0, 3, 9, 10**8, 0)]}
+    by_tuple: dict[tuple[int, ...], str] = {}
+    accepted = 0
+    for name in sorted(names):
+        try:
+            parsed = parse_market_name(name)
+        except MarketFormatError:
+            continue
+        accepted += 1
+        stem, ext = name.rsplit(".", 1)
+        assert format_market_name(*parsed, ext=ext) == f"{stem}.{ext.lower()}"
+        assert (
+            stem.isascii()
+            and stem.replace("_", "").replace("-", "").replace("c", "").replace("s", "").isdigit()
+        )
+        other = by_tuple.setdefault(parsed, name)
+        assert other.rsplit(".", 1)[0] == stem, (other, name)
+        if 1 <= parsed[2] and parsed[3] < 10**6:  # a real name: its synthetic names decode back to it
+            for k in (0, 7, 99):
+                assert parse_synthetic_name(synthetic_name(name, k)) == (stem, k)
+    assert accepted > 500  # the generator does produce well-formed names
+    synth = {
+        synthetic_name(n, 0)
+        for n in by_tuple.values()
+        if parse_market_name(n)[3] < 10**6 and parse_market_name(n)[2] >= 1
+    }
+    assert len(synth) == sum(1 for t in by_tuple if t[3] < 10**6 and t[2] >= 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,6 +485,8 @@ _Y18 = "[" + ", ".join(["5"] * 18) + "]"
         (f"0003_c1s1_000000_01.jpg:{_Y18}:{_Y18.replace('5', '-3', 1)}", "-3 < -1"),
         (f"0003_c1s1_000000_01.jpg:{_Y18}", "3 ':'-separated fields"),
         (f"0003_c1s1_000000_01.jpg:5, 5:{_Y18}", "bracketed list"),
+        ("0003_c1s1_000000_01.jpg:" + _Y18.replace("5", "\uff15", 1) + ":" + _Y18, "is not an integer"),
+        (f"0003_c1s1_000000_01.jpg:{_Y18.replace('5', '1_0', 1)}:{_Y18}", "'1_0' is not an integer"),
     ],
 )
 def test_patn_bad_rows_name_file_and_line(tmp_path, row, problem):

@@ -32,6 +32,7 @@ from posereid.reid_integration.market1501.frame import (
 from posereid.reid_integration.market1501.images import ImageReadError, check_image, load_image
 from posereid.reid_integration.market1501.names import (
     IMAGE_EXTENSIONS,
+    SYNTHETIC_FRAME_RANGE,
     MarketFormatError,
     MarketRecord,
     UnsafeNameError,
@@ -73,6 +74,7 @@ __all__ = [
     "PatnAnnotations",
     "RELEASE_DIR",
     "SPLIT_DIRS",
+    "SYNTHETIC_FRAME_RANGE",
     "UnsafeNameError",
     "annotation_frame",
     "check_file_name",

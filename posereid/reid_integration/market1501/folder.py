@@ -69,7 +69,8 @@ class Market1501:
     Args:
         root: the data directory or a parent (see :func:`resolve_data_dir`).
         strict: the batch policy (:class:`BadInputPolicy`) for a stray entry in a split folder: an image
-            file whose name is not a Market name, a broken symlink, a symlink loop or an entry that cannot
+            file whose name is not a Market name (:func:`parse_market_name`: the exact format) or differs
+            from an earlier one's only in the extension (the later one in name order), a broken symlink, a symlink loop or an entry that cannot
             be examined. By default it is skipped and counted in :attr:`skipped` (per split; the messages
             in :attr:`errors`), with one warning per folder naming an example; ``strict=True`` raises
             :class:`MarketFormatError` (bad name) or :class:`ImageReadError` (unreadable entry) naming
@@ -102,6 +103,7 @@ class Market1501:
             return []
         bad = BadInputPolicy(self.strict)
         records: list[MarketRecord] = []
+        seen: dict[tuple[int, int, int, int, int], str] = {}
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             if is_temp_file(entry.name) or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 continue  # Thumbs.db, manifests, sub-folders, …
@@ -117,6 +119,17 @@ class Market1501:
             except MarketFormatError as exc:
                 bad.skip_or_raise(MarketFormatError(f"{path}: {exc}"), "file(s) with a bad name")
                 continue
+            key = (pid, cam, seq, frame, bbox)
+            if key in seen:  # names that differ only in the extension: one image to every reader
+                bad.skip_or_raise(
+                    MarketFormatError(
+                        f"{path}: same pid, camera, sequence, frame and box as {seen[key]!r} (the names "
+                        "differ only in the extension); keep one of them"
+                    ),
+                    "file(s) duplicating another's name",
+                )
+                continue
+            seen[key] = entry.name
             records.append(MarketRecord(path, pid, cam - 1, seq, frame, bbox, split))
         self.skipped[split] = bad.skipped
         self.errors.extend(bad.errors)

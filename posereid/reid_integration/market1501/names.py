@@ -30,7 +30,16 @@ class UnsafeNameError(MarketFormatError):
 #: Extensions treated as images when scanning a split folder (other files, e.g. ``Thumbs.db``, are ignored).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
-_NAME_RE = re.compile(r"^(-1|\d+)_c(\d)s(\d+)_(\d+)_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
+#: Frame numbers of the 9-digit form: synthetic names carry ``seq * 10**8 + frame * 100 + bbox`` of their
+#: source there (:func:`posereid.augment.manifest.synthetic_name`); real names have 6 digits.
+SYNTHETIC_FRAME_RANGE = (10**8, 10**9)
+
+# ASCII digits only and fixed widths (``\d`` would take any Unicode digit, ``+`` any width): one tuple has
+# one spelling, so two different files can never parse to the same (pid, cam, seq, frame, bbox).
+_NAME_RE = re.compile(
+    r"(-1|[0-9]{4})_c([1-9])s([0-9])_([0-9]{6}|[1-9][0-9]{8})_([0-9]{2})\.(?i:jpg|jpeg|png)",
+    re.ASCII,
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,18 +81,22 @@ class MarketRecord:
 def parse_market_name(name: str) -> tuple[int, int, int, int, int]:
     """Parse ``'0002_c1s1_000451_03.jpg'`` → ``(pid, cam, seq, frame, bbox)`` with ``cam`` 1-based.
 
-    ``pid`` is ``-1`` for junk and ``0`` for distractors. Raises :class:`MarketFormatError` otherwise.
+    ``pid`` is ``-1`` for junk and ``0`` for distractors. The name must follow the format exactly: ASCII
+    digits, pid ``-1`` or 4 digits, camera ``1``-``9``, a 1-digit sequence, a 6-digit frame (or a 9-digit
+    one starting ``1``-``9``, as synthetic names write), a 2-digit box, and ``.jpg``/``.jpeg``/``.png`` in
+    any case. So :func:`format_market_name` gives back the same name (extension lower-cased), and two
+    different names never parse to one tuple unless they differ only in the extension. Anything else
+    (``c1s01``, a 7-digit frame, a full-width digit, ``C1S1``) raises :class:`MarketFormatError`.
     """
     base = os.path.basename(str(name))
-    m = _NAME_RE.match(base)
+    m = _NAME_RE.fullmatch(base)
     if m is None:
         raise MarketFormatError(
-            f"{name!r} is not a Market-1501 file name (expected PPPP_cCsS_FFFFFF_BB.jpg, "
-            "e.g. '0002_c1s1_000451_03.jpg')"
+            f"{name!r} is not a Market-1501 file name (expected PPPP_cCsS_FFFFFF_BB.jpg in ASCII digits: "
+            "pid 4 digits or -1, camera 1-9, sequence 1 digit, frame 6 digits (9 in a synthetic name), "
+            "box 2 digits, e.g. '0002_c1s1_000451_03.jpg')"
         )
     pid, cam, seq, frame, bbox = (int(g) for g in m.groups()[:5])
-    if cam < 1:
-        raise MarketFormatError(f"{name!r}: camera must be 1..9 (the file name's camera is 1-based)")
     return pid, cam, seq, frame, bbox
 
 
@@ -91,14 +104,24 @@ def format_market_name(
     pid: int, cam: int, seq: int = 1, frame: int = 0, bbox: int = 1, ext: str = "jpg"
 ) -> str:
     """Build a Market-1501 file name; ``cam`` is 1-based. ``format_market_name(2, 1, 1, 451, 3)`` →
-    ``'0002_c1s1_000451_03.jpg'``; ``pid=-1`` gives ``'-1_c1s1_…'`` like the official junk images."""
+    ``'0002_c1s1_000451_03.jpg'``; ``pid=-1`` gives ``'-1_c1s1_…'`` like the official junk images.
+
+    Only values the format can spell are taken (``ValueError`` otherwise): pid -1..9999, cam 1..9, seq
+    0..9, frame 0..999999 or a 9-digit synthetic frame (:data:`SYNTHETIC_FRAME_RANGE`), bbox 0..99; so
+    :func:`parse_market_name` reads back exactly these values.
+    """
     pid, cam, seq, frame, bbox = (int(v) for v in (pid, cam, seq, frame, bbox))
-    if pid < -1:
-        raise ValueError(f"pid must be >= -1 (-1 junk, 0 distractor), got {pid}")
+    if not -1 <= pid <= 9999:
+        raise ValueError(f"pid must be -1..9999 (-1 junk, 0 distractor, 4 digits), got {pid}")
     if not 1 <= cam <= 9:
         raise ValueError(f"cam must be 1..9 (1-based, one digit), got {cam}")
-    if seq < 0 or frame < 0 or bbox < 0:
-        raise ValueError(f"seq, frame and bbox must be >= 0, got seq={seq} frame={frame} bbox={bbox}")
+    if not 0 <= seq <= 9:
+        raise ValueError(f"seq must be 0..9 (one digit), got {seq}")
+    lo, hi = SYNTHETIC_FRAME_RANGE
+    if not (0 <= frame < 10**6 or lo <= frame < hi):
+        raise ValueError(f"frame must be 0..999999 (6 digits) or a 9-digit synthetic frame, got {frame}")
+    if not 0 <= bbox <= 99:
+        raise ValueError(f"bbox must be 0..99 (two digits), got {bbox}")
     ext = ext.lstrip(".").lower()
     if f".{ext}" not in IMAGE_EXTENSIONS:
         raise ValueError(f"ext must be one of {IMAGE_EXTENSIONS}, got {ext!r}")
@@ -156,6 +179,7 @@ def safe_child(root: str | os.PathLike[str], name: object, *, source: str) -> Pa
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "SYNTHETIC_FRAME_RANGE",
     "MarketFormatError",
     "MarketRecord",
     "UnsafeNameError",

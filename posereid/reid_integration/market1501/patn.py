@@ -64,11 +64,11 @@ def _parse_int_list(text: str, where: str, what: str) -> list[int]:
         parts = []
     if len(parts) != NUM_KEYPOINTS:
         raise MarketFormatError(f"{where}: {what} has {len(parts)} values, expected {NUM_KEYPOINTS}")
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        bad = next(p for p in parts if not re.fullmatch(r"[+-]?\d+", p))
-        raise MarketFormatError(f"{where}: {what} value {bad!r} is not an integer") from None
+    # ASCII digits only: int() would also take '７' or '1_0'
+    bad = next((p for p in parts if not re.fullmatch(r"[+-]?[0-9]+", p)), None)
+    if bad is not None:
+        raise MarketFormatError(f"{where}: {what} value {bad!r} is not an integer")
+    return [int(p) for p in parts]
 
 
 def parse_patn_row(line: str, where: str, image_hw: tuple[int, int] | None) -> tuple[str, np.ndarray]:

@@ -8,6 +8,11 @@ A multi-stage family (PCDMs: ``TRAINING_STAGES`` inpaint → prior → refine) t
 (``--stage``, default all): each stage goes through the same training loop into ``OUT/<stage>/``, starts
 from the previous stage's ``final/`` and the last one is copied to ``OUT/final``. A rerun skips the stages
 that finished, so ``--max-minutes`` + rerun resumes the whole sequence.
+
+A run that ``--max-minutes`` stops before its last step writes no ``final/`` and exits with code 3 (as
+``reid-gain``), so ``train-generator … && generate …`` never uses an unfinished model; the same command
+again resumes it. A resume must use the settings and the training data of the checkpoint (the data's
+fingerprint is kept in ``train_config.json`` and each checkpoint).
 """
 
 from __future__ import annotations
@@ -146,7 +151,8 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
         "--max-minutes",
         type=positive_float,
         default=None,
-        help="wall-clock budget: checkpoint and stop when it runs out (rerun to resume)",
+        help="wall-clock budget: checkpoint and stop when it runs out, without final/, exit code 3 (the same "
+        "command again resumes)",
     )
     p("--min-joints", type=non_negative_int, default=7, help="skip images with fewer visible keypoints")
     add_annotation_size_arg(parser)
@@ -204,13 +210,21 @@ def _train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
     )  # fmt: skip
 
 
+#: exit code of a run that ``--max-minutes`` stopped before its last step (as ``reid-gain``'s): no
+#: ``final/`` was written, the same command again resumes from the last checkpoint
+EXIT_OUT_OF_TIME = 3
+
+
 def _report(args: argparse.Namespace, result: TrainResult, config: TrainConfig, out: Path) -> None:
     print(f"trained steps {result.start_step}..{result.steps}, final loss {result.final_loss:.4f}, "
           f"{result.skipped_nonfinite} non-finite step(s) skipped")  # fmt: skip
     if result.out_of_time:
-        print(f"stopped by --max-minutes {args.max_minutes:g} at step {result.steps} of {config.steps}; "
-              "run the same command again to continue")  # fmt: skip
-    print(f"final model: {out / 'final'}\ncheckpoints: {out / 'checkpoints'}\n"
+        print(f"out of time: stopped by --max-minutes {args.max_minutes:g} at step {result.steps} of "
+              f"{config.steps}; the model is unfinished, so no {out / 'final'} was written (exit code "
+              f"{EXIT_OUT_OF_TIME}); run the same command again to continue from {out / 'checkpoints'}")  # fmt: skip
+    else:
+        print(f"final model: {out / 'final'}")
+    print(f"checkpoints: {out / 'checkpoints'}\n"
           f"samples:     {out / 'samples'}\nloss log:    {out / 'train_log.csv'}")  # fmt: skip
 
 
@@ -242,7 +256,7 @@ def run_train_generator(args: argparse.Namespace) -> int:
         model, dataset, config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress
     )
     _report(args, result, config, args.out)
-    return 0
+    return EXIT_OUT_OF_TIME if result.out_of_time else 0
 
 
 def _train_stages(args: argparse.Namespace, records: list, family: str, stages: tuple[str, ...]) -> int:
@@ -281,7 +295,7 @@ def _train_stages(args: argparse.Namespace, records: list, family: str, stages: 
         print(f"stage {result.output_dir.name}:")
         _report(args, result, configs[result.output_dir.name], result.output_dir)
         if result.out_of_time:
-            return 0
+            return EXIT_OUT_OF_TIME
     print(f"{family} stages {', '.join(todo)} done; final model: {args.out / 'final'}")
     return 0
 

@@ -12,7 +12,7 @@ Output directory layout::
     samples/step-0000500.png    rows: source | target skeleton | generated (EMA) | ground truth
     train_log.csv               step,loss,lr,grad_norm,skipped
     tensorboard/                SummaryWriter events
-    final/                      save_pretrained of the last step (EMA included)
+    final/                      save_pretrained of the last step (EMA included); only once ``steps`` are done
 
 Checkpoints are written into ``step-XXXXXXX.tmp-<pid>`` and renamed into place, so a kill never leaves a
 half checkpoint; leftovers are deleted on resume. ``training_state.pt`` holds only tensors and plain
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -95,8 +96,9 @@ class TrainConfig:
     informative; a flow-matching model, which DDIM cannot sample, draws them with DPM-Solver++, which
     clips x0 too). ``max_nonfinite_in_row``: abort with :class:`NonFiniteLossError` after more
     consecutive non-finite steps than this. ``max_minutes``: wall-clock budget of one call; when it runs
-    out, training checkpoints, draws a grid and returns early (the LR schedule still spans ``steps``,
-    so a later call with ``resume`` carries on where it stopped: a job under a cluster time limit).
+    out, training checkpoints, draws a grid and returns early without a ``final/`` (the LR schedule
+    still spans ``steps``, so a later call with ``resume`` carries on where it stopped: a job under a
+    cluster time limit).
     """
 
     steps: int = 10000
@@ -278,6 +280,53 @@ _clock = time.monotonic  # the time budget's clock (tests replace it)
 RUN_CONTROL_FIELDS = ("max_minutes", "num_workers", "tensorboard", "log_every")
 
 
+def data_fingerprint(dataset: PosePairDataset) -> dict[str, Any]:
+    """What a resume must find unchanged about the training data: counts and short hashes.
+
+    ``records``: SHA-256 (12 hex digits) of every record's name, identity and keypoints in dataset order
+    (what ``--data`` / ``--annotations`` / ``--min-joints`` select); ``pair_list``: the same of the explicit
+    pairs (``--pairs``), else ``"auto"``; ``images`` / ``identities`` / ``pairs``: counts, so a message
+    says how the data differ. Image bytes are not read (a folder may move; its names are compared).
+    """
+    rec_hash = hashlib.sha256()
+    for i, rec in enumerate(dataset.records):
+        name = rec.name or (Path(rec.image).name if isinstance(rec.image, (str, Path)) else str(i))
+        rec_hash.update(f"{name}\0{int(rec.pid)}\0".encode())
+        rec_hash.update(np.ascontiguousarray(rec.keypoints, dtype=np.float32).tobytes())
+    pairs = "auto"
+    if dataset.pairs is not None:
+        pairs = hashlib.sha256(json.dumps(dataset.pairs).encode()).hexdigest()[:12]
+    return {
+        "images": len(dataset.records),
+        "identities": len({int(r.pid) for r in dataset.records}),
+        "pairs": len(dataset),
+        "records": rec_hash.hexdigest()[:12],
+        "pair_list": pairs,
+        "flip_prob": dataset.flip_prob,
+        "seed": dataset.seed,
+    }
+
+
+def check_resume_data(saved: dict | None, current: dict, *, source: str | Path) -> None:
+    """Raise :class:`ResumeMismatchError` when the checkpoint was trained on other data (a
+    :func:`data_fingerprint` field differs), naming each such field; a checkpoint written before
+    fingerprints existed (``saved`` is ``None``) resumes with a warning."""
+    if saved is None:
+        logger.warning("%s: no record of its training data (an older checkpoint); the data are not checked",
+                       source)  # fmt: skip
+        return
+    diff = [
+        f"data.{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    ]
+    if diff:
+        raise ResumeMismatchError(
+            f"{source}: this run was trained on other data ({'; '.join(diff)}); rerun with the same --data, "
+            "--annotations and --pairs to resume, or start over (--overwrite, or a new --out)"
+        )
+
+
 def check_resume_config(saved: dict, current: dict, *, source: str | Path) -> None:
     """Raise :class:`ResumeMismatchError` naming every hyper-parameter that differs from the checkpoint's.
 
@@ -338,6 +387,7 @@ class _Trainer:
         self.params = [p for _, p in _ema_params(self.net)]
         self.ema = EMAModel(self.params, decay=cfg.ema_decay, update_after_step=cfg.ema_start, foreach=True)
         self.step, self.skipped, self.in_row = 0, 0, 0
+        self.data: dict[str, Any] = {}  # the data_fingerprint of this run's dataset
 
     def resume(self, ckpt: Path) -> None:
         """Restore weights, EMA, optimizer, LR schedule, grad scaler and counters from a checkpoint."""
@@ -346,6 +396,7 @@ class _Trainer:
         except Exception as exc:  # noqa: BLE001 - re-raised naming the file
             raise RuntimeError(f"{ckpt / STATE_FILE}: cannot read the training state ({exc})") from exc
         check_resume_config(state.get("config") or {}, asdict(self.cfg), source=ckpt / STATE_FILE)
+        check_resume_data(state.get("data"), self.data, source=ckpt / STATE_FILE)
         cls = type(self.net)
         self.net.load_state_dict(cls.from_pretrained(ckpt / "model", use_ema=False).state_dict())
         loaded = dict(cls.from_pretrained(ckpt / "model", use_ema=True).named_parameters())
@@ -414,6 +465,7 @@ class _Trainer:
         """Write ``checkpoints/step-XXXXXXX`` (temp dir + rename); keep the newest ``keep_checkpoints``."""
         state = {
             "step": self.step, "skipped": self.skipped, "in_row": self.in_row, "config": asdict(self.cfg),
+            "data": dict(self.data),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "ema": {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"},  # in model/
         }  # fmt: skip
@@ -467,7 +519,9 @@ def train_generator(
     the lock, so it cannot delete the checkpoints of a run still going.
     A step whose loss (or gradient norm) is non-finite makes no update and is counted; more than
     ``config.max_nonfinite_in_row`` in a row raise :class:`NonFiniteLossError`. When
-    ``config.max_minutes`` runs out the call checkpoints and returns with ``out_of_time=True``.
+    ``config.max_minutes`` runs out the call checkpoints and returns with ``out_of_time=True`` and no
+    ``final/`` (the model is unfinished). The checkpoints record :func:`data_fingerprint` of ``dataset``:
+    a resume on other data raises :class:`ResumeMismatchError` too.
     While it runs, the main process holds the lock ``output_dir/.lock`` (:mod:`posereid.models.locks`): a
     second call on the same ``output_dir`` raises :class:`~posereid.models.locks.OutputLockedError`
     naming the first.
@@ -478,6 +532,7 @@ def train_generator(
     if size != dataset.image_size:
         raise ValueError(f"dataset image_size {dataset.image_size} differs from the model's {size}")
     tr = _Trainer(model, cfg, out)
+    tr.data = data_fingerprint(dataset)
     # one run per output folder, held by the main process (the other ranks are the same run)
     lock = (
         output_lock(out, LOCK_NAME, what="posereid train-generator")
@@ -525,7 +580,7 @@ def _train_locked(
     sample_batch, writer = None, None
     if main:
         with atomic_write(out / "train_config.json") as fh:
-            fh.write(json.dumps(asdict(cfg), indent=2) + "\n")
+            fh.write(json.dumps({**asdict(cfg), "data": tr.data}, indent=2) + "\n")
         _truncate_log(log, start)
         if cfg.sample_every:
             n = min(cfg.num_samples, len(dataset))
@@ -574,7 +629,7 @@ def _train_locked(
                 tr.samples(sample_batch)
             if out_of_time:
                 logger.warning(
-                    "max_minutes=%g reached at step %d of %d: checkpointed; rerun with resume to continue",
+                    "max_minutes=%g reached at step %d of %d: checkpointed, no final/; rerun to continue",
                     cfg.max_minutes, step, cfg.steps,
                 )  # fmt: skip
                 break
@@ -584,11 +639,16 @@ def _train_locked(
             _append_log(log, rows)
         if writer is not None:
             writer.close()
-    if main:
+    if main and out_of_time:  # an unfinished model is no final/ (a stale one, of an earlier stop, goes)
+        if (out / "final").exists():
+            logger.warning("removing %s: written before step %d of %d", out / "final", tr.step, cfg.steps)
+            shutil.rmtree(out / "final")
+    elif main:
         _write_dir(
             out / "final", lambda d: tr.net.save_pretrained(d, ema_state_dict=_ema_state_dict(tr.net, tr.ema))
         )
         logger.info("trained to step %d; final model (EMA included) in %s", tr.step, out / "final")
+    if main:
         if log.is_file():
             plot_loss_curve(log, out / "loss.png")
     acc.wait_for_everyone()
@@ -601,8 +661,9 @@ def _train_locked(
 
 
 def stage_done(out: Path, steps: int) -> bool:
-    """``out`` (one stage's folder) holds a ``final/`` of a run that reached ``steps`` (``max_minutes`` also
-    writes ``final/`` when it stops a run early, so the last checkpoint's step decides)."""
+    """``out`` (one stage's folder) holds a ``final/`` of a run that reached ``steps`` (a run stopped early by
+    ``max_minutes`` writes no ``final/``; one of an older version did, so the last checkpoint's step
+    decides too)."""
     done = list_checkpoints(out)
     return (out / "final").is_dir() and bool(done) and done[-1][0] == steps
 
@@ -698,6 +759,8 @@ __all__ = [
     "NonFiniteLossError",
     "ResumeMismatchError",
     "check_resume_config",
+    "check_resume_data",
+    "data_fingerprint",
     "PosePairDataset",
     "PoseRecord",
     "TrainConfig",

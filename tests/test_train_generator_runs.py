@@ -1,0 +1,104 @@
+"""train-generator runs across calls: a resume must train on the checkpoint's data (issue 27 item 4), and a
+run stopped by --max-minutes is unfinished: exit code 3, no final/ (item 6)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from posereid.experiments.cli import main
+from posereid.models.training import (
+    PosePairDataset,
+    ResumeMismatchError,
+    TrainConfig,
+    list_checkpoints,
+    train_generator,
+)
+from tests.test_generate import make_market
+from tests.test_training import H, W, _records, _tiny
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return main(["train-generator", "--data", str(data), "--annotations", str(data / "ann.csv"), "--preset",
+                 "tiny", "--image-size", f"{H}x{W}", "--out", str(out), "--batch-size", "2",
+                 "--sample-every", "0", "--seed", "1", "--no-progress", *extra])  # fmt: skip
+
+
+def test_resume_on_other_data_is_refused_naming_the_fields(tmp_path: Path, capsys) -> None:
+    """Steps 1-2 on 6 identities, then a resume with --data of 2: refused (exit 1) naming the data fields
+    and both values, nothing trained; the original data resume."""
+    six = make_market(tmp_path / "six", n_pids=6)
+    two = make_market(tmp_path / "two", n_pids=2)
+    out = tmp_path / "gen"
+    assert _train(six, out, "--steps", "4", "--checkpoint-every", "2") == 0
+    data = json.loads((out / "train_config.json").read_text())["data"]
+    assert data["identities"] == 6 and data["images"] == 12 and len(data["records"]) == 12
+    shutil.rmtree(out / "checkpoints" / "step-0000004")  # as if killed after step 2
+    shutil.rmtree(out / "final")
+    capsys.readouterr()
+    assert _train(two, out, "--steps", "4", "--checkpoint-every", "2") == 1
+    err = capsys.readouterr().err
+    assert "data.identities: checkpoint 6, now 2" in err and "data.images: checkpoint 12, now 4" in err, err
+    assert "data.records: checkpoint" in err and "training_state.pt" in err and "Traceback" not in err
+    assert [s for s, _ in list_checkpoints(out)] == [2] and not (out / "final").exists()
+    assert json.loads((out / "train_config.json").read_text())["data"] == data  # not rewritten
+    # same names and identities, other keypoints (another --annotations): refused too
+    ann = (six / "ann.csv").read_text().splitlines()
+    header, first = ann[0], ann[1].split(":")
+    first[1] = first[1].replace("2", "3", 1)
+    (six / "ann.csv").write_text("\n".join([header, ":".join(first), *ann[2:]]) + "\n")
+    assert _train(six, out, "--steps", "4", "--checkpoint-every", "2") == 1
+    err = capsys.readouterr().err
+    assert "data.records: checkpoint" in err and "data.identities" not in err, err
+    (six / "ann.csv").write_text("\n".join(ann) + "\n")
+    assert _train(six, out, "--steps", "4", "--checkpoint-every", "2") == 0
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4] and (out / "final").is_dir()
+
+
+def test_library_resume_with_other_pairs_is_refused(tmp_path: Path) -> None:
+    records = _records()
+    cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=0, checkpoint_every=1, sample_every=0,
+                      tensorboard=False)  # fmt: skip
+    out = tmp_path / "run"
+    train_generator(_tiny(), PosePairDataset(records, (H, W), seed=0), cfg, out, progress=False)
+    shutil.rmtree(out / "checkpoints" / "step-0000002")
+    explicit = PosePairDataset(records, (H, W), pairs=[(0, 1), (2, 3)], seed=0)
+    with pytest.raises(ResumeMismatchError, match=r"data\.pair_list: checkpoint 'auto', now '[0-9a-f]{12}'"):
+        train_generator(_tiny(), explicit, cfg, out, progress=False)
+
+
+def test_max_minutes_stop_exits_3_without_final(tmp_path: Path, capsys, monkeypatch) -> None:
+    """An early stop is no finished model: exit 3 (as reid-gain), no final/, the printed line says so; the
+    same command again resumes from the checkpoint and writes final/ (exit 0)."""
+    import posereid.models.training as training
+
+    data = make_market(tmp_path / "m", n_pids=2)
+    out = tmp_path / "gen"
+    ticks = iter(range(0, 10_000, 25))  # every clock read is 25 s later: a 1-minute budget ends at step 3
+    monkeypatch.setattr(training, "_clock", lambda: float(next(ticks)))
+    capsys.readouterr()
+    assert _train(data, out, "--steps", "5", "--checkpoint-every", "0", "--max-minutes", "1") == 3
+    text = capsys.readouterr().out
+    assert "at step 3 of 5" in text and "no " + str(out / "final") in text and "again" in text, text
+    assert not (out / "final").exists() and [s for s, _ in list_checkpoints(out)] == [3]
+    assert (out / "loss.png").is_file()
+    monkeypatch.setattr(training, "_clock", lambda: 0.0)
+    assert _train(data, out, "--steps", "5", "--checkpoint-every", "0", "--max-minutes", "1") == 0
+    assert "trained steps 3..5" in capsys.readouterr().out and (out / "final").is_dir()
+
+
+def test_max_minutes_stop_of_a_stage_exits_3(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A multi-stage family (pcdms) stopped in its first stage: exit 3, neither the stage's nor OUT/final."""
+    import posereid.models.training as training
+
+    data = make_market(tmp_path / "m", n_pids=2)
+    out = tmp_path / "gen"
+    ticks = iter(range(0, 10_000, 25))
+    monkeypatch.setattr(training, "_clock", lambda: float(next(ticks)))
+    rc = _train(data, out, "--family", "pcdms", "--stage", "inpaint", "--steps", "5", "--checkpoint-every", "0",
+                "--max-minutes", "1")  # fmt: skip
+    assert rc == 3 and "out of time" in capsys.readouterr().out
+    assert not (out / "inpaint" / "final").exists() and not (out / "final").exists()

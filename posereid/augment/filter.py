@@ -14,7 +14,9 @@ re-scores an existing generated folder without regenerating: rejected images are
 ``<dir>/rejected/`` (outside ``bounding_box_train`` so torchreid never reads them; a later run with a
 looser threshold moves them back) and every manifest part is rewritten atomically with ``filter_score``,
 ``filter_margin`` and ``kept``. Re-running is idempotent, so an interrupted run is finished by running it
-again. Manifest names are untrusted: a name that is not a plain file name, or a symlink leading out of
+again. It has the folder to itself (:class:`~posereid.models.locks.GeneratedFolderLock`): it stops at once,
+naming the holder, while a ``generate`` (any shard) or another ``filter`` writes the folder, and a
+``generate`` started while it runs stops the same way. Manifest names are untrusted: a name that is not a plain file name, or a symlink leading out of
 the folder, stops the run before anything is read or moved, with an error naming the manifest, the line
 and the name.
 
@@ -54,7 +56,7 @@ from posereid.augment.manifest import (
     write_manifest_file,
 )
 from posereid.models.images import pil_to_tensor01
-from posereid.models.locks import FILTER_LOCK_NAME, output_lock
+from posereid.models.locks import GeneratedFolderLock
 from posereid.reid_integration.evaluate import IdentityCentroids
 from posereid.reid_integration.market1501 import (
     BadInputPolicy,
@@ -297,14 +299,14 @@ def filter_folder(
     real) is skipped and counted in the summary; ``strict=True`` raises at the first one, naming it,
     before anything is moved or rewritten.
 
-    The run holds the lock ``gen_dir/.filter.lock`` (:mod:`posereid.models.locks`): a second ``filter`` on
-    the same folder raises :class:`~posereid.models.locks.OutputLockedError` naming the first.
+    The run holds ``gen_dir`` to itself (:class:`~posereid.models.locks.GeneratedFolderLock` without a
+    shard): while a ``generate`` or another ``filter`` writes the folder it raises
+    :class:`~posereid.models.locks.OutputLockedError` naming that run, and a ``generate`` started meanwhile
+    stops the same way.
     """
     gen_dir = Path(gen_dir)
-    # one filter per folder; a missing folder gets no lock (and the error from the body, not a new folder)
-    lock = (
-        output_lock(gen_dir, FILTER_LOCK_NAME, what="posereid filter") if gen_dir.is_dir() else nullcontext()
-    )
+    # the folder to itself; a missing folder gets no lock (and the error from the body, not a new folder)
+    lock = GeneratedFolderLock(gen_dir, what="posereid filter") if gen_dir.is_dir() else nullcontext()
     with lock:
         if score not in ("similarity", "margin"):
             raise FilterError(f"score must be 'similarity' or 'margin', got {score!r}")

@@ -24,9 +24,10 @@ error naming the file (and line) — see :func:`~posereid.reid_integration.marke
 
 **Shards.** ``GenerateConfig.shard=(i, n)`` takes the items with ``index % n == i`` and appends to
 ``manifest.shard-i-of-n.jsonl``; shards can run at the same time on one folder (one process per shard).
-Each run holds its shard's lock ``OUT/.lock-shard-i-of-n`` (:mod:`posereid.models.locks`) while it works:
-a second run of the same shard on the same folder, on this host or another sharing the disk, stops at once
-naming the first; a killed run's lock is taken over by the next run.
+Each run holds the folder's locks for a shard (:class:`~posereid.models.locks.GeneratedFolderLock`) while it
+works: the folder lock shared and its shard's lock ``OUT/.lock-shard-i-of-n``. A second run of the same
+shard, a run with another shard count, or a ``filter`` on the same folder, on this host or another sharing
+the disk, stops at once naming the first; a killed run's locks are taken over by the next run.
 Under ``accelerate launch`` the shard defaults to ``(process_index, num_processes)``.
 :func:`read_manifest` reads all parts.
 """
@@ -70,7 +71,7 @@ from posereid.augment.manifest import (
 from posereid.augment.pose_bank import SAMPLINGS, PoseBank
 from posereid.models.images import pil_to_tensor01, tensor01_to_pil
 from posereid.models.io_utils import atomic_save, atomic_write
-from posereid.models.locks import output_lock, shard_lock_name
+from posereid.models.locks import GeneratedFolderLock
 from posereid.models.pose import missing_pose, resize_keypoints, skeleton_tensor
 from posereid.models.sampling import SAMPLERS
 from posereid.reid_integration.market1501 import (
@@ -533,13 +534,9 @@ def generate_offline(
     summary.planned = len(plan.mine)
     gen_hash = generator_sha256(generator)
     run_config = _run_config(config, plan, gen_hash, filtered=identity_filter is not None)
-    # one process per shard and folder: a second run of this shard stops here, naming the first
-    with output_lock(
-        out_dir,
-        shard_lock_name(shard),
-        what="posereid generate",
-        advice="wait for it to finish, or use another --out or --shard",
-    ):
+    # one process per shard, one shard count per folder and no filter meanwhile: a run in the way of
+    # another stops here, naming it
+    with GeneratedFolderLock(out_dir, what="posereid generate", shard=shard):
         pending = _resume(out_dir, part, plan.mine, run_config, summary)
         _Run(config, generator, plan, part, summary, identity_filter, gen_hash).run(pending)
     summary.seconds = time.perf_counter() - t_start

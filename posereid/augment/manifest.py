@@ -7,6 +7,8 @@ and how a killed run is picked up again, so that readers of generated folders
 **Layout.** Images go to ``OUT/bounding_box_train/`` (``OUT/rejected/`` when the identity filter rejects
 them), one JSON line per image to ``OUT/manifest.jsonl`` (``manifest.shard-i-of-n.jsonl`` for shard
 ``(i, n)``; :func:`read_manifest` reads all parts), and the run's settings to ``generate_config.json``.
+The lock files ``OUT/.lock*`` are those of :class:`~posereid.models.locks.GeneratedFolderLock`, which every
+writer of the folder (``generate``, each shard; ``filter``) holds while it works.
 
 **File names.** ``PPPP_cCs9_QFFFFFFBB_KK.jpg``: pid and camera of the source, sequence ``9`` (reserved for
 synthetic images: Market-1501 uses s1–s6), a 9-digit frame field that encodes the source's sequence ``Q``,

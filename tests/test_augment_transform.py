@@ -227,3 +227,157 @@ def test_batch_transform_hook_for_the_torchreid_engine(gen, bank):
     out = _aug(gen, bank, p=1.0, seed=8).batch_transform(imgs, pids)
     assert isinstance(out, torch.Tensor) and out.shape == imgs.shape
     assert torch.equal(out, _aug(gen, bank, p=1.0, seed=8)(imgs))
+
+
+# --------------------------------------------------------------------------------------------------
+# The Python API as users call it (issue 27 item 8): what it cannot use is refused, naming the argument
+# --------------------------------------------------------------------------------------------------
+def test_scalar_guidance_means_both_weights(gen, bank):
+    batch = torch.rand(2, 3, *GEN_HW)
+    aug = _aug(gen, bank, p=1.0, seed=5, guidance=3.0)
+    assert aug.guidance == (3.0, 3.0)
+    assert torch.equal(aug(batch), _aug(gen, bank, p=1.0, seed=5, guidance=(3.0, 3.0))(batch))
+    assert _aug(gen, bank, guidance=np.float32(1.5)).guidance == (1.5, 1.5)
+    assert _aug(gen, bank, guidance=[1, 2]).guidance == (1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(guidance=(1, 2, 3)), ValueError, r"guidance must be a number w .* got 3 values"),
+        (dict(guidance=(2.0,)), ValueError, "guidance must be"),
+        (dict(guidance="2"), TypeError, "guidance must be"),
+        (dict(guidance=None), TypeError, "guidance must be"),
+        (dict(guidance=("a", 1)), TypeError, "guidance must be"),
+        (dict(guidance=float("nan")), ValueError, "guidance weights must be finite"),
+        (dict(guidance=(1.0, float("inf"))), ValueError, "guidance weights must be finite"),
+        (dict(p=float("nan")), ValueError, r"p must be in \[0, 1\]"),
+        (dict(p="0.5"), TypeError, "p must be a number"),
+        (dict(p=True), TypeError, "p must be a number"),
+        (dict(steps=2.5), TypeError, "steps must be an integer"),
+        (dict(steps=0), ValueError, "steps must be an integer >= 1"),
+        (dict(refiner_steps=0), ValueError, "refiner_steps"),
+        (dict(sampler="nope"), ValueError, "sampler must be one of"),
+        (dict(sampler=None), ValueError, "sampler must be one of"),
+        (dict(sampling="random"), ValueError, "sampling must be one of"),
+        (dict(source_keypoints=True), ValueError, "source_keypoints"),
+        (dict(seed=-1), ValueError, "seed must be an integer >= 0"),
+        (dict(seed=1.5), TypeError, "seed must be an integer"),
+        (dict(seed="0"), TypeError, "seed must be an integer"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_argument(gen, bank, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _aug(gen, bank, **kwargs)
+
+
+def test_bad_generator_or_bank_is_a_type_error(gen, bank):
+    with pytest.raises(TypeError, match="pose_bank must be a PoseBank"):
+        PoseTransferAugment(gen, _poses(4))
+    with pytest.raises(TypeError, match="generator must be a PoseTransferGenerator"):
+        PoseTransferAugment("ckpt/", bank)
+
+
+_IMG = (3, *GEN_HW)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.0])
+@pytest.mark.parametrize(
+    "image, error, match",
+    [
+        (
+            torch.randint(0, 256, _IMG, dtype=torch.int64),
+            TypeError,
+            r"uint8 .* or floating point .* torch\.int64",
+        ),
+        (torch.randint(0, 2, _IMG, dtype=torch.bool), TypeError, r"torch\.bool"),
+        (torch.randint(0, 256, (2, *_IMG), dtype=torch.int32), TypeError, r"torch\.int32"),
+        (torch.rand(3, 0, 32), ValueError, r"empty image of shape \(3, 0, 32\)"),
+        (torch.rand(2, 3, 32, 0), ValueError, "empty image"),
+        (torch.rand(_IMG) * 255, ValueError, r"must lie in \[0, 1\], got values in \[0\.\d*, 25\d"),
+        (torch.rand(_IMG) * 2 - 1, ValueError, r"must lie in \[0, 1\], got values in \[-0\.9"),
+        (tv_tensors.Image(torch.rand(2, *_IMG) * 255), ValueError, r"must lie in \[0, 1\]"),
+        (torch.full(_IMG, float("nan")), ValueError, "NaN"),
+        (np.zeros((32, 16, 3), np.uint8), TypeError, "NumPy array is not an image"),
+        (np.zeros((2, 3, 32, 16), np.float32), TypeError, "NumPy array is not an image"),
+        (PIL.Image.new("RGB", (0, 5)), ValueError, "empty PIL image"),
+    ],
+    ids=[
+        "int64",
+        "bool",
+        "int32-batch",
+        "zero-height",
+        "zero-width",
+        "0-255",
+        "-1-1",
+        "tv-0-255",
+        "nan",
+        "numpy-hwc",
+        "numpy-batch",
+        "empty-pil",
+    ],  # fmt: skip
+)
+def test_bad_images_are_refused_whatever_p(gen, bank, image, error, match, p):
+    """Refused before any draw, at p=0 too: what a call accepts does not depend on the dice."""
+    aug = _aug(gen, bank, p=p, seed=0)
+    with pytest.raises(error, match=match):
+        aug(image)
+    assert aug.calls == 0
+
+
+def test_a_call_without_an_image_is_refused(gen, bank):
+    aug = _aug(gen, bank, p=1.0, seed=0)
+    with pytest.raises(TypeError, match="no image in the input"):
+        aug(7)
+    with pytest.raises(TypeError, match="NumPy array is not an image"):
+        aug(np.zeros((32, 16, 3), np.uint8), 7)
+
+
+def test_documented_conversions_stay(gen, bank):
+    """uint8, PIL and float in [0, 1] (a resampling overshoot within the tolerance included) still work;
+    a NumPy label beside an image passes through."""
+    aug = _aug(gen, bank, p=1.0, seed=2)
+    over = torch.rand(2, *_IMG) * 1.005 - 0.002
+    out = aug(over)
+    assert out.shape == over.shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    assert aug(torch.rand(2, *_IMG).half()).dtype == torch.float16
+    assert aug(torch.randint(0, 256, _IMG, dtype=torch.uint8)).dtype == torch.uint8
+    pil, label = aug(PIL.Image.new("L", (16, 32), 99), np.array([3]))
+    assert isinstance(pil, PIL.Image.Image) and pil.mode == "RGB" and label.tolist() == [3]
+
+
+def test_batch_transform_needs_one_pid_per_image(gen, bank):
+    aug = _aug(gen, bank, p=1.0, seed=8)
+    imgs = torch.rand(2, *_IMG)
+    with pytest.raises(ValueError, match="one id per image, got 3 for a batch of 2"):
+        aug.batch_transform(imgs, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="one id per image"):
+        aug.batch_transform(imgs, torch.tensor(1))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\) tensor, got shape \(3, 32, 16\)"):
+        aug.batch_transform(imgs[0], None)
+    with pytest.raises(TypeError, match=r"\(B, 3, H, W\) tensor, got list"):
+        aug.batch_transform([imgs[0]], None)
+    assert aug.batch_transform(imgs, [4, 9]).shape == imgs.shape
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(ratio=float("nan")), ValueError, "ratio must be a finite number >= 0, got nan"),
+        (dict(ratio=float("inf")), ValueError, "ratio must be a finite number"),
+        (dict(ratio=-0.5), ValueError, "ratio must be a finite number >= 0"),
+        (dict(ratio="0.5"), TypeError, "ratio must be a finite number"),
+        (dict(seed=-1), ValueError, "seed must be an integer >= 0"),
+        (dict(seed=0.5), TypeError, "seed must be an integer"),
+        (dict(transform="resize"), TypeError, "transform must be callable"),
+    ],
+)
+def test_dataset_refuses_bad_arguments_naming_them(gen, bank, kwargs, error, match):
+    from posereid.augment.dataset import PoseAugmentedDataset
+
+    base = [(f"/data/{i + 1:04d}_c1s1_000000_01.jpg", i, 0) for i in range(4)]
+    assert len(PoseAugmentedDataset(base, generator_augment=_aug(gen, bank), ratio=0.5)) == 6
+    with pytest.raises(error, match=match):
+        PoseAugmentedDataset(base, generator_augment=_aug(gen, bank), **kwargs)
+    with pytest.raises(TypeError, match="synthetic_dir must be a folder path"):
+        PoseAugmentedDataset(base, synthetic_dir=3)

@@ -182,6 +182,81 @@ def test_save_load_round_trip(tmp_path):
         PoseBank.load(tmp_path / "junk.npz")
 
 
+def _saved_bank(tmp_path) -> tuple:
+    names, kps, _ = make_bank_poses({"front": 6, "back": 2})
+    bank = PoseBank(kps, names, n_clusters=2)
+    bank.cluster_labels()
+    path = tmp_path / "bank.npz"
+    bank.save(path)
+    return path, {k: v for k, v in np.load(path).items()}
+
+
+def _damage(path, how: str, arrays: dict) -> None:
+    """Rewrite ``path`` as a damaged bank (``how``): truncated, empty, a .npy, or one field changed."""
+    import json
+
+    raw = path.read_bytes()
+    if how == "truncated":  # a zip archive cut short: BadZipFile inside np.load
+        path.write_bytes(raw[: len(raw) // 2])
+        return
+    if how == "empty":
+        path.write_bytes(b"")
+        return
+    if how == "npy":
+        with open(path, "wb") as fh:
+            np.save(fh, arrays["keypoints"])
+        return
+    arrays = dict(arrays)
+    meta = json.loads(str(arrays["meta"]))
+    if how == "no-meta":
+        del arrays["meta"]
+    elif how == "meta-list":
+        arrays["meta"] = np.array("[1, 2]")
+    elif how == "meta-not-json":
+        arrays["meta"] = np.array("{oops")
+    elif how == "no-image-hw":
+        del meta["image_hw"]
+    elif how == "bad-image-hw":
+        meta["image_hw"] = [0, "64"]
+    elif how == "bad-seed":
+        meta["seed"] = -3
+    elif how == "keypoints-shape":
+        arrays["keypoints"] = arrays["keypoints"][:, :17]
+    elif how == "keypoints-text":
+        arrays["keypoints"] = np.array(["a", "b"])
+    elif how == "clusters-short":
+        arrays["clusters"] = arrays["clusters"][:-1]
+    elif how == "clusters-negative":
+        arrays["clusters"] = -arrays["clusters"] - 1
+    elif how == "no-valid-pose":
+        arrays["keypoints"] = np.full_like(arrays["keypoints"], -1)
+    if "meta" in arrays and how not in ("meta-list", "meta-not-json"):
+        arrays["meta"] = np.array(json.dumps(meta))
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "truncated", "empty", "npy", "no-meta", "meta-list", "meta-not-json", "no-image-hw", "bad-image-hw",
+        "bad-seed", "keypoints-shape", "keypoints-text", "clusters-short", "clusters-negative", "no-valid-pose",
+    ],
+)  # fmt: skip
+def test_load_of_a_damaged_bank_is_a_value_error_naming_the_file(tmp_path, how):
+    """Issue 27 item 8: a bad .npz raised BadZipFile (or KeyError, EOFError ...) without the file name."""
+    path, arrays = _saved_bank(tmp_path)
+    assert len(PoseBank.load(path)) == 8
+    _damage(path, how, arrays)
+    with pytest.raises(ValueError, match=r"bank\.npz: "):
+        PoseBank.load(path)
+
+
+def test_load_of_a_missing_bank_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.npz"):
+        PoseBank.load(tmp_path / "nothing.npz")
+
+
 def test_from_market_uses_only_the_split_images(tmp_path):
     train = tmp_path / "bounding_box_train"
     train.mkdir()

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -103,8 +105,9 @@ class PoseAugmentedDataset(Dataset):
         synthetic_dir: folder written by ``posereid generate`` (offline synthetic images).
         generator_augment: a :class:`PoseTransferAugment` (on-the-fly synthetic images). Exactly one of
             ``synthetic_dir`` / ``generator_augment`` is required.
-        ratio: synthetic : real item count (``0.5`` → one synthetic item per two real ones).
-        seed: seed of the slot → image permutation.
+        ratio: synthetic : real item count (``0.5`` → one synthetic item per two real ones); a finite
+            number ``>= 0``.
+        seed: seed of the slot → image permutation (an integer ``>= 0``).
         transform: callable on a PIL image for the items this wrapper loads (plain-list base items and
             synthetic items); default: the base's ``transform`` (torchreid's) if it has one.
         annotations: optional ``name → (18, 2)`` keypoints (or PATN CSV path) of the real images, given to
@@ -112,6 +115,9 @@ class PoseAugmentedDataset(Dataset):
         annotation_hw: the ``(H, W)`` frame of ``annotations``; ``None`` (default): the size of the base
             images they annotate (mixed sizes are an error then). A keypoint outside the frame is an
             error naming the file and line.
+
+    Arguments it cannot use raise ``TypeError`` (wrong type) or ``ValueError`` (bad value) naming the
+    argument and what it accepts.
     """
 
     def __init__(
@@ -128,8 +134,27 @@ class PoseAugmentedDataset(Dataset):
     ) -> None:
         if (synthetic_dir is None) == (generator_augment is None):
             raise ValueError("give exactly one of synthetic_dir (offline) or generator_augment (on the fly)")
-        if ratio < 0:
-            raise ValueError(f"ratio must be >= 0, got {ratio}")
+        if synthetic_dir is not None and not isinstance(synthetic_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"PoseAugmentedDataset: synthetic_dir must be a folder path, got {type(synthetic_dir).__name__}"
+            )
+        if generator_augment is not None and not callable(generator_augment):
+            raise TypeError(
+                "PoseAugmentedDataset: generator_augment must be a PoseTransferAugment (a callable transform), got "
+                f"{type(generator_augment).__name__}"
+            )
+        if not isinstance(ratio, numbers.Real) or isinstance(ratio, (bool, np.bool_)):
+            raise TypeError(f"PoseAugmentedDataset: ratio must be a finite number >= 0, got {ratio!r}")
+        if not (math.isfinite(ratio) and ratio >= 0):
+            raise ValueError(f"PoseAugmentedDataset: ratio must be a finite number >= 0, got {ratio}")
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, (bool, np.bool_)):
+            raise TypeError(f"PoseAugmentedDataset: seed must be an integer >= 0, got {seed!r}")
+        if seed < 0:
+            raise ValueError(f"PoseAugmentedDataset: seed must be an integer >= 0, got {seed}")
+        if transform is not None and not callable(transform):
+            raise TypeError(
+                f"PoseAugmentedDataset: transform must be callable or None, got {type(transform).__name__}"
+            )
         self.base = base
         self.records = _records(base)
         self.base_is_dataset = hasattr(base, "data")  # torchreid: let it load + transform its own items

@@ -23,10 +23,12 @@ Three sampling strategies:
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import logging
 import os
+import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,6 +56,16 @@ VIEWS: tuple[str, ...] = ("front", "back", "left", "right")
 _NOSE, _NECK, _RSH, _LSH, _RHIP, _LHIP, _REYE, _LEYE, _REAR, _LEAR = 0, 1, 2, 5, 8, 11, 14, 15, 16, 17
 
 _FORMAT_VERSION = 1
+#: Fields of a saved bank's ``meta`` JSON.
+_META_FIELDS = (
+    "format_version",
+    "image_hw",
+    "min_visible",
+    "n_clusters",
+    "seed",
+    "rejected",
+    "rejected_names",
+)
 
 
 def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -380,18 +392,75 @@ class PoseBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PoseBank:
-        """Read a bank written by :meth:`save` (``allow_pickle=False``)."""
+        """Read a bank written by :meth:`save` (``allow_pickle=False``).
+
+        A missing file raises ``FileNotFoundError``; a file that is not a PoseBank (not an ``.npz``, a
+        damaged archive, missing or malformed fields) raises ``ValueError`` naming the file.
+        """
         path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                errno.ENOENT, "no such PoseBank file (PoseBank.save writes one)", str(path)
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise ValueError("a .npy array, not an .npz archive")
                 meta = json.loads(str(z["meta"]))
-                kps = z["keypoints"]
+                kps = np.asarray(z["keypoints"])
                 names = [str(n) for n in z["names"]]
                 clusters = z["clusters"] if "clusters" in z.files else None
-        except (KeyError, ValueError, OSError) as exc:
-            raise ValueError(f"{path}: not a PoseBank file ({exc})") from None
+        except (
+            KeyError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            OSError,
+            EOFError,
+            zipfile.BadZipFile,
+        ) as exc:
+            raise ValueError(f"{path}: not a PoseBank file ({type(exc).__name__}: {exc})") from None
+        try:
+            return cls._from_saved(path, meta, kps, names, clusters)
+        except (KeyError, ValueError, TypeError) as exc:
+            if str(exc).startswith(str(path)):
+                raise  # names the file already (an unsafe name stays an UnsafeNameError)
+            raise ValueError(f"{path}: damaged PoseBank file ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_saved(
+        cls, path: Path, meta: object, kps: np.ndarray, names: list[str], clusters: np.ndarray | None
+    ) -> PoseBank:
+        """The bank of :meth:`load`'s fields, each checked (errors name ``path`` and the field)."""
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: the 'meta' field is not a JSON object")
         if meta.get("format_version") != _FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported PoseBank format version {meta.get('format_version')!r}")
+        missing = [k for k in _META_FIELDS if k not in meta]
+        if missing:
+            raise ValueError(f"{path}: the 'meta' field lacks {', '.join(missing)}")
+        hw = meta["image_hw"]
+        ints = [meta[k] for k in ("n_clusters", "seed", "min_visible", "rejected")]
+        if not (
+            isinstance(hw, list) and len(hw) == 2 and all(isinstance(v, int) and v > 0 for v in hw)
+        ) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+            raise ValueError(
+                f"{path}: 'meta' holds a bad image_hw, n_clusters, seed, min_visible or rejected "
+                "(positive height and width, integers >= 0)"
+            )
+        if not isinstance(meta["rejected_names"], list):
+            raise ValueError(f"{path}: 'meta' rejected_names is not a list")
+        if kps.dtype.kind not in "fiu" or kps.ndim != 3 or kps.shape[1:] != (NUM_KEYPOINTS, 2):
+            raise ValueError(
+                f"{path}: 'keypoints' must be numbers of shape (N, {NUM_KEYPOINTS}, 2), got {kps.dtype} "
+                f"{kps.shape}"
+            )
+        if clusters is not None and (
+            clusters.dtype.kind not in "iu" or clusters.shape != (len(kps),) or (clusters < 0).any()
+        ):
+            raise ValueError(
+                f"{path}: 'clusters' must be {len(kps)} integer labels >= 0, got {clusters.dtype} {clusters.shape}"
+            )
         from posereid.reid_integration.market1501 import check_file_name
 
         for i, name in enumerate(names):  # names are image names (they go into manifests as target_source)
@@ -399,14 +468,16 @@ class PoseBank:
         bank = cls(
             kps,
             names,
-            image_hw=tuple(meta["image_hw"]),
+            image_hw=(hw[0], hw[1]),
             min_visible=0,  # already filtered when saved
             n_clusters=meta["n_clusters"],
             seed=meta["seed"],
         )
+        if bank.rejected:
+            raise ValueError(f"{path}: {bank.rejected} saved pose(s) are not valid poses")
         bank.min_visible = int(meta["min_visible"])
         bank.rejected = int(meta["rejected"])
-        bank.rejected_names = list(meta["rejected_names"])
+        bank.rejected_names = [str(n) for n in meta["rejected_names"]]
         if clusters is not None:
             bank._clusters = clusters.astype(np.int64)
             bank._group_cache.clear()

@@ -13,6 +13,13 @@ tv_tensor) are preserved. Labels and other entries pass through. ``tv_tensors.Ke
 :class:`~posereid.models.pose.PoseKeypoints` entries are replaced by the target pose in their own frame,
 and a ``PoseKeypoints`` entry is also given to the generator as the source pose.
 
+What is accepted: image tensors ``uint8`` (0-255) or floating point in ``[0, 1]`` (values up to
+:data:`RANGE_TOLERANCE` outside, e.g. from resampling, are clamped), PIL images of any mode (converted to
+RGB). Anything else is refused whatever ``p`` is, before any draw: other dtypes (int64, bool, …) with a
+``TypeError``; floats outside ``[0, 1]`` (``[0, 255]``, ``[-1, 1]``), NaN, empty or non-RGB shapes with a
+``ValueError`` naming what was seen. A NumPy array is not taken for an image (``TypeError``; convert it with
+``torch.from_numpy(array).permute(2, 0, 1)``), and a call with no image at all is refused.
+
 Reproducibility: with ``seed=<int>`` the draws of the k-th call come from a generator seeded by
 ``(seed, DataLoader worker id, k)``; with ``seed=<torch.Generator>`` they come from that generator; with
 ``seed=None`` from torch's global RNG (so ``torch.manual_seed`` and the DataLoader's per-worker seeding
@@ -29,6 +36,9 @@ torchreid batch hook of :mod:`posereid.reid_integration`). The per-item path is 
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -49,6 +59,85 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SEED_HIGH = 2**31 - 1
+#: How far outside ``[0, 1]`` a float image may go (resampling overshoot) before it is refused.
+RANGE_TOLERANCE = 0.01
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _probability(value: Any) -> float:
+    if not _is_real(value):
+        raise TypeError(f"PoseTransferAugment: p must be a number in [0, 1], got {type(value).__name__}")
+    if not 0.0 <= float(value) <= 1.0:  # NaN fails too
+        raise ValueError(f"PoseTransferAugment: p must be in [0, 1], got {value}")
+    return float(value)
+
+
+def _whole(name: str, value: Any, low: int) -> int:
+    """An integer ``>= low`` (Python or NumPy int; no bool, no float)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"PoseTransferAugment: {name} must be an integer >= {low}, got {value!r}")
+    if int(value) < low:
+        raise ValueError(f"PoseTransferAugment: {name} must be an integer >= {low}, got {value}")
+    return int(value)
+
+
+def as_guidance(guidance: Any) -> tuple[float, float]:
+    """``(w_pose, w_appearance)`` from a number ``w`` (both weights ``w``) or a pair of numbers; finite.
+
+    ``TypeError`` for anything that is not a number or a sequence of numbers, ``ValueError`` for a
+    sequence of another length or a non-finite weight.
+    """
+    what = "a number w (both weights) or a pair (w_pose, w_appearance) of finite numbers"
+    if _is_real(guidance):
+        pair: tuple[Any, ...] = (guidance, guidance)
+    elif isinstance(guidance, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(
+        guidance, (str, bytes)
+    ):
+        pair = tuple(guidance.tolist() if isinstance(guidance, (np.ndarray, torch.Tensor)) else guidance)
+        if len(pair) != 2:
+            raise ValueError(
+                f"PoseTransferAugment: guidance must be {what}; got {len(pair)} values {guidance!r}"
+            )
+        if not all(_is_real(w) for w in pair):
+            raise TypeError(f"PoseTransferAugment: guidance must be {what}; got {guidance!r}")
+    else:
+        raise TypeError(f"PoseTransferAugment: guidance must be {what}; got {type(guidance).__name__}")
+    w_p, w_s = float(pair[0]), float(pair[1])
+    if not (math.isfinite(w_p) and math.isfinite(w_s)):
+        raise ValueError(f"PoseTransferAugment: guidance weights must be finite, got ({w_p}, {w_s})")
+    return w_p, w_s
+
+
+def _check_image_tensor(images: torch.Tensor, where: str = "PoseTransferAugment") -> None:
+    """Refuse an image tensor the transform cannot use (see the module docstring), naming what it saw."""
+    if images.ndim not in (3, 4):
+        raise ValueError(
+            f"{where}: image tensors must be (3, H, W) or (B, 3, H, W), got {tuple(images.shape)}"
+        )
+    if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
+        raise TypeError(
+            f"{where}: image tensors must be uint8 (0-255) or floating point in [0, 1], got {images.dtype}; "
+            "convert them first (e.g. v2.ToDtype(torch.float32, scale=True) on uint8 data)"
+        )
+    if images.shape[-3] != 3:
+        raise ValueError(f"{where}: expected 3-channel RGB images, got shape {tuple(images.shape)}")
+    if images.shape[-2] == 0 or images.shape[-1] == 0:
+        raise ValueError(
+            f"{where}: empty image of shape {tuple(images.shape)} (height and width must be >= 1)"
+        )
+    if images.dtype.is_floating_point and images.numel():
+        lo, hi = (float(v) for v in torch.aminmax(images.detach().float()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{where}: the image holds NaN or infinite values")
+        if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"{where}: float images must lie in [0, 1], got values in [{lo:g}, {hi:g}]; divide [0, 255] data "
+                "by 255, map [-1, 1] data with (x + 1) / 2, or pass uint8"
+            )
 
 
 def _is_image_tensor(inpt: Any) -> bool:
@@ -62,15 +151,12 @@ def _is_image_tensor(inpt: Any) -> bool:
 def _image_batch_size(inpt: Any) -> int | None:
     """Items in an image input (``None`` for a non-image)."""
     if isinstance(inpt, PIL.Image.Image):
+        if inpt.width == 0 or inpt.height == 0:
+            raise ValueError(f"PoseTransferAugment: empty PIL image of size {inpt.size}")
         return 1
     if _is_image_tensor(inpt):
-        if inpt.ndim == 3:
-            return 1
-        if inpt.ndim == 4:
-            return int(inpt.shape[0])
-        raise ValueError(
-            f"PoseTransferAugment: image tensors must be (3, H, W) or (B, 3, H, W), got {tuple(inpt.shape)}"
-        )
+        _check_image_tensor(inpt.as_subclass(torch.Tensor))
+        return 1 if inpt.ndim == 3 else int(inpt.shape[0])
     return None
 
 
@@ -82,7 +168,8 @@ class PoseTransferAugment(Transform):
             ``generate(source, target_kps, source_kps, *, steps, sampler, guidance, seeds)``).
         pose_bank: the target poses.
         p: probability that an item is replaced (``0`` → identity, ``1`` → every item).
-        steps, guidance, sampler: passed to ``generator.generate``; ``guidance=(w_pose, w_appearance)``.
+        steps, guidance, sampler: passed to ``generator.generate``; ``guidance=(w_pose, w_appearance)``, or
+            one number ``w`` for ``(w, w)`` (finite; see :func:`as_guidance`).
         sampling: pose bank strategy: ``uniform``, ``cluster`` or ``view``.
         seed: ``int`` (reproducible per call counter), ``torch.Generator`` or ``None`` (global RNG).
         source_keypoints: ``"sample"`` gives the generator the sample's ``PoseKeypoints`` entry as the
@@ -90,6 +177,9 @@ class PoseTransferAugment(Transform):
             only).
         refiner: a refiner (e.g. a PCDMs pipeline, :func:`posereid.models.refine.load_refiner`) run on the
             generator's output with ``refiner_steps`` steps (:class:`~posereid.models.refine.RefinedGenerator`).
+
+    Arguments it cannot use raise ``TypeError`` (wrong type) or ``ValueError`` (bad value) naming the
+    argument and what it accepts.
 
     After each call, :attr:`last_params` holds the draws (``apply`` mask, ``pose_index``, ``seeds``) so a
     caller can log which pose and seed produced an image.
@@ -101,7 +191,7 @@ class PoseTransferAugment(Transform):
         pose_bank: PoseBank,
         p: float = 0.5,
         steps: int = 20,
-        guidance: tuple[float, float] = (2.0, 2.0),
+        guidance: float | tuple[float, float] = (2.0, 2.0),
         sampler: str = "dpmsolver++",
         sampling: Literal["uniform", "cluster", "view"] = "uniform",
         seed: int | torch.Generator | None = None,
@@ -110,29 +200,49 @@ class PoseTransferAugment(Transform):
         refiner_steps: int = 20,
     ) -> None:
         super().__init__()
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        if source_keypoints not in ("sample", "none"):
-            raise ValueError(f"source_keypoints must be 'sample' or 'none', got {source_keypoints!r}")
+        from posereid.models.sampling import SAMPLERS  # lazily: diffusers is imported by then anyway
+
+        for attr in ("generate", "image_size", "device"):
+            if not hasattr(generator, attr):
+                raise TypeError(
+                    f"PoseTransferAugment: generator must be a PoseTransferGenerator (with generate, image_size "
+                    f"and device), got {type(generator).__name__} without {attr!r}"
+                )
+        if not isinstance(pose_bank, PoseBank):
+            raise TypeError(
+                f"PoseTransferAugment: pose_bank must be a PoseBank, got {type(pose_bank).__name__}"
+            )
+        p = _probability(p)
+        steps = _whole("steps", steps, 1)
+        refiner_steps = _whole("refiner_steps", refiner_steps, 1)
+        guidance = as_guidance(guidance)
+        if not isinstance(sampler, str) or sampler not in SAMPLERS:
+            raise ValueError(
+                f"PoseTransferAugment: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}"
+            )
+        if not isinstance(sampling, str) or sampling not in SAMPLINGS:
+            raise ValueError(f"PoseTransferAugment: sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if not isinstance(source_keypoints, str) or source_keypoints not in ("sample", "none"):
+            raise ValueError(
+                f"PoseTransferAugment: source_keypoints must be 'sample' or 'none', got {source_keypoints!r}"
+            )
         if len(pose_bank) == 0:
             raise ValueError("PoseTransferAugment: the pose bank is empty")
-        if seed is not None and not isinstance(seed, (int, np.integer, torch.Generator)):
-            raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
+        if seed is not None and not isinstance(seed, torch.Generator):
+            seed = _whole("seed", seed, 0)  # an int, a torch.Generator or None
         if refiner is not None:
             from posereid.models.refine import RefinedGenerator
 
             generator = RefinedGenerator(generator, refiner, steps=refiner_steps, sampler=sampler)
         self.generator = generator
         self.pose_bank = pose_bank
-        self.p = float(p)
-        self.steps = int(steps)
-        self.guidance = (float(guidance[0]), float(guidance[1]))
+        self.p = p
+        self.steps = steps
+        self.guidance = guidance
         self.sampler = sampler
         self.sampling = sampling
         self.source_keypoints = source_keypoints
-        self._seed = int(seed) if isinstance(seed, (int, np.integer)) else seed
+        self._seed = seed
         self.calls = 0
         self.last_params: dict[str, Any] | None = None
 
@@ -152,6 +262,23 @@ class PoseTransferAugment(Transform):
         )  # a CUDA generator too
         entropy = int(torch.randint(0, 2**62, (1,), generator=self._seed, device=device).item())
         return np.random.default_rng(entropy)
+
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        """Refuse a call without an image, and a NumPy array standing where the image should be."""
+        if any(
+            isinstance(x, (PIL.Image.Image, tv_tensors.Image)) or _is_image_tensor(x) for x in flat_inputs
+        ):
+            return
+        if any(isinstance(x, np.ndarray) for x in flat_inputs):
+            raise TypeError(
+                "PoseTransferAugment: a NumPy array is not an image input; pass a PIL image, a uint8 or float "
+                "[0, 1] tensor (3, H, W) / (B, 3, H, W) (e.g. torch.from_numpy(array).permute(2, 0, 1)) or a "
+                "tv_tensors.Image"
+            )
+        raise TypeError(
+            "PoseTransferAugment: no image in the input (a PIL image, a (3, H, W) / (B, 3, H, W) tensor or a "
+            f"tv_tensors.Image); got {', '.join(type(x).__name__ for x in flat_inputs) or 'nothing'}"
+        )
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         sizes = {b for b in (_image_batch_size(x) for x in flat_inputs) if b is not None}
@@ -190,11 +317,8 @@ class PoseTransferAugment(Transform):
         return inpt
 
     def _generate_into(self, images: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-        """Replace the selected items of a ``(B, 3, H, W)`` batch; returns a new tensor of the same dtype."""
-        if images.shape[1] != 3:
-            raise ValueError(
-                f"PoseTransferAugment: expected 3-channel RGB images, got shape {tuple(images.shape)}"
-            )
+        """Replace the selected items of a ``(B, 3, H, W)`` batch (checked by :meth:`make_params`); returns a
+        new tensor of the same dtype."""
         apply = params["apply"]
         sel = np.flatnonzero(apply)
         in_hw = (int(images.shape[-2]), int(images.shape[-1]))
@@ -259,7 +383,28 @@ class PoseTransferAugment(Transform):
     def batch_transform(self, images: torch.Tensor, pids: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, 3, H, W)`` → same shape: the hook signature ``(imgs, pids) -> imgs`` of
         :class:`posereid.reid_integration.torchreid_plugin.BatchAugmentEngine` (pids are not needed: the
-        generated person keeps the source identity). Pass ``batch_transform=augment.batch_transform``."""
+        generated person keeps the source identity, but there must be one per image when given). Pass
+        ``batch_transform=augment.batch_transform``."""
+        if not _is_image_tensor(images):
+            raise TypeError(
+                "PoseTransferAugment.batch_transform: images must be a (B, 3, H, W) tensor, got "
+                f"{type(images).__name__}"
+            )
+        if images.ndim != 4:
+            raise ValueError(
+                "PoseTransferAugment.batch_transform: images must be a (B, 3, H, W) tensor, got shape "
+                f"{tuple(images.shape)}"
+            )
+        if pids is not None:
+            try:
+                n: int | None = len(pids)
+            except TypeError:  # a number, a 0-d tensor or array
+                n = None
+            if n != images.shape[0]:
+                raise ValueError(
+                    "PoseTransferAugment.batch_transform: pids must hold one id per image, got "
+                    f"{'no sequence' if n is None else n} for a batch of {images.shape[0]} images"
+                )
         return self(images)
 
     def extra_repr(self) -> str:

@@ -141,3 +141,34 @@ def test_augment_with_a_refiner_equals_the_refined_generator(ckpts) -> None:
         images, target, None, steps=2, seeds=[int(s) for s in params["seeds"]]
     )
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_a_refiner_whose_refine_stage_was_never_trained_is_refused(ckpts, market, tmp_path, capsys) -> None:
+    """Issue 27 item 5: a PCDMs checkpoint trained only up to the inpainter (``trained_stages:
+    ["inpaint"]``) is refused as a refiner, naming the checkpoint and the command that trains the stage;
+    ``generate --refiner`` stops before writing anything (it put every image through a random refiner)."""
+    torch.manual_seed(0)
+    pipe = PCDMsPipeline.from_preset("tiny", image_size=HW).set_training_stage("inpaint")
+    pipe.save_pretrained(tmp_path / "inpaint-only")
+    ckpt = tmp_path / "inpaint-only"
+    with pytest.raises(ValueError, match="refine stage of this pcdms checkpoint was never trained") as info:
+        load_refiner(ckpt, device="cpu")
+    msg = str(info.value)
+    assert msg.startswith(f"{ckpt}: ") and f"['inpaint'] in {ckpt / 'model_index.json'}" in msg
+    assert "train-generator --family pcdms --stage refine" in msg
+    base = load_generator(ckpts["pidm"], device="cpu")
+    with pytest.raises(ValueError, match=r"trained only inpaint, never its refine stage.*--stage refine"):
+        RefinedGenerator(base, load_generator(ckpt, device="cpu"))
+    out = tmp_path / "gen"
+    capsys.readouterr()
+    rc = cli_main([
+        "generate", "--generator", str(ckpts["pidm"]), "--data", str(market), "--annotations",
+        str(market / "ann.csv"), "--per-image", "1", "--steps", "2", "--out", str(out), "--device", "cpu",
+        "--no-progress", "--refiner", str(ckpt),
+    ])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith(f"posereid generate: error: {ckpt}: "), err
+    assert "--stage refine" in err[0] and not out.exists()
+    # trained through the refine stage, it is a refiner again
+    pipe.set_training_stage("refine").save_pretrained(tmp_path / "refined")
+    assert load_refiner(tmp_path / "refined", device="cpu").trained_stages == ("inpaint", "refine")

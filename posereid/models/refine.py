@@ -6,17 +6,24 @@ image and the source, also improves other methods' results. :class:`RefinedGener
 ``refine(source, coarse, target_kps, *, steps, sampler, guidance, seeds)`` (a PCDMs pipeline), and is
 itself a generator: ``posereid generate --refiner DIR``, ``PoseTransferAugment(..., refiner=...)``,
 ``evaluate-generator --refiner DIR``, the demo and reid-gain use it unchanged.
+
+A refiner whose checkpoint records its trained stages (``trained_stages`` in ``model_index.json``, written
+by ``train-generator``) without ``refine`` is refused (:func:`load_refiner`, :class:`RefinedGenerator`):
+it would put every image through random weights. One with no record (a pipeline never staged, e.g. made
+by ``from_preset``) is taken as it is, like ``generate`` takes it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from posereid.models.checkpoint import MODEL_INDEX_NAME
 from posereid.models.contract import PoseTransferGenerator, checkpoint_family, load_generator
 
 #: the refiner's per-sample seed is derived from the generation seed so its noise is not the same draw
@@ -46,6 +53,22 @@ def refiner_seeds(seeds: Sequence[int] | None) -> list[int] | None:
     return None if seeds is None else [(int(s) + _REFINER_SEED_OFFSET) % 2**63 for s in seeds]
 
 
+#: what to do about a refiner whose refine stage was never trained
+_TRAIN_REFINE = (
+    "train it first (`posereid train-generator --family pcdms --stage refine --init {ckpt} --out DIR`)"
+)
+
+
+def untrained_refine_stage(refiner: object) -> tuple[str, ...] | None:
+    """The recorded ``trained_stages`` of ``refiner`` when they leave out ``refine``, else ``None`` (trained,
+    or no record: a pipeline never staged runs every stage)."""
+    stages = getattr(refiner, "trained_stages", None)
+    if stages is None or isinstance(stages, str):
+        stages = () if stages is None else (stages,)
+    stages = tuple(str(s) for s in stages)
+    return stages if stages and "refine" not in stages else None
+
+
 class RefinedGenerator(nn.Module):
     """``base`` generates, ``refiner`` restores texture; one :class:`PoseTransferGenerator` to callers.
 
@@ -68,6 +91,14 @@ class RefinedGenerator(nn.Module):
         super().__init__()
         if not callable(getattr(refiner, "refine", None)):
             raise TypeError(f"{type(refiner).__name__} has no refine(source, coarse, target_kps) method")
+        stages = untrained_refine_stage(refiner)
+        if stages is not None:
+            raise ValueError(
+                f"the refiner ({type(refiner).__name__}) has trained only {', '.join(stages)}, never its refine "
+                "stage, so it would put every image through random weights; "
+                + _TRAIN_REFINE.format(ckpt="ITS_CHECKPOINT")
+                + ", or pass another refiner"
+            )
         if tuple(refiner.image_size) != tuple(base.image_size):
             raise ValueError(
                 f"the refiner works at {tuple(refiner.image_size)} but the generator at "
@@ -119,7 +150,10 @@ class RefinedGenerator(nn.Module):
 def load_refiner(
     path: str | os.PathLike[str], *, device: torch.device | str | None = None, use_ema: bool = True
 ) -> Refiner:
-    """A checkpoint directory whose family has a refiner (PCDMs), loaded for :class:`RefinedGenerator`."""
+    """A checkpoint directory whose family has a refiner (PCDMs), loaded for :class:`RefinedGenerator`.
+
+    Raises ``ValueError`` naming the checkpoint when its family has no refiner, or when it records its
+    trained stages (``model_index.json``) and the refine stage is not one of them."""
     family = checkpoint_family(path)
     model = load_generator(path, device=device, use_ema=use_ema)
     if not callable(getattr(model, "refine", None)):
@@ -127,7 +161,14 @@ def load_refiner(
             f"{path}: a {family} checkpoint has no refiner; pass a PCDMs checkpoint (train-generator "
             "--family pcdms) whose refine stage is trained"
         )
+    stages = untrained_refine_stage(model)
+    if stages is not None:
+        raise ValueError(
+            f"{path}: the refine stage of this {family} checkpoint was never trained (trained_stages "
+            f"{list(stages)} in {Path(path) / MODEL_INDEX_NAME}), so it would put every image through "
+            f"random weights; {_TRAIN_REFINE.format(ckpt=path)} and pass DIR/final, or another refiner"
+        )
     return model  # type: ignore[return-value]
 
 
-__all__ = ["RefinedGenerator", "Refiner", "load_refiner", "refiner_seeds"]
+__all__ = ["RefinedGenerator", "Refiner", "load_refiner", "refiner_seeds", "untrained_refine_stage"]

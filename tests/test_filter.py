@@ -235,3 +235,46 @@ def test_filter_cli_with_a_reid_checkpoint(data, tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(filter_args(tmp_path / "missing.safetensors")) == 1
     assert "missing.safetensors" in capsys.readouterr().err
+
+
+def _bars(err: str) -> list[str]:
+    """The tqdm output in a captured stderr (bars redraw with carriage returns)."""
+    return [line for line in err.split("\n") if "\r" in line or "%|" in line]
+
+
+def test_no_progress_writes_no_bar(data, tmp_path, monkeypatch, capsys):
+    """Issue 27 item 10: ``generate --filter-checkpoint ... --no-progress`` drew the identity filter's
+    "real centroids" bar, and ``filter`` had no switch at all (two bars: real centroids, generated); with
+    ``--no-progress`` neither writes a bar to stderr, and without it the bars are still there."""
+    import posereid.augment.filter as F
+    from posereid.models.pidm import PIDMPipeline
+
+    monkeypatch.setattr(F, "load_extractor", lambda *a, **k: mean_colour)
+    market, _, _ = data
+    torch.manual_seed(0)
+    PIDMPipeline.from_preset("tiny").save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    generate = [
+        "generate", "--generator", str(tmp_path / "ckpt"), "--data", str(market), "--annotations",
+        str(market / "ann.csv"), "--per-image", "1", "--steps", "1", "--out", str(out), "--device", "cpu",
+        "--filter-checkpoint", "x", "--filter-threshold", "-1", "--no-progress",
+    ]  # fmt: skip
+    refilter = [
+        "filter",
+        "--dir",
+        str(out),
+        "--data",
+        str(market),
+        "--reid-checkpoint",
+        "x",
+        "--device",
+        "cpu",
+    ]
+    capsys.readouterr()
+    assert cli_main(generate) == 0
+    assert _bars(capsys.readouterr().err) == []
+    assert cli_main([*refilter, "--no-progress"]) == 0
+    assert _bars(capsys.readouterr().err) == []
+    assert cli_main(refilter) == 0
+    bars = _bars(capsys.readouterr().err)
+    assert any("real centroids" in b for b in bars) and any("generated" in b for b in bars)

@@ -63,7 +63,7 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_strict_arg(parser)
 
 
@@ -107,7 +107,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.filter_checkpoint:
         from posereid.augment.filter import IdentityFilter, load_extractor
 
-        identity_filter = IdentityFilter(load_extractor(args.filter_checkpoint, device)).fit_market(
+        extractor = load_extractor(args.filter_checkpoint, device)
+        identity_filter = IdentityFilter(extractor, progress=not args.no_progress).fit_market(
             args.data, strict=args.strict
         )
     summary = generate_offline(
@@ -156,6 +157,7 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
         metavar=("H", "W"),
         help="size images are batched at (the re-ID model then resizes to its input size)",
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_strict_arg(parser)
 
 
@@ -165,7 +167,12 @@ def run_filter(args: argparse.Namespace) -> int:
     from posereid.models.runtime import resolve_device
 
     extractor = load_extractor(args.reid_checkpoint, resolve_device(args.device))
-    filt = IdentityFilter(extractor, image_size=tuple(args.image_size), batch_size=args.batch_size)
+    filt = IdentityFilter(
+        extractor,
+        image_size=tuple(args.image_size),
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
     summary = filter_folder(
         args.dir,
         args.data,

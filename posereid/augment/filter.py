@@ -128,14 +128,21 @@ class IdentityFilter:
         extractor: callable ``(B, 3, H, W) float [0, 1] -> (B, D)`` (normalised here, so any features do).
         image_size: ``(H, W)`` every image is resized to before extraction (one batch, one size).
         batch_size: images per extractor call.
+        progress: show a progress bar while extracting features (``False``: nothing on stderr).
     """
 
     def __init__(
-        self, extractor: FeatureFn, *, image_size: tuple[int, int] = (128, 64), batch_size: int = 64
-    ):
+        self,
+        extractor: FeatureFn,
+        *,
+        image_size: tuple[int, int] = (128, 64),
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> None:
         self.extractor = extractor
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size = int(batch_size)
+        self.progress = bool(progress)
         self.reference: IdentityCentroids | None = None
         #: real images :meth:`fit` / :meth:`fit_market` skipped (unreadable, stray entries), and why.
         self.skipped_references = 0
@@ -170,7 +177,8 @@ class IdentityFilter:
         """Features of the readable files among ``paths`` and their indices in ``paths``; an unreadable
         file goes to ``bad`` (skipped and counted, or raised naming it when ``bad.strict``)."""
         outs, kept = [], []
-        for i in tqdm(range(0, len(paths), self.batch_size), desc=desc, unit="batch", leave=False):
+        batches = range(0, len(paths), self.batch_size)
+        for i in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not self.progress):
             ims = []
             for j in range(i, min(i + self.batch_size, len(paths))):
                 try:

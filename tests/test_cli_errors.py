@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from posereid.experiments.cli import describe_error, main
 from posereid.models.checkpoint import WEIGHTS_NAME
@@ -112,3 +113,163 @@ def test_posereid_help_lists_the_same_commands(capsys) -> None:
     for cmd in ("synth-market", "synth-grid", "annotate", "train-generator", "sample", "generate", "filter",
                 "train-reid", "reid-gain", "evaluate-generator", "demo"):  # fmt: skip
         assert f"  {cmd} " in out
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 27 item 10: a legal long file name is written; a full disk names the file and leaves no trace
+# --------------------------------------------------------------------------------------------------
+def _long_name(n: int, suffix: str) -> str:
+    return "x" * (n - len(suffix)) + suffix
+
+
+@pytest.mark.parametrize("n", [200, 240, 253, 255])
+def test_long_legal_file_names_are_written(tmp_path: Path, n: int) -> None:
+    """A name the file system takes (up to 255 bytes) is written by every writer although the temporary
+    name adds a suffix; nothing else is left in the folder."""
+    import numpy as np
+
+    from posereid.augment.pose_bank import PoseBank
+    from posereid.models.io_utils import atomic_save, atomic_write
+    from posereid.reid_integration.market1501 import read_patn_csv, write_patn_csv
+
+    text = tmp_path / _long_name(n, ".json")
+    with atomic_write(text) as fh:
+        fh.write("{}")
+    assert text.read_text() == "{}"
+    raw = tmp_path / _long_name(n, ".bin")
+    atomic_save(raw, lambda tmp: Path(tmp).write_bytes(b"ab"))
+    assert raw.read_bytes() == b"ab"
+    pose = np.array(
+        [[32, 20], [32, 30], [22, 31], [20, 45], [19, 58], [42, 31], [44, 45], [45, 58], [26, 62],
+         [26, 85], [26, 108], [38, 62], [38, 85], [38, 108], [30, 18], [34, 18], [27, 19], [37, 19]],
+        np.float32,
+    )  # fmt: skip
+    bank = tmp_path / _long_name(n, ".npz")
+    PoseBank([pose, pose + 1], ["a.jpg", "b.jpg"]).save(bank)
+    assert len(PoseBank.load(bank)) == 2
+    csv = tmp_path / _long_name(n, ".csv")
+    write_patn_csv(csv, {"0001_c1s1_000000_01.jpg": pose})
+    assert list(read_patn_csv(csv)) == ["0001_c1s1_000000_01.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (text, raw, bank, csv))
+
+
+def test_long_name_cli_output(tmp_path: Path, capsys) -> None:
+    """``synth-grid --out`` with a 253-character name (the issue's case) writes it."""
+    out = tmp_path / _long_name(253, ".png")
+    rc, err = _run(["synth-grid", "--out", str(out), "--ids", "1", "--cols", "1"], capsys)
+    assert rc == 0, err
+    assert out.is_file() and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_temp_names_of_long_names_stay_legal_and_recognisable(tmp_path: Path) -> None:
+    from posereid.models.io_utils import is_temp_file, temp_sibling
+
+    for n in (6, 100, 240, 255):
+        for name in (_long_name(n, ".jpg"), "é" * (n // 2)):
+            path = tmp_path / name
+            plain, hidden = temp_sibling(path), temp_sibling(path, hidden=True, keep_suffix=True)
+            for tmp in (plain, hidden):
+                assert len(tmp.name.encode()) <= 255 and is_temp_file(tmp) and tmp.parent == tmp_path
+            assert hidden.name.startswith(".") and hidden.name.endswith(path.suffix)
+            if len(name.encode()) < 200:
+                assert plain.name.startswith(name)  # short names keep the NAME.tmp-<pid> convention
+    a, b = (temp_sibling(tmp_path / _long_name(255, s)) for s in ("a.jpg", "b.jpg"))
+    assert a != b  # two long names that differ only at the end get two temporary names
+
+
+class _DiskFull(OSError):
+    """What a write on a full disk raises: ENOSPC, and no file name."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_names_the_file_and_leaves_the_old_one(tmp_path: Path) -> None:
+    from posereid.models.io_utils import atomic_save, atomic_write
+    from posereid.reid_integration.market1501 import MarketWriter
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with pytest.raises(OSError) as info:
+        with atomic_write(target) as fh:
+            fh.write("new, half")
+            raise _DiskFull()
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert describe_error(info.value) == (
+        f"No space left on device: {target} (free some space, or choose another output folder)"
+    )
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+    def full_saver(tmp: Path) -> None:
+        Path(tmp).write_bytes(b"half")
+        raise _DiskFull()
+
+    img = tmp_path / "grid.png"
+    with pytest.raises(OSError, match="No space left on device") as info:
+        atomic_save(img, full_saver)
+    assert info.value.filename == str(img) and describe_error(info.value).endswith(
+        f"{img} (free some space, or choose another output folder)"
+    )
+
+    def rust_saver(tmp: Path) -> None:  # safetensors reports a full disk in its own exception type
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, ... })")
+
+    weights = tmp_path / "w.safetensors"
+    with pytest.raises(OSError) as info:
+        atomic_save(weights, rust_saver)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(weights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+    writer = MarketWriter(tmp_path / "m")
+    writer.add("train", Image.new("RGB", (8, 16)), 1, 1)
+
+    def full_save(self, *args, **kwargs):
+        raise _DiskFull()
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(Image.Image, "save", full_save)
+    try:
+        with pytest.raises(OSError) as info:
+            writer.add("train", Image.new("RGB", (8, 16)), 2, 1)
+    finally:
+        monkey.undo()
+    assert info.value.filename == str(tmp_path / "m" / "bounding_box_train" / "0002_c1s1_000000_01.jpg")
+    assert [p.name for p in (tmp_path / "m" / "bounding_box_train").iterdir()] == ["0001_c1s1_000000_01.jpg"]
+
+
+def test_other_write_errors_keep_their_own_message(tmp_path: Path) -> None:
+    """Not every OSError is a full disk: PIL's "cannot write mode" (no errno) and another file's error
+    go through unchanged."""
+    from posereid.models.io_utils import atomic_save
+
+    with pytest.raises(OSError, match="cannot write mode") as info:
+        atomic_save(tmp_path / "x.jpg", lambda tmp: Image.new("RGBA", (4, 4)).save(tmp, format="JPEG"))
+    assert info.value.filename is None
+    with pytest.raises(FileNotFoundError) as info:
+        atomic_save(tmp_path / "y.bin", lambda tmp: open(tmp_path / "missing" / "z"))
+    assert info.value.filename == str(tmp_path / "missing" / "z")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_in_a_command_is_one_line_naming_the_file(tmp_path: Path, capsys, monkeypatch) -> None:
+    out = tmp_path / "grid.png"
+
+    def full_save(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise _DiskFull()
+
+    monkeypatch.setattr(Image.Image, "save", full_save)
+    rc, err = _run(["synth-grid", "--out", str(out), "--ids", "1", "--cols", "1"], capsys)
+    assert rc == 1
+    assert err.strip().splitlines()[-1] == (
+        f"posereid synth-grid: error: No space left on device: {out} (free some space, or choose another "
+        "output folder)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_os_error_without_a_file_still_says_what_to_do() -> None:
+    assert describe_error(_DiskFull()) == (
+        "No space left on device (free some space, or choose another output folder)"
+    )

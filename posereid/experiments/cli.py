@@ -11,6 +11,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -104,17 +105,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(rc or 0)
 
 
+_OS_HINTS = {
+    errno.ENOSPC: " (free some space, or choose another output folder)",
+    errno.EDQUOT: " (disk quota exceeded: free some space, or choose another output folder)",
+    errno.EACCES: " (no permission: choose another output folder, or fix its permissions)",
+    errno.EROFS: " (read-only file system: choose another output folder)",
+}
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for a failed command: our own errors already name the file or flag; OS errors get the
-    path and what to do (a full disk, a read-only folder), and the error type is kept for the rest."""
+    path and what to do (a full disk, a read-only folder), and the error type is kept for the rest. The
+    writers (:mod:`posereid.models.io_utils`) give a failed write the name of the file being written."""
     if isinstance(exc, OSError) and exc.filename is not None:
         what = exc.strerror or str(exc)
-        hint = {
-            errno.ENOSPC: " (free some space, or choose another output folder)",
-            errno.EACCES: " (no permission: choose another output folder, or fix its permissions)",
-            errno.EROFS: " (read-only file system: choose another output folder)",
-        }.get(exc.errno or 0, "")
-        return f"{what}: {exc.filename}{hint}"
+        return f"{what}: {exc.filename}{_OS_HINTS.get(exc.errno or 0, '')}"
+    if isinstance(exc, OSError) and exc.errno in _OS_HINTS:  # no file named: at least what to do
+        return f"{exc.strerror or os.strerror(exc.errno)}{_OS_HINTS[exc.errno]}"
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (ValueError, OSError, RuntimeError)) and type(exc).__module__.startswith("posereid"):
         return text

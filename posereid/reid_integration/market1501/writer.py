@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from posereid.models.images import tensor01_to_pil
-from posereid.models.io_utils import atomic_save
+from posereid.models.io_utils import atomic_save, temp_sibling, write_error
 from posereid.reid_integration.market1501.folder import SPLIT_DIRS
 from posereid.reid_integration.market1501.images import _to_rgb
 from posereid.reid_integration.market1501.names import (
@@ -103,9 +103,15 @@ class MarketWriter:
         if target.exists():
             return False
         # hidden temp name: a leftover of a killed writer never matches torchreid's `*.jpg` glob
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}{target.suffix}")
+        tmp = temp_sibling(target, hidden=True, keep_suffix=True)
         try:
-            self._save(im, tmp)
+            try:
+                self._save(im, tmp)
+            except Exception as exc:  # a full disk names the image, not its temporary file
+                named = write_error(exc, target, tmp)
+                if named is None:
+                    raise
+                raise named from exc
             try:
                 os.link(tmp, target)  # atomic, never overwrites
             except FileExistsError:

@@ -154,6 +154,48 @@ def test_issue_example_folder_gives_one_synthetic_name_per_source(tmp_path):
         Market1501(tmp_path, strict=True)
 
 
+def test_issue_example_generate_writes_one_image_per_planned_name(tmp_path):
+    """Issue 27 item 1 end to end: the folder of the issue (near-miss names beside real ones) gave
+    "6 generated of 6 planned" but 4 files; now the near misses are skipped and files = manifest lines =
+    unique names = planned."""
+    from posereid.augment.generate import GenerateConfig, generate_offline, read_manifest
+    from posereid.models.pidm import PIDMPipeline
+
+    market = tmp_path / "market"
+    train = market / SPLIT_DIRS["train"]
+    train.mkdir(parents=True)
+    names = [
+        "0001_c1s1_000007_01.jpg",
+        "0001_c1s1_0000007_01.jpg",
+        "0001_c1s01_000007_01.jpg",
+        "0001_c1s1_00000\uff17_01.jpg",
+        "0002_c2s1_000451_03.jpg",
+        "0002_c2s1_0000451_03.jpg",
+    ]
+    pose = np.array(
+        [[32, 20], [32, 30], [22, 31], [20, 45], [19, 58], [42, 31], [44, 45], [45, 58], [26, 62],
+         [26, 85], [26, 108], [38, 62], [38, 85], [38, 108], [30, 18], [34, 18], [27, 19], [37, 19]],
+        np.float32,
+    )  # fmt: skip
+    for i, name in enumerate(names):
+        Image.fromarray(_person(seed=i)).save(train / name)
+    write_patn_csv(market / "ann.csv", {n: pose for n in names})
+    torch.manual_seed(0)
+    gen = PIDMPipeline.from_preset("tiny").eval()
+    out = tmp_path / "out"
+    summary = generate_offline(
+        GenerateConfig(out, per_image=1, steps=1, batch_size=4, progress=False),
+        gen,
+        market,
+        market / "ann.csv",
+    )
+    files = sorted(p.name for p in (out / "bounding_box_train").iterdir())
+    entries = read_manifest(out)
+    assert summary.planned == summary.generated == len(files) == len(entries) == 2
+    assert sorted(e["name"] for e in entries) == files
+    assert sorted(e["source"] for e in entries) == ["0001_c1s1_000007_01.jpg", "0002_c2s1_000451_03.jpg"]
+
+
 def _candidate_names(rng: np.random.Generator, n: int) -> list[str]:
     """Well-formed names and their near misses: 0-2 edits each (a digit inserted or removed, a digit made
     full-width or Arabic-Indic, a letter upper-cased), so that collisions would be found if they existed."""

@@ -86,6 +86,7 @@ def market_pose_records(
     min_joints: int = 7,
     annotation_size: tuple[int, int] | None = None,
     strict: bool = False,
+    progress: bool = True,
 ) -> list[PoseRecord]:
     """:class:`~posereid.models.training.PoseRecord` s for the train split; unusable images are skipped,
     counted and logged.
@@ -107,7 +108,7 @@ def market_pose_records(
     bad = BadInputPolicy(strict)
     skipped: Counter[str] = Counter()
     records: list[PoseRecord] = []
-    for rec in tqdm(market.train, desc="checking images", leave=False):
+    for rec in tqdm(market.train, desc="checking images", leave=False, disable=not progress):
         if not rec.has_identity:
             skipped["junk/distractor image(s)"] += 1
             continue

@@ -43,7 +43,10 @@ __getattr__, __dir__, __all__ = attach(
         ],
         "runtime": ["resolve_device"],
         "images": ["pil_to_tensor01", "tensor01_to_pil", "tensor01_to_uint8"],
-        "locks": ["FILTER_LOCK_NAME", "LOCK_NAME", "OutputLock", "OutputLockedError", "output_lock", "read_holder", "shard_lock_name"],
+        "locks": [
+            "FILTER_LOCK_NAME", "GATE_NAME", "LOCK_NAME", "GeneratedFolderLock", "OutputLock", "OutputLockedError",
+            "held_elsewhere", "is_lock_file", "output_lock", "read_holder", "shard_lock_files", "shard_lock_name",
+        ],
         "texture_attention": [
             "HybridGranularityProcessor", "LevelTokensProcessor", "SourceAttnProcessor", "assign_levels", "use_level_tokens",
         ],

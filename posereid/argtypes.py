@@ -28,6 +28,21 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+#: the most synthetic images per source: the box field of a Market name holds k in two digits
+MAX_PER_IMAGE = 100
+
+
+def per_image(text: str) -> int:
+    """Synthetic images per source image: 1 to :data:`MAX_PER_IMAGE` (a Market name's 2-digit box field
+    numbers them 0-99)."""
+    value = _int_at_least(text, 1)
+    if value > MAX_PER_IMAGE:
+        raise argparse.ArgumentTypeError(
+            f"must be <= {MAX_PER_IMAGE} (a synthetic image's number is the 2-digit box field), got {value}"
+        )
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (intervals where 0 means "never", seeds)."""
     return _int_at_least(text, 0)

@@ -367,3 +367,17 @@ def test_pose_augmented_dataset_on_the_fly(setup):
         assert (
             item["img"].size == (64, 128) and np.abs(np.asarray(item["img"], np.float32) - real).mean() > 10
         )
+
+
+def test_per_image_is_capped_where_the_name_can_number_it(tmp_path, capsys) -> None:
+    """k is the 2-digit box field of a synthetic name: more than 100 per source would write off-format names."""
+    from posereid.augment.generate import GenerateConfig
+    from posereid.experiments.cli import main as cli_main
+
+    with pytest.raises(ValueError, match="per_image must be <= 100"):
+        GenerateConfig(out_dir=tmp_path, per_image=101)
+    assert GenerateConfig(out_dir=tmp_path, per_image=100).per_image == 100
+    with pytest.raises(SystemExit) as stop:  # a usage error, in the parser
+        cli_main(["generate", "--generator", str(tmp_path), "--data", str(tmp_path), "--per-image", "101",
+                  "--out", str(tmp_path / "o")])  # fmt: skip
+    assert stop.value.code == 2 and "must be <= 100" in capsys.readouterr().err

@@ -12,10 +12,12 @@ import argparse
 
 from posereid import argtypes
 from posereid.argtypes import (
+    MAX_PER_IMAGE,
     add_annotation_size_arg,
     add_strict_arg,
     finite_float,
     non_negative_int,
+    per_image,
     positive_int,
 )
 
@@ -32,7 +34,10 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="Market-1501 folder whose train images are the sources")
     parser.add_argument("--annotations", required=True, help="PATN annotation CSV of the source images")
     parser.add_argument(
-        "--per-image", type=positive_int, required=True, help="synthetic images per source image"
+        "--per-image",
+        type=per_image,
+        required=True,
+        help=f"synthetic images per source image (1-{MAX_PER_IMAGE})",
     )
     parser.add_argument("--out", required=True, help="output folder (Market format + manifest.jsonl)")
     parser.add_argument(

@@ -49,6 +49,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from posereid.argtypes import MAX_PER_IMAGE
 from posereid.augment.manifest import (
     CONFIG_FILE,
     MANIFEST_NAME,
@@ -226,6 +227,11 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.per_image = _whole("per_image", self.per_image, 1)
+        if self.per_image > MAX_PER_IMAGE:
+            raise ValueError(
+                f"GenerateConfig.per_image must be <= {MAX_PER_IMAGE} (the 2-digit box field of a synthetic "
+                f"name numbers the images of one source), got {self.per_image}"
+            )
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"GenerateConfig.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         self.steps = _whole("steps", self.steps, 1)

@@ -10,8 +10,10 @@ Every model class of the project (each family's weights, the pose judge) gets ``
 ``transformers`` backbone) go through :func:`save_component` / :func:`require_local_weights`.
 
 Every read names the file it failed on: a truncated or renamed-pickle ``.safetensors``, invalid JSON, a
-state dict that does not fit the config, or a weight with a NaN/Inf value (named tensor) raise
-:class:`CheckpointError`, never a bare library error.
+config field of the wrong type or size (named field, checked before anything is built), a state dict that
+does not fit the config, a weight that is not floating point or holds a NaN/Inf value (named tensor)
+raise :class:`CheckpointError`, never a bare library error. Loading the EMA weights also checks the plain
+weights file beside them (what ``use_ema=False`` and a resumed training read): a damaged one is logged.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from posereid.models.io_utils import atomic_save, atomic_write
+from posereid.models.parts import check_config_fields
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +74,15 @@ def read_json(path: str | os.PathLike[str]) -> dict:
 
 
 @contextlib.contextmanager
-def refused_as(path: str | os.PathLike[str], what: str) -> Iterator[None]:
-    """Turn a ``TypeError`` / ``ValueError`` raised inside (a constructor refusing a config) into
-    :class:`CheckpointError` ``"<path>: <what> (<the error>)"``, so the user learns which file is wrong."""
+def refused_as(
+    path: str | os.PathLike[str], what: str, *, also: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """Turn a ``TypeError`` / ``ValueError`` (and the ``also`` types) raised inside (a constructor refusing
+    a config) into :class:`CheckpointError` ``"<path>: <what> (<the error>)"``, so the user learns which
+    file is wrong."""
     try:
         yield
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, *also) as err:
         if isinstance(err, CheckpointError):
             raise
         raise CheckpointError(f"{path}: {what} ({err})") from err
@@ -104,8 +110,21 @@ def check_finite(state: Mapping[str, torch.Tensor], *, source: str) -> None:
 
 
 def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """Raise :class:`CheckpointMismatchError` listing missing, unexpected and wrongly shaped keys."""
+    """Raise :class:`CheckpointMismatchError` listing missing, unexpected and wrongly shaped keys, and
+    :class:`CheckpointError` naming the tensors whose dtype is not floating point where the model's is
+    (int32 weights would load as whole numbers) or the reverse."""
     expected = model.state_dict()
+    kinds = sorted(
+        f"{k} ({state[k].dtype})"
+        for k in set(state) & set(expected)
+        if state[k].is_floating_point() != expected[k].is_floating_point()
+    )
+    if kinds:
+        shown = ", ".join(kinds[:5]) + (f", ... ({len(kinds)} in all)" if len(kinds) > 5 else "")
+        raise CheckpointError(
+            f"{source}: tensors of the wrong kind of dtype: {shown}; weights are floating point (the model's "
+            "buffers keep their dtype), so the file is damaged or not written by save_pretrained"
+        )
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(
@@ -168,8 +187,44 @@ def save_model(
         ema_path.unlink()
 
 
+def check_weights_file(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Check a safetensors file against ``model`` without reading its values: the header parses, every
+    tensor's bytes are there, and names, shapes and kinds of dtype fit (:class:`CheckpointError` naming
+    the file otherwise). NaN/Inf values are found only when the file is loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = {k: fh.get_slice(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            shapes = {
+                k: torch.empty(s.get_shape(), dtype=_dtype(s.get_dtype()), device="meta")
+                for k, s in meta.items()
+            }
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({err}); the file is damaged"
+        ) from err
+    check_state_dict(model, shapes, source=str(path))
+
+
+def _dtype(name: str) -> torch.dtype:
+    """A torch dtype of the same kind (floating or not) as a safetensors dtype name (``F32``, ``I64`` …)."""
+    known = {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool,
+    }  # fmt: skip
+    return known.get(name, torch.float32 if name.startswith(("F", "BF")) else torch.uint8)
+
+
 def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike[str], *, use_ema: bool) -> Path:
-    """Load ``directory``'s EMA weights (when present and ``use_ema``) or plain weights into ``model``."""
+    """Load ``directory``'s EMA weights (when present and ``use_ema``) or plain weights into ``model``.
+
+    With the EMA weights, the plain weights file is checked too (:func:`check_weights_file`: header,
+    sizes, names, shapes, dtypes; no values read): ``use_ema=False`` and a resumed training read it, so a
+    damaged one is reported by a warning naming it (the EMA weights still load).
+    """
     directory = Path(directory)
     weights = directory / EMA_WEIGHTS_NAME
     if not (use_ema and weights.is_file()):
@@ -177,6 +232,14 @@ def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike[str]
     state = load_weights(weights)
     check_state_dict(model, state, source=str(weights))
     model.load_state_dict(state, strict=True)
+    if weights.name == EMA_WEIGHTS_NAME:
+        try:
+            check_weights_file(model, directory / WEIGHTS_NAME)
+        except CheckpointError as err:
+            logger.warning(
+                "%s; the EMA weights (%s) are used, but use_ema=False and resuming training will refuse "
+                "this checkpoint", err, weights.name,
+            )  # fmt: skip
     return weights
 
 
@@ -292,7 +355,9 @@ class CheckpointMixin:
         cfg_path = directory / CONFIG_NAME
         config = read_class_json(cfg_path, (cls.__name__, *cls.LEGACY_CLASS_NAMES), default=cls.__name__)
         config = {**cls._checkpoint_config(config, directory), "_class_name": cls.__name__}
-        with refused_as(cfg_path, f"invalid {cls.__name__} config"):
+        # fields checked before anything is built: a size of 0 divides by zero, a huge one exhausts memory
+        with refused_as(cfg_path, f"invalid {cls.__name__} config", also=(ArithmeticError, RuntimeError)):
+            check_config_fields(cls.__init__, config)
             model = cls.from_config(config)  # type: ignore[attr-defined]
         weights = load_model_weights(model, directory, use_ema=use_ema)
         logger.info("loaded %s from %s", cls.__name__, weights)
@@ -314,6 +379,7 @@ __all__ = [
     "CheckpointMismatchError",
     "check_finite",
     "check_state_dict",
+    "check_weights_file",
     "load_model_weights",
     "load_weights",
     "read_class_json",

@@ -2,12 +2,21 @@
 
 Each family's weight-only model (``PIDMModel``, ``CFLDModel``, the PCDMs stages) builds its denoiser with
 :func:`build_unet` and validates its training fields with :func:`check_training_fields`, so a bad size or
-rate gets the same clear error in every family.
+rate gets the same clear error in every family. :func:`check_config_fields` checks a config read from a
+file (a checkpoint's ``config.json``, ``scheduler_config.json``, ``model_index.json``) against the
+constructor's annotations and :data:`SIZE_LIMITS` before anything is built, so a wrong type or a size that
+would divide by zero or exhaust memory is refused naming the field.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import math
+import numbers
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from diffusers import UNet2DConditionModel
 
@@ -34,6 +43,128 @@ TOKEN_UNET_SIZES: dict[str, dict] = {
         cross_attention_dim=256, appearance_channels=(64, 128, 256), appearance_stem_stride=4,
     ),
 }  # fmt: skip
+
+
+#: sizes a config may hold: ``field: (min, max)`` for an int, or for each int of a list field. The upper
+#: bounds are far above any model this project builds (a market UNet has 256 channels) and stop a mistyped
+#: size before it allocates terabytes.
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    **dict.fromkeys(("image_size", "input_height"), (1, 4096)),
+    **dict.fromkeys(
+        ("block_out_channels", "appearance_channels", "source_channels", "embedder_channels", "channels",
+         "cross_attention_dim", "attention_head_dim", "embedding_dim", "pose_hidden_dim",
+         "pose_encoder_channels", "pose_feature_channels", "latent_channels"),
+        (1, 4096),
+    ),
+    **dict.fromkeys(("layers_per_block", "num_layers", "num_attention_heads", "prd_heads", "num_queries",
+                     "norm_num_groups"), (1, 1024)),
+    **dict.fromkeys(("prd_layers", "adapter_res_blocks", "degrade_max_blur", "blocks"), (0, 1024)),
+    **dict.fromkeys(("appearance_stem_stride", "source_stem_stride", "vae_scale_factor", "output_stride"), (1, 64)),
+    "num_train_timesteps": (1, 100_000),
+}  # fmt: skip
+#: list fields of :data:`SIZE_LIMITS` with a fixed length
+SIZE_LENGTHS: dict[str, int] = {"image_size": 2}
+#: float fields of a config with a range ``(min, max)`` (scheduler betas)
+FLOAT_LIMITS: dict[str, tuple[float, float]] = {"beta_start": (0.0, 0.999), "beta_end": (0.0, 0.999)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_sizes(**fields: Any) -> None:
+    """``ValueError`` naming the field for a size outside :data:`SIZE_LIMITS` or of the wrong type (an int,
+    or a non-empty list of ints; ``image_size``: two). Fields not in the table are ignored."""
+    for name, value in fields.items():
+        if name not in SIZE_LIMITS:
+            continue
+        lo, hi = SIZE_LIMITS[name]
+        if isinstance(value, (list, tuple)):
+            want = SIZE_LENGTHS.get(name)
+            if (want is not None and len(value) != want) or not value:
+                count = f"{want} integers" if want is not None else "a non-empty list of integers"
+                raise ValueError(f"{name} must be {count} in [{lo}, {hi}], got {list(value)!r}")
+            items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        elif name in SIZE_LENGTHS:
+            raise ValueError(f"{name} must be {SIZE_LENGTHS[name]} integers in [{lo}, {hi}], got {value!r}")
+        else:
+            items = [(name, value)]
+        for label, v in items:
+            if not _is_int(v) or not lo <= v <= hi:
+                raise ValueError(f"{label} must be an integer in [{lo}, {hi}], got {v!r}")
+
+
+def _hints(func: Callable) -> dict[str, Any]:
+    """``func``'s parameter annotations, each resolved on its own (one that cannot be is left out); a
+    parameter whose default is ``None`` may be ``None`` whatever its annotation says."""
+    found: dict[str, Any] = {}
+    namespace = getattr(func, "__globals__", {})
+    for name, param in inspect.signature(func).parameters.items():
+        hint = param.annotation
+        if hint is inspect.Parameter.empty:
+            continue
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, dict(namespace), {})  # noqa: S307 - the annotation text of our own code
+            except Exception:  # noqa: BLE001 - an annotation naming a TYPE_CHECKING import: not checked
+                continue
+        found[name] = typing.Optional[hint] if param.default is None else hint  # noqa: UP045 - any hint
+    return found
+
+
+def _type_error(name: str, hint: Any, value: Any) -> str | None:
+    """Why ``value`` is not a ``hint`` (``None`` when it is, or when ``hint`` is not one checked here)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        whys = [_type_error(name, a, value) for a in args if a is not type(None)]
+        return None if any(w is None for w in whys) else whys[0]
+    if origin is typing.Literal:
+        return None if value in args else f"{name} must be one of {', '.join(map(repr, args))}, got {value!r}"
+    if hint is bool:
+        return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}"
+    if hint is int:
+        return None if _is_int(value) else f"{name} must be an integer, got {value!r}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else f"{name} must be a finite number, got {value!r}"
+    if hint is str:
+        return None if isinstance(value, str) else f"{name} must be a string, got {value!r}"
+    if origin in (Sequence, list, tuple):
+        if not isinstance(value, (list, tuple)):
+            what = f"the string {value!r}" if isinstance(value, str) else repr(value)
+            return f"{name} must be a list, got {what}"
+        item = args[0] if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) else None
+        if item is not None:
+            for i, v in enumerate(value):
+                if why := _type_error(f"{name}[{i}]", item, v):
+                    return why
+        return None
+    if origin in (Mapping, dict):
+        return None if isinstance(value, dict) else f"{name} must be a mapping, got {value!r}"
+    return None
+
+
+def check_config_fields(init: Callable, config: Mapping[str, Any]) -> None:
+    """Check the fields of ``config`` (as read from JSON) that ``init`` takes: each of its annotated type
+    (``int`` is not ``1.5`` nor ``true``, ``Sequence[int]`` is a list of ints, a ``Literal`` one of its
+    values, ``X | None`` may be null), sizes within :data:`SIZE_LIMITS`, floats within
+    :data:`FLOAT_LIMITS`. ``TypeError`` / ``ValueError`` naming the field; fields ``init`` does not take are
+    not looked at."""
+    hints = _hints(init)
+    for name, value in config.items():
+        if name in hints and (why := _type_error(name, hints[name], value)):
+            raise TypeError(why)
+        if name in SIZE_LIMITS and value is not None:
+            check_sizes(**{name: value})
+        if name in FLOAT_LIMITS and value is not None:
+            lo, hi = FLOAT_LIMITS[name]
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+            if not ok:
+                raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
 
 
 def check_training_fields(
@@ -78,6 +209,14 @@ def build_unet(
     """
     if (attention_levels is None) == (self_attention_levels is None):
         raise TypeError("give exactly one of attention_levels and self_attention_levels")
+    try:
+        check_sizes(
+            block_out_channels=list(block_out_channels), layers_per_block=layers_per_block,
+            attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
+            cross_attention_dim=cross_attention_dim,
+        )  # fmt: skip
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
     chans = [int(c) for c in block_out_channels]
     levels = [bool(a) for a in (attention_levels if attention_levels is not None else self_attention_levels)]
     field = "attention_levels" if attention_levels is not None else "self_attention_levels"
@@ -120,4 +259,13 @@ def build_unet(
     )
 
 
-__all__ = ["TIMESTEP_SAMPLINGS", "TOKEN_UNET_SIZES", "build_unet", "check_training_fields"]
+__all__ = [
+    "FLOAT_LIMITS",
+    "SIZE_LIMITS",
+    "TIMESTEP_SAMPLINGS",
+    "TOKEN_UNET_SIZES",
+    "build_unet",
+    "check_config_fields",
+    "check_sizes",
+    "check_training_fields",
+]

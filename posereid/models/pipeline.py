@@ -47,6 +47,7 @@ from posereid.models.checkpoint import (
 )
 from posereid.models.guidance import Condition, GuidanceFormula, condition_dropout, guided_denoiser
 from posereid.models.io_utils import atomic_write
+from posereid.models.parts import check_config_fields
 from posereid.models.pose import NUM_KEYPOINTS, render_pose_maps
 from posereid.models.sampling import (
     SCHEDULE_KEYS,
@@ -124,7 +125,9 @@ def save_scheduler(scheduler: TrainingScheduler, directory: str | os.PathLike[st
 
 def load_scheduler(directory: str | os.PathLike[str]) -> TrainingScheduler:
     """``directory``'s ``scheduler_config.json``: a ``DDPMScheduler`` or a ``FlowMatchEulerDiscreteScheduler``
-    (flow matching); a missing file or any other class is refused naming the file."""
+    (flow matching); a missing file, any other class, or a field of the wrong type or range
+    (``num_train_timesteps`` >= 1, betas in [0, 1), see :func:`~posereid.models.parts.check_config_fields`)
+    is refused naming the file and the field."""
     path = Path(directory) / SCHEDULER_CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(
@@ -139,7 +142,9 @@ def load_scheduler(directory: str | os.PathLike[str]) -> TrainingScheduler:
             f"{path}: training scheduler {name!r} is not supported "
             f"(expected {' or '.join(TRAINING_SCHEDULER_CLASSES)})"
         )
-    return cls.from_config(config)
+    with refused_as(path, f"invalid {name} config", also=(ArithmeticError, RuntimeError)):
+        check_config_fields(cls.__init__, config)
+        return cls.from_config(config)
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -531,7 +536,11 @@ class GeneratorPipeline(nn.Module):
         main = directory / cls.MODEL_FOLDER
         if cls.MODEL_FOLDER and not main.is_dir():
             raise FileNotFoundError(f"{main}: model folder missing from the {cls.family} checkpoint")
+        index_kwargs = cls._index_kwargs(index)
+        with refused_as(index_path, f"invalid {cls.__name__} field"):  # e.g. a string for a list of stages
+            check_config_fields(cls.__init__, index_kwargs)
         model = cls.model_class.from_pretrained(main, use_ema=use_ema)
+        scheduler = load_scheduler(main)
         kwargs: dict[str, Any] = {}
         for folder, spec in cls.COMPONENTS.items():
             path = directory / folder
@@ -544,7 +553,7 @@ class GeneratorPipeline(nn.Module):
             if spec.scheduler is not None:
                 kwargs[spec.scheduler] = load_scheduler(path)
         with refused_as(directory, f"the {cls.family} components do not fit together"):
-            pipe = cls(model, load_scheduler(main), **kwargs, **cls._index_kwargs(index))
+            pipe = cls(model, scheduler, **kwargs, **index_kwargs)
         return pipe.eval()  # each model logged where its weights came from
 
 

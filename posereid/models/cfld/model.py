@@ -41,7 +41,7 @@ from torch import nn
 
 from posereid.models.appearance import pyramid_shapes
 from posereid.models.checkpoint import CheckpointMixin
-from posereid.models.parts import build_unet, check_training_fields
+from posereid.models.parts import build_unet, check_sizes, check_training_fields
 from posereid.models.pose import POSE_CHANNELS
 from posereid.models.texture_attention import HybridGranularityProcessor, unet_level
 
@@ -192,6 +192,12 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
         unet_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        check_sizes(
+            image_size=list(image_size), source_channels=list(source_channels),
+            source_stem_stride=source_stem_stride, num_queries=num_queries, prd_layers=prd_layers,
+            prd_heads=prd_heads, adapter_res_blocks=adapter_res_blocks, latent_channels=latent_channels,
+            vae_scale_factor=vae_scale_factor,
+        )  # fmt: skip
         h, w = (int(v) for v in image_size)
         dim = int(cross_attention_dim)
         check_training_fields(

@@ -16,7 +16,7 @@ from posereid.argtypes import (
     positive_int,
     share,
 )
-from posereid.experiments.reid_gain.compare import compare_table, load_run, write_comparison
+from posereid.experiments.reid_gain.compare import compare_table, distinct_labels, load_run, write_comparison
 from posereid.experiments.reid_gain.config import (
     ARMS,
     NOISE_ARM,
@@ -183,16 +183,43 @@ def add_reid_gain_compare_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="folder for comparison.md / comparison.png")
     parser.add_argument(
-        "--labels", help="comma list of row labels, one per run (default: from each run's settings)"
+        "--labels",
+        help="comma list of row labels, one per run, all different (default: from each run's settings, with "
+        "the folder's name where two runs' settings read the same)",
     )
+    # what the run function reports a usage error with (a --labels count that does not fit the runs): the
+    # parser's own error, a usage line and exit code 2, as for a bad flag value
+    parser.set_defaults(usage_error=parser.error)
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> None:
+    """``args``' parser's usage error (exit code 2), or ``ValueError`` for a namespace built by hand."""
+    report = getattr(args, "usage_error", None)
+    if report is None:
+        raise ValueError(message)
+    report(message)
 
 
 def run_reid_gain_compare(args: argparse.Namespace) -> int:
     """Run ``posereid reid-gain-compare``: print the table and write it with its plot."""
-    labels = [s.strip() for s in args.labels.split(",")] if args.labels else [None] * len(args.runs)
-    if len(labels) != len(args.runs):
-        raise SystemExit(f"--labels has {len(labels)} label(s) for {len(args.runs)} run(s)")
-    runs = [load_run(Path(p), label) for p, label in zip(args.runs, labels)]
+    folders = [Path(p) for p in args.runs]
+    resolved = [p.resolve() for p in folders]
+    twice = next((p for i, p in enumerate(folders) if resolved[i] in resolved[:i]), None)
+    if twice is not None:
+        _usage_error(args, f"run {twice} is given twice")
+    labels: list[str | None] = [None] * len(folders)
+    if args.labels is not None:
+        labels = [s.strip() for s in args.labels.split(",")]
+        if len(labels) != len(folders):
+            _usage_error(args, f"--labels has {len(labels)} label(s) for {len(folders)} run(s)")
+        if not all(labels):
+            _usage_error(args, f"--labels {args.labels!r}: a label is empty")
+        dup = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
+        if dup is not None:
+            _usage_error(args, f"--labels: {dup!r} is given to two runs; each run needs its own label")
+    runs = [load_run(p, label) for p, label in zip(folders, labels)]
+    if args.labels is None:
+        runs = distinct_labels(runs)
     paths = write_comparison(runs, Path(args.out))
     print(compare_table(runs))
     for what, path in paths.items():

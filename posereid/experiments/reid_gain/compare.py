@@ -12,8 +12,9 @@ are still compared, each against its own baseline, and the table says so.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,38 @@ def run_label(settings: dict[str, Any]) -> str:
     )
 
 
+#: result columns that must hold finite numbers for a run to be compared
+_FINITE_FIELDS = ("fraction", "mAP", "rank1", "rank5", "rank10")
+
+
 def load_run(path: Path, label: str | None = None) -> GainRun:
-    """Read one ``reid-gain --out`` folder; a clear error when it is not one."""
+    """Read one ``reid-gain --out`` folder; a clear error when it is not one, or when a result is not a
+    finite number (``mAP = nan``: naming the file, its line and the cell)."""
     path = Path(path)
     settings, rows = read_run(path)
+    for line, r in enumerate(rows, start=2):  # line 1 is the header
+        bad = [k for k in _FINITE_FIELDS if isinstance(r.get(k), float) and not math.isfinite(r[k])]
+        if bad:
+            raise ValueError(
+                f"{path / 'results.csv'} line {line}: {', '.join(f'{k}={r[k]}' for k in bad)} is not a finite "
+                f"number (cell {r.get('fraction')} {r.get('arm')} seed {r.get('seed')}); the file is damaged "
+                "or was edited: rerun that cell (delete its row and run reid-gain again)"
+            )
     return GainRun(path, label or run_label(settings), settings, rows, summarize(rows))
+
+
+def distinct_labels(runs: Sequence[GainRun]) -> list[GainRun]:
+    """``runs`` with labels that tell them apart: runs sharing a label (two runs of one generator recipe)
+    get their folder appended, ``label (folder)``, and a number if their folders' names are the same too."""
+    out = list(runs)
+    suffixes: tuple[Callable[[GainRun, int], str], ...] = (lambda r, _: r.path.name, lambda _, k: f"#{k}")
+    for suffix in suffixes:
+        counts, seen = Counter(r.label for r in out), Counter[str]()
+        for i, r in enumerate(out):
+            if counts[r.label] > 1:
+                seen[r.label] += 1
+                out[i] = replace(r, label=f"{r.label} ({suffix(r, seen[r.label])})")
+    return out
 
 
 def _synthetic_entries(run: GainRun) -> list[dict[str, Any]]:
@@ -137,6 +165,7 @@ def compare_table(runs: Sequence[GainRun]) -> str:
     (ΔmAP / Δrank-1 vs ``strong`` [95 % CI], verdict, recovered share of the oracle's gain)."""
     if not runs:
         raise ValueError("no run to compare")
+    runs = distinct_labels(runs)  # a row must say which run it is
     first = runs[0].strong_cells()
     shared = [r.label for r in runs[1:] if not _same_baselines(first, r.strong_cells())]
     lines = [
@@ -349,7 +378,9 @@ def write_compare_sheet(runs: Sequence[GainRun], fraction: float, path: Path, ro
 
 def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:
     """``comparison.md``, ``comparison.png`` and, when runs kept their ``work/`` folders, ``samples.png``
-    (:func:`write_compare_sheet` at :func:`sheet_fraction`) in ``out``; returns their paths."""
+    (:func:`write_compare_sheet` at :func:`sheet_fraction`) in ``out``; returns their paths. Runs sharing
+    a label are told apart by :func:`distinct_labels` everywhere (header, table, plot, sheet)."""
+    runs = distinct_labels(runs)
     out.mkdir(parents=True, exist_ok=True)
     md, png = out / "comparison.md", out / "comparison.png"
     header = "# Re-ID gain: generators compared\n\nRuns:\n" + "".join(
@@ -371,6 +402,7 @@ def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:
 __all__ = [
     "GainRun",
     "compare_table",
+    "distinct_labels",
     "load_run",
     "plot_compare",
     "run_label",

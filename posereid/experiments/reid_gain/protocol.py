@@ -439,36 +439,69 @@ _UNRECORDED: dict[str, Any] = {"generator_family": "pidm", "generator_options": 
 
 
 def _check_protocol(config: GainConfig) -> None:
-    """Refuse to mix results of different protocol settings in one output folder."""
+    """Refuse to mix results of different protocol settings in one output folder, then record the settings.
+
+    A folder whose ``gain_config.json`` differs but which holds neither a result (``results.csv`` rows)
+    nor ``work/`` (subsets, generators, images made with the old settings) takes the new settings: nothing
+    made with the old ones would be mixed in.
+    """
     path = config.out / "gain_config.json"
     now = config.protocol()
     if path.is_file():
         saved = json.loads(path.read_text())
         saved = {**_UNRECORDED, **saved}
         diff = {k: (saved.get(k), now[k]) for k in now if _jsonable(saved.get(k)) != _jsonable(now[k])}
-        if diff:
+        if not diff:
+            return
+        changes = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
+        if read_results(config.out / "results.csv"):
             raise ProtocolMismatchError(
-                f"{config.out} holds results made with other settings "
-                + ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
-                + "; use a new --out (or delete the folder)"
+                f"{config.out} holds results made with other settings {changes}; use a new --out (or delete "
+                "the folder)"
             )
-    else:
-        with atomic_write(path) as fh:
-            json.dump(now, fh, indent=2)
+        if config.work.exists():
+            raise ProtocolMismatchError(
+                f"{config.out} holds no result yet, but its {config.work} (subsets, generators, images) was made "
+                f"with other settings {changes}; delete {config.work} to start with these settings, or use a "
+                "new --out"
+            )
+        logger.info("%s: no result and no work/ yet; its settings are replaced (%s)", path, changes)
+    with atomic_write(path) as fh:
+        json.dump(now, fh, indent=2)
 
 
-def _jsonable(v: Any) -> Any:
-    return json.loads(json.dumps(v))
+def validate_run(config: GainConfig) -> None:
+    """Everything a run can be refused for before it starts, checked before anything is written: the
+    oracle's metadata, the generator options, the device, the Market folder and its annotation CSV, a given
+    generator or filter checkpoint, and ``baselines_from``'s settings."""
+    from posereid.models.contract import is_checkpoint_dir
+    from posereid.models.runtime import resolve_device
+    from posereid.reid_integration.market1501 import resolve_data_dir
+
+    check_oracle(config)  # before any work: a missing oracle must not surface hours into a run
+    if config.generator_options and config.generator is None:
+        new_generator(config)  # an unknown option fails now, not after the baselines
+    resolve_device(config.device)
+    resolve_data_dir(config.data)
+    annotations = config.annotations or find_annotations(config.data)
+    if not Path(annotations).is_file():
+        raise FileNotFoundError(f"--annotations {annotations}: no such file")
+    synthetic = any(arm_extra(a) == "synthetic" for a in config.arms)
+    if synthetic and config.generator is not None and not is_checkpoint_dir(config.generator):
+        raise FileNotFoundError(
+            f"--generator {config.generator}: no generator checkpoint (model_index.json or config.json) there"
+        )
+    ckpt = config.filter_checkpoint
+    filtered = any(a.endswith("+filtered") for a in config.arms)
+    if filtered and ckpt is not None and str(ckpt) != "auto" and not Path(ckpt).is_file():
+        raise FileNotFoundError(f"--filter-checkpoint {ckpt}: no such file")
+    _baselines_source(config)
 
 
-def import_baselines(
-    config: GainConfig, plan: Sequence[tuple[str, str, int]], done: set[tuple[str, str, int]]
-) -> list[dict[str, Any]]:
-    """The baseline, oracle and floor rows of ``config.baselines_from`` that ``plan`` asks for and ``done`` lacks.
-
-    Refuses (:class:`ProtocolMismatchError`) a folder whose :data:`BASELINE_FIELDS` differ from this run's:
-    its cells would not be the models this run would train.
-    """
+def _baselines_source(config: GainConfig) -> list[dict[str, Any]]:
+    """The result rows of ``config.baselines_from`` (``[]`` without one), refused
+    (:class:`ProtocolMismatchError`) when its :data:`BASELINE_FIELDS` differ from this run's: its cells would
+    not be the models this run would train."""
     src = config.baselines_from
     if src is None:
         return []
@@ -482,12 +515,38 @@ def import_baselines(
             f"--baselines-from {src}: its baseline cells were made with other settings "
             + ", ".join(f"{k}: {a!r} (there) vs {b!r} (here)" for k, (a, b) in diff.items())
         )
-    wanted = set(plan) - done
+    return theirs
+
+
+def _jsonable(v: Any) -> Any:
+    return json.loads(json.dumps(v))
+
+
+def import_baselines(
+    config: GainConfig, plan: Sequence[tuple[str, str, int]], done: set[tuple[str, str, int]]
+) -> list[dict[str, Any]]:
+    """The baseline, oracle and floor rows of ``config.baselines_from`` that ``plan`` asks for and ``done`` lacks,
+    each marked ``read_from`` (the folder; the report tells them from the cells trained here).
+
+    Refuses (:class:`ProtocolMismatchError`) a folder whose :data:`BASELINE_FIELDS` differ from this run's:
+    its cells would not be the models this run would train. The asked-for cells it lacks are trained here.
+    """
+    src = config.baselines_from
+    if src is None:
+        return []
+    theirs = _baselines_source(config)
+    wanted = {c for c in set(plan) - done if arm_extra(c[1]) in ("", "oracle", "noise")}
     rows = [
-        r for r in theirs
+        {**r, "read_from": str(src)} for r in theirs
         if arm_extra(r["arm"]) in ("", "oracle", "noise") and cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
     ]  # fmt: skip
+    missing = sorted(wanted - {cell_key(r["fraction"], r["arm"], r["seed"]) for r in rows})
     logger.info("reid-gain: %d baseline, oracle and floor cell(s) read from %s", len(rows), src)
+    if missing:
+        logger.warning(
+            "reid-gain: %d baseline, oracle or floor cell(s) are not in %s and are trained here: %s",
+            len(missing), src, ", ".join(f"{f} {a} seed {s}" for f, a, s in missing),
+        )  # fmt: skip
     return rows
 
 
@@ -540,9 +599,7 @@ def run_gain(config: GainConfig, *, source: MarketSource | None = None) -> list[
 
 def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[str, Any]]:
     """The body of :func:`run_gain`, run while holding the lock of ``config.out``."""
-    check_oracle(config)  # before any work: a missing oracle must not surface hours into a run
-    if config.generator_options and config.generator is None:
-        new_generator(config)  # an unknown option fails now, not after the baselines
+    validate_run(config)  # a refused run writes nothing, so the corrected one is not taken for another
     config.out.mkdir(parents=True, exist_ok=True)
     _check_protocol(config)
     from posereid.models.runtime import resolve_device
@@ -659,4 +716,5 @@ __all__ = [
     "run_cell",
     "run_gain",
     "synthetic_dir",
+    "validate_run",
 ]

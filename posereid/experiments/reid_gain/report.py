@@ -38,10 +38,11 @@ from posereid.experiments.reid_gain.config import (
 )
 from posereid.models.io_utils import atomic_save, atomic_write
 
-#: results.csv columns, in order.
+#: results.csv columns, in order. ``read_from``: the ``--baselines-from`` folder a cell was read from
+#: (empty: trained in this output folder).
 CSV_FIELDS: tuple[str, ...] = (
     "fraction", "arm", "seed", "mAP", "rank1", "rank5", "rank10", "images", "identities",
-    "synthetic_images", "steps", "batch_size", "wall_s", "reid_model", "generator",
+    "synthetic_images", "steps", "batch_size", "wall_s", "reid_model", "generator", "read_from",
 )  # fmt: skip
 
 
@@ -430,6 +431,42 @@ def plot_results(summary: Sequence[dict[str, Any]], path: Path, title: str = "")
     plt.close(fig)
 
 
+def _cell_list(rows: Sequence[dict[str, Any]]) -> str:
+    """``50% `plain` seeds 0, 1; 50% `strong` seed 0``: the cells of ``rows`` by kept fraction and arm."""
+    order = {a: i for i, a in enumerate(ARMS)}
+    by: dict[tuple[float, str], list[int]] = defaultdict(list)
+    for r in rows:
+        by[(float(r["fraction"]), str(r["arm"]))].append(int(r["seed"]))
+    parts = []
+    for (fraction, arm), seeds in sorted(by.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+        s = sorted(seeds)
+        parts.append(f"{100 * fraction:g}% `{arm}` seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}")
+    return "; ".join(parts)
+
+
+def _baselines_line(config: GainConfig, rows: Sequence[dict[str, Any]]) -> str:
+    """The report's line on where the baseline, oracle and floor cells come from (``""`` when all were
+    trained here and no ``baselines_from`` was given)."""
+    base = [r for r in rows if arm_extra(str(r["arm"])) in ("", "oracle", "noise")]
+    read = [r for r in base if r.get("read_from")]
+    trained = [r for r in base if not r.get("read_from")]
+    if read:
+        where = ", ".join(f"`{s}`" for s in sorted({str(r["read_from"]) for r in read}))
+        line = (
+            f"- baseline, oracle and floor cells read from {where} (a run with the same data, subset and re-ID "
+            f"settings: the same models), not trained again: {_cell_list(read)}"
+        )
+        if trained:
+            line += f"; trained in this run (not there): {_cell_list(trained)}"
+        return line + "\n"
+    if config.baselines_from is not None and trained:
+        return (
+            f"- `{config.baselines_from}` held none of the baseline, oracle and floor cells asked for; they were "
+            f"trained in this run: {_cell_list(trained)}\n"
+        )
+    return ""
+
+
 def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[str, Path]:
     """``results.md`` and ``results.png`` from the CSV rows; returns their paths."""
     summary = summarize(rows)
@@ -468,12 +505,7 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
             if any(r["arm"] == NOISE_ARM for r in rows)
             else ""
         )
-        + (
-            f"- the baseline and oracle cells were read from `{config.baselines_from}` (a run with the same data, "
-            "subset and re-ID settings: the same models), not trained again\n"
-            if config.baselines_from is not None
-            else ""
-        )
+        + _baselines_line(config, rows)
     )
     with atomic_write(md_path, "w", encoding="utf-8") as fh:
         fh.write(markdown_table(summary, header))

@@ -2,15 +2,23 @@
 error.
 
 Every layer may import this module (it imports nothing from posereid), so ``posereid generate --batch-size
-0`` or ``--guidance-pose nan`` is refused before any model is loaded, with exit code 2. The options that
-several commands share (``--strict``, ``--annotation-size HxW``) are defined here once, with one help text.
+0`` or ``--guidance nan`` is refused before any model is loaded, with exit code 2. The options that several
+commands share are defined here once, with one spelling, one value format and one help text (the shared
+vocabulary; ``tests/test_cli_vocabulary.py`` walks every command's ``--help``): ``--data``,
+``--annotations`` (found beside the data when left out), ``--annotation-size HxW``, ``--steps``,
+``--sampler``, ``--guidance W`` or ``W_POSE,W_APP``, ``--seed``, ``--device``, ``--out``, ``--no-progress``,
+``--strict``. Old spellings stay as aliases that warn once (:func:`add_alias`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def _int_at_least(text: str, low: int) -> int:
@@ -72,6 +80,14 @@ def share(text: str) -> float:
     value = finite_float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be a share in [0, 1), got {text!r}")
+    return value
+
+
+def unit_share(text: str) -> float:
+    """A share in (0, 1] (e.g. the best-scoring fraction of images to keep)."""
+    value = finite_float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share in (0, 1], got {text!r}")
     return value
 
 
@@ -151,6 +167,111 @@ STRICT_HELP = (
 )
 
 
+def guidance(text: str) -> tuple[float, float]:
+    """``W`` (both weights) or ``W_POSE,W_APP`` (``W_POSE:W_APP`` too): finite ``(w_pose, w_appearance)``."""
+    parts = text.replace(":", ",").split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a weight like 2 or pose,appearance weights like 1.5,3, got {text!r}"
+        ) from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected one or two weights (pose,appearance), got {text!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"guidance weights must be finite numbers, got {text!r}")
+    return (values[0], values[-1])
+
+
+#: old spellings already warned about in this process (each warns once)
+_WARNED: set[str] = set()
+
+
+def warn_once(old: str, new: str) -> None:
+    """Tell the user (stderr, once per process) that ``old`` is an old spelling of ``new``."""
+    if old not in _WARNED:
+        _WARNED.add(old)
+        print(f"posereid: {old} is an old spelling; use {new} (it does the same)", file=sys.stderr)
+
+
+def add_alias(
+    parser: argparse.ArgumentParser,
+    old: str,
+    new: str,
+    *,
+    dest: str,
+    convert: Callable[[Any, argparse.Namespace], Any] = lambda value, _ns: value,
+    **kwargs: Any,
+) -> None:
+    """Accept ``old`` as a hidden alias of ``new``: it warns once and stores ``convert(value, namespace)`` in
+    ``dest`` (the new option's destination), so the rest of the command sees one spelling."""
+
+    class _Alias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+            warn_once(old, new)
+            setattr(namespace, dest, convert(values, namespace))
+
+    parser.add_argument(old, action=_Alias, dest=f"_alias_{dest}", help=argparse.SUPPRESS, **kwargs)
+
+
+def add_guidance_arg(
+    parser: argparse.ArgumentParser, default: tuple[float, float] = (2.0, 2.0), *, what: str = "sampling"
+) -> None:
+    """``--guidance W`` or ``W_POSE,W_APP`` (``args.guidance``: a ``(w_pose, w_appearance)`` pair); the old
+    ``--guidance-pose`` / ``--guidance-appearance`` set one weight each."""
+    parser.add_argument(
+        "--guidance", type=guidance, default=tuple(default), metavar="W|W_POSE,W_APP",
+        help=f"classifier-free guidance of {what}: one weight for both conditions or pose,appearance "
+        f"weights; 1 is the plain conditional model (default: {default[0]:g},{default[1]:g})",
+    )  # fmt: skip
+    for index, name in enumerate(("pose", "appearance")):
+        add_alias(
+            parser, f"--guidance-{name}", "--guidance W_POSE,W_APP", dest="guidance", type=finite_float,
+            convert=lambda w, ns, i=index: tuple(float(w) if j == i else ns.guidance[j] for j in range(2)),
+        )  # fmt: skip
+
+
+def add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (``args.progress``: draw progress bars, default on)."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--device`` (``auto``: this process's accelerator, else the CPU; or cpu, cuda, cuda:1, ...)."""
+    parser.add_argument(
+        "--device", default=default, help="auto (the accelerator when there is one), cpu, cuda, cuda:1, ..."
+    )
+
+
+#: the annotation CSV a Market folder carries for its train split (found when --annotations is left out)
+TRAIN_ANNOTATIONS = "market-annotation-train.csv"
+
+
+def add_annotations_arg(parser: argparse.ArgumentParser, *, split: str = "train") -> None:
+    """``--annotations`` (``args.annotations``; ``None`` = ``<data>/market-annotation-<split>.csv``, see
+    :func:`annotations_path`)."""
+    parser.add_argument(
+        "--annotations", type=Path, default=None,
+        help=f"PATN keypoint CSV (default: market-annotation-{split}.csv in the --data folder)",
+    )  # fmt: skip
+
+
+def annotations_path(
+    annotations: str | os.PathLike[str] | None, data: str | os.PathLike[str], *, split: str = "train"
+) -> Path:
+    """``annotations``, or the ``market-annotation-<split>.csv`` beside the data; a missing file is a
+    ``FileNotFoundError`` that says where it looked and what to pass."""
+    if annotations is not None:
+        return Path(annotations)
+    found = Path(data) / f"market-annotation-{split}.csv"
+    if not found.is_file():
+        raise FileNotFoundError(
+            f"{found}: no keypoint annotations beside the data; pass --annotations CSV "
+            "(`posereid annotate` writes one for new images)"
+        )
+    return found
+
+
 def add_strict_arg(parser: argparse.ArgumentParser) -> None:
     """Add ``--strict`` (:data:`STRICT_HELP`; the batch policy of
     :class:`~posereid.reid_integration.market1501.BadInputPolicy`) to a batch command's parser."""
@@ -170,6 +291,16 @@ def add_annotation_size_arg(parser: argparse.ArgumentParser, *, what: str = "the
 
 
 __all__ = [
+    "TRAIN_ANNOTATIONS",
+    "add_alias",
+    "add_annotations_arg",
+    "add_device_arg",
+    "add_guidance_arg",
+    "add_progress_arg",
+    "annotations_path",
+    "guidance",
+    "unit_share",
+    "warn_once",
     "STRICT_HELP",
     "add_annotation_size_arg",
     "add_strict_arg",

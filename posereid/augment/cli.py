@@ -32,7 +32,7 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--generator", required=True, help="generator checkpoint directory (save_pretrained)")
     parser.add_argument("--data", required=True, help="Market-1501 folder whose train images are the sources")
-    parser.add_argument("--annotations", required=True, help="PATN annotation CSV of the source images")
+    argtypes.add_annotations_arg(parser)
     parser.add_argument(
         "--per-image",
         type=per_image,
@@ -47,8 +47,7 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampling", choices=SAMPLINGS, default="uniform", help="pose sampling strategy")
     parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument("--sampler", default="dpmsolver++", choices=sorted(SAMPLERS))
-    parser.add_argument("--guidance-pose", type=finite_float, default=2.0)
-    parser.add_argument("--guidance-appearance", type=finite_float, default=2.0)
+    argtypes.add_guidance_arg(parser)
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(
@@ -66,9 +65,9 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out-size", type=positive_int, nargs=2, metavar=("H", "W"), help="size of written images"
     )
-    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    argtypes.add_device_arg(parser)
     parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    argtypes.add_progress_arg(parser)
     add_strict_arg(parser)
 
 
@@ -85,13 +84,14 @@ def run_generate(args: argparse.Namespace) -> int:
     # the settings first: a bad combination stops before any model is loaded
     config = GenerateConfig(
         out_dir=args.out, per_image=args.per_image, sampling=args.sampling, steps=args.steps,
-        sampler=args.sampler, guidance=(args.guidance_pose, args.guidance_appearance),
+        sampler=args.sampler, guidance=args.guidance,
         batch_size=args.batch_size, seed=args.seed, shard=args.shard, filter_threshold=args.filter_threshold,
         filter_score=args.filter_score, annotation_hw=args.annotation_size,
         out_size=tuple(args.out_size) if args.out_size else None,
         autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast],
-        progress=not args.no_progress, strict=args.strict,
+        progress=args.progress, strict=args.strict,
     )  # fmt: skip
+    annotations = argtypes.annotations_path(args.annotations, args.data)
     device = resolve_device(args.device)
     generator = load_generator(args.generator, device=device)
     if args.refiner:
@@ -113,11 +113,11 @@ def run_generate(args: argparse.Namespace) -> int:
         from posereid.augment.filter import IdentityFilter, load_extractor
 
         extractor = load_extractor(args.filter_checkpoint, device)
-        identity_filter = IdentityFilter(extractor, progress=not args.no_progress).fit_market(
+        identity_filter = IdentityFilter(extractor, progress=args.progress).fit_market(
             args.data, strict=args.strict
         )
     summary = generate_offline(
-        config, generator, args.data, args.annotations, pose_bank=bank, identity_filter=identity_filter
+        config, generator, args.data, annotations, pose_bank=bank, identity_filter=identity_filter
     )
     print(
         f"shard {summary.shard}: {summary.generated} generated, {summary.already_done} already done, "
@@ -136,8 +136,13 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="Market-1501 folder with the REAL train images")
     parser.add_argument("--reid-checkpoint", required=True, help="local posereid re-ID checkpoint")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--threshold", type=float, help="keep images whose score is >= this")
-    group.add_argument("--keep-top", type=float, metavar="FRACTION", help="keep the best-scoring fraction")
+    group.add_argument("--threshold", type=finite_float, help="keep images whose score is >= this")
+    group.add_argument(
+        "--keep-top",
+        type=argtypes.unit_share,
+        metavar="FRACTION",
+        help="keep the best-scoring fraction, in (0, 1]",
+    )
     parser.add_argument(
         "--score",
         choices=("similarity", "margin"),
@@ -150,10 +155,8 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
         default="move",
         help="move rejected images to <dir>/rejected/, or only write scores to the manifest",
     )
-    parser.add_argument(
-        "--device", default=None, help="device of the re-ID model (default: cuda if available)"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
+    argtypes.add_device_arg(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument(
         "--image-size",
         type=int,
@@ -162,7 +165,7 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
         metavar=("H", "W"),
         help="size images are batched at (the re-ID model then resizes to its input size)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    argtypes.add_progress_arg(parser)
     add_strict_arg(parser)
 
 
@@ -176,7 +179,7 @@ def run_filter(args: argparse.Namespace) -> int:
         extractor,
         image_size=tuple(args.image_size),
         batch_size=args.batch_size,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     summary = filter_folder(
         args.dir,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from accelerate.utils import set_seed
 from PIL import Image
 
+from posereid import argtypes
 from posereid.argtypes import (
     add_annotation_size_arg,
     add_strict_arg,
@@ -40,6 +42,7 @@ from posereid.models.contract import FAMILIES, checkpoint_family, family_class, 
 from posereid.models.images import pil_to_tensor01
 from posereid.models.io_utils import atomic_save
 from posereid.models.pose import resize_keypoints, skeleton_tensor
+from posereid.models.runtime import resolve_device
 from posereid.models.sampling import SAMPLERS
 from posereid.models.training import (
     PosePairDataset,
@@ -86,7 +89,13 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p = parser.add_argument
     p("--data", required=True, type=Path, help="Market-1501 folder (uses bounding_box_train)")
-    p("--annotations", required=True, type=Path, help="PATN keypoint CSV (name:keypoints_y:keypoints_x)")
+    argtypes.add_annotations_arg(parser)
+    p(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: accelerate's choice (every GPU under accelerate launch), else cpu or cuda",
+    )
     p("--pairs", type=Path, help="PATN pairs CSV (from,to); default: all same-identity pairs, on the fly")
     p("--family", default="pidm", choices=sorted(FAMILIES), help="generator family")
     p("--preset", default="market", choices=_presets(), help="model size (of the chosen family)")
@@ -229,12 +238,17 @@ def _report(args: argparse.Namespace, result: TrainResult, config: TrainConfig, 
 
 
 def run_train_generator(args: argparse.Namespace) -> int:
+    if args.device == "cpu":  # accelerate picks CUDA when it sees one
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to this process")
     records = market_pose_records(
         args.data,
-        args.annotations,
+        argtypes.annotations_path(args.annotations, args.data),
         min_joints=args.min_joints,
         annotation_size=args.annotation_size,
         strict=args.strict,
+        progress=args.progress,
     )
     set_seed(args.seed)  # the same --seed gives the same initial weights (and data order, noise, dropout)
     family = checkpoint_family(args.init) if args.init is not None else args.family
@@ -308,19 +322,39 @@ def add_sample_args(parser: argparse.ArgumentParser) -> None:
     p("--generator", required=True, type=Path, help="directory written by train-generator (e.g. OUT/final)")
     p("--source", required=True, type=Path, help="source image (the person to re-pose)")
     p("--target-pose-from", required=True, help="image name whose annotation row gives the target pose")
-    p("--annotations", required=True, type=Path, help="PATN keypoint CSV")
+    p(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="PATN keypoint CSV (default: market-annotation-{train,test}.csv beside the source's folder)",
+    )
     p("--out", required=True, type=Path, help="output PNG: source | target skeleton | generated")
     p("--steps", type=positive_int, default=20)
     p("--sampler", default="dpmsolver++", choices=sorted(SAMPLERS))
-    p("--guidance-pose", type=finite_float, default=2.0)
-    p("--guidance-appearance", type=finite_float, default=2.0)
+    argtypes.add_guidance_arg(parser)
     p("--seed", type=non_negative_int, default=0)
+    argtypes.add_device_arg(parser)
     add_annotation_size_arg(parser)
     p("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
 
 
+def _sample_annotations(args: argparse.Namespace) -> Path:
+    """``--annotations``, or the Market folder's own CSV beside the source image's folder."""
+    if args.annotations is not None:
+        return args.annotations
+    folders = (args.source.parent, args.source.parent.parent)
+    for folder in folders:
+        for split in ("train", "test"):
+            if (folder / f"market-annotation-{split}.csv").is_file():
+                return folder / f"market-annotation-{split}.csv"
+    raise FileNotFoundError(
+        f"no market-annotation-*.csv in {folders[0]} or {folders[1]}; pass --annotations CSV"
+    )
+
+
 def run_sample(args: argparse.Namespace) -> int:
-    model = load_generator(args.generator, use_ema=not args.no_ema)
+    args.annotations = _sample_annotations(args)
+    model = load_generator(args.generator, use_ema=not args.no_ema, device=resolve_device(args.device))
     h, w = model.image_size
     image = load_image(args.source)
     # the frame of the CSV: explicit, else the size of the images it annotates that sit beside the source
@@ -344,8 +378,7 @@ def run_sample(args: argparse.Namespace) -> int:
     src = pil_to_tensor01(image.resize((w, h), Image.Resampling.BILINEAR))[None]
     tgt = torch.from_numpy(target_kps)[None]
     out = model.generate(
-        src, tgt, source_kps, steps=args.steps, sampler=args.sampler,
-        guidance=(args.guidance_pose, args.guidance_appearance), seeds=[args.seed],
+        src, tgt, source_kps, steps=args.steps, sampler=args.sampler, guidance=args.guidance, seeds=[args.seed],
     )  # fmt: skip
     from torchvision.utils import make_grid, save_image
 

@@ -6,10 +6,11 @@ import argparse
 import sys
 from typing import Any
 
+from posereid import argtypes
 from posereid.argtypes import add_strict_arg, non_negative_int, positive_int
 from posereid.experiments.quality.evaluate import EvaluateConfig, evaluate_generator
 from posereid.experiments.quality.pairs import ANNOTATIONS_NAME, PAIRS_NAME
-from posereid.experiments.quality.report import parse_guidance, parse_sweep, render_markdown
+from posereid.experiments.quality.report import parse_sweep, render_markdown
 from posereid.models.pose_estimation import MissingExtraError
 
 
@@ -41,7 +42,7 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
         "--n-pairs", type=non_negative_int, default=200, help="pairs to score (seeded draw); 0 = all"
     )
     parser.add_argument("--steps", type=positive_int, default=20)
-    parser.add_argument("--guidance", default="2", help="w (both weights) or w_pose:w_appearance")
+    argtypes.add_guidance_arg(parser)
     parser.add_argument(
         "--sampler", default="dpmsolver++", choices=["dpmsolver++", "ddim", "unipc", "euler", "ddpm"]
     )
@@ -70,7 +71,7 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    argtypes.add_device_arg(parser)
     parser.add_argument("--out", required=True, help="report directory")
     add_strict_arg(parser)
 
@@ -83,7 +84,7 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     try:
         sweep = parse_sweep(args.sweep) if args.sweep else None
-        guidance = parse_guidance(args.guidance)
+        guidance = args.guidance
     except ValueError as exc:
         print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
         return 2

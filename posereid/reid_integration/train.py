@@ -16,9 +16,11 @@ so a set smaller than one batch trains nothing): it caps the batch to what the s
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
+import os
 import platform
 import time
 import warnings
@@ -247,6 +249,28 @@ def extract_loader_features(
     return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
 
 
+def check_output_dir(out: str | os.PathLike[str]) -> None:
+    """Refuse, before any training, an output folder that cannot be one: ``out`` or the nearest of its
+    parents that exists is a file, or that parent cannot be written to (an OS error naming the path)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            "--out is a file, not a folder (train-reid writes results.json and model.safetensors into "
+            "a folder); choose another --out",
+            str(path),
+        )
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"--out {path} cannot be created: this part of it is a file", str(parent)
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"--out {path} cannot be written", str(parent))
+
+
 def train_reid(
     config: ReidTrainConfig,
     *,
@@ -256,6 +280,8 @@ def train_reid(
 ) -> dict[str, Any]:
     """Train for exactly ``config.steps`` optimiser steps, evaluate, save; return the results dict.
 
+    An ``config.out`` that cannot be a folder is refused before anything is trained (:func:`check_output_dir`).
+
     Args:
         batch_transform: ``(imgs in [0, 1] on device, pids) -> imgs`` run on every training batch before
             the forward pass (e.g. online pose-transfer augmentation).
@@ -263,6 +289,8 @@ def train_reid(
             torchvision v2 transform), applied after resizing in the train pipeline.
     """
     t0 = time.perf_counter()
+    if config.out:
+        check_output_dir(config.out)  # not after the training: an --out that is a file fails now
     set_seed(config.seed)  # python, numpy (torchreid's identity sampler uses both) and torch
     device = resolve_device(config.device)
     use_gpu = device.type == "cuda"

@@ -67,6 +67,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (weight decay, thresholds of a distance)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (learning rates, time budgets)."""
     value = finite_float(text)
@@ -299,6 +307,7 @@ __all__ = [
     "add_progress_arg",
     "annotations_path",
     "guidance",
+    "non_negative_float",
     "unit_share",
     "warn_once",
     "STRICT_HELP",

@@ -57,6 +57,7 @@ from posereid.reid_integration.market1501 import (
     load_image,
     read_pairs_csv,
 )
+from posereid.reid_integration.recipes import RECIPES, choose_recipe, fill_from_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,19 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     )
     p("--pairs", type=Path, help="PATN pairs CSV (from,to); default: all same-identity pairs, on the fly")
     p("--family", default="pidm", choices=sorted(FAMILIES), help="generator family")
-    p("--preset", default="market", choices=_presets(), help="model size (of the chosen family)")
+    p(
+        "--recipe",
+        choices=("auto", *RECIPES),
+        default="auto",
+        help="sizes fitting the data (auto: synthetic for the renderer's 64x32 people, market otherwise): "
+        "fills --preset and --steps when they are not given, and is printed at start",
+    )
+    p(
+        "--preset",
+        default=None,
+        choices=_presets(),
+        help="model size (of the chosen family; default: the recipe's)",
+    )
     p("--image-size", type=hw, help="override the preset's HxW, e.g. 64x32")
     p(
         "--prediction-type",
@@ -131,7 +144,7 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
         "inpaint,prior,refine (default: --steps each)",
     )
     p("--out", required=True, type=Path, help="output directory (checkpoints, samples, log, final/)")
-    p("--steps", type=positive_int, default=d.steps)
+    p("--steps", type=positive_int, default=None, help="training steps (default: the recipe's)")
     p("--batch-size", type=positive_int, default=d.batch_size, help="per process")
     p("--lr", type=positive_float, default=d.lr)
     p("--weight-decay", type=finite_float, default=d.weight_decay)
@@ -237,7 +250,17 @@ def _report(args: argparse.Namespace, result: TrainResult, config: TrainConfig, 
           f"samples:     {out / 'samples'}\nloss log:    {out / 'train_log.csv'}")  # fmt: skip
 
 
+def _apply_recipe(args: argparse.Namespace) -> None:
+    """Fill ``--preset`` / ``--steps`` left out from the recipe the data calls for, and say so."""
+    recipe = choose_recipe(args.recipe, args.data)
+    taken = fill_from_recipe(args, recipe, {"preset": "generator_preset", "steps": "generator_steps"})
+    print(f"recipe {recipe.name} ({recipe.why}): generator preset {recipe.generator_preset}, "
+          f"{recipe.generator_steps} steps" + (f"; from the recipe: {', '.join('--' + t for t in taken)}" if taken else ""))  # fmt: skip
+
+
 def run_train_generator(args: argparse.Namespace) -> int:
+    if args.preset is None or args.steps is None:
+        _apply_recipe(args)
     if args.device == "cpu":  # accelerate picks CUDA when it sees one
         os.environ["ACCELERATE_USE_CPU"] = "true"
     elif args.device == "cuda" and not torch.cuda.is_available():

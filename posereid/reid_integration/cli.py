@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from posereid.argtypes import add_strict_arg
+from posereid.argtypes import add_device_arg, add_strict_arg, non_negative_float, positive_float, positive_int
 from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
 from posereid.reid_integration.annotate import (
     PARTIAL_SUFFIX,
@@ -21,6 +21,7 @@ from posereid.reid_integration.annotate import (
     partial_path,
 )
 from posereid.reid_integration.market1501 import MarketFormatError
+from posereid.reid_integration.recipes import RECIPES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,14 +110,19 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="Market-format folder of generated train images under their source pids (repeatable)",
     )
-    parser.add_argument("--model", default=d.model, help="torchreid model name, e.g. osnet_x0_25, resnet50")
+    parser.add_argument(
+        "--recipe", choices=("auto", *RECIPES), default="auto",
+        help="settings sized to the data (auto: synthetic for the renderer's 64x32 people, market otherwise); "
+        "fills --model, --height, --width, --steps, --batch-size and --lr when they are not given",
+    )  # fmt: skip
+    parser.add_argument("--model", default=None, help="torchreid model name, e.g. osnet_x0_25, resnet50")
     parser.add_argument("--loss", choices=["softmax", "triplet"], default=d.loss)
-    parser.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (fixed budget)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--height", type=int, default=d.height)
-    parser.add_argument("--width", type=int, default=d.width)
+    parser.add_argument("--steps", type=positive_int, default=None, help="optimisation steps (fixed budget)")
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--lr", type=positive_float, default=None)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay)
+    parser.add_argument("--height", type=positive_int, default=None)
+    parser.add_argument("--width", type=positive_int, default=None)
     parser.add_argument(
         "--augment",
         choices=["plain", "strong"],
@@ -139,7 +145,7 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
         metavar="LOCAL_FILE",
         help="local weights (.safetensors or torch state dict); never downloaded",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    add_device_arg(parser)
     parser.add_argument("--num-instances", type=int, default=d.num_instances)
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument("--metric", choices=["euclidean", "cosine"], default=d.metric)
@@ -148,8 +154,18 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
 
 def run_train_reid(args: argparse.Namespace) -> int:
     """``posereid train-reid``: train, evaluate and print the metrics and the skipped inputs."""
+    from posereid.reid_integration.recipes import choose_recipe, fill_from_recipe
     from posereid.reid_integration.train import ReidTrainConfig, train_reid
 
+    recipe = choose_recipe(args.recipe, args.data)
+    fields = {"model": "reid_model", "height": "height", "width": "width", "steps": "reid_steps",
+              "batch_size": "reid_batch_size", "lr": "reid_lr"}  # fmt: skip
+    taken = fill_from_recipe(args, recipe, fields)
+    print(
+        f"recipe {recipe.name} ({recipe.why}): {args.model} at {args.height}x{args.width}, {args.steps} steps x "
+        f"batch {args.batch_size}, lr {args.lr:g}"
+        + (f"; from the recipe: {', '.join('--' + t.replace('_', '-') for t in taken)}" if taken else "")
+    )
     config = ReidTrainConfig(
         data=args.data,
         synthetic=tuple(args.synthetic),
@@ -165,7 +181,7 @@ def run_train_reid(args: argparse.Namespace) -> int:
         seed=args.seed,
         out=args.out,
         pretrained=args.pretrained,
-        device=args.device,
+        device=None if args.device == "auto" else args.device,
         num_instances=args.num_instances,
         workers=args.workers,
         metric=args.metric,

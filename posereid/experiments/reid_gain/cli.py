@@ -8,10 +8,16 @@ import argparse
 from pathlib import Path
 
 from posereid.argtypes import (
+    add_alias,
+    add_annotation_size_arg,
+    add_device_arg,
+    add_guidance_arg,
+    add_progress_arg,
     csv_list,
     finite_float,
     key_value,
     non_negative_int,
+    per_image,
     positive_float,
     positive_int,
     share,
@@ -28,12 +34,24 @@ from posereid.experiments.reid_gain.config import (
 from posereid.experiments.reid_gain.protocol import run_gain
 from posereid.experiments.reid_gain.report import markdown_table, summarize
 from posereid.models.contract import FAMILIES
+from posereid.reid_integration.recipes import (
+    RECIPES,
+    Recipe,
+    choose_recipe,
+    fill_from_recipe,
+    probe_step_seconds,
+)
 
 
 def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     """Add the ``posereid reid-gain`` options (defaults: those of :class:`GainConfig`) to ``parser``."""
     d = GainConfig(data=Path("."), out=Path("."))
     parser.add_argument("--data", required=True, help="Market-1501-format folder")
+    parser.add_argument(
+        "--recipe", choices=("auto", *RECIPES), default="auto",
+        help="settings sized to the data (auto: synthetic for the renderer's 64x32 people, market otherwise); "
+        "it fills every re-ID, generator and sampling option below that is not given, and is printed at start",
+    )  # fmt: skip
     parser.add_argument("--annotations", help="PATN CSV of the train images (default: found next to --data)")
     parser.add_argument("--out", required=True, help="output folder (results.csv/.md/.png + work/ cache)")
     parser.add_argument(
@@ -59,25 +77,28 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--subset-seed", type=int, default=d.subset_seed, help="seed of the subset choice")
     parser.add_argument(
-        "--reid-steps", type=positive_int, default=d.reid_steps, help="optimisation steps of EVERY run"
+        "--reid-steps",
+        type=positive_int,
+        default=None,
+        help="optimisation steps of EVERY run (default: the recipe's)",
     )
-    parser.add_argument("--reid-model", default=d.reid_model, help="torchreid model name")
-    parser.add_argument("--reid-batch-size", type=positive_int, default=d.reid_batch_size)
-    parser.add_argument("--reid-lr", type=positive_float, default=d.reid_lr)
+    parser.add_argument("--reid-model", default=None, help="torchreid model name (default: the recipe's)")
+    parser.add_argument("--reid-batch-size", type=positive_int, default=None)
+    parser.add_argument("--reid-lr", type=positive_float, default=None)
     parser.add_argument(
         "--generator-family", default=d.generator_family, choices=sorted(FAMILIES),
         help="family of the generators the protocol trains",
     )  # fmt: skip
     parser.add_argument(
         "--generator-preset",
-        default=d.generator_preset,
-        help="a preset of that family (tiny|small|market|...)",
+        default=None,
+        help="a preset of that family (tiny|small|market|...; default: the recipe's)",
     )
     parser.add_argument(
         "--generator-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
         help="override a field of the preset (repeatable), e.g. prediction_type=v_prediction",
     )  # fmt: skip
-    parser.add_argument("--generator-steps", type=positive_int, default=d.generator_steps)
+    parser.add_argument("--generator-steps", type=positive_int, default=None)
     parser.add_argument("--generator-batch-size", type=positive_int, default=d.generator_batch_size)
     parser.add_argument("--generator-lr", type=positive_float, default=d.generator_lr)
     parser.add_argument("--generator", help="reuse this generator checkpoint for every fraction")
@@ -88,7 +109,7 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         help="train the generator on the kept fraction only (default) or on all train images",
     )
     parser.add_argument(
-        "--per-image", type=positive_int, default=d.per_image, help="synthetic images per kept image"
+        "--per-image", type=per_image, default=d.per_image, help="synthetic images per kept image (1-100)"
     )
     parser.add_argument(
         "--synthetic-ratio",
@@ -97,35 +118,31 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         metavar="R",
         help="share of synthetic images in the synthetic arms' batches (default: uniform over all images)",
     )
-    parser.add_argument(
-        "--sampler", default=d.sampler, help="diffusion sampler (dpmsolver++, ddim, unipc, …)"
-    )
-    parser.add_argument("--steps", type=positive_int, default=d.steps, help="sampling steps")
-    parser.add_argument(
-        "--guidance",
-        type=csv_list(finite_float),
-        default=d.guidance,
-        help="guidance weight, or pose,appearance weights",
-    )
-    parser.add_argument("--pose-sampling", choices=("uniform", "cluster", "view"), default=d.pose_sampling)
+    parser.add_argument("--sampler", default=None, help="diffusion sampler (dpmsolver++, ddim, unipc, …)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="sampling steps")
+    add_guidance_arg(parser, what="the synthetic images (default: the recipe's)")
+    parser.set_defaults(guidance=None)
+    parser.add_argument("--pose-sampling", choices=("uniform", "cluster", "view"), default=None)
     parser.add_argument("--gen-batch-size", type=positive_int, default=d.gen_batch_size)
-    parser.add_argument(
-        "--annotation-hw",
-        type=positive_int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="frame of the annotation coordinates (default: the train images' own size)",
-    )
+    add_annotation_size_arg(parser)
+    add_alias(
+        parser, "--annotation-hw", "--annotation-size HxW", dest="annotation_size", type=positive_int, nargs=2,
+        metavar=("H", "W"), convert=lambda hw, _ns: tuple(hw),
+    )  # fmt: skip
     parser.add_argument(
         "--filter-checkpoint", help="re-ID checkpoint for the strong+synthetic+filtered arm, or 'auto'"
     )
     parser.add_argument("--filter-score", choices=("similarity", "margin"), default=d.filter_score)
     parser.add_argument("--filter-threshold", type=finite_float, default=d.filter_threshold)
-    parser.add_argument("--height", type=positive_int, default=d.height)
-    parser.add_argument("--width", type=positive_int, default=d.width)
-    parser.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1, …")
+    parser.add_argument(
+        "--height", type=positive_int, default=None, help="re-ID image height (default: the recipe's)"
+    )
+    parser.add_argument(
+        "--width", type=positive_int, default=None, help="re-ID image width (default: the recipe's)"
+    )
+    add_device_arg(parser, default=d.device)
     parser.add_argument("--workers", type=int, default=d.num_workers, help="data loader workers")
-    parser.add_argument("--no-progress", action="store_true")
+    add_progress_arg(parser)
     parser.add_argument(
         "--max-minutes", type=positive_float, default=None,
         help="stop after this many wall minutes (no new cell; a generator training checkpoints), exit code 3; "
@@ -138,8 +155,46 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+#: reid-gain option (its dest) → the recipe field that fills it when the option is left out
+RECIPE_FIELDS = {
+    "reid_model": "reid_model", "height": "height", "width": "width", "reid_steps": "reid_steps",
+    "reid_batch_size": "reid_batch_size", "reid_lr": "reid_lr", "generator_preset": "generator_preset",
+    "generator_steps": "generator_steps", "sampler": "sampler", "steps": "steps", "guidance": "guidance",
+    "pose_sampling": "pose_sampling",
+}  # fmt: skip
+
+
+def apply_recipe(args: argparse.Namespace) -> tuple[Recipe, list[str]]:
+    """Fill the options left out from ``--recipe`` (or the recipe the data calls for); returns the recipe and
+    the options it set."""
+    recipe = choose_recipe(getattr(args, "recipe", None), args.data)
+    return recipe, fill_from_recipe(args, recipe, RECIPE_FIELDS)
+
+
+def announce_recipe(recipe: Recipe, taken: list[str], device: str, *, probe: bool = True) -> None:
+    """Print the recipe, what it implies, which options it set, and an estimated time per re-ID run."""
+    print(f"recipe {recipe.name} ({recipe.why}): {recipe.describe()}")
+    if taken:
+        print(
+            f"  from the recipe: {', '.join('--' + t.replace('_', '-') for t in taken)}; give one to change it"
+        )
+    if probe:
+        try:
+            per_step = probe_step_seconds(
+                recipe.reid_model, recipe.height, recipe.width, recipe.reid_batch_size, device=device
+            )
+        except Exception as err:  # a probe that fails must not stop the run: say so and go on
+            print(f"  (no time estimate: the probe failed: {err})")
+        else:
+            print(f"  about {per_step * recipe.reid_steps / 60:.1f} min per re-ID run on {device} "
+                  f"({per_step:.3f} s per step measured on 2 steps; evaluation and generation come on top)")  # fmt: skip
+
+
 def config_from_args(args: argparse.Namespace) -> GainConfig:
-    """A :class:`GainConfig` from parsed ``posereid reid-gain`` arguments."""
+    """A :class:`GainConfig` from parsed ``posereid reid-gain`` arguments (recipe applied: see
+    :func:`apply_recipe`)."""
+    if any(getattr(args, dest, None) is None for dest in RECIPE_FIELDS):
+        apply_recipe(args)
     guidance = tuple(args.guidance)
     return GainConfig(
         data=Path(args.data), out=Path(args.out), annotations=args.annotations, fractions=args.fractions,
@@ -151,15 +206,20 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         generator_lr=args.generator_lr, generator=args.generator, generator_data=args.generator_data,
         per_image=args.per_image, synthetic_ratio=args.synthetic_ratio, sampler=args.sampler, steps=args.steps,
         guidance=guidance * 2 if len(guidance) == 1 else guidance, pose_sampling=args.pose_sampling,
-        gen_batch_size=args.gen_batch_size, annotation_hw=args.annotation_hw,
+        gen_batch_size=args.gen_batch_size, annotation_hw=args.annotation_size,
         filter_checkpoint=args.filter_checkpoint, filter_score=args.filter_score,
         filter_threshold=args.filter_threshold, device=args.device, num_workers=args.workers,
-        progress=not args.no_progress, max_minutes=args.max_minutes, baselines_from=args.baselines_from,
+        progress=args.progress, max_minutes=args.max_minutes, baselines_from=args.baselines_from,
     )  # fmt: skip
 
 
 def run_reid_gain(args: argparse.Namespace) -> int:
-    """Run ``posereid reid-gain``: the protocol, then print the summary table and the output paths."""
+    """Run ``posereid reid-gain``: the recipe, the protocol, then the summary table and the output paths."""
+    from posereid.models.runtime import resolve_device
+
+    recipe, taken = apply_recipe(args)
+    reid_taken = {"reid_model", "height", "width", "reid_steps", "reid_batch_size"} & set(taken)
+    announce_recipe(recipe, taken, str(resolve_device(args.device)), probe=bool(reid_taken))
     config = config_from_args(args)
     try:
         rows = run_gain(config)

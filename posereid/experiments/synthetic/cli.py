@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from posereid.argtypes import add_progress_arg
 from posereid.experiments.synthetic.dataset import SynthConfig, render_grid, write_synthetic_market
 
 
@@ -21,7 +23,10 @@ def _train_views(text: str) -> int | str:
 
 def add_synth_market_args(parser: argparse.ArgumentParser) -> None:
     d = SynthConfig()
-    parser.add_argument("out", metavar="OUT", help="new folder for the Market-1501-format dataset")
+    parser.add_argument("out", metavar="OUT", nargs="?", help="new folder for the Market-1501-format dataset")
+    parser.add_argument(
+        "--out", dest="out_flag", metavar="OUT", help="the same, as every other command spells it"
+    )
     parser.add_argument("--train-ids", type=int, default=d.n_train_ids, help="training identities")
     parser.add_argument("--test-ids", type=int, default=d.n_test_ids, help="query/gallery identities")
     parser.add_argument("--per-camera", type=int, default=d.per_camera, help="images per identity per camera")
@@ -39,16 +44,20 @@ def add_synth_market_args(parser: argparse.ArgumentParser) -> None:
         help="'all' or views (1-4) per train identity",
     )
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(parser)
 
 
 def run_synth_market(args: argparse.Namespace) -> int:
+    if (args.out is None) == (args.out_flag is None):
+        print("posereid synth-market: error: give the output folder once (OUT or --out OUT)", file=sys.stderr)
+        return 2
+    args.out = args.out or args.out_flag
     config = SynthConfig(
         n_train_ids=args.train_ids, n_test_ids=args.test_ids, per_camera=args.per_camera, cameras=args.cameras,
         n_distractors=args.distractors, n_junk=args.junk, height=args.height, width=args.width,
         train_views=args.train_views, seed=args.seed,
     )  # fmt: skip
-    summary = write_synthetic_market(args.out, config, progress=not args.no_progress)
+    summary = write_synthetic_market(args.out, config, progress=args.progress)
     print(f"{'split':<8} {'images':>7} {'ids':>5} {'cams':>5} {'distr':>6} {'junk':>5}")
     for split in ("train", "query", "gallery"):
         c = summary[split]

@@ -115,7 +115,7 @@ def test_a_damaged_or_foreign_judge_folder_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"config\.json: invalid PoseJudge config \(output_stride"):
         J.PoseJudge.from_pretrained(tmp_path / "j")
     cfg_path.write_text(json.dumps({**cfg, "_class_name": "PIDMModel"}))
-    with pytest.raises(CheckpointError, match="is a PIDMModel checkpoint, not PoseJudge"):
+    with pytest.raises(CheckpointError, match="is a 'PIDMModel' checkpoint, not PoseJudge"):
         J.PoseJudge.from_pretrained(tmp_path / "j")
 
 

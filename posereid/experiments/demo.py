@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from posereid.experiments import reid_gain as rg
 from posereid.experiments.data import MarketSource
-from posereid.models.contract import is_checkpoint_dir
+from posereid.models.contract import SHIPPED_GENERATOR, is_checkpoint_dir
 from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.reid_integration.market1501 import load_image
 
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: The generator checkpoint the package may ship (``config.json`` + safetensors).
-ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "generator-small"
+ASSET_DIR = SHIPPED_GENERATOR
 ASSET_META = "trained_on.json"  # which synthetic train split the shipped generator saw
 PLAN_FILE = "demo_plan.json"
 #: 2: strong / strong+synthetic always, the oracle, re-planning (an older plan starts over);

@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = attach(
             "render_pose_maps", "resize_keypoints", "skeleton_tensor", "visible_mask",
         ],
         "pose_estimation": ["BLAZEPOSE_TO_COCO18", "INSTALL_HINT", "MissingExtraError", "PoseEstimator", "landmarks_to_coco18"],
-        "contract": ["FAMILIES", "PoseTransferGenerator", "PoseTransferSampler", "UnknownGeneratorError", "checkpoint_family", "family_class", "is_checkpoint_dir", "load_generator", "register_family"],
+        "contract": ["FAMILIES", "SHIPPED_GENERATOR", "PoseTransferGenerator", "PoseTransferSampler", "UnknownGeneratorError", "checkpoint_family", "family_class", "is_checkpoint_dir", "load_generator", "register_family"],
         "pipeline": [
             "SAMPLING_DEFAULTS", "Component", "GeneratorPipeline", "SamplingOptions", "autocast_context", "init_fields",
             "load_scheduler", "sampling_options", "save_scheduler",

@@ -87,6 +87,11 @@ class PoseTransferGenerator(PoseTransferSampler, Protocol):
         """Load a checkpoint directory of this family."""
 
 
+#: the generator checkpoint the package ships: the PIDM family's ``small`` preset (64x32), trained on the demo's
+#: synthetic people (``make generator-asset`` reproduces it; README says where its gain was measured)
+SHIPPED_GENERATOR = Path(__file__).resolve().parents[1] / "assets" / "generator-small"
+
+
 #: family name → (``module:PipelineClass``, class names a checkpoint of it may carry: the pipeline's in
 #: ``model_index.json``, the main model's in ``config.json``)
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -179,6 +184,7 @@ def load_generator(
 
 __all__ = [
     "FAMILIES",
+    "SHIPPED_GENERATOR",
     "PoseTransferGenerator",
     "PoseTransferSampler",
     "UnknownGeneratorError",

@@ -94,11 +94,11 @@ class ReidLists:
         return sum(item[0] in self.synthetic for item in self.train)
 
 
-def _check_all(paths: Sequence[str], policy: BadInputPolicy, desc: str) -> set[str]:
+def _check_all(paths: Sequence[str], policy: BadInputPolicy, desc: str, *, progress: bool = True) -> set[str]:
     """Decode every image; return the unreadable ones (skipped and counted by ``policy``, or it raises
     on the first when strict)."""
     bad: set[str] = set()
-    for path in tqdm(paths, desc=desc, unit="img", disable=len(paths) < 200, leave=False):
+    for path in tqdm(paths, desc=desc, unit="img", disable=not progress or len(paths) < 200, leave=False):
         try:
             check_image(path)
         except ImageReadError as exc:
@@ -115,6 +115,7 @@ def scan_reid_lists(
     check_images: bool = True,
     on_corrupt: Literal["raise", "skip"] | None = None,
     strict: bool = False,
+    progress: bool = True,
 ) -> ReidLists:
     """Parse ``root`` (+ synthetic folders' ``bounding_box_train``) into :class:`ReidLists`.
 
@@ -165,7 +166,7 @@ def scan_reid_lists(
     bad: set[str] = set()
     if check_images:
         every = [str(r.path) for r in (*real, *synth, *query, *gallery)]
-        bad = _check_all(every, corrupt, "checking images")
+        bad = _check_all(every, corrupt, "checking images", progress=progress)
         skipped["corrupt"] = len(bad)
 
     def items(recs, relabel: bool) -> list[tuple[str, int, int, int]]:

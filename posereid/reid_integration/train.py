@@ -297,7 +297,11 @@ def train_reid(
     if use_gpu and device.index is not None:
         torch.cuda.set_device(device)  # torchreid's engine and loss move tensors with a bare .cuda()
     lists = scan_reid_lists(
-        config.data, config.synthetic, check_images=config.check_images, strict=config.strict
+        config.data,
+        config.synthetic,
+        check_images=config.check_images,
+        strict=config.strict,
+        progress=progress,
     )
     strong = config.augment == "strong"
     # erasing runs after the batch hook, so a generator never sees erased patches

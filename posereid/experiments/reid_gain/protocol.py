@@ -220,7 +220,7 @@ def ensure_generator(
     else:
         data = subset.source
     root, annotations = data.root, data.annotations
-    records = market_pose_records(data, annotation_size=config.annotation_hw)
+    records = market_pose_records(data, annotation_size=config.annotation_hw, progress=config.progress)
     if not records:
         raise ValueError(f"{root}: no annotated train image to train the generator on ({annotations})")
     pairs_csv = Path(annotations).with_name("market-pairs-train.csv")
@@ -351,7 +351,7 @@ def ensure_filtered(config: GainConfig, fraction: float, subset: Subset, *, devi
     if str(ckpt) == "auto":
         ckpt = _filter_model(config, fraction, subset, device=device)
     extractor = ReidFeatureExtractor.from_checkpoint(ckpt, device=device)
-    ident = IdentityFilter(extractor, image_size=extractor.size)
+    ident = IdentityFilter(extractor, image_size=extractor.size, progress=config.progress)
     if out.exists():
         shutil.rmtree(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")

@@ -69,7 +69,9 @@ def test_tiny_demo_end_to_end_then_rerun_reuses_everything(tmp_path: Path, capsy
     assert "| 100% | strong+synthetic | 1 |" in again
 
 
-@pytest.mark.parametrize("family", ["pidm", "pcdms", "cfld"])
+@pytest.mark.parametrize(
+    "family", ["pcdms"]
+)  # the multi-stage one; every family meets reid-gain in test_conformance
 def test_demo_with_a_given_generator_trains_none(family: str, tmp_path: Path, capsys) -> None:
     from posereid.models.contract import family_class
 

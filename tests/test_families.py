@@ -1,7 +1,7 @@
-"""Every family behind one interface: offline generation, the augment transform and the refiner wrapper.
+"""The PCDMs refiner after any family (RefinedGenerator, ``generate --refiner``, the augment transform).
 
-The PCDMs and CFLD checkpoints here go through the same ``posereid generate`` / ``PoseTransferAugment``
-code as PIDM's, with nothing family-specific in the callers; the PCDMs refiner runs after any family.
+That every family goes through ``posereid generate``, ``PoseTransferAugment`` and ``reid-gain`` unchanged is
+tests/test_conformance.py's job (parametrized over the family registry).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from posereid.augment.generate import read_manifest
 from posereid.augment.pose_bank import PoseBank
 from posereid.augment.transform import PoseTransferAugment
 from posereid.experiments.cli import main as cli_main
@@ -22,7 +21,6 @@ from posereid.models.cfld import CFLDPipeline
 from posereid.models.pcdms import PCDMsPipeline
 from posereid.models.pidm import PIDMPipeline
 from posereid.models.refine import RefinedGenerator, load_refiner, refiner_seeds
-from posereid.reid_integration.market1501 import Market1501
 from tests.test_generate import BASE, make_market
 
 HW = (32, 16)
@@ -53,35 +51,6 @@ def _kps(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(
         np.stack([base + rng.uniform(-1, 1, base.shape) for _ in range(n)]).astype(np.float32)
     )
-
-
-@pytest.mark.parametrize("family", ["pcdms", "cfld"])
-def test_generate_command_accepts_every_family_unchanged(family, ckpts, market, tmp_path) -> None:
-    out = tmp_path / "gen"
-    rc = cli_main([
-        "generate", "--generator", str(ckpts[family]), "--data", str(market), "--annotations",
-        str(market / "ann.csv"), "--per-image", "2", "--steps", "2", "--out", str(out), "--device", "cpu",
-        "--no-progress",
-    ])  # fmt: skip
-    assert rc == 0
-    sources = [r for r in Market1501(market).train if r.has_identity]
-    written = Market1501(out).train
-    assert len(written) == 2 * len(sources)
-    assert {r.pid for r in written} == {r.pid for r in sources}  # filed under the source identities
-    rows = read_manifest(out)
-    assert len(rows) == len(written) and len({r["generator_sha256"] for r in rows}) == 1
-
-
-@pytest.mark.parametrize("family", ["pcdms", "cfld"])
-def test_augment_transform_renders_with_every_family(family, ckpts) -> None:
-    gen = load_generator(ckpts[family], device="cpu")
-    bank = PoseBank(_kps(6).numpy() * 4.0, image_hw=(128, 64))
-    images = torch.rand(3, 3, 128, 64)
-    aug = PoseTransferAugment(gen, bank, p=1.0, steps=2, seed=0)
-    first = aug(images)
-    aug.reset()
-    assert torch.equal(aug(images), first)  # same seed, same draws, same images
-    assert first.shape == images.shape and not torch.allclose(first, images)
 
 
 def test_refined_generator_is_the_refiner_on_the_base_output(ckpts) -> None:

@@ -509,7 +509,7 @@ def test_generator_options_reach_the_trained_generator(market: Path, tmp_path: P
         cli_main([*args[:-1], "not-a-pair"])
 
 
-@pytest.mark.parametrize("family", ["pidm", "pcdms", "cfld"])
+@pytest.mark.parametrize("family", ["pidm"])  # every family: tests/test_conformance.py
 def test_cli_with_a_given_generator_records_it(family: str, market: Path, tmp_path: Path, capsys) -> None:
     from posereid.models.contract import family_class
 

@@ -8,7 +8,7 @@ and brings back at most 8 files of 16 MB each from ``$OUT``. This script fits th
    denoiser FLOP rate against a matmul rate measured in the same run) for ``--bench-presets``;
 2. renders a synthetic 128×64 Market-format dataset and trains ``--train-preset`` on it with the recipe
    given by the flags (bf16 mixed precision on CUDA), stopping cleanly at the time left
-   (``TrainConfig.max_minutes``: checkpoint, grid, ``final/``);
+   (``TrainConfig.max_minutes``: a checkpoint and a grid; no ``final/`` for a run the budget cut short);
 3. leaves in ``--out`` only: ``bench_generator.md``, ``train_log.csv``, ``loss.png``, the first and last
    sample grids, ``train_config.json`` and ``session.json`` (what ran, how long each part took, the
    device): 7 files, each far below 16 MB.

@@ -78,20 +78,11 @@ def write_error(exc: BaseException, path: Path, tmp: Path) -> OSError | None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs) -> Iterator:
-    """Open a temporary sibling of ``path`` for writing and move it into place only on success.
-
-    A job killed mid-write leaves at most a ``*.tmp-<pid>`` file, never a truncated ``path``; a failed
-    write (e.g. a full disk) raises an ``OSError`` naming ``path`` and leaves no temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
+def _into_place(path: Path, tmp: Path) -> Iterator[None]:
+    """Run the body that writes ``tmp``, then move it onto ``path``; on any failure no temporary file stays
+    and a write error (e.g. a full disk) becomes an ``OSError`` naming ``path``."""
     try:
-        with open(tmp, mode, **open_kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield
         os.replace(tmp, path)
     except Exception as exc:
         named = write_error(exc, path, tmp)
@@ -101,6 +92,22 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs) -
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs) -> Iterator:
+    """Open a temporary sibling of ``path`` for writing and move it into place only on success.
+
+    A job killed mid-write leaves at most a ``*.tmp-<pid>`` file, never a truncated ``path``; a failed
+    write (e.g. a full disk) raises an ``OSError`` naming ``path`` and leaves no temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    with _into_place(path, tmp), open(tmp, mode, **open_kwargs) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_save(path: str | os.PathLike[str], save_fn: Callable[[Path], object]) -> None:
@@ -113,18 +120,9 @@ def atomic_save(path: str | os.PathLike[str], save_fn: Callable[[Path], object])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path, hidden=True, keep_suffix=True)
-    try:
+    with _into_place(path, tmp):
         save_fn(tmp)
         os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except Exception as exc:
-        named = write_error(exc, path, tmp)
-        if named is None:
-            raise
-        raise named from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def is_temp_file(path: str | os.PathLike[str]) -> bool:

@@ -78,7 +78,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from posereid.augment.generate import GenerateConfig, generate_offline
     from posereid.augment.pose_bank import PoseBank
-    from posereid.models.contract import load_generator
+    from posereid.models.refine import load_sampler
     from posereid.models.runtime import resolve_device
 
     # the settings first: a bad combination stops before any model is loaded
@@ -93,14 +93,13 @@ def run_generate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     annotations = argtypes.annotations_path(args.annotations, args.data)
     device = resolve_device(args.device)
-    generator = load_generator(args.generator, device=device)
-    if args.refiner:
-        from posereid.models.refine import RefinedGenerator, load_refiner
-
-        generator = RefinedGenerator(
-            generator, load_refiner(args.refiner, device=device), steps=args.refiner_steps,
-            sampler=args.sampler,
-        )  # fmt: skip
+    generator = load_sampler(
+        args.generator,
+        device=device,
+        refiner=args.refiner,
+        refiner_steps=args.refiner_steps,
+        sampler=args.sampler,
+    )
     bank = None
     if args.pose_bank:
         bank = (

@@ -22,7 +22,7 @@ __getattr__, __dir__, __all__ = attach(
         "pidm": ["PIDMModel", "PIDMPipeline"],
         "pcdms": ["PCDMsInpainter", "PCDMsPipeline", "PCDMsPrior", "PCDMsRefiner"],
         "cfld": ["CFLDModel", "CFLDPipeline"],
-        "refine": ["RefinedGenerator", "Refiner", "load_refiner", "refiner_seeds"],
+        "refine": ["RefinedGenerator", "Refiner", "load_refiner", "load_sampler", "refiner_seeds"],
         "checkpoint": [
             "CONFIG_NAME", "EMA_WEIGHTS_NAME", "MODEL_INDEX_NAME", "SCHEDULER_CONFIG_NAME", "WEIGHTS_NAME",
             "CheckpointError", "CheckpointMismatchError", "CheckpointMixin", "check_finite", "check_state_dict",

@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from posereid.models.checkpoint import MODEL_INDEX_NAME
-from posereid.models.contract import PoseTransferGenerator, checkpoint_family, load_generator
+from posereid.models.contract import (
+    PoseTransferGenerator,
+    PoseTransferSampler,
+    checkpoint_family,
+    load_generator,
+)
 
 #: the refiner's per-sample seed is derived from the generation seed so its noise is not the same draw
 _REFINER_SEED_OFFSET = 0x5EED
@@ -171,4 +176,29 @@ def load_refiner(
     return model  # type: ignore[return-value]
 
 
-__all__ = ["RefinedGenerator", "Refiner", "load_refiner", "refiner_seeds", "untrained_refine_stage"]
+def load_sampler(
+    path: str | os.PathLike[str],
+    *,
+    device: torch.device | str | None = None,
+    refiner: str | os.PathLike[str] | None = None,
+    refiner_steps: int = 20,
+    sampler: str = "dpmsolver++",
+) -> PoseTransferSampler:
+    """A generator checkpoint, followed by a refiner checkpoint's refine stage when ``refiner`` is given
+    (what ``generate --refiner`` and ``evaluate-generator --refiner`` sample with)."""
+    generator = load_generator(path, device=device)
+    if refiner is None:
+        return generator
+    return RefinedGenerator(
+        generator, load_refiner(refiner, device=device), steps=refiner_steps, sampler=sampler
+    )
+
+
+__all__ = [
+    "RefinedGenerator",
+    "Refiner",
+    "load_refiner",
+    "load_sampler",
+    "refiner_seeds",
+    "untrained_refine_stage",
+]

@@ -78,7 +78,7 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate_generator(args: argparse.Namespace) -> int:
     """CLI entry: load the generator, evaluate, print where the report is."""
-    from posereid.models.contract import load_generator
+    from posereid.models.refine import load_sampler
     from posereid.models.runtime import resolve_device
 
     device = resolve_device(args.device)
@@ -88,14 +88,13 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
         return 2
-    generator = load_generator(args.generator, device=device)
-    if args.refiner:
-        from posereid.models.refine import RefinedGenerator, load_refiner
-
-        generator = RefinedGenerator(
-            generator, load_refiner(args.refiner, device=device), steps=args.refiner_steps,
-            sampler=args.sampler,
-        )  # fmt: skip
+    generator = load_sampler(
+        args.generator,
+        device=device,
+        refiner=args.refiner,
+        refiner_steps=args.refiner_steps,
+        sampler=args.sampler,
+    )
     try:
         result = _evaluate_from_args(generator, args, guidance, sweep)
     except (FileNotFoundError, MissingExtraError) as exc:  # missing weights / data / package: say which

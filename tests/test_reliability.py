@@ -91,10 +91,13 @@ class SpyGenerator(torch.nn.Module):
 
 
 def _patch_generator_loading(monkeypatch, fake: SpyGenerator) -> None:
-    """Make ``posereid generate --generator X`` load ``fake`` (the command goes through load_generator)."""
+    """Make ``posereid generate --generator X`` load ``fake`` (the command loads through refine.load_sampler,
+    which calls load_generator)."""
     import posereid.models.contract as contract
+    import posereid.models.refine as refine
 
-    monkeypatch.setattr(contract, "load_generator", lambda *args, **kwargs: fake)
+    for module in (contract, refine):
+        monkeypatch.setattr(module, "load_generator", lambda *args, **kwargs: fake)
 
 
 def _check_spied_keypoints(gen: SpyGenerator, out: Path, ann_target: dict, ann_source: dict, frame) -> None:

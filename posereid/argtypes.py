@@ -91,6 +91,14 @@ def share(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """A number in [0, 1], both ends included (e.g. a mixing weight)."""
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return value
+
+
 def unit_share(text: str) -> float:
     """A share in (0, 1] (e.g. the best-scoring fraction of images to keep)."""
     value = finite_float(text)

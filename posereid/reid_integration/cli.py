@@ -12,7 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from posereid.argtypes import add_device_arg, add_strict_arg, non_negative_float, positive_float, positive_int
+from posereid.argtypes import (
+    add_device_arg,
+    add_strict_arg,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
 from posereid.reid_integration.annotate import (
     PARTIAL_SUFFIX,
@@ -145,6 +152,28 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
         metavar="LOCAL_FILE",
         help="local weights (.safetensors or torch state dict); never downloaded",
     )
+    parser.add_argument(
+        "--soft-teacher",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="re-ID checkpoint (train-reid's model.safetensors) trained on the same real train identities: "
+        "its probabilities become soft labels of the synthetic images (softmax loss only)",
+    )
+    parser.add_argument(
+        "--soft-weight",
+        type=unit_interval,
+        default=d.soft_weight,
+        metavar="W",
+        help="share of the teacher's soft term in a synthetic image's loss, in [0, 1] (1 - W: its hard label)",
+    )
+    parser.add_argument(
+        "--soft-temperature",
+        type=positive_float,
+        default=d.soft_temperature,
+        metavar="T",
+        help="softmax temperature of the teacher and the student in the soft term",
+    )
     add_device_arg(parser)
     parser.add_argument("--num-instances", type=int, default=d.num_instances)
     parser.add_argument("--workers", type=int, default=d.workers)
@@ -187,6 +216,9 @@ def run_train_reid(args: argparse.Namespace) -> int:
         metric=args.metric,
         strict=args.strict,
         synthetic_ratio=args.synthetic_ratio,
+        soft_teacher=args.soft_teacher,
+        soft_weight=args.soft_weight,
+        soft_temperature=args.soft_temperature,
     )
     r = train_reid(config)
     print(

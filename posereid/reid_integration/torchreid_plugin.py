@@ -440,6 +440,11 @@ class BatchAugmentEngine:
         self.device = torch.device("cuda" if self.use_gpu else "cpu")
 
     def forward_backward(self, data: dict[str, Any]) -> dict[str, float]:
+        return super().forward_backward(self.augment_batch(data))
+
+    def augment_batch(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with its ``img`` run through ``batch_transform`` and ``post_transform`` (unchanged when
+        neither is set); subclasses with their own ``forward_backward`` call this first."""
         if self.batch_transform is not None or self.post_transform is not None:
             imgs, pids = self.parse_data_for_train(data)
             imgs = imgs.to(self.device, non_blocking=True)
@@ -455,7 +460,7 @@ class BatchAugmentEngine:
             if self.post_transform is not None:
                 imgs = torch.stack([self.post_transform(im) for im in imgs])
             data = {**data, "img": imgs}
-        return super().forward_backward(data)
+        return data
 
 
 class BatchAugmentSoftmaxEngine(BatchAugmentEngine, ImageSoftmaxEngine):

@@ -39,6 +39,12 @@ from tqdm.auto import tqdm
 from posereid.models.io_utils import atomic_write
 from posereid.models.runtime import resolve_device
 from posereid.reid_integration.evaluate import evaluate_features
+from posereid.reid_integration.soft_labels import (
+    SoftLabelSoftmaxEngine,
+    check_soft_temperature,
+    check_soft_weight,
+    teacher_soft_targets,
+)
 from posereid.reid_integration.torchreid_plugin import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -99,6 +105,11 @@ class ReidTrainConfig:
     # the batch policy (BadInputPolicy): an unreadable image or a stray file in a folder is skipped and
     # counted in the results' "skipped"; strict stops at the first one with an error naming it
     strict: bool = False
+    # teacher soft labels for the synthetic images (posereid.reid_integration.soft_labels): a re-ID
+    # checkpoint trained on the same real train identities; None: hard labels only
+    soft_teacher: Path | None = None
+    soft_weight: float = 0.5  # w: the soft term's share of a synthetic image's loss, in [0, 1]
+    soft_temperature: float = 1.0  # T > 0 of the teacher's and the student's softmax
     extra: dict[str, Any] = field(default_factory=dict)  # free-form tags recorded with the results
 
     def __post_init__(self) -> None:
@@ -121,10 +132,23 @@ class ReidTrainConfig:
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")  # numpy's seed range
         self.synthetic = tuple(str(s) for s in self.synthetic)
+        check_soft_weight(self.soft_weight)
+        check_soft_temperature(self.soft_temperature)
+        if self.soft_teacher is not None:
+            self.soft_teacher = Path(self.soft_teacher)
+            if self.loss != "softmax":
+                raise ValueError(
+                    "soft_teacher needs the softmax loss (the soft-label engine is a softmax engine)"
+                )
+            if not self.synthetic:
+                raise ValueError(
+                    "soft_teacher needs synthetic folders (its soft labels are for synthetic images)"
+                )
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["synthetic"] = list(self.synthetic)
+        d["soft_teacher"] = None if self.soft_teacher is None else str(self.soft_teacher)
         return d
 
 
@@ -332,6 +356,24 @@ def train_reid(
         engine = BatchAugmentTripletEngine(
             manager, model, optimizer, margin=config.margin, use_gpu=use_gpu, **hooks
         )
+    elif config.soft_teacher is not None:
+        with torch.random.fork_rng(devices=[]):  # building the teacher draws no number the student's run uses
+            soft = teacher_soft_targets(
+                config.soft_teacher,
+                lists,
+                temperature=config.soft_temperature,
+                device=device,
+                batch_size=config.eval_batch_size,
+            )
+        engine = SoftLabelSoftmaxEngine(
+            manager,
+            model,
+            optimizer,
+            use_gpu=use_gpu,
+            soft_targets=soft,
+            soft_weight=config.soft_weight,
+            **hooks,
+        )
     else:
         engine = BatchAugmentSoftmaxEngine(manager, model, optimizer, use_gpu=use_gpu, **hooks)
 
@@ -378,6 +420,16 @@ def train_reid(
         "query_images": len(lists.query),
         "gallery_images": len(lists.gallery),
         "skipped": lists.skipped,
+        "soft_labels": None
+        if config.soft_teacher is None
+        else {
+            "teacher": str(config.soft_teacher),
+            "weight": config.soft_weight,
+            "temperature": config.soft_temperature,
+            "targets": len(soft),
+            # share of synthetic images whose teacher argmax is their source pid
+            "teacher_agreement": soft.agreement({path: label for path, label, _, _ in lists.train}),
+        },
         "final_loss": float(np.mean(losses[-10:])),
         "seed": config.seed,
         "config": config.to_json(),

@@ -1,0 +1,192 @@
+"""Teacher soft labels for synthetic images (issue 26): the loss, the engine, the teacher check, train-reid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch.utils.data import default_collate
+
+from posereid.experiments.cli import main as cli_main
+from posereid.reid_integration.market1501 import Market1501, MarketWriter
+from posereid.reid_integration.soft_labels import (
+    SoftLabelSoftmaxEngine,
+    SoftTargets,
+    soft_label_loss,
+    teacher_soft_targets,
+)
+from posereid.reid_integration.torchreid_plugin import (
+    build_reid_model,
+    build_reid_transforms,
+    save_reid_checkpoint,
+    scan_reid_lists,
+)
+from posereid.reid_integration.train import PosereidDataManager, ReidTrainConfig, train_reid
+
+SMALL = ["--model", "osnet_x0_25", "--height", "32", "--width", "16", "--batch-size", "8", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(synth_market, tmp_path_factory) -> Path:
+    """A Market-format synthetic folder: every real train image mirrored, under its source pid, camera 6."""
+    root = tmp_path_factory.mktemp("synthetic")
+    writer = MarketWriter(root)
+    for rec in Market1501(synth_market).train:
+        if rec.has_identity:
+            writer.add("train", ImageOps.mirror(Image.open(rec.path).convert("RGB")), rec.pid, 6)
+    return root
+
+
+def _teacher(tmp_path: Path, num_classes: int, name: str = "teacher.safetensors") -> Path:
+    model = build_reid_model("osnet_x0_25", num_classes)
+    meta = {"model": "osnet_x0_25", "num_classes": num_classes, "loss": "softmax", "height": 32, "width": 16}
+    return save_reid_checkpoint(tmp_path / name, model, meta=meta)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_a_certain_teacher_at_t1_gives_the_hard_loss(weight):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=gen) * 3
+    labels = torch.tensor([0, 3, 1, 2, 2, 0])
+    teacher = F.one_hot(labels, 4).float()
+    synthetic = torch.tensor([True, False, True, True, False, True])
+    loss = soft_label_loss(logits, labels, teacher, synthetic, weight=weight, temperature=1.0)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    # a teacher that is not certain does change the loss on the synthetic items (w > 0)
+    other = soft_label_loss(
+        logits, labels, torch.full((6, 4), 0.25), synthetic, weight=weight, temperature=1.0
+    )
+    assert (other.item() == pytest.approx(loss.item(), rel=1e-6)) == (weight == 0.0)
+
+
+def test_the_soft_term_is_the_tempered_kl(weight=0.6, temperature=2.0):
+    gen = torch.Generator().manual_seed(1)
+    logits, t_logits = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    synthetic = torch.tensor([True, True, False, False, True])
+    p = F.softmax(t_logits / temperature, 1)
+    loss = soft_label_loss(logits, labels, p, synthetic, weight=weight, temperature=temperature)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    q = F.softmax(logits / temperature, 1)
+    kl = (p * (p.log() - q.log())).sum(1)
+    expected = torch.where(synthetic, (1 - weight) * ce + weight * temperature**2 * kl, ce).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="soft_weight"):
+        soft_label_loss(logits, labels, p, synthetic, weight=1.5, temperature=1.0)
+    with pytest.raises(ValueError, match="soft_temperature"):
+        soft_label_loss(logits, labels, p, synthetic, weight=0.5, temperature=0.0)
+
+
+def _kl_to_teacher(model, batch, targets: SoftTargets) -> float:
+    """Mean KL(teacher || student) at the targets' temperature over the batch's synthetic items."""
+    teacher, has = targets.lookup(batch["impath"])
+    with torch.no_grad():
+        logits = model(batch["img"])
+    log_q = F.log_softmax(logits[has] / targets.temperature, 1)
+    return F.kl_div(log_q, teacher[has], reduction="none").sum(1).mean().item()
+
+
+def test_the_student_moves_towards_the_teacher_on_synthetic_images(synth_market, synthetic_dir):
+    lists = scan_reid_lists(synth_market, [synthetic_dir], progress=False)
+    train_tf, test_tf = build_reid_transforms(32, 16)
+    manager = PosereidDataManager(lists, train_transform=train_tf, test_transform=test_tf, batch_size=32)
+    batch = default_collate([manager.train_set[i] for i in range(len(manager.train_set))])
+    assert 0 < int(batch["synthetic"].sum()) < len(batch["pid"])
+    # a teacher that disagrees with the hard labels: a fixed random distribution per synthetic image
+    gen = torch.Generator().manual_seed(3)
+    probs = {
+        p: F.softmax(2 * torch.randn(lists.num_train_pids, generator=gen), 0) for p in sorted(lists.synthetic)
+    }
+    targets = SoftTargets(probs=probs, temperature=2.0, teacher="fixed", num_classes=lists.num_train_pids)
+    kl = {}
+    for weight in (1.0, 0.0):
+        torch.manual_seed(0)
+        model = build_reid_model("osnet_x0_25", lists.num_train_pids)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        engine = SoftLabelSoftmaxEngine(
+            manager, model, optimizer, use_gpu=False, soft_targets=targets, soft_weight=weight
+        )
+        model.train()
+        before = _kl_to_teacher(model, batch, targets)
+        for _ in range(15):
+            summary = engine.forward_backward(batch)
+            assert set(summary) == {"loss", "acc"}
+        kl[weight] = (before, _kl_to_teacher(model, batch, targets))
+    assert kl[1.0][0] == pytest.approx(kl[0.0][0])  # the same initial model
+    assert kl[1.0][1] < 0.5 * kl[1.0][0]  # w = 1: the synthetic items' distribution goes to the teacher's
+    assert kl[1.0][1] < kl[0.0][1]  # w = 0 learns the hard labels instead
+
+
+def test_a_teacher_with_another_class_count_is_refused_naming_the_file(synth_market, synthetic_dir, tmp_path):
+    lists = scan_reid_lists(synth_market, [synthetic_dir], progress=False)
+    wrong = _teacher(tmp_path, lists.num_train_pids + 2, "wrong_teacher.safetensors")
+    with pytest.raises(ValueError, match=r"wrong_teacher\.safetensors.* 5 classes"):
+        teacher_soft_targets(wrong, lists)
+    right = _teacher(tmp_path, lists.num_train_pids)
+    soft = teacher_soft_targets(right, lists, temperature=2.0)
+    assert set(soft.probs) == set(lists.synthetic) and len(soft) == lists.num_synthetic
+    assert all(
+        p.shape == (lists.num_train_pids,) and p.sum().item() == pytest.approx(1.0)
+        for p in soft.probs.values()
+    )
+
+
+def test_soft_options_are_validated_naming_the_field(synth_market, synthetic_dir, tmp_path):
+    base = {"data": str(synth_market), "synthetic": [str(synthetic_dir)], "soft_teacher": tmp_path / "t"}
+    with pytest.raises(ValueError, match="soft_weight"):
+        ReidTrainConfig(**base, soft_weight=1.5)
+    with pytest.raises(ValueError, match="soft_temperature"):
+        ReidTrainConfig(**base, soft_temperature=0.0)
+    with pytest.raises(ValueError, match="soft_teacher.*softmax"):
+        ReidTrainConfig(**base, loss="triplet")
+    with pytest.raises(ValueError, match="soft_teacher.*synthetic"):
+        ReidTrainConfig(data=str(synth_market), soft_teacher=tmp_path / "t")
+    with pytest.raises(SystemExit):
+        cli_main(["train-reid", "--data", "d", "--out", "o", "--soft-weight", "2"])
+
+
+def test_train_reid_with_a_soft_teacher_end_to_end(synth_market, synthetic_dir, tmp_path):
+    common = [
+        "train-reid",
+        "--data",
+        str(synth_market),
+        *SMALL,
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+    ]
+    assert cli_main([*common, "--out", str(tmp_path / "teacher")]) == 0
+    ckpt = tmp_path / "teacher" / "model.safetensors"
+    out = tmp_path / "student"
+    rc = cli_main(
+        [*common, "--synthetic", str(synthetic_dir), "--soft-teacher", str(ckpt), "--soft-weight", "0.7",
+         "--soft-temperature", "2", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["soft_teacher"] == str(ckpt)
+    assert res["config"]["soft_weight"] == 0.7 and res["config"]["soft_temperature"] == 2.0
+    soft = res["soft_labels"]
+    assert soft["teacher"] == str(ckpt) and soft["weight"] == 0.7 and soft["temperature"] == 2.0
+    assert soft["targets"] == res["synthetic_images"] > 0 and 0.0 <= soft["teacher_agreement"] <= 1.0
+    assert res["steps"] == 4 and res["synthetic_seen"] > 0
+
+
+def test_weight_zero_trains_exactly_like_hard_labels(synth_market, synthetic_dir, tmp_path):
+    """w = 0 leaves only the hard loss (with the engine's label smoothing) and the teacher draws no random
+    number the run uses: the same losses as a run without a teacher."""
+    teacher = _teacher(tmp_path, scan_reid_lists(synth_market, progress=False).num_train_pids)
+    kw = {"data": str(synth_market), "synthetic": [str(synthetic_dir)], "model": "osnet_x0_25", "steps": 4,
+          "batch_size": 8, "height": 32, "width": 16, "lr": 1e-3, "device": "cpu", "augment": "strong"}  # fmt: skip
+    hard = train_reid(ReidTrainConfig(**kw), progress=False)
+    soft = train_reid(ReidTrainConfig(**kw, soft_teacher=teacher, soft_weight=0.0), progress=False)
+    assert soft["final_loss"] == pytest.approx(hard["final_loss"], rel=1e-4)
+    assert soft["mAP"] == pytest.approx(hard["mAP"], abs=1e-4)
+    assert hard["soft_labels"] is None

@@ -10,6 +10,10 @@ extension point); one processor class, :class:`SourceAttnProcessor`, serves ever
 * **Query biases** (CFLD's Hybrid-Granularity Attention): :class:`HybridGranularityProcessor` adds the
   layer's source feature map, projected to the query width, to the cross-attention queries (not to keys
   or values), taken from ``cross_attention_kwargs={"hga_biases": (...)}``.
+* **Reference attention** (the spatial path human-animation models use to keep identity): a
+  self-attention layer with a ``reference_index`` appends the source tokens of its own resolution
+  (``cross_attention_kwargs={"reference_tokens": (...)}``, already projected to the layer's width) to its
+  keys and values, so every target position can attend to the source's positions at the same scale.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ class SourceAttnProcessor(AttnProcessor2_0):
     processor, so gradient checkpointing (which re-runs transformer blocks during backward) sees them too.
     """
 
-    def __init__(self, level: int | None = None, bias_index: int | None = None) -> None:
+    def __init__(
+        self, level: int | None = None, bias_index: int | None = None, reference_index: int | None = None
+    ) -> None:
         super().__init__()
         self.level = None if level is None else int(level)
         self.bias_index = None if bias_index is None else int(bias_index)
+        self.reference_index = None if reference_index is None else int(reference_index)
 
     def __call__(  # type: ignore[override]
         self,
@@ -46,25 +53,39 @@ class SourceAttnProcessor(AttnProcessor2_0):
         temb: torch.Tensor | None = None,
         level_tokens: Sequence[torch.Tensor] | None = None,
         hga_biases: Sequence[torch.Tensor] | None = None,
+        reference_tokens: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if self.level is not None and attn.is_cross_attention and level_tokens is not None:
             encoder_hidden_states = level_tokens[self.level].to(hidden_states.dtype)
         bias = hga_biases[self.bias_index] if self.bias_index is not None and hga_biases is not None else None
-        if bias is None:
+        reference = None
+        if self.reference_index is not None and reference_tokens is not None and not attn.is_cross_attention:
+            reference = reference_tokens[self.reference_index]
+        if bias is None and reference is None:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
-            raise ValueError("HGA expects the (B, N, C) tokens of a transformer block's cross-attention")
+            raise ValueError(
+                "source attention expects the (B, N, C) tokens of a transformer block's attention"
+            )
         if attention_mask is not None:
-            raise ValueError("HGA cross-attention takes no attention mask (the coarse prompt has no padding)")
+            raise ValueError("source attention takes no attention mask (its tokens have no padding)")
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
+        if reference is not None:  # keys / values: the layer's own tokens, then the source's at this scale
+            if reference.shape[0] != context.shape[0] or reference.shape[-1] != context.shape[-1]:
+                raise ValueError(
+                    f"reference tokens of shape {tuple(reference.shape)} for a layer of tokens "
+                    f"{tuple(context.shape)}: batch and width must match"
+                )
+            context = torch.cat([context, reference.to(context.dtype)], dim=1)
         query = attn.to_q(hidden_states)
-        if bias.shape != query.shape:
-            raise ValueError(
-                f"HGA bias of shape {tuple(bias.shape)} for queries of shape {tuple(query.shape)}"
-            )
-        query = query + bias.to(query.dtype)
+        if bias is not None:
+            if bias.shape != query.shape:
+                raise ValueError(
+                    f"HGA bias of shape {tuple(bias.shape)} for queries of shape {tuple(query.shape)}"
+                )
+            query = query + bias.to(query.dtype)
         key, value = attn.to_k(context), attn.to_v(context)
         b, heads = hidden_states.shape[0], attn.heads
 
@@ -124,6 +145,11 @@ def assign_levels(
     return out
 
 
+def reference_layers(unet: UNet2DConditionModel) -> list[str]:
+    """The processor names of the UNet's self-attention layers (``...attn1.processor``), in order."""
+    return [name for name in unet.attn_processors if name.endswith("attn1.processor")]
+
+
 def use_level_tokens(unet: UNet2DConditionModel, levels: dict[str, int]) -> None:
     """Install a :class:`LevelTokensProcessor` on every attention layer (weights unchanged)."""
     unet.set_attn_processor({name: LevelTokensProcessor(level) for name, level in levels.items()})
@@ -134,6 +160,7 @@ __all__ = [
     "LevelTokensProcessor",
     "SourceAttnProcessor",
     "assign_levels",
+    "reference_layers",
     "unet_level",
     "use_level_tokens",
 ]

@@ -20,12 +20,18 @@ from typing import Any, Literal
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from torch import nn
 
 from posereid.models.appearance import AppearanceEncoder
 from posereid.models.checkpoint import CheckpointMixin, save_component
 from posereid.models.parts import build_unet, check_training_fields
 from posereid.models.pose import POSE_CHANNELS
-from posereid.models.texture_attention import assign_levels, use_level_tokens
+from posereid.models.texture_attention import (
+    SourceAttnProcessor,
+    assign_levels,
+    reference_layers,
+    use_level_tokens,
+)
 
 BACKBONE_DIR = "backbone"
 
@@ -55,6 +61,9 @@ class PIDMModel(CheckpointMixin, ModelMixin, ConfigMixin):
             the closest resolution; :mod:`posereid.models.texture_attention`).
         pose_sigma: Gaussian width of pose maps in pixels (None: 2.5 % of the height).
         backbone_path: local directory of a ``transformers`` vision model adding appearance tokens.
+        reference_attention: every self-attention layer of the UNet also attends to the source's appearance
+            tokens of its own resolution (projected to its width; :mod:`posereid.models.texture_attention`),
+            beside the cross-attention: the spatial path that keeps identity in human-animation models.
     """
 
     _supports_gradient_checkpointing = True
@@ -83,6 +92,7 @@ class PIDMModel(CheckpointMixin, ModelMixin, ConfigMixin):
         texture_attention: Literal["flat", "per_level"] = "flat",
         pose_sigma: float | None = None,
         backbone_path: str | None = None,
+        reference_attention: bool = False,
     ) -> None:
         super().__init__()
         h, w = (int(v) for v in image_size)
@@ -105,23 +115,47 @@ class PIDMModel(CheckpointMixin, ModelMixin, ConfigMixin):
             stem_stride=appearance_stem_stride, norm_groups=norm_num_groups,
             backbone_path=backbone_path,
         )  # fmt: skip
-        if texture_attention == "per_level":
-            use_level_tokens(self.unet, assign_levels(self.unet, (h, w), self.appearance.shapes))
+        levels = assign_levels(self.unet, (h, w), self.appearance.shapes)
+        #: per reference layer: the pyramid level whose tokens it reads (and its projection below)
+        self.reference_levels: list[int] = []
+        self.reference_proj = nn.ModuleList()
+        if reference_attention:
+            names = reference_layers(self.unet)
+            for name in names:
+                attn = self.unet.get_submodule(name.removesuffix(".processor"))
+                self.reference_levels.append(levels[name])
+                self.reference_proj.append(nn.Linear(int(cross_attention_dim), attn.to_k.in_features))
+            index = {name: i for i, name in enumerate(names)}
+            self.unet.set_attn_processor({
+                name: SourceAttnProcessor(
+                    level=levels[name] if texture_attention == "per_level" else None,
+                    reference_index=index.get(name),
+                )
+                for name in self.unet.attn_processors
+            })  # fmt: skip
+        elif texture_attention == "per_level":
+            use_level_tokens(self.unet, levels)
 
     @property
     def per_level(self) -> bool:
         return self.config.texture_attention == "per_level"
 
+    @property
+    def by_level(self) -> bool:
+        """Whether the appearance condition is one token tensor per level (scale-matched or reference)."""
+        return self.per_level or bool(self.config.get("reference_attention"))
+
     def encode_appearance(
         self, source: torch.Tensor, source_maps: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Appearance tokens ``(B, N, cross_attention_dim)`` of ``source`` ``(B, 3, H, W)`` in ``[0, 1]``, or
-        with ``texture_attention="per_level"`` a tuple of one such tensor per pyramid level.
+        with ``texture_attention="per_level"`` or ``reference_attention`` a tuple of one such tensor per
+        pyramid level (their concatenation is the flat sequence).
 
         ``source_maps``: the source pose maps when the config uses them; ``None`` gives empty maps.
         """
         source = source.to(self.unet.conv_in.weight.device)
-        if self.per_level:
+        if self.by_level:
             return tuple(self.appearance.forward_levels(source, source_maps))
         return self.appearance(source, source_maps)
 
@@ -150,12 +184,22 @@ class PIDMModel(CheckpointMixin, ModelMixin, ConfigMixin):
         ``pose_maps`` ``(B, POSE_CHANNELS, H, W)`` and appearance ``tokens`` (flat, or one per level)."""
         dtype = self.unet.conv_in.weight.dtype  # a half-precision model takes half inputs; autocast recasts
         x = torch.cat([noisy.to(dtype), pose_maps.to(noisy.device, dtype)], dim=1)
-        if isinstance(tokens, tuple):
-            levels = tuple(t.to(dtype) for t in tokens)
-            return self.unet(
-                x, timesteps, encoder_hidden_states=levels[0], cross_attention_kwargs={"level_tokens": levels}
-            ).sample
-        return self.unet(x, timesteps, encoder_hidden_states=tokens.to(dtype)).sample
+        if not isinstance(tokens, tuple):
+            return self.unet(x, timesteps, encoder_hidden_states=tokens.to(dtype)).sample
+        levels = tuple(t.to(dtype) for t in tokens)
+        kwargs: dict[str, Any] = {}
+        if self.per_level:
+            kwargs["level_tokens"] = levels
+            context = levels[0]
+        else:
+            context = torch.cat(levels, dim=1)  # the flat sequence
+        if self.reference_proj:
+            kwargs["reference_tokens"] = tuple(
+                proj(levels[level]) for level, proj in zip(self.reference_levels, self.reference_proj)
+            )
+        return self.unet(
+            x, timesteps, encoder_hidden_states=context, cross_attention_kwargs=kwargs or None
+        ).sample
 
     # ------------------------------------------------------------------ checkpoints
     def _save_components(self, directory: Path) -> None:

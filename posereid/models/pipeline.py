@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,7 @@ from posereid.models.sampling import (
     SamplerName,
     TrainingScheduler,
     check_loss_weighting,
+    clean_estimate,
     diffusion_loss,
     initial_noise,
     make_generators,
@@ -211,6 +213,42 @@ class GeneratorPipeline(nn.Module):
         self.model = model
         self.scheduler = scheduler if scheduler is not None else training_scheduler()
         check_loss_weighting(self.scheduler, model.config.get("snr_gamma"), type(model).__name__)
+        # (features, weight) of the identity loss; a tuple, so a re-ID network given as features is not
+        # registered as a submodule (the optimizer, EMA and checkpoints must not see it)
+        self._identity: tuple[Callable[[torch.Tensor], torch.Tensor] | None, float] = (None, 0.0)
+
+    def set_identity_loss(
+        self, features: Callable[[torch.Tensor], torch.Tensor] | None, weight: float = 0.1
+    ) -> GeneratorPipeline:
+        """Add an identity loss to training: ``weight`` × the signal-weighted ``1 − cos`` between ``features``
+        of the clean image the model predicts and of the real target (:func:`~posereid.models.sampling.
+        clean_estimate`). ``features``: a frozen re-ID network, images ``(B, 3, H, W)`` in ``[0, 1]`` →
+        ``(B, D)`` (trained on the generator's own training images only, so nothing leaks); ``None``
+        switches it off. Not saved with the checkpoint and not moved by ``.to()``: a training setting, on the
+        caller's device."""
+        if features is not None and not callable(features):
+            raise TypeError(
+                f"features must be callable (images -> (B, D) features), got {type(features).__name__}"
+            )
+        if not (math.isfinite(float(weight)) and float(weight) >= 0):
+            raise ValueError(f"identity loss weight must be a finite number >= 0, got {weight!r}")
+        self._identity = (features, float(weight))
+        return self
+
+    def identity_loss(
+        self, noisy: torch.Tensor, out: torch.Tensor, t: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """The signal-weighted ``1 − cos`` between the identity features of the predicted clean image and of
+        the real ``target`` (images in ``[0, 1]``); 0 when no identity loss is set."""
+        features, weight = self._identity
+        if features is None or weight == 0:
+            return out.new_zeros(())
+        x0, signal = clean_estimate(self.scheduler, noisy, out, t)
+        predicted = (self.decode(x0).clamp(-1.0, 1.0) + 1.0) / 2.0
+        with torch.no_grad():
+            reference = features(target)
+        cos = torch.nn.functional.cosine_similarity(features(predicted), reference, dim=-1)
+        return (signal.to(cos.dtype) * (1.0 - cos)).mean()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -408,7 +446,10 @@ class GeneratorPipeline(nn.Module):
             pose, appearance, *self.null_conditions(pose, appearance), drop_pose, drop_app
         )
         out = self.model_output(noisy, t, pose, appearance)
-        return diffusion_loss(self.scheduler, out, x0, noise, t, snr_gamma=cfg.get("snr_gamma"))
+        loss = diffusion_loss(self.scheduler, out, x0, noise, t, snr_gamma=cfg.get("snr_gamma"))
+        if self._identity[0] is not None and self._identity[1] > 0:
+            loss = loss + self._identity[1] * self.identity_loss(noisy, out, t, batch.target)
+        return loss
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -300,6 +300,32 @@ def diffusion_target(
     return x0
 
 
+def clean_estimate(
+    scheduler: TrainingScheduler, noisy: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x0_hat, signal)``: the clean sample the network's ``prediction`` implies at ``noisy`` = x_t, and per
+    sample the share of signal in x_t (``(1 − σ)²`` for flow, ``ᾱ_t`` for DDPM), a weight under which very
+    noisy timesteps count little.
+
+    Flow: ``x0 = x_t − σ·v``; ε: ``x0 = (x_t − √(1 − ᾱ)·ε) / √ᾱ``; v: ``x0 = √ᾱ·x_t − √(1 − ᾱ)·v``
+    (Salimans & Ho 2022); sample: the prediction itself.
+    """
+    x_t, out = noisy.float(), prediction.float()
+    if is_flow(scheduler):
+        sigma = _flow_sigma_of(scheduler, timesteps, x_t)
+        return x_t - sigma * out, ((1.0 - sigma) ** 2).flatten()
+    alpha = scheduler.alphas_cumprod.to(x_t.device)[_ddpm_index(timesteps).to(x_t.device)].float()
+    a = alpha.view(-1, *([1] * (x_t.ndim - 1)))
+    kind = prediction_type(scheduler)
+    if kind == "epsilon":
+        x0 = (x_t - (1.0 - a).sqrt() * out) / a.sqrt().clamp(min=1e-4)
+    elif kind == "v_prediction":
+        x0 = a.sqrt() * x_t - (1.0 - a).sqrt() * out
+    else:
+        x0 = out
+    return x0, alpha
+
+
 #: sampler name → (scheduler class, overrides of the training scheduler's config)
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     # "trailing" spacing starts every schedule at t = T-1 (Lin et al. 2024), which matters at few steps.
@@ -474,6 +500,7 @@ __all__ = [
     "TimestepSampling",
     "TrainingScheduler",
     "check_loss_weighting",
+    "clean_estimate",
     "diffusion_loss",
     "diffusion_target",
     "flow_sigmas",

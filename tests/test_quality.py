@@ -364,6 +364,12 @@ def test_evaluate_generator_end_to_end(synth_market, tiny_generator, lpips_dir, 
         assert s["ssim"] < 0.5 and s["lpips"] > ceil["lpips"] and np.isfinite(s["fid"]) and ceil["fid"] >= 0
         assert s["sec_per_image"] > 0
     assert gen["ssim"] != floor["ssim"]  # a different generator than the fresh one
+    # the realism metrics (tests/test_realism.py checks their behaviour) are in every row
+    for sys_ in (ceil, gen, floor):
+        assert {"fd_reid", "fd_judge", "sharpness_ratio"} <= set(sys_) and sys_["fd_judge"] >= 0
+    assert ceil["sharpness_ratio"] == pytest.approx(1.0)
+    assert doc["metric_status"]["realism (Fréchet distance, sharpness)"].startswith("computed")
+    assert set(doc["realism_check"]) >= {"fd_reid", "fd_judge", "sharpness_ratio", "trusted"}
     assert ceil["own_centroid_cos"] > floor["own_centroid_cos"]  # real people match their identity better
     assert np.isfinite(gen["rank1"]) and np.isfinite(gen["mAP"])  # the queries had gallery matches
     if HAS_MEDIAPIPE:
@@ -387,6 +393,10 @@ def test_evaluate_generator_end_to_end(synth_market, tiny_generator, lpips_dir, 
     assert res2["systems"]["trained"]["ssim"] == pytest.approx(doc["sweep"][1]["ssim"], abs=1e-6)
     md = (out / "report.md").read_text()
     assert "| SSIM ↑ | 1.0000 |" in md and "sweep.png" in md and "sheet.png" in md
+    assert (
+        "| Fréchet distance, pose-judge features ↓ |" in md and "| Fréchet distance, re-ID features ↓ |" in md
+    )
+    assert "| sharpness ratio (Laplacian) → 1 | 1.0000 |" in md and "Realism check" in md
     with Image.open(out / "sheet.png") as im:
         # 4 pairs x 5 columns (source, pose, generated, untrained, real) of 32x16 images enlarged 5x, 4 px gaps
         assert im.size == (5 * (80 + 4), 14 + 4 * (160 + 4))

@@ -1,6 +1,6 @@
 """Generator quality (``posereid evaluate-generator``): does it keep the person and follow the pose?
 
-``pairs`` (which test pairs, loaded), ``metrics`` (SSIM/LPIPS/FID, masks, PCKh, identity), ``scoring``
+``pairs`` (which test pairs, loaded), ``metrics`` (SSIM/LPIPS/FID, realism, masks, PCKh, identity), ``scoring``
 (:class:`QualityScorer`), ``evaluate`` (:class:`EvaluateConfig` and :func:`evaluate_generator`, the API),
 ``report`` (markdown/JSON, sheet, sweep plot) and ``cli``. The public names are re-exported here, resolved
 on first access, so importing the package pulls in neither torchmetrics nor the generator.
@@ -12,11 +12,12 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     {
         "pairs": ["ANNOTATIONS_NAME", "PAIRS_NAME", "EvalPairs", "load_eval_pairs"],
-        "metrics": ["FID_WEIGHTS_FILENAMES", "FidScorer", "IdentityScores", "Lpips", "MissingWeightsError", "body_mask",
-                    "bundled_lpips_linear", "default_weights_dir", "detect_keypoints", "find_fid_weights",
-                    "identity_fidelity", "lpips_backbone_filename", "pose_fidelity", "pose_normaliser", "ssim_scores",
+        "metrics": ["FID_WEIGHTS_FILENAMES", "CallableFeatures", "FidScorer", "IdentityScores", "JudgeFeatures", "Lpips",
+                    "MissingWeightsError", "body_mask", "bundled_lpips_linear", "default_weights_dir", "detect_keypoints",
+                    "find_fid_weights", "gaussian_blur", "identity_fidelity", "laplacian_energy",
+                    "lpips_backbone_filename", "pose_fidelity", "pose_normaliser", "sharpness_ratio", "ssim_scores",
                     "torch_fidelity_available"],
-        "scoring": ["Backends", "FeatureFn", "QualityScorer"],
+        "scoring": ["FRECHET_SPACES", "Backends", "FeatureFn", "QualityScorer"],
         "evaluate": ["CEILING", "FLOOR", "LPIPS_NETS", "POSE_ESTIMATORS", "TRAINED", "EvaluateConfig", "evaluate_generator",
                      "generate_for_pairs", "untrained_like"],
         "report": ["METRICS", "parse_guidance", "parse_sweep", "render_markdown", "to_jsonable", "write_sheet",

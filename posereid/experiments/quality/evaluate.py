@@ -8,6 +8,10 @@ scores it three ways against the real target image:
 * **image** — SSIM, LPIPS and their body-masked variants (Mask-SSIM / Mask-LPIPS: both images multiplied
   by a mask drawn from the target pose, as PATN/PIDM report them), and FID against the real training
   images (the PATN-line convention);
+* **realism** (no Inception needed; SSIM and PCKh reward blur, these do not) — the Fréchet distance to real
+  test images in the re-ID model's and the pose judge's feature spaces, and the sharpness ratio (mean
+  absolute Laplacian relative to the real targets), validated on the same data by
+  :meth:`~posereid.experiments.quality.scoring.QualityScorer.realism_check`;
 * **pose** — keypoints detected on the generated image (mediapipe) vs the target keypoints: PCKh@0.5
   (see :func:`~posereid.experiments.quality.metrics.pose_normaliser` for the head length), mean joint
   error in pixels, and the number of images where no person was found;
@@ -133,6 +137,24 @@ def _resolve_pose(
         return PoseEstimator(), f"computed (mediapipe BlazePose → COCO-18; {note})"
     except MissingExtraError as exc:
         return None, f"not computed ({exc})"
+
+
+def _realism_status(backends: Backends) -> str:
+    """The report's line on the Inception-free realism metrics (which feature spaces are available)."""
+    spaces = []
+    if backends.reid is not None:
+        spaces.append("re-ID features")
+    if hasattr(getattr(backends.pose, "judge", None), "pooled_features"):
+        spaces.append("pose-judge features")
+    fd = (
+        f"Fréchet distance in {' and '.join(spaces)}"
+        if spaces
+        else "no Fréchet distance (no re-ID model or pose judge)"
+    )
+    return (
+        f"computed ({fd} against real test images; sharpness = mean |Laplacian| relative to the real targets; "
+        "validated on this data in the realism check below)"
+    )
 
 
 def _resolve_reid(checkpoint: Any, device: torch.device) -> tuple[FeatureFn | None, str]:
@@ -365,7 +387,7 @@ def evaluate_generator(
 
     Returns:
         ``{"config", "data", "metric_status", "reference", "systems": {name: metrics}, "sweep": [rows],
-        "files"}``.
+        "files", "realism_check"}`` (``realism_check``: :meth:`QualityScorer.realism_check`).
     """
     if isinstance(config, EvaluateConfig):
         config = dataclasses.replace(config, **options) if options else config
@@ -385,6 +407,7 @@ def evaluate_generator(
     backends.pose, backends.status["pose (PCKh)"] = _resolve_pose(
         config.pose_estimator, synthetic=synthetic, judge_dir=config.pose_judge_dir, device=dev
     )
+    backends.status["realism (Fréchet distance, sharpness)"] = _realism_status(backends)
     was_training = generator.training
     generator.eval()
     try:
@@ -393,11 +416,13 @@ def evaluate_generator(
             seed=config.seed, device=dev, strict=config.strict,
         )  # fmt: skip
         systems, sheet_cols, sweep_rows = _score_all(generator, pairs, scorer, config)
+        realism_check = scorer.realism_check(seed=config.seed)
     finally:
         generator.train(was_training)
         if isinstance(config.pose_estimator, str) and backends.pose is not None:
             backends.pose.close()  # we opened it
     result = _result(config, generator, size, dev, pairs, backends, scorer, systems, sweep_rows)
+    result["realism_check"] = realism_check
     if config.out_dir is not None:
         _write_report(config.out_dir, result, pairs, sheet_cols, config.sheet_rows)
     return result

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -397,7 +398,65 @@ class FidScorer:
         self.metric.reset()  # keeps the real statistics (reset_real_features=False)
         for i in range(0, images.shape[0], batch_size):
             self.metric.update(images[i : i + batch_size].to(self._device()).clamp(0, 1), real=False)
-        return float(self.metric.compute())
+        return max(0.0, float(self.metric.compute()))  # a distance: below 0 only by rounding
+
+
+# --------------------------------------------------------------------------------------------------
+# Realism without Inception: Fréchet distances in a judge's feature space, and sharpness
+# --------------------------------------------------------------------------------------------------
+class CallableFeatures(nn.Module):
+    """A feature function ``(N, 3, H, W) [0, 1] → (N, d)`` (e.g. a re-ID extractor) as the ``nn.Module``
+    that :meth:`FidScorer.from_module` needs; the features come back on the input's device."""
+
+    def __init__(self, fn: Any, name: str | None = None) -> None:
+        super().__init__()
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fn(images.float()).float().to(images.device)
+
+
+class JudgeFeatures(nn.Module):
+    """The pose judge's globally pooled stage-3 features (:meth:`PoseJudge.pooled_features
+    <posereid.experiments.quality.judge.model.PoseJudge.pooled_features>`) as a feature module."""
+
+    def __init__(self, judge: nn.Module) -> None:
+        super().__init__()
+        self.judge = judge.eval()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.judge.pooled_features(images.float()).to(images.device)
+
+
+def laplacian_energy(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute Laplacian ``(N,)`` of ``[0, 1]`` images ``(N, 3, H, W)``: the 4-neighbour kernel
+    ``[[0, 1, 0], [1, -4, 1], [0, 1, 0]]`` on each channel, valid positions only (no padded border)."""
+    if images.ndim != 4 or images.shape[1] != 3 or min(images.shape[-2:]) < 3:
+        raise ValueError(f"expected (N, 3, H, W) images with H, W >= 3, got {tuple(images.shape)}")
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    x = images.detach().to(torch.float64).cpu()
+    lap = nn.functional.conv2d(x, k.expand(3, 1, 3, 3).contiguous(), groups=3)
+    return lap.abs().mean((1, 2, 3))
+
+
+def sharpness_ratio(generated: torch.Tensor, real: torch.Tensor) -> float:
+    """Mean :func:`laplacian_energy` of ``generated`` over that of ``real``: 1 = as sharp as the real
+    images, below 1 = blurrier, above 1 = more high-frequency content (noise, ringing)."""
+    ref = float(laplacian_energy(real).mean())
+    if ref <= 0:
+        return float("nan")
+    return float(laplacian_energy(generated).mean()) / ref
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``images`` blurred by a Gaussian of ``sigma`` pixels (kernel ``2·ceil(3σ) + 1``, reflected border)."""
+    from torchvision.transforms.functional import gaussian_blur as tv_blur
+
+    k = 2 * math.ceil(3 * sigma) + 1
+    return tv_blur(images.float(), kernel_size=[k, k], sigma=[sigma, sigma])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -542,8 +601,10 @@ def identity_fidelity(
 
 __all__ = [
     "FID_WEIGHTS_FILENAMES",
+    "CallableFeatures",
     "FidScorer",
     "IdentityScores",
+    "JudgeFeatures",
     "Lpips",
     "MissingWeightsError",
     "body_mask",
@@ -551,10 +612,13 @@ __all__ = [
     "default_weights_dir",
     "detect_keypoints",
     "find_fid_weights",
+    "gaussian_blur",
     "identity_fidelity",
+    "laplacian_energy",
     "lpips_backbone_filename",
     "pose_fidelity",
     "pose_normaliser",
+    "sharpness_ratio",
     "ssim_scores",
     "torch_fidelity_available",
 ]

@@ -19,13 +19,16 @@ from posereid.models.images import tensor01_to_pil
 from posereid.models.io_utils import atomic_save
 from posereid.models.pose import resize_keypoints, skeleton_tensor
 
-#: metric key → (label, higher is better)
-METRICS: dict[str, tuple[str, bool]] = {
+#: metric key → (label, higher is better; ``None``: 1 is best, as for the real images)
+METRICS: dict[str, tuple[str, bool | None]] = {
     "ssim": ("SSIM", True),
     "mask_ssim": ("Mask-SSIM", True),
     "lpips": ("LPIPS", False),
     "mask_lpips": ("Mask-LPIPS", False),
     "fid": ("FID", False),
+    "fd_reid": ("Fréchet distance, re-ID features", False),
+    "fd_judge": ("Fréchet distance, pose-judge features", False),
+    "sharpness_ratio": ("sharpness ratio (Laplacian)", None),
     "pckh": ("PCKh@0.5", True),
     "joint_error_px": ("joint error (px)", False),
     "no_person": ("images with no person found", False),
@@ -112,6 +115,14 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
 
 
+def _better(higher: bool | None) -> str:
+    return "1 = real" if higher is None else ("higher is better" if higher else "lower is better")
+
+
+def _arrow(higher: bool | None) -> str:
+    return "→ 1" if higher is None else ("↑" if higher else "↓")
+
+
 def _to_pil(t: torch.Tensor, scale: int) -> Image.Image:
     im = tensor01_to_pil(t)
     return im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) if scale > 1 else im
@@ -181,7 +192,7 @@ def write_sweep_plot(
         for (name, ref), style in zip((references or {}).items(), ("--", ":", "-.")):
             if ok(ref.get(key)):
                 ax.axhline(ref[key], color="grey", linestyle=style, linewidth=1, label=name)
-        ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
+        ax.set_title(f"{label} ({_better(higher)})", fontsize=9)
         ax.set_xlabel("sampling steps")
         ax.set_xticks(steps)
         ax.grid(alpha=0.3)
@@ -212,7 +223,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     ]
     for key, (label, higher) in METRICS.items():
         if any(key in s for s in systems.values()):
-            arrow = "↑" if higher else "↓"
+            arrow = _arrow(higher)
             lines.append(
                 f"| {label} {arrow} | " + " | ".join(_fmt(systems[n].get(key)) for n in names) + " |"
             )
@@ -220,6 +231,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     lines += [f"- **{k}**: {v}" for k, v in result["metric_status"].items()]
     for k, v in result.get("reference", {}).items():
         lines.append(f"- {k}: {v}")
+    lines += _realism_check_lines(result.get("realism_check"))
     if result.get("sweep"):
         keys = [k for k in METRICS if any(k in r for r in result["sweep"])]
         lines += [
@@ -247,9 +259,36 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "identity's gallery centroid (the pair's own images left out) vs the nearest other identity's "
         "centroid; re-ID uses the images as queries against the real gallery with the target image's camera, "
         "the pair's own source and target images removed from its gallery (a copy of either must not count "
-        "as a match). The ceiling scores the real target images as if generated.",
+        "as a match). The ceiling scores the real target images as if generated. SSIM and PCKh reward blur; "
+        "the realism metrics do not: a Fréchet distance (||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), "
+        "Dowson & Landau 1982, as FID) between the scored images and real test images of people (the pairs' "
+        "own images left out, so the ceiling is real vs real), in the re-ID model's pooled features and in "
+        "the pose judge's globally pooled stage-3 features (0 = same statistics; it grows with few images, "
+        "so compare rows, which have the same count); sharpness = mean |Laplacian| (4-neighbour kernel) of "
+        "the scored images over that of the real targets (1 = as sharp as real, below 1 = blurrier, above 1 "
+        "= noisier).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _realism_check_lines(check: Mapping[str, Any] | None) -> list[str]:
+    """The report's validation of the realism metrics (real targets vs a blurred copy vs noise)."""
+    if not check:
+        return []
+    sets = ("real", "blurred", "noise")
+    lines = [
+        "",
+        f"Realism check (the real targets, a copy blurred with sigma {check['blur_sigma_px']:g} px, uniform "
+        f"noise, each scored as if generated): **{'passed' if check['trusted'] else 'FAILED'}** (trusted "
+        "when real < blurred < noise in every Fréchet distance and the blurred sharpness is below 0.8).",
+        "",
+        "| metric | " + " | ".join(sets) + " |",
+        "|---|---|---|---|",
+    ]
+    for key in ("fd_reid", "fd_judge", "sharpness_ratio"):
+        if key in check:
+            lines.append(f"| {METRICS[key][0]} | " + " | ".join(_fmt(check[key].get(s)) for s in sets) + " |")
+    return lines
 
 
 __all__ = [

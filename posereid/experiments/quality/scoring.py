@@ -3,7 +3,7 @@
 Used by :mod:`~posereid.experiments.quality.evaluate` (which imports this module, never the reverse, and
 resolves the back-ends from the user's flags): :class:`Backends` holds the optional metric networks, and
 :class:`QualityScorer` computes the real-data side once (FID reference statistics, gallery features,
-body masks), then scores any set of images aligned with the pairs of an
+body masks, realism reference statistics), then scores any set of images aligned with the pairs of an
 :class:`~posereid.experiments.quality.pairs.EvalPairs` (image, pose and identity metrics from
 :mod:`posereid.experiments.quality.metrics`). Every public name here is also importable from
 :mod:`posereid.experiments.quality`.
@@ -21,12 +21,16 @@ import torch
 from tqdm.auto import tqdm
 
 from posereid.experiments.quality.metrics import (
+    CallableFeatures,
     FidScorer,
+    JudgeFeatures,
     Lpips,
     body_mask,
     detect_keypoints,
+    gaussian_blur,
     identity_fidelity,
     pose_fidelity,
+    sharpness_ratio,
     ssim_scores,
 )
 from posereid.experiments.quality.pairs import EvalPairs
@@ -41,6 +45,12 @@ from posereid.reid_integration.market1501 import (
 )
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+#: the Fréchet-distance feature spaces: result key → what it is (the report's reference line)
+FRECHET_SPACES: dict[str, str] = {
+    "fd_reid": "the re-ID model's pooled features",
+    "fd_judge": "the pose judge's globally pooled stage-3 features",
+}
 
 
 def _image_batches(
@@ -96,8 +106,10 @@ def _features(fn: FeatureFn, images: torch.Tensor, batch: int) -> torch.Tensor:
 class QualityScorer:
     """Scores generated image sets against one fixed set of pairs and real reference data.
 
-    The real-data side (FID reference statistics, gallery features, the masks) is computed once in the
-    constructor and reused for every scored set (ceiling, trained, floor, each sweep point).
+    The real-data side (FID reference statistics, gallery features, the masks, the realism reference
+    statistics in the re-ID and pose-judge feature spaces) is computed once in the constructor and reused
+    for every scored set (ceiling, trained, floor, each sweep point). :meth:`realism_check` validates the
+    realism metrics (Fréchet distances, sharpness ratio) on the same data.
     """
 
     def __init__(
@@ -157,9 +169,73 @@ class QualityScorer:
             self.info["gallery"] = (
                 f"{len(gal)} real gallery images (distractors included), {n_ids} identities"
             )
+        self.frechet = self._frechet_reference(market, pairs, fid_reference_max, seed)
         self.bad.warn(f"{market.root}: real reference images")
         if self.bad.skipped:
             self.info["skipped reference images"] = self.bad.describe()
+
+    def _frechet_reference(
+        self, market: Market1501, pairs: EvalPairs, max_images: int, seed: int
+    ) -> dict[str, FidScorer]:
+        """Fréchet-distance scorers in the re-ID and pose-judge feature spaces (those available), holding
+        the statistics of the real test images of people (gallery and query, junk and distractors out)
+        other than the pairs' own source and target images, at the generator's size: the ceiling row is then
+        two disjoint sets of real test images."""
+        b = self.backends
+        modules: dict[str, torch.nn.Module] = {}
+        if b.reid is not None:
+            modules["fd_reid"] = CallableFeatures(b.reid)
+        judge = getattr(b.pose, "judge", None)  # the pose judge (PoseJudgeEstimator), not mediapipe
+        if isinstance(judge, torch.nn.Module) and hasattr(judge, "pooled_features"):
+            modules["fd_judge"] = JudgeFeatures(judge)
+        if not modules:
+            return {}
+        own = {name for pair in pairs.names for name in pair}
+        ref = [r for r in market.gallery + market.query if r.has_identity and r.name not in own]
+        ref = sorted(ref, key=lambda r: r.name)
+        if len(ref) > max_images:
+            keep = np.sort(np.random.default_rng(seed).choice(len(ref), max_images, replace=False))
+            ref = [ref[i] for i in keep]
+        scorers = {k: FidScorer.from_module(m, self.size).to(self.device) for k, m in modules.items()}
+        used: list[MarketRecord] = []
+        for batch in _image_batches(ref, self.size, self.batch, "realism reference", self.bad, used):
+            for f in scorers.values():
+                f.add_real(batch)
+        if len(used) < 2:
+            self.info["realism reference"] = (
+                f"not computed: {len(used)} real test image(s) besides the pairs'"
+            )
+            return {}
+        self.info["realism reference"] = (
+            f"{len(used)} real test images of people (the pairs' own images left out); Fréchet distances in "
+            + " and ".join(FRECHET_SPACES[k] for k in scorers)
+        )
+        return scorers
+
+    @torch.no_grad()
+    def realism_check(self, *, blur_sigma: float | None = None, seed: int = 0) -> dict[str, Any]:
+        """Validate the realism metrics on this data: the real targets (the ceiling), a Gaussian-blurred
+        copy of them (σ = H/32 pixels unless given) and uniform noise images, each scored like a
+        generated set. Trusted when, in every Fréchet space, real < blurred < noise, and the blurred
+        copy's sharpness ratio is below 0.8."""
+        target = self.pairs.target.float()
+        sigma = float(blur_sigma) if blur_sigma is not None else max(1.0, self.size[0] / 32)
+        blurred = gaussian_blur(target, sigma).clamp(0, 1)
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.rand(target.shape, generator=g)
+        sets = {"real": target, "blurred": blurred, "noise": noise}
+        out: dict[str, Any] = {"blur_sigma_px": sigma}
+        ok = True
+        for key, f in self.frechet.items():
+            if len(self.pairs) < 2:
+                break
+            fd = {name: f.score(ims, self.batch) for name, ims in sets.items()}
+            out[key] = fd
+            ok = ok and fd["real"] < fd["blurred"] < fd["noise"]
+        out["sharpness_ratio"] = {name: sharpness_ratio(ims, target) for name, ims in sets.items()}
+        ok = ok and out["sharpness_ratio"]["blurred"] < 0.8
+        out["trusted"] = bool(ok)
+        return out
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, *, query_camids: np.ndarray) -> dict[str, float]:
@@ -171,7 +247,10 @@ class QualityScorer:
         out: dict[str, float] = {
             "ssim": float(ssim_scores(images, p.target).mean()),
             "mask_ssim": float(ssim_scores(images, p.target, mask=self.mask).mean()),
+            "sharpness_ratio": sharpness_ratio(images, p.target),
         }
+        for key, f in self.frechet.items():
+            out[key] = f.score(images, self.batch) if len(p) >= 2 else float("nan")
         if b.lpips is not None:
             lp = [
                 b.lpips(images[i : i + self.batch], p.target[i : i + self.batch])
@@ -217,4 +296,4 @@ class QualityScorer:
         return out
 
 
-__all__ = ["Backends", "FeatureFn", "QualityScorer"]
+__all__ = ["FRECHET_SPACES", "Backends", "FeatureFn", "QualityScorer"]

@@ -130,6 +130,18 @@ class PoseJudge(CheckpointMixin, ModelMixin, ConfigMixin):
         return resize_to_height(images, int(self.config.input_height))
 
     @torch.no_grad()
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Globally averaged stage-3 (1/8 resolution) features ``(B, channels[2])`` of ``[0, 1]`` images
+        ``(B, 3, H, W)`` of any size, prepared as :meth:`predict` prepares them (resized to
+        ``input_height`` rows, padded to a multiple of 8): a feature space for Fréchet distances."""
+        x = self.working_size(images.to(self.device, torch.float32))
+        ph, pw = (-x.shape[-2]) % 8, (-x.shape[-1]) % 8
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        f3 = self.stage3(self.stage2(self.stage1((x - 0.45) / 0.25)))
+        return f3.mean((2, 3)).float()
+
+    @torch.no_grad()
     def predict(
         self, images: torch.Tensor, *, threshold: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

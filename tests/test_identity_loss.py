@@ -72,3 +72,26 @@ def test_the_identity_network_is_not_part_of_the_generator() -> None:
         pipe.set_identity_loss(net, weight=float("nan"))
     with pytest.raises(TypeError, match="callable"):
         pipe.set_identity_loss("resnet", weight=1.0)  # type: ignore[arg-type]
+
+
+def test_train_generator_takes_an_identity_model(synth_market, tmp_path, capsys) -> None:
+    """``train-generator --identity-model`` trains with the loss and records it, so a resume without it stops."""
+    import json
+
+    from posereid.experiments.cli import main as cli_main
+
+    reid = tmp_path / "reid"
+    assert cli_main(["train-reid", "--data", str(synth_market), "--out", str(reid), "--steps", "2",
+                     "--batch-size", "8", "--height", "32", "--width", "16", "--device", "cpu"]) == 0  # fmt: skip
+    ckpt = reid / "model.safetensors"
+    base = ["train-generator", "--data", str(synth_market), "--preset", "tiny", "--image-size", "64x32",
+            "--steps", "2", "--batch-size", "2", "--checkpoint-every", "1", "--sample-every", "0", "--no-progress",
+            "--device", "cpu", "--out", str(tmp_path / "gen")]  # fmt: skip
+    assert cli_main(
+        [*base, "--identity-model", str(ckpt), "--identity-weight", "0.5", "--max-minutes", "0.0001"]
+    ) in (0, 3)
+    recorded = json.loads((tmp_path / "gen" / "train_config.json").read_text())["identity_loss"]
+    assert recorded.startswith("model.safetensors sha256:") and recorded.endswith("weight 0.5")
+    capsys.readouterr()
+    assert cli_main([*base, "--steps", "2"]) == 1  # the resume without it is refused, naming the setting
+    assert "identity_loss: checkpoint 'model.safetensors sha256:" in capsys.readouterr().err

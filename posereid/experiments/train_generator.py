@@ -33,6 +33,7 @@ from posereid.argtypes import (
     add_strict_arg,
     finite_float,
     hw,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -40,7 +41,7 @@ from posereid.argtypes import (
 from posereid.experiments.data import market_pose_records
 from posereid.models.contract import FAMILIES, checkpoint_family, family_class, load_generator
 from posereid.models.images import pil_to_tensor01
-from posereid.models.io_utils import atomic_save
+from posereid.models.io_utils import atomic_save, file_sha256
 from posereid.models.pose import resize_keypoints, skeleton_tensor
 from posereid.models.runtime import resolve_device
 from posereid.models.sampling import SAMPLERS
@@ -145,6 +146,15 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     )
     p("--out", required=True, type=Path, help="output directory (checkpoints, samples, log, final/)")
     p("--steps", type=positive_int, default=None, help="training steps (default: the recipe's)")
+    p(
+        "--identity-model",
+        type=Path,
+        default=None,
+        metavar="REID_CKPT",
+        help="a posereid re-ID checkpoint (train-reid on the SAME training images: no leakage) whose features "
+        "of the predicted clean image are pulled towards the target's (the identity loss)",
+    )
+    p("--identity-weight", type=non_negative_float, default=0.1, help="weight of the identity loss")
     p("--batch-size", type=positive_int, default=d.batch_size, help="per process")
     p("--lr", type=positive_float, default=d.lr)
     p("--weight-decay", type=finite_float, default=d.weight_decay)
@@ -194,6 +204,23 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
 
 
+def _with_identity_loss(model: Any, args: argparse.Namespace) -> Any:
+    """Set ``--identity-model`` / ``--identity-weight`` on a fresh or loaded pipeline (a training setting)."""
+    if args.identity_model is None:
+        return model
+    from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
+
+    if not args.identity_model.is_file():
+        raise FileNotFoundError(
+            f"{args.identity_model}: re-ID checkpoint not found (make one with train-reid)"
+        )
+    extractor = ReidFeatureExtractor.from_checkpoint(
+        args.identity_model, device="cpu" if args.device == "cpu" else None
+    )
+    print(f"identity loss: {args.identity_model} (weight {args.identity_weight:g})")
+    return model.set_identity_loss(extractor.features, weight=args.identity_weight)
+
+
 def _preset_model(args: argparse.Namespace) -> Any:
     """A fresh pipeline of ``--family`` / ``--preset`` with the command's overrides."""
     pipeline = family_class(args.family)
@@ -229,6 +256,10 @@ def _train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, sample_every=args.sample_every, log_every=args.log_every,
         seed=args.seed, num_workers=args.num_workers, max_minutes=args.max_minutes,
+        identity_loss=(
+            f"{args.identity_model.name} sha256:{file_sha256(args.identity_model)[:12]} weight {args.identity_weight:g}"
+            if args.identity_model is not None else None
+        ),
     )  # fmt: skip
 
 
@@ -281,6 +312,7 @@ def run_train_generator(args: argparse.Namespace) -> int:
     if args.stage is not None or args.stage_steps is not None:
         raise ValueError(f"--stage / --stage-steps: the {family} family trains in one stage; drop them")
     model = _load_init(args, args.init) if args.init is not None else _preset_model(args)
+    model = _with_identity_loss(model, args)
     pairs = read_pairs_csv(args.pairs) if args.pairs else None
     dataset = PosePairDataset(
         records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
@@ -307,6 +339,10 @@ def _train_stages(args: argparse.Namespace, records: list, family: str, stages: 
             f"({','.join(stages)})"
         )
     steps = dict(zip(stages, args.stage_steps or [args.steps] * len(stages)))
+    if args.identity_model is not None:
+        raise ValueError(
+            f"--identity-model: the {family} family's stage losses do not take the identity loss yet"
+        )
     pairs = read_pairs_csv(args.pairs) if args.pairs else None
 
     def load(prev: Path | None) -> Any:

@@ -98,7 +98,9 @@ class TrainConfig:
     consecutive non-finite steps than this. ``max_minutes``: wall-clock budget of one call; when it runs
     out, training checkpoints, draws a grid and returns early without a ``final/`` (the LR schedule
     still spans ``steps``, so a later call with ``resume`` carries on where it stopped: a job under a
-    cluster time limit).
+    cluster time limit). ``identity_loss``: what the model's identity loss is
+    (``GeneratorPipeline.set_identity_loss``; e.g. the re-ID checkpoint's hash and the weight), recorded so
+    that a resume with another one is refused.
     """
 
     steps: int = 10000
@@ -124,6 +126,7 @@ class TrainConfig:
     num_workers: int = 0
     tensorboard: bool = True
     max_minutes: float | None = None
+    identity_loss: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "num_samples", "sample_steps"):

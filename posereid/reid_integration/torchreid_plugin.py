@@ -683,3 +683,14 @@ class ReidFeatureExtractor:
         if not feats:
             return torch.empty((0, 0))
         return torch.cat(feats)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The same L2-normalised features of a ``(B, 3, H, W)`` tensor in ``[0, 1]``, with gradients flowing
+        to the images (the model stays frozen and in eval mode): what a training loss through the re-ID
+        network needs, e.g. the generator's identity loss (``GeneratorPipeline.set_identity_loss``)."""
+        x = self._prepare(images)
+        if tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        self.model.eval().requires_grad_(False)
+        f = self.model(normalize(x.to(self.device), self.norm_mean, self.norm_std))
+        return F.normalize(f.float(), dim=1).to(images.device)

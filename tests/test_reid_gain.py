@@ -770,3 +770,132 @@ def test_noise_floor_arm_adds_colour_matched_noise_under_the_kept_pids(
         "`strong+noise`: the strong baseline + 1 pixel-noise image(s)"
         in (config.out / "results.md").read_text()
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# the strong+synthetic+soft arm: the strong cell model of the same seed and fraction is the teacher
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def soft_run(market: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One tiny run of ``strong`` and the soft arm (two seeds), with a spy on the re-ID trainer."""
+    mp = pytest.MonkeyPatch()
+    reid_spy = Spy(reid_train.train_reid)
+    mp.setattr(reid_train, "train_reid", reid_spy)
+    config = _config(market, tmp_path_factory.mktemp("soft"), fractions=(0.5,), arms=("strong", rg.SOFT_ARM),
+                     seeds=(0, 1), soft_weight=0.7, soft_temperature=2.0)  # fmt: skip
+    rows = rg.run_gain(config)
+    yield config, rows, [args[0] for args, _ in reid_spy.calls]
+    mp.undo()
+
+
+def test_soft_arm_is_taught_by_the_strong_cell_of_its_seed_and_fraction(soft_run) -> None:
+    config, rows, cfgs = soft_run
+    strong = [c for c in cfgs if c.extra["arm"] == "strong"]
+    soft = [c for c in cfgs if c.extra["arm"] == rg.SOFT_ARM]
+    assert len(strong) == len(soft) == 2 and len(cfgs) == 4  # no extra training for the teachers
+    for c in soft:
+        teacher = rg.teacher_checkpoint(config, 0.5, c.seed)
+        assert c.soft_teacher == teacher and teacher.is_file()
+        assert cfgs.index(c) > next(i for i, s in enumerate(cfgs) if s in strong and s.seed == c.seed)
+        assert (c.soft_weight, c.soft_temperature, c.augment) == (0.7, 2.0, "strong")
+        assert c.synthetic == (str(rg.synthetic_dir(config, 0.5)),) and c.steps == config.reid_steps
+        detail = json.loads((config.work / "cells" / f"0.5_{rg.SOFT_ARM}_s{c.seed}.json").read_text())
+        assert detail["soft_labels"]["teacher"] == str(teacher) and detail["soft_labels"]["weight"] == 0.7
+    for c in strong:  # the strong cells keep their model (and its meta) and nothing else
+        assert Path(c.out) == rg.cell_dir(config, 0.5, "strong", c.seed) and not c.synthetic
+        assert sorted(p.name for p in Path(c.out).iterdir()) == [
+            "model.safetensors",
+            "model.safetensors.json",
+        ]
+    got = {(r["arm"], r["seed"]) for r in rg.read_results(config.out / "results.csv")}
+    assert got == {(a, s) for a in ("strong", rg.SOFT_ARM) for s in (0, 1)}
+    assert all(
+        r["generator"] == "kept" and r["synthetic_images"] > 0 for r in rows if r["arm"] == rg.SOFT_ARM
+    )
+    md = (config.out / "results.md").read_text()
+    assert f"| 50% | {rg.SOFT_ARM} | 2 |" in md and "w = 0.7, T = 2" in md
+    (entry,) = [e for e in rg.summarize(rows) if e["arm"] == rg.SOFT_ARM]
+    assert entry["d_mAP_strong_n"] == 2  # paired with the strong cells of the same seeds
+
+
+def test_soft_arm_rerun_reuses_its_cells_and_other_runs_keep_no_model(
+    soft_run, market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, rows, _ = soft_run
+    before = (config.out / "results.csv").read_text()
+    reid_spy, gen_spy = Spy(reid_train.train_reid), Spy(training.train_generator)
+    monkeypatch.setattr(reid_train, "train_reid", reid_spy)
+    monkeypatch.setattr(training, "train_generator", gen_spy)
+    again = rg.run_gain(_config(market, config.out, fractions=(0.5,), arms=("strong", rg.SOFT_ARM),
+                                seeds=(0, 1), soft_weight=0.7, soft_temperature=2.0))  # fmt: skip
+    assert not reid_spy.calls and not gen_spy.calls
+    assert (config.out / "results.csv").read_text() == before and len(again) == 4
+    with pytest.raises(rg.ProtocolMismatchError, match="soft_weight"):
+        rg.run_gain(_config(market, config.out, fractions=(0.5,), arms=("strong", rg.SOFT_ARM), seeds=(0, 1)))
+    # without the soft arm a strong cell keeps no model (the folder is as large as before)
+    plain = _config(market, tmp_path / "plain", fractions=(0.5,), arms=("strong",))
+    rg.run_gain(plain)
+    (cfg,) = [args[0] for args, _ in reid_spy.calls]
+    assert cfg.out is None and not rg.cell_dir(plain, 0.5, "strong", 0).exists()
+    detail = json.loads((plain.work / "cells" / "0.5_strong_s0.json").read_text())
+    assert "checkpoint" not in detail
+
+
+def test_soft_arm_with_baselines_from_uses_their_strong_models_or_trains_its_own_teacher(
+    soft_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run reading its strong cells from another run takes that run's strong cell models as teachers; where
+    that run kept none (seed 1 below), it trains the teacher here with the strong cell's settings, once."""
+    config, _, _ = soft_run
+    generator = rg.generator_dir(config, 0.5)
+    reid_spy = Spy(reid_train.train_reid)
+    monkeypatch.setattr(reid_train, "train_reid", reid_spy)
+    src = tmp_path / "src"  # a copy of the soft run whose seed-1 strong cell kept no model
+    import shutil
+
+    shutil.copytree(config.out, src, ignore=shutil.ignore_patterns("generator-*", "synthetic-*", "subset-*"))
+    shutil.rmtree(src / "work" / "cells" / "0.5_strong_s1")
+    other = _config(config.data, tmp_path / "other", fractions=(0.5,), arms=("strong", rg.SOFT_ARM),
+                    seeds=(0, 1), generator=generator, baselines_from=src)  # fmt: skip
+    rg.run_gain(other)
+    cfgs = [args[0] for args, _ in reid_spy.calls]
+    teachers = [c for c in cfgs if not c.synthetic]
+    soft = {c.seed: c for c in cfgs if c.synthetic}
+    assert soft[0].soft_teacher == rg.teacher_checkpoint(rg.GainConfig(data=config.data, out=src), 0.5, 0)
+    (own,) = teachers  # only seed 1's teacher was trained here, as the strong cell would be
+    mine = rg.teacher_checkpoint(other, 0.5, 1)
+    assert (own.seed, own.augment, own.steps, own.data) == (
+        1,
+        "strong",
+        other.reid_steps,
+        str(other.work / "subset-0.5"),
+    )
+    assert Path(own.out) == mine.parent and soft[1].soft_teacher == mine and mine.is_file()
+    got = rg.read_results(other.out / "results.csv")
+    assert {r["arm"] for r in got if r.get("read_from")} == {"strong"}  # the strong rows are theirs
+    reid_spy.calls.clear()
+    rg.run_gain(other)  # a rerun trains nothing, teachers included
+    assert not reid_spy.calls
+
+
+def test_soft_arm_settings_are_validated(market: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="soft_weight"):
+        _config(market, tmp_path, arms=("strong", rg.SOFT_ARM), soft_weight=1.5)
+    with pytest.raises(ValueError, match="soft_weight"):
+        _config(market, tmp_path, soft_weight=float("nan"))
+    with pytest.raises(ValueError, match="soft_weight must be a number"):
+        _config(market, tmp_path, soft_weight="half")
+    with pytest.raises(ValueError, match="soft_temperature"):
+        _config(market, tmp_path, arms=("strong", rg.SOFT_ARM), soft_temperature=0.0)
+    with pytest.raises(ValueError, match="needs arm 'strong'"):
+        _config(market, tmp_path, arms=(rg.SOFT_ARM,))
+    from posereid.experiments.cli import build_parser
+
+    parser, _ = build_parser("reid-gain")
+    args = parser.parse_args(
+        ["--data", "d", "--out", "o", "--soft-weight", "0.25", "--soft-temperature", "3"]
+    )
+    assert (args.soft_weight, args.soft_temperature) == (0.25, 3.0)
+    for bad in (["--soft-weight", "1.5"], ["--soft-temperature", "0"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--data", "d", "--out", "o", *bad])

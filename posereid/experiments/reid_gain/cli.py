@@ -21,12 +21,14 @@ from posereid.argtypes import (
     positive_float,
     positive_int,
     share,
+    unit_interval,
 )
 from posereid.experiments.reid_gain.compare import compare_table, distinct_labels, load_run, write_comparison
 from posereid.experiments.reid_gain.config import (
     ARMS,
     NOISE_ARM,
     ORACLE_ARM,
+    SOFT_ARM,
     GainConfig,
     GainOutOfTimeError,
     parse_fractions,
@@ -66,7 +68,8 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         default=d.arms,
         help=f"comma list from {', '.join(ARMS)} (default: {','.join(d.arms)}); {ORACLE_ARM} (real renders of "
         "the train identities in the views the train split hides: the ceiling) needs a synth-market dataset; "
-        f"{NOISE_ARM} (pixel noise with each kept image's colours, as many as the synthetic images: the floor)",
+        f"{NOISE_ARM} (pixel noise with each kept image's colours, as many as the synthetic images: the floor); "
+        f"{SOFT_ARM} (strong+synthetic with the soft labels of the same seed's strong cell model) needs strong",
     )
     parser.add_argument(
         "--seeds",
@@ -134,6 +137,15 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--filter-score", choices=("similarity", "margin"), default=d.filter_score)
     parser.add_argument("--filter-threshold", type=finite_float, default=d.filter_threshold)
+    parser.add_argument(
+        "--soft-weight", type=unit_interval, default=d.soft_weight, metavar="W",
+        help=f"{SOFT_ARM}: share of the teacher's soft term in a synthetic image's loss, in [0, 1] (1 - W: its "
+        "hard source-pid label)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--soft-temperature", type=positive_float, default=d.soft_temperature, metavar="T",
+        help=f"{SOFT_ARM}: softmax temperature of the teacher and the student in the soft term",
+    )  # fmt: skip
     parser.add_argument(
         "--height", type=positive_int, default=None, help="re-ID image height (default: the recipe's)"
     )
@@ -208,7 +220,8 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         guidance=guidance * 2 if len(guidance) == 1 else guidance, pose_sampling=args.pose_sampling,
         gen_batch_size=args.gen_batch_size, annotation_hw=args.annotation_size,
         filter_checkpoint=args.filter_checkpoint, filter_score=args.filter_score,
-        filter_threshold=args.filter_threshold, device=args.device, num_workers=args.workers,
+        filter_threshold=args.filter_threshold, soft_weight=args.soft_weight,
+        soft_temperature=args.soft_temperature, device=args.device, num_workers=args.workers,
         progress=args.progress, max_minutes=args.max_minutes, baselines_from=args.baselines_from,
     )  # fmt: skip
 

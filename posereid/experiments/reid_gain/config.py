@@ -17,14 +17,16 @@ from typing import Any, Literal
 from posereid.models.io_utils import file_sha256
 from posereid.reid_integration.market1501 import resolve_data_dir
 
-#: every arm the protocol knows; ``strong+synthetic+filtered`` needs the identity filter and
-#: ``strong+oracle`` a synthetic dataset (:data:`ORACLE_ARM`).
+#: every arm the protocol knows; ``strong+synthetic+filtered`` needs the identity filter,
+#: ``strong+synthetic+soft`` the ``strong`` arm (:data:`SOFT_ARM`) and ``strong+oracle`` a synthetic
+#: dataset (:data:`ORACLE_ARM`).
 ARMS: tuple[str, ...] = (
     "plain",
     "strong",
     "plain+synthetic",
     "strong+synthetic",
     "strong+synthetic+filtered",
+    "strong+synthetic+soft",
     "strong+oracle",
     "strong+noise",
 )
@@ -41,6 +43,11 @@ ORACLE_ARM = "strong+oracle"
 #: per-channel mean and spread, under its pid and camera): the floor, what a generator that has learnt
 #: nothing but colour statistics gives. A synthetic arm below it is worse than adding noise.
 NOISE_ARM = "strong+noise"
+#: ``strong+synthetic`` whose synthetic images' loss mixes the hard source-pid label with the soft target of a
+#: teacher: the ``strong`` cell model of the same seed and fraction (trained on the kept real images only, so
+#: nothing leaks; no extra training when that cell kept its model). ``soft_weight`` / ``soft_temperature``
+#: set the mix.
+SOFT_ARM = "strong+synthetic+soft"
 
 
 def arm_extra(arm: str) -> str:
@@ -59,7 +66,7 @@ _PROTOCOL_FIELDS: tuple[str, ...] = (
     "generator_family", "generator_preset", "generator_options", "generator_steps", "generator_batch_size",
     "generator_lr", "generator",
     "generator_data", "per_image", "sampler", "steps", "guidance", "pose_sampling", "annotation_hw",
-    "filter_checkpoint", "filter_score", "filter_threshold", "synthetic_ratio",
+    "filter_checkpoint", "filter_score", "filter_threshold", "synthetic_ratio", "soft_weight", "soft_temperature",
 )  # fmt: skip
 #: the protocol fields a baseline or oracle cell depends on (plus the data and its annotations): two runs
 #: that agree on them train the same ``strong`` / ``plain`` / ``strong+oracle`` models, whatever their
@@ -114,6 +121,9 @@ class GainConfig:
             ``strong+synthetic+filtered`` arm, or ``"auto"``: a strong-baseline model trained on each kept
             fraction (leakage-free). filter_score / filter_threshold: keep images scoring ≥ threshold
             (default: margin ≥ 0, i.e. closer to their own identity than to any other).
+        soft_weight / soft_temperature: the ``strong+synthetic+soft`` arm's share ``w`` in ``[0, 1]`` of the
+            teacher's soft term in a synthetic image's loss (``1 - w``: its hard label) and the softmax
+            temperature ``T`` > 0 of that term (:func:`~posereid.reid_integration.soft_labels.soft_label_loss`).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
         max_minutes: wall-clock budget of one run (``None``: none). Once spent, no new cell starts and a
             generator training checkpoints and stops; the run raises :class:`GainOutOfTimeError` after
@@ -155,6 +165,8 @@ class GainConfig:
     filter_checkpoint: Path | str | None = None
     filter_score: Literal["similarity", "margin"] = "margin"
     filter_threshold: float = 0.0
+    soft_weight: float = 0.5
+    soft_temperature: float = 1.0
     device: str = "auto"
     num_workers: int = 0
     progress: bool = True
@@ -193,6 +205,20 @@ class GainConfig:
                 "arm 'strong+synthetic+filtered' needs filter_checkpoint: a re-ID checkpoint, or 'auto' to "
                 "train a strong-baseline filter model on each kept fraction"
             )
+        if SOFT_ARM in self.arms and "strong" not in self.arms:
+            raise ValueError(
+                f"arm '{SOFT_ARM}' needs arm 'strong': its teacher is the strong cell model of the same seed and "
+                "fraction (and its gain is paired with that cell)"
+            )
+        for name in ("soft_weight", "soft_temperature"):
+            try:
+                setattr(self, name, float(getattr(self, name)))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}") from None
+        if not (math.isfinite(self.soft_weight) and 0.0 <= self.soft_weight <= 1.0):
+            raise ValueError(f"soft_weight must be in [0, 1], got {self.soft_weight}")
+        if not (math.isfinite(self.soft_temperature) and self.soft_temperature > 0.0):
+            raise ValueError(f"soft_temperature must be a finite number > 0, got {self.soft_temperature}")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
         if self.max_minutes is not None and not float(self.max_minutes) > 0:

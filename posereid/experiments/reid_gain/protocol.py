@@ -56,6 +56,7 @@ from posereid.experiments.reid_gain.config import (
     BASELINE_FIELDS,
     NOISE_ARM,
     ORACLE_ARM,
+    SOFT_ARM,
     GainConfig,
     GainOutOfTimeError,
     ProtocolMismatchError,
@@ -392,27 +393,106 @@ def _filter_model(config: GainConfig, fraction: float, subset: Subset, *, device
     return ckpt
 
 
+def cell_dir(config: GainConfig, fraction: float, arm: str, seed: int) -> Path:
+    """The folder of one cell's saved model (only ``strong`` cells of a run with :data:`SOFT_ARM` keep one)."""
+    return config.work / "cells" / f"{fraction_tag(fraction)}_{arm}_s{int(seed)}"
+
+
+def teacher_checkpoint(config: GainConfig, fraction: float, seed: int) -> Path:
+    """Where the ``strong`` cell of ``fraction`` and ``seed`` keeps its model: the soft arm's teacher."""
+    return cell_dir(config, fraction, "strong", seed) / "model.safetensors"
+
+
+def _keeps_model(config: GainConfig, arm: str) -> bool:
+    """Whether a cell of ``arm`` saves its model: ``strong`` cells, when the run has the soft arm."""
+    return arm == "strong" and SOFT_ARM in config.arms
+
+
+def ensure_teacher(config: GainConfig, subset: Subset, seed: int, *, device: str) -> Path:
+    """The :data:`SOFT_ARM` cell's teacher: the model of the ``strong`` cell of the same seed and fraction.
+
+    In order: this run's strong cell model; the strong cell model of ``baselines_from`` (the very model whose
+    row this run reads); otherwise (a strong cell run before the soft arm was asked for, or read from a run
+    that kept no model) a strong model trained here with that cell's exact settings (same kept images,
+    seed and steps: nothing outside the kept real images enters) and kept where this run's strong cell
+    keeps its model, so a rerun reuses it. Its row is not touched: the soft arm stays paired with the
+    strong cell in ``results.csv``.
+    """
+    from posereid.reid_integration import train as reid_train
+
+    fraction = subset.fraction
+    mine = teacher_checkpoint(config, fraction, seed)
+    if mine.is_file():
+        return mine
+    if config.baselines_from is not None:
+        theirs = Path(config.baselines_from) / mine.relative_to(config.out)
+        if theirs.is_file():
+            return theirs
+    logger.warning(
+        "reid-gain: the strong cell %s seed %s kept no model (%s); training its teacher here with the same "
+        "settings → %s",
+        fraction_tag(fraction), seed,
+        f"read from {config.baselines_from}" if config.baselines_from is not None else "run without the soft arm",
+        mine,
+    )  # fmt: skip
+    cfg = _reid_config(config, subset, "strong", seed, (), device)
+    cfg.out = str(mine.parent)
+    reid_train.train_reid(cfg, progress=config.progress)
+    _drop_results_json(mine.parent)
+    return mine
+
+
+def _drop_results_json(folder: Path) -> None:
+    """A cell's model folder keeps only the model and its meta (the results are in the cell's JSON)."""
+    (folder / "results.json").unlink(missing_ok=True)
+
+
 def _reid_config(
-    config: GainConfig, subset: Subset, arm: str, seed: int, synthetic: Sequence[Path], device: str
+    config: GainConfig,
+    subset: Subset,
+    arm: str,
+    seed: int,
+    synthetic: Sequence[Path],
+    device: str,
+    teacher: Path | None = None,
 ):
     from posereid.reid_integration.train import ReidTrainConfig
 
+    soft = {} if teacher is None else {
+        "soft_teacher": teacher, "soft_weight": config.soft_weight, "soft_temperature": config.soft_temperature,
+    }  # fmt: skip
     return ReidTrainConfig(
         data=str(subset.root), synthetic=[str(s) for s in synthetic], model=config.reid_model,
         steps=config.reid_steps, batch_size=config.reid_batch_size, lr=config.reid_lr, height=config.height,
         width=config.width, augment="strong" if arm.startswith("strong") else "plain", seed=int(seed),
         device=device, workers=config.num_workers, extra={"fraction": subset.fraction, "arm": arm},
-        synthetic_ratio=config.synthetic_ratio if synthetic else None,
+        synthetic_ratio=config.synthetic_ratio if synthetic else None, **soft,
     )  # fmt: skip
 
 
 def run_cell(
-    config: GainConfig, subset: Subset, arm: str, seed: int, synthetic: Sequence[Path], *, device: str
+    config: GainConfig,
+    subset: Subset,
+    arm: str,
+    seed: int,
+    synthetic: Sequence[Path],
+    *,
+    device: str,
+    teacher: Path | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one re-ID model (``reid_steps`` steps whatever the arm); return its CSV row."""
+    """Train and evaluate one re-ID model (``reid_steps`` steps whatever the arm); return its CSV row.
+
+    ``teacher``: the :data:`SOFT_ARM` cell's soft-label teacher (:func:`ensure_teacher`; required for that
+    arm). A ``strong`` cell of a run with the soft arm keeps its model (:func:`teacher_checkpoint`).
+    """
     from posereid.reid_integration import train as reid_train
 
-    cfg = _reid_config(config, subset, arm, seed, synthetic, device)
+    if arm == SOFT_ARM and teacher is None:
+        raise ValueError(f"arm '{SOFT_ARM}' needs its teacher (the strong cell model of the same seed)")
+    cfg = _reid_config(config, subset, arm, seed, synthetic, device, teacher if arm == SOFT_ARM else None)
+    keep = _keeps_model(config, arm)
+    if keep:
+        cfg.out = str(cell_dir(config, subset.fraction, arm, seed))
     t0 = time.perf_counter()
     res = reid_train.train_reid(cfg, progress=config.progress)
     wall = time.perf_counter() - t0
@@ -425,7 +505,9 @@ def run_cell(
         "batch_size": int(res.get("batch_size", config.reid_batch_size)), "wall_s": round(wall, 2), "reid_model": config.reid_model,
         "generator": {ORACLE_ARM: "oracle", NOISE_ARM: "noise"}.get(arm, config.generator_source()) if synthetic else "",
     }  # fmt: skip
-    detail = {k: v for k, v in res.items() if k != "checkpoint"}
+    if keep:
+        _drop_results_json(cell_dir(config, subset.fraction, arm, seed))
+    detail = {k: v for k, v in res.items() if k != "checkpoint" or keep}
     with atomic_write(config.work / "cells" / f"{fraction_tag(subset.fraction)}_{arm}_s{seed}.json") as fh:
         json.dump(detail, fh, indent=1, default=str)
     return row
@@ -435,7 +517,9 @@ def run_cell(
 # The protocol
 # --------------------------------------------------------------------------------------------------
 #: protocol fields that folders written before the field existed did not record, and the value they used
-_UNRECORDED: dict[str, Any] = {"generator_family": "pidm", "generator_options": {}}
+_UNRECORDED: dict[str, Any] = {
+    "generator_family": "pidm", "generator_options": {}, "soft_weight": 0.5, "soft_temperature": 1.0,
+}  # fmt: skip
 
 
 def _check_protocol(config: GainConfig) -> None:
@@ -663,7 +747,9 @@ def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[s
                     )
                     minutes_left()
                 bar.set_postfix_str(f"{fraction_tag(fraction)} {arm} seed {seed}")
-                row = run_cell(config, subset, arm, seed, extra.get(arm, []), device=device)
+                # the strong cell of this seed ran before (baselines first) or was read: its model teaches
+                teacher = ensure_teacher(config, subset, seed, device=device) if arm == SOFT_ARM else None
+                row = run_cell(config, subset, arm, seed, extra.get(arm, []), device=device, teacher=teacher)
                 rows.append(row)
                 done.add(cell_key(fraction, arm, seed))
                 write_results(csv_path, rows)
@@ -699,12 +785,14 @@ def _synthetic_folders(
 
 __all__ = [
     "OracleUnavailableError",
+    "cell_dir",
     "check_oracle",
     "ensure_filtered",
     "ensure_generator",
     "ensure_noise",
     "ensure_oracle",
     "ensure_synthetic",
+    "ensure_teacher",
     "generator_dir",
     "import_baselines",
     "new_generator",
@@ -716,5 +804,6 @@ __all__ = [
     "run_cell",
     "run_gain",
     "synthetic_dir",
+    "teacher_checkpoint",
     "validate_run",
 ]

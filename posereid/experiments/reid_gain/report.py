@@ -32,6 +32,7 @@ from posereid.experiments.reid_gain.config import (
     BASELINES,
     NOISE_ARM,
     ORACLE_ARM,
+    SOFT_ARM,
     GainConfig,
     arm_extra,
     fraction_tag,
@@ -503,6 +504,13 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
             f"- `{NOISE_ARM}`: the strong baseline + {config.per_image} pixel-noise image(s) per kept image, each "
             "with that image's per-channel mean and spread, under its pid (the floor: colour statistics only)\n"
             if any(r["arm"] == NOISE_ARM for r in rows)
+            else ""
+        )
+        + (
+            f"- `{SOFT_ARM}`: `strong+synthetic` where each synthetic image's loss is (1 − w)·CE(source pid) + "
+            f"w·T²·KL(teacher ‖ student), w = {config.soft_weight:g}, T = {config.soft_temperature:g}; the teacher is "
+            "the `strong` cell model of the same seed and fraction (kept real images only)\n"
+            if any(r["arm"] == SOFT_ARM for r in rows)
             else ""
         )
         + _baselines_line(config, rows)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -259,33 +258,13 @@ def add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> No
     )
 
 
-#: the annotation CSV a Market folder carries for its train split (found when --annotations is left out)
-TRAIN_ANNOTATIONS = "market-annotation-train.csv"
-
-
 def add_annotations_arg(parser: argparse.ArgumentParser, *, split: str = "train") -> None:
-    """``--annotations`` (``args.annotations``; ``None`` = ``<data>/market-annotation-<split>.csv``, see
-    :func:`annotations_path`)."""
+    """``--annotations`` (``args.annotations``; ``None``: the command looks for
+    ``market-annotation-<split>.csv`` beside the data, ``market1501.find_annotations``)."""
     parser.add_argument(
         "--annotations", type=Path, default=None,
         help=f"PATN keypoint CSV (default: market-annotation-{split}.csv in the --data folder)",
     )  # fmt: skip
-
-
-def annotations_path(
-    annotations: str | os.PathLike[str] | None, data: str | os.PathLike[str], *, split: str = "train"
-) -> Path:
-    """``annotations``, or the ``market-annotation-<split>.csv`` beside the data; a missing file is a
-    ``FileNotFoundError`` that says where it looked and what to pass."""
-    if annotations is not None:
-        return Path(annotations)
-    found = Path(data) / f"market-annotation-{split}.csv"
-    if not found.is_file():
-        raise FileNotFoundError(
-            f"{found}: no keypoint annotations beside the data; pass --annotations CSV "
-            "(`posereid annotate` writes one for new images)"
-        )
-    return found
 
 
 def add_strict_arg(parser: argparse.ArgumentParser) -> None:
@@ -307,13 +286,11 @@ def add_annotation_size_arg(parser: argparse.ArgumentParser, *, what: str = "the
 
 
 __all__ = [
-    "TRAIN_ANNOTATIONS",
     "add_alias",
     "add_annotations_arg",
     "add_device_arg",
     "add_guidance_arg",
     "add_progress_arg",
-    "annotations_path",
     "guidance",
     "non_negative_float",
     "unit_share",

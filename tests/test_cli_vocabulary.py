@@ -88,8 +88,11 @@ def test_an_old_spelling_still_works_and_warns_once(command: str, capsys) -> Non
 
 
 def test_annotations_are_found_beside_the_data(tmp_path) -> None:
-    (tmp_path / "market-annotation-train.csv").write_text("name:keypoints_y:keypoints_x\n")
-    assert argtypes.annotations_path(None, tmp_path) == tmp_path / "market-annotation-train.csv"
-    assert argtypes.annotations_path(tmp_path / "x.csv", tmp_path) == tmp_path / "x.csv"
+    from posereid.reid_integration.market1501 import find_annotations
+
+    (tmp_path / "with").mkdir()
+    (tmp_path / "with" / "market-annotation-train.csv").write_text("name:keypoints_y:keypoints_x\n")
+    assert find_annotations(tmp_path / "with") == tmp_path / "with" / "market-annotation-train.csv"
+    (tmp_path / "without" / "data").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="pass --annotations"):
-        argtypes.annotations_path(None, tmp_path / "empty")
+        find_annotations(tmp_path / "without" / "data")

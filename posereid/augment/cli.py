@@ -80,6 +80,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from posereid.augment.pose_bank import PoseBank
     from posereid.models.refine import load_sampler
     from posereid.models.runtime import resolve_device
+    from posereid.reid_integration.market1501 import find_annotations
 
     # the settings first: a bad combination stops before any model is loaded
     config = GenerateConfig(
@@ -91,7 +92,7 @@ def run_generate(args: argparse.Namespace) -> int:
         autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast],
         progress=args.progress, strict=args.strict,
     )  # fmt: skip
-    annotations = argtypes.annotations_path(args.annotations, args.data)
+    annotations = args.annotations or find_annotations(args.data)
     device = resolve_device(args.device)
     generator = load_sampler(
         args.generator,

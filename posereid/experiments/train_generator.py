@@ -54,6 +54,7 @@ from posereid.models.training import (
     train_stages,
 )
 from posereid.reid_integration.market1501 import (
+    find_annotations,
     load_annotations,
     load_image,
     read_pairs_csv,
@@ -298,7 +299,7 @@ def run_train_generator(args: argparse.Namespace) -> int:
         raise SystemExit("--device cuda: no CUDA device is visible to this process")
     records = market_pose_records(
         args.data,
-        argtypes.annotations_path(args.annotations, args.data),
+        args.annotations or find_annotations(args.data),
         min_joints=args.min_joints,
         annotation_size=args.annotation_size,
         strict=args.strict,
@@ -398,17 +399,13 @@ def add_sample_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _sample_annotations(args: argparse.Namespace) -> Path:
-    """``--annotations``, or the Market folder's own CSV beside the source image's folder."""
+    """``--annotations``, or the Market folder's own CSV (train, else test) beside the source image's folder."""
     if args.annotations is not None:
         return args.annotations
-    folders = (args.source.parent, args.source.parent.parent)
-    for folder in folders:
-        for split in ("train", "test"):
-            if (folder / f"market-annotation-{split}.csv").is_file():
-                return folder / f"market-annotation-{split}.csv"
-    raise FileNotFoundError(
-        f"no market-annotation-*.csv in {folders[0]} or {folders[1]}; pass --annotations CSV"
-    )
+    try:
+        return find_annotations(args.source.parent, "train")
+    except FileNotFoundError:
+        return find_annotations(args.source.parent, "test")
 
 
 def run_sample(args: argparse.Namespace) -> int:

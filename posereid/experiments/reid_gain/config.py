@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from posereid.models.io_utils import file_sha256
-from posereid.reid_integration.market1501 import resolve_data_dir
+from posereid.reid_integration.market1501 import find_annotations
 
 #: every arm the protocol knows; ``strong+synthetic+filtered`` needs the identity filter,
 #: ``strong+synthetic+soft`` the ``strong`` arm (:data:`SOFT_ARM`) and ``strong+oracle`` a synthetic
@@ -264,24 +264,6 @@ class GainConfig:
 def fraction_tag(fraction: float) -> str:
     """Stable folder/CSV key of a fraction: ``0.2`` → ``'0.2'``, ``1.0`` → ``'1'``."""
     return f"{float(fraction):.6g}"
-
-
-def find_annotations(data: Path, split: str = "train") -> Path:
-    """``market-annotation-<split>.csv`` in ``data``, its Market data dir, or their parents."""
-    name = f"market-annotation-{split}.csv"
-    cands: list[Path] = [data, data.parent]
-    try:
-        d = resolve_data_dir(data)
-        cands += [d, d.parent, d.parent.parent]
-    except ValueError:
-        pass
-    for c in cands:
-        if (c / name).is_file():
-            return c / name
-    raise FileNotFoundError(
-        f"no {name} found in {', '.join(dict.fromkeys(str(c) for c in cands))}; pass --annotations "
-        "(a PATN CSV, e.g. from `posereid annotate`)"
-    )
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:

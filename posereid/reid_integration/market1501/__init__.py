@@ -7,7 +7,7 @@ import X`` is the way to import any of them:
   checks of names read from files (:func:`check_file_name`, :func:`safe_child`, :class:`UnsafeNameError`);
 - :mod:`.policy` — :class:`BadInputPolicy`, what every batch command does with one bad input;
 - :mod:`.images` — :func:`load_image` / :func:`check_image` (:class:`ImageReadError` names the file);
-- :mod:`.folder` — :class:`Market1501`, the folder parser, and :func:`resolve_data_dir`;
+- :mod:`.folder` — :class:`Market1501`, the folder parser, :func:`resolve_data_dir` and :func:`find_annotations`;
 - :mod:`.patn` — PATN annotation CSVs (:func:`read_patn_csv`, :func:`write_patn_csv`, the row format
   shared with ``posereid annotate``) and pairs CSVs (:func:`read_pairs_csv`, :func:`write_pairs_csv`);
 - :mod:`.frame` — the keypoint frame of an annotation file (:func:`annotation_frame`,
@@ -19,7 +19,13 @@ moves it into place, so a killed job never leaves a half-written file. The comma
 batch commands share (``--strict``, ``--annotation-size HxW``) are in :mod:`posereid.argtypes`.
 """
 
-from posereid.reid_integration.market1501.folder import RELEASE_DIR, SPLIT_DIRS, Market1501, resolve_data_dir
+from posereid.reid_integration.market1501.folder import (
+    RELEASE_DIR,
+    SPLIT_DIRS,
+    Market1501,
+    find_annotations,
+    resolve_data_dir,
+)
 from posereid.reid_integration.market1501.frame import (
     MAX_ASPECT_CHANGE,
     MAX_FRAME_SCALE,
@@ -90,6 +96,7 @@ __all__ = [
     "parse_patn_row",
     "read_pairs_csv",
     "read_patn_csv",
+    "find_annotations",
     "resolve_data_dir",
     "safe_child",
     "write_pairs_csv",

@@ -49,6 +49,26 @@ def _listed_file(entry: os.DirEntry, path: Path) -> bool:
         raise ImageReadError(f"{path}: cannot be read ({what})") from None
 
 
+def find_annotations(data: str | os.PathLike[str], split: str = "train") -> Path:
+    """``market-annotation-<split>.csv`` in ``data``, its Market data dir, or their parents: where every
+    command looks for the keypoints when ``--annotations`` is left out."""
+    data = Path(data)
+    name = f"market-annotation-{split}.csv"
+    cands: list[Path] = [data, data.parent]
+    try:
+        d = resolve_data_dir(data)
+        cands += [d, d.parent, d.parent.parent]
+    except ValueError:
+        pass
+    for c in cands:
+        if (c / name).is_file():
+            return c / name
+    raise FileNotFoundError(
+        f"no {name} found in {', '.join(dict.fromkeys(str(c) for c in cands))}; pass --annotations "
+        "(a PATN CSV, e.g. from `posereid annotate`)"
+    )
+
+
 def resolve_data_dir(root: str | os.PathLike[str]) -> Path:
     """The folder that holds the split folders: ``root`` itself, ``root/Market-1501-v15.09.15``,
     ``root/market1501/Market-1501-v15.09.15`` or ``root/market1501`` (torchreid's layouts)."""
@@ -168,4 +188,4 @@ class Market1501:
         return f"Market1501({str(self.root)!r}, {sizes})"
 
 
-__all__ = ["RELEASE_DIR", "SPLIT_DIRS", "Market1501", "resolve_data_dir"]
+__all__ = ["RELEASE_DIR", "SPLIT_DIRS", "Market1501", "find_annotations", "resolve_data_dir"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from posereid import argtypes
 from posereid.argtypes import add_strict_arg, non_negative_int, positive_int
-from posereid.experiments.quality.evaluate import EvaluateConfig, evaluate_generator
+from posereid.experiments.quality.evaluate import REID_GAP_THRESHOLD, EvaluateConfig, evaluate_generator
 from posereid.experiments.quality.pairs import ANNOTATIONS_NAME, PAIRS_NAME
 from posereid.experiments.quality.report import parse_sweep, render_markdown
 from posereid.models.pose_estimation import MissingExtraError
@@ -27,6 +27,21 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pairs", help=f"PATN pairs CSV (default: {PAIRS_NAME}, else same-pid test pairs)")
     parser.add_argument("--reid-checkpoint", help="local re-ID model checkpoint for the identity metrics")
+    parser.add_argument(
+        "--independent-reid-checkpoint",
+        metavar="PATH",
+        help="a second re-ID checkpoint trained independently on the same real train images (train-reid with "
+        "another --model and --seed): rank-1 / mAP under this judge too, and a warning when the two judges "
+        "disagree (a generator trained against one re-ID model can learn to fool it); needs --reid-checkpoint",
+    )
+    parser.add_argument(
+        "--reid-gap-threshold",
+        type=float,
+        default=REID_GAP_THRESHOLD,
+        metavar="G",
+        help="warn when, on the trained row, the two re-ID judges' shares of the ceiling (rank-1 or mAP) "
+        "differ by more than G (default %(default)s)",
+    )
     parser.add_argument(
         "--fid-weights",
         help="FID Inception weights file weights-inception-2015-12-05-6726825d.pth (or its folder); "
@@ -88,6 +103,11 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
         return 2
+    try:
+        config = _config_from_args(args, guidance, sweep)
+    except ValueError as exc:  # a refused setting (e.g. the same checkpoint twice as the two judges)
+        print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
+        return 2
     generator = load_sampler(
         args.generator,
         device=device,
@@ -96,7 +116,7 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
         sampler=args.sampler,
     )
     try:
-        result = _evaluate_from_args(generator, args, guidance, sweep)
+        result = evaluate_generator(generator, config)
     except (FileNotFoundError, MissingExtraError) as exc:  # missing weights / data / package: say which
         print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
         return 2
@@ -105,14 +125,15 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_from_args(
-    generator: Any, args: argparse.Namespace, guidance: tuple[float, float], sweep: Any
-) -> dict:
-    config = EvaluateConfig(
+def _config_from_args(args: argparse.Namespace, guidance: tuple[float, float], sweep: Any) -> EvaluateConfig:
+    """The :class:`EvaluateConfig` of the command's options."""
+    return EvaluateConfig(
         data=args.data,
         pairs=args.pairs,
         annotations=args.annotations,
         reid_checkpoint=args.reid_checkpoint,
+        independent_reid_checkpoint=args.independent_reid_checkpoint,
+        reid_gap_threshold=args.reid_gap_threshold,
         fid_weights=args.fid_weights,
         lpips_weights=args.lpips_weights,
         lpips_net=args.lpips_net,
@@ -132,7 +153,6 @@ def _evaluate_from_args(
         generator_name=str(args.generator) + (f" + refiner {args.refiner}" if args.refiner else ""),
         strict=args.strict,
     )
-    return evaluate_generator(generator, config)
 
 
 __all__ = ["add_evaluate_generator_args", "run_evaluate_generator"]

@@ -17,7 +17,11 @@ scores it three ways against the real target image:
   error in pixels, and the number of images where no person was found;
 * **identity** — with a re-ID model: cosine similarity to the source identity's centroid vs the nearest
   other identity's centroid (over the real gallery), and rank-1 / mAP of the generated images used as
-  queries against the real gallery.
+  queries against the real gallery. A generator trained against one re-ID model (an identity loss) can
+  learn to fool it, so a second, **independent judge** (another architecture and seed, trained on the
+  same real images; ``independent_reid_checkpoint``) scores rank-1 / mAP beside it, and the report warns
+  when the two judges' shares of the ceiling differ by more than ``reid_gap_threshold`` on the trained
+  row (:func:`reid_agreement`).
 
 Three systems are scored side by side: the **real target images** themselves (the ceiling: what a
 perfect generator would get, including the pose detector's own errors), the **trained** generator, and
@@ -45,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -64,7 +69,7 @@ from posereid.experiments.quality.report import (
     write_sheet,
     write_sweep_plot,
 )
-from posereid.experiments.quality.scoring import Backends, FeatureFn, QualityScorer
+from posereid.experiments.quality.scoring import INDEPENDENT, Backends, FeatureFn, QualityScorer
 from posereid.experiments.synthetic.dataset import META_CSV
 from posereid.models.io_utils import atomic_write
 from posereid.models.pose_estimation import MissingExtraError
@@ -76,6 +81,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CEILING, TRAINED, FLOOR = "real (ceiling)", "trained", "untrained (floor)"
+
+#: default of :attr:`EvaluateConfig.reid_gap_threshold`: the widest gap, in shares of the ceiling, between
+#: the two re-ID judges on the trained row before the report warns. On 64 pairs a generator's rank-1 near
+#: 0.3 has a standard error of about sqrt(0.3 * 0.7 / 64) = 0.06, i.e. 0.1 of a 0.6 ceiling; two judges
+#: that see the same images agree closer than that, so a gap of twice it is a disagreement, not noise.
+REID_GAP_THRESHOLD = 0.2
+#: the identity metrics compared between the two re-ID judges (as shares of the ceiling)
+REID_GAP_METRICS: tuple[str, ...] = ("rank1", "mAP")
+_GAP_LABELS = {"rank1": "rank-1", "mAP": "mAP"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,17 +171,117 @@ def _realism_status(backends: Backends) -> str:
     )
 
 
-def _resolve_reid(checkpoint: Any, device: torch.device) -> tuple[FeatureFn | None, str]:
+def _resolve_reid(
+    checkpoint: Any, device: torch.device, *, flag: str = "--reid-checkpoint", role: str = "first"
+) -> tuple[FeatureFn | None, str, dict[str, Any] | None]:
+    """The re-ID feature function of ``checkpoint`` (a path or a callable), its status line and what it is
+    (:func:`_judge_info`; ``None`` without a model)."""
     if checkpoint is None:
-        return None, "not computed (no re-ID model: pass --reid-checkpoint PATH)"
+        return None, f"not computed (no re-ID model: pass {flag} PATH)", None
     if callable(checkpoint):
-        return checkpoint, f"computed ({getattr(checkpoint, '__name__', type(checkpoint).__name__)})"
+        info = _judge_info(checkpoint, role)
+        return checkpoint, f"computed ({info['architecture']})", info
     path = Path(checkpoint).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"--reid-checkpoint {path}: no such file")
+        raise FileNotFoundError(f"{flag} {path}: no such file")
     from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
 
-    return ReidFeatureExtractor.from_checkpoint(path, device=device), f"computed (re-ID model {path})"
+    fn = ReidFeatureExtractor.from_checkpoint(path, device=device)
+    info = _judge_info(path, role)
+    seed = f", seed {info['seed']}" if info.get("seed") is not None else ""
+    return fn, f"computed (re-ID model {path}: {info['architecture']}{seed})", info
+
+
+def _judge_info(checkpoint: Any, role: str) -> dict[str, Any]:
+    """What a re-ID judge is, for the report: its role, architecture (a checkpoint's torchreid model name;
+    a callable's ``architecture`` attribute or name), and for a file its path, seed and SHA-256 prefix (the
+    form ``train-generator --identity-model`` records in ``train_config.json``, so a reader can tell which
+    judge a generator was trained against)."""
+    if callable(checkpoint):
+        arch = getattr(checkpoint, "architecture", None)
+        arch = arch or getattr(checkpoint, "__name__", None) or type(checkpoint).__name__
+        return {"role": role, "architecture": str(arch), "checkpoint": None, "seed": None, "sha256": None}
+    from posereid.models.io_utils import file_sha256
+    from posereid.reid_integration.torchreid_plugin import load_reid_checkpoint
+
+    _, meta = load_reid_checkpoint(checkpoint)
+    return {
+        "role": role,
+        "architecture": str(meta.get("model", "unknown")),
+        "checkpoint": str(checkpoint),
+        "seed": meta.get("seed"),
+        "sha256": file_sha256(checkpoint)[:12],
+    }
+
+
+def _share(row: Mapping[str, Any], ceiling: Mapping[str, Any], key: str) -> float:
+    """``row[key] / ceiling[key]``; NaN where either is missing or not finite, or the ceiling is 0."""
+    a, c = row.get(key), ceiling.get(key)
+    ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, c))
+    return float(a) / float(c) if ok and c != 0 else float("nan")
+
+
+def reid_judge_gap(row: Mapping[str, Any], ceiling: Mapping[str, Any]) -> dict[str, float]:
+    """For each of :data:`REID_GAP_METRICS`: the row's share of the ceiling under the first re-ID judge
+    minus its share under the independent judge (positive: the first judge is the kinder one), and
+    ``"gap"``, the largest absolute difference (NaN when no metric has a share under both judges).
+
+    Shares, not raw values, because the two judges need not be equally good on real images: what should
+    agree is how far the generator gets towards the real images under each."""
+    out: dict[str, float] = {}
+    for key in REID_GAP_METRICS:
+        out[key] = _share(row, ceiling, key) - _share(row, ceiling, key + INDEPENDENT)
+    finite = [abs(v) for v in out.values() if math.isfinite(v)]
+    out["gap"] = max(finite) if finite else float("nan")
+    return out
+
+
+def reid_agreement(
+    systems: Mapping[str, dict[str, Any]],
+    sweep_rows: Sequence[dict[str, Any]],
+    judges: Mapping[str, Mapping[str, Any]],
+    threshold: float = REID_GAP_THRESHOLD,
+) -> dict[str, Any]:
+    """Do the two re-ID judges agree? Adds ``reid_gap`` (:func:`reid_judge_gap`'s ``"gap"``) to every
+    generated row (systems other than the ceiling, and the sweep rows) and returns the trained row's
+    comparison: each judge's shares of the ceiling, the gap, the threshold and ``warning`` (a sentence
+    when the gap exceeds ``threshold``, else ``None``). Without a ceiling row the gap is not computed."""
+    names = {role: info["architecture"] for role, info in judges.items()}
+    out: dict[str, Any] = {"threshold": threshold, "metrics": list(REID_GAP_METRICS), "warning": None}
+    ceiling = systems.get(CEILING)
+    if ceiling is None:
+        out["gap"] = None
+        out["note"] = "not computed: no ceiling row to take shares of (run with the ceiling)"
+        return out
+    for name, row in [*systems.items(), *((None, r) for r in sweep_rows)]:
+        if name != CEILING:
+            row["reid_gap"] = reid_judge_gap(row, ceiling)["gap"]
+    trained = systems.get(TRAINED)
+    if trained is None:
+        out["gap"] = None
+        out["note"] = "not computed: no trained row"
+        return out
+    diff = reid_judge_gap(trained, ceiling)
+    out["gap"] = diff["gap"]
+    out["share_of_ceiling"] = {
+        role: {k: _share(trained, ceiling, k + suffix) for k in REID_GAP_METRICS}
+        for role, suffix in (("first", ""), ("independent", INDEPENDENT))
+    }
+    out["difference"] = {k: diff[k] for k in REID_GAP_METRICS}
+    if not math.isfinite(diff["gap"]):
+        out["note"] = "not computed: the ceiling's rank-1 and mAP are 0 or missing under a judge"
+        return out
+    if diff["gap"] > threshold:
+        key = max(REID_GAP_METRICS, key=lambda k: abs(diff[k]) if math.isfinite(diff[k]) else -1.0)
+        first, indep = (out["share_of_ceiling"][r][key] for r in ("first", "independent"))
+        out["warning"] = (
+            f"the two re-ID judges disagree on the trained generator: its {_GAP_LABELS[key]} is {first:.2f}x the "
+            f"ceiling's under {names.get('first')} but {indep:.2f}x under {names.get('independent')} "
+            f"(gap {diff['gap']:.2f} > {threshold:g}). A generator trained against one re-ID model can "
+            "learn to fool it: trust the judge it was not trained against, and check which one its identity "
+            "loss used."
+        )
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,6 +376,13 @@ class EvaluateConfig:
         pairs / annotations: PATN pairs / annotation CSVs (defaults: ``market-pairs-test.csv`` /
             ``market-annotation-test.csv`` beside the data; without a pairs file, same-pid test pairs).
         reid_checkpoint: local re-ID checkpoint, or a callable ``(B,3,H,W) [0,1] → (B,D)`` features.
+        independent_reid_checkpoint: a second re-ID judge of the same kind, trained independently of the
+            first on the same real train images (another torchreid architecture and seed): its rank-1 /
+            rank-5 / mAP go to the ``*_independent`` keys of every row. Needs ``reid_checkpoint``; the same
+            file (or callable) is refused. A callable's ``architecture`` attribute (else its name) labels it.
+        reid_gap_threshold: the report warns when, on the trained row, the two judges' shares of the
+            ceiling (rank-1 or mAP) differ by more than this (:data:`REID_GAP_THRESHOLD`,
+            :func:`reid_agreement`).
         fid_weights: FID Inception weights file (or a directory holding it), or a feature ``nn.Module``.
         lpips_weights: LPIPS backbone file or directory (see :meth:`Lpips.from_local`); ``lpips_net``: one
             of :data:`LPIPS_NETS`. For all three weights, ``None`` means "use the default location if the
@@ -308,6 +429,8 @@ class EvaluateConfig:
     sheet_rows: int = 8
     generator_name: str | None = None
     strict: bool = False
+    independent_reid_checkpoint: Path | FeatureFn | None = None
+    reid_gap_threshold: float = REID_GAP_THRESHOLD
 
     def __post_init__(self) -> None:
         from posereid.models.sampling import SAMPLERS
@@ -317,6 +440,8 @@ class EvaluateConfig:
             value = getattr(self, name)
             setattr(self, name, None if value is None else Path(value))
         self.reid_checkpoint = _path_or(self.reid_checkpoint)
+        self.independent_reid_checkpoint = _path_or(self.independent_reid_checkpoint)
+        self._check_independent_judge()
         self.fid_weights = _path_or(self.fid_weights)
         try:
             self.guidance = parse_guidance(self.guidance)
@@ -344,6 +469,30 @@ class EvaluateConfig:
             )
         if self.sweep is not None:
             self.sweep = _checked_sweep(self.sweep)
+
+    def _check_independent_judge(self) -> None:
+        """The independent re-ID judge needs a first judge to compare with, and must not be that judge."""
+        first, second = self.reid_checkpoint, self.independent_reid_checkpoint
+        gap = self.reid_gap_threshold
+        if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or gap <= 0:
+            raise ValueError(f"EvaluateConfig.reid_gap_threshold must be a finite number > 0, got {gap!r}")
+        self.reid_gap_threshold = float(gap)
+        if second is None:
+            return
+        if first is None:
+            raise ValueError(
+                "EvaluateConfig.independent_reid_checkpoint needs reid_checkpoint (the judge it is compared with)"
+            )
+        same = (
+            first is second
+            if callable(first) or callable(second)
+            else Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
+        )
+        if same:
+            raise ValueError(
+                f"EvaluateConfig.independent_reid_checkpoint is reid_checkpoint ({second}): an independent "
+                "judge is another re-ID model (train-reid with another --model and --seed)"
+            )
 
 
 def _check_int(name: str, value: Any, *, low: int) -> None:
@@ -387,7 +536,9 @@ def evaluate_generator(
 
     Returns:
         ``{"config", "data", "metric_status", "reference", "systems": {name: metrics}, "sweep": [rows],
-        "files", "realism_check"}`` (``realism_check``: :meth:`QualityScorer.realism_check`).
+        "files", "realism_check"}`` (``realism_check``: :meth:`QualityScorer.realism_check`), with a re-ID
+        model also ``"reid_judges"`` (``{"first": …, "independent": …}``: architecture, checkpoint, seed,
+        SHA-256 prefix), and with two ``"reid_agreement"`` (:func:`reid_agreement`).
     """
     if isinstance(config, EvaluateConfig):
         config = dataclasses.replace(config, **options) if options else config
@@ -396,7 +547,7 @@ def evaluate_generator(
     dev = next(generator.parameters()).device
     size = tuple(int(v) for v in generator.image_size)
     # metric networks first: an explicit path to a missing file fails before any work is done
-    backends = _metric_backends(config, size, dev)
+    backends, judges = _metric_backends(config, size, dev)
     market = Market1501(config.data, strict=config.strict)
     pairs = load_eval_pairs(
         config.data, size, pairs=config.pairs, annotations=config.annotations, n_pairs=config.n_pairs,
@@ -423,20 +574,50 @@ def evaluate_generator(
             backends.pose.close()  # we opened it
     result = _result(config, generator, size, dev, pairs, backends, scorer, systems, sweep_rows)
     result["realism_check"] = realism_check
+    if judges:
+        result["reid_judges"] = judges
+    if len(judges) == 2:
+        result["reid_agreement"] = reid_agreement(systems, sweep_rows, judges, config.reid_gap_threshold)
+        if result["reid_agreement"]["warning"]:
+            logger.warning("%s", result["reid_agreement"]["warning"])
     if config.out_dir is not None:
         _write_report(config.out_dir, result, pairs, sheet_cols, config.sheet_rows)
     return result
 
 
-def _metric_backends(config: EvaluateConfig, size: tuple[int, ...], dev: torch.device) -> Backends:
-    """LPIPS, FID and the re-ID model of ``config`` (the pose judge comes once the data is known)."""
+def _metric_backends(
+    config: EvaluateConfig, size: tuple[int, ...], dev: torch.device
+) -> tuple[Backends, dict[str, dict[str, Any]]]:
+    """LPIPS, FID and the re-ID judge(s) of ``config`` (the pose judge comes once the data is known), and
+    what each re-ID judge is (``{"first": info, "independent": info}``, those given)."""
     backends = Backends()
     backends.lpips, backends.status["LPIPS"] = _resolve_lpips(config.lpips_weights, config.lpips_net)
     if backends.lpips is not None:
         backends.lpips.to(dev)
     backends.fid, backends.status["FID"] = _resolve_fid(config.fid_weights, size)  # type: ignore[arg-type]
-    backends.reid, backends.status["identity (re-ID)"] = _resolve_reid(config.reid_checkpoint, dev)
-    return backends
+    judges: dict[str, dict[str, Any]] = {}
+    backends.reid, backends.status["identity (re-ID)"], info = _resolve_reid(config.reid_checkpoint, dev)
+    if info is not None:
+        judges["first"] = info
+    if config.independent_reid_checkpoint is not None:
+        fn, status, info = _resolve_reid(
+            config.independent_reid_checkpoint, dev, flag="--independent-reid-checkpoint", role="independent"
+        )
+        backends.independent_reid, backends.status["identity (independent re-ID judge)"] = fn, status
+        judges["independent"] = info  # type: ignore[assignment]
+        first = judges["first"]
+        if info is not None and info["sha256"] is not None and info["sha256"] == first["sha256"]:
+            raise ValueError(
+                f"--independent-reid-checkpoint {info['checkpoint']} holds the same weights as "
+                f"--reid-checkpoint {first['checkpoint']}: not an independent judge"
+            )
+        same = [k for k in ("architecture", "seed") if info and info[k] is not None and info[k] == first[k]]
+        if same:
+            backends.status["identity (independent re-ID judge)"] += (
+                f"; same {' and '.join(same)} as the first judge: less independent than another architecture "
+                "and seed"
+            )
+    return backends, judges
 
 
 def _result(
@@ -514,9 +695,13 @@ __all__ = [
     "FLOOR",
     "LPIPS_NETS",
     "POSE_ESTIMATORS",
+    "REID_GAP_METRICS",
+    "REID_GAP_THRESHOLD",
     "TRAINED",
     "EvaluateConfig",
     "evaluate_generator",
     "generate_for_pairs",
+    "reid_agreement",
+    "reid_judge_gap",
     "untrained_like",
 ]

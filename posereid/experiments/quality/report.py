@@ -37,6 +37,9 @@ METRICS: dict[str, tuple[str, bool | None]] = {
     "id_margin": ("identity margin (own - other)", True),
     "rank1": ("re-ID rank-1", True),
     "mAP": ("re-ID mAP", True),
+    "rank1_independent": ("re-ID rank-1, independent judge", True),
+    "mAP_independent": ("re-ID mAP, independent judge", True),
+    "reid_gap": ("re-ID judges' gap (share of ceiling)", False),
     "sec_per_image": ("seconds / image", False),
 }
 
@@ -205,9 +208,48 @@ def write_sweep_plot(
     plt.close(fig)
 
 
+def metric_labels(result: Mapping[str, Any]) -> dict[str, str]:
+    """The report's label of each metric: :data:`METRICS`' labels, and with two re-ID judges their
+    rank-1 / mAP rows tagged with each judge's architecture (e.g. ``re-ID rank-1 [osnet_x0_25]``)."""
+    labels = {k: label for k, (label, _) in METRICS.items()}
+    judges = result.get("reid_judges") or {}
+    if "independent" in judges:
+        for role, suffix in (("first", ""), ("independent", "_independent")):
+            for key in ("rank1", "mAP"):
+                labels[key + suffix] += f" [{judges[role]['architecture']}]"
+    return labels
+
+
+def _judge_lines(result: Mapping[str, Any]) -> list[str]:
+    """The two re-ID judges and whether they agree (with two judges only): a warning line when they do
+    not, then what each judge is."""
+    judges, agree = result.get("reid_judges") or {}, result.get("reid_agreement")
+    if agree is None or "independent" not in judges:
+        return []
+    lines = [""]
+    if agree.get("warning"):
+        lines.append(f"**WARNING: {agree['warning']}**")
+    elif agree.get("gap") is None or not math.isfinite(agree["gap"]):
+        lines.append(f"Re-ID judges' agreement {agree.get('note', 'not computed')}.")
+    else:
+        lines.append(
+            f"The two re-ID judges agree on the trained generator: gap {agree['gap']:.2f} <= "
+            f"{agree['threshold']:g} (shares of the ceiling's {' and '.join(agree['metrics'])})."
+        )
+    lines += ["", "Re-ID judges:", ""]
+    for role, info in judges.items():
+        where = (
+            f"`{info['checkpoint']}` (sha256 {info['sha256']})" if info.get("checkpoint") else "a callable"
+        )
+        seed = f", seed {info['seed']}" if info.get("seed") is not None else ""
+        lines.append(f"- {role}: {info['architecture']}{seed}, {where}")
+    return lines
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     """The human-readable report."""
     cfg, systems = result["config"], result["systems"]
+    labels = metric_labels(result)
     names = list(systems)
     lines = [
         "# Generator quality",
@@ -221,12 +263,13 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "| metric | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    for key, (label, higher) in METRICS.items():
+    for key, (_, higher) in METRICS.items():
         if any(key in s for s in systems.values()):
             arrow = _arrow(higher)
             lines.append(
-                f"| {label} {arrow} | " + " | ".join(_fmt(systems[n].get(key)) for n in names) + " |"
+                f"| {labels[key]} {arrow} | " + " | ".join(_fmt(systems[n].get(key)) for n in names) + " |"
             )
+    lines += _judge_lines(result)
     lines += ["", "Metric status:", ""]
     lines += [f"- **{k}**: {v}" for k, v in result["metric_status"].items()]
     for k, v in result.get("reference", {}).items():
@@ -238,7 +281,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             "",
             "## Sweep (trained generator)",
             "",
-            "| steps | guidance | " + " | ".join(METRICS[k][0] for k in keys) + " |",
+            "| steps | guidance | " + " | ".join(labels[k] for k in keys) + " |",
         ]
         lines.append("|---|---|" + "---|" * len(keys))
         for r in result["sweep"]:
@@ -266,7 +309,11 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "the pose judge's globally pooled stage-3 features (0 = same statistics; it grows with few images, "
         "so compare rows, which have the same count); sharpness = mean |Laplacian| (4-neighbour kernel) of "
         "the scored images over that of the real targets (1 = as sharp as real, below 1 = blurrier, above 1 "
-        "= noisier).",
+        "= noisier). With an independent re-ID judge (another architecture and seed trained on the same real "
+        "images; a generator trained against the first judge can learn to fool it), its rank-1 and mAP are "
+        "scored the same way, and the judges' gap of a generated row is the largest |share under the first "
+        "judge - share under the independent one| over rank-1 and mAP, a share being the row's value over the "
+        "ceiling's under the same judge; the report warns when the trained row's gap exceeds the threshold.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -293,6 +340,7 @@ def _realism_check_lines(check: Mapping[str, Any] | None) -> list[str]:
 
 __all__ = [
     "METRICS",
+    "metric_labels",
     "parse_guidance",
     "parse_sweep",
     "render_markdown",

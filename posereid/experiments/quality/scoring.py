@@ -46,6 +46,10 @@ from posereid.reid_integration.market1501 import (
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
+#: suffix of the independent re-ID judge's keys in a scored row (``rank1`` → ``rank1_independent``); the
+#: first judge's keys keep their names
+INDEPENDENT = "_independent"
+
 #: the Fréchet-distance feature spaces: result key → what it is (the report's reference line)
 FRECHET_SPACES: dict[str, str] = {
     "fd_reid": "the re-ID model's pooled features",
@@ -93,6 +97,10 @@ class Backends:
     pose: Any = None
     reid: FeatureFn | None = None
     status: dict[str, str] = field(default_factory=dict)
+    #: a second re-ID model trained independently of ``reid`` (another architecture and seed): a judge the
+    #: generator was not trained against; scored beside ``reid`` (and only with it) under the
+    #: :data:`INDEPENDENT` keys
+    independent_reid: FeatureFn | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,7 +117,9 @@ class QualityScorer:
     The real-data side (FID reference statistics, gallery features, the masks, the realism reference
     statistics in the re-ID and pose-judge feature spaces) is computed once in the constructor and reused
     for every scored set (ceiling, trained, floor, each sweep point). :meth:`realism_check` validates the
-    realism metrics (Fréchet distances, sharpness ratio) on the same data.
+    realism metrics (Fréchet distances, sharpness ratio) on the same data. With
+    ``backends.independent_reid``, rank-1 / rank-5 / mAP are also scored by that second re-ID judge, on the
+    same queries and gallery (keys ending in :data:`INDEPENDENT`).
     """
 
     def __init__(
@@ -152,14 +162,17 @@ class QualityScorer:
                     f"{market.root}: the gallery (bounding_box_test) is empty; identity metrics need it"
                 )
             readable: list[MarketRecord] = []
-            feats = [
-                _features(backends.reid, b, batch_size)
-                for b in _image_batches(gal, None, batch_size, "gallery", self.bad, readable)
-            ]
+            judges = self._reid_judges()
+            feats: dict[str, list[torch.Tensor]] = {k: [] for k in judges}
+            for b in _image_batches(gal, None, batch_size, "gallery", self.bad, readable):
+                for k, fn in judges.items():  # each gallery image is read once for every judge
+                    feats[k].append(_features(fn, b, batch_size))
             if not readable:
                 raise ValueError(f"{market.root}: no gallery image could be read; identity metrics need them")
             gal = readable
-            self.gallery_feats = torch.cat(feats)
+            #: gallery features of each re-ID judge, by key suffix ("" the first, INDEPENDENT the second)
+            self.judge_gallery = {k: torch.cat(v) for k, v in feats.items()}
+            self.gallery_feats = self.judge_gallery[""]
             self.gallery_pids = np.array([r.pid for r in gal])
             self.gallery_camids = np.array([r.camid for r in gal])
             row = {r.name: i for i, r in enumerate(gal)}
@@ -173,6 +186,14 @@ class QualityScorer:
         self.bad.warn(f"{market.root}: real reference images")
         if self.bad.skipped:
             self.info["skipped reference images"] = self.bad.describe()
+
+    def _reid_judges(self) -> dict[str, FeatureFn]:
+        """The re-ID feature functions by the suffix of their keys in a scored row (the first judge: "")."""
+        b = self.backends
+        judges = {"": b.reid} if b.reid is not None else {}
+        if b.independent_reid is not None and b.reid is not None:
+            judges[INDEPENDENT] = b.independent_reid
+        return judges
 
     def _frechet_reference(
         self, market: Market1501, pairs: EvalPairs, max_images: int, seed: int
@@ -293,7 +314,16 @@ class QualityScorer:
             out.update(
                 rank1=r["rank1"], rank5=r["rank5"], mAP=r["mAP"], reid_valid_queries=r["num_valid_queries"]
             )
+            if INDEPENDENT in self.judge_gallery:  # the same queries and gallery, the other judge's features
+                r = evaluate_features(
+                    _features(b.independent_reid, images, self.batch), self.judge_gallery[INDEPENDENT],
+                    p.source_pid, self.gallery_pids, query_camids, self.gallery_camids, metric="cosine",
+                    exclude=self.exclude,
+                )  # fmt: skip
+                for k in ("rank1", "rank5", "mAP"):
+                    out[k + INDEPENDENT] = r[k]
+                out["reid_valid_queries" + INDEPENDENT] = r["num_valid_queries"]
         return out
 
 
-__all__ = ["FRECHET_SPACES", "Backends", "FeatureFn", "QualityScorer"]
+__all__ = ["FRECHET_SPACES", "INDEPENDENT", "Backends", "FeatureFn", "QualityScorer"]

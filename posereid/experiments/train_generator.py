@@ -156,6 +156,27 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
         "of the predicted clean image are pulled towards the target's (the identity loss)",
     )
     p("--identity-weight", type=non_negative_float, default=0.1, help="weight of the identity loss")
+    p(
+        "--few-step-from",
+        type=Path,
+        default=None,
+        metavar="TEACHER",
+        help="fine-tune the trained flow generator TEACHER into a few-step one (1, 2 or 4 network calls per "
+        "image, guidance folded in): the teacher's sampling trajectories on this data are recorded in "
+        "OUT/trajectories (resumable), then the student learns their jumps (posereid.models.few_step)",
+    )
+    p(
+        "--few-step-trajectories",
+        type=positive_int,
+        default=512,
+        help="teacher trajectories to record and train on (each costs one 20-step guided sample)",
+    )
+    p(
+        "--few-step-steps",
+        type=_step_counts,
+        default=(1, 2, 4),
+        help="the step counts the few-step sampler is trained for, e.g. 1,2,4 (the first is the default)",
+    )
     p("--batch-size", type=positive_int, default=d.batch_size, help="per process")
     p("--lr", type=positive_float, default=d.lr)
     p("--weight-decay", type=finite_float, default=d.weight_decay)
@@ -205,6 +226,52 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
 
 
+def _step_counts(text: str) -> tuple[int, ...]:
+    """``1,2,4``: step counts >= 1, the first being the default."""
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected step counts like 1,2,4, got {text!r}") from None
+    if not counts or any(c < 1 for c in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct step counts >= 1 like 1,2,4, got {text!r}")
+    return counts
+
+
+def _few_step_student(args: argparse.Namespace, dataset: PosePairDataset) -> tuple[Any, Any, str]:
+    """``--few-step-from``: record the teacher's trajectories on ``dataset``, then the student (the teacher's
+    EMA weights + a zero-initialised step-size embedding) and the trajectory dataset it trains on."""
+    from posereid.models.few_step import (
+        TEACHER_SAMPLING,
+        StepSizeEmbedding,
+        TrajectoryDataset,
+        few_step_description,
+        record_trajectories,
+    )
+
+    teacher_dir, count, steps = args.few_step_from, args.few_step_trajectories, args.few_step_steps
+    if args.init is not None:
+        raise SystemExit("--few-step-from starts from the teacher's weights; drop --init")
+    device = resolve_device(args.device)
+    teacher = load_generator(teacher_dir, use_ema=True).to(device).eval()
+    if getattr(teacher, "few_step", None) is not None:
+        raise SystemExit(
+            f"--few-step-from {teacher_dir}: already a few-step checkpoint; give its flow teacher"
+        )
+    folder = record_trajectories(teacher, dataset, args.out, count, seed=args.seed, progress=args.progress)
+    del teacher
+    student = _load_init(args, teacher_dir)
+    width = int(student.denoiser().time_embedding.linear_2.out_features)
+    student.enable_few_step(
+        StepSizeEmbedding(
+            time_embed_dim=width, steps=steps, default_steps=steps[0], guidance=TEACHER_SAMPLING["guidance"],
+            teacher_steps=TEACHER_SAMPLING["steps"], teacher_sampler=TEACHER_SAMPLING["sampler"],
+        )
+    )  # fmt: skip
+    print(f"few-step fine-tune of {teacher_dir}: {count} teacher trajectories in {folder}; "
+          f"jumps for {','.join(map(str, steps))} step(s)")  # fmt: skip
+    return student, TrajectoryDataset(folder, dataset, count), few_step_description(teacher_dir, count, steps)
+
+
 def _with_identity_loss(model: Any, args: argparse.Namespace) -> Any:
     """Set ``--identity-model`` / ``--identity-weight`` on a fresh or loaded pipeline (a training setting)."""
     if args.identity_model is None:
@@ -249,8 +316,12 @@ def _load_init(args: argparse.Namespace, path: Path) -> Any:
     return model
 
 
-def _train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
+def _train_config(args: argparse.Namespace, steps: int, few_step: str | None = None) -> TrainConfig:
+    sampling = {}
+    if few_step is not None:  # grids drawn with the sampler being trained
+        sampling = {"sample_sampler": "few-step", "sample_steps": args.few_step_steps[0]}
     return TrainConfig(
+        **sampling, few_step=few_step,
         steps=steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=min(args.warmup_steps, steps), lr_schedule=args.lr_schedule,
         grad_accum=args.grad_accum, mixed_precision=args.mixed_precision, ema_decay=args.ema_decay,
@@ -306,19 +377,31 @@ def run_train_generator(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     set_seed(args.seed)  # the same --seed gives the same initial weights (and data order, noise, dropout)
-    family = checkpoint_family(args.init) if args.init is not None else args.family
+    start = args.few_step_from if args.few_step_from is not None else args.init
+    family = checkpoint_family(start) if start is not None else args.family
     stages = family_class(family).TRAINING_STAGES
+    if stages and args.few_step_from is not None:
+        raise SystemExit(f"--few-step-from: the {family} family trains in stages; few-step fine-tunes are for "
+                         "one-model flow families (pidm, cfld)")  # fmt: skip
     if stages:
         return _train_stages(args, records, family, stages)
     if args.stage is not None or args.stage_steps is not None:
         raise ValueError(f"--stage / --stage-steps: the {family} family trains in one stage; drop them")
-    model = _load_init(args, args.init) if args.init is not None else _preset_model(args)
-    model = _with_identity_loss(model, args)
     pairs = read_pairs_csv(args.pairs) if args.pairs else None
-    dataset = PosePairDataset(
-        records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
-    )
-    config = _train_config(args, args.steps)
+    few_step = None
+    if args.few_step_from is not None:
+        if args.identity_model is not None:
+            raise SystemExit("--identity-model: a few-step fine-tune learns the teacher's trajectories only")
+        size = load_generator(args.few_step_from).image_size
+        pair_data = PosePairDataset(records, size, pairs=pairs, singletons=args.singletons, seed=args.seed)
+        model, dataset, few_step = _few_step_student(args, pair_data)
+    else:
+        model = _load_init(args, args.init) if args.init is not None else _preset_model(args)
+        model = _with_identity_loss(model, args)
+        dataset = PosePairDataset(
+            records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
+        )
+    config = _train_config(args, args.steps, few_step)
     logger.info(
         "%d training pairs; %.2f M parameters", len(dataset), sum(p.numel() for p in model.parameters()) / 1e6
     )

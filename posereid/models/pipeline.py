@@ -46,11 +46,13 @@ from posereid.models.checkpoint import (
     save_component,
     write_model_index,
 )
+from posereid.models.few_step import FEW_STEP, FEW_STEP_FOLDER, StepSizeEmbedding, grid_pairs, jump_grid
 from posereid.models.guidance import Condition, GuidanceFormula, condition_dropout, guided_denoiser
 from posereid.models.io_utils import atomic_write
 from posereid.models.parts import check_config_fields
 from posereid.models.pose import NUM_KEYPOINTS, render_pose_maps
 from posereid.models.sampling import (
+    NOT_FEW_STEP,
     SCHEDULE_KEYS,
     TRAINING_SCHEDULER_CLASSES,
     NonFiniteSampleError,
@@ -60,6 +62,7 @@ from posereid.models.sampling import (
     clean_estimate,
     diffusion_loss,
     initial_noise,
+    is_flow,
     make_generators,
     make_sampler,
     model_timesteps,
@@ -216,6 +219,9 @@ class GeneratorPipeline(nn.Module):
         # (features, weight) of the identity loss; a tuple, so a re-ID network given as features is not
         # registered as a submodule (the optimizer, EMA and checkpoints must not see it)
         self._identity: tuple[Callable[[torch.Tensor], torch.Tensor] | None, float] = (None, 0.0)
+        #: the step-size embedding of a few-step checkpoint (:mod:`posereid.models.few_step`), else None
+        self.few_step: StepSizeEmbedding | None = None
+        self._few_step_hook: Any = None
 
     def set_identity_loss(
         self, features: Callable[[torch.Tensor], torch.Tensor] | None, weight: float = 0.1
@@ -249,6 +255,97 @@ class GeneratorPipeline(nn.Module):
             reference = features(target)
         cos = torch.nn.functional.cosine_similarity(features(predicted), reference, dim=-1)
         return (signal.to(cos.dtype) * (1.0 - cos)).mean()
+
+    # ------------------------------------------------------------------ few-step sampling
+    def denoiser(self) -> nn.Module:
+        """The diffusers UNet of the main model (``self.model.unet``): where a few-step checkpoint's
+        step-size embedding joins the timestep embedding. A family whose denoiser lives elsewhere overrides
+        this."""
+        unet = getattr(self.model, "unet", None)
+        if unet is None or not hasattr(unet, "time_embedding"):
+            raise ValueError(
+                f"the {self.family} family has no UNet with a time_embedding for few-step sampling"
+            )
+        return unet
+
+    def enable_few_step(self, embedding: StepSizeEmbedding) -> GeneratorPipeline:
+        """Make this (flow) pipeline a few-step one: ``embedding``'s output joins the denoiser's timestep
+        embedding (a forward hook) whenever a jump is set (:meth:`StepSizeEmbedding.jumping`)."""
+        if not is_flow(self.scheduler):
+            raise ValueError(
+                f"few-step sampling needs a flow-matching model; this {self.family} model has "
+                f"prediction_type={self.prediction_type!r}"
+            )
+        unet = self.denoiser()
+        width = int(unet.time_embedding.linear_2.out_features)
+        if int(embedding.config.time_embed_dim) != width:
+            raise ValueError(
+                f"the step-size embedding is {embedding.config.time_embed_dim} wide, the denoiser's timestep "
+                f"embedding {width}: it belongs to another model"
+            )
+        if self._few_step_hook is not None:
+            self._few_step_hook.remove()
+        self.few_step = embedding.to(self.device)
+        self._few_step_hook = unet.time_embedding.register_forward_hook(embedding.add_to)
+        return self
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """``steps``, ``sampler`` and ``guidance`` when a caller gives none: the few-step sampler at the
+        checkpoint's default step count (guidance folded in) for a few-step checkpoint, else
+        :data:`SAMPLING_DEFAULTS`' (20 DPM-Solver++ steps at guidance 2)."""
+        if self.few_step is not None:
+            steps = int(self.few_step.config.default_steps)
+            return {"steps": steps, "sampler": FEW_STEP, "guidance": (1.0, 1.0)}
+        return {k: SAMPLING_DEFAULTS[k] for k in ("steps", "sampler", "guidance")}
+
+    def few_step_loss(
+        self,
+        batch: PairBatch,
+        trajectory: torch.Tensor,
+        sigmas: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """The distillation loss of a few-step fine-tune (:mod:`posereid.models.few_step`).
+
+        ``trajectory`` ``(B, S + 1, *sample_shape)``: the teacher's states on the grid ``sigmas`` ``(S + 1,)``
+        (or ``(B, S + 1)``). Per item two states ``a < b``: with probability 3/4 a jump of the few-step
+        sampler (a step count of the embedding's, then one of its jumps), else any pair; the model, told
+        the jump ``d = σ_a − σ_b`` (conditional call, no dropout: the guidance is in the targets), regresses
+        the average velocity ``(x_a − x_b) / d``.
+        """
+        if self.few_step is None:
+            raise ValueError("a few-step loss needs enable_few_step() first")
+        b, dev = trajectory.shape[0], self.device
+        grid = sigmas[0] if sigmas.ndim == 2 else sigmas
+        grid = grid.to(torch.float32).cpu()
+        steps = [int(k) for k in self.few_step.config.steps]
+        by_steps = [grid_pairs(grid, [k]) for k in steps]
+        n = grid.numel()
+        a_idx, b_idx = [], []
+        u = self.draw(b, generator).cpu()
+        v = self.draw(b, generator).cpu()
+        w = self.draw(b, generator).cpu()
+        x = self.draw(b, generator).cpu()
+        for i in range(b):
+            if u[i] < 0.75:
+                jumps = by_steps[min(int(v[i] * len(steps)), len(steps) - 1)]
+                a, c = jumps[min(int(w[i] * len(jumps)), len(jumps) - 1)]
+            else:
+                a = min(int(w[i] * (n - 1)), n - 2)
+                c = a + 1 + min(int(x[i] * (n - 1 - a)), n - 2 - a)
+            a_idx.append(a)
+            b_idx.append(c)
+        rows = torch.arange(b)
+        traj = trajectory.to(dev, torch.float32)
+        x_a, x_b = traj[rows, a_idx], traj[rows, b_idx]
+        s_a, s_b = grid[a_idx].to(dev), grid[b_idx].to(dev)
+        jump = (s_a - s_b).clamp_min(1e-4)
+        target = (x_a - x_b) / jump.view(-1, *([1] * (x_a.ndim - 1)))
+        pose, appearance = self.conditions(batch.source, batch.target_kps, batch.source_kps)
+        t = s_a * float(self.scheduler.config.num_train_timesteps)
+        with self.few_step.jumping(jump):
+            out = self.model_output(x_a, t, pose, appearance)
+        return torch.nn.functional.mse_loss(out.float(), target)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -417,10 +514,13 @@ class GeneratorPipeline(nn.Module):
         target_kps: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
+        trajectory: torch.Tensor | None = None,
+        sigmas: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scalar training loss of a batch of same-identity pairs, images ``(B, 3, H, W)`` in ``[0, 1]``.
 
-        Checks the batch, then :meth:`batch_loss`. Every random draw comes from ``generator`` when given,
+        Checks the batch, then :meth:`batch_loss`, or with a teacher ``trajectory`` and its ``sigmas`` (a
+        few-step fine-tune) :meth:`few_step_loss`. Every random draw comes from ``generator`` when given,
         so a loss is reproducible.
         """
         self.check_images(source, "source")
@@ -431,6 +531,10 @@ class GeneratorPipeline(nn.Module):
         batch = PairBatch(
             source.to(dev, torch.float32), target.to(dev, torch.float32), source_kps, target_kps
         )
+        if trajectory is not None:
+            if sigmas is None:
+                raise ValueError("a few-step batch needs the trajectory's sigmas")
+            return self.few_step_loss(batch, trajectory, sigmas, generator)
         return self.batch_loss(batch, generator)
 
     def batch_loss(self, batch: PairBatch, generator: torch.Generator | None) -> torch.Tensor:
@@ -459,9 +563,9 @@ class GeneratorPipeline(nn.Module):
         target_kps: torch.Tensor,
         source_kps: torch.Tensor | None = None,
         *,
-        steps: int = 20,
-        sampler: SamplerName = "dpmsolver++",
-        guidance: Sequence[float] = (2.0, 2.0),
+        steps: int | None = None,
+        sampler: SamplerName | None = None,
+        guidance: Sequence[float] | None = None,
         seeds: Sequence[int] | None = None,
         generator: Generators = None,
         callback: Callback | None = None,
@@ -475,8 +579,11 @@ class GeneratorPipeline(nn.Module):
             source: ``(B, 3, H, W)`` in ``[0, 1]`` at :attr:`image_size` (resizing is the caller's job).
             target_kps / source_kps: ``(B, 18, 2)`` keypoints in that frame (-1 missing); a family that
                 reads the source image alone ignores ``source_kps``.
-            steps, sampler: number of steps and sampler (see :data:`posereid.models.sampling.SAMPLERS`).
-            guidance: ``(w_pose, w_appearance)``; ``(1, 1)`` is the plain conditional model.
+            steps, sampler: number of steps and sampler (see :data:`posereid.models.sampling.SAMPLERS`);
+                ``"few-step"`` for a few-step checkpoint (:mod:`posereid.models.few_step`, 1 call per step).
+                ``None``: the checkpoint's default (:meth:`sampling_defaults`).
+            guidance: ``(w_pose, w_appearance)``; ``(1, 1)`` is the plain conditional model (a few-step
+                checkpoint has its guidance folded in and takes only ``(1, 1)``).
             seeds / generator: one seed or ``torch.Generator`` per sample makes each image independent
                 of the rest of the batch; a single generator or ``None`` draws batch noise.
             callback: ``callback(step_index, timestep, x_t)`` after every step.
@@ -488,6 +595,25 @@ class GeneratorPipeline(nn.Module):
         return a NaN image.
         """
         self.check_images(source, "source")
+        defaults = self.sampling_defaults()
+        sampler = defaults["sampler"] if sampler is None else sampler
+        few = sampler == FEW_STEP
+        if few and self.few_step is None:
+            raise ValueError(NOT_FEW_STEP)
+        if steps is None:
+            steps = int(self.few_step.config.default_steps) if few else SAMPLING_DEFAULTS["steps"]
+        if guidance is None:
+            guidance = (1.0, 1.0) if few else SAMPLING_DEFAULTS["guidance"]
+        sigmas = None
+        if few:
+            steps = self.few_step.check_steps(steps)
+            if tuple(float(g) for g in guidance) != (1.0, 1.0):
+                folded = ",".join(f"{float(g):g}" for g in self.few_step.config.guidance)
+                raise ValueError(
+                    f"a few-step checkpoint has its guidance folded in (trained at {folded}); sample it with "
+                    "guidance (1, 1) or leave guidance unset"
+                )
+            sigmas = jump_grid(steps)
         b, dev = source.shape[0], self.device
         gens = self.generators(seeds, generator, b)
         amp = autocast_context(dev, autocast_dtype)
@@ -496,15 +622,17 @@ class GeneratorPipeline(nn.Module):
             null_pose, null_appearance = self.null_conditions(pose, appearance)
 
         def model_fn(x: torch.Tensor, t: torch.Tensor, p: Condition, a: Condition) -> torch.Tensor:
-            with amp:
+            jump = self.few_step.jumping(1.0 / steps) if few else contextlib.nullcontext()
+            with amp, jump:
                 return self.model_output(x, t, p, a)
 
         denoise = guided_denoiser(
             model_fn, pose, appearance, null_pose, null_appearance, guidance, formula=guidance_formula
         )
         x = initial_noise((b, *self.sample_shape), gens, dev)
+        scheduler = self.sampler("euler" if few else sampler)
         x = sample_loop(
-            denoise, self.sampler(sampler), x, steps, generator=gens, callback=callback, progress=progress
+            denoise, scheduler, x, steps, generator=gens, callback=callback, progress=progress, sigmas=sigmas
         )
         return self.to_images(self.decode(x))
 
@@ -552,6 +680,11 @@ class GeneratorPipeline(nn.Module):
                 save_component(module, directory / folder)
             if spec.scheduler is not None:
                 save_scheduler(getattr(self, spec.scheduler), directory / folder)
+        if self.few_step is not None:
+            self.few_step.save_pretrained(directory / FEW_STEP_FOLDER, ema_state_dict=ema_of("few_step"))
+            parts[FEW_STEP_FOLDER] = self.few_step
+        else:
+            shutil.rmtree(directory / FEW_STEP_FOLDER, ignore_errors=True)  # a stale one would be loaded
         write_model_index(directory, type(self).__name__, parts, **self._index_fields())
 
     @classmethod
@@ -595,6 +728,10 @@ class GeneratorPipeline(nn.Module):
                 kwargs[spec.scheduler] = load_scheduler(path)
         with refused_as(directory, f"the {cls.family} components do not fit together"):
             pipe = cls(model, scheduler, **kwargs, **index_kwargs)
+            if (directory / FEW_STEP_FOLDER).is_dir():
+                pipe.enable_few_step(
+                    StepSizeEmbedding.from_pretrained(directory / FEW_STEP_FOLDER, use_ema=use_ema)
+                )
         return pipe.eval()  # each model logged where its weights came from
 
 

@@ -53,7 +53,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-SamplerName = Literal["dpmsolver++", "ddim", "unipc", "euler", "ddpm"]
+SamplerName = Literal["dpmsolver++", "ddim", "unipc", "euler", "ddpm", "few-step"]
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor], None]
 TimestepSampling = Literal["uniform", "cubic"]
@@ -68,6 +68,13 @@ TRAINING_SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
 
 #: every noise-schedule field a preset or a command may set (they go to the scheduler, not the model)
 SCHEDULE_KEYS = ("prediction_type", "num_train_timesteps", "beta_schedule", "rescale_betas_zero_snr")
+
+
+#: the error of asking a model without a few-step embedding for the few-step sampler
+NOT_FEW_STEP = (
+    "sampler 'few-step' needs a few-step checkpoint (a few_step/ folder, written by "
+    "posereid train-generator --few-step-from TEACHER); use another sampler for this model"
+)
 
 
 class NonFiniteSampleError(FloatingPointError):
@@ -350,6 +357,9 @@ SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     ),
     "euler": (EulerDiscreteScheduler, {"timestep_spacing": "trailing"}),
     "ddpm": (DDPMScheduler, {"clip_sample": True, "timestep_spacing": "trailing"}),
+    # a few-step checkpoint's own sampler (posereid.models.few_step): uniform flow Euler jumps, one
+    # conditional call each; GeneratorPipeline.generate runs it, make_sampler refuses it for other models
+    "few-step": (FlowMatchEulerDiscreteScheduler, {}),
 }
 
 
@@ -380,6 +390,7 @@ FLOW_SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
         },
     ),
     "euler": (FlowMatchEulerDiscreteScheduler, {}),
+    "few-step": (FlowMatchEulerDiscreteScheduler, {}),
 }
 
 _CLIP_FIELDS = ("clip_sample", "thresholding")
@@ -394,6 +405,8 @@ def make_sampler(name: str, train_scheduler: SchedulerMixin, *, clip_x0: bool = 
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    if name == "few-step":
+        raise ValueError(NOT_FEW_STEP)
     if is_flow(train_scheduler):
         if name not in FLOW_SAMPLERS:
             raise ValueError(
@@ -455,8 +468,12 @@ def sample_loop(
     generator: list[torch.Generator] | torch.Generator | None = None,
     callback: Callback | None = None,
     progress: bool = False,
+    sigmas: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Integrate from unit-variance noise ``x`` to a clean sample with ``scheduler`` in ``steps`` steps.
+
+    ``sigmas``: the grid of a flow scheduler that takes one (``steps`` values, descending; the few-step
+    sampler's uniform jumps), instead of the scheduler's own spacing.
 
     ``x`` is scaled by the scheduler's ``init_noise_sigma`` (Euler needs it), every model input goes
     through ``scale_model_input``, and model outputs are cast to ``x``'s dtype (fp32) before the scheduler
@@ -467,7 +484,12 @@ def sample_loop(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    scheduler.set_timesteps(steps, device=x.device)
+    if sigmas is not None:
+        if len(sigmas) != steps:
+            raise ValueError(f"{len(sigmas)} sigmas for {steps} steps")
+        scheduler.set_timesteps(sigmas=[float(s) for s in sigmas], device=x.device)
+    else:
+        scheduler.set_timesteps(steps, device=x.device)
     x = x * getattr(scheduler, "init_noise_sigma", 1.0)
     scale_input = getattr(scheduler, "scale_model_input", None)
     step_kwargs = {}
@@ -494,6 +516,7 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULE_KEYS",
     "TRAINING_SCHEDULER_CLASSES",
+    "NOT_FEW_STEP",
     "NonFiniteSampleError",
     "PredictionType",
     "SamplerName",

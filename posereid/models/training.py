@@ -100,7 +100,8 @@ class TrainConfig:
     still spans ``steps``, so a later call with ``resume`` carries on where it stopped: a job under a
     cluster time limit). ``identity_loss``: what the model's identity loss is
     (``GeneratorPipeline.set_identity_loss``; e.g. the re-ID checkpoint's hash and the weight), recorded so
-    that a resume with another one is refused.
+    that a resume with another one is refused. ``few_step``: what a few-step fine-tune distils
+    (:func:`~posereid.models.few_step.few_step_description`), recorded for the same reason.
     """
 
     steps: int = 10000
@@ -127,6 +128,7 @@ class TrainConfig:
     tensorboard: bool = True
     max_minutes: float | None = None
     identity_loss: str | None = None
+    few_step: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "num_samples", "sample_steps"):
@@ -354,8 +356,9 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, source, target, source_kps, target_kps, generator=None):  # noqa: ANN001
-        return self.model.training_loss(source, target, source_kps, target_kps, generator=generator)
+    def forward(self, source, target, source_kps, target_kps, generator=None, **extra):  # noqa: ANN001, ANN003
+        # extra: what a dataset adds for the model's loss (a few-step fine-tune's teacher trajectory)
+        return self.model.training_loss(source, target, source_kps, target_kps, generator=generator, **extra)
 
 
 class _Trainer:

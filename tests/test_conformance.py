@@ -24,6 +24,7 @@ from posereid.augment.pose_bank import PoseBank
 from posereid.augment.transform import PoseTransferAugment
 from posereid.experiments.cli import main as cli_main
 from posereid.models import (
+    CHECKPOINT_DEFAULTED,
     FAMILIES,
     SAMPLING_DEFAULTS,
     CheckpointError,
@@ -59,11 +60,15 @@ def test_the_fourth_family_is_registered_and_the_contract_has_what_callers_use()
 
 
 def test_the_spelled_out_generate_signatures_keep_the_shared_defaults() -> None:
-    """SAMPLING_DEFAULTS is written down three times on purpose (the contract, the base's generate, the
-    options dict the stage samplers complete); this is the check that keeps them one."""
+    """SAMPLING_DEFAULTS is written down twice on purpose (the base's generate, which the contract names,
+    and the options dict the stage samplers complete); steps / sampler / guidance are ``None`` in the
+    signature (the checkpoint decides) and every family's fresh model resolves them to the dict's values."""
     for fn in (PoseTransferGenerator.generate, GeneratorPipeline.generate):
         params = inspect.signature(fn).parameters
-        assert {k: params[k].default for k in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS, fn.__qualname__
+        want = {k: None if k in CHECKPOINT_DEFAULTED else v for k, v in SAMPLING_DEFAULTS.items()}
+        assert {k: params[k].default for k in SAMPLING_DEFAULTS} == want, fn.__qualname__
+    for family in FAMILY_NAMES:
+        assert _fresh(family).sampling_defaults() == {k: SAMPLING_DEFAULTS[k] for k in CHECKPOINT_DEFAULTED}
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

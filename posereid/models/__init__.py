@@ -15,13 +15,16 @@ __getattr__, __dir__, __all__ = attach(
         "pose_estimation": ["BLAZEPOSE_TO_COCO18", "INSTALL_HINT", "MissingExtraError", "PoseEstimator", "landmarks_to_coco18"],
         "contract": ["FAMILIES", "SHIPPED_GENERATOR", "PoseTransferGenerator", "PoseTransferSampler", "UnknownGeneratorError", "checkpoint_family", "family_class", "is_checkpoint_dir", "load_generator", "register_family"],
         "pipeline": [
-            "SAMPLING_DEFAULTS", "Component", "GeneratorPipeline", "SamplingOptions", "autocast_context", "init_fields",
+            "CHECKPOINT_DEFAULTED", "SAMPLING_DEFAULTS", "Component", "GeneratorPipeline", "SamplingOptions", "autocast_context", "init_fields",
             "load_scheduler", "sampling_options", "save_scheduler",
         ],
         "parts": ["TIMESTEP_SAMPLINGS", "build_unet", "check_training_fields"],
         "pidm": ["PIDMModel", "PIDMPipeline"],
         "pcdms": ["PCDMsInpainter", "PCDMsPipeline", "PCDMsPrior", "PCDMsRefiner"],
         "cfld": ["CFLDModel", "CFLDPipeline"],
+        "few_step": [
+            "FEW_STEP", "FEW_STEP_FOLDER", "StepSizeEmbedding", "TrajectoryDataset", "record_trajectories",
+        ],
         "refine": ["RefinedGenerator", "Refiner", "load_refiner", "load_sampler", "refiner_seeds"],
         "checkpoint": [
             "CONFIG_NAME", "EMA_WEIGHTS_NAME", "MODEL_INDEX_NAME", "SCHEDULER_CONFIG_NAME", "WEIGHTS_NAME",

@@ -47,6 +47,10 @@ class PoseTransferSampler(Protocol):
     #: image independent of the batch. The one spelled-out signature is the base pipeline's (no copy here).
     generate = GeneratorPipeline.generate
 
+    def sampling_defaults(self) -> dict[str, Any]:
+        """``steps`` / ``sampler`` / ``guidance`` that ``generate`` uses when they are left out (``None``):
+        a few-step checkpoint's own sampler, else 20 DPM-Solver++ steps at guidance 2."""
+
     def reinitialized(self) -> PoseTransferSampler:
         """A fresh, untrained generator of the same configuration (a quality report's floor)."""
 

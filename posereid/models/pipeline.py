@@ -103,22 +103,30 @@ class SamplingOptions(TypedDict, total=False):
     progress: bool
 
 
-#: the defaults of :class:`SamplingOptions`. Kept on purpose beside two spelled-out signatures (the contract's
-#: and :meth:`GeneratorPipeline.generate`'s, for readers and type checkers); tests/test_conformance.py checks
-#: that all three agree.
+#: the defaults of :class:`SamplingOptions` for a checkpoint without a few-step sampler. Kept on purpose
+#: beside the spelled-out signature of :meth:`GeneratorPipeline.generate` (for readers and type checkers),
+#: where ``steps`` / ``sampler`` / ``guidance`` are ``None`` ("the checkpoint's":
+#: :meth:`GeneratorPipeline.sampling_defaults`); tests/test_conformance.py checks that they agree.
 SAMPLING_DEFAULTS: dict[str, Any] = dict(
     steps=20, sampler="dpmsolver++", guidance=(2.0, 2.0), seeds=None, generator=None, callback=None,
     autocast_dtype=None, progress=False,
 )  # fmt: skip
 
 
+#: the options whose default the checkpoint decides (``None`` in ``generate``'s signature): a few-step
+#: checkpoint samples with its own sampler (:meth:`GeneratorPipeline.sampling_defaults`)
+CHECKPOINT_DEFAULTED = ("steps", "sampler", "guidance")
+
+
 def sampling_options(options: Mapping[str, Any], where: str, **defaults: Any) -> dict[str, Any]:
-    """``options`` completed with :data:`SAMPLING_DEFAULTS` (``defaults`` first); an unknown name raises
-    ``TypeError`` as Python would for ``where(...)``."""
+    """``options`` completed with :data:`SAMPLING_DEFAULTS` (``defaults`` first; ``steps`` / ``sampler`` /
+    ``guidance`` given as ``None`` mean the default, as in :meth:`GeneratorPipeline.generate`); an unknown
+    name raises ``TypeError`` as Python would for ``where(...)``."""
     unknown = sorted(set(options) - set(SAMPLING_DEFAULTS))
     if unknown:
         raise TypeError(f"{where}() got unexpected keyword argument(s) {', '.join(unknown)}")
-    return {**SAMPLING_DEFAULTS, **defaults, **options}
+    given = {k: v for k, v in options.items() if not (v is None and k in CHECKPOINT_DEFAULTED)}
+    return {**SAMPLING_DEFAULTS, **defaults, **given}
 
 
 def save_scheduler(scheduler: TrainingScheduler, directory: str | os.PathLike[str]) -> None:
@@ -296,7 +304,7 @@ class GeneratorPipeline(nn.Module):
         if self.few_step is not None:
             steps = int(self.few_step.config.default_steps)
             return {"steps": steps, "sampler": FEW_STEP, "guidance": (1.0, 1.0)}
-        return {k: SAMPLING_DEFAULTS[k] for k in ("steps", "sampler", "guidance")}
+        return {k: SAMPLING_DEFAULTS[k] for k in CHECKPOINT_DEFAULTED}
 
     def few_step_loss(
         self,
@@ -736,6 +744,7 @@ class GeneratorPipeline(nn.Module):
 
 
 __all__ = [
+    "CHECKPOINT_DEFAULTED",
     "SAMPLING_DEFAULTS",
     "Component",
     "SamplingOptions",

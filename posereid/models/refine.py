@@ -141,6 +141,10 @@ class RefinedGenerator(nn.Module):
             seeds=refiner_seeds(seeds), generator=None if seeds is not None else opts.get("generator"), **refine,
         )  # fmt: skip
 
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The base's (its ``generate`` gets the options)."""
+        return self.base.sampling_defaults()
+
     def training_loss(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise TypeError("a RefinedGenerator is not trained as one: train the generator and the refiner apart")
 

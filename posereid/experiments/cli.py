@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "posereid.experiments.quality.cli",
         "generator quality: SSIM/LPIPS/FID, pose, identity",
     ),
+    "check-generator": (
+        "posereid.experiments.quality.gate_cli",
+        "the generator gate: score a generator on your data against the floor and the ceiling",
+    ),
     "pose-judge": (
         "posereid.experiments.quality.judge.cli",
         "train / evaluate the pose judge for synthetic people",

@@ -2,7 +2,8 @@
 
 ``pairs`` (which test pairs, loaded), ``metrics`` (SSIM/LPIPS/FID, realism, masks, PCKh, identity), ``scoring``
 (:class:`QualityScorer`), ``evaluate`` (:class:`EvaluateConfig` and :func:`evaluate_generator`, the API),
-``report`` (markdown/JSON, sheet, sweep plot) and ``cli``. The public names are re-exported here, resolved
+``report`` (markdown/JSON, sheet, sweep plot), ``gate`` (:func:`gate_generator`: the generator gate on the
+user's own data) and the commands ``cli`` and ``gate_cli``. The public names are re-exported here, resolved
 on first access, so importing the package pulls in neither torchmetrics nor the generator.
 """
 
@@ -20,6 +21,9 @@ __getattr__, __dir__, __all__ = attach(
         "scoring": ["FRECHET_SPACES", "Backends", "FeatureFn", "QualityScorer"],
         "evaluate": ["CEILING", "FLOOR", "LPIPS_NETS", "POSE_ESTIMATORS", "TRAINED", "EvaluateConfig", "evaluate_generator",
                      "generate_for_pairs", "untrained_like"],
+        "gate": ["DEFAULT_PAIRS", "IDENTITY_METRIC", "MIN_IDENTITY_GAP", "NEAR_FLOOR_MARGIN", "SHARPNESS_BAND",
+                 "STYLE_MARGIN", "VERDICTS", "GateResult", "GateScores", "gate_generator", "gate_verdict",
+                 "select_pairs", "write_gate_json"],
         "report": ["METRICS", "parse_guidance", "parse_sweep", "render_markdown", "to_jsonable", "write_sheet",
                    "write_sweep_plot"],
     },

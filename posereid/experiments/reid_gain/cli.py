@@ -23,6 +23,7 @@ from posereid.argtypes import (
     share,
     unit_interval,
 )
+from posereid.experiments.quality.gate import DEFAULT_PAIRS, NEAR_FLOOR_MARGIN
 from posereid.experiments.reid_gain.compare import compare_table, distinct_labels, load_run, write_comparison
 from posereid.experiments.reid_gain.config import (
     ARMS,
@@ -33,6 +34,7 @@ from posereid.experiments.reid_gain.config import (
     GainOutOfTimeError,
     parse_fractions,
 )
+from posereid.experiments.reid_gain.gate import GainGate, GeneratorGateError
 from posereid.experiments.reid_gain.protocol import run_gain
 from posereid.experiments.reid_gain.report import markdown_table, summarize
 from posereid.models.contract import FAMILIES
@@ -161,6 +163,21 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         "the same command again continues",
     )  # fmt: skip
     parser.add_argument(
+        "--force", action="store_true",
+        help="train the strong+synthetic arms even when the generator gate finds the generator near the floor on "
+        "the kept images (the gate runs once before them, prints its verdict and records it in OUT/gate.json; "
+        "without --force a near-floor verdict stops the run with exit code 4)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gate-pairs", type=positive_int, default=DEFAULT_PAIRS, metavar="N",
+        help=f"held-out pairs of kept images the generator gate scores (default: {DEFAULT_PAIRS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gate-margin", type=unit_interval, default=NEAR_FLOOR_MARGIN, metavar="M",
+        help="the gate's near-floor margin: a generator whose identity score is within M of the floor-to-ceiling "
+        f"gap above the floor is near-floor (default: {NEAR_FLOOR_MARGIN:g})",
+    )  # fmt: skip
+    parser.add_argument(
         "--baselines-from", metavar="DIR",
         help="read the baseline, oracle and floor cells from this earlier reid-gain --out (same data, subset and re-ID "
         "settings) instead of training them again: compares another generator on the same baseline models",
@@ -227,18 +244,25 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
 
 
 def run_reid_gain(args: argparse.Namespace) -> int:
-    """Run ``posereid reid-gain``: the recipe, the protocol, then the summary table and the output paths."""
+    """Run ``posereid reid-gain``: the recipe, the protocol (behind the generator gate), then the summary table
+    and the output paths. Exit codes: 3 out of time, 4 stopped by the gate (a near-floor generator)."""
     from posereid.models.runtime import resolve_device
 
     recipe, taken = apply_recipe(args)
     reid_taken = {"reid_model", "height", "width", "reid_steps", "reid_batch_size"} & set(taken)
     announce_recipe(recipe, taken, str(resolve_device(args.device)), probe=bool(reid_taken))
     config = config_from_args(args)
+    gate = GainGate(
+        force=args.force, n_pairs=args.gate_pairs, near_floor_margin=args.gate_margin, report=print
+    )
     try:
-        rows = run_gain(config)
+        rows = run_gain(config, gate=gate)
     except GainOutOfTimeError as err:
         print(f"out of time: {err}")
         return 3
+    except GeneratorGateError as err:
+        print(f"stopped: {err}")
+        return 4
     print(markdown_table(summarize(rows)))
     for what, path in (
         ("results", config.out / "results.csv"),

@@ -661,7 +661,12 @@ def prepare_fraction(config: GainConfig, fraction: float, *, source: MarketSourc
     )
 
 
-def run_gain(config: GainConfig, *, source: MarketSource | None = None) -> list[dict[str, Any]]:
+def run_gain(
+    config: GainConfig,
+    *,
+    source: MarketSource | None = None,
+    gate: Callable[..., MarketSource | None] | None = None,
+) -> list[dict[str, Any]]:
     """Run every missing cell of the protocol and write ``results.csv`` / ``.md`` / ``.png``.
 
     Cells already in ``results.csv`` are not recomputed; subsets, generators and synthetic folders in
@@ -676,12 +681,18 @@ def run_gain(config: GainConfig, *, source: MarketSource | None = None) -> list[
 
     With ``config.max_minutes``, no cell starts once the budget is spent and a generator training stops at
     a checkpoint; the reports of the cells done are written, then :class:`GainOutOfTimeError` is raised.
+
+    ``gate``: called once before the first cell as ``gate(config, todo, device=, source=, budget=)`` with the
+    cells still to run; it returns the run's parsed source and may stop the run by raising (the command's
+    :class:`~posereid.experiments.reid_gain.gate.GainGate`). ``None`` (the default): no gate.
     """
     with output_lock(config.out, LOCK_NAME, what="posereid reid-gain"):
-        return _run_gain(config, source=source)
+        return _run_gain(config, source=source, gate=gate)
 
 
-def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[str, Any]]:
+def _run_gain(
+    config: GainConfig, *, source: MarketSource | None, gate: Callable[..., MarketSource | None] | None = None
+) -> list[dict[str, Any]]:
     """The body of :func:`run_gain`, run while holding the lock of ``config.out``."""
     validate_run(config)  # a refused run writes nothing, so the corrected one is not taken for another
     config.out.mkdir(parents=True, exist_ok=True)
@@ -723,6 +734,8 @@ def _run_gain(config: GainConfig, *, source: MarketSource | None) -> list[dict[s
         return left
 
     try:
+        if gate is not None:  # before any cell: a stopped run has spent nothing on the arms
+            source = gate(config, set(plan) - done, device=device, source=source, budget=minutes_left)
         for fraction in sorted(config.fractions):
             todo = [(a, s) for a in config.arms for s in config.seeds if cell_key(fraction, a, s) not in done]
             if not todo:

@@ -37,7 +37,9 @@ from posereid.experiments.reid_gain.config import (
 from posereid.experiments.reid_gain.gate import GainGate, GeneratorGateError
 from posereid.experiments.reid_gain.protocol import run_gain
 from posereid.experiments.reid_gain.report import markdown_table, summarize
+from posereid.models.checkpoint import read_json
 from posereid.models.contract import FAMILIES
+from posereid.models.few_step import FEW_STEP, FEW_STEP_FOLDER
 from posereid.reid_integration.recipes import (
     RECIPES,
     Recipe,
@@ -219,9 +221,28 @@ def announce_recipe(recipe: Recipe, taken: list[str], device: str, *, probe: boo
                   f"({per_step:.3f} s per step measured on 2 steps; evaluation and generation come on top)")  # fmt: skip
 
 
+def checkpoint_sampling(args: argparse.Namespace) -> list[str]:
+    """Fill ``--sampler`` / ``--steps`` / ``--guidance`` left out from a few-step ``--generator``'s own
+    sampler (its ``few_step/`` config: the few-step sampler at its default step count, guidance folded in),
+    before the recipe fills the rest; returns the options it set (none for any other generator)."""
+    generator = getattr(args, "generator", None)
+    config = Path(generator) / FEW_STEP_FOLDER / "config.json" if generator is not None else None
+    if config is None or not config.is_file():
+        return []
+    defaults = {"sampler": FEW_STEP, "steps": int(read_json(config)["default_steps"]), "guidance": (1.0, 1.0)}
+    taken = [name for name in defaults if getattr(args, name, None) is None]
+    for name in taken:
+        setattr(args, name, defaults[name])
+    if taken:
+        print(f"{generator} is a few-step checkpoint: {', '.join('--' + t for t in taken)} from it "
+              f"({defaults['sampler']}, {defaults['steps']} step(s), guidance folded in)")  # fmt: skip
+    return taken
+
+
 def config_from_args(args: argparse.Namespace) -> GainConfig:
-    """A :class:`GainConfig` from parsed ``posereid reid-gain`` arguments (recipe applied: see
-    :func:`apply_recipe`)."""
+    """A :class:`GainConfig` from parsed ``posereid reid-gain`` arguments (a few-step generator's sampling,
+    :func:`checkpoint_sampling`, then the recipe: see :func:`apply_recipe`)."""
+    checkpoint_sampling(args)
     if any(getattr(args, dest, None) is None for dest in RECIPE_FIELDS):
         apply_recipe(args)
     guidance = tuple(args.guidance)
@@ -248,6 +269,7 @@ def run_reid_gain(args: argparse.Namespace) -> int:
     and the output paths. Exit codes: 3 out of time, 4 stopped by the gate (a near-floor generator)."""
     from posereid.models.runtime import resolve_device
 
+    checkpoint_sampling(args)
     recipe, taken = apply_recipe(args)
     reid_taken = {"reid_model", "height", "width", "reid_steps", "reid_batch_size"} & set(taken)
     announce_recipe(recipe, taken, str(resolve_device(args.device)), probe=bool(reid_taken))
@@ -327,6 +349,7 @@ def run_reid_gain_compare(args: argparse.Namespace) -> int:
 __all__ = [
     "add_reid_gain_args",
     "add_reid_gain_compare_args",
+    "checkpoint_sampling",
     "config_from_args",
     "run_reid_gain",
     "run_reid_gain_compare",

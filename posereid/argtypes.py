@@ -229,20 +229,42 @@ def add_alias(
     parser.add_argument(old, action=_Alias, dest=f"_alias_{dest}", help=argparse.SUPPRESS, **kwargs)
 
 
+#: the guidance of a checkpoint without a few-step sampler (``posereid.models.pipeline.SAMPLING_DEFAULTS``;
+#: this module imports nothing from posereid): what an old ``--guidance-pose`` / ``--guidance-appearance``
+#: alone keeps as the other weight
+PLAIN_GUIDANCE: tuple[float, float] = (2.0, 2.0)
+
+
 def add_guidance_arg(
-    parser: argparse.ArgumentParser, default: tuple[float, float] = (2.0, 2.0), *, what: str = "sampling"
+    parser: argparse.ArgumentParser,
+    default: tuple[float, float] | None = PLAIN_GUIDANCE,
+    *,
+    what: str = "sampling",
 ) -> None:
     """``--guidance W`` or ``W_POSE,W_APP`` (``args.guidance``: a ``(w_pose, w_appearance)`` pair); the old
-    ``--guidance-pose`` / ``--guidance-appearance`` set one weight each."""
+    ``--guidance-pose`` / ``--guidance-appearance`` set one weight each.
+
+    ``default=None``: ``args.guidance`` stays ``None`` when the option is not given, meaning the
+    checkpoint's own (a few-step checkpoint has its guidance folded in and samples at 1,1; any other at
+    2,2); an old one-weight alias then keeps :data:`PLAIN_GUIDANCE`'s other weight, as it always did.
+    """
+    told = (
+        "the checkpoint's: 1,1 for a few-step checkpoint, else 2,2"
+        if default is None
+        else f"{default[0]:g},{default[1]:g}"
+    )
     parser.add_argument(
-        "--guidance", type=guidance, default=tuple(default), metavar="W|W_POSE,W_APP",
+        "--guidance", type=guidance, default=None if default is None else tuple(default),
+        metavar="W|W_POSE,W_APP",
         help=f"classifier-free guidance of {what}: one weight for both conditions or pose,appearance "
-        f"weights; 1 is the plain conditional model (default: {default[0]:g},{default[1]:g})",
+        f"weights; 1 is the plain conditional model (default: {told})",
     )  # fmt: skip
     for index, name in enumerate(("pose", "appearance")):
         add_alias(
             parser, f"--guidance-{name}", "--guidance W_POSE,W_APP", dest="guidance", type=finite_float,
-            convert=lambda w, ns, i=index: tuple(float(w) if j == i else ns.guidance[j] for j in range(2)),
+            convert=lambda w, ns, i=index: tuple(
+                float(w) if j == i else (ns.guidance or PLAIN_GUIDANCE)[j] for j in range(2)
+            ),
         )  # fmt: skip
 
 
@@ -286,6 +308,7 @@ def add_annotation_size_arg(parser: argparse.ArgumentParser, *, what: str = "the
 
 
 __all__ = [
+    "PLAIN_GUIDANCE",
     "add_alias",
     "add_annotations_arg",
     "add_device_arg",

@@ -45,9 +45,15 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     )
     add_annotation_size_arg(parser, what="--annotations (and of a --pose-bank CSV)")
     parser.add_argument("--sampling", choices=SAMPLINGS, default="uniform", help="pose sampling strategy")
-    parser.add_argument("--steps", type=positive_int, default=20)
-    parser.add_argument("--sampler", default="dpmsolver++", choices=sorted(SAMPLERS))
-    argtypes.add_guidance_arg(parser)
+    parser.add_argument(
+        "--steps", type=positive_int, default=None,
+        help="sampling steps (default: the checkpoint's: a few-step checkpoint's default count, else 20)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sampler", default=None, choices=sorted(SAMPLERS),
+        help="sampler (default: the checkpoint's: few-step for a few-step checkpoint, else dpmsolver++)",
+    )  # fmt: skip
+    argtypes.add_guidance_arg(parser, default=None)
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(
@@ -58,7 +64,10 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--refiner", help="checkpoint with a refiner (PCDMs) run on every generated image (any family's)"
     )
-    parser.add_argument("--refiner-steps", type=positive_int, default=20, help="sampler steps of the refiner")
+    parser.add_argument(
+        "--refiner-steps", type=positive_int, default=20,
+        help="sampler steps of the refiner (its sampler: --sampler, dpmsolver++ when that is few-step or unset)",
+    )  # fmt: skip
     parser.add_argument("--filter-checkpoint", help="re-ID checkpoint: score each image by identity")
     parser.add_argument("--filter-threshold", type=finite_float, help="reject images scoring below this")
     parser.add_argument("--filter-score", choices=("similarity", "margin"), default="similarity")
@@ -78,6 +87,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from posereid.augment.generate import GenerateConfig, generate_offline
     from posereid.augment.pose_bank import PoseBank
+    from posereid.augment.sampling_settings import describe_sampling, refiner_sampler
     from posereid.models.refine import load_sampler
     from posereid.models.runtime import resolve_device
     from posereid.reid_integration.market1501 import find_annotations
@@ -99,7 +109,7 @@ def run_generate(args: argparse.Namespace) -> int:
         device=device,
         refiner=args.refiner,
         refiner_steps=args.refiner_steps,
-        sampler=args.sampler,
+        sampler=refiner_sampler(args.sampler),
     )
     bank = None
     if args.pose_bank:
@@ -122,7 +132,8 @@ def run_generate(args: argparse.Namespace) -> int:
     print(
         f"shard {summary.shard}: {summary.generated} generated, {summary.already_done} already done, "
         f"{summary.rejected} rejected, {summary.failed_items} failed of {summary.planned} planned "
-        f"({summary.images_per_s:.2f} images/s); manifest {summary.manifest}"
+        f"({summary.images_per_s:.2f} images/s, {describe_sampling(summary.sampling)}); manifest "
+        f"{summary.manifest}"
     )
     return 1 if summary.failed_items else 0
 

@@ -34,6 +34,7 @@ Under ``accelerate launch`` the shard defaults to ``(process_index, num_processe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -70,6 +71,7 @@ from posereid.augment.manifest import (
     write_manifest_file,
 )
 from posereid.augment.pose_bank import SAMPLINGS, PoseBank
+from posereid.augment.sampling_settings import resolve_sampling
 from posereid.models.images import pil_to_tensor01, tensor01_to_pil
 from posereid.models.io_utils import atomic_save, atomic_write
 from posereid.models.locks import GeneratedFolderLock
@@ -189,7 +191,11 @@ class GenerateConfig:
         out_dir: the output folder (Market format + manifest).
         per_image: synthetic images per source image (>= 1).
         sampling: pose bank strategy (:data:`~posereid.augment.pose_bank.SAMPLINGS`).
-        steps, sampler, guidance: passed to ``generator.generate`` (``guidance``: (pose, appearance)).
+        steps, sampler, guidance: passed to ``generator.generate`` (``guidance``: (pose, appearance));
+            ``None`` (the default): the checkpoint's, i.e. a few-step checkpoint's own sampler at its default
+            step count and guidance (1, 1), else 20 DPM-Solver++ steps at guidance 2
+            (:func:`~posereid.augment.sampling_settings.resolve_sampling`). :func:`generate_offline` records
+            the resolved values in the folder's run config and every manifest line.
         batch_size: sources per ``generator.generate`` call.
         seed: the plan's seed (>= 0). shard: ``(i, n)`` with ``0 <= i < n``; ``None`` → from accelerate,
             else ``(0, 1)``.
@@ -209,9 +215,9 @@ class GenerateConfig:
     out_dir: Path
     per_image: int
     sampling: str = "uniform"
-    steps: int = 20
-    sampler: str = "dpmsolver++"
-    guidance: tuple[float, float] = (2.0, 2.0)
+    steps: int | None = None
+    sampler: str | None = None
+    guidance: tuple[float, float] | None = None
     batch_size: int = 16
     seed: int = 0
     shard: tuple[int, int] | None = None
@@ -234,18 +240,22 @@ class GenerateConfig:
             )
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"GenerateConfig.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
-        self.steps = _whole("steps", self.steps, 1)
-        if self.sampler not in SAMPLERS:
+        if self.steps is not None:
+            self.steps = _whole("steps", self.steps, 1)
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise ValueError(
-                f"GenerateConfig.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}"
+                f"GenerateConfig.sampler must be one of {sorted(SAMPLERS)} or None (the checkpoint's), got "
+                f"{self.sampler!r}"
             )
-        try:
-            pose, appearance = self.guidance
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"GenerateConfig.guidance must be two numbers (pose, appearance), got {self.guidance!r}"
-            ) from None
-        self.guidance = (_finite("guidance", pose), _finite("guidance", appearance))
+        if self.guidance is not None:
+            try:
+                pose, appearance = self.guidance
+            except (TypeError, ValueError):
+                raise ValueError(
+                    "GenerateConfig.guidance must be two numbers (pose, appearance) or None (the checkpoint's), "
+                    f"got {self.guidance!r}"
+                ) from None
+            self.guidance = (_finite("guidance", pose), _finite("guidance", appearance))
         self.batch_size = _whole("batch_size", self.batch_size, 1)
         self.seed = _whole("seed", self.seed, 0)
         if self.shard is not None:
@@ -269,6 +279,13 @@ class GenerateConfig:
             raise ValueError(
                 f"GenerateConfig.autocast_dtype must be a torch.dtype or None, got {self.autocast_dtype!r}"
             )
+
+    def resolved(self, generator: Any) -> GenerateConfig:
+        """This config with ``steps`` / ``sampler`` / ``guidance`` resolved for ``generator`` (``None``: the
+        checkpoint's; a few-step setting it cannot sample raises ``ValueError``): what is sampled and
+        recorded."""
+        setting = resolve_sampling(generator, steps=self.steps, sampler=self.sampler, guidance=self.guidance)
+        return dataclasses.replace(self, **setting)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -536,6 +553,8 @@ def generate_offline(
     part = out_dir / manifest_part_name(shard)
     summary = GenerateSummary(shard=f"{shard[0]}/{shard[1]}", manifest=str(part))
 
+    config = config.resolved(generator)  # the checkpoint's setting where none was given, recorded as used
+    summary.sampling = {"steps": config.steps, "sampler": config.sampler, "guidance": list(config.guidance)}
     plan = _plan(config, market_root, annotations, pose_bank, shard)
     summary.planned = len(plan.mine)
     gen_hash = generator_sha256(generator)

@@ -198,6 +198,8 @@ class GenerateSummary:
     images_per_s: float = 0.0
     manifest: str = ""
     failures: list[str] = field(default_factory=list)
+    #: the sampling setting used (``steps``, ``sampler``, ``guidance``: the checkpoint's where none was given)
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)

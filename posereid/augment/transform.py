@@ -169,14 +169,20 @@ class PoseTransferAugment(Transform):
         pose_bank: the target poses.
         p: probability that an item is replaced (``0`` → identity, ``1`` → every item).
         steps, guidance, sampler: passed to ``generator.generate``; ``guidance=(w_pose, w_appearance)``, or
-            one number ``w`` for ``(w, w)`` (finite; see :func:`as_guidance`).
+            one number ``w`` for ``(w, w)`` (finite; see :func:`as_guidance`). ``None`` (the default): the
+            checkpoint's, resolved once here (:func:`~posereid.augment.sampling_settings.resolve_sampling`):
+            a few-step checkpoint samples with its own sampler (``"few-step"``, its default step count,
+            guidance ``(1, 1)``: one network call per step), any other with 20 DPM-Solver++ steps at
+            guidance ``(2, 2)``. :attr:`steps`, :attr:`sampler`, :attr:`guidance` and the repr hold the
+            resolved values; a few-step setting the checkpoint cannot sample is refused here.
         sampling: pose bank strategy: ``uniform``, ``cluster`` or ``view``.
         seed: ``int`` (reproducible per call counter), ``torch.Generator`` or ``None`` (global RNG).
         source_keypoints: ``"sample"`` gives the generator the sample's ``PoseKeypoints`` entry as the
             source pose when there is one; ``"none"`` never does (the model then conditions on appearance
             only).
         refiner: a refiner (e.g. a PCDMs pipeline, :func:`posereid.models.refine.load_refiner`) run on the
-            generator's output with ``refiner_steps`` steps (:class:`~posereid.models.refine.RefinedGenerator`).
+            generator's output with ``refiner_steps`` steps (:class:`~posereid.models.refine.RefinedGenerator`)
+            of ``sampler`` (DPM-Solver++ when that is the few-step one).
 
     Arguments it cannot use raise ``TypeError`` (wrong type) or ``ValueError`` (bad value) naming the
     argument and what it accepts.
@@ -190,9 +196,9 @@ class PoseTransferAugment(Transform):
         generator: PoseTransferSampler,
         pose_bank: PoseBank,
         p: float = 0.5,
-        steps: int = 20,
-        guidance: float | tuple[float, float] = (2.0, 2.0),
-        sampler: str = "dpmsolver++",
+        steps: int | None = None,
+        guidance: float | tuple[float, float] | None = None,
+        sampler: str | None = None,
         sampling: Literal["uniform", "cluster", "view"] = "uniform",
         seed: int | torch.Generator | None = None,
         source_keypoints: Literal["sample", "none"] = "sample",
@@ -200,7 +206,9 @@ class PoseTransferAugment(Transform):
         refiner_steps: int = 20,
     ) -> None:
         super().__init__()
-        from posereid.models.sampling import SAMPLERS  # lazily: diffusers is imported by then anyway
+        # lazily: diffusers is imported by then anyway
+        from posereid.augment.sampling_settings import refiner_sampler, resolve_sampling
+        from posereid.models.sampling import SAMPLERS
 
         for attr in ("generate", "image_size", "device"):
             if not hasattr(generator, attr):
@@ -213,12 +221,13 @@ class PoseTransferAugment(Transform):
                 f"PoseTransferAugment: pose_bank must be a PoseBank, got {type(pose_bank).__name__}"
             )
         p = _probability(p)
-        steps = _whole("steps", steps, 1)
+        steps = None if steps is None else _whole("steps", steps, 1)
         refiner_steps = _whole("refiner_steps", refiner_steps, 1)
-        guidance = as_guidance(guidance)
-        if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        guidance = None if guidance is None else as_guidance(guidance)
+        if sampler is not None and (not isinstance(sampler, str) or sampler not in SAMPLERS):
             raise ValueError(
-                f"PoseTransferAugment: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}"
+                f"PoseTransferAugment: sampler must be one of {', '.join(SAMPLERS)} or None (the checkpoint's), "
+                f"got {sampler!r}"
             )
         if not isinstance(sampling, str) or sampling not in SAMPLINGS:
             raise ValueError(f"PoseTransferAugment: sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -230,16 +239,23 @@ class PoseTransferAugment(Transform):
             raise ValueError("PoseTransferAugment: the pose bank is empty")
         if seed is not None and not isinstance(seed, torch.Generator):
             seed = _whole("seed", seed, 0)  # an int, a torch.Generator or None
+        try:  # None → the checkpoint's; a few-step setting it cannot sample stops here, not in a training loop
+            setting = resolve_sampling(generator, steps=steps, sampler=sampler, guidance=guidance)
+        except ValueError as exc:
+            raise ValueError(f"PoseTransferAugment: {exc}") from None
         if refiner is not None:
             from posereid.models.refine import RefinedGenerator
 
-            generator = RefinedGenerator(generator, refiner, steps=refiner_steps, sampler=sampler)
+            generator = RefinedGenerator(
+                generator, refiner, steps=refiner_steps, sampler=refiner_sampler(setting["sampler"])
+            )
         self.generator = generator
         self.pose_bank = pose_bank
         self.p = p
-        self.steps = steps
-        self.guidance = guidance
-        self.sampler = sampler
+        #: the sampling setting every call uses (resolved: the checkpoint's where none was given)
+        self.steps: int = setting["steps"]
+        self.guidance: tuple[float, float] = setting["guidance"]
+        self.sampler: str = setting["sampler"]
         self.sampling = sampling
         self.source_keypoints = source_keypoints
         self._seed = seed

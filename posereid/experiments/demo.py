@@ -201,8 +201,9 @@ def time_generation(generator: PoseTransferSampler, batch_size: int) -> float:
     dev = generator.device
     x = torch.rand(batch_size, 3, *hw, device=dev)
     k = torch.rand(batch_size, 18, 2, device=dev) * torch.tensor([hw[1] - 1, hw[0] - 1], device=dev)
-    with torch.no_grad():
-        per_call = _timed(lambda: generator.generate(x, k, k, steps=2, guidance=(1.0, 1.0)), 1)
+    with torch.no_grad():  # a plain sampler: every checkpoint has one, whatever its own default
+        probe = dict(steps=2, sampler="dpmsolver++", guidance=(1.0, 1.0))
+        per_call = _timed(lambda: generator.generate(x, k, k, **probe), 1)
     return per_call / (2 * batch_size)
 
 
@@ -543,22 +544,35 @@ def plan_generation(
     slowdown: float = 1.0,
 ) -> None:
     """Sampling steps, guidance and images per source that fit ``budget_s`` on a machine ``slowdown``
-    times slower than the probe says."""
+    times slower than the probe says.
+
+    This is where the demo decides how the generator samples. A checkpoint with a sampler of its own (a
+    few-step checkpoint: :func:`~posereid.augment.sampling_settings.own_sampling`, e.g. the shipped
+    generator once it is one) samples with it: its sampler, default step count and guidance (1, 1), one
+    network call per step; the time it saves buys images per source (up to the cap), and what is left
+    over goes to the re-ID stage, which shares the time actually left. Any other checkpoint gets the
+    budget's DPM-Solver++ setting below. (``--tiny`` keeps its fixed toy setting.)"""
     if plan.steps is not None:
         return
+    from posereid.augment.sampling_settings import own_sampling
     from posereid.models.contract import load_generator
 
     model = load_generator(generator_path, device=device)
     probe = time_generation(model, min(32, n_sources)) * 1.15
     c1 = probe * max(1.0, slowdown)
-    choice = (4, 1.0)
-    for steps, g in ((25, 2.0), (15, 2.0), (12, 1.0), (8, 1.0), (6, 1.0)):
-        if n_sources * steps * c1 * (3 if g != 1.0 else 1) <= budget_s:
-            choice = (steps, g)
-            break
-    steps, g = choice
-    per_set = n_sources * steps * c1 * (3 if g != 1.0 else 1)
-    plan.steps, plan.guidance, plan.per_image = steps, (g, g), _clamp(budget_s / per_set, 1, 4)
+    own = own_sampling(model)
+    if own is not None:  # the checkpoint's own sampler: guidance folded in, one pass per step
+        plan.sampler, steps, guidance, passes = own["sampler"], own["steps"], own["guidance"], 1
+    else:
+        choice = (4, 1.0)
+        for steps, g in ((25, 2.0), (15, 2.0), (12, 1.0), (8, 1.0), (6, 1.0)):
+            if n_sources * steps * c1 * (3 if g != 1.0 else 1) <= budget_s:
+                choice = (steps, g)
+                break
+        steps, g = choice
+        guidance, passes = (g, g), 3 if g != 1.0 else 1
+    per_set = n_sources * steps * c1 * passes
+    plan.steps, plan.guidance, plan.per_image = steps, guidance, _clamp(budget_s / per_set, 1, 4)
     plan.timing["generate_s_per_image_step"] = round(probe / 1.15, 5)
     _predict(plan, "generate", plan.per_image * per_set / max(1.0, slowdown))
 

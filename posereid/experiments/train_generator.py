@@ -472,9 +472,12 @@ def add_sample_args(parser: argparse.ArgumentParser) -> None:
         help="PATN keypoint CSV (default: market-annotation-{train,test}.csv beside the source's folder)",
     )
     p("--out", required=True, type=Path, help="output PNG: source | target skeleton | generated")
-    p("--steps", type=positive_int, default=20)
-    p("--sampler", default="dpmsolver++", choices=sorted(SAMPLERS))
-    argtypes.add_guidance_arg(parser)
+    p("--steps", type=positive_int, default=None, help="sampling steps (default: the checkpoint's)")
+    p(
+        "--sampler", default=None, choices=sorted(SAMPLERS),
+        help="sampler (default: the checkpoint's: few-step for a few-step checkpoint, else dpmsolver++)",
+    )  # fmt: skip
+    argtypes.add_guidance_arg(parser, default=None)
     p("--seed", type=non_negative_int, default=0)
     argtypes.add_device_arg(parser)
     add_annotation_size_arg(parser)

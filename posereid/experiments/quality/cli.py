@@ -10,8 +10,9 @@ from posereid import argtypes
 from posereid.argtypes import add_strict_arg, non_negative_int, positive_int
 from posereid.experiments.quality.evaluate import REID_GAP_THRESHOLD, EvaluateConfig, evaluate_generator
 from posereid.experiments.quality.pairs import ANNOTATIONS_NAME, PAIRS_NAME
-from posereid.experiments.quality.report import parse_sweep, render_markdown
+from posereid.experiments.quality.report import parse_setting, parse_sweep, render_markdown
 from posereid.models.pose_estimation import MissingExtraError
+from posereid.models.sampling import SAMPLERS
 
 
 def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
@@ -56,17 +57,34 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-pairs", type=non_negative_int, default=200, help="pairs to score (seeded draw); 0 = all"
     )
-    parser.add_argument("--steps", type=positive_int, default=20)
-    argtypes.add_guidance_arg(parser)
     parser.add_argument(
-        "--sampler", default="dpmsolver++", choices=["dpmsolver++", "ddim", "unipc", "euler", "ddpm"]
-    )
+        "--steps", type=positive_int, default=None,
+        help="sampling steps (default: the checkpoint's: a few-step checkpoint's default count, else 20)",
+    )  # fmt: skip
+    argtypes.add_guidance_arg(parser, default=None)
+    parser.add_argument(
+        "--sampler", default=None, choices=sorted(SAMPLERS),
+        help="sampler (default: the checkpoint's: few-step for a few-step checkpoint, else dpmsolver++)",
+    )  # fmt: skip
     parser.add_argument(
         "--sweep",
         nargs="+",
         metavar="KEY=V,V",
-        help="grid for the trained generator, e.g. steps=10,20,50 guidance=1,2,3",
+        help="grid for the trained generator with --sampler, e.g. steps=10,20,50 guidance=1,2,3 (a few-step "
+        "checkpoint: steps=1,2,4)",
     )
+    parser.add_argument(
+        "--setting", action="append", default=None, metavar="KEY=V,...",
+        help="one more row per --setting (repeat it), same pairs, noise and judges: keys generator (a NAME of "
+        "--other-generator; default the --generator), sampler, steps, guidance (w or w_pose:w_app); a key left "
+        "out is that generator's default, e.g. --setting sampler=few-step,steps=2 --setting "
+        "generator=teacher,sampler=dpmsolver++,steps=20,guidance=2",
+    )  # fmt: skip
+    parser.add_argument(
+        "--other-generator", action="append", default=None, metavar="NAME=DIR",
+        help="another generator checkpoint for --setting rows that name it (repeatable; with --refiner, refined "
+        "alike), e.g. the teacher a few-step checkpoint was distilled from",
+    )  # fmt: skip
     parser.add_argument("--compare-untrained", action=argparse.BooleanOptionalAction, default=True,
                         help="also score an untrained generator of the same config (the floor)")  # fmt: skip
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
@@ -93,6 +111,7 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate_generator(args: argparse.Namespace) -> int:
     """CLI entry: load the generator, evaluate, print where the report is."""
+    from posereid.augment.sampling_settings import refiner_sampler
     from posereid.models.refine import load_sampler
     from posereid.models.runtime import resolve_device
 
@@ -100,24 +119,34 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
     try:
         sweep = parse_sweep(args.sweep) if args.sweep else None
         guidance = args.guidance
+        settings = [parse_setting(text) for text in args.setting or ()]
+        named = [_named_path(text) for text in args.other_generator or ()]
+        other_paths = dict(named)
+        if len(other_paths) != len(named):
+            raise ValueError("--other-generator: each NAME once")
     except ValueError as exc:
         print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
         return 2
     try:
-        config = _config_from_args(args, guidance, sweep)
+        config = _config_from_args(args, guidance, sweep, settings, other_paths)
     except ValueError as exc:  # a refused setting (e.g. the same checkpoint twice as the two judges)
         print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
         return 2
-    generator = load_sampler(
-        args.generator,
-        device=device,
-        refiner=args.refiner,
-        refiner_steps=args.refiner_steps,
-        sampler=args.sampler,
-    )
+
+    def load(path: str) -> Any:
+        return load_sampler(
+            path, device=device, refiner=args.refiner, refiner_steps=args.refiner_steps,
+            sampler=refiner_sampler(args.sampler),
+        )  # fmt: skip
+
+    generator = load(args.generator)
+    others = {name: load(path) for name, path in other_paths.items()}
     try:
-        result = evaluate_generator(generator, config)
+        result = evaluate_generator(generator, config, others=others)
     except (FileNotFoundError, MissingExtraError) as exc:  # missing weights / data / package: say which
+        print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a sampling setting a checkpoint cannot sample, refused before any image
         print(f"posereid evaluate-generator: {exc}", file=sys.stderr)
         return 2
     print(render_markdown(result).split("\n\nMetric status")[0])
@@ -125,7 +154,21 @@ def run_evaluate_generator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_from_args(args: argparse.Namespace, guidance: tuple[float, float], sweep: Any) -> EvaluateConfig:
+def _named_path(text: str) -> tuple[str, str]:
+    """``NAME=DIR`` of ``--other-generator``."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise ValueError(f"--other-generator {text!r}: expected NAME=DIR (e.g. teacher=runs/flow/final)")
+    return name.strip(), path.strip()
+
+
+def _config_from_args(
+    args: argparse.Namespace,
+    guidance: tuple[float, float] | None,
+    sweep: Any,
+    settings: list[dict[str, Any]] | None = None,
+    other_paths: dict[str, str] | None = None,
+) -> EvaluateConfig:
     """The :class:`EvaluateConfig` of the command's options."""
     return EvaluateConfig(
         data=args.data,
@@ -148,6 +191,8 @@ def _config_from_args(args: argparse.Namespace, guidance: tuple[float, float], s
         include_ceiling=args.ceiling,
         include_floor=args.compare_untrained,
         sweep=sweep,
+        settings=tuple(settings) if settings else None,
+        other_generators=other_paths or None,
         batch_size=args.batch_size,
         pose_upscale=args.pose_upscale,
         generator_name=str(args.generator) + (f" + refiner {args.refiner}" if args.refiner else ""),

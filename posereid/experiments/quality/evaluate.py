@@ -27,7 +27,17 @@ Three systems are scored side by side: the **real target images** themselves (th
 perfect generator would get, including the pose detector's own errors), the **trained** generator, and
 an **untrained** generator of the same config (the floor). ``sweep={"steps": [...], "guidance": [...]}``
 repeats the trained generator's scores over a grid and plots them, to pick the fastest setting that
-keeps quality. Outputs: ``report.md``, ``report.json``, ``sheet.png`` and ``sweep.png``.
+keeps quality. ``settings=({"sampler": ..., "steps": ..., "guidance": ..., "generator": ...}, ...)`` adds
+one row per sampling setting, of the trained generator or of another one given to
+:func:`evaluate_generator` by name (``others``; e.g. a few-step checkpoint's 1/2/4-step rows beside its
+teacher's 20-step guidance-2 row and the teacher's naive 1/2-step rows), every row on the same pairs, noise
+and judges. Outputs: ``report.md``, ``report.json``, ``sheet.png`` and ``sweep.png``.
+
+**Sampling.** ``steps`` / ``sampler`` / ``guidance`` left ``None`` are the checkpoint's (a few-step
+checkpoint's own sampler at its default step count and guidance (1, 1), else 20 DPM-Solver++ steps at
+guidance 2; :func:`~posereid.augment.sampling_settings.resolve_sampling`), as is each setting row's missing
+key for its generator; the report records the values used. The floor of a few-step checkpoint is an
+untrained model with a fresh (zero) step-size embedding, sampled with the same few-step setting.
 
 An unreadable image (of a pair, or a real reference image) or a stray file in the data folder is
 skipped and counted in the report's ``skipped`` line, like in every batch command; ``strict=True``
@@ -60,9 +70,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from posereid.augment.sampling_settings import check_sampling, checkpoint_sampling, resolve_sampling
 from posereid.experiments.quality.metrics import FidScorer, Lpips, MissingWeightsError
 from posereid.experiments.quality.pairs import EvalPairs, load_eval_pairs
 from posereid.experiments.quality.report import (
+    SETTING_KEYS,
     parse_guidance,
     render_markdown,
     to_jsonable,
@@ -321,17 +333,39 @@ def generate_for_pairs(
 
 
 def untrained_like(generator: PoseTransferSampler, seed: int) -> PoseTransferSampler:
-    """A freshly initialised generator of the same family and config (the floor), seeded for repeatability."""
+    """A freshly initialised generator of the same family and config (the floor), seeded for repeatability.
+
+    A few-step checkpoint's floor also gets a fresh step-size embedding (zero at the start: the untrained
+    flow model), so it samples with the same few-step setting as the checkpoint (``reinitialized`` alone
+    leaves it out)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = generator.reinitialized()
+        embedding = _few_step_embedding(generator)
+        target = getattr(fresh, "base", fresh)  # a RefinedGenerator's floor: its base is the generator
+        if embedding is not None and getattr(target, "few_step", None) is None:
+            target.enable_few_step(type(embedding).from_config(embedding.config))
     return fresh.to(generator.device).eval()
 
 
+def _few_step_embedding(generator: PoseTransferSampler) -> Any:
+    """The step-size embedding of a few-step generator (or of the base a refiner follows), else None."""
+    for g in (generator, getattr(generator, "base", None)):
+        if getattr(g, "few_step", None) is not None:
+            return g.few_step
+    return None
+
+
 def _score_all(
-    generator: PoseTransferSampler, pairs: EvalPairs, scorer: QualityScorer, config: EvaluateConfig
-) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Scores of the ceiling, the trained and the untrained generator, the sheet's images, the sweep rows."""
+    generator: PoseTransferSampler,
+    pairs: EvalPairs,
+    scorer: QualityScorer,
+    config: EvaluateConfig,
+    setting_runs: Sequence[tuple[dict[str, Any], PoseTransferSampler]] = (),
+) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Scores of the ceiling, the trained and the untrained generator, the sheet's images, the sweep rows
+    and the setting rows (``setting_runs``: each row's resolved setting and its generator). ``config``'s
+    sampling is resolved (no ``None``)."""
     systems: dict[str, dict[str, float]] = {}
     sheet_cols: dict[str, torch.Tensor] = {}
     if config.include_ceiling:
@@ -345,13 +379,77 @@ def _score_all(
         sheet_cols["generated" if name == TRAINED else "untrained"] = images[: config.sheet_rows].clone()
         del images
     sweep_rows: list[dict[str, Any]] = []
-    if config.sweep:
-        for s in config.sweep.get("steps", (config.steps,)):
-            for g in config.sweep.get("guidance", (config.guidance,)):
-                images, spi = generate_for_pairs(generator, pairs, steps=s, guidance=g, **gen_kw)
-                scores = scorer.score(images, query_camids=pairs.target_camid)
-                sweep_rows.append({"steps": s, "guidance": list(g), **scores, "sec_per_image": spi})
-    return systems, sheet_cols, sweep_rows
+    for s, g in _sweep_grid(config):
+        images, spi = generate_for_pairs(generator, pairs, steps=s, guidance=g, **gen_kw)
+        scores = scorer.score(images, query_camids=pairs.target_camid)
+        sweep_rows.append(
+            {"steps": s, "guidance": list(g), "sampler": config.sampler, **scores, "sec_per_image": spi}
+        )
+    setting_rows: list[dict[str, Any]] = []
+    for setting, model in setting_runs:
+        images, spi = generate_for_pairs(
+            model, pairs, steps=setting["steps"], guidance=setting["guidance"], sampler=setting["sampler"],
+            seed=config.seed, batch_size=config.batch_size,
+        )  # fmt: skip
+        scores = scorer.score(images, query_camids=pairs.target_camid)
+        setting_rows.append(
+            {**setting, "guidance": list(setting["guidance"]), **scores, "sec_per_image": spi}
+        )
+    return systems, sheet_cols, sweep_rows, setting_rows
+
+
+def _sweep_grid(config: EvaluateConfig) -> list[tuple[int, tuple[float, float]]]:
+    """The (steps, guidance) points of ``config.sweep`` (none without a sweep); the resolved setting
+    stands in for a key the sweep leaves out."""
+    if not config.sweep:
+        return []
+    return [
+        (s, g)
+        for s in config.sweep.get("steps", (config.steps,))
+        for g in config.sweep.get("guidance", (config.guidance,))
+    ]
+
+
+def resolve_settings(
+    generator: PoseTransferSampler,
+    config: EvaluateConfig,
+    others: Mapping[str, PoseTransferSampler] | None = None,
+) -> tuple[EvaluateConfig, list[tuple[dict[str, Any], PoseTransferSampler]]]:
+    """``config`` with its sampling resolved for ``generator`` (``None``: the checkpoint's), and each of
+    ``config.settings`` resolved for its generator (``others[name]``, or ``generator``), checked before any
+    image is made: an unknown generator name, or a few-step setting its checkpoint cannot sample (also in
+    the sweep), raises ``ValueError``."""
+    main = resolve_sampling(generator, steps=config.steps, sampler=config.sampler, guidance=config.guidance)
+    config = dataclasses.replace(config, **main)
+    for s, g in _sweep_grid(config):
+        try:
+            check_sampling(generator, {"steps": s, "sampler": config.sampler, "guidance": g})
+        except ValueError as exc:
+            raise ValueError(f"EvaluateConfig.sweep: steps {s}, guidance {g}: {exc}") from None
+    others = dict(others or {})
+    if TRAINED in others:
+        raise ValueError(
+            f"another generator may not be named {TRAINED!r} (the evaluated one's name in the rows)"
+        )
+    runs: list[tuple[dict[str, Any], PoseTransferSampler]] = []
+    for i, row in enumerate(config.settings or ()):
+        name = row.get("generator")
+        if name is not None and name not in others:
+            raise ValueError(
+                f"EvaluateConfig.settings[{i}]: generator {name!r} was not given (others: {sorted(others) or 'none'})"
+            )
+        model = generator if name is None else others[name]
+        try:
+            setting = resolve_sampling(
+                model, steps=row.get("steps"), sampler=row.get("sampler"), guidance=row.get("guidance")
+            )
+        except ValueError as exc:
+            raise ValueError(f"EvaluateConfig.settings[{i}] ({name or TRAINED}): {exc}") from None
+        runs.append(({"generator": name or TRAINED, **setting}, model))
+    unused = sorted(set(others) - {row.get("generator") for row in config.settings or ()})
+    if unused:
+        raise ValueError(f"other generator(s) {unused} given but no setting row names them")
+    return config, runs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,14 +489,22 @@ class EvaluateConfig:
             metadata; mediapipe on real photos), ``"judge"``, ``"mediapipe"``, a callable
             ``uint8 HxWx3 → (18, 2)``, or None. ``pose_judge_dir``: the judge (default: the shipped one).
         steps, guidance, sampler: the sampling setting scored as "trained" (guidance: one number = both
-            weights, or ``(w_pose, w_appearance)`` / ``"wp:wa"``; stored as a pair of floats).
+            weights, or ``(w_pose, w_appearance)`` / ``"wp:wa"``; stored as a pair of floats). ``None`` (the
+            default): the checkpoint's (a few-step checkpoint's own sampler, else 20 DPM-Solver++ steps at
+            guidance 2), resolved by :func:`evaluate_generator`, whose report records the values used.
         n_pairs, seed: how many pairs to draw (``None``: all), and the seed of the draw and of every
             image's noise.
         out_dir: where to write ``report.md``, ``report.json``, ``sheet.png`` (and ``sweep.png``); ``None``:
             no files, the result only.
         include_ceiling / include_floor: also score the real targets / an untrained generator.
         sweep: ``{"steps": [...], "guidance": [...]}`` grid for the trained generator (plot + table);
-            stored as tuples of ints / guidance pairs.
+            stored as tuples of ints / guidance pairs. Its sampler is ``sampler`` (e.g. a few-step
+            checkpoint's ``steps=[1, 2, 4]``).
+        settings: further rows, one per sampling setting: mappings with any of ``generator`` (a name of
+            :func:`evaluate_generator`'s ``others``; left out: the trained generator), ``sampler``,
+            ``steps``, ``guidance`` (left out: that generator's default, as above); the report's "Settings"
+            table, on the same pairs, noise and judges as every other row.
+        other_generators: ``name → description`` (e.g. the checkpoint path) of ``others`` for the report.
         batch_size: images per generator and metric call. pose_upscale: enlarge images by this factor
             before pose detection. sheet_rows: pairs shown in ``sheet.png``.
         generator_name: the generator's name in the report (default: its class name).
@@ -415,15 +521,17 @@ class EvaluateConfig:
     lpips_net: str = "alex"
     pose_estimator: str | Callable[..., Any] | None = "auto"
     pose_judge_dir: Path | None = None
-    steps: int = 20
-    guidance: tuple[float, float] = (2.0, 2.0)
-    sampler: str = "dpmsolver++"
+    steps: int | None = None
+    guidance: tuple[float, float] | None = None
+    sampler: str | None = None
     n_pairs: int | None = 200
     seed: int = 0
     out_dir: Path | None = None
     include_ceiling: bool = True
     include_floor: bool = True
     sweep: dict[str, tuple] | None = None
+    settings: tuple[dict[str, Any], ...] | None = None
+    other_generators: dict[str, str] | None = None
     batch_size: int = 32
     pose_upscale: int | None = None
     sheet_rows: int = 8
@@ -443,18 +551,26 @@ class EvaluateConfig:
         self.independent_reid_checkpoint = _path_or(self.independent_reid_checkpoint)
         self._check_independent_judge()
         self.fid_weights = _path_or(self.fid_weights)
-        try:
-            self.guidance = parse_guidance(self.guidance)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"EvaluateConfig.guidance: {exc}") from None
-        for name in ("steps", "batch_size", "sheet_rows"):
+        if self.guidance is not None:
+            try:
+                self.guidance = parse_guidance(self.guidance)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"EvaluateConfig.guidance: {exc}") from None
+        for name in ("batch_size", "sheet_rows"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("seed", self.seed, low=0)
-        for name in ("n_pairs", "pose_upscale"):
+        for name in ("steps", "n_pairs", "pose_upscale"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), low=1)
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"EvaluateConfig.sampler: {self.sampler!r}, choose from {', '.join(SAMPLERS)}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ValueError(
+                f"EvaluateConfig.sampler: {self.sampler!r}, choose from {', '.join(SAMPLERS)} or None (the "
+                "checkpoint's)"
+            )
+        if self.settings is not None:
+            self.settings = tuple(_checked_setting(i, row) for i, row in enumerate(self.settings))
+        if self.other_generators is not None:
+            self.other_generators = {str(k): str(v) for k, v in dict(self.other_generators).items()}
         if self.lpips_net not in LPIPS_NETS:
             raise ValueError(
                 f"EvaluateConfig.lpips_net: {self.lpips_net!r}, choose from {', '.join(LPIPS_NETS)}"
@@ -500,6 +616,32 @@ def _check_int(name: str, value: Any, *, low: int) -> None:
         raise ValueError(f"EvaluateConfig.{name} must be a whole number >= {low}, got {value!r}")
 
 
+def _checked_setting(index: int, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A setting row with known keys only, its steps a whole number >= 1, its sampler a known one and its
+    guidance a ``(w_pose, w_appearance)`` pair (a key left out stays out: the generator's default)."""
+    from posereid.models.sampling import SAMPLERS
+
+    where = f"EvaluateConfig.settings[{index}]"
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{where}: expected a mapping of {', '.join(SETTING_KEYS)}, got {row!r}")
+    unknown = sorted(set(row) - set(SETTING_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; use {', '.join(SETTING_KEYS)}")
+    out = {k: v for k, v in row.items() if v is not None}
+    if "steps" in out:
+        _check_int(f"settings[{index}]['steps']", out["steps"], low=1)
+    if "sampler" in out and out["sampler"] not in SAMPLERS:
+        raise ValueError(f"{where}: sampler {out['sampler']!r}, choose from {', '.join(SAMPLERS)}")
+    if "guidance" in out:
+        try:
+            out["guidance"] = parse_guidance(out["guidance"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    if "generator" in out:
+        out["generator"] = str(out["generator"])
+    return out
+
+
 def _checked_sweep(sweep: Mapping[str, Sequence]) -> dict[str, tuple]:
     """``sweep`` with its steps as ints and its guidance values as ``(w_pose, w_appearance)`` pairs."""
     unknown = sorted(set(sweep) - {"steps", "guidance"})
@@ -524,7 +666,11 @@ def _checked_sweep(sweep: Mapping[str, Sequence]) -> dict[str, tuple]:
 # Entry point and its steps
 # --------------------------------------------------------------------------------------------------
 def evaluate_generator(
-    generator: PoseTransferSampler, config: EvaluateConfig | str | os.PathLike[str], **options: Any
+    generator: PoseTransferSampler,
+    config: EvaluateConfig | str | os.PathLike[str],
+    *,
+    others: Mapping[str, PoseTransferSampler] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Score a pose-transfer generator on test pairs; write the report when ``config.out_dir`` is given.
 
@@ -533,6 +679,8 @@ def evaluate_generator(
         config: the :class:`EvaluateConfig`. A script may instead pass the Market folder and the config's
             other fields as keywords (``EvaluateConfig(data=config, **options)``); with a config, keywords
             replace its fields.
+        others: further generators by name (on their devices), for ``config.settings`` rows that name
+            them (e.g. ``{"teacher": the flow checkpoint a few-step one was distilled from}``).
 
     Returns:
         ``{"config", "data", "metric_status", "reference", "systems": {name: metrics}, "sweep": [rows],
@@ -544,6 +692,9 @@ def evaluate_generator(
         config = dataclasses.replace(config, **options) if options else config
     else:
         config = EvaluateConfig(data=config, **options)
+    asked = {k: getattr(config, k) for k in ("steps", "sampler", "guidance")}
+    # the checkpoint's setting where none was given, every row checked before any work
+    config, setting_runs = resolve_settings(generator, config, others)
     dev = next(generator.parameters()).device
     size = tuple(int(v) for v in generator.image_size)
     # metric networks first: an explicit path to a missing file fails before any work is done
@@ -559,25 +710,39 @@ def evaluate_generator(
         config.pose_estimator, synthetic=synthetic, judge_dir=config.pose_judge_dir, device=dev
     )
     backends.status["realism (Fréchet distance, sharpness)"] = _realism_status(backends)
-    was_training = generator.training
-    generator.eval()
+    modes = {id(m): (m, m.training) for m in (generator, *(others or {}).values())}
+    for model, _ in modes.values():
+        model.eval()
     try:
         scorer = QualityScorer(
             pairs, market, backends, batch_size=config.batch_size, pose_upscale=config.pose_upscale,
             seed=config.seed, device=dev, strict=config.strict,
         )  # fmt: skip
-        systems, sheet_cols, sweep_rows = _score_all(generator, pairs, scorer, config)
+        systems, sheet_cols, sweep_rows, setting_rows = _score_all(
+            generator, pairs, scorer, config, setting_runs
+        )
         realism_check = scorer.realism_check(seed=config.seed)
     finally:
-        generator.train(was_training)
+        for model, was_training in modes.values():
+            model.train(was_training)
         if isinstance(config.pose_estimator, str) and backends.pose is not None:
             backends.pose.close()  # we opened it
     result = _result(config, generator, size, dev, pairs, backends, scorer, systems, sweep_rows)
+    result["config"]["checkpoint_sampling"] = checkpoint_sampling(generator)
+    result["config"]["sampling_asked"] = asked
+    if config.settings:
+        result["settings"] = setting_rows
+        result["config"]["other_generators"] = {
+            name: (config.other_generators or {}).get(name, type(model).__name__)
+            for name, model in (others or {}).items()
+        }
     result["realism_check"] = realism_check
     if judges:
         result["reid_judges"] = judges
     if len(judges) == 2:
-        result["reid_agreement"] = reid_agreement(systems, sweep_rows, judges, config.reid_gap_threshold)
+        result["reid_agreement"] = reid_agreement(
+            systems, [*sweep_rows, *setting_rows], judges, config.reid_gap_threshold
+        )
         if result["reid_agreement"]["warning"]:
             logger.warning("%s", result["reid_agreement"]["warning"])
     if config.out_dir is not None:
@@ -702,6 +867,7 @@ __all__ = [
     "evaluate_generator",
     "generate_for_pairs",
     "reid_agreement",
+    "resolve_settings",
     "reid_judge_gap",
     "untrained_like",
 ]

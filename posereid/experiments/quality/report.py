@@ -95,6 +95,39 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list]:
     return grid
 
 
+#: the keys of one ``--setting`` row (:func:`parse_setting`)
+SETTING_KEYS: tuple[str, ...] = ("generator", "sampler", "steps", "guidance")
+
+
+def parse_setting(text: str) -> dict[str, Any]:
+    """``"generator=teacher,sampler=euler,steps=2,guidance=1"`` → one row of the report's settings table
+    (``EvaluateConfig.settings``). Any key may be left out: ``generator`` is then the evaluated one, and
+    ``sampler`` / ``steps`` / ``guidance`` that generator's default; guidance is ``w`` or ``w_pose:w_app``."""
+    row: dict[str, Any] = {}
+    for item in (part.strip() for part in text.split(",")):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in SETTING_KEYS or not value:
+            raise ValueError(
+                f"--setting {text!r}: expected KEY=VALUE pairs joined by commas, keys {', '.join(SETTING_KEYS)} "
+                "(e.g. sampler=few-step,steps=1 or generator=teacher,sampler=dpmsolver++,steps=20,guidance=2)"
+            )
+        if key in row:
+            raise ValueError(f"--setting {text!r}: {key} given twice")
+        if key == "steps":
+            try:
+                row[key] = int(value)
+            except ValueError:
+                raise ValueError(f"--setting {text!r}: steps must be an integer") from None
+            if row[key] < 1:
+                raise ValueError(f"--setting {text!r}: steps must be >= 1")
+        elif key == "guidance":
+            row[key] = parse_guidance(value)
+        else:
+            row[key] = value
+    return row
+
+
 # --------------------------------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------------------------------
@@ -246,17 +279,24 @@ def _judge_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _setting_of(d: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``(steps, sampler, guidance)`` of a config or a checkpoint's defaults, comparable."""
+    return int(d["steps"]), str(d["sampler"]), tuple(float(g) for g in d["guidance"])
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     """The human-readable report."""
     cfg, systems = result["config"], result["systems"]
     labels = metric_labels(result)
     names = list(systems)
+    own = cfg.get("checkpoint_sampling")
+    own_text = " (the checkpoint's default)" if own and _setting_of(own) == _setting_of(cfg) else ""
     lines = [
         "# Generator quality",
         "",
         f"Generator: `{cfg['generator']}` ({cfg['image_size'][0]}x{cfg['image_size'][1]}), sampler "
-        f"{cfg['sampler']}, {cfg['steps']} steps, guidance pose:appearance {cfg['guidance'][0]:g}:{cfg['guidance'][1]:g}, "
-        f"seed {cfg['seed']}.",
+        f"{cfg['sampler']}, {cfg['steps']} steps, guidance pose:appearance {cfg['guidance'][0]:g}:{cfg['guidance'][1]:g}"
+        f"{own_text}, seed {cfg['seed']}.",
         f"Data: `{cfg['data']}`; pairs from {result['data']['pairs_origin']}: {result['data']['pairs_used']} used "
         f"of {result['data']['pairs_total']} (skipped: {result['data']['skipped']}).",
         "",
@@ -290,6 +330,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                 f"| {r['steps']} | {g[0]:g}:{g[1]:g} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |"
             )
         lines += ["", "![sweep](sweep.png)"]
+    lines += _settings_lines(result, labels)
     lines += [
         "",
         "![sheet: source | target pose | generated | ground truth](sheet.png)",
@@ -318,6 +359,31 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _settings_lines(result: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """The settings table (``--setting`` rows): one row per generator and sampling setting, on the same
+    pairs, noise and judges as the systems above."""
+    rows = result.get("settings")
+    if not rows:
+        return []
+    others = result["config"].get("other_generators") or {}
+    keys = [k for k in METRICS if any(k in r for r in rows)]
+    lines = ["", "## Settings (same pairs, noise and judges)", ""]
+    if others:
+        lines += [f"- `{name}`: `{what}`" for name, what in others.items()] + [""]
+    lines += [
+        "| generator | sampler | steps | guidance | " + " | ".join(labels[k] for k in keys) + " |",
+        "|---|---|---|---|" + "---|" * len(keys),
+    ]
+    for r in rows:
+        g = r["guidance"]
+        lines.append(
+            f"| {r['generator']} | {r['sampler']} | {r['steps']} | {g[0]:g}:{g[1]:g} | "
+            + " | ".join(_fmt(r.get(k)) for k in keys)
+            + " |"
+        )
+    return lines
+
+
 def _realism_check_lines(check: Mapping[str, Any] | None) -> list[str]:
     """The report's validation of the realism metrics (real targets vs a blurred copy vs noise)."""
     if not check:
@@ -341,7 +407,9 @@ def _realism_check_lines(check: Mapping[str, Any] | None) -> list[str]:
 __all__ = [
     "METRICS",
     "metric_labels",
+    "SETTING_KEYS",
     "parse_guidance",
+    "parse_setting",
     "parse_sweep",
     "render_markdown",
     "to_jsonable",

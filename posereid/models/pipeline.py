@@ -369,8 +369,12 @@ class GeneratorPipeline(nn.Module):
         return cls(cls.model_class(**config), training_scheduler(**schedule))
 
     def reinitialized(self) -> GeneratorPipeline:
-        """A fresh, untrained pipeline with the same configuration (the floor of a quality report)."""
-        return type(self)(type(self.model).from_config(self.model.config), self.scheduler)
+        """A fresh, untrained pipeline with the same configuration (the floor of a quality report); a
+        few-step one keeps a fresh (zero) step-size embedding, so the floor samples the same way."""
+        fresh = type(self)(type(self.model).from_config(self.model.config), self.scheduler)
+        if self.few_step is not None:
+            fresh.enable_few_step(StepSizeEmbedding.from_config(self.few_step.config))
+        return fresh
 
     def set_training_stage(self, stage: str) -> GeneratorPipeline:
         """Train ``stage`` of :attr:`TRAINING_STAGES` next (a multi-stage family overrides this)."""

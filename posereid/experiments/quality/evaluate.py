@@ -333,27 +333,13 @@ def generate_for_pairs(
 
 
 def untrained_like(generator: PoseTransferSampler, seed: int) -> PoseTransferSampler:
-    """A freshly initialised generator of the same family and config (the floor), seeded for repeatability.
-
-    A few-step checkpoint's floor also gets a fresh step-size embedding (zero at the start: the untrained
-    flow model), so it samples with the same few-step setting as the checkpoint (``reinitialized`` alone
-    leaves it out)."""
+    """A freshly initialised generator of the same family and config (the floor), seeded for repeatability
+    (a few-step checkpoint's floor samples with the same few-step setting: ``reinitialized`` keeps a fresh
+    step-size embedding)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = generator.reinitialized()
-        embedding = _few_step_embedding(generator)
-        target = getattr(fresh, "base", fresh)  # a RefinedGenerator's floor: its base is the generator
-        if embedding is not None and getattr(target, "few_step", None) is None:
-            target.enable_few_step(type(embedding).from_config(embedding.config))
     return fresh.to(generator.device).eval()
-
-
-def _few_step_embedding(generator: PoseTransferSampler) -> Any:
-    """The step-size embedding of a few-step generator (or of the base a refiner follows), else None."""
-    for g in (generator, getattr(generator, "base", None)):
-        if getattr(g, "few_step", None) is not None:
-            return g.few_step
-    return None
 
 
 def _score_all(

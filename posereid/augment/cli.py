@@ -78,11 +78,50 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
     argtypes.add_progress_arg(parser)
     add_strict_arg(parser)
+    add_check_args(parser)
+
+
+#: the folder of ``OUT`` where ``generate --check`` keeps its verdict (``gate.json``) and its auto re-ID judge
+CHECK_DIR = "gate"
+
+
+def add_check_args(parser: argparse.ArgumentParser) -> None:
+    """``generate --check``: the generator gate before generating (run by the console script, see
+    :func:`run_generate`)."""
+    group = parser.add_argument_group(
+        "generator gate",
+        "score the generator on held-out pairs of --data's train images before generating (posereid "
+        "check-generator with generate's generator, refiner, sampling, seed and device)",
+    )
+    group.add_argument(
+        "--check", action="store_true",
+        help=f"run the generator gate first: print its verdict (and write OUT/{CHECK_DIR}/gate.json); a near-floor "
+        "verdict stops with exit code 4 and generates nothing",
+    )  # fmt: skip
+    group.add_argument(
+        "--check-reid-checkpoint", default="auto", metavar="PATH|auto",
+        help="the gate's re-ID judge: a train-reid checkpoint of --data's train images, or auto (default): train a "
+        f"strong baseline on them with the data's recipe into OUT/{CHECK_DIR}/reid-judge (reused by a rerun)",
+    )  # fmt: skip
+    group.add_argument(
+        "--check-pairs", type=positive_int, default=None, metavar="N",
+        help="held-out pairs the gate scores (default: check-generator's)",
+    )  # fmt: skip
 
 
 def run_generate(args: argparse.Namespace) -> int:
     """``posereid generate``: load the generator (+ refiner, pose bank, identity filter), generate, print
-    the summary; exit code 1 when a source image failed."""
+    the summary; exit code 1 when a source image failed.
+
+    ``--check`` (the generator gate) is run before this by the console script
+    (:func:`posereid.experiments.cli.main`), because this package may not import the gate's; it marks the
+    namespace ``checked`` so that a caller who skipped it is told instead of generating unchecked.
+    """
+    if getattr(args, "check", False) and not getattr(args, "checked", False):
+        raise RuntimeError(
+            "generate --check: the gate runs from the posereid console script (posereid.experiments.cli.main); "
+            "call that, or posereid.experiments.quality.gate_cli.check_generator before run_generate"
+        )
     import torch
 
     from posereid.augment.generate import GenerateConfig, generate_offline
@@ -212,4 +251,11 @@ def run_filter(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_filter_args", "add_generate_args", "run_filter", "run_generate"]
+__all__ = [
+    "CHECK_DIR",
+    "add_check_args",
+    "add_filter_args",
+    "add_generate_args",
+    "run_filter",
+    "run_generate",
+]

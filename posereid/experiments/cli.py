@@ -97,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if argv[0] == "generate" and getattr(args, "check", False):
+            rc = check_before_generate(args)
+            if rc:
+                return rc
         rc = run(args)  # type: ignore[operator]
     except KeyboardInterrupt:
         print(f"posereid {argv[0]}: interrupted", file=sys.stderr)
@@ -107,6 +111,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"posereid {argv[0]}: error: {describe_error(exc)}", file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def check_before_generate(args: argparse.Namespace) -> int:
+    """``posereid generate --check``: the generator gate on generate's own generator, refiner, data,
+    annotations, sampling (left out: the checkpoint's, as generate samples), seed and device, through
+    ``check-generator``'s :func:`~posereid.experiments.quality.gate_cli.check_generator`. It runs here, not in
+    :mod:`posereid.augment.cli`, because imports point one way (``experiments`` → ``augment``). Returns the
+    exit code: 4 (``near-floor``: nothing is generated), else 0 and ``args.checked`` is set for
+    :func:`~posereid.augment.cli.run_generate`."""
+    from pathlib import Path
+
+    from posereid.augment.cli import CHECK_DIR
+    from posereid.experiments.quality.gate import DEFAULT_PAIRS
+    from posereid.experiments.quality.gate_cli import check_generator, exit_code
+
+    out = Path(args.out) / CHECK_DIR
+    result = check_generator(
+        args.generator, args.data, reid_checkpoint=args.check_reid_checkpoint, out=out,
+        annotations=args.annotations, split="train", n_pairs=args.check_pairs or DEFAULT_PAIRS, steps=args.steps,
+        sampler=args.sampler, guidance=args.guidance, sampling_defaults="checkpoint", refiner=args.refiner,
+        refiner_steps=args.refiner_steps, seed=args.seed, device=args.device, strict=args.strict,
+        command="generate --check",
+    )  # fmt: skip
+    rc = exit_code(result)
+    if rc:
+        print(
+            f"generate --check: the generator is near the floor on {args.data}: nothing generated (exit code {rc}); "
+            "use a better generator, or rerun without --check to generate anyway"
+        )
+        return rc
+    print(f"generate --check: {result.verdict}: generating")
+    args.checked = True
+    return 0
 
 
 _OS_HINTS = {

@@ -4,7 +4,9 @@ Run it before ``posereid generate`` (or any use of a generator on new data): it 
 few dozen held-out pairs of the user's own images against an untrained generator of the same config (the
 floor) and the real images (the ceiling), prints the verdict and, with ``--out``, writes ``gate.json``.
 Exit code 0 for ``pass`` (or ``untrusted``: the judge could not tell), 4 for ``near-floor`` (what makes
-``reid-gain`` stop), so a script can chain ``posereid check-generator ... && posereid generate ...``.
+``reid-gain`` stop), so a script can chain ``posereid check-generator ... && posereid generate ...``;
+``posereid generate --check`` runs the same :func:`check_generator` itself (from the console script, since
+:mod:`posereid.augment` may not import this package) and generates nothing on a near-floor verdict.
 
 The re-ID judge is ``--reid-checkpoint PATH`` (a ``train-reid`` model of the same data's train images) or
 ``auto``: a strong-baseline model trained here on the data's train images with the data's recipe
@@ -14,7 +16,9 @@ The re-ID judge is ``--reid-checkpoint PATH`` (a ``train-reid`` model of the sam
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from posereid.argtypes import (
     add_annotations_arg,
@@ -25,7 +29,10 @@ from posereid.argtypes import (
     positive_int,
     unit_interval,
 )
-from posereid.experiments.quality.gate import DEFAULT_PAIRS, NEAR_FLOOR_MARGIN, STYLE_MARGIN
+from posereid.experiments.quality.gate import DEFAULT_PAIRS, NEAR_FLOOR_MARGIN, STYLE_MARGIN, Split
+
+if TYPE_CHECKING:
+    from posereid.experiments.quality.gate import GateResult
 
 #: the exit code of a near-floor verdict (the same as a ``reid-gain`` stopped by the gate)
 NEAR_FLOOR_EXIT = 4
@@ -52,10 +59,13 @@ def add_check_generator_args(parser: argparse.ArgumentParser) -> None:
         "--n-pairs", type=positive_int, default=DEFAULT_PAIRS, help="held-out pairs to score (seeded draw)"
     )
     parser.add_argument(
-        "--steps", type=positive_int, default=None, help="sampling steps (default: the recipe's)"
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="sampling steps (default: reid-gain's: a few-step checkpoint's own, else the recipe's)",
     )
-    parser.add_argument("--sampler", default=None, help="diffusion sampler (default: the recipe's)")
-    add_guidance_arg(parser, what="the scored images (default: the recipe's)")
+    parser.add_argument("--sampler", default=None, help="diffusion sampler (default: as --steps)")
+    add_guidance_arg(parser, what="the scored images (default: as --steps)")
     parser.set_defaults(guidance=None)
     parser.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the pair draw and the noise"
@@ -76,7 +86,7 @@ def add_check_generator_args(parser: argparse.ArgumentParser) -> None:
     add_strict_arg(parser)
 
 
-def _auto_judge(data: Path, out: Path, device: str) -> Path:
+def _auto_judge(data: Path, out: Path, device: str, command: str = "check-generator") -> Path:
     """A strong-baseline re-ID model of ``data``'s train images (the data's recipe), trained once into
     ``out/reid-judge``."""
     from posereid.reid_integration.recipes import choose_recipe
@@ -86,7 +96,7 @@ def _auto_judge(data: Path, out: Path, device: str) -> Path:
     if ckpt.is_file():
         return ckpt
     r = choose_recipe(None, data)
-    print(f"check-generator: training the re-ID judge on {data}'s train images ({r.reid_model}, {r.reid_steps} "
+    print(f"{command}: training the re-ID judge on {data}'s train images ({r.reid_model}, {r.reid_steps} "
           f"steps; recipe {r.name}) → {ckpt.parent}")  # fmt: skip
     cfg = ReidTrainConfig(
         data=str(data), model=r.reid_model, steps=r.reid_steps, batch_size=r.reid_batch_size, lr=r.reid_lr,
@@ -96,40 +106,118 @@ def _auto_judge(data: Path, out: Path, device: str) -> Path:
     return ckpt
 
 
-def run_check_generator(args: argparse.Namespace) -> int:
-    """CLI entry: resolve the judge, run the gate, print the verdict, write ``gate.json`` with ``--out``."""
+#: where ``check_generator`` takes the sampling options left out (``None``) from
+SamplingDefaults = Literal["recipe", "checkpoint"]
+
+
+def check_generator(
+    generator: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    reid_checkpoint: str | os.PathLike[str] = "auto",
+    out: str | os.PathLike[str] | None = None,
+    annotations: str | os.PathLike[str] | None = None,
+    split: Split = "train",
+    n_pairs: int = DEFAULT_PAIRS,
+    steps: int | None = None,
+    sampler: str | None = None,
+    guidance: tuple[float, float] | None = None,
+    sampling_defaults: SamplingDefaults = "recipe",
+    refiner: str | os.PathLike[str] | None = None,
+    refiner_steps: int = 20,
+    seed: int = 0,
+    near_floor_margin: float = NEAR_FLOOR_MARGIN,
+    style_margin: float = STYLE_MARGIN,
+    device: str = "auto",
+    strict: bool = False,
+    command: str = "check-generator",
+) -> GateResult:
+    """The gate as the commands run it (``check-generator`` and ``generate --check``, one code path): resolve
+    the re-ID judge (``"auto"`` trains one into ``out/reid-judge``) and the sampling setting, load the
+    generator (+ ``refiner``), score it (:func:`~posereid.experiments.quality.gate.gate_generator`), print
+    the verdict and, with ``out``, write ``out/gate.json``.
+
+    ``steps`` / ``sampler`` / ``guidance`` left out come from ``sampling_defaults``: ``"recipe"`` (what
+    ``reid-gain`` samples with: a few-step checkpoint's own setting, else the data's recipe; ``check-generator``) or ``"checkpoint"`` (the checkpoint's own
+    setting, :func:`~posereid.augment.sampling_settings.resolve_sampling`: what ``generate`` samples with).
+    ``command`` names the caller in what is printed.
+    """
+    from posereid.augment.sampling_settings import own_sampling, refiner_sampler, resolve_sampling
     from posereid.experiments.quality.gate import gate_generator, write_gate_json
-    from posereid.models.contract import load_generator
+    from posereid.models.refine import load_sampler
     from posereid.models.runtime import resolve_device
     from posereid.reid_integration.recipes import choose_recipe
 
-    data, out = Path(args.data), None if args.out is None else Path(args.out)
-    device = str(resolve_device(args.device))
-    recipe = choose_recipe(None, data)
-    steps = args.steps or recipe.steps
-    sampler = args.sampler or recipe.sampler
-    guidance = tuple(args.guidance) if args.guidance is not None else recipe.guidance
-    if args.reid_checkpoint == "auto":
+    if sampling_defaults not in ("recipe", "checkpoint"):
+        raise ValueError(f"sampling_defaults {sampling_defaults!r}: choose recipe or checkpoint")
+    data, out = Path(data), None if out is None else Path(out)
+    device = str(resolve_device(device))
+    if str(reid_checkpoint) == "auto":
         if out is None:
             raise ValueError(
-                "--reid-checkpoint auto trains the re-ID judge into --out; give --out or a checkpoint"
+                "the auto re-ID judge is trained into an output folder; give one or a checkpoint"
             )
-        judge = _auto_judge(data, out, device)
+        judge = _auto_judge(data, out, device, command)
     else:
-        judge = Path(args.reid_checkpoint)
-    generator = load_generator(args.generator, device=device)
+        judge = Path(reid_checkpoint)
+    model = load_sampler(
+        generator,
+        device=device,
+        refiner=refiner,
+        refiner_steps=refiner_steps,
+        sampler=refiner_sampler(sampler),
+    )
+    if sampling_defaults == "checkpoint":
+        setting = resolve_sampling(model, steps=steps, sampler=sampler, guidance=guidance)
+    else:  # reid-gain's rule: a few-step checkpoint's own setting, then the recipe, for each option left out
+        recipe, own = choose_recipe(None, data), own_sampling(model) or {}
+        setting = {
+            "steps": steps or own.get("steps") or recipe.steps,
+            "sampler": sampler or own.get("sampler") or recipe.sampler,
+            "guidance": tuple(guidance or own.get("guidance") or recipe.guidance),
+        }
     result = gate_generator(
-        generator, data, judge, annotations=args.annotations, split=args.split, n_pairs=args.n_pairs, steps=steps,
-        sampler=sampler, guidance=guidance, seed=args.seed, near_floor_margin=args.gate_margin,
-        style_margin=args.style_margin, strict=args.strict,
+        model, data, judge, annotations=annotations, split=split, n_pairs=n_pairs, steps=setting["steps"],
+        sampler=setting["sampler"], guidance=setting["guidance"], seed=seed, near_floor_margin=near_floor_margin,
+        style_margin=style_margin, strict=strict,
     )  # fmt: skip
     print(result.describe())
     if out is not None:
         path = write_gate_json(
-            out / GATE_JSON, result, generator_checkpoint=str(args.generator), reid_checkpoint=str(judge)
-        )
+            out / GATE_JSON, result, generator_checkpoint=str(generator), reid_checkpoint=str(judge),
+            **({"refiner_checkpoint": str(refiner)} if refiner is not None else {}),
+        )  # fmt: skip
         print(f"verdict: {path}")
+    return result
+
+
+def exit_code(result: GateResult) -> int:
+    """The commands' exit code for a verdict: :data:`NEAR_FLOOR_EXIT` for ``near-floor``, else 0."""
     return NEAR_FLOOR_EXIT if result.near_floor else 0
 
 
-__all__ = ["GATE_JSON", "NEAR_FLOOR_EXIT", "add_check_generator_args", "run_check_generator"]
+def run_check_generator(args: argparse.Namespace) -> int:
+    """CLI entry: :func:`check_generator` with the parsed options (sampling left out: reid-gain's)."""
+    if args.reid_checkpoint == "auto" and args.out is None:
+        raise ValueError(
+            "--reid-checkpoint auto trains the re-ID judge into --out; give --out or a checkpoint"
+        )
+    result = check_generator(
+        args.generator, args.data, reid_checkpoint=args.reid_checkpoint, out=args.out, annotations=args.annotations,
+        split=args.split, n_pairs=args.n_pairs, steps=args.steps, sampler=args.sampler,
+        guidance=None if args.guidance is None else tuple(args.guidance), sampling_defaults="recipe",
+        seed=args.seed, near_floor_margin=args.gate_margin, style_margin=args.style_margin, device=args.device,
+        strict=args.strict,
+    )  # fmt: skip
+    return exit_code(result)
+
+
+__all__ = [
+    "GATE_JSON",
+    "NEAR_FLOOR_EXIT",
+    "SamplingDefaults",
+    "add_check_generator_args",
+    "check_generator",
+    "exit_code",
+    "run_check_generator",
+]

@@ -1,7 +1,8 @@
 """The re-ID gain protocol: does training on pose-transfer images help a re-ID model, honestly measured?
 
 ``config`` (:class:`GainConfig`, the arms), ``subset`` (the nested train subsets), ``protocol`` (the
-stages, one re-ID cell, :func:`run_gain`), ``report`` (results CSV, summary, table, plot), ``compare``
+stages, one re-ID cell, :func:`run_gain`), ``gate`` (:class:`GainGate`: the generator gate before the generator
+arms), ``report`` (results CSV, summary, table, plot), ``compare``
 (several runs in one table and plot) and ``cli`` (``posereid reid-gain`` and ``reid-gain-compare``). The
 public names are re-exported here, resolved on first access.
 """
@@ -14,9 +15,10 @@ __getattr__, __dir__, __all__ = attach(
         "config": ["ARMS", "BASELINE_FIELDS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "DEFAULT_SEEDS", "GainConfig", "GainOutOfTimeError", "NOISE_ARM", "ORACLE_ARM",
                    "ProtocolMismatchError", "SOFT_ARM", "arm_extra", "find_annotations", "fraction_tag", "parse_fractions"],
         "subset": ["Subset", "materialize_subset", "select_subset", "subset_order"],
-        "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filtered", "ensure_generator", "ensure_noise", "ensure_oracle",
+        "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filter_model", "ensure_filtered", "ensure_generator", "ensure_noise", "ensure_oracle",
                      "ensure_synthetic", "ensure_teacher", "generator_dir", "import_baselines", "new_generator", "market_source", "noise_dir", "oracle_dir", "planned_cells",
                      "prepare_fraction", "run_cell", "run_gain", "synthetic_dir", "teacher_checkpoint", "validate_run", "cell_dir"],
+        "gate": ["GATED_ARMS", "GATE_JSON", "GainGate", "GeneratorGateError"],
         "compare": ["GainRun", "compare_table", "distinct_labels", "first_cells", "load_run", "plot_compare", "run_label",
                     "write_comparison"],
         "report": ["CSV_FIELDS", "Interval", "Share", "cell_key", "format_interval", "markdown_table", "paired_interval",

@@ -9,7 +9,7 @@ when a cell of a :data:`GATED_ARMS` arm is still to be trained:
    (:func:`~posereid.experiments.reid_gain.protocol.ensure_generator`: trained on the kept images, or the
    given ``--generator``; the same one that fraction's cells then use);
 2. the **re-ID judge**: a strong-baseline model trained on the same kept images (the ``auto`` filter model,
-   ``work/filter-model-<fraction>``; the ``strong+synthetic+filtered`` arm with ``--filter-checkpoint auto``
+   :func:`~posereid.experiments.reid_gain.protocol.ensure_filter_model`, ``work/filter-model-<fraction>``; the ``strong+synthetic+filtered`` arm with ``--filter-checkpoint auto``
    reuses it, so it is trained at most once per fraction);
 3. :func:`~posereid.experiments.quality.gate.gate_generator` on pairs of the **kept train images**
    (``split="train"``), with the run's own sampler, steps, guidance and ``subset_seed``.
@@ -128,7 +128,7 @@ class GainGate:
         generator = protocol.ensure_generator(
             config, fraction, subset, device=device, source=source, max_minutes=budget()
         )
-        judge = protocol._filter_model(config, fraction, subset, device=device)
+        judge = protocol.ensure_filter_model(config, fraction, subset, device=device)
         key = {
             "fraction": tag, "generator": str(generator), "generator_sha256": _fingerprint(generator),
             "judge": str(judge), "judge_sha256": _fingerprint(judge), "n_pairs": int(self.n_pairs),

@@ -350,7 +350,7 @@ def ensure_filtered(config: GainConfig, fraction: float, subset: Subset, *, devi
         return int(json.loads(done.read_text())["images"])
     ckpt = config.filter_checkpoint
     if str(ckpt) == "auto":
-        ckpt = _filter_model(config, fraction, subset, device=device)
+        ckpt = ensure_filter_model(config, fraction, subset, device=device)
     extractor = ReidFeatureExtractor.from_checkpoint(ckpt, device=device)
     ident = IdentityFilter(extractor, image_size=extractor.size, progress=config.progress)
     if out.exists():
@@ -380,8 +380,10 @@ def _link_or_copy_str(src: str, dst: str) -> str:
     return dst
 
 
-def _filter_model(config: GainConfig, fraction: float, subset: Subset, *, device: str) -> Path:
-    """``filter_checkpoint="auto"``: a strong-baseline re-ID model trained on the kept images only."""
+def ensure_filter_model(config: GainConfig, fraction: float, subset: Subset, *, device: str) -> Path:
+    """The ``auto`` filter model of ``fraction``: a strong-baseline re-ID model trained on the kept images only,
+    once (``work/filter-model-<fraction>``); ``filter_checkpoint="auto"`` filters with it and the generator
+    gate (:class:`~posereid.experiments.reid_gain.gate.GainGate`) judges with it."""
     from posereid.reid_integration import train as reid_train
 
     out = config.work / f"filter-model-{fraction_tag(fraction)}"
@@ -800,6 +802,7 @@ __all__ = [
     "OracleUnavailableError",
     "cell_dir",
     "check_oracle",
+    "ensure_filter_model",
     "ensure_filtered",
     "ensure_generator",
     "ensure_noise",

@@ -251,3 +251,58 @@ def test_pairs_are_spread_over_people_and_each_has_a_match_in_another_camera() -
     assert unposed not in {
         b for _, b in qgate.select_pairs(recs, posed - {unposed}, 6, seed=0)
     }  # targets need a pose
+
+
+# --------------------------------------------------------------------------------------------------
+# Pose is scored by the data's judge on reid-gain's kept-images subset too
+# --------------------------------------------------------------------------------------------------
+def _centre_colours(images: torch.Tensor) -> torch.Tensor:
+    """A re-ID judge for the synthetic people without training: mean colours of a vertical centre strip."""
+    h, w = images.shape[-2:]
+    strip = images.float()[..., h // 5 : h * 9 // 10, w * 3 // 8 : w * 5 // 8]
+    return torch.nn.functional.adaptive_avg_pool2d(strip, (4, 1)).flatten(1)
+
+
+def test_reid_gain_gate_scores_the_real_targets_pose_as_evaluate_generator_does(
+    synth_market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subset folder ``reid-gain`` gates on has no ``synthetic-meta.csv``: the gate took its people for
+    photos and scored pose with mediapipe, and the real targets (the ceiling) got PCKh 0.22 on a 64x32 run
+    where ``evaluate-generator``'s pose judge gives them 0.96. The ceiling must be the pose judge's reading of
+    the real targets, the same number ``evaluate-generator``'s scorer gives for them."""
+    from posereid.experiments.quality.judge import PoseJudgeEstimator
+    from posereid.experiments.reid_gain import protocol
+    from posereid.models.contract import family_class
+    from posereid.reid_integration.market1501 import Market1501, find_annotations, write_pairs_csv
+
+    generator = tmp_path / "untrained"
+    family_class("pidm").from_preset("tiny", image_size=(H, W)).save_pretrained(generator)
+    judge = tmp_path / "judge.safetensors"  # only fingerprinted: the colour judge stands in for it
+    judge.write_bytes(b"stand-in")
+    monkeypatch.setattr(protocol, "ensure_generator", lambda *a, **k: generator)
+    monkeypatch.setattr(protocol, "ensure_filter_model", lambda *a, **k: judge)
+    monkeypatch.setattr(qgate, "_reid_judge", lambda features, device: (_centre_colours, "centre colours"))
+    config = rg.GainConfig(
+        data=synth_market, out=tmp_path / "gain", fractions=(1.0,), arms=("strong+synthetic",), seeds=(0,),
+        steps=2, height=H, width=W, device="cpu", progress=False,
+    )  # fmt: skip
+    gate = rgate.GainGate(force=True, n_pairs=8, report=lambda text: None)
+    gate(config, [("1", "strong+synthetic", 0)], device="cpu", source=None)
+    result = gate.result
+    assert result is not None and result.settings["data"] == str(config.work / "subset-1")
+    assert result.ceiling.pckh > 0.8, (result.ceiling.pckh, result.settings["judges"])
+
+    # evaluate-generator's pairs loading and scorer, on the same real targets of the source folder
+    pairs_csv = tmp_path / "pairs.csv"
+    write_pairs_csv(pairs_csv, [tuple(p) for p in result.settings["pair_names"]])
+    ann = find_annotations(synth_market, "train")
+    pairs = quality.load_eval_pairs(synth_market, (H, W), pairs=pairs_csv, annotations=ann, n_pairs=None)
+    backends = quality.Backends()
+    backends.pose = PoseJudgeEstimator.from_pretrained()
+    try:
+        scorer = quality.QualityScorer(pairs, Market1501(synth_market), backends)
+        expected = scorer.score(pairs.target, query_camids=pairs.target_camid)["pckh"]
+    finally:
+        backends.pose.close()
+    assert math.isclose(result.ceiling.pckh, expected, abs_tol=1e-9), (result.ceiling.pckh, expected)
+    assert result.settings["synthetic"] and "pose judge" in result.settings["judges"]["pose"]

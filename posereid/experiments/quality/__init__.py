@@ -20,7 +20,7 @@ __getattr__, __dir__, __all__ = attach(
                     "torch_fidelity_available"],
         "scoring": ["FRECHET_SPACES", "Backends", "FeatureFn", "QualityScorer"],
         "evaluate": ["CEILING", "FLOOR", "LPIPS_NETS", "POSE_ESTIMATORS", "TRAINED", "EvaluateConfig", "evaluate_generator",
-                     "generate_for_pairs", "untrained_like"],
+                     "generate_for_pairs", "is_synthetic_data", "untrained_like"],
         "gate": ["DEFAULT_PAIRS", "IDENTITY_METRIC", "MIN_IDENTITY_GAP", "NEAR_FLOOR_MARGIN", "SHARPNESS_BAND",
                  "STYLE_MARGIN", "VERDICTS", "GateResult", "GateScores", "gate_generator", "gate_verdict",
                  "select_pairs", "write_gate_json"],

@@ -134,6 +134,13 @@ def _resolve_fid(weights: Any, image_size: tuple[int, int]) -> tuple[FidScorer |
     return f, f"computed ({f.description})"
 
 
+def is_synthetic_data(*folders: str | os.PathLike[str] | None) -> bool:
+    """Whether any of ``folders`` holds the synthetic renderer's people (``synth-market`` wrote its
+    ``synthetic-meta.csv`` there): what the ``"auto"`` pose estimator picks the pose judge by, in
+    ``evaluate-generator`` and the generator gate alike."""
+    return any(f is not None and (Path(f) / META_CSV).is_file() for f in folders)
+
+
 def _resolve_pose(
     estimator: Any, *, synthetic: bool, judge_dir: str | os.PathLike[str] | None = None, device: Any = "cpu"
 ) -> tuple[Any, str]:
@@ -691,7 +698,7 @@ def evaluate_generator(
         seed=config.seed, market=market, strict=config.strict,
     )  # fmt: skip
     logger.info("scoring %d pairs from %s", len(pairs), pairs.origin)
-    synthetic = any((p / META_CSV).is_file() for p in (config.data, market.root))
+    synthetic = is_synthetic_data(config.data, market.root)
     backends.pose, backends.status["pose (PCKh)"] = _resolve_pose(
         config.pose_estimator, synthetic=synthetic, judge_dir=config.pose_judge_dir, device=dev
     )
@@ -852,6 +859,7 @@ __all__ = [
     "EvaluateConfig",
     "evaluate_generator",
     "generate_for_pairs",
+    "is_synthetic_data",
     "reid_agreement",
     "resolve_settings",
     "reid_judge_gap",

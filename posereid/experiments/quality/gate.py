@@ -18,7 +18,10 @@ position between them (0 = the floor, 1 = the ceiling):
 
 * **identity** (the verdict): mAP of the generated images used as queries against the real images of
   the same data (each pair's own source and target left out), with rank-1 and the centroid margin beside it;
-* **pose**: PCKh of the pose judge (synthetic people) or mediapipe (photos);
+* **pose**: PCKh of the pose judge (synthetic people) or mediapipe (photos), chosen by
+  ``evaluate-generator``'s own rule (:func:`~posereid.experiments.quality.evaluate.is_synthetic_data`; a
+  caller scoring a folder derived from synthetic data, e.g. ``reid-gain``'s kept-images subset, says so with
+  ``synthetic``);
 * **realism**: the Fréchet distance to the other real images in the re-ID feature space and the sharpness
   ratio; its position runs from 0 (as close to the real images as the real targets are) to 1 (as far as the
   floor's images).
@@ -370,30 +373,6 @@ def _reid_judge(features: Any, device: torch.device) -> tuple[FeatureFn, str]:
     return ReidFeatureExtractor.from_checkpoint(path, device=device), f"re-ID model {path}"
 
 
-def _pose_judge(estimator: Any, *, synthetic: bool, device: torch.device) -> tuple[Any, str]:
-    """The keypoint judge: the shipped pose judge on the synthetic renderer's people (``"auto"``) or when
-    asked (``"judge"``), mediapipe on photos (``"auto"``) or when asked, a given callable, or none."""
-    if estimator is None:
-        return None, "not computed (no pose estimator)"
-    if not isinstance(estimator, str):
-        return estimator, getattr(estimator, "description", type(estimator).__name__)
-    if estimator not in ("auto", "judge", "mediapipe"):
-        raise ValueError(f"pose estimator {estimator!r}: choose auto, judge or mediapipe")
-    if estimator == "judge" or (estimator == "auto" and synthetic):
-        from posereid.experiments.quality.judge import PoseJudgeEstimator
-
-        est = PoseJudgeEstimator.from_pretrained(device=device)
-        return est, est.description
-    from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
-
-    try:
-        return PoseEstimator(), "mediapipe BlazePose → COCO-18"
-    except MissingExtraError as exc:
-        if estimator == "mediapipe":
-            raise
-        return None, f"not computed ({exc})"
-
-
 # --------------------------------------------------------------------------------------------------
 # The gate
 # --------------------------------------------------------------------------------------------------
@@ -411,6 +390,7 @@ def gate_generator(
     seed: int = 0,
     batch_size: int = 32,
     pose_estimator: Any = "auto",
+    synthetic: bool | None = None,
     near_floor_margin: float = NEAR_FLOOR_MARGIN,
     style_margin: float = STYLE_MARGIN,
     strict: bool = False,
@@ -431,14 +411,19 @@ def gate_generator(
         n_pairs / seed: how many pairs (:func:`select_pairs`) and the seed of the draw and of every image's noise.
         steps / sampler / guidance: the sampling setting scored (the one the images will be made with).
         pose_estimator: ``"auto"`` (the pose judge on the synthetic renderer's data, mediapipe on photos),
-            ``"judge"``, ``"mediapipe"``, a callable, or ``None``.
+            ``"judge"``, ``"mediapipe"``, a callable, or ``None``; resolved as ``evaluate-generator`` resolves it.
+        synthetic: whether ``data`` holds the synthetic renderer's people (what ``"auto"`` reads); ``None``
+            (default): detected as ``evaluate-generator`` does
+            (:func:`~posereid.experiments.quality.evaluate.is_synthetic_data` on ``data``). A folder derived
+            from synthetic data without its ``synthetic-meta.csv`` (``reid-gain``'s kept-images subset) needs
+            it given: mediapipe scores real 64x32 renders at a PCKh of 0.2-0.4, the pose judge at about 0.95.
         near_floor_margin / style_margin: the verdict's thresholds (:data:`NEAR_FLOOR_MARGIN`,
             :data:`STYLE_MARGIN`).
         strict: stop at the first unreadable image instead of skipping and counting it.
     """
+    from posereid.experiments.quality.evaluate import _resolve_pose, is_synthetic_data
     from posereid.experiments.quality.pairs import load_eval_pairs
     from posereid.experiments.quality.scoring import Backends, QualityScorer
-    from posereid.experiments.synthetic.dataset import META_CSV
 
     if not 0.0 < near_floor_margin < 1.0:
         raise ValueError(f"near_floor_margin must be in (0, 1), got {near_floor_margin}")
@@ -465,10 +450,11 @@ def gate_generator(
         pairs = load_eval_pairs(
             data, size, pairs=pairs_csv, annotations=ann, n_pairs=None, seed=seed, market=view, strict=strict
         )
-    synthetic = any((p / META_CSV).is_file() for p in (Path(data), market.root))
+    if synthetic is None:
+        synthetic = is_synthetic_data(data, market.root)
     backends = Backends()
     backends.reid, backends.status["identity"] = _reid_judge(features, dev)
-    backends.pose, backends.status["pose"] = _pose_judge(pose_estimator, synthetic=synthetic, device=dev)
+    backends.pose, backends.status["pose"] = _resolve_pose(pose_estimator, synthetic=synthetic, device=dev)
     was_training = generator.training
     generator.eval()
     try:
@@ -495,7 +481,7 @@ def gate_generator(
     settings = {
         "data": str(data), "split": split, "annotations": str(ann), "pairs": len(pairs),
         "identities": len(set(pairs.source_pid.tolist())), "steps": int(steps), "sampler": sampler,
-        "guidance": [float(guidance[0]), float(guidance[1])], "seed": int(seed),
+        "guidance": [float(guidance[0]), float(guidance[1])], "seed": int(seed), "synthetic": bool(synthetic),
         "near_floor_margin": float(near_floor_margin), "style_margin": float(style_margin),
         "identity_metric": IDENTITY_METRIC, "judges": dict(backends.status), "reference": dict(scorer.info),
         "pair_names": [list(p) for p in pairs.names],

@@ -12,7 +12,9 @@ when a cell of a :data:`GATED_ARMS` arm is still to be trained:
    :func:`~posereid.experiments.reid_gain.protocol.ensure_filter_model`, ``work/filter-model-<fraction>``; the ``strong+synthetic+filtered`` arm with ``--filter-checkpoint auto``
    reuses it, so it is trained at most once per fraction);
 3. :func:`~posereid.experiments.quality.gate.gate_generator` on pairs of the **kept train images**
-   (``split="train"``), with the run's own sampler, steps, guidance and ``subset_seed``.
+   (``split="train"``), with the run's own sampler, steps, guidance and ``subset_seed``, and pose scored by
+   the judge of the run's **source** data: the subset folder has no ``synthetic-meta.csv`` of its own, so
+   it is told whether the source is the synthetic renderer's (the pose judge) or not (mediapipe).
 
 Why the kept train images and not the test split: everything the gate reads (the pairs, the gallery the
 generated targets are recognised in, the realism reference, the judge's training images) is the run's
@@ -116,6 +118,7 @@ class GainGate:
     ) -> MarketSource | None:
         """Gate the run whose cells ``todo`` (``(fraction tag, arm, seed)``) are still to train; returns the
         run's parsed source (made here when the gate needed it)."""
+        from posereid.experiments.quality.evaluate import is_synthetic_data
         from posereid.experiments.reid_gain import protocol
 
         tags = {t for t, arm, _ in todo if arm in GATED_ARMS}
@@ -129,11 +132,15 @@ class GainGate:
             config, fraction, subset, device=device, source=source, max_minutes=budget()
         )
         judge = protocol.ensure_filter_model(config, fraction, subset, device=device)
+        # the kept-images subset is the source's people, but its folder lacks the synthetic renderer's
+        # metadata: the source says which pose judge scores them
+        synthetic = is_synthetic_data(source.root, source.market.root)
         key = {
             "fraction": tag, "generator": str(generator), "generator_sha256": _fingerprint(generator),
             "judge": str(judge), "judge_sha256": _fingerprint(judge), "n_pairs": int(self.n_pairs),
             "near_floor_margin": float(self.near_floor_margin), "steps": int(config.steps), "sampler": config.sampler,
             "guidance": [float(g) for g in config.guidance], "seed": int(config.subset_seed),
+            "synthetic": synthetic,
         }  # fmt: skip
         path = config.out / GATE_JSON
         records: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
@@ -142,7 +149,7 @@ class GainGate:
             result = GateResult.from_dict(old["result"])
             logger.info("reid-gain: the gate's verdict on %s is read from %s", tag, path)
         else:
-            result = self._score(config, subset, generator, judge, device)
+            result = self._score(config, subset, generator, judge, device, synthetic=synthetic)
         self.result = result
         kept = f"{fraction * 100:g} %"
         self.report(f"reid-gain: the generator gate on the kept images of {kept}:\n{result.describe()}")
@@ -163,7 +170,7 @@ class GainGate:
         return source
 
     def _score(
-        self, config: GainConfig, subset: Any, generator: Path, judge: Path, device: str
+        self, config: GainConfig, subset: Any, generator: Path, judge: Path, device: str, *, synthetic: bool
     ) -> GateResult:
         from posereid.models.contract import load_generator
 
@@ -171,7 +178,7 @@ class GainGate:
         return gate_generator(
             model, subset.root, judge, annotations=subset.annotations, split="train", n_pairs=self.n_pairs,
             steps=config.steps, sampler=config.sampler, guidance=config.guidance, seed=config.subset_seed,
-            near_floor_margin=self.near_floor_margin,
+            synthetic=synthetic, near_floor_margin=self.near_floor_margin,
         )  # fmt: skip
 
     @staticmethod

@@ -1,6 +1,6 @@
 """The shipped assets: what ``posereid/assets`` holds, and that the shipped generator and pose judge give
-exactly what they gave when these hashes were recorded (before the generator asset's two weight copies
-became one, the EMA one)."""
+exactly what they gave when these hashes were recorded (the few-step generator of results/few_step, 2 of its
+jumps)."""
 
 from __future__ import annotations
 
@@ -19,28 +19,26 @@ from posereid.models import load_generator
 PACKAGE = Path(posereid.__file__).resolve().parent
 GENERATOR = PACKAGE / "assets" / "generator-small"
 
-#: sha256 of the weights the loader gives (as :func:`generator_sha256` serialises them): the asset's EMA
-#: weights, which were ``ema.safetensors`` beside a plain copy and are now its only weights file
-GENERATOR_WEIGHTS_SHA256 = "281809439f6c9e91a2a89466606dacdaea239c1bd8abfd82e1e2933580bc7180"
+#: sha256 of the weights the loader gives (as :func:`generator_sha256` serialises them: the UNet and
+#: appearance encoder, and the few-step embedding ``few_step.*``)
+GENERATOR_STATE_SHA256 = "58645cf58746a0fb47398cb7808d4b3c02f8f7d467fd506520dab35f5c85b364"
+#: sha256 of the asset's main weights file (the EMA weights of the fine-tune, its only copy)
+GENERATOR_WEIGHTS_SHA256 = "21816c8de81ac9d2e460b03e38a72b8b51b100e4209fbc59c3ed87c363708ce6"
 #: sha256 of the float32 bytes of the two images and of the judge's keypoints on them, recorded with the
-#: asset of commit f548a37 (torch 2.14, one CPU thread); float results differ between CPU kernels, so one
-#: pair per ATen CPU capability
+#: asset of this file's commit (torch 2.14, one CPU thread); float results differ between CPU kernels, so one
+#: pair per ATen CPU capability (only the one of the recording machine so far)
 RECORDED_TORCH = "2.14"
 RECORDED = {
     "AVX512": (
-        "b73b8f3e0bec7500e57ab1692920164a9a073ef4e7e9c6aab20409d5564097c6",
-        "09bed530d67f45ddd4f0b7c216ae2ae0a3d4587b600d2188e9c0b819d2e8b8a6",
-    ),
-    "AVX2": (
-        "a3e5308e9b0a9988dc64fe43309d6882ca51562616b752b199fa2dbd557242ad",
-        "a85a99876b0436853b4bfa447834807a6ab5819517fb5b57827f20a484140689",
+        "429ac6ebe2ddbe76fd9a504a851a3edd6db845c175ac793a6e6a0c269f9acf28",
+        "aad56c8bf333fb5dfc8cdaee90321ba838c87458eecef6ef9efbcc09b8bf532a",
     ),
 }
 #: elsewhere (another torch or kernel set): the per-image means and the judge's first person, to a tolerance
-IMAGE_MEANS = (0.5515069, 0.6825673)
-FIRST_PERSON = [[16.31, 5.80], [15.66, 12.41], [12.39, 13.43], [11.46, 22.03], [11.07, 30.60], [19.94, 12.44],
-                [-1.0, -1.0], [21.80, 30.80], [14.91, 30.28], [14.56, 45.06], [14.90, 57.30], [18.00, 30.43],
-                [18.41, 45.03], [17.55, 57.58], [15.10, 4.87], [16.88, 5.06], [13.75, 5.37], [18.45, 5.40]]  # fmt: skip
+IMAGE_MEANS = (0.5157289, 0.6713121)
+FIRST_PERSON = [[16.34, 5.58], [15.89, 13.20], [19.70, 13.71], [20.25, 22.90], [21.61, 30.50], [12.03, 13.59],
+                [11.30, 23.15], [10.26, 30.54], [16.33, 30.51], [14.76, 44.35], [15.78, 57.72], [15.69, 30.59],
+                [17.91, 44.40], [15.58, 57.69], [15.06, 5.01], [16.35, 5.03], [18.37, 6.42], [13.78, 6.01]]  # fmt: skip
 
 
 def _sha256(a: torch.Tensor | np.ndarray) -> str:
@@ -65,9 +63,10 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def generated(one_thread: None) -> torch.Tensor:
-    """Two images of the shipped generator: fixed smooth sources, a fixed skeleton (one shifted), 2 steps."""
+    """Two images of the shipped generator: fixed smooth sources, a fixed skeleton (one shifted), 2 few-step
+    jumps."""
     gen = load_generator(GENERATOR)
-    assert generator_sha256(gen) == GENERATOR_WEIGHTS_SHA256  # the EMA weights, also on any machine
+    assert generator_sha256(gen) == GENERATOR_STATE_SHA256  # the EMA weights, also on any machine
     coarse = torch.rand(2, 3, 8, 4, generator=torch.Generator().manual_seed(0))
     source = torch.nn.functional.interpolate(coarse, size=(64, 32), mode="bilinear", align_corners=False)
     skeleton = torch.tensor(
@@ -104,9 +103,10 @@ def test_shipped_judge_gives_the_recorded_keypoints(generated: torch.Tensor) -> 
 
 def test_package_ships_the_library_and_one_copy_of_the_generator_weights() -> None:
     """Measured reports live in the repository's ``results/`` and one-off studies in ``studies/``, not in
-    the package; the generator asset holds its EMA weights once, as the plain weights file."""
+    the package; the generator asset holds each model's EMA weights once, as the plain weights file."""
     assert not list(PACKAGE.rglob("results")), "measured reports belong in the top-level results/"
     assert not list(PACKAGE.rglob("studies"))
-    assert sorted(p.name for p in GENERATOR.glob("*.safetensors")) == ["diffusion_pytorch_model.safetensors"]
+    for folder in (GENERATOR, GENERATOR / "few_step"):
+        assert sorted(p.name for p in folder.glob("*.safetensors")) == ["diffusion_pytorch_model.safetensors"]
     weights = (GENERATOR / "diffusion_pytorch_model.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest() == GENERATOR_WEIGHTS_SHA256

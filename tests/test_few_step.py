@@ -227,3 +227,70 @@ def test_train_generator_few_step_from_a_teacher(synth_market, tmp_path, capsys)
     assert (tmp_path / "fs" / "samples" / "step-0000002.png").is_file()
     assert cli_main([*base, "--steps", "3", "--few-step-trajectories", "2", "--few-step-steps", "1,2"]) == 1
     assert "few_step: checkpoint 'teacher" in capsys.readouterr().err
+
+
+def test_the_shipped_generator_samples_in_one_call_and_follows_the_target_pose(synth_market) -> None:
+    """The shipped generator is a few-step checkpoint: by default one network call per image, and that
+    call reads the target pose. Two target poses, same source and seed: the images differ inside the
+    two skeletons' region (dilated limbs) far more than outside it. A model that ignored the pose would
+    give the same image twice (no difference anywhere) and fail."""
+    from posereid.augment.pose_bank import PoseBank
+    from posereid.models import SHIPPED_GENERATOR, load_generator
+    from posereid.models.images import pil_to_tensor01
+    from posereid.models.pose import skeleton_tensor
+    from posereid.reid_integration.market1501 import find_annotations, load_image
+
+    gen = load_generator(SHIPPED_GENERATOR)
+    assert gen.sampling_defaults() == {"steps": 1, "sampler": "few-step", "guidance": (1.0, 1.0)}
+    h, w = gen.image_size
+    bank = PoseBank.from_market(synth_market, find_annotations(synth_market), split="train", image_hw=(h, w))
+    kps = torch.as_tensor(bank.get(list(range(len(bank))), (h, w)), dtype=torch.float32)
+    seen = (kps >= 0).all(dim=-1)
+    # the two most different poses of the split (over joints both show), and a source of a third image
+    first, second = max(
+        ((a, b) for a in range(len(kps)) for b in range(a + 1, len(kps))),
+        key=lambda ab: float(((kps[ab[0]] - kps[ab[1]]).abs().sum(-1) * (seen[ab[0]] & seen[ab[1]])).sum()),
+    )
+    third = next(i for i in range(len(kps)) if i not in (first, second))
+    image = load_image(synth_market / "bounding_box_train" / bank.names[third])
+    source = pil_to_tensor01(image.resize((w, h)))
+    targets = torch.stack([kps[first], kps[second]])
+    calls: list[int] = []
+    hook = gen.denoiser().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        images = gen.generate(source[None].repeat(2, 1, 1, 1), targets, seeds=[7, 7])
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # one batched call for both images: one network call per image
+    limbs = skeleton_tensor(targets, h, w).amax(dim=(0, 1))[None, None] > 0
+    region = torch.nn.functional.max_pool2d(limbs.float(), 5, stride=1, padding=2)[0, 0] > 0
+    diff = (images[0] - images[1]).abs().mean(dim=0)
+    inside, outside = float(diff[region].mean()), float(diff[~region].mean())
+    assert inside > 2.0 * outside and inside > 0.05, (inside, outside)
+
+
+def test_reid_gain_samples_a_few_step_generator_with_its_own_sampler(tmp_path, capsys) -> None:
+    """``reid-gain --generator FEW_STEP_DIR`` takes the options left out from the checkpoint (before the
+    recipe's 12 steps at guidance 1); an option given stays; a plain checkpoint leaves them to the recipe."""
+    import argparse
+
+    from posereid.experiments.reid_gain.cli import checkpoint_sampling
+
+    pipe = PIDMPipeline.from_preset("tiny")
+    pipe.enable_few_step(_embedding(pipe, steps=(2, 4), default_steps=2)).save_pretrained(tmp_path / "fs")
+    PIDMPipeline.from_preset("tiny").save_pretrained(tmp_path / "plain")
+
+    def args(generator, **given):
+        return argparse.Namespace(
+            generator=generator, **{"sampler": None, "steps": None, "guidance": None, **given}
+        )
+
+    a = args(tmp_path / "fs")
+    assert checkpoint_sampling(a) == ["sampler", "steps", "guidance"]
+    assert (a.sampler, a.steps, a.guidance) == ("few-step", 2, (1.0, 1.0))
+    assert "few-step checkpoint" in capsys.readouterr().out
+    b = args(tmp_path / "fs", steps=4)
+    assert checkpoint_sampling(b) == ["sampler", "guidance"] and b.steps == 4
+    c = args(tmp_path / "plain")
+    assert checkpoint_sampling(c) == [] and c.sampler is None
+    assert checkpoint_sampling(args(None)) == []

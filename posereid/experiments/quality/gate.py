@@ -376,6 +376,21 @@ def _reid_judge(features: Any, device: torch.device) -> tuple[FeatureFn, str]:
 # --------------------------------------------------------------------------------------------------
 # The gate
 # --------------------------------------------------------------------------------------------------
+def _sampling(
+    generator: Any, steps: int | None, sampler: str | None, guidance: tuple[float, float] | None
+) -> tuple[int, str, tuple[float, float]]:
+    """The setting :func:`gate_generator` scores: a few-step checkpoint's own for the options left out
+    (when the sampler is its own), else 12 DPM-Solver++ steps at guidance 1 for them."""
+    from posereid.augment.sampling_settings import own_sampling, resolve_sampling
+
+    own = own_sampling(generator)
+    if own is not None and sampler in (None, own["sampler"]):
+        s = resolve_sampling(generator, steps=steps, sampler=sampler, guidance=guidance)
+        return s["steps"], s["sampler"], s["guidance"]
+    pair = (1.0, 1.0) if guidance is None else (float(guidance[0]), float(guidance[1]))
+    return (12 if steps is None else int(steps)), (sampler or "dpmsolver++"), pair
+
+
 def gate_generator(
     generator: PoseTransferSampler,
     data: str | os.PathLike[str],
@@ -384,9 +399,9 @@ def gate_generator(
     annotations: str | os.PathLike[str] | None = None,
     split: Split = "train",
     n_pairs: int = DEFAULT_PAIRS,
-    steps: int = 12,
-    sampler: str = "dpmsolver++",
-    guidance: tuple[float, float] = (1.0, 1.0),
+    steps: int | None = None,
+    sampler: str | None = None,
+    guidance: tuple[float, float] | None = None,
     seed: int = 0,
     batch_size: int = 32,
     pose_estimator: Any = "auto",
@@ -409,7 +424,9 @@ def gate_generator(
             the gallery and the realism reference, so nothing of the test split is read) or ``"test"``
             (query + gallery, as ``evaluate-generator`` scores).
         n_pairs / seed: how many pairs (:func:`select_pairs`) and the seed of the draw and of every image's noise.
-        steps / sampler / guidance: the sampling setting scored (the one the images will be made with).
+        steps / sampler / guidance: the sampling setting scored (the one the images will be made with);
+            ``None``: a few-step checkpoint's own sampler, else the synthetic recipe's 12 DPM-Solver++ steps
+            at guidance 1.
         pose_estimator: ``"auto"`` (the pose judge on the synthetic renderer's data, mediapipe on photos),
             ``"judge"``, ``"mediapipe"``, a callable, or ``None``; resolved as ``evaluate-generator`` resolves it.
         synthetic: whether ``data`` holds the synthetic renderer's people (what ``"auto"`` reads); ``None``
@@ -452,6 +469,7 @@ def gate_generator(
         )
     if synthetic is None:
         synthetic = is_synthetic_data(data, market.root)
+    steps, sampler, guidance = _sampling(generator, steps, sampler, guidance)
     backends = Backends()
     backends.reid, backends.status["identity"] = _reid_judge(features, dev)
     backends.pose, backends.status["pose"] = _resolve_pose(pose_estimator, synthetic=synthetic, device=dev)

@@ -6,12 +6,18 @@ and brings back at most 8 files of 16 MB each from ``$OUT``. This script fits th
 
 1. runs ``bench.generator`` (bf16 autocast, ``torch.compile``, training steps/s, and the achieved
    denoiser FLOP rate against a matmul rate measured in the same run) for ``--bench-presets``;
+1b. times few-step sampling (:mod:`posereid.models.few_step`) on a flow model of ``--train-preset`` at the
+   training size: 1, 2 and 4 steps of one network call each beside the same model's 20-step guidance-2
+   DPM-Solver++ row (fp32, and bf16 autocast on CUDA), appended to ``bench_generator.md`` and
+   ``session.json`` (images/s, s/image, network calls per image, speed-up). Random weights and a fresh
+   zero-initialised step-size embedding: speed does not depend on the weights. Skipped (and said so in
+   ``session.json``) when the bench left under a quarter of the budget (at most 2 minutes);
 2. renders a synthetic 128×64 Market-format dataset and trains ``--train-preset`` on it with the recipe
    given by the flags (bf16 mixed precision on CUDA), stopping cleanly at the time left
    (``TrainConfig.max_minutes``: a checkpoint and a grid; no ``final/`` for a run the budget cut short);
-3. leaves in ``--out`` only: ``bench_generator.md``, ``train_log.csv``, ``loss.png``, the first and last
-   sample grids, ``train_config.json`` and ``session.json`` (what ran, how long each part took, the
-   device): 7 files, each far below 16 MB.
+3. leaves in ``--out`` only: ``bench_generator.md`` (with the few-step section), ``train_log.csv``,
+   ``loss.png``, the first and last sample grids, ``train_config.json`` and ``session.json`` (what ran,
+   how long each part took, the device, the few-step rows): 7 files, each far below 16 MB.
 
 Step 2 calls the library (:func:`~posereid.experiments.synthetic.dataset.write_synthetic_market`,
 :func:`~posereid.experiments.data.market_pose_records`, :func:`~posereid.models.training.train_generator`),
@@ -31,8 +37,10 @@ import argparse
 import json
 import platform
 import shutil
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +51,7 @@ from posereid.argtypes import non_negative_int, positive_float, positive_int
 from posereid.experiments.data import market_pose_records
 from posereid.experiments.synthetic.dataset import SynthConfig, write_synthetic_market
 from posereid.models.contract import family_class
+from posereid.models.few_step import FEW_STEP, TEACHER_SAMPLING, StepSizeEmbedding
 from posereid.models.io_utils import atomic_write
 from posereid.models.training import PosePairDataset, TrainConfig, TrainResult, train_generator
 
@@ -78,6 +87,9 @@ def add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snr-gamma", type=positive_float, default=None, help="min-SNR-gamma loss weighting")
     p.add_argument("--p-drop-source-pose", type=float, default=None, help="source-pose dropout")
     p.add_argument("--reserve-minutes", type=positive_float, default=0.75, help="kept for saving and copying")
+    p.add_argument("--few-step-steps", default="1,2,4", help="few-step counts to time ('' skips the rows)")
+    p.add_argument("--few-step-repeats", type=positive_int, default=3, help="timed calls per few-step row")
+    p.add_argument("--few-step-batch", type=positive_int, default=None, help="default: 32 on CUDA, 2 on CPU")
 
 
 def synth_config(args: argparse.Namespace) -> SynthConfig:
@@ -135,6 +147,112 @@ def equivalent_argv(
     return argv
 
 
+def _seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (synchronised on CUDA)."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def few_step_rows(
+    preset: str, image_size: tuple[int, int], device: torch.device, steps: list[int], batch: int, repeats: int
+) -> dict[str, Any]:
+    """Time few-step sampling against the 20-step guidance-2 reference of the same model.
+
+    The model is a fresh flow-matching ``preset`` PIDM at ``image_size`` with a zero-initialised
+    :class:`StepSizeEmbedding` for ``steps`` attached (random weights: speed does not depend on them).
+    Per dtype (fp32; bf16 autocast too on CUDA): the reference (DPM-Solver++, 20 steps, guidance (2, 2))
+    and the few-step sampler at each of ``steps`` (guidance folded in, (1, 1)). Each setting runs once
+    untimed with a forward pre-hook on the denoiser counting its calls and the images through it, then
+    ``repeats`` timed calls (median). Returns ``{"preset", "image_size", "batch", "note", "rows"}``.
+    """
+    from posereid.experiments.bench.generator import make_inputs
+
+    torch.manual_seed(0)
+    pipe = family_class("pidm").from_preset(preset, image_size=image_size, prediction_type="flow")
+    pipe = pipe.to(device).eval()
+    unet = pipe.denoiser()
+    pipe.enable_few_step(
+        StepSizeEmbedding(
+            time_embed_dim=unet.time_embedding.linear_2.out_features, steps=tuple(steps),
+            default_steps=min(steps),
+        )
+    )  # fmt: skip
+    src, ks, kt = make_inputs(pipe, batch)
+    seeds = list(range(batch))
+    reference = {**TEACHER_SAMPLING, "guidance": tuple(TEACHER_SAMPLING["guidance"])}
+    settings = [reference, *({"sampler": FEW_STEP, "steps": k, "guidance": (1.0, 1.0)} for k in steps)]
+    counts = {"calls": 0, "images": 0}
+
+    def count(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        counts["calls"] += 1
+        counts["images"] += int(sample.shape[0])
+
+    dtypes: list[torch.dtype | None] = [None, torch.bfloat16] if device.type == "cuda" else [None]
+    rows: list[dict[str, Any]] = []
+    for dtype in dtypes:
+        label = "fp32" if dtype is None else "bf16 autocast"
+        ref_s: float | None = None
+        for opts in settings:
+
+            def call(opts: dict[str, Any] = opts, dtype: torch.dtype | None = dtype) -> torch.Tensor:
+                return pipe.generate(src, kt, ks, seeds=seeds, autocast_dtype=dtype, **opts)
+
+            counts.update(calls=0, images=0)
+            hook = unet.register_forward_pre_hook(count, with_kwargs=True)
+            try:
+                call()  # warm-up, counted
+            finally:
+                hook.remove()
+            seconds = _seconds(call, device, repeats) / batch
+            ref_s = seconds if ref_s is None else ref_s
+            few = opts["sampler"] == FEW_STEP
+            rows.append({
+                "method": f"ours {label} {'few-step' if few else 'DPM-Solver++ (the reference)'}",
+                "sampler": opts["sampler"],
+                "steps": int(opts["steps"]), "guidance": [float(g) for g in opts["guidance"]],
+                "dtype": "fp32" if dtype is None else "bf16", "batch": batch,
+                "denoiser_calls": counts["calls"], "network_calls_per_image": counts["images"] / batch,
+                "s_per_image": seconds, "images_per_s": 1.0 / seconds,
+                "speedup_vs_20_steps_g2": ref_s / seconds,
+            })  # fmt: skip
+    note = (
+        f"`{preset}` flow model at {image_size[0]}x{image_size[1]}, random weights and a fresh "
+        f"zero-initialised step-size embedding for {','.join(map(str, steps))} step(s): speed does not "
+        "depend on the weights; "
+        f"median of {repeats} timed calls of {batch} images after one counted warm-up call"
+    )
+    return {"preset": preset, "image_size": list(image_size), "batch": batch, "note": note, "rows": rows}
+
+
+def render_few_step(result: dict[str, Any]) -> str:
+    """The few-step section appended to ``bench_generator.md`` (its table's units: images/s per call)."""
+    lines = [
+        "",
+        "## Few-step sampling (one network call per step, guidance folded in)",
+        "",
+        "| preset | method | steps | guidance | batch | rate | s / image | network calls / image | "
+        "vs 20 steps g2, same model |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        g = ",".join(f"{v:g}" for v in r["guidance"])
+        lines.append(
+            f"| {result['preset']} | {r['method']} | {r['steps']} | {g} | {r['batch']} | "
+            f"{r['images_per_s']:.3g} images/s | {r['s_per_image']:.4g} | {r['network_calls_per_image']:g} | "
+            f"{r['speedup_vs_20_steps_g2']:.1f}x |"
+        )
+    return "\n".join([*lines, "", f"- {result['note']}", ""])
+
+
 def train(
     args: argparse.Namespace, data: Path, run: Path, overrides: dict[str, Any], config: TrainConfig
 ) -> TrainResult:
@@ -178,7 +296,29 @@ def run_session(args: argparse.Namespace) -> dict:
     bench_generator.main(bench_argv)
     info["parts"]["bench_minutes"] = round(elapsed(), 2)
 
+    # 1b. few-step rows of the train preset: a few calls, run when a quarter of the budget (at most 2
+    # minutes) is still left after the bench, so that the training keeps its time
+    steps = [int(k) for k in args.few_step_steps.split(",") if k]
+    t_few = elapsed()
+    if not steps:
+        info["few_step"] = {"skipped": "--few-step-steps ''"}
+    elif args.minutes - t_few - args.reserve_minutes < min(2.0, args.minutes / 4):
+        info["few_step"] = {"skipped": f"{t_few:.1f} of {args.minutes} minutes spent by the bench"}
+    else:
+        batch = args.few_step_batch or (32 if device.type == "cuda" else 2)
+        size = (args.height, args.width)
+        info["few_step"] = few_step_rows(args.train_preset, size, device, steps, batch, args.few_step_repeats)
+        report = out / "bench_generator.md"
+        text = report.read_text(encoding="utf-8") if report.is_file() else "# Generator benchmark\n"
+        with atomic_write(report) as fh:
+            fh.write(text.rstrip("\n") + "\n" + render_few_step(info["few_step"]))
+        print(render_few_step(info["few_step"]))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the timing model is gone; give its memory back to the training
+    info["parts"]["few_step_minutes"] = round(elapsed() - t_few, 2)
+
     # 2. data + training with what is left
+    t_data = elapsed()
     with tempfile.TemporaryDirectory(prefix="posereid-gpu-") as tmp:
         data, run = Path(tmp) / "data", Path(tmp) / "train"
         summary = write_synthetic_market(data, synth_config(args), progress=False)
@@ -186,7 +326,7 @@ def run_session(args: argparse.Namespace) -> dict:
             f"synthetic data: {summary['train']['images']} train images, "
             f"{summary['train']['identities']} identities"
         )
-        info["parts"]["data_minutes"] = round(elapsed() - info["parts"]["bench_minutes"], 2)
+        info["parts"]["data_minutes"] = round(elapsed() - t_data, 2)
         left = args.minutes - elapsed() - args.reserve_minutes
         if left <= 0.05:
             raise RuntimeError(f"no time left for training after {elapsed():.1f} of {args.minutes} minutes")

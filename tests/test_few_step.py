@@ -134,7 +134,7 @@ def test_distillation_moves_the_one_step_image_to_the_teachers(teacher_and_traje
         before = error()
         opt = torch.optim.Adam(student.parameters(), lr=1e-3)
         student.train()
-        for step in range(40):
+        for step in range(60):
             gen = torch.Generator().manual_seed(step)
             extra = {"trajectory": batch["trajectory"], "sigmas": batch["sigmas"]} if distil else {}
             loss = student.training_loss(
@@ -152,8 +152,8 @@ def test_distillation_moves_the_one_step_image_to_the_teachers(teacher_and_traje
 
     before, after = one_step_error(distil=True)
     _, without = one_step_error(distil=False)
-    assert after < 0.6 * before, (before, after)
-    assert after < 0.6 * without, (after, without)
+    assert after < 0.7 * before, (before, after, without)
+    assert after < 0.5 * without, (before, after, without)
 
 
 def test_checkpoint_declares_its_sampler_and_generate_follows_it(teacher_and_trajectories, tmp_path) -> None:

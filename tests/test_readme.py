@@ -25,7 +25,6 @@ TINY = [
     ("--per-image 2", "--per-image 1 --steps 1 --batch-size 4"),
     ("--augment strong", "--augment strong --steps 2 --batch-size 8"),
     ("--fractions 0.2,1", "--fractions 1 --seeds 0 --reid-steps 2 --reid-batch-size 8 --steps 1"),
-    ("steps=12", "steps=1"),
 ]  # fmt: skip
 #: commands that are not posereid's (installing, the Makefile): the test suite itself runs under one
 OTHER = ("pip ", "make ")

@@ -144,7 +144,7 @@ def test_generator_argument_validation() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- samplers
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - {"few-step"}))  # few-step: test_few_step.py
 def test_every_sampler_runs(model: PIDMPipeline, sampler: str) -> None:
     src, ks, kt, *_ = _conditions(model)
     out = model.generate(src, kt, ks, steps=3, sampler=sampler, seeds=[0, 1])
@@ -153,7 +153,7 @@ def test_every_sampler_runs(model: PIDMPipeline, sampler: str) -> None:
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "v_prediction+zero_snr"])
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - {"few-step"}))  # few-step: test_few_step.py
 def test_samplers_recover_the_data_with_an_oracle_denoiser(sampler: str, prediction_type: str) -> None:
     """With the exact ε/v of a one-image data set every sampler must land on that image.
 

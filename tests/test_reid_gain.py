@@ -899,3 +899,27 @@ def test_soft_arm_settings_are_validated(market: Path, tmp_path: Path) -> None:
     for bad in (["--soft-weight", "1.5"], ["--soft-temperature", "0"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["--data", "d", "--out", "o", *bad])
+
+
+def test_baselines_from_reads_oracle_and_floor_cells_only_at_the_same_synthetic_ratio(
+    run, tmp_path: Path
+) -> None:
+    """The oracle and floor arms add images, so their batches follow ``synthetic_ratio``: a run with another
+    ratio reads only the baselines from ``--baselines-from`` (its floor cells are other models) and trains its
+    own floor; at the same ratio it reads the floor too."""
+    import shutil
+
+    config, rows, _, _ = run
+    src = tmp_path / "src"
+    shutil.copytree(config.out, src, ignore=shutil.ignore_patterns("work"))
+    floor = [{**r, "arm": rg.NOISE_ARM} for r in rows if r["arm"] == "plain"]
+    rg.write_results(src / "results.csv", [*rg.read_results(src / "results.csv"), *floor])
+    arms = ("plain", rg.NOISE_ARM)
+    other = _config(config.data, tmp_path / "other", arms=arms, baselines_from=src, synthetic_ratio=0.25)
+    read = rg.import_baselines(other, rg.planned_cells(other), set())
+    assert {r["arm"] for r in read} == {"plain"}  # the floor of another mix is trained here
+    same = _config(config.data, tmp_path / "same", arms=arms, baselines_from=src)
+    assert {r["arm"] for r in rg.import_baselines(same, rg.planned_cells(same), set())} == {
+        "plain",
+        rg.NOISE_ARM,
+    }

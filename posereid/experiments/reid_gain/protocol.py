@@ -615,16 +615,28 @@ def import_baselines(
     each marked ``read_from`` (the folder; the report tells them from the cells trained here).
 
     Refuses (:class:`ProtocolMismatchError`) a folder whose :data:`BASELINE_FIELDS` differ from this run's:
-    its cells would not be the models this run would train. The asked-for cells it lacks are trained here.
+    its cells would not be the models this run would train. Oracle and floor cells are read only when its
+    ``synthetic_ratio`` is this run's too (their batches mix extra images by it). The asked-for cells it lacks
+    are trained here.
     """
     src = config.baselines_from
     if src is None:
         return []
     theirs = _baselines_source(config)
-    wanted = {c for c in set(plan) - done if arm_extra(c[1]) in ("", "oracle", "noise")}
+    # the oracle and floor arms add images, so their batches follow synthetic_ratio: read them only from a run
+    # that mixed them the same way (the baselines add none and are the same models whatever the ratio)
+    saved, _ = read_run(src)
+    same_mix = _jsonable(saved.get("synthetic_ratio")) == _jsonable(config.protocol()["synthetic_ratio"])
+    extras = ("", "oracle", "noise") if same_mix else ("",)
+    if not same_mix:
+        logger.info(
+            "reid-gain: %s mixed extra images with synthetic_ratio %r (here %r): its oracle and floor cells are "
+            "other models, trained here instead", src, saved.get("synthetic_ratio"), config.synthetic_ratio,
+        )  # fmt: skip
+    wanted = {c for c in set(plan) - done if arm_extra(c[1]) in extras}
     rows = [
         {**r, "read_from": str(src)} for r in theirs
-        if arm_extra(r["arm"]) in ("", "oracle", "noise") and cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
+        if arm_extra(r["arm"]) in extras and cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
     ]  # fmt: skip
     missing = sorted(wanted - {cell_key(r["fraction"], r["arm"], r["seed"]) for r in rows})
     logger.info("reid-gain: %d baseline, oracle and floor cell(s) read from %s", len(rows), src)

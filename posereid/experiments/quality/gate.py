@@ -376,19 +376,24 @@ def _reid_judge(features: Any, device: torch.device) -> tuple[FeatureFn, str]:
 # --------------------------------------------------------------------------------------------------
 # The gate
 # --------------------------------------------------------------------------------------------------
-def _sampling(
-    generator: Any, steps: int | None, sampler: str | None, guidance: tuple[float, float] | None
-) -> tuple[int, str, tuple[float, float]]:
-    """The setting :func:`gate_generator` scores: a few-step checkpoint's own for the options left out
-    (when the sampler is its own), else 12 DPM-Solver++ steps at guidance 1 for them."""
-    from posereid.augment.sampling_settings import own_sampling, resolve_sampling
+def recipe_sampling(
+    generator: Any,
+    data: str | os.PathLike[str],
+    steps: int | None = None,
+    sampler: str | None = None,
+    guidance: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """What ``reid-gain`` samples ``generator`` with on ``data``, each option left out (``None``) taken from a
+    few-step checkpoint's own setting, else from the data's recipe: the setting the gate scores."""
+    from posereid.augment.sampling_settings import own_sampling
+    from posereid.reid_integration.recipes import choose_recipe
 
-    own = own_sampling(generator)
-    if own is not None and sampler in (None, own["sampler"]):
-        s = resolve_sampling(generator, steps=steps, sampler=sampler, guidance=guidance)
-        return s["steps"], s["sampler"], s["guidance"]
-    pair = (1.0, 1.0) if guidance is None else (float(guidance[0]), float(guidance[1]))
-    return (12 if steps is None else int(steps)), (sampler or "dpmsolver++"), pair
+    recipe, own = choose_recipe(None, data), own_sampling(generator) or {}
+    return {
+        "steps": steps or own.get("steps") or recipe.steps,
+        "sampler": sampler or own.get("sampler") or recipe.sampler,
+        "guidance": tuple(guidance or own.get("guidance") or recipe.guidance),
+    }
 
 
 def gate_generator(
@@ -425,8 +430,8 @@ def gate_generator(
             (query + gallery, as ``evaluate-generator`` scores).
         n_pairs / seed: how many pairs (:func:`select_pairs`) and the seed of the draw and of every image's noise.
         steps / sampler / guidance: the sampling setting scored (the one the images will be made with);
-            ``None``: a few-step checkpoint's own sampler, else the synthetic recipe's 12 DPM-Solver++ steps
-            at guidance 1.
+            ``None``: :func:`recipe_sampling` (a few-step checkpoint's own, else the data's recipe: 12
+            DPM-Solver++ steps at guidance 1 on synthetic data).
         pose_estimator: ``"auto"`` (the pose judge on the synthetic renderer's data, mediapipe on photos),
             ``"judge"``, ``"mediapipe"``, a callable, or ``None``; resolved as ``evaluate-generator`` resolves it.
         synthetic: whether ``data`` holds the synthetic renderer's people (what ``"auto"`` reads); ``None``
@@ -469,7 +474,8 @@ def gate_generator(
         )
     if synthetic is None:
         synthetic = is_synthetic_data(data, market.root)
-    steps, sampler, guidance = _sampling(generator, steps, sampler, guidance)
+    setting = recipe_sampling(generator, data, steps, sampler, guidance)
+    steps, sampler, guidance = setting["steps"], setting["sampler"], setting["guidance"]
     backends = Backends()
     backends.reid, backends.status["identity"] = _reid_judge(features, dev)
     backends.pose, backends.status["pose"] = _resolve_pose(pose_estimator, synthetic=synthetic, device=dev)

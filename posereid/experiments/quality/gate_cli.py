@@ -142,11 +142,10 @@ def check_generator(
     setting, :func:`~posereid.augment.sampling_settings.resolve_sampling`: what ``generate`` samples with).
     ``command`` names the caller in what is printed.
     """
-    from posereid.augment.sampling_settings import own_sampling, refiner_sampler, resolve_sampling
-    from posereid.experiments.quality.gate import gate_generator, write_gate_json
+    from posereid.augment.sampling_settings import refiner_sampler, resolve_sampling
+    from posereid.experiments.quality.gate import gate_generator, recipe_sampling, write_gate_json
     from posereid.models.refine import load_sampler
     from posereid.models.runtime import resolve_device
-    from posereid.reid_integration.recipes import choose_recipe
 
     if sampling_defaults not in ("recipe", "checkpoint"):
         raise ValueError(f"sampling_defaults {sampling_defaults!r}: choose recipe or checkpoint")
@@ -170,12 +169,7 @@ def check_generator(
     if sampling_defaults == "checkpoint":
         setting = resolve_sampling(model, steps=steps, sampler=sampler, guidance=guidance)
     else:  # reid-gain's rule: a few-step checkpoint's own setting, then the recipe, for each option left out
-        recipe, own = choose_recipe(None, data), own_sampling(model) or {}
-        setting = {
-            "steps": steps or own.get("steps") or recipe.steps,
-            "sampler": sampler or own.get("sampler") or recipe.sampler,
-            "guidance": tuple(guidance or own.get("guidance") or recipe.guidance),
-        }
+        setting = recipe_sampling(model, data, steps, sampler, guidance)
     result = gate_generator(
         model, data, judge, annotations=annotations, split=split, n_pairs=n_pairs, steps=setting["steps"],
         sampler=setting["sampler"], guidance=setting["guidance"], seed=seed, near_floor_margin=near_floor_margin,

@@ -772,6 +772,42 @@ def test_noise_floor_arm_adds_colour_matched_noise_under_the_kept_pids(
     )
 
 
+def test_floor_soft_and_filtered_arms_use_the_noise_images_the_teacher_and_the_filter(
+    market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``strong+noise+soft`` trains on the floor's noise images with the strong cell's soft labels;
+    ``strong+noise+filtered`` on those the identity filter keeps (a manifest is written for the noise folder,
+    which has none); the unfiltered floor folder is left whole, and the report and the comparison show both."""
+    reid_spy = Spy(reid_train.train_reid)
+    monkeypatch.setattr(reid_train, "train_reid", reid_spy)
+    arms = ("strong", rg.NOISE_ARM, rg.NOISE_SOFT_ARM, rg.NOISE_FILTERED_ARM)
+    config = _config(market, tmp_path / "g", fractions=(1.0,), arms=arms, filter_checkpoint="auto")
+    rows = rg.run_gain(config)
+    by_arm = {c.extra["arm"]: c for c in (args[0] for args, _ in reid_spy.calls) if c.extra.get("arm")}
+    noise, filtered = rg.noise_dir(config, 1.0), rg.noise_dir(config, 1.0, filtered=True)
+    assert by_arm[rg.NOISE_SOFT_ARM].synthetic == (str(noise),)
+    assert by_arm[rg.NOISE_SOFT_ARM].soft_teacher == rg.teacher_checkpoint(config, 1.0, 0)
+    assert by_arm[rg.NOISE_ARM].soft_teacher is None and by_arm[rg.NOISE_FILTERED_ARM].soft_teacher is None
+    assert by_arm[rg.NOISE_FILTERED_ARM].synthetic == (str(filtered),)
+    all_noise = sorted(p.name for p in (noise / "bounding_box_train").glob("*.jpg"))
+    kept = sorted(p.name for p in (filtered / "bounding_box_train").glob("*.jpg"))
+    manifest = [json.loads(line) for line in (filtered / "manifest.jsonl").open()]
+    assert sorted(m["name"] for m in manifest) == all_noise  # every noise image was scored
+    assert sorted(m["name"] for m in manifest if m["kept"]) == kept
+    assert all((m["filter_margin"] >= 0) == m["kept"] for m in manifest)
+    assert all(m["source_pid"] == parse_market_name(m["name"])[0] for m in manifest)
+    row = {r["arm"]: r for r in rows}
+    assert row[rg.NOISE_FILTERED_ARM]["synthetic_images"] == len(kept) < len(all_noise)
+    assert {row[a]["generator"] for a in arms[1:]} == {"noise"}
+    md = (config.out / "results.md").read_text()
+    assert f"`{rg.NOISE_SOFT_ARM}`" in md and "`+filtered` arms" in md
+    from posereid.experiments.reid_gain.compare import compare_table, load_run
+
+    table = compare_table([load_run(config.out)])
+    assert f"| 100% | {rg.NOISE_SOFT_ARM} | pixel noise, soft labels | 1 |" in table
+    assert f"| 100% | {rg.NOISE_FILTERED_ARM} | pixel noise, filtered | 1 |" in table
+
+
 # --------------------------------------------------------------------------------------------------
 # the strong+synthetic+soft arm: the strong cell model of the same seed and fraction is the teacher
 # --------------------------------------------------------------------------------------------------

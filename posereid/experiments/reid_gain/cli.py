@@ -73,7 +73,8 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         help=f"comma list from {', '.join(ARMS)} (default: {','.join(d.arms)}); {ORACLE_ARM} (real renders of "
         "the train identities in the views the train split hides: the ceiling) needs a synth-market dataset; "
         f"{NOISE_ARM} (pixel noise with each kept image's colours, as many as the synthetic images: the floor); "
-        f"{SOFT_ARM} (strong+synthetic with the soft labels of the same seed's strong cell model) needs strong",
+        f"{SOFT_ARM} (strong+synthetic with the soft labels of the same seed's strong cell model) needs strong; "
+        "strong+noise+soft and strong+noise+filtered: the floor's images with the soft labels / the filter",
     )
     parser.add_argument(
         "--seeds",

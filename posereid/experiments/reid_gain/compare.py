@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from posereid.augment.manifest import manifest_paths, read_manifest
-from posereid.experiments.reid_gain.config import NOISE_ARM, ORACLE_ARM, arm_extra, fraction_tag
+from posereid.experiments.reid_gain.config import (
+    NOISE_ARM,
+    NOISE_FILTERED_ARM,
+    NOISE_SOFT_ARM,
+    ORACLE_ARM,
+    arm_extra,
+    fraction_tag,
+)
 from posereid.experiments.reid_gain.report import (
     Interval,
     cell_key,
@@ -31,6 +38,12 @@ from posereid.experiments.reid_gain.report import (
     summary_delta,
 )
 from posereid.models.io_utils import atomic_save, atomic_write
+
+#: the floor's soft-label and filtered variants: rows beside the floor, from the first run that has them
+_FLOOR_VARIANTS: dict[str, str] = {
+    NOISE_SOFT_ARM: "pixel noise, soft labels",
+    NOISE_FILTERED_ARM: "pixel noise, filtered",
+}
 
 
 @dataclass
@@ -199,6 +212,15 @@ def compare_table(runs: Sequence[GainRun]) -> str:
                 f"{floor['mAP_std']:.1f} | {format_interval(summary_delta(floor, 'mAP', 'strong'))} | "
                 f"{format_interval(summary_delta(floor, 'rank1', 'strong'))} | – | {_share_cells(floor)} |"
             )
+        for arm, what in _FLOOR_VARIANTS.items():
+            e = first_cells(runs, arm).get(f)
+            if e is not None:
+                lines.append(
+                    f"| {kept} | {arm} | {what} | {e['seeds']} | {e['mAP']:.1f} ± {e['mAP_std']:.1f} | "
+                    f"{format_interval(summary_delta(e, 'mAP', 'strong'))} | "
+                    f"{format_interval(summary_delta(e, 'rank1', 'strong'))} | "
+                    f"{_vs_floor(_first_by_seed(runs, arm).get(tag, {}), fl)} | {_share_cells(e)} |"
+                )
         for run in runs:
             for e in _synthetic_entries(run):
                 if e["fraction"] != f:

@@ -29,6 +29,8 @@ ARMS: tuple[str, ...] = (
     "strong+synthetic+soft",
     "strong+oracle",
     "strong+noise",
+    "strong+noise+soft",
+    "strong+noise+filtered",
 )
 DEFAULT_ARMS: tuple[str, ...] = ARMS[:4]
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -48,6 +50,20 @@ NOISE_ARM = "strong+noise"
 #: nothing leaks; no extra training when that cell kept its model). ``soft_weight`` / ``soft_temperature``
 #: set the mix.
 SOFT_ARM = "strong+synthetic+soft"
+#: the floor's images (:data:`NOISE_ARM`) with the teacher's soft labels, and after the identity filter: what
+#: the soft-label and filtered arms make of a generator that has learnt nothing but colour statistics.
+NOISE_SOFT_ARM = "strong+noise+soft"
+NOISE_FILTERED_ARM = "strong+noise+filtered"
+
+
+def is_soft(arm: str) -> bool:
+    """Whether ``arm``'s extra images are trained with the teacher's soft labels (it needs arm ``strong``)."""
+    return arm.endswith("+soft")
+
+
+def is_filtered(arm: str) -> bool:
+    """Whether ``arm``'s extra images pass the identity filter first (it needs ``filter_checkpoint``)."""
+    return arm.endswith("+filtered")
 
 
 def arm_extra(arm: str) -> str:
@@ -55,7 +71,7 @@ def arm_extra(arm: str) -> str:
     which need a generator), ``"oracle"`` (rendered ground truth) or ``"noise"`` (the floor)."""
     if arm == ORACLE_ARM:
         return "oracle"
-    if arm == NOISE_ARM:
+    if arm.startswith(NOISE_ARM):
         return "noise"
     return "synthetic" if "synthetic" in arm else ""
 
@@ -200,14 +216,16 @@ class GainConfig:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise ValueError(f"unknown arm(s) {unknown or '(none given)'}; choose from {', '.join(ARMS)}")
-        if "strong+synthetic+filtered" in self.arms and self.filter_checkpoint is None:
+        filtered = [a for a in self.arms if is_filtered(a)]
+        if filtered and self.filter_checkpoint is None:
             raise ValueError(
-                "arm 'strong+synthetic+filtered' needs filter_checkpoint: a re-ID checkpoint, or 'auto' to "
+                f"arm '{filtered[0]}' needs filter_checkpoint: a re-ID checkpoint, or 'auto' to "
                 "train a strong-baseline filter model on each kept fraction"
             )
-        if SOFT_ARM in self.arms and "strong" not in self.arms:
+        soft = [a for a in self.arms if is_soft(a)]
+        if soft and "strong" not in self.arms:
             raise ValueError(
-                f"arm '{SOFT_ARM}' needs arm 'strong': its teacher is the strong cell model of the same seed and "
+                f"arm '{soft[0]}' needs arm 'strong': its teacher is the strong cell model of the same seed and "
                 "fraction (and its gain is paired with that cell)"
             )
         for name in ("soft_weight", "soft_temperature"):

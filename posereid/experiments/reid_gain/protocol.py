@@ -54,15 +54,15 @@ from typing import Any
 from posereid.experiments.data import MarketSource
 from posereid.experiments.reid_gain.config import (
     BASELINE_FIELDS,
-    NOISE_ARM,
     ORACLE_ARM,
-    SOFT_ARM,
     GainConfig,
     GainOutOfTimeError,
     ProtocolMismatchError,
     arm_extra,
     find_annotations,
     fraction_tag,
+    is_filtered,
+    is_soft,
 )
 from posereid.experiments.reid_gain.report import (
     cell_key,
@@ -102,9 +102,10 @@ def oracle_dir(config: GainConfig, fraction: float) -> Path:
     return config.work / f"oracle-{fraction_tag(fraction)}"
 
 
-def noise_dir(config: GainConfig, fraction: float) -> Path:
-    """The Market-format folder of ``fraction``'s noise images (the ``strong+noise`` floor)."""
-    return config.work / f"noise-{fraction_tag(fraction)}"
+def noise_dir(config: GainConfig, fraction: float, *, filtered: bool = False) -> Path:
+    """The Market-format folder of ``fraction``'s noise images (the ``strong+noise`` floor; ``filtered``:
+    after the identity filter, the ``strong+noise+filtered`` arm)."""
+    return config.work / f"noise-{fraction_tag(fraction)}{'-filtered' if filtered else ''}"
 
 
 def ensure_noise(config: GainConfig, fraction: float, subset: Subset) -> int:
@@ -338,13 +339,17 @@ def ensure_synthetic(
     return images
 
 
-def ensure_filtered(config: GainConfig, fraction: float, subset: Subset, *, device: str) -> int:
-    """Copy (hard links) the synthetic folder and drop images whose re-ID features look like another
-    identity (``filter_folder``, centroids of the KEPT real images); return the kept count."""
+def ensure_filtered(
+    config: GainConfig, fraction: float, subset: Subset, *, device: str, extra: str = "synthetic"
+) -> int:
+    """Copy (hard links) the synthetic folder (``extra="noise"``: the floor's noise folder) and drop images whose
+    re-ID features look like another identity (``filter_folder``, centroids of the KEPT real images); return the
+    kept count."""
     from posereid.augment.filter import IdentityFilter, filter_folder
     from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
 
-    src, out = synthetic_dir(config, fraction), synthetic_dir(config, fraction, filtered=True)
+    folder = {"synthetic": synthetic_dir, "noise": noise_dir}[extra]
+    src, out = folder(config, fraction), folder(config, fraction, filtered=True)
     done = out / "gain_done.json"
     if done.is_file():
         return int(json.loads(done.read_text())["images"])
@@ -360,6 +365,8 @@ def ensure_filtered(config: GainConfig, fraction: float, subset: Subset, *, devi
     shutil.copytree(
         src, tmp, copy_function=_link_or_copy_str, ignore=shutil.ignore_patterns("gain_done.json")
     )
+    if extra == "noise":
+        _write_noise_manifest(tmp)
     summary = filter_folder(
         tmp, subset.root, ident, threshold=config.filter_threshold, score=config.filter_score
     )
@@ -369,6 +376,21 @@ def ensure_filtered(config: GainConfig, fraction: float, subset: Subset, *, devi
         json.dump({"images": images, "checkpoint": str(ckpt), **summary.as_dict()}, fh)
     logger.info("filter %s: kept %d of %d", out, summary.kept, summary.scored)
     return images
+
+
+def _write_noise_manifest(folder: Path) -> None:
+    """The manifest ``filter_folder`` reads, for a noise folder (written without one): each image's name, its
+    source image and that image's pid, all read from the synthetic name."""
+    from posereid.augment.manifest import MANIFEST_NAME, parse_synthetic_name, write_manifest_file
+    from posereid.reid_integration.market1501 import parse_market_name
+
+    entries = []
+    for img in sorted((folder / "bounding_box_train").glob("*.jpg")):
+        stem, k = parse_synthetic_name(img.name)
+        entries.append(
+            {"name": img.name, "source": f"{stem}.jpg", "source_pid": parse_market_name(img.name)[0], "k": k}
+        )
+    write_manifest_file(folder / MANIFEST_NAME, entries)
 
 
 def _link_or_copy_str(src: str, dst: str) -> str:
@@ -396,7 +418,7 @@ def ensure_filter_model(config: GainConfig, fraction: float, subset: Subset, *, 
 
 
 def cell_dir(config: GainConfig, fraction: float, arm: str, seed: int) -> Path:
-    """The folder of one cell's saved model (only ``strong`` cells of a run with :data:`SOFT_ARM` keep one)."""
+    """The folder of one cell's saved model (only ``strong`` cells of a run with a soft-label arm keep one)."""
     return config.work / "cells" / f"{fraction_tag(fraction)}_{arm}_s{int(seed)}"
 
 
@@ -406,12 +428,13 @@ def teacher_checkpoint(config: GainConfig, fraction: float, seed: int) -> Path:
 
 
 def _keeps_model(config: GainConfig, arm: str) -> bool:
-    """Whether a cell of ``arm`` saves its model: ``strong`` cells, when the run has the soft arm."""
-    return arm == "strong" and SOFT_ARM in config.arms
+    """Whether a cell of ``arm`` saves its model: ``strong`` cells, when the run has a soft-label arm."""
+    return arm == "strong" and any(is_soft(a) for a in config.arms)
 
 
 def ensure_teacher(config: GainConfig, subset: Subset, seed: int, *, device: str) -> Path:
-    """The :data:`SOFT_ARM` cell's teacher: the model of the ``strong`` cell of the same seed and fraction.
+    """A soft-label cell's teacher (:data:`SOFT_ARM`, :data:`NOISE_SOFT_ARM`): the model of the ``strong`` cell
+    of the same seed and fraction.
 
     In order: this run's strong cell model; the strong cell model of ``baselines_from`` (the very model whose
     row this run reads); otherwise (a strong cell run before the soft arm was asked for, or read from a run
@@ -484,14 +507,14 @@ def run_cell(
 ) -> dict[str, Any]:
     """Train and evaluate one re-ID model (``reid_steps`` steps whatever the arm); return its CSV row.
 
-    ``teacher``: the :data:`SOFT_ARM` cell's soft-label teacher (:func:`ensure_teacher`; required for that
+    ``teacher``: a soft-label cell's teacher (:func:`ensure_teacher`; required for that
     arm). A ``strong`` cell of a run with the soft arm keeps its model (:func:`teacher_checkpoint`).
     """
     from posereid.reid_integration import train as reid_train
 
-    if arm == SOFT_ARM and teacher is None:
-        raise ValueError(f"arm '{SOFT_ARM}' needs its teacher (the strong cell model of the same seed)")
-    cfg = _reid_config(config, subset, arm, seed, synthetic, device, teacher if arm == SOFT_ARM else None)
+    if is_soft(arm) and teacher is None:
+        raise ValueError(f"arm '{arm}' needs its teacher (the strong cell model of the same seed)")
+    cfg = _reid_config(config, subset, arm, seed, synthetic, device, teacher if is_soft(arm) else None)
     keep = _keeps_model(config, arm)
     if keep:
         cfg.out = str(cell_dir(config, subset.fraction, arm, seed))
@@ -505,7 +528,7 @@ def run_cell(
         "images": int(res.get("real_images", subset.images)), "identities": int(res.get("identities", subset.identities)),
         "synthetic_images": int(res.get("synthetic_images", 0)), "steps": int(res.get("steps", config.reid_steps)),
         "batch_size": int(res.get("batch_size", config.reid_batch_size)), "wall_s": round(wall, 2), "reid_model": config.reid_model,
-        "generator": {ORACLE_ARM: "oracle", NOISE_ARM: "noise"}.get(arm, config.generator_source()) if synthetic else "",
+        "generator": {"oracle": "oracle", "noise": "noise"}.get(arm_extra(arm), config.generator_source()) if synthetic else "",
     }  # fmt: skip
     if keep:
         _drop_results_json(cell_dir(config, subset.fraction, arm, seed))
@@ -522,6 +545,12 @@ def run_cell(
 _UNRECORDED: dict[str, Any] = {
     "generator_family": "pidm", "generator_options": {}, "soft_weight": 0.5, "soft_temperature": 1.0,
 }  # fmt: skip
+
+
+#: the settings a floor cell with soft labels or the identity filter depends on beyond :data:`BASELINE_FIELDS`
+_FLOOR_VARIANT_FIELDS: tuple[str, ...] = (
+    "soft_weight", "soft_temperature", "filter_checkpoint", "filter_score", "filter_threshold",
+)  # fmt: skip
 
 
 def _check_protocol(config: GainConfig) -> None:
@@ -578,7 +607,7 @@ def validate_run(config: GainConfig) -> None:
             f"--generator {config.generator}: no generator checkpoint (model_index.json or config.json) there"
         )
     ckpt = config.filter_checkpoint
-    filtered = any(a.endswith("+filtered") for a in config.arms)
+    filtered = any(is_filtered(a) for a in config.arms)
     if filtered and ckpt is not None and str(ckpt) != "auto" and not Path(ckpt).is_file():
         raise FileNotFoundError(f"--filter-checkpoint {ckpt}: no such file")
     _baselines_source(config)
@@ -628,12 +657,20 @@ def import_baselines(
     saved, _ = read_run(src)
     same_mix = _jsonable(saved.get("synthetic_ratio")) == _jsonable(config.protocol()["synthetic_ratio"])
     extras = ("", "oracle", "noise") if same_mix else ("",)
+    # the floor's soft-label and filtered cells also depend on the soft-label and filter settings
+    now = config.protocol()
+    same_variants = all(
+        _jsonable(saved.get(k, _UNRECORDED.get(k))) == _jsonable(now[k]) for k in _FLOOR_VARIANT_FIELDS
+    )
     if not same_mix:
         logger.info(
             "reid-gain: %s mixed extra images with synthetic_ratio %r (here %r): its oracle and floor cells are "
             "other models, trained here instead", src, saved.get("synthetic_ratio"), config.synthetic_ratio,
         )  # fmt: skip
-    wanted = {c for c in set(plan) - done if arm_extra(c[1]) in extras}
+    wanted = {
+        c for c in set(plan) - done
+        if arm_extra(c[1]) in extras and (same_variants or not (is_soft(c[1]) or is_filtered(c[1])))
+    }  # fmt: skip
     rows = [
         {**r, "read_from": str(src)} for r in theirs
         if arm_extra(r["arm"]) in extras and cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
@@ -765,9 +802,11 @@ def _run_gain(
                 if arm == ORACLE_ARM and arm not in extra:
                     ensure_oracle(config, fraction, subset)
                     extra[arm] = [oracle_dir(config, fraction)]
-                elif arm == NOISE_ARM and arm not in extra:
+                elif arm_extra(arm) == "noise" and arm not in extra:
                     ensure_noise(config, fraction, subset)
-                    extra[arm] = [noise_dir(config, fraction)]
+                    if is_filtered(arm):
+                        ensure_filtered(config, fraction, subset, device=device, extra="noise")
+                    extra[arm] = [noise_dir(config, fraction, filtered=is_filtered(arm))]
                 elif arm_extra(arm) == "synthetic" and arm not in extra:
                     extra[arm] = _synthetic_folders(
                         config, fraction, subset, arm, device=device, source=source, budget=minutes_left
@@ -775,7 +814,7 @@ def _run_gain(
                     minutes_left()
                 bar.set_postfix_str(f"{fraction_tag(fraction)} {arm} seed {seed}")
                 # the strong cell of this seed ran before (baselines first) or was read: its model teaches
-                teacher = ensure_teacher(config, subset, seed, device=device) if arm == SOFT_ARM else None
+                teacher = ensure_teacher(config, subset, seed, device=device) if is_soft(arm) else None
                 row = run_cell(config, subset, arm, seed, extra.get(arm, []), device=device, teacher=teacher)
                 rows.append(row)
                 done.add(cell_key(fraction, arm, seed))
@@ -804,7 +843,7 @@ def _synthetic_folders(
 ) -> list[Path]:
     gen = ensure_generator(config, fraction, subset, device=device, source=source, max_minutes=budget())
     ensure_synthetic(config, fraction, subset, gen, device=device)
-    if arm.endswith("+filtered"):
+    if is_filtered(arm):
         ensure_filtered(config, fraction, subset, device=device)
         return [synthetic_dir(config, fraction, filtered=True)]
     return [synthetic_dir(config, fraction)]

@@ -31,11 +31,13 @@ from posereid.experiments.reid_gain.config import (
     ARMS,
     BASELINES,
     NOISE_ARM,
+    NOISE_SOFT_ARM,
     ORACLE_ARM,
     SOFT_ARM,
     GainConfig,
     arm_extra,
     fraction_tag,
+    is_filtered,
 )
 from posereid.models.io_utils import atomic_save, atomic_write
 
@@ -511,6 +513,19 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
             f"w·T²·KL(teacher ‖ student), w = {config.soft_weight:g}, T = {config.soft_temperature:g}; the teacher is "
             "the `strong` cell model of the same seed and fraction (kept real images only)\n"
             if any(r["arm"] == SOFT_ARM for r in rows)
+            else ""
+        )
+        + (
+            f"- `{NOISE_SOFT_ARM}`: `{NOISE_ARM}` with the same soft labels (w = {config.soft_weight:g}, "
+            f"T = {config.soft_temperature:g}) on its noise images\n"
+            if any(r["arm"] == NOISE_SOFT_ARM for r in rows)
+            else ""
+        )
+        + (
+            "- `+filtered` arms: their extra images after the identity filter (score "
+            f"{config.filter_score}, threshold {config.filter_threshold}; checkpoint "
+            f"{config.filter_checkpoint}: `auto` is a strong model trained on each fraction's kept images)\n"
+            if any(is_filtered(str(r["arm"])) for r in rows)
             else ""
         )
         + _baselines_line(config, rows)

@@ -304,3 +304,45 @@ def test_reid_gain_gate_scores_the_real_targets_pose_as_evaluate_generator_does(
         backends.pose.close()
     assert math.isclose(result.ceiling.pckh, expected, abs_tol=1e-9), (result.ceiling.pckh, expected)
     assert result.settings["synthetic"] and "pose judge" in result.settings["judges"]["pose"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The annotation CSV's frame (--annotation-size) reaches the gate's pairs
+# --------------------------------------------------------------------------------------------------
+class _Stop(Exception):
+    """Raised by a stand-in to end a call once what it was given is recorded."""
+
+
+def _stop(*args: object, **kwargs: object) -> None:
+    raise _Stop
+
+
+def test_the_annotation_frame_reaches_the_gates_pairs(
+    synth_market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gate_generator(annotation_hw=)`` loads its pairs in that frame (``None``: the images' own), and
+    ``reid-gain``'s gate passes the run's ``annotation_hw``."""
+    from types import SimpleNamespace
+
+    from posereid.experiments.quality import pairs as qpairs
+    from posereid.models import contract
+
+    pairs_spy = Spy(_stop)
+    monkeypatch.setattr(qpairs, "load_eval_pairs", pairs_spy)
+    generator = torch.nn.Linear(1, 1)
+    generator.image_size = (H, W)
+    for frame in ((2 * H, 2 * W), None):
+        with pytest.raises(_Stop):
+            qgate.gate_generator(generator, synth_market, _centre_colours, n_pairs=4, annotation_hw=frame)
+        assert pairs_spy.calls[-1][1]["annotation_hw"] == frame
+    gate_spy = Spy(_stop)
+    monkeypatch.setattr(rgate, "gate_generator", gate_spy)
+    monkeypatch.setattr(contract, "load_generator", lambda path, device: generator)
+    config = rg.GainConfig(
+        data=synth_market, out=tmp_path / "gain", fractions=(1.0,), arms=("strong+synthetic",), seeds=(0,),
+        steps=2, height=H, width=W, device="cpu", progress=False, annotation_hw=(2 * H, 2 * W),
+    )  # fmt: skip
+    subset = SimpleNamespace(root=synth_market, annotations=synth_market / "market-annotation-train.csv")
+    with pytest.raises(_Stop):
+        rgate.GainGate()._score(config, subset, tmp_path / "gen", tmp_path / "judge", "cpu", synthetic=True)
+    assert gate_spy.calls[-1][1]["annotation_hw"] == (2 * H, 2 * W)

@@ -137,3 +137,31 @@ def test_run_generate_refuses_a_check_that_did_not_run() -> None:
     """Called without the console script, ``--check`` would be skipped silently: refused instead."""
     with pytest.raises(RuntimeError, match="console script"):
         run_generate(argparse.Namespace(check=True))
+
+
+def test_check_generator_and_generate_check_pass_the_annotation_frame(
+    synth_market: Path, untrained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``check-generator --annotation-size HxW`` scores in that frame; ``generate --check`` passes generate's."""
+    from posereid.augment.cli import add_generate_args
+    from posereid.experiments import cli as ecli
+    from posereid.experiments.quality import gate_cli
+
+    spy = Spy(_passing)
+    monkeypatch.setattr(qgate, "gate_generator", spy)
+    argv = ["check-generator", "--generator", str(untrained), "--data", str(synth_market), "--device", "cpu",
+            "--reid-checkpoint", str(tmp_path / "judge.safetensors")]  # fmt: skip
+    rc, printed = _run_cli([*argv, "--annotation-size", "128x64"])
+    assert rc == 0, printed
+    assert spy.calls[-1][1]["annotation_hw"] == (128, 64)
+    rc, printed = _run_cli(argv)
+    assert rc == 0 and spy.calls[-1][1]["annotation_hw"] is None, printed
+    parser = argparse.ArgumentParser()
+    add_generate_args(parser)
+    args = parser.parse_args(
+        _generate(synth_market, untrained, tmp_path / "out", "--annotation-size", "128x64")[1:]
+    )
+    check_spy = Spy(_passing)
+    monkeypatch.setattr(gate_cli, "check_generator", check_spy)
+    assert ecli.check_before_generate(args) == 0
+    assert check_spy.calls[-1][1]["annotation_hw"] == (128, 64)

@@ -476,6 +476,40 @@ def test_pair_selection_is_seeded_and_skips_are_counted(synth_market, tmp_path):
     assert d.names == [first] and d.skipped["image_not_found"] == 1
 
 
+def test_pairs_read_keypoints_in_the_given_annotation_frame(synth_market, tmp_path):
+    """A CSV written in a frame twice the images' size: with ``annotation_hw`` its keypoints land in image
+    coordinates; without it they are read in the images' own frame (twice too far, the farther ones dropped)."""
+    from posereid.reid_integration.market1501 import MarketFormatError, read_patn_csv, write_patn_csv
+
+    native = load_eval_pairs(synth_market, (H, W), n_pairs=4, seed=0)
+    ann = read_patn_csv(synth_market / "market-annotation-test.csv", image_hw=None)
+    big = tmp_path / "annotation-128x64.csv"
+    write_patn_csv(big, {n: np.where(k >= 0, 2 * k, -1) for n, k in ann.items()})
+    scaled = load_eval_pairs(
+        synth_market, (H, W), annotations=big, n_pairs=4, seed=0, annotation_hw=(2 * H, 2 * W)
+    )
+    assert scaled.names == native.names
+    vis = (native.target_kps >= 0).all(-1)
+    assert vis.sum() > 10 and np.array_equal(vis, (scaled.target_kps >= 0).all(-1))
+    # 2k in the 128x64 frame is k - 0.25 in the 64x32 images (pixel-centre aligned)
+    np.testing.assert_allclose(scaled.target_kps[vis], native.target_kps[vis] - 0.25, atol=1e-4)
+    # without the frame: the coordinates are taken as the images' own (today's reading), so they differ
+    wrong = load_eval_pairs(synth_market, (H, W), annotations=big, n_pairs=4, seed=0)
+    wvis = (wrong.target_kps >= 0).all(-1)
+    assert wrong.names == native.names and wvis.sum() < vis.sum()
+    np.testing.assert_allclose(wrong.target_kps[wvis], 2 * native.target_kps[wvis], atol=1e-4)
+    # a frame the keypoints do not fit: the rows are skipped (strict: an error naming the file)
+    with pytest.raises(MarketFormatError, match="annotation-128x64.csv"):
+        load_eval_pairs(synth_market, (H, W), annotations=big, n_pairs=4, annotation_hw=(H, W), strict=True)
+
+
+def test_evaluate_config_checks_the_annotation_frame(tmp_path):
+    assert EvaluateConfig(data=tmp_path, annotation_hw=[128, 64]).annotation_hw == (128, 64)
+    for bad in ((128,), (0, 64), (128.0, 64)):
+        with pytest.raises(ValueError, match="EvaluateConfig.annotation_hw"):
+            EvaluateConfig(data=tmp_path, annotation_hw=bad)
+
+
 def test_cli_writes_report(synth_market, tiny_generator, lpips_dir, tmp_path, capsys):
     from posereid.experiments.cli import main
 
@@ -486,11 +520,12 @@ def test_cli_writes_report(synth_market, tiny_generator, lpips_dir, tmp_path, ca
         "evaluate-generator", "--generator", str(gen_dir), "--data", str(synth_market), "--out", str(out),
         "--n-pairs", "2", "--steps", "1", "--guidance", "1.5:2", "--no-compare-untrained", "--no-pose",
         "--lpips-weights", str(lpips_dir), "--lpips-net", "squeeze", "--sweep", "steps=1,2", "guidance=1",
-        "--device", "cpu",
+        "--annotation-size", "64x32", "--device", "cpu",
     ]  # fmt: skip
     assert main(args) == 0
     doc = _strict_json(out / "report.json")
     assert doc["config"]["guidance"] == [1.5, 2.0] and doc["config"]["steps"] == 1
+    assert doc["config"]["annotation_hw"] == [64, 32]  # the CSV's frame, as given
     assert set(doc["systems"]) == {"real (ceiling)", "trained"} and len(doc["sweep"]) == 2
     assert "lpips" in doc["systems"]["trained"] and (out / "sweep.png").is_file()
     assert "report:" in capsys.readouterr().out

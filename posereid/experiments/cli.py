@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "posereid.experiments.quality.gate_cli",
         "the generator gate: score a generator on your data against the floor and the ceiling",
     ),
+    "quality-compare": (
+        "posereid.experiments.quality.compare_cli",
+        "several evaluate-generator reports in one table: seen vs unseen people, the gap in each share",
+    ),
     "pose-judge": (
         "posereid.experiments.quality.judge.cli",
         "train / evaluate the pose judge for synthetic people",
@@ -132,7 +136,7 @@ def check_before_generate(args: argparse.Namespace) -> int:
         annotations=args.annotations, split="train", n_pairs=args.check_pairs or DEFAULT_PAIRS, steps=args.steps,
         sampler=args.sampler, guidance=args.guidance, sampling_defaults="checkpoint", refiner=args.refiner,
         refiner_steps=args.refiner_steps, seed=args.seed, device=args.device, strict=args.strict,
-        command="generate --check",
+        command="generate --check", annotation_hw=args.annotation_size,
     )  # fmt: skip
     rc = exit_code(result)
     if rc:

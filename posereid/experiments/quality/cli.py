@@ -26,6 +26,7 @@ def add_evaluate_generator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--annotations", help=f"PATN keypoint CSV (default: {ANNOTATIONS_NAME} beside the data)"
     )
+    argtypes.add_annotation_size_arg(parser, what="--annotations")
     parser.add_argument("--pairs", help=f"PATN pairs CSV (default: {PAIRS_NAME}, else same-pid test pairs)")
     parser.add_argument("--reid-checkpoint", help="local re-ID model checkpoint for the identity metrics")
     parser.add_argument(
@@ -174,6 +175,7 @@ def _config_from_args(
         data=args.data,
         pairs=args.pairs,
         annotations=args.annotations,
+        annotation_hw=args.annotation_size,
         reid_checkpoint=args.reid_checkpoint,
         independent_reid_checkpoint=args.independent_reid_checkpoint,
         reid_gap_threshold=args.reid_gap_threshold,

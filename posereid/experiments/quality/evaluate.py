@@ -466,6 +466,8 @@ class EvaluateConfig:
             reference).
         pairs / annotations: PATN pairs / annotation CSVs (defaults: ``market-pairs-test.csv`` /
             ``market-annotation-test.csv`` beside the data; without a pairs file, same-pid test pairs).
+        annotation_hw: the ``(H, W)`` frame of the annotation CSV's coordinates (``--annotation-size``);
+            ``None`` (default): each image's own size (:func:`~posereid.experiments.quality.pairs.load_eval_pairs`).
         reid_checkpoint: local re-ID checkpoint, or a callable ``(B,3,H,W) [0,1] → (B,D)`` features.
         independent_reid_checkpoint: a second re-ID judge of the same kind, trained independently of the
             first on the same real train images (another torchreid architecture and seed): its rank-1 /
@@ -532,6 +534,7 @@ class EvaluateConfig:
     strict: bool = False
     independent_reid_checkpoint: Path | FeatureFn | None = None
     reid_gap_threshold: float = REID_GAP_THRESHOLD
+    annotation_hw: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         from posereid.models.sampling import SAMPLERS
@@ -555,6 +558,12 @@ class EvaluateConfig:
         for name in ("steps", "n_pairs", "pose_upscale"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), low=1)
+        if self.annotation_hw is not None:
+            if len(self.annotation_hw) != 2:
+                raise ValueError(f"EvaluateConfig.annotation_hw must be (H, W), got {self.annotation_hw!r}")
+            for value in self.annotation_hw:
+                _check_int("annotation_hw", value, low=1)
+            self.annotation_hw = (self.annotation_hw[0], self.annotation_hw[1])
         if self.sampler is not None and self.sampler not in SAMPLERS:
             raise ValueError(
                 f"EvaluateConfig.sampler: {self.sampler!r}, choose from {', '.join(SAMPLERS)} or None (the "
@@ -695,7 +704,7 @@ def evaluate_generator(
     market = Market1501(config.data, strict=config.strict)
     pairs = load_eval_pairs(
         config.data, size, pairs=config.pairs, annotations=config.annotations, n_pairs=config.n_pairs,
-        seed=config.seed, market=market, strict=config.strict,
+        seed=config.seed, market=market, strict=config.strict, annotation_hw=config.annotation_hw,
     )  # fmt: skip
     logger.info("scoring %d pairs from %s", len(pairs), pairs.origin)
     synthetic = is_synthetic_data(config.data, market.root)
@@ -800,6 +809,7 @@ def _result(
             "n_pairs": config.n_pairs,
             "seed": config.seed,
             "data": str(config.data),
+            "annotation_hw": None if config.annotation_hw is None else list(config.annotation_hw),
             "device": str(dev),
             "pose_judge": getattr(backends.pose, "description", "mediapipe")
             if backends.pose is not None

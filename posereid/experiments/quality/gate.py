@@ -414,6 +414,7 @@ def gate_generator(
     near_floor_margin: float = NEAR_FLOOR_MARGIN,
     style_margin: float = STYLE_MARGIN,
     strict: bool = False,
+    annotation_hw: tuple[int, int] | None = None,
 ) -> GateResult:
     """Score ``generator`` on held-out pairs of ``data`` against the floor and the ceiling; the verdict.
 
@@ -424,7 +425,7 @@ def gate_generator(
             trained on the real images of ``data``'s train split (e.g. ``train-reid`` on them) so that it knows
             the user's people and style.
         annotations: PATN keypoints of the split's images (default: ``market-annotation-<split>.csv`` found
-            beside ``data``), in the images' own frame.
+            beside ``data``), in the frame ``annotation_hw``.
         split: whose images are paired: ``"train"`` (default: the images a user augments; the same images are
             the gallery and the realism reference, so nothing of the test split is read) or ``"test"``
             (query + gallery, as ``evaluate-generator`` scores).
@@ -442,6 +443,8 @@ def gate_generator(
         near_floor_margin / style_margin: the verdict's thresholds (:data:`NEAR_FLOOR_MARGIN`,
             :data:`STYLE_MARGIN`).
         strict: stop at the first unreadable image instead of skipping and counting it.
+        annotation_hw: the ``(H, W)`` frame of ``annotations``' coordinates (``--annotation-size``); ``None``
+            (default): the images' own size (:func:`~posereid.experiments.quality.pairs.load_eval_pairs`).
     """
     from posereid.experiments.quality.evaluate import _resolve_pose, is_synthetic_data
     from posereid.experiments.quality.pairs import load_eval_pairs
@@ -470,8 +473,9 @@ def gate_generator(
         pairs_csv = Path(tmp) / "gate-pairs.csv"
         write_pairs_csv(pairs_csv, names)
         pairs = load_eval_pairs(
-            data, size, pairs=pairs_csv, annotations=ann, n_pairs=None, seed=seed, market=view, strict=strict
-        )
+            data, size, pairs=pairs_csv, annotations=ann, n_pairs=None, seed=seed, market=view, strict=strict,
+            annotation_hw=annotation_hw,
+        )  # fmt: skip
     if synthetic is None:
         synthetic = is_synthetic_data(data, market.root)
     setting = recipe_sampling(generator, data, steps, sampler, guidance)
@@ -503,7 +507,8 @@ def gate_generator(
         style_margin=style_margin,
     )
     settings = {
-        "data": str(data), "split": split, "annotations": str(ann), "pairs": len(pairs),
+        "data": str(data), "split": split, "annotations": str(ann),
+        "annotation_hw": None if annotation_hw is None else [int(v) for v in annotation_hw], "pairs": len(pairs),
         "identities": len(set(pairs.source_pid.tolist())), "steps": int(steps), "sampler": sampler,
         "guidance": [float(guidance[0]), float(guidance[1])], "seed": int(seed), "synthetic": bool(synthetic),
         "near_floor_margin": float(near_floor_margin), "style_margin": float(style_margin),

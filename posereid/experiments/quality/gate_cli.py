@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from posereid.argtypes import (
+    add_annotation_size_arg,
     add_annotations_arg,
     add_device_arg,
     add_guidance_arg,
@@ -45,6 +46,7 @@ def add_check_generator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", required=True, help="generator checkpoint directory (save_pretrained)")
     parser.add_argument("--data", required=True, help="your Market-1501-format folder")
     add_annotations_arg(parser)
+    add_annotation_size_arg(parser, what="--annotations")
     parser.add_argument(
         "--split", choices=("train", "test"), default="train",
         help="whose images are paired: train (default: the images you augment; nothing of the test split is "
@@ -131,6 +133,7 @@ def check_generator(
     device: str = "auto",
     strict: bool = False,
     command: str = "check-generator",
+    annotation_hw: tuple[int, int] | None = None,
 ) -> GateResult:
     """The gate as the commands run it (``check-generator`` and ``generate --check``, one code path): resolve
     the re-ID judge (``"auto"`` trains one into ``out/reid-judge``) and the sampling setting, load the
@@ -140,7 +143,8 @@ def check_generator(
     ``steps`` / ``sampler`` / ``guidance`` left out come from ``sampling_defaults``: ``"recipe"`` (what
     ``reid-gain`` samples with: a few-step checkpoint's own setting, else the data's recipe; ``check-generator``) or ``"checkpoint"`` (the checkpoint's own
     setting, :func:`~posereid.augment.sampling_settings.resolve_sampling`: what ``generate`` samples with).
-    ``command`` names the caller in what is printed.
+    ``command`` names the caller in what is printed. ``annotation_hw``: the ``(H, W)`` frame of the annotation
+    CSV's coordinates (``--annotation-size``; ``None``: the images' own size).
     """
     from posereid.augment.sampling_settings import refiner_sampler, resolve_sampling
     from posereid.experiments.quality.gate import gate_generator, recipe_sampling, write_gate_json
@@ -173,7 +177,7 @@ def check_generator(
     result = gate_generator(
         model, data, judge, annotations=annotations, split=split, n_pairs=n_pairs, steps=setting["steps"],
         sampler=setting["sampler"], guidance=setting["guidance"], seed=seed, near_floor_margin=near_floor_margin,
-        style_margin=style_margin, strict=strict,
+        style_margin=style_margin, strict=strict, annotation_hw=annotation_hw,
     )  # fmt: skip
     print(result.describe())
     if out is not None:
@@ -201,7 +205,7 @@ def run_check_generator(args: argparse.Namespace) -> int:
         split=args.split, n_pairs=args.n_pairs, steps=args.steps, sampler=args.sampler,
         guidance=None if args.guidance is None else tuple(args.guidance), sampling_defaults="recipe",
         seed=args.seed, near_floor_margin=args.gate_margin, style_margin=args.style_margin, device=args.device,
-        strict=args.strict,
+        strict=args.strict, annotation_hw=args.annotation_size,
     )  # fmt: skip
     return exit_code(result)
 

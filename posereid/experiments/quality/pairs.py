@@ -26,6 +26,7 @@ from posereid.reid_integration.market1501 import (
     ImageReadError,
     Market1501,
     MarketRecord,
+    load_annotations,
     load_image,
     read_pairs_csv,
     read_patn_csv,
@@ -65,14 +66,15 @@ def _find_default(root: Path, data_root: Path, name: str) -> Path | None:
 
 
 def _load_resized(
-    path: Path, kps: np.ndarray | None, size: tuple[int, int]
+    path: Path, kps: np.ndarray | None, size: tuple[int, int], frame: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, np.ndarray]:
+    """The image at ``size`` and its keypoints rescaled from ``frame`` (``None``: the image's own size)."""
     im = load_image(path)
     native = (im.height, im.width)
     if native != size:
         im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # as load_image(size=...)
     t = pil_to_tensor01(im)
-    k = missing_pose() if kps is None else resize_keypoints(kps, native, size)
+    k = missing_pose() if kps is None else resize_keypoints(kps, frame or native, size)
     return t, k
 
 
@@ -86,6 +88,7 @@ def load_eval_pairs(
     seed: int = 0,
     market: Market1501 | None = None,
     strict: bool = False,
+    annotation_hw: tuple[int, int] | None = None,
 ) -> EvalPairs:
     """Select test pairs and load their images and keypoints at ``image_size``.
 
@@ -97,6 +100,12 @@ def load_eval_pairs(
     image cannot be read is then skipped and counted (``skipped["unreadable_image"]``; so is a stray
     entry of the folder, ``skipped["stray_file_in_data"]``); with ``strict`` the first one raises,
     naming the file.
+
+    ``annotation_hw`` is the ``(H, W)`` frame of the annotation CSV's coordinates (``--annotation-size``);
+    ``None``: each image's own size. Given, the keypoints are rescaled from it, and a row with a keypoint
+    outside it is skipped and counted (``strict``: raises, naming the file and line), as
+    :func:`~posereid.reid_integration.market1501.load_annotations` checks it; its target then counts as
+    ``no_target_pose``.
     """
     root = Path(market_root)
     market = market or Market1501(root, strict=strict)
@@ -109,6 +118,10 @@ def load_eval_pairs(
             )
         annotations = found
     kps = read_patn_csv(annotations, image_hw=None)
+    if annotation_hw is not None:
+        kps, annotation_hw = load_annotations(
+            kps, market, frame=annotation_hw, on_error="raise" if strict else "skip"
+        )
     records: dict[str, MarketRecord] = {}
     for split in ("gallery", "query", "train"):
         for rec in market.split(split):
@@ -155,8 +168,8 @@ def load_eval_pairs(
     bad, loaded = BadInputPolicy(strict), []
     for a, b in tqdm(valid, desc="loading pairs", leave=False, disable=len(valid) < 64):
         try:
-            s, sk = _load_resized(records[a].path, kps.get(a), image_size)
-            t, tk = _load_resized(records[b].path, kps[b], image_size)
+            s, sk = _load_resized(records[a].path, kps.get(a), image_size, annotation_hw)
+            t, tk = _load_resized(records[b].path, kps[b], image_size, annotation_hw)
         except ImageReadError as exc:
             bad.skip_or_raise(exc, "pair(s) with an unreadable image")
             continue

@@ -142,6 +142,9 @@ class GainGate:
             "guidance": [float(g) for g in config.guidance], "seed": int(config.subset_seed),
             "synthetic": synthetic,
         }  # fmt: skip
+        # the CSV's frame, when given (a verdict recorded before the gate read it is scored again)
+        if config.annotation_hw is not None:
+            key["annotation_hw"] = [int(v) for v in config.annotation_hw]
         path = config.out / GATE_JSON
         records: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
         old = records.get(tag)
@@ -178,7 +181,7 @@ class GainGate:
         return gate_generator(
             model, subset.root, judge, annotations=subset.annotations, split="train", n_pairs=self.n_pairs,
             steps=config.steps, sampler=config.sampler, guidance=config.guidance, seed=config.subset_seed,
-            synthetic=synthetic, near_floor_margin=self.near_floor_margin,
+            synthetic=synthetic, near_floor_margin=self.near_floor_margin, annotation_hw=config.annotation_hw,
         )  # fmt: skip
 
     @staticmethod

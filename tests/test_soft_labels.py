@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,9 +16,12 @@ from torch.utils.data import default_collate
 from posereid.experiments.cli import main as cli_main
 from posereid.reid_integration.market1501 import Market1501, MarketWriter
 from posereid.reid_integration.soft_labels import (
+    OnlineSoftTargets,
     SoftLabelSoftmaxEngine,
     SoftTargets,
     soft_label_loss,
+    soft_targets_for_paths,
+    synthetic_flags,
     teacher_soft_targets,
 )
 from posereid.reid_integration.torchreid_plugin import (
@@ -190,3 +195,106 @@ def test_weight_zero_trains_exactly_like_hard_labels(synth_market, synthetic_dir
     assert soft["final_loss"] == pytest.approx(hard["final_loss"], rel=1e-4)
     assert soft["mAP"] == pytest.approx(hard["mAP"], abs=1e-4)
     assert hard["soft_labels"] is None
+
+
+# --------------------------------------------------------------------------------------------------
+# PoseAugmentedDataset batches: the ``is_synthetic`` flag and on-the-fly images (online teacher)
+# --------------------------------------------------------------------------------------------------
+class _ColourTeacher(torch.nn.Module):
+    """A re-ID-style teacher that reads the class off the image: features = channel means, logits = scale·I."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.classifier = torch.nn.Linear(3, 3, bias=False)
+        with torch.no_grad():
+            self.classifier.weight.copy_(scale * torch.eye(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = x.mean(dim=(2, 3))
+        return self.classifier(feats) if self.training else feats  # torchreid: eval returns features
+
+
+def _engine(student: torch.nn.Module, targets, weight: float, label_smooth: bool = False):
+    """A soft-label engine on CPU with a stand-in data manager (the engine reads only these fields)."""
+    manager = SimpleNamespace(train_loader=None, test_loader=None, num_train_pids=3)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    return SoftLabelSoftmaxEngine(
+        manager, student, optimizer, use_gpu=False, label_smooth=label_smooth, soft_targets=targets,
+        soft_weight=weight,
+    )  # fmt: skip
+
+
+def _on_the_fly_batch(imgs: torch.Tensor, pids: list[int], synthetic: list[bool]) -> dict:
+    """A collated PoseAugmentedDataset batch whose synthetic items carry their real source's path."""
+    return {
+        "img": imgs,
+        "pid": torch.tensor(pids),
+        "camid": torch.zeros(len(pids), dtype=torch.long),
+        "impath": ["/data/bounding_box_train/0002_c1s1_000001_00.jpg"] * len(pids),
+        "dsetid": torch.zeros(len(pids), dtype=torch.long),
+        "is_synthetic": torch.tensor(synthetic),
+    }
+
+
+@pytest.mark.parametrize("weight", [0.3, 1.0])
+def test_online_targets_from_a_certain_teacher_give_the_hard_loss(weight):
+    pids = [0, 2, 1, 2]
+    imgs = F.one_hot(torch.tensor(pids), 3).float()[:, :, None, None].expand(-1, -1, 8, 4).contiguous()
+    batch = _on_the_fly_batch(imgs, pids, [True, False, True, True])
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 4, 3))
+    hard = F.cross_entropy(student(imgs), torch.tensor(pids)).item()
+    certain = _engine(student, OnlineSoftTargets(_ColourTeacher(scale=100.0)), weight)
+    assert certain.soft_loss(batch)[0].item() == pytest.approx(hard, rel=1e-5)
+    # an unsure teacher (the same classes, nearly flat probabilities) does change the loss
+    unsure = _engine(student, OnlineSoftTargets(_ColourTeacher(scale=0.1)), weight)
+    assert unsure.soft_loss(batch)[0].item() != pytest.approx(hard, rel=1e-3)
+
+
+def test_online_targets_are_the_teachers_probabilities_of_the_batch_images(tmp_path):
+    ckpt = _teacher(tmp_path, 3)  # osnet_x0_25 at 32x16
+    online = OnlineSoftTargets.from_checkpoint(ckpt, temperature=2.0)
+    teacher = online.model
+    with torch.no_grad():  # an untrained classifier is nearly flat: make its outputs tell images apart
+        teacher.classifier.weight.mul_(300.0)
+    gen = torch.Generator().manual_seed(0)
+    synthetic = [True, False, True]
+    # two batches of the same source image, re-rendered differently: the same impath, other images
+    first = _on_the_fly_batch(torch.randn(3, 3, 64, 32, generator=gen), [0, 0, 0], synthetic)
+    second = _on_the_fly_batch(torch.randn(3, 3, 64, 32, generator=gen), [0, 0, 0], synthetic)
+    engine = _engine(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 32, 3)), online, 0.5)
+    teacher.train()  # a caller's train mode must not reach the teacher's batch norm
+    got = [engine.batch_targets(b, b["img"]) for b in (first, second)]
+    with torch.no_grad():
+        teacher.eval()
+        for (probs, has), batch in zip(got, (first, second), strict=True):
+            x = F.interpolate(batch["img"], size=(32, 16), mode="bilinear", align_corners=False)
+            expected = F.softmax(teacher.classifier(teacher(x)) / 2.0, dim=1)
+            assert has.tolist() == synthetic and (probs[1] == 0).all()
+            torch.testing.assert_close(probs[has], expected[has])
+    assert not torch.allclose(got[0][0][0], got[1][0][0], atol=1e-4)  # same impath, other targets
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match="synthetic flag"):
+        engine.batch_targets({k: v for k, v in first.items() if k != "is_synthetic"}, first["img"])
+
+
+def test_an_is_synthetic_item_without_a_path_target_is_named(synth_market, tmp_path):
+    """Offline PoseAugmentedDataset items carry ``is_synthetic``; one missing from the table is an error."""
+    paths = sorted(str(r.path) for r in Market1501(synth_market).train if r.has_identity)[:4]
+    targets = soft_targets_for_paths(_teacher(tmp_path, 3), paths[:3])  # the checkpoint's own class count
+    assert set(targets.probs) == set(paths[:3]) and targets.num_classes == 3
+    _, test_tf = build_reid_transforms(32, 16)
+    items = [
+        {"img": test_tf(Image.open(p).convert("RGB")), "pid": 0, "camid": 0, "impath": p, "dsetid": 0,
+         "is_synthetic": True}
+        for p in paths
+    ]  # fmt: skip
+    items[0]["is_synthetic"] = False  # a real item needs no target
+    batch = default_collate(items)
+    assert synthetic_flags(batch).tolist() == [False, True, True, True]
+    engine = _engine(build_reid_model("osnet_x0_25", 3), targets, 0.5)
+    with pytest.raises(KeyError, match=re.escape(Path(paths[3]).name)):
+        engine.soft_loss(batch)
+    batch["is_synthetic"][3] = False  # now every flagged item has a target
+    loss, _, _ = engine.soft_loss(batch)
+    assert torch.isfinite(loss)

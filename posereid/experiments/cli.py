@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "posereid.experiments.quality.gate_cli",
         "the generator gate: score a generator on your data against the floor and the ceiling",
     ),
+    "quality-compare": (
+        "posereid.experiments.quality.compare_cli",
+        "several evaluate-generator reports in one table: seen vs unseen people, the gap in each share",
+    ),
     "pose-judge": (
         "posereid.experiments.quality.judge.cli",
         "train / evaluate the pose judge for synthetic people",

@@ -14,6 +14,8 @@ extension point); one processor class, :class:`SourceAttnProcessor`, serves ever
   self-attention layer with a ``reference_index`` appends the source tokens of its own resolution
   (``cross_attention_kwargs={"reference_tokens": (...)}``, already projected to the layer's width) to its
   keys and values, so every target position can attend to the source's positions at the same scale.
+  PIDM (appearance tokens of each level) and CFLD (source pyramid maps) both take it as their
+  ``reference_attention`` option; :func:`reference_layers` lists the layers it extends.
 """
 
 from __future__ import annotations
@@ -114,10 +116,11 @@ class LevelTokensProcessor(SourceAttnProcessor):
 
 class HybridGranularityProcessor(SourceAttnProcessor):
     """CFLD's HGA: the layer's source bias (``index`` into ``hga_biases``) is added to the queries; installed
-    on every attention layer so that all accept ``hga_biases`` (``index=None``: the layer ignores it)."""
+    on every attention layer so that all accept ``hga_biases`` (``index=None``: the layer ignores it).
+    ``reference_index``: the layer's entry of ``reference_tokens`` when reference attention is on too."""
 
-    def __init__(self, index: int | None) -> None:
-        super().__init__(bias_index=index)
+    def __init__(self, index: int | None, reference_index: int | None = None) -> None:
+        super().__init__(bias_index=index, reference_index=reference_index)
 
     @property
     def index(self) -> int | None:
@@ -146,8 +149,18 @@ def assign_levels(
 
 
 def reference_layers(unet: UNet2DConditionModel) -> list[str]:
-    """The processor names of the UNet's self-attention layers (``...attn1.processor``), in order."""
-    return [name for name in unet.attn_processors if name.endswith("attn1.processor")]
+    """The processor names of the UNet's self-attention layers (``...attn1.processor``), in order.
+
+    A transformer block built with ``only_cross_attention`` (CFLD's levels without self-attention) has an
+    ``attn1`` that reads the prompt, not its own tokens: it is left out, as reference attention extends the
+    self-attention only. (PIDM's and PCDMs' ``attn1`` layers all self-attend: the list is every ``attn1``.)
+    """
+    return [
+        name
+        for name in unet.attn_processors
+        if name.endswith("attn1.processor")
+        and not unet.get_submodule(name.removesuffix(".processor")).is_cross_attention
+    ]
 
 
 def use_level_tokens(unet: UNet2DConditionModel, levels: dict[str, int]) -> None:

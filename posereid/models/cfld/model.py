@@ -11,7 +11,12 @@
   feature map of the matching resolution, projected to the layer's query width, is added to the queries
   (not to keys/values) by :class:`HybridGranularityProcessor` (``use_hga=False``: the "w/o HGA" row);
 * a **pose adapter**: diffusers' ``T2IAdapter`` over the target pose maps, whose per-level features go to
-  the UNet's down path through ``down_intrablock_additional_residuals``.
+  the UNet's down path through ``down_intrablock_additional_residuals``;
+* optional **reference attention** (``reference_attention=True``, issue 24): every self-attention layer of
+  the UNet also attends to the source pyramid's feature map of the closest resolution (resized to the
+  layer's size, layer-normalised and projected to the layer's width): the shared
+  :class:`~posereid.models.texture_attention.SourceAttnProcessor` appends those tokens to its keys and
+  values, so every target position can look up the source's positions at its own scale.
 
 The denoiser is a diffusers ``UNet2DConditionModel`` over the noisy target alone (pixels in ``[-1, 1]``, or
 VAE latents with ``latent=True``; the VAE itself belongs to the pipeline). The T2I-adapter adds level ``i``'s
@@ -43,7 +48,12 @@ from posereid.models.appearance import pyramid_shapes
 from posereid.models.checkpoint import CheckpointMixin
 from posereid.models.parts import build_unet, check_sizes, check_training_fields
 from posereid.models.pose import POSE_CHANNELS
-from posereid.models.texture_attention import HybridGranularityProcessor, unet_level
+from posereid.models.texture_attention import (
+    HybridGranularityProcessor,
+    SourceAttnProcessor,
+    reference_layers,
+    unet_level,
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,6 +165,14 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
         latent_channels, vae_scale_factor: the VAE's latent channels and down-sampling (latent mode).
         unet_config: a full ``UNet2DConditionModel`` config (e.g. Stable Diffusion 1.5's) used instead of
             the UNet fields above.
+        reference_attention: every self-attention layer of the UNet (``attn1`` of the levels that
+            self-attend, and the mid block's) also attends to the source's features of its own resolution,
+            beside the prompt's cross-attention and HGA: the spatial path that keeps identity in
+            human-animation models (as PIDM's option of the same name). The features are the source
+            pyramid's raw maps (:class:`SourcePyramid`, the same maps HGA reads), the level closest to the
+            layer's resolution, resized to the layer's size, then ``LayerNorm`` + ``Linear`` to its width
+            (one projection per layer). A dropped appearance gives zero reference tokens (as its zero HGA
+            biases). False (the default, and what a checkpoint without the field loads as): no change.
     """
 
     _supports_gradient_checkpointing = True
@@ -190,6 +208,7 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
         latent_channels: int = 4,
         vae_scale_factor: int = 8,
         unet_config: Mapping[str, Any] | None = None,
+        reference_attention: bool = False,
     ) -> None:
         super().__init__()
         check_sizes(
@@ -252,7 +271,13 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
         self.hga_layers: list[tuple[str, int, tuple[int, int]]] = []  # (processor, source level, size)
         self.hga_proj = nn.ModuleList()
         if use_hga:
-            self._install_hga(source_channels)
+            self._plan_hga(source_channels)
+        # reference attention: one token projection per self-attention layer
+        self.ref_layers: list[tuple[str, int, tuple[int, int]]] = []  # (processor, source level, size)
+        self.reference_proj = nn.ModuleList()
+        if reference_attention:
+            self._plan_reference(source_channels)
+        self._install_processors(bool(use_hga))
 
     # ------------------------------------------------------------------ construction helpers
     def _check_unet(self, channels: int, dim: int, latent: bool) -> None:
@@ -271,24 +296,51 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
                     "adds its features before a block's down-sampling only in cross-attention blocks"
                 )
 
-    def _install_hga(self, source_channels: Sequence[int]) -> None:
-        n = len(self.unet.config.block_out_channels)
-        names = list(self.unet.attn_processors)
-        for name in names:
+    def _source_level(self, name: str) -> tuple[int, tuple[int, int]]:
+        """The source pyramid level nearest in resolution (octaves) to a UNet attention layer, and the
+        layer's ``(h, w)``, to which that level's map is resized."""
+        size = _level_size(self.unet_size, unet_level(name, len(self.unet.config.block_out_channels)))
+        src = min(
+            range(len(self.source_shapes)),
+            key=lambda j: abs(math.log2(self.source_shapes[j][0] / size[0])),
+        )
+        return src, size
+
+    def _plan_hga(self, source_channels: Sequence[int]) -> None:
+        """One query-bias projection per cross-attention layer of the up blocks."""
+        for name in self.unet.attn_processors:
             if not (name.startswith("up_blocks.") and name.endswith(".attn2.processor")):
                 continue
-            level = unet_level(name, n)
-            size = _level_size(self.unet_size, level)
-            # nearest source level by resolution (octaves); its map is resized to the layer's size
-            src = min(
-                range(len(self.source_shapes)),
-                key=lambda j: abs(math.log2(self.source_shapes[j][0] / size[0])),
-            )
+            src, size = self._source_level(name)
             attn = self.unet.get_submodule(name.removesuffix(".processor"))
             self.hga_layers.append((name, src, size))
             self.hga_proj.append(nn.Linear(int(source_channels[src]), attn.to_q.out_features))
-        index = {name: i for i, (name, _, _) in enumerate(self.hga_layers)}
-        self.unet.set_attn_processor({name: HybridGranularityProcessor(index.get(name)) for name in names})
+
+    def _plan_reference(self, source_channels: Sequence[int]) -> None:
+        """One token projection (``LayerNorm`` + ``Linear`` to the key/value input width) per self-attention
+        layer (:func:`~posereid.models.texture_attention.reference_layers`)."""
+        for name in reference_layers(self.unet):
+            src, size = self._source_level(name)
+            attn = self.unet.get_submodule(name.removesuffix(".processor"))
+            c = int(source_channels[src])
+            self.ref_layers.append((name, src, size))
+            self.reference_proj.append(nn.Sequential(nn.LayerNorm(c), nn.Linear(c, attn.to_k.in_features)))
+
+    def _install_processors(self, use_hga: bool) -> None:
+        """The shared source-attention processors: with HGA a :class:`HybridGranularityProcessor` on every
+        layer (as before reference attention existed), else a plain
+        :class:`~posereid.models.texture_attention.SourceAttnProcessor` when reference attention is on;
+        neither: diffusers' own processors are kept."""
+        if not use_hga and not self.ref_layers:
+            return
+        bias = {name: i for i, (name, _, _) in enumerate(self.hga_layers)}
+        ref = {name: i for i, (name, _, _) in enumerate(self.ref_layers)}
+        self.unet.set_attn_processor({
+            name: HybridGranularityProcessor(bias.get(name), reference_index=ref.get(name))
+            if use_hga
+            else SourceAttnProcessor(reference_index=ref.get(name))
+            for name in self.unet.attn_processors
+        })  # fmt: skip
 
     # ------------------------------------------------------------------ conditions
     @property
@@ -301,9 +353,11 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
         return int(self.unet.config.in_channels), *self.unet_size
 
     def encode_source(self, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The appearance condition ``(prompt, *hga_biases)`` of ``source`` ``(B, 3, H, W)`` in ``[0, 1]``.
+        """The appearance condition ``(prompt, *hga_biases, *reference_tokens)`` of ``source``
+        ``(B, 3, H, W)`` in ``[0, 1]``.
 
-        ``prompt`` ``(B, P, cross_attention_dim)``; one bias ``(B, h·w, query width)`` per HGA layer."""
+        ``prompt`` ``(B, P, cross_attention_dim)``; one bias ``(B, h·w, query width)`` per HGA layer; with
+        ``reference_attention``, one token tensor ``(B, h·w, layer width)`` per reference layer."""
         maps = self.source(source.to(self.unet.conv_in.weight.device))
         last = maps[-1]
         tokens = self.source_proj(last.flatten(2).transpose(1, 2)) + self.source_pos.to(last.dtype)
@@ -319,10 +373,20 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
                     m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                 resized[key] = m.flatten(2).transpose(1, 2)
             biases.append(proj(resized[key]))
-        return (prompt, *biases)
+        references = []
+        for (_, src, size), proj in zip(self.ref_layers, self.reference_proj):
+            key = (src, *size)
+            if key not in resized:
+                m = maps[src]
+                if tuple(m.shape[-2:]) != size:
+                    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                resized[key] = m.flatten(2).transpose(1, 2)
+            references.append(proj(resized[key]))
+        return (prompt, *biases, *references)
 
     def null_source(self, appearance: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """The "appearance dropped" condition laid out like ``appearance``: learned null prompt, zero biases."""
+        """The "appearance dropped" condition laid out like ``appearance``: learned null prompt, zero biases
+        (and zero reference tokens)."""
         prompt, *biases = appearance
         null = self.null_prompt.to(prompt.dtype).unsqueeze(0).expand(prompt.shape[0], -1, -1)
         return (null, *(torch.zeros_like(b) for b in biases))
@@ -343,17 +407,34 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
         pose_residuals: Sequence[torch.Tensor] | None,
         prompt: torch.Tensor,
         hga_biases: Sequence[torch.Tensor] = (),
+        reference_tokens: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Model output (ε or v) for ``noisy`` ``(B, *sample_shape)`` given the conditions of
-        :meth:`encode_pose` (``None``: no pose) and :meth:`encode_source` (``prompt``, ``hga_biases``)."""
-        if len(hga_biases) != len(self.hga_proj):
+        :meth:`encode_pose` (``None``: no pose) and :meth:`encode_source` (``prompt``, then its tail).
+
+        ``hga_biases``: one bias per HGA layer; with reference attention it may be :meth:`encode_source`'s
+        whole tail (the biases, then the reference tokens), or the reference tokens come apart as
+        ``reference_tokens``."""
+        n_bias, n_ref = len(self.hga_proj), len(self.reference_proj)
+        tail = tuple(hga_biases)
+        if reference_tokens is None and n_ref and len(tail) == n_bias + n_ref:
+            tail, reference_tokens = tail[:n_bias], tail[n_bias:]
+        if len(tail) != n_bias:
+            raise ValueError(f"got {len(tail)} HGA biases; this model has {n_bias} HGA layers")
+        refs = tuple(reference_tokens or ())
+        if len(refs) != n_ref:
             raise ValueError(
-                f"got {len(hga_biases)} HGA biases; this model has {len(self.hga_proj)} HGA layers"
+                f"got {len(refs)} reference token tensors; this model has {n_ref} reference layers"
             )
         dtype = self.unet.conv_in.weight.dtype  # a half-precision model takes half inputs; autocast recasts
         kwargs: dict[str, Any] = {}
-        if self.hga_proj:
-            kwargs["cross_attention_kwargs"] = {"hga_biases": tuple(b.to(dtype) for b in hga_biases)}
+        attention: dict[str, Any] = {}
+        if n_bias:
+            attention["hga_biases"] = tuple(b.to(dtype) for b in tail)
+        if n_ref:
+            attention["reference_tokens"] = tuple(r.to(dtype) for r in refs)
+        if attention:
+            kwargs["cross_attention_kwargs"] = attention
         residuals = None
         if pose_residuals is not None:
             residuals = [r.to(dtype) for r in pose_residuals]  # a fresh list: the UNet pops from it

@@ -15,6 +15,17 @@ comparable when other work shares the CPU; wall times are recorded but not compa
 
 ``run`` resumes: a finished run (``result.json``) is skipped and a stopped training continues from its
 last checkpoint, so ``--max-minutes`` and a rerun finish the grid.
+
+Issue 24 ("the generated person is the source person") adds rows to today's PIDM ``flow`` and ``cfld``
+rows, at their budgets (500 / 320 steps): ``+ref`` (reference attention: every self-attention layer also
+attends to the source's features of its resolution), ``+id`` (the identity loss against a frozen re-ID
+model, ``--identity-model``, as ``train-generator --identity-model``) and ``+ref+id``. The identity model
+is recorded in each ``+id`` run (file name, sha256 prefix, weight) and listed under the table; score those
+rows with an ``--independent-reid-checkpoint`` too, as the identity loss trains towards its own model::
+
+    python -m studies.ablation run --work runs/ablation24 --data DATA --reid-checkpoint REID \
+        --independent-reid-checkpoint JUDGE2 --identity-model IDMODEL --seeds 0,1 --steps 500 \
+        --rows flow,flow+ref,flow+id,flow+ref+id,cfld,cfld+ref,cfld+id,cfld+ref+id
 """
 
 from __future__ import annotations
@@ -25,12 +36,13 @@ import logging
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from posereid.argtypes import csv_list, non_negative_int, positive_float, positive_int
+from posereid.argtypes import csv_list, non_negative_float, non_negative_int, positive_float, positive_int
 from posereid.models.io_utils import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -48,15 +60,24 @@ ROWS: dict[str, dict[str, Any]] = {
     "v_pred+cubic_t": {"prediction_type": "v_prediction", "timestep_sampling": "cubic"},
     "flow": {"prediction_type": "flow"},
 }
-#: the other families at the CPU budget of a PIDM row of 500 steps (~5 quiet CPU-minutes): steps from their
-#: cost per step relative to PIDM's, measured in one quiet ``bench`` of 20 steps before the runs (CFLD: 1.04 vs
+#: rows with a family and step budget of their own. The other families at the CPU budget of a PIDM row of 500
+#: steps (~5 quiet CPU-minutes): steps from their cost per step relative to PIDM's, measured in one quiet ``bench`` of 20 steps before the runs (CFLD: 1.04 vs
 #: 0.67 s/step, so 320; the committed bench.json reads 1.22 vs 0.78); PCDMs splits its budget over its stages.
 #: CFLD rows use the flow recipe the PIDM rows chose (a comparison of architectures; ``cfld-v_pred`` is the
 #: recipe check, made with the earlier query init). The ``-q0.02`` rows are CFLDModel's earlier PRD query init
 #: (0.02 instead of 1.0). PCDMs' row predates flow.
+#: Issue 24's rows: today's PIDM ``flow`` and ``cfld`` rows + reference attention (``+ref``), + the identity
+#: loss (``+id``, :data:`IDENTITY_ROWS`), + both, at the same budgets (PIDM 500 steps, CFLD 320).
 _FLOW = {"prediction_type": "flow"}
+_REF = {"reference_attention": True}
 FAMILY_ROWS: dict[str, dict[str, Any]] = {
+    "flow+ref": {"family": "pidm", "steps": 500, "overrides": {**_FLOW, **_REF}},
+    "flow+id": {"family": "pidm", "steps": 500, "overrides": {**_FLOW}},
+    "flow+ref+id": {"family": "pidm", "steps": 500, "overrides": {**_FLOW, **_REF}},
     "cfld": {"family": "cfld", "steps": 320, "overrides": {**_FLOW}},
+    "cfld+ref": {"family": "cfld", "steps": 320, "overrides": {**_FLOW, **_REF}},
+    "cfld+id": {"family": "cfld", "steps": 320, "overrides": {**_FLOW}},
+    "cfld+ref+id": {"family": "cfld", "steps": 320, "overrides": {**_FLOW, **_REF}},
     "cfld-no_hga": {"family": "cfld", "steps": 320, "overrides": {**_FLOW, "use_hga": False}},
     "cfld-no_prd": {"family": "cfld", "steps": 320, "overrides": {**_FLOW, "use_prd": False}},
     "cfld-no_prd-no_hga": {
@@ -81,10 +102,75 @@ FAMILY_ROWS: dict[str, dict[str, Any]] = {
         "overrides": {"prediction_type": "v_prediction"},  # the image stages; the prior predicts x0
     },
 }
+#: rows trained with the identity loss (``GeneratorPipeline.set_identity_loss``): ``run --identity-model``
+IDENTITY_ROWS = frozenset({"flow+id", "flow+ref+id", "cfld+id", "cfld+ref+id"})
+#: the issue-24 grid, in table order
+ISSUE24_ROWS = ("flow", "flow+ref", "flow+id", "flow+ref+id", "cfld", "cfld+ref", "cfld+id", "cfld+ref+id")
+#: ``train-generator --identity-weight``'s default, the weight the ``+id`` rows use unless told otherwise
+IDENTITY_WEIGHT = 0.1
 PRESET = "small"
 #: training hyper-parameters shared by every row (the asset's, scaled to a short run)
 TRAIN = dict(batch_size=16, lr=3e-4, ema_decay=0.999, checkpoint_every=100, keep_checkpoints=1)
 METRICS = ("pckh", "rank1", "mAP", "ssim", "mask_ssim", "id_margin")
+#: the independent re-ID judge's scores (``run --independent-reid-checkpoint``), when a run has them
+INDEPENDENT_METRICS = ("rank1_independent", "mAP_independent")
+
+
+@dataclass(frozen=True)
+class IdentityLoss:
+    """The re-ID checkpoint the ``+id`` rows' identity loss pulls towards, and its weight."""
+
+    model: Path
+    weight: float = IDENTITY_WEIGHT
+
+    def record(self) -> dict[str, Any]:
+        """What a run records (and the table lists): file name, sha256 prefix and weight."""
+        from posereid.models.io_utils import file_sha256
+
+        return {"model": self.model.name, "sha256": file_sha256(self.model)[:12], "weight": self.weight}
+
+    def description(self) -> str:
+        """``TrainConfig.identity_loss``, in train-generator's wording: a resume with another one is refused."""
+        r = self.record()
+        return f"{r['model']} sha256:{r['sha256']} weight {r['weight']:g}"
+
+    def apply(self, model: Any) -> Any:
+        """``model`` with the identity loss set: the frozen ``ReidFeatureExtractor`` of the checkpoint, as
+        ``train-generator --identity-model`` builds it."""
+        from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
+
+        extractor = ReidFeatureExtractor.from_checkpoint(self.model)
+        return model.set_identity_loss(extractor.features, weight=self.weight)
+
+
+def check_identity(rows: list[str], identity: IdentityLoss | None) -> None:
+    """Refuse (``SystemExit``) ``+id`` rows without an identity model, or one whose file is missing."""
+    wanting = [row for row in rows if row in IDENTITY_ROWS]
+    if wanting and identity is None:
+        raise SystemExit(
+            f"rows {', '.join(wanting)} train with the identity loss: give --identity-model PATH (a re-ID "
+            "checkpoint from train-reid, trained on the generator's own training images)"
+        )
+    if wanting and not identity.model.is_file():
+        raise SystemExit(
+            f"--identity-model {identity.model}: re-ID checkpoint not found (make one with train-reid)"
+        )
+
+
+def _warn_identity_judge(
+    identity: IdentityLoss | None, rows: list[str], reid: Path, independent: Path | None
+) -> None:
+    """Warn when the ``+id`` rows are judged by the very re-ID model their loss trained towards, with no
+    independent judge beside it: their first-judge rank-1 / mAP then measure the loss, not the identity."""
+    if identity is None or not any(row in IDENTITY_ROWS for row in rows) or independent is not None:
+        return
+    from posereid.models.io_utils import file_sha256
+
+    if reid.is_file() and file_sha256(reid) == file_sha256(identity.model):
+        logger.warning(
+            "--identity-model is the --reid-checkpoint judge: the +id rows trained towards it; add "
+            "--independent-reid-checkpoint for identity scores the loss never saw"
+        )
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -110,8 +196,17 @@ def run_dir(work: Path, row: str, seed: int) -> Path:
     return work / f"{row}-s{seed}"
 
 
-def train_row(work: Path, data: Path, row: str, seed: int, steps: int, max_minutes: float | None) -> bool:
-    """Train one (row, seed) to ``steps``; ``False`` when ``max_minutes`` ran out first (rerun resumes)."""
+def train_row(
+    work: Path,
+    data: Path,
+    row: str,
+    seed: int,
+    steps: int,
+    max_minutes: float | None,
+    identity: IdentityLoss | None = None,
+) -> bool:
+    """Train one (row, seed) to ``steps``; ``False`` when ``max_minutes`` ran out first (rerun resumes).
+    An ``IDENTITY_ROWS`` row trains with ``identity``'s loss (required for those rows)."""
     from accelerate.utils import set_seed
 
     from posereid.experiments.data import market_pose_records
@@ -129,13 +224,24 @@ def train_row(work: Path, data: Path, row: str, seed: int, steps: int, max_minut
     if all(stage_done(out / stage, n) for stage, n in stage_steps.items()) and (out / "final").is_dir():
         return True
     records = market_pose_records(data, data / "market-annotation-train.csv")
+    check_identity([row], identity)
     set_seed(seed)
     pipeline = _pipeline(row)
     model = pipeline.from_preset(PRESET, **_overrides(row))
+    id_loss = None
+    if row in IDENTITY_ROWS:
+        model = identity.apply(model)
+        id_loss = identity.description()
     dataset = PosePairDataset(records, model.image_size, seed=seed)
     configs = {
         stage: TrainConfig(
-            steps=n, warmup_steps=max(1, n // 10), sample_every=0, seed=seed, max_minutes=max_minutes, **TRAIN
+            steps=n,
+            warmup_steps=max(1, n // 10),
+            sample_every=0,
+            seed=seed,
+            max_minutes=max_minutes,
+            identity_loss=id_loss,
+            **TRAIN,
         )
         for stage, n in stage_steps.items()
     }
@@ -153,17 +259,44 @@ def train_row(work: Path, data: Path, row: str, seed: int, steps: int, max_minut
 
 
 def evaluate_row(
-    work: Path, data: Path, reid: Path, row: str, seed: int, *, references: bool, n_pairs: int
+    work: Path,
+    data: Path,
+    reid: Path,
+    row: str,
+    seed: int,
+    *,
+    references: bool,
+    n_pairs: int,
+    identity: IdentityLoss | None = None,
+    independent_reid: Path | None = None,
 ) -> dict[str, Any]:
-    """Score a trained (row, seed) on the test pairs; writes and returns ``result.json``'s content."""
+    """Score a trained (row, seed) on the test pairs; writes and returns ``result.json``'s content.
+
+    ``identity``: recorded for an ``IDENTITY_ROWS`` row (what it trained against). ``independent_reid``: a
+    second re-ID judge (``*_independent`` scores), which the identity loss never saw."""
     from posereid.experiments.quality.evaluate import evaluate_generator
     from posereid.models.contract import load_generator
+    from posereid.models.io_utils import file_sha256
 
     out = run_dir(work, row, seed)
+    trained_with = None
+    if row in IDENTITY_ROWS:
+        check_identity([row], identity)
+        trained_with = identity.record()
+        # the identity loss trained towards this model: its own rank-1 / mAP are not an independent measure
+        trained_with["is_first_judge"] = reid.is_file() and file_sha256(reid)[:12] == trained_with["sha256"]
+        config_file = out / "train_config.json"
+        recorded = json.loads(config_file.read_text()).get("identity_loss") if config_file.is_file() else None
+        if recorded is not None and recorded != identity.description():
+            raise SystemExit(
+                f"{out} was trained with the identity loss {recorded!r}, not {identity.description()!r}: "
+                "give the --identity-model / --identity-weight it was trained with"
+            )
     gen = load_generator(out / "final", device="cpu")
     report = evaluate_generator(
         gen, data, reid_checkpoint=reid, steps=20, guidance=(2.0, 2.0), n_pairs=n_pairs, seed=0,
         out_dir=out / "eval", include_ceiling=references, include_floor=references, generator_name=row,
+        independent_reid_checkpoint=independent_reid,
     )  # fmt: skip
     systems = report["systems"]
     result = {
@@ -171,7 +304,10 @@ def evaluate_row(
         "steps": _trained_steps(out, row),
         "train_wall_s": json.loads((out / "wall.json").read_text())["train_wall_s"],
         "trained": systems["trained"],
+        "identity_loss": trained_with,
     }  # fmt: skip
+    if "reid_judges" in report:
+        result["reid_judges"] = report["reid_judges"]
     if references:
         result["ceiling"] = systems["real (ceiling)"]
         result["floor"] = systems["untrained (floor)"]
@@ -227,13 +363,26 @@ def steps_sweep(
     return scores
 
 
-def bench_rows(rows: list[str], *, train_steps: int = 6, images: int = 16, steps: int = 20) -> dict:
+def bench_rows(
+    rows: list[str],
+    *,
+    train_steps: int = 6,
+    images: int = 16,
+    steps: int = 20,
+    identity: IdentityLoss | None = None,
+) -> dict:
     """Quiet-machine cost per row: seconds per training step (batch 16; per stage for a staged family) and
-    per image (``steps`` sampler steps per stage), so budgets in steps convert to CPU-minutes."""
+    per image (``steps`` sampler steps per stage), so budgets in steps convert to CPU-minutes. An ``+id``
+    row's steps include its identity loss when ``identity`` is given (else they are timed without it)."""
     torch.manual_seed(0)
     res = {}
     for row in rows:
         pipe = _pipeline(row).from_preset(PRESET, **_overrides(row))
+        if row in IDENTITY_ROWS:
+            if identity is None:
+                logger.warning("%s: timed without its identity loss (no --identity-model)", row)
+            else:
+                pipe = identity.apply(pipe)
         h, w = pipe.image_size
         b = TRAIN["batch_size"]
         src, tgt = torch.rand(b, 3, h, w), torch.rand(b, 3, h, w)
@@ -304,15 +453,20 @@ def collect(work: Path, include: list[Path] = ()) -> dict[str, list[dict]]:
 def render_table(runs: dict[str, list[dict]], bench: dict | None = None) -> str:
     """The markdown ablation table of :func:`collect`'s runs: mean ± sd over seeds; with ``bench``, the quiet
     training budget in CPU-minutes and the seconds per image (20 sampler steps per stage, batch 16, 2 CPU
-    threads)."""
+    threads). Runs scored by an independent re-ID judge add its rank-1 / mAP columns; the identity models
+    of ``+id`` rows are listed under the table (:func:`render_identity`)."""
     refs = next((r for rs in runs.values() for r in rs if "ceiling" in r), None)
+    metrics = list(METRICS)
     head = ["row", "seeds", "PCKh (judge)", "re-ID rank-1", "re-ID mAP", "SSIM", "Mask-SSIM", "id margin"]
+    if any(INDEPENDENT_METRICS[0] in r["trained"] for rs in runs.values() for r in rs):
+        metrics += INDEPENDENT_METRICS
+        head += ["rank-1 (indep. judge)", "mAP (indep. judge)"]
     head += ["train steps", "CPU-min (quiet)", "s/image"] if bench else ["train steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    blank = " – |" * (len(head) - 2 - len(METRICS))
+    blank = " – |" * (len(head) - 2 - len(metrics))
 
     def cells(systems: list[dict]) -> list[str]:
-        return [_mean_sd([s[m] for s in systems]) for m in METRICS]
+        return [_mean_sd([s[m] for s in systems]) if all(m in s for s in systems) else "–" for m in metrics]
 
     if refs:
         lines.append("| ceiling (real images) | – | " + " | ".join(cells([refs["ceiling"]])) + " |" + blank)
@@ -331,7 +485,28 @@ def render_table(runs: dict[str, list[dict]], bench: dict | None = None) -> str:
         lines.append(f"| {row} | {seeds} | " + " | ".join(cells([r["trained"] for r in rs]) + extra) + " |")
     if refs:
         lines.append("| floor (untrained) | – | " + " | ".join(cells([refs["floor"]])) + " |" + blank)
-    return "\n".join(lines)
+    identity = render_identity(runs)
+    return "\n".join(lines) + (f"\n\n{identity}" if identity else "")
+
+
+def render_identity(runs: dict[str, list[dict]]) -> str:
+    """One line per identity-loss row: the re-ID model it trained against (file, sha256 prefix, weight)."""
+    out = []
+    for row in [*ROWS, *FAMILY_ROWS]:
+        by_model: dict[str, list[str]] = {}
+        for r in sorted(runs.get(row, []), key=lambda r: r["seed"]):
+            rec = r.get("identity_loss")
+            if rec:
+                what = f"{rec['model']} sha256:{rec['sha256']}, weight {rec['weight']:g}"
+                if rec.get("is_first_judge"):
+                    what += " (also the first re-ID judge: read the independent judge's columns)"
+                by_model.setdefault(what, []).append(str(r["seed"]))
+        out += [f"- {row} (seeds {','.join(seeds)}): {what}" for what, seeds in by_model.items()]
+    return (
+        "Identity loss of the `+id` rows (the re-ID model each trained against):\n" + "\n".join(out)
+        if out
+        else ""
+    )
 
 
 def render_steps(runs: dict[str, list[dict]]) -> str:
@@ -366,7 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--work", type=Path, required=True)
     run.add_argument("--data", type=Path, required=True)
     run.add_argument("--reid-checkpoint", type=Path, required=True)
-    run.add_argument("--rows", type=csv_list(str), default=list(ROWS))
+    run.add_argument(
+        "--rows", type=csv_list(str), default=list(ROWS),
+        help=f"comma-separated rows (default: the PIDM recipe rows). Known: "
+        f"{', '.join([*ROWS, *FAMILY_ROWS])}. Issue 24's grid: {', '.join(ISSUE24_ROWS)}",
+    )  # fmt: skip
     run.add_argument("--seeds", type=csv_list(str), default=["0"])
     run.add_argument("--steps", type=positive_int, default=500)
     run.add_argument("--n-pairs", type=positive_int, default=64)
@@ -374,6 +553,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--source-pose-rows", type=csv_list(str), default=[], help="rows also scored without source kps"
     )
+    run.add_argument(
+        "--identity-model", type=Path, default=None,
+        help=f"re-ID checkpoint (train-reid) of the identity loss; required by the +id rows "
+        f"({', '.join(sorted(IDENTITY_ROWS))}); its file name, sha256 prefix and weight are recorded per run",
+    )  # fmt: skip
+    run.add_argument(
+        "--identity-weight", type=non_negative_float, default=IDENTITY_WEIGHT,
+        help=f"weight of the identity loss (train-generator's default: {IDENTITY_WEIGHT:g})",
+    )  # fmt: skip
+    run.add_argument(
+        "--independent-reid-checkpoint", type=Path, default=None,
+        help="a second re-ID judge (rank-1 / mAP columns of its own); use one the identity loss never saw",
+    )  # fmt: skip
     st = sub.add_parser("steps", help="the steps column for one run")
     st.add_argument("--work", type=Path, required=True)
     st.add_argument("--data", type=Path, required=True)
@@ -386,6 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--rows", type=csv_list(str), default=[*ROWS, *FAMILY_ROWS])
     be.add_argument("--out", type=Path, required=True)
     be.add_argument("--train-steps", type=positive_int, default=6, help="timed training steps per row/stage")
+    be.add_argument(
+        "--identity-model", type=Path, default=None, help="the +id rows' identity loss, timed too"
+    )
+    be.add_argument("--identity-weight", type=non_negative_float, default=IDENTITY_WEIGHT)
     ta = sub.add_parser("table", help="write the markdown table")
     ta.add_argument("--work", type=Path, required=True)
     ta.add_argument("--bench", type=Path, default=None)
@@ -397,6 +593,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     if args.cmd == "run":
+        for row in args.rows:
+            _overrides(row)  # an unknown row is refused before any training
+        identity = (
+            None if args.identity_model is None else IdentityLoss(args.identity_model, args.identity_weight)
+        )
+        check_identity(args.rows, identity)
+        _warn_identity_judge(identity, args.rows, args.reid_checkpoint, args.independent_reid_checkpoint)
         first = not any(args.work.glob("*/result.json"))
         for seed in (int(s) for s in args.seeds):
             for row in args.rows:
@@ -404,11 +607,12 @@ def main(argv: list[str] | None = None) -> int:
                 if (out / "result.json").is_file():
                     logger.info("%s seed %d: done", row, seed)
                 else:
-                    if not train_row(args.work, args.data, row, seed, args.steps, args.max_minutes):
+                    if not train_row(args.work, args.data, row, seed, args.steps, args.max_minutes, identity):
                         print(f"{row} seed {seed}: out of time; rerun to continue")
                         return 3
                     res = evaluate_row(args.work, args.data, args.reid_checkpoint, row, seed,
-                                       references=first, n_pairs=args.n_pairs)  # fmt: skip
+                                       references=first, n_pairs=args.n_pairs, identity=identity,
+                                       independent_reid=args.independent_reid_checkpoint)  # fmt: skip
                     first = False
                     t = res["trained"]
                     print(f"{row} seed {seed}: PCKh {t['pckh']:.3f} rank-1 {t['rank1']:.3f} mAP {t['mAP']:.3f} "
@@ -421,7 +625,10 @@ def main(argv: list[str] | None = None) -> int:
                              [int(s) for s in args.sweep], args.n_pairs)  # fmt: skip
         print(json.dumps({k: {m: v[m] for m in METRICS} for k, v in scores.items()}, indent=1))
     elif args.cmd == "bench":
-        res = bench_rows(args.rows, train_steps=args.train_steps)
+        identity = (
+            None if args.identity_model is None else IdentityLoss(args.identity_model, args.identity_weight)
+        )
+        res = bench_rows(args.rows, train_steps=args.train_steps, identity=identity)
         _write_text(args.out, json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
     else:

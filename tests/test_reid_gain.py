@@ -14,6 +14,7 @@ from PIL import Image
 from posereid.augment.manifest import parse_synthetic_name
 from posereid.experiments import reid_gain as rg
 from posereid.experiments.cli import main as cli_main
+from posereid.experiments.reid_gain.report import write_results
 from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
 from posereid.models import training
 from posereid.reid_integration import train as reid_train
@@ -806,6 +807,33 @@ def test_floor_soft_and_filtered_arms_use_the_noise_images_the_teacher_and_the_f
     table = compare_table([load_run(config.out)])
     assert f"| 100% | {rg.NOISE_SOFT_ARM} | pixel noise, soft labels | 1 |" in table
     assert f"| 100% | {rg.NOISE_FILTERED_ARM} | pixel noise, filtered | 1 |" in table
+
+
+def test_floor_variants_are_read_from_another_run_only_with_the_same_soft_and_filter_settings(
+    market: Path, tmp_path: Path
+) -> None:
+    """``--baselines-from``: the floor's soft-label and filtered cells depend on the soft-label and filter
+    settings too, so they are read only from a run that used the same ones; the plain floor always is."""
+    arms = ("strong", rg.NOISE_ARM, rg.NOISE_SOFT_ARM, rg.NOISE_FILTERED_ARM)
+    src = tmp_path / "src"
+    theirs = _config(market, src, fractions=(1.0,), arms=arms, filter_checkpoint="auto", soft_weight=0.5)
+    src.mkdir()
+    (src / "gain_config.json").write_text(json.dumps(theirs.protocol(), default=str))
+    rows = [
+        {"fraction": 1.0, "arm": a, "seed": 0, "mAP": 10.0 + i, "rank1": 10.0, "rank5": 0.0, "rank10": 0.0,
+         "images": 4, "identities": 2, "synthetic_images": 4, "steps": 3, "batch_size": 8, "wall_s": 1.0,
+         "reid_model": "osnet_x0_25", "generator": "noise" if i else ""}
+        for i, a in enumerate(arms)
+    ]  # fmt: skip
+    write_results(src / "results.csv", rows)
+    plan = [(rg.fraction_tag(1.0), a, 0) for a in arms]
+
+    def read(**kw) -> set[str]:
+        mine = _config(market, tmp_path / "mine", fractions=(1.0,), arms=arms, baselines_from=src, **kw)
+        return {r["arm"] for r in rg.import_baselines(mine, plan, set())}
+
+    assert read(filter_checkpoint="auto", soft_weight=0.5) == set(arms)
+    assert read(filter_checkpoint="auto", soft_weight=0.25) == {"strong", rg.NOISE_ARM}
 
 
 # --------------------------------------------------------------------------------------------------

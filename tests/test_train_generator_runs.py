@@ -3,11 +3,14 @@ run stopped by --max-minutes is unfinished: exit code 3, no final/ (item 6)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from posereid.experiments.cli import main
 from posereid.models.training import (
@@ -102,3 +105,60 @@ def test_max_minutes_stop_of_a_stage_exits_3(tmp_path: Path, capsys, monkeypatch
                 "--max-minutes", "1")  # fmt: skip
     assert rc == 3 and "out of time" in capsys.readouterr().out
     assert not (out / "inpaint" / "final").exists() and not (out / "final").exists()
+
+
+def _parsed(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    """train-generator's arguments (no data read: the model-building helpers only look at these)."""
+    from posereid.experiments.train_generator import add_train_generator_args
+
+    parser = argparse.ArgumentParser()
+    add_train_generator_args(parser)
+    return parser.parse_args(["--data", str(tmp_path), "--annotations", str(tmp_path / "a.csv"), "--out",
+                              str(tmp_path / "o"), "--preset", "tiny", *extra])  # fmt: skip
+
+
+def _has_reference_processors(pipe: Any) -> bool:
+    procs = pipe.model.unet.attn_processors.values()
+    return any(getattr(p, "reference_index", None) is not None for p in procs)
+
+
+def test_reference_attention_flag_builds_reference_models_and_pcdms_is_refused(tmp_path: Path) -> None:
+    """``--reference-attention`` reaches a fresh pidm / cfld model's config (its UNet gets the reference
+    processors and projections); without it the preset's default (off) stands; pcdms has no such field."""
+    from posereid.experiments.train_generator import _preset_model
+
+    for family in ("pidm", "cfld"):
+        torch.manual_seed(0)
+        pipe = _preset_model(_parsed(tmp_path, "--family", family, "--reference-attention"))
+        assert pipe.family == family and pipe.model.config.reference_attention is True
+        assert len(pipe.model.reference_proj) > 0 and _has_reference_processors(pipe)
+        plain = _preset_model(_parsed(tmp_path, "--family", family))
+        assert plain.model.config.reference_attention is False and len(plain.model.reference_proj) == 0
+        assert not _has_reference_processors(plain)
+    with pytest.raises(SystemExit, match="the pcdms family has no reference attention .*pidm, cfld"):
+        _preset_model(_parsed(tmp_path, "--family", "pcdms", "--reference-attention"))
+
+
+def test_reference_attention_flag_must_agree_with_init_and_resumed_checkpoints(tmp_path: Path) -> None:
+    """``--init``: the checkpoint's setting stands, the flag on a model without it is refused; a resume from
+    ``--out`` whose latest checkpoint differs from the fresh model is refused naming the setting."""
+    from posereid.experiments.train_generator import _check_resume_reference, _load_init, _preset_model
+    from posereid.models.pidm import PIDMPipeline
+    from posereid.models.training import STATE_FILE
+
+    torch.manual_seed(0)
+    PIDMPipeline.from_preset("tiny").save_pretrained(tmp_path / "plain")
+    PIDMPipeline.from_preset("tiny", reference_attention=True).save_pretrained(tmp_path / "ref")
+    with pytest.raises(SystemExit, match="plain was made without reference attention"):
+        _load_init(_parsed(tmp_path, "--reference-attention"), tmp_path / "plain")
+    for extra in ((), ("--reference-attention",)):
+        assert _has_reference_processors(_load_init(_parsed(tmp_path, *extra), tmp_path / "ref"))
+    ckpt = tmp_path / "o" / "checkpoints" / "step-0000001"
+    shutil.copytree(tmp_path / "ref", ckpt / "model")
+    (ckpt / STATE_FILE).write_bytes(b"")
+    args = _parsed(tmp_path)
+    with pytest.raises(SystemExit, match="started with --reference-attention \\(now without\\)"):
+        _check_resume_reference(args, _preset_model(args))
+    args = _parsed(tmp_path, "--reference-attention")
+    _check_resume_reference(args, _preset_model(args))  # the same setting resumes
+    _check_resume_reference(_parsed(tmp_path, "--overwrite"), _preset_model(_parsed(tmp_path)))  # starts over

@@ -39,9 +39,11 @@ from posereid.argtypes import (
     positive_int,
 )
 from posereid.experiments.data import market_pose_records
+from posereid.models.checkpoint import CONFIG_NAME, read_json
 from posereid.models.contract import FAMILIES, checkpoint_family, family_class, load_generator
 from posereid.models.images import pil_to_tensor01
 from posereid.models.io_utils import atomic_save, file_sha256
+from posereid.models.pipeline import init_fields
 from posereid.models.pose import resize_keypoints, skeleton_tensor
 from posereid.models.runtime import resolve_device
 from posereid.models.sampling import SAMPLERS
@@ -49,6 +51,7 @@ from posereid.models.training import (
     PosePairDataset,
     TrainConfig,
     TrainResult,
+    list_checkpoints,
     stage_done,
     train_generator,
     train_stages,
@@ -62,6 +65,10 @@ from posereid.reid_integration.market1501 import (
 from posereid.reid_integration.recipes import RECIPES, choose_recipe, fill_from_recipe
 
 logger = logging.getLogger(__name__)
+
+
+#: the model config field ``--reference-attention`` sets (PIDM's and CFLD's models have it)
+REFERENCE_FIELD = "reference_attention"
 
 
 def _presets() -> list[str]:
@@ -131,6 +138,13 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
         "--p-drop-source-pose",
         type=finite_float,
         help="share of training samples whose appearance encoder gets no source pose (default: the preset's)",
+    )
+    p(
+        "--reference-attention",
+        action="store_true",
+        default=None,
+        help="pidm, cfld: every UNet self-attention layer also attends to the source's features of its "
+        "resolution (the model's reference_attention field; default: the preset's, or --init's)",
     )
     p("--init", type=Path, help="start from this generator directory (fine-tuning) instead of a preset")
     p(
@@ -305,14 +319,58 @@ def _preset_model(args: argparse.Namespace) -> Any:
         overrides["snr_gamma"] = args.snr_gamma
     if args.p_drop_source_pose is not None:
         overrides["p_drop_source_pose"] = args.p_drop_source_pose
+    if args.reference_attention:
+        _require_reference_field(pipeline)
+        overrides[REFERENCE_FIELD] = True
     return pipeline.from_preset(args.preset, **overrides)
 
 
+def _require_reference_field(pipeline: type) -> None:
+    """Refuse ``--reference-attention`` for a family none of whose models has :data:`REFERENCE_FIELD`."""
+    parts = [pipeline.model_class, *(c.model_class for c in pipeline.COMPONENTS.values() if c.model_class)]
+    if not any(REFERENCE_FIELD in init_fields(part) for part in parts):
+        have = [f for f in FAMILIES if REFERENCE_FIELD in init_fields(family_class(f).model_class)]
+        raise SystemExit(
+            f"--reference-attention: the {pipeline.family} family has no reference attention "
+            f"(families with it: {', '.join(have)})"
+        )
+
+
+def _reference_attention(model: Any) -> bool:
+    """Whether ``model`` (a pipeline) has reference attention: its main model's config field."""
+    return bool(model.model.config.get(REFERENCE_FIELD, False))
+
+
+def _check_resume_reference(args: argparse.Namespace, model: Any) -> None:
+    """A resume from ``--out``'s latest checkpoint loads its weights into the fresh ``model``: refuse when
+    their ``reference_attention`` differs (the reference layers' weights would not fit), naming both."""
+    found = list_checkpoints(args.out) if args.resume and not args.overwrite else []
+    if not found:
+        return
+    config = found[-1][1] / "model" / type(model).MODEL_FOLDER / CONFIG_NAME
+    saved = bool(read_json(config).get(REFERENCE_FIELD, False)) if config.is_file() else None
+    now = _reference_attention(model)
+    if saved is not None and saved != now:
+        raise SystemExit(
+            f"{config}: this run was started {'with' if saved else 'without'} --reference-attention (now "
+            f"{'with' if now else 'without'}); rerun with the same settings to resume, or start over "
+            "(--overwrite, or a new --out)"
+        )
+
+
 def _load_init(args: argparse.Namespace, path: Path) -> Any:
-    """The generator in ``path`` (EMA weights), in training mode, checked against ``--image-size``."""
+    """The generator in ``path`` (EMA weights), in training mode, checked against ``--image-size`` and
+    ``--reference-attention`` (a model field fixed at its creation: the checkpoint's stands)."""
     model = load_generator(path, use_ema=True).train()
     if args.image_size is not None and tuple(args.image_size) != model.image_size:
         raise SystemExit(f"--image-size {args.image_size} differs from {path}'s {model.image_size}")
+    if args.reference_attention:
+        _require_reference_field(type(model))
+        if not _reference_attention(model):
+            raise SystemExit(
+                f"--reference-attention: {path} was made without reference attention (its reference_attention "
+                "is false) and a trained model cannot gain it; drop the flag, or start from a preset"
+            )
     return model
 
 
@@ -396,7 +454,11 @@ def run_train_generator(args: argparse.Namespace) -> int:
         pair_data = PosePairDataset(records, size, pairs=pairs, singletons=args.singletons, seed=args.seed)
         model, dataset, few_step = _few_step_student(args, pair_data)
     else:
-        model = _load_init(args, args.init) if args.init is not None else _preset_model(args)
+        if args.init is not None:
+            model = _load_init(args, args.init)
+        else:
+            model = _preset_model(args)
+            _check_resume_reference(args, model)
         model = _with_identity_loss(model, args)
         dataset = PosePairDataset(
             records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed

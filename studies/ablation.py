@@ -36,13 +36,13 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from posereid.argtypes import csv_list, non_negative_float, non_negative_int, positive_float, positive_int
+from posereid.experiments.identity_loss import DEFAULT_IDENTITY_WEIGHT, IdentityLoss
 from posereid.models.io_utils import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -107,40 +107,13 @@ IDENTITY_ROWS = frozenset({"flow+id", "flow+ref+id", "cfld+id", "cfld+ref+id"})
 #: the issue-24 grid, in table order
 ISSUE24_ROWS = ("flow", "flow+ref", "flow+id", "flow+ref+id", "cfld", "cfld+ref", "cfld+id", "cfld+ref+id")
 #: ``train-generator --identity-weight``'s default, the weight the ``+id`` rows use unless told otherwise
-IDENTITY_WEIGHT = 0.1
+IDENTITY_WEIGHT = DEFAULT_IDENTITY_WEIGHT
 PRESET = "small"
 #: training hyper-parameters shared by every row (the asset's, scaled to a short run)
 TRAIN = dict(batch_size=16, lr=3e-4, ema_decay=0.999, checkpoint_every=100, keep_checkpoints=1)
 METRICS = ("pckh", "rank1", "mAP", "ssim", "mask_ssim", "id_margin")
 #: the independent re-ID judge's scores (``run --independent-reid-checkpoint``), when a run has them
 INDEPENDENT_METRICS = ("rank1_independent", "mAP_independent")
-
-
-@dataclass(frozen=True)
-class IdentityLoss:
-    """The re-ID checkpoint the ``+id`` rows' identity loss pulls towards, and its weight."""
-
-    model: Path
-    weight: float = IDENTITY_WEIGHT
-
-    def record(self) -> dict[str, Any]:
-        """What a run records (and the table lists): file name, sha256 prefix and weight."""
-        from posereid.models.io_utils import file_sha256
-
-        return {"model": self.model.name, "sha256": file_sha256(self.model)[:12], "weight": self.weight}
-
-    def description(self) -> str:
-        """``TrainConfig.identity_loss``, in train-generator's wording: a resume with another one is refused."""
-        r = self.record()
-        return f"{r['model']} sha256:{r['sha256']} weight {r['weight']:g}"
-
-    def apply(self, model: Any) -> Any:
-        """``model`` with the identity loss set: the frozen ``ReidFeatureExtractor`` of the checkpoint, as
-        ``train-generator --identity-model`` builds it."""
-        from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
-
-        extractor = ReidFeatureExtractor.from_checkpoint(self.model)
-        return model.set_identity_loss(extractor.features, weight=self.weight)
 
 
 def check_identity(rows: list[str], identity: IdentityLoss | None) -> None:

@@ -67,12 +67,14 @@ def test_the_help_lists_the_new_options_and_rows(capsys: pytest.CaptureFixture[s
 
 
 def test_the_identity_loss_is_set_and_recorded_as_train_generator_does(tmp_path: Path) -> None:
+    from posereid.experiments.identity_loss import IdentityLoss
     from posereid.experiments.train_generator import add_train_generator_args
     from posereid.models.io_utils import file_sha256
 
     parser = argparse.ArgumentParser()
     add_train_generator_args(parser)
     assert ablation.IDENTITY_WEIGHT == parser.get_default("identity_weight")
+    assert ablation.IdentityLoss is IdentityLoss  # one owner of the glue, train-generator's
     ckpt = _reid_checkpoint(tmp_path / "reid.safetensors")
     identity = ablation.IdentityLoss(ckpt, 0.25)
     sha = file_sha256(ckpt)[:12]

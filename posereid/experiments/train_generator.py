@@ -39,10 +39,11 @@ from posereid.argtypes import (
     positive_int,
 )
 from posereid.experiments.data import market_pose_records
+from posereid.experiments.identity_loss import DEFAULT_IDENTITY_WEIGHT, IdentityLoss
 from posereid.models.checkpoint import CONFIG_NAME, read_json
 from posereid.models.contract import FAMILIES, checkpoint_family, family_class, load_generator
 from posereid.models.images import pil_to_tensor01
-from posereid.models.io_utils import atomic_save, file_sha256
+from posereid.models.io_utils import atomic_save
 from posereid.models.pipeline import init_fields
 from posereid.models.pose import resize_keypoints, skeleton_tensor
 from posereid.models.runtime import resolve_device
@@ -169,7 +170,12 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
         help="a posereid re-ID checkpoint (train-reid on the SAME training images: no leakage) whose features "
         "of the predicted clean image are pulled towards the target's (the identity loss)",
     )
-    p("--identity-weight", type=non_negative_float, default=0.1, help="weight of the identity loss")
+    p(
+        "--identity-weight",
+        type=non_negative_float,
+        default=DEFAULT_IDENTITY_WEIGHT,
+        help="weight of the identity loss",
+    )
     p(
         "--few-step-from",
         type=Path,
@@ -286,21 +292,21 @@ def _few_step_student(args: argparse.Namespace, dataset: PosePairDataset) -> tup
     return student, TrajectoryDataset(folder, dataset, count), few_step_description(teacher_dir, count, steps)
 
 
+def _identity_loss(args: argparse.Namespace) -> IdentityLoss | None:
+    """``--identity-model`` / ``--identity-weight`` (``None`` without an identity model)."""
+    if args.identity_model is None:
+        return None
+    return IdentityLoss(args.identity_model, args.identity_weight)
+
+
 def _with_identity_loss(model: Any, args: argparse.Namespace) -> Any:
     """Set ``--identity-model`` / ``--identity-weight`` on a fresh or loaded pipeline (a training setting)."""
-    if args.identity_model is None:
+    identity = _identity_loss(args)
+    if identity is None:
         return model
-    from posereid.reid_integration.torchreid_plugin import ReidFeatureExtractor
-
-    if not args.identity_model.is_file():
-        raise FileNotFoundError(
-            f"{args.identity_model}: re-ID checkpoint not found (make one with train-reid)"
-        )
-    extractor = ReidFeatureExtractor.from_checkpoint(
-        args.identity_model, device="cpu" if args.device == "cpu" else None
-    )
+    model = identity.apply(model, device="cpu" if args.device == "cpu" else None)
     print(f"identity loss: {args.identity_model} (weight {args.identity_weight:g})")
-    return model.set_identity_loss(extractor.features, weight=args.identity_weight)
+    return model
 
 
 def _preset_model(args: argparse.Namespace) -> Any:
@@ -376,6 +382,7 @@ def _load_init(args: argparse.Namespace, path: Path) -> Any:
 
 def _train_config(args: argparse.Namespace, steps: int, few_step: str | None = None) -> TrainConfig:
     sampling = {}
+    identity = _identity_loss(args)
     if few_step is not None:  # grids drawn with the sampler being trained
         sampling = {"sample_sampler": "few-step", "sample_steps": args.few_step_steps[0]}
     return TrainConfig(
@@ -386,10 +393,7 @@ def _train_config(args: argparse.Namespace, steps: int, few_step: str | None = N
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, sample_every=args.sample_every, log_every=args.log_every,
         seed=args.seed, num_workers=args.num_workers, max_minutes=args.max_minutes,
-        identity_loss=(
-            f"{args.identity_model.name} sha256:{file_sha256(args.identity_model)[:12]} weight {args.identity_weight:g}"
-            if args.identity_model is not None else None
-        ),
+        identity_loss=identity.description() if identity is not None else None,
     )  # fmt: skip
 
 

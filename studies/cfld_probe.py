@@ -3,8 +3,10 @@
 On held-out test pairs, at a few noise levels, this measures how much the denoiser's output moves when one
 condition is changed and the rest kept, as the RMS of the change over the RMS of the output:
 
-* **appearance**: each pair's source swapped for another person's (prompt and HGA biases both);
-* **HGA**: the HGA query biases set to 0 (the prompt kept);
+* **appearance**: each pair's source swapped for another person's (the prompt, the HGA biases and, with
+  reference attention, the reference tokens: the whole of ``encode_source``);
+* **HGA off**: only the HGA query biases set to 0 (the prompt and any reference tokens kept, so a
+  reference-attention checkpoint keeps its reference attention);
 * **pose**: each pair's target pose swapped for that other pair's.
 
 It also reads the coarse prompt itself: how different the ``num_queries`` tokens are from each other
@@ -38,6 +40,17 @@ def _rms(x: torch.Tensor) -> float:
     return float(x.float().pow(2).mean().sqrt())
 
 
+def split_source(
+    model: Any, appearance: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """``CFLDModel.encode_source``'s ``(prompt, *hga_biases, *reference_tokens)`` taken apart as ``(prompt,
+    hga_biases, reference_tokens)``: the model has one bias per HGA projection (``hga_proj``), the rest of
+    the tail are reference tokens."""
+    prompt, *tail = appearance
+    n_bias = len(model.hga_proj)
+    return prompt, tail[:n_bias], tail[n_bias:]
+
+
 def _other_person(pids: list[int]) -> torch.Tensor:
     """For each pair, the next pair (cyclically) whose source is another person."""
     n = len(pids)
@@ -63,11 +76,11 @@ def probe(generator_dir: str | Path, data: str | Path, *, n_pairs: int = 32, see
     source, target = pairs.source, pairs.target
     b = source.shape[0]
     swap = _other_person(pairs.source_pid.tolist())
-    prompt, *biases = model.encode_source(source)
-    other_prompt, *other_biases = model.encode_source(source[swap])
+    prompt, biases, refs = split_source(model, model.encode_source(source))
+    other_prompt, other_biases, other_refs = split_source(model, model.encode_source(source[swap]))
     pose = model.encode_pose(gen.pose_maps(torch.from_numpy(pairs.target_kps), batch=b))
     other_pose = tuple(p[swap] for p in pose)
-    zero = [torch.zeros_like(x) for x in biases]
+    zero = [torch.zeros_like(x) for x in biases]  # HGA off: the biases only, the reference tokens kept
     x0 = gen.encode_target(target, torch.Generator().manual_seed(seed))
     noise = initial_noise(x0.shape, torch.Generator().manual_seed(seed + 1), x0.device)
     steps = gen.scheduler.config.num_train_timesteps
@@ -76,13 +89,13 @@ def probe(generator_dir: str | Path, data: str | Path, *, n_pairs: int = 32, see
         draws = torch.full((b,), int(level * steps), dtype=torch.long)
         t = model_timesteps(gen.scheduler, draws)
         x = noisy_sample(gen.scheduler, x0, noise, t)
-        out = model(x, t, pose, prompt, biases)
+        out = model(x, t, pose, prompt, biases, refs)
         scale = _rms(out)
         rows.append({
             "level": level,
-            "appearance": _rms(model(x, t, pose, other_prompt, other_biases) - out) / scale,
-            "hga": _rms(model(x, t, pose, prompt, zero) - out) / scale if biases else 0.0,
-            "pose": _rms(model(x, t, other_pose, prompt, biases) - out) / scale,
+            "appearance": _rms(model(x, t, pose, other_prompt, other_biases, other_refs) - out) / scale,
+            "hga": _rms(model(x, t, pose, prompt, zero, refs) - out) / scale if biases else 0.0,
+            "pose": _rms(model(x, t, other_pose, prompt, biases, refs) - out) / scale,
         })  # fmt: skip
     p = prompt.float()
     return {
@@ -97,9 +110,11 @@ def probe(generator_dir: str | Path, data: str | Path, *, n_pairs: int = 32, see
 
 
 def render(results: list[dict[str, Any]]) -> str:
-    """Markdown: one row per checkpoint, sensitivities averaged over the noise levels."""
+    """Markdown: one row per checkpoint, sensitivities averaged over the noise levels ("HGA off (biases
+    only)": the HGA biases zeroed, prompt and reference tokens kept)."""
     lines = [
-        "| generator | prompt: token spread | prompt: person spread | appearance swap | HGA off | pose swap |",
+        "| generator | prompt: token spread | prompt: person spread | appearance swap | HGA off (biases only) "
+        "| pose swap |",
         "|---|---|---|---|---|---|",
     ]
     for r in results:

@@ -92,17 +92,30 @@ def test_source_pose_check_writes_both_rows(tmp_path: Path) -> None:
 
 def test_probe_measures_what_the_denoiser_listens_to(synth_market: Path, tmp_path: Path) -> None:
     """The CFLD probe: a model without HGA has no HGA sensitivity; scaling the HGA projections up raises it;
-    swapping the source or the pose moves the output; a non-CFLD checkpoint is refused by name."""
+    "HGA off" zeroes the HGA biases only (a reference-attention model whose biases are already 0 does not
+    move: its reference tokens stay); swapping the source or the pose moves the output; a non-CFLD
+    checkpoint is refused by name."""
     torch.manual_seed(0)
     for name, kw in (("full", {}), ("no_hga", {"use_hga": False})):
         CFLDPipeline.from_preset("tiny", image_size=(64, 32), **kw).save_pretrained(tmp_path / name)
     loud = CFLDPipeline.from_pretrained(tmp_path / "full")
+    ref = CFLDPipeline.from_preset("tiny", image_size=(64, 32), reference_attention=True)
     with torch.no_grad():
         for proj in loud.model.hga_proj:
             proj.weight.mul_(50.0)
+        for proj in ref.model.hga_proj:  # zero biases: zeroing them again changes nothing
+            proj.weight.zero_()
+            proj.bias.zero_()
     loud.save_pretrained(tmp_path / "loud")
-    res = {n: cfld_probe.probe(tmp_path / n, synth_market, n_pairs=6) for n in ("full", "no_hga", "loud")}
-    assert all(s["hga"] == 0.0 for s in res["no_hga"]["sensitivity"])
+    ref.save_pretrained(tmp_path / "ref")
+    prompt, biases, refs = cfld_probe.split_source(
+        ref.model, ref.model.encode_source(torch.rand(2, 3, 64, 32))
+    )
+    assert prompt.ndim == 3 and len(biases) == len(ref.model.hga_proj) > 0
+    assert len(refs) == len(ref.model.reference_proj) > 0
+    names = ("full", "no_hga", "loud", "ref")
+    res = {n: cfld_probe.probe(tmp_path / n, synth_market, n_pairs=6) for n in names}
+    assert all(s["hga"] == 0.0 for n in ("no_hga", "ref") for s in res[n]["sensitivity"])
     for a, b in zip(res["full"]["sensitivity"], res["loud"]["sensitivity"]):
         assert 0 < a["hga"] < b["hga"]
     assert all(s["appearance"] > 0 and s["pose"] > 0 for r in res.values() for s in r["sensitivity"])

@@ -291,6 +291,10 @@ def test_reid_gain_samples_a_few_step_generator_with_its_own_sampler(tmp_path, c
     assert "few-step checkpoint" in capsys.readouterr().out
     b = args(tmp_path / "fs", steps=4)
     assert checkpoint_sampling(b) == ["sampler", "guidance"] and b.steps == 4
+    d = args(
+        tmp_path / "fs", sampler="dpmsolver++"
+    )  # another sampler: its steps and guidance are the recipe's
+    assert checkpoint_sampling(d) == [] and (d.steps, d.guidance) == (None, None)
     c = args(tmp_path / "plain")
     assert checkpoint_sampling(c) == [] and c.sampler is None
     assert checkpoint_sampling(args(None)) == []

@@ -15,6 +15,7 @@ import torch
 from posereid.augment.pose_bank import PoseBank
 from posereid.augment.sampling_settings import (
     check_sampling,
+    fill_from_own,
     own_sampling,
     refiner_sampler,
     resolve_sampling,
@@ -111,6 +112,24 @@ def test_resolution_follows_generate(models) -> None:
         refiner_sampler(None) == refiner_sampler("few-step") == "dpmsolver++"
         and refiner_sampler("ddim") == "ddim"
     )
+    # consumers with a recipe of their own (reid-gain, the gate) take the checkpoint's options only for its own
+    # sampler: a few-step checkpoint sampled with DPM-Solver++ gets the recipe's steps and guidance, not 2 steps
+    assert fill_from_own(FEW, sampler="dpmsolver++") == {
+        "steps": None,
+        "sampler": "dpmsolver++",
+        "guidance": None,
+    }
+    assert (
+        fill_from_own(FEW, steps=1) == {**FEW, "steps": 1} and fill_from_own(None, steps=3)["sampler"] is None
+    )
+    from posereid.experiments.quality.gate import recipe_sampling
+
+    data = Path(
+        "unused-recipe-probe"
+    )  # choose_recipe(None, path) of a folder that is not there: the market recipe
+    recipe = recipe_sampling(plain, data)
+    assert recipe_sampling(few, data) == FEW
+    assert recipe_sampling(few, data, sampler="dpmsolver++") == {**recipe, "sampler": "dpmsolver++"}
     # and it is what generate does with the same options left out
     x, kps = torch.rand(1, 3, 32, 16), torch.from_numpy(_poses(1) / 4)
     assert torch.equal(

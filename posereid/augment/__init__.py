@@ -9,7 +9,8 @@ __getattr__, __dir__, __all__ = attach(
         "pose_bank": ["PoseBank", "SAMPLINGS", "VIEWS", "estimate_view", "valid_pose_mask"],
         "transform": ["PoseTransferAugment"],
         "sampling_settings": [
-            "PLAIN_SAMPLING", "check_sampling", "checkpoint_sampling", "describe_sampling", "own_sampling",
+            "PLAIN_SAMPLING", "check_sampling", "checkpoint_sampling", "describe_sampling", "fill_from_own",
+            "own_sampling",
             "refiner_sampler", "resolve_sampling",
         ],
         "dataset": ["PoseAugmentedDataset"],

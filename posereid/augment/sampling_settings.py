@@ -50,6 +50,20 @@ def own_sampling(generator: Any) -> dict[str, Any] | None:
     return None if own == _setting(**PLAIN_SAMPLING) else own
 
 
+def fill_from_own(
+    own: dict[str, Any] | None, *, steps: Any = None, sampler: Any = None, guidance: Any = None
+) -> dict[str, Any]:
+    """The options left out (``None``) taken from a checkpoint's ``own`` setting (:func:`own_sampling`), only
+    when the sampler is its own (left out, or named): with another sampler they stay ``None`` for the
+    caller's defaults (a recipe), since a few-step checkpoint's step count and folded-in guidance mean nothing
+    to, e.g., DPM-Solver++ (1 step at guidance 1 would be a blur). The rule of :func:`resolve_sampling`, for
+    consumers whose fallback is not the plain default (``reid-gain``, the generator gate)."""
+    asked = {"steps": steps, "sampler": sampler, "guidance": guidance}
+    if own is None or (sampler is not None and sampler != own["sampler"]):
+        return asked
+    return {k: own[k] if v is None else v for k, v in asked.items()}
+
+
 def resolve_sampling(
     generator: Any, *, steps: int | None = None, sampler: str | None = None, guidance: Any = None
 ) -> dict[str, Any]:
@@ -113,6 +127,7 @@ __all__ = [
     "check_sampling",
     "checkpoint_sampling",
     "describe_sampling",
+    "fill_from_own",
     "own_sampling",
     "refiner_sampler",
     "resolve_sampling",

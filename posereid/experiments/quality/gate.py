@@ -384,15 +384,17 @@ def recipe_sampling(
     guidance: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """What ``reid-gain`` samples ``generator`` with on ``data``, each option left out (``None``) taken from a
-    few-step checkpoint's own setting, else from the data's recipe: the setting the gate scores."""
-    from posereid.augment.sampling_settings import own_sampling
+    few-step checkpoint's own setting when its own sampler is used (:func:`~posereid.augment.sampling_settings.
+    fill_from_own`), else from the data's recipe: the setting the gate scores."""
+    from posereid.augment.sampling_settings import fill_from_own, own_sampling
     from posereid.reid_integration.recipes import choose_recipe
 
-    recipe, own = choose_recipe(None, data), own_sampling(generator) or {}
+    recipe = choose_recipe(None, data)
+    asked = fill_from_own(own_sampling(generator), steps=steps, sampler=sampler, guidance=guidance)
     return {
-        "steps": steps or own.get("steps") or recipe.steps,
-        "sampler": sampler or own.get("sampler") or recipe.sampler,
-        "guidance": tuple(guidance or own.get("guidance") or recipe.guidance),
+        "steps": asked["steps"] or recipe.steps,
+        "sampler": asked["sampler"] or recipe.sampler,
+        "guidance": tuple(asked["guidance"] or recipe.guidance),
     }
 
 

@@ -23,6 +23,7 @@ from posereid.argtypes import (
     share,
     unit_interval,
 )
+from posereid.augment.sampling_settings import fill_from_own
 from posereid.experiments.quality.gate import DEFAULT_PAIRS, NEAR_FLOOR_MARGIN
 from posereid.experiments.reid_gain.compare import compare_table, distinct_labels, load_run, write_comparison
 from posereid.experiments.reid_gain.config import (
@@ -225,15 +226,18 @@ def announce_recipe(recipe: Recipe, taken: list[str], device: str, *, probe: boo
 def checkpoint_sampling(args: argparse.Namespace) -> list[str]:
     """Fill ``--sampler`` / ``--steps`` / ``--guidance`` left out from a few-step ``--generator``'s own
     sampler (its ``few_step/`` config: the few-step sampler at its default step count, guidance folded in),
-    before the recipe fills the rest; returns the options it set (none for any other generator)."""
+    before the recipe fills the rest; returns the options it set (none for any other generator, and none
+    when another ``--sampler`` is named: that sampler's options are the recipe's)."""
     generator = getattr(args, "generator", None)
     config = Path(generator) / FEW_STEP_FOLDER / "config.json" if generator is not None else None
     if config is None or not config.is_file():
         return []
     defaults = {"sampler": FEW_STEP, "steps": int(read_json(config)["default_steps"]), "guidance": (1.0, 1.0)}
-    taken = [name for name in defaults if getattr(args, name, None) is None]
+    asked = {name: getattr(args, name, None) for name in defaults}
+    filled = fill_from_own(defaults, **asked)  # another sampler named: its options are the recipe's
+    taken = [name for name in defaults if asked[name] is None and filled[name] is not None]
     for name in taken:
-        setattr(args, name, defaults[name])
+        setattr(args, name, filled[name])
     if taken:
         print(f"{generator} is a few-step checkpoint: {', '.join('--' + t for t in taken)} from it "
               f"({defaults['sampler']}, {defaults['steps']} step(s), guidance folded in)")  # fmt: skip

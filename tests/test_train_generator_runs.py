@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -135,21 +136,21 @@ def test_reference_attention_flag_builds_reference_models_and_pcdms_is_refused(t
         plain = _preset_model(_parsed(tmp_path, "--family", family))
         assert plain.model.config.reference_attention is False and len(plain.model.reference_proj) == 0
         assert not _has_reference_processors(plain)
-    with pytest.raises(SystemExit, match="the pcdms family has no reference attention .*pidm, cfld"):
+    with pytest.raises(SystemExit, match="the pcdms family has no reference_attention .*pidm, cfld"):
         _preset_model(_parsed(tmp_path, "--family", "pcdms", "--reference-attention"))
 
 
 def test_reference_attention_flag_must_agree_with_init_and_resumed_checkpoints(tmp_path: Path) -> None:
     """``--init``: the checkpoint's setting stands, the flag on a model without it is refused; a resume from
     ``--out`` whose latest checkpoint differs from the fresh model is refused naming the setting."""
-    from posereid.experiments.train_generator import _check_resume_reference, _load_init, _preset_model
+    from posereid.experiments.train_generator import _check_resume, _load_init, _preset_model
     from posereid.models.pidm import PIDMPipeline
     from posereid.models.training import STATE_FILE
 
     torch.manual_seed(0)
     PIDMPipeline.from_preset("tiny").save_pretrained(tmp_path / "plain")
     PIDMPipeline.from_preset("tiny", reference_attention=True).save_pretrained(tmp_path / "ref")
-    with pytest.raises(SystemExit, match="plain was made without reference attention"):
+    with pytest.raises(SystemExit, match="plain was made with reference_attention False"):
         _load_init(_parsed(tmp_path, "--reference-attention"), tmp_path / "plain")
     for extra in ((), ("--reference-attention",)):
         assert _has_reference_processors(_load_init(_parsed(tmp_path, *extra), tmp_path / "ref"))
@@ -157,8 +158,124 @@ def test_reference_attention_flag_must_agree_with_init_and_resumed_checkpoints(t
     shutil.copytree(tmp_path / "ref", ckpt / "model")
     (ckpt / STATE_FILE).write_bytes(b"")
     args = _parsed(tmp_path)
-    with pytest.raises(SystemExit, match="started with --reference-attention \\(now without\\)"):
-        _check_resume_reference(args, _preset_model(args))
+    match = "started with reference_attention True \\(--reference-attention\\), now False \\(the preset's\\)"
+    with pytest.raises(SystemExit, match=match):
+        _check_resume(args, _preset_model(args), args.out)
     args = _parsed(tmp_path, "--reference-attention")
-    _check_resume_reference(args, _preset_model(args))  # the same setting resumes
-    _check_resume_reference(_parsed(tmp_path, "--overwrite"), _preset_model(_parsed(tmp_path)))  # starts over
+    _check_resume(args, _preset_model(args), args.out)  # the same setting resumes
+    args = _parsed(tmp_path, "--overwrite")
+    _check_resume(args, _preset_model(args), args.out)  # starts over
+
+
+#: a model-override flag as given (disagreeing with :func:`_saved_pidm`'s model), its field, the value asked
+#: and the saved one as the message shows them
+_MODEL_FLAG_CASES = [
+    (("--prediction-type", "flow"), "prediction_type", "flow", "v_prediction"),
+    (("--zero-snr",), "rescale_betas_zero_snr", "True", "False"),
+    (("--snr-gamma", "3"), "snr_gamma", "3.0", "5.0"),
+    (("--p-drop-source-pose", "0.5"), "p_drop_source_pose", "0.5", "0.25"),
+    (("--image-size", "64x32"), "image_size", "64x32", f"{H}x{W}"),
+    (("--reference-attention",), "reference_attention", "True", "False"),
+]
+
+
+def _saved_pidm(path: Path) -> Path:
+    """A tiny PIDM made with non-default settings of every model flag that has a value."""
+    from posereid.models.pidm import PIDMPipeline
+
+    torch.manual_seed(0)
+    PIDMPipeline.from_preset(
+        "tiny", image_size=(H, W), prediction_type="v_prediction", snr_gamma=5.0, p_drop_source_pose=0.25
+    ).save_pretrained(path)
+    return path
+
+
+def test_model_flags_must_agree_with_the_init_checkpoint(tmp_path: Path) -> None:
+    """``--init``: a model flag given with another value than the checkpoint's is refused naming the flag, the
+    checkpoint and both values; the same value passes; left out, the checkpoint's value stands."""
+    from posereid.experiments.train_generator import _load_init
+
+    init = _saved_pidm(tmp_path / "init")
+    for given, field, asked, saved in _MODEL_FLAG_CASES:
+        match = f"{given[0]} asks for {field} {asked}, but {init} was made with {field} {saved}: "
+        with pytest.raises(SystemExit, match="^" + re.escape(match)):
+            _load_init(_parsed(tmp_path, *given), init)
+    same = ("--prediction-type", "v_prediction", "--snr-gamma", "5", "--p-drop-source-pose", "0.25",
+            "--image-size", f"{H}x{W}")  # fmt: skip
+    for extra in (same, ()):
+        model = _load_init(_parsed(tmp_path, *extra), init)
+        assert model.prediction_type == "v_prediction" and model.image_size == (H, W)
+        assert model.model.config.snr_gamma == 5.0 and model.model.config.p_drop_source_pose == 0.25
+
+
+def test_model_flag_of_a_family_without_the_field_is_refused_with_init(tmp_path: Path) -> None:
+    """cfld has no p_drop_source_pose: the flag is refused, with --init as for a fresh model."""
+    from posereid.experiments.train_generator import _load_init, _preset_model
+    from posereid.models.cfld import CFLDPipeline
+
+    torch.manual_seed(0)
+    CFLDPipeline.from_preset("tiny").save_pretrained(tmp_path / "cfld")
+    match = (
+        "--p-drop-source-pose: the cfld family has no p_drop_source_pose \\(families with it: pidm, pcdms\\)"
+    )
+    with pytest.raises(SystemExit, match=match):
+        _load_init(_parsed(tmp_path, "--p-drop-source-pose", "0.1"), tmp_path / "cfld")
+    with pytest.raises(SystemExit, match=match):
+        _preset_model(_parsed(tmp_path, "--family", "cfld", "--p-drop-source-pose", "0.1"))
+
+
+def test_model_flags_must_agree_with_the_resumed_checkpoint(tmp_path: Path) -> None:
+    """A resume loads the latest checkpoint's weights into the fresh model: a model setting of the two that
+    differs (given or the preset's) is refused naming the flag, the checkpoint and both values."""
+    from posereid.experiments.train_generator import _check_resume, _preset_model
+    from posereid.models.training import STATE_FILE
+
+    ckpt = tmp_path / "o" / "checkpoints" / "step-0000002"
+    _saved_pidm(ckpt / "model")
+    (ckpt / STATE_FILE).write_bytes(b"")
+    same = ["--prediction-type", "v_prediction", "--snr-gamma", "5", "--p-drop-source-pose", "0.25",
+            "--image-size", f"{H}x{W}"]  # fmt: skip
+    args = _parsed(tmp_path, *same)
+    _check_resume(args, _preset_model(args), args.out)
+    args = _parsed(tmp_path, *same[:-2], "--image-size", "64x32")
+    match = (
+        f"{ckpt}: this run was started with image_size {H}x{W} (--image-size), now 64x32 (from --image-size)"
+    )
+    with pytest.raises(SystemExit, match=re.escape(match)):
+        _check_resume(args, _preset_model(args), args.out)
+    args = _parsed(
+        tmp_path, *same[:2], *same[4:]
+    )  # --snr-gamma left out: the preset's (none) is not the run's
+    match = "started with snr_gamma 5.0 (--snr-gamma), now None (the preset's)"
+    with pytest.raises(SystemExit, match=re.escape(match)):
+        _check_resume(args, _preset_model(args), args.out)
+
+
+def test_init_with_another_prediction_type_is_refused_by_the_command(tmp_path: Path) -> None:
+    """``train-generator --init X --prediction-type flow`` on a v-prediction X: refused (``SystemExit`` with
+    the message: exit code 1 and the line on stderr) before any training."""
+    data = make_market(tmp_path / "m", n_pids=2)
+    init = _saved_pidm(tmp_path / "init")
+    match = f"--prediction-type asks for prediction_type flow, but {init} was made with prediction_type v_prediction"
+    with pytest.raises(SystemExit, match=re.escape(match)):
+        _train(data, tmp_path / "gen", "--init", str(init), "--prediction-type", "flow", "--steps", "1")
+    assert not (tmp_path / "gen" / "checkpoints").exists()
+
+
+def test_a_stage_resume_is_checked_against_the_stage_checkpoint(tmp_path: Path) -> None:
+    """pcdms: a rerun whose stage's latest checkpoint (OUT/<stage>/checkpoints) was made with another model
+    setting is refused before training, naming the stage's checkpoint and both values."""
+    from posereid.models.pcdms import PCDMsPipeline
+    from posereid.models.training import STATE_FILE
+
+    data = make_market(tmp_path / "m", n_pids=2)
+    ckpt = tmp_path / "gen" / "inpaint" / "checkpoints" / "step-0000001"
+    torch.manual_seed(0)
+    PCDMsPipeline.from_preset("tiny", image_size=(H, W), p_drop_source_pose=0.3).save_pretrained(
+        ckpt / "model"
+    )
+    (ckpt / STATE_FILE).write_bytes(b"")
+    match = f"{ckpt}: this run was started with p_drop_source_pose 0.3 (--p-drop-source-pose), now 0.1 (the preset's)"
+    with pytest.raises(SystemExit, match=re.escape(match)):
+        _train(data, tmp_path / "gen", "--family", "pcdms", "--stage", "inpaint", "--steps", "2")
+    assert [s for s, _ in list_checkpoints(tmp_path / "gen" / "inpaint")] == [1]

@@ -13,13 +13,21 @@ A run that ``--max-minutes`` stops before its last step writes no ``final/`` and
 ``reid-gain``), so ``train-generator … && generate …`` never uses an unfinished model; the same command
 again resumes it. A resume must use the settings and the training data of the checkpoint (the data's
 fingerprint is kept in ``train_config.json`` and each checkpoint).
+
+The model flags (:data:`MODEL_FLAGS`: ``--image-size``, ``--prediction-type``, ``--zero-snr``,
+``--snr-gamma``, ``--p-drop-source-pose``, ``--reference-attention``) shape a fresh model only: with
+``--init`` (or a stage's start, a few-step teacher) the checkpoint's settings stand and a flag given with
+another value is refused; a resume must find the checkpoint's values in the model it resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +48,14 @@ from posereid.argtypes import (
 )
 from posereid.experiments.data import market_pose_records
 from posereid.experiments.identity_loss import DEFAULT_IDENTITY_WEIGHT, IdentityLoss
-from posereid.models.checkpoint import CONFIG_NAME, read_json
+from posereid.models.checkpoint import CONFIG_NAME, SCHEDULER_CONFIG_NAME, read_json
 from posereid.models.contract import FAMILIES, checkpoint_family, family_class, load_generator
 from posereid.models.images import pil_to_tensor01
 from posereid.models.io_utils import atomic_save
-from posereid.models.pipeline import init_fields
+from posereid.models.pipeline import init_fields, load_scheduler
 from posereid.models.pose import resize_keypoints, skeleton_tensor
 from posereid.models.runtime import resolve_device
-from posereid.models.sampling import SAMPLERS
+from posereid.models.sampling import SAMPLERS, prediction_type
 from posereid.models.training import (
     PosePairDataset,
     TrainConfig,
@@ -70,6 +78,48 @@ logger = logging.getLogger(__name__)
 
 #: the model config field ``--reference-attention`` sets (PIDM's and CFLD's models have it)
 REFERENCE_FIELD = "reference_attention"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFlag:
+    """A train-generator flag that sets a field of a fresh model (or its training scheduler): after
+    ``--init`` or on a resume the checkpoint's value stands, so a given flag must agree with it.
+
+    Args:
+        flag: the option, e.g. ``--prediction-type`` (its ``argparse`` default is ``None``: not given).
+        field: the config field it sets (a model's, every part that has it; or the scheduler's).
+        schedule: the field lives in the main training scheduler's config, not the models'.
+        normalize: a value as compared (a flag's and a config's alike, e.g. a JSON list → a tuple).
+    """
+
+    flag: str
+    field: str
+    schedule: bool = False
+    normalize: Callable[[Any], Any] = lambda v: v
+
+    def given(self, args: argparse.Namespace) -> Any:
+        """The value the command gave (normalized), or ``None`` when the flag was left out."""
+        value = getattr(args, self.flag.removeprefix("--").replace("-", "_"))
+        return None if value is None else self.normalize(value)
+
+
+def _size(value: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in value)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+#: the flags that set a fresh model's fields (:func:`_preset_model`); checked against ``--init`` and a resume
+MODEL_FLAGS = (
+    ModelFlag("--image-size", "image_size", normalize=_size),
+    ModelFlag("--prediction-type", "prediction_type", schedule=True, normalize=str),
+    ModelFlag("--zero-snr", "rescale_betas_zero_snr", schedule=True, normalize=bool),
+    ModelFlag("--snr-gamma", "snr_gamma", normalize=_optional_float),
+    ModelFlag("--p-drop-source-pose", "p_drop_source_pose", normalize=_optional_float),
+    ModelFlag("--reference-attention", REFERENCE_FIELD, normalize=bool),
+)
 
 
 def _presets() -> list[str]:
@@ -132,6 +182,7 @@ def add_train_generator_args(parser: argparse.ArgumentParser) -> None:
     p(
         "--zero-snr",
         action="store_true",
+        default=None,
         help="zero terminal SNR schedule (needs --prediction-type v_prediction)",
     )
     p("--snr-gamma", type=positive_float, help="min-SNR-gamma loss weighting, e.g. 5 (default: plain MSE)")
@@ -310,73 +361,135 @@ def _with_identity_loss(model: Any, args: argparse.Namespace) -> Any:
 
 
 def _preset_model(args: argparse.Namespace) -> Any:
-    """A fresh pipeline of ``--family`` / ``--preset`` with the command's overrides."""
+    """A fresh pipeline of ``--family`` / ``--preset`` with the command's overrides (:data:`MODEL_FLAGS`)."""
     pipeline = family_class(args.family)
     if args.preset not in pipeline.PRESETS:
         raise SystemExit(
             f"--preset {args.preset}: not a {args.family} preset ({', '.join(pipeline.PRESETS)})"
         )
-    overrides: dict = {"image_size": tuple(args.image_size)} if args.image_size else {}
-    if args.prediction_type:
-        overrides["prediction_type"] = args.prediction_type
-    if args.zero_snr:
-        overrides["rescale_betas_zero_snr"] = True
-    if args.snr_gamma is not None:
-        overrides["snr_gamma"] = args.snr_gamma
-    if args.p_drop_source_pose is not None:
-        overrides["p_drop_source_pose"] = args.p_drop_source_pose
-    if args.reference_attention:
-        _require_reference_field(pipeline)
-        overrides[REFERENCE_FIELD] = True
+    overrides: dict[str, Any] = {}
+    for flag in MODEL_FLAGS:
+        value = flag.given(args)
+        if value is not None:
+            _require_field(pipeline, flag)
+            overrides[flag.field] = value
     return pipeline.from_preset(args.preset, **overrides)
 
 
-def _require_reference_field(pipeline: type) -> None:
-    """Refuse ``--reference-attention`` for a family none of whose models has :data:`REFERENCE_FIELD`."""
-    parts = [pipeline.model_class, *(c.model_class for c in pipeline.COMPONENTS.values() if c.model_class)]
-    if not any(REFERENCE_FIELD in init_fields(part) for part in parts):
-        have = [f for f in FAMILIES if REFERENCE_FIELD in init_fields(family_class(f).model_class)]
-        raise SystemExit(
-            f"--reference-attention: the {pipeline.family} family has no reference attention "
-            f"(families with it: {', '.join(have)})"
-        )
+def _part_classes(pipeline: type) -> list[type]:
+    """The model classes of a pipeline class: its main model's, then each trainable component's."""
+    return [pipeline.model_class, *(c.model_class for c in pipeline.COMPONENTS.values() if c.model_class)]
 
 
-def _reference_attention(model: Any) -> bool:
-    """Whether ``model`` (a pipeline) has reference attention: its main model's config field."""
-    return bool(model.model.config.get(REFERENCE_FIELD, False))
+def _require_field(pipeline: type, flag: ModelFlag) -> None:
+    """Refuse a model ``flag`` for a family none of whose models has its field (a schedule field: every one)."""
+    if flag.schedule or any(flag.field in init_fields(part) for part in _part_classes(pipeline)):
+        return
+    have = [f for f in FAMILIES if any(flag.field in init_fields(c) for c in _part_classes(family_class(f)))]
+    raise SystemExit(
+        f"{flag.flag}: the {pipeline.family} family has no {flag.field} (families with it: {', '.join(have)})"
+    )
 
 
-def _check_resume_reference(args: argparse.Namespace, model: Any) -> None:
-    """A resume from ``--out``'s latest checkpoint loads its weights into the fresh ``model``: refuse when
-    their ``reference_attention`` differs (the reference layers' weights would not fit), naming both."""
-    found = list_checkpoints(args.out) if args.resume and not args.overwrite else []
+def _model_values(flag: ModelFlag, configs: list[Mapping[str, Any]], scheduler: Any) -> tuple[Any, ...]:
+    """``flag``'s field in a model: the (main) training scheduler's, or the distinct values of the model
+    configs ``configs`` (main model first, then components) that have it."""
+    if flag.field == "prediction_type":
+        values: list[Any] = [prediction_type(scheduler)]
+    elif flag.schedule:
+        values = [scheduler.config.get(flag.field, False)]
+    else:
+        values = [config[flag.field] for config in configs if flag.field in config]
+    return tuple(dict.fromkeys(flag.normalize(v) for v in values))
+
+
+def _pipeline_configs(model: Any) -> list[Mapping[str, Any]]:
+    """The model configs of a loaded pipeline: main model first, then each trainable component present."""
+    parts = [getattr(model, c.attr) for c in type(model).COMPONENTS.values() if c.model_class]
+    return [model.model.config, *(part.config for part in parts if part is not None)]
+
+
+def _saved_configs(pipeline: type, directory: Path) -> list[Mapping[str, Any]]:
+    """The model configs of the pipeline saved in ``directory`` (JSON only, no weights read), each field
+    missing from an older file at its class's default, as loading would give it."""
+    folders = {pipeline.MODEL_FOLDER: pipeline.model_class}
+    folders.update({name: c.model_class for name, c in pipeline.COMPONENTS.items() if c.model_class})
+    configs = []
+    for folder, cls in folders.items():
+        path = directory / folder / CONFIG_NAME
+        if path.is_file():
+            params = inspect.signature(cls.__init__).parameters.values()
+            defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+            configs.append({**defaults, **read_json(path)})
+    return configs
+
+
+def _show(value: Any) -> str:
+    """A field's value as a message shows it (``64x32`` for a size)."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _show_all(values: tuple[Any, ...]) -> str:
+    """A model's value(s) of a field: one, or its parts' distinct values joined with ``/``."""
+    return " / ".join(map(_show, values))
+
+
+def _check_model_flags(args: argparse.Namespace, model: Any, path: Path) -> None:
+    """``--init`` / a stage's start ``path`` loaded as ``model``: every :data:`MODEL_FLAGS` flag the command
+    gave must agree with the checkpoint (a model keeps the settings it was made with); a disagreeing one is
+    refused naming the flag, ``path`` and both values, as is one whose field the family lacks."""
+    configs = _pipeline_configs(model)
+    for flag in MODEL_FLAGS:
+        asked = flag.given(args)
+        if asked is None:
+            continue
+        _require_field(type(model), flag)
+        saved = _model_values(flag, configs, model.scheduler)
+        if saved and saved != (asked,):
+            raise SystemExit(
+                f"{flag.flag} asks for {flag.field} {_show(asked)}, but {path} was made with {flag.field} "
+                f"{_show_all(saved)}: a trained model keeps the settings it was made with; drop {flag.flag} (the "
+                "checkpoint's stands) or give its value, or start from a preset"
+            )
+
+
+def _check_resume(args: argparse.Namespace, model: Any, out: Path) -> None:
+    """A resume from ``out``'s latest checkpoint loads its weights into ``model`` (fresh from the preset,
+    ``--init``'s or ``--few-step-from``'s): refuse when a :data:`MODEL_FLAGS` field of the two differs (training would go on under
+    another setting, or the weights would not fit), naming the flag, the checkpoint and both values."""
+    found = list_checkpoints(out) if args.resume and not args.overwrite else []
     if not found:
         return
-    config = found[-1][1] / "model" / type(model).MODEL_FOLDER / CONFIG_NAME
-    saved = bool(read_json(config).get(REFERENCE_FIELD, False)) if config.is_file() else None
-    now = _reference_attention(model)
-    if saved is not None and saved != now:
-        raise SystemExit(
-            f"{config}: this run was started {'with' if saved else 'without'} --reference-attention (now "
-            f"{'with' if now else 'without'}); rerun with the same settings to resume, or start over "
-            "(--overwrite, or a new --out)"
-        )
+    directory = found[-1][1] / "model"
+    main = directory / type(model).MODEL_FOLDER
+    saved_configs = _saved_configs(type(model), directory)
+    if not saved_configs or not (main / SCHEDULER_CONFIG_NAME).is_file():
+        return  # not a checkpoint of this family: the resume itself refuses it
+    saved_scheduler, now_configs = load_scheduler(main), _pipeline_configs(model)
+    for flag in MODEL_FLAGS:
+        saved = _model_values(flag, saved_configs, saved_scheduler)
+        now = _model_values(flag, now_configs, model.scheduler)
+        if saved != now:
+            origin = f"from {flag.flag}" if flag.given(args) is not None else _start(args)
+            raise SystemExit(
+                f"{found[-1][1]}: this run was started with {flag.field} {_show_all(saved)} ({flag.flag}), now "
+                f"{_show_all(now)} ({origin}); rerun with the same settings to resume, or start over "
+                "(--overwrite, or a new --out)"
+            )
+
+
+def _start(args: argparse.Namespace) -> str:
+    """Where a model's settings come from when no flag sets them (a resume's message)."""
+    if args.few_step_from is not None:
+        return "--few-step-from's"
+    return "--init's" if args.init is not None else "the preset's"
 
 
 def _load_init(args: argparse.Namespace, path: Path) -> Any:
-    """The generator in ``path`` (EMA weights), in training mode, checked against ``--image-size`` and
-    ``--reference-attention`` (a model field fixed at its creation: the checkpoint's stands)."""
+    """The generator in ``path`` (EMA weights), in training mode, checked against the model flags given
+    (:func:`_check_model_flags`: fields fixed at a model's creation, the checkpoint's stand)."""
     model = load_generator(path, use_ema=True).train()
-    if args.image_size is not None and tuple(args.image_size) != model.image_size:
-        raise SystemExit(f"--image-size {args.image_size} differs from {path}'s {model.image_size}")
-    if args.reference_attention:
-        _require_reference_field(type(model))
-        if not _reference_attention(model):
-            raise SystemExit(
-                f"--reference-attention: {path} was made without reference attention (its reference_attention "
-                "is false) and a trained model cannot gain it; drop the flag, or start from a preset"
-            )
+    _check_model_flags(args, model, path)
     return model
 
 
@@ -458,15 +571,12 @@ def run_train_generator(args: argparse.Namespace) -> int:
         pair_data = PosePairDataset(records, size, pairs=pairs, singletons=args.singletons, seed=args.seed)
         model, dataset, few_step = _few_step_student(args, pair_data)
     else:
-        if args.init is not None:
-            model = _load_init(args, args.init)
-        else:
-            model = _preset_model(args)
-            _check_resume_reference(args, model)
-        model = _with_identity_loss(model, args)
+        model = _load_init(args, args.init) if args.init is not None else _preset_model(args)
         dataset = PosePairDataset(
             records, model.image_size, pairs=pairs, singletons=args.singletons, seed=args.seed
         )
+    _check_resume(args, model, args.out)  # before any training: its settings are the checkpoint's
+    model = _with_identity_loss(model, args)  # none for a few-step fine-tune (refused above)
     config = _train_config(args, args.steps, few_step)
     logger.info(
         "%d training pairs; %.2f M parameters", len(dataset), sum(p.numel() for p in model.parameters()) / 1e6
@@ -510,6 +620,8 @@ def _train_stages(args: argparse.Namespace, records: list, family: str, stages: 
             print(
                 f"stage {stage}: {args.out / stage / 'final'} already trained to step {steps[stage]}; skipped"
             )
+        else:  # a later stage starts from the previous one's final/, made from ``first`` alike
+            _check_resume(args, first, args.out / stage)
     result = train_stages(
         lambda prev: first if prev is None else load(prev), dataset, configs, args.out, stages=todo,
         resume=args.resume, overwrite=args.overwrite, progress=args.progress,

@@ -2,7 +2,9 @@
 
 Subpackages: ``synthetic``, ``reid_gain``, ``quality``, ``bench``; modules: ``data`` (the Market input of
 a run, parsed once), ``demo`` (the demo: :class:`DemoOptions`, :class:`DemoPlan`, its stages),
-``train_generator`` and ``demo_cli`` (commands), ``cli`` (the console script).
+``identity_loss`` (the one place a re-ID checkpoint becomes a generator's identity loss: ``IdentityLoss``,
+used by ``train-generator --identity-model`` and the ablation's +id rows), ``train_generator`` and
+``demo_cli`` (commands), ``cli`` (the console script).
 """
 
 from posereid._lazy import attach

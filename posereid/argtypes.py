@@ -307,6 +307,21 @@ def add_annotation_size_arg(parser: argparse.ArgumentParser, *, what: str = "the
     )
 
 
+def keep_usage_error(parser: argparse.ArgumentParser) -> None:
+    """Let the command's run function report a usage error found after parsing (e.g. a ``--labels`` count that
+    does not fit the inputs) as the parser's own: a usage line and exit code 2, as for a bad flag value."""
+    parser.set_defaults(usage_error=parser.error)
+
+
+def usage_error(args: argparse.Namespace, message: str) -> None:
+    """``args``' parser's usage error (exit code 2; see :func:`keep_usage_error`), or ``ValueError`` for a
+    namespace built by hand."""
+    report = getattr(args, "usage_error", None)
+    if report is None:
+        raise ValueError(message)
+    report(message)
+
+
 __all__ = [
     "PLAIN_GUIDANCE",
     "add_alias",
@@ -315,8 +330,10 @@ __all__ = [
     "add_guidance_arg",
     "add_progress_arg",
     "guidance",
+    "keep_usage_error",
     "non_negative_float",
     "unit_share",
+    "usage_error",
     "warn_once",
     "STRICT_HELP",
     "add_annotation_size_arg",

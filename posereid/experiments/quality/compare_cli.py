@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from posereid.argtypes import unit_interval
+from posereid.argtypes import keep_usage_error, unit_interval, usage_error
 from posereid.experiments.quality.compare import (
     BASES,
     COMPARE_NAME,
@@ -49,17 +49,7 @@ def add_quality_compare_args(parser: argparse.ArgumentParser) -> None:
         "(default: floor-ceiling when every report has a floor row)",
     )  # fmt: skip
     parser.add_argument("--out", help=f"folder for {COMPARE_NAME} (default: print only)")
-    # a usage error found after parsing (a --labels count that does not fit) is the parser's own error:
-    # a usage line and exit code 2, as for a bad flag value
-    parser.set_defaults(usage_error=parser.error)
-
-
-def _usage_error(args: argparse.Namespace, message: str) -> None:
-    """``args``' parser's usage error (exit code 2), or ``ValueError`` for a namespace built by hand."""
-    report = getattr(args, "usage_error", None)
-    if report is None:
-        raise ValueError(message)
-    report(message)
+    keep_usage_error(parser)
 
 
 def split_named(text: str) -> tuple[str | None, str]:
@@ -76,25 +66,25 @@ def run_quality_compare(args: argparse.Namespace) -> int:
     named = [split_named(t) for t in args.reports]
     paths = [p for _, p in named]
     if len(paths) < 2:
-        _usage_error(args, f"give two or more reports to compare, got {len(paths)}")
+        usage_error(args, f"give two or more reports to compare, got {len(paths)}")
     files = [report_file(p).resolve() for p in paths]
     twice = next((paths[i] for i, f in enumerate(files) if f in files[:i]), None)
     if twice is not None:
-        _usage_error(args, f"report {twice} is given twice")
+        usage_error(args, f"report {twice} is given twice")
     if args.labels is not None:
         if any(n for n, _ in named):
-            _usage_error(args, "name the reports either with --labels or with NAME=PATH, not both")
+            usage_error(args, "name the reports either with --labels or with NAME=PATH, not both")
         labels = [s.strip() for s in args.labels.split(",")]
         if len(labels) != len(paths):
-            _usage_error(args, f"--labels has {len(labels)} label(s) for {len(paths)} report(s)")
+            usage_error(args, f"--labels has {len(labels)} label(s) for {len(paths)} report(s)")
     else:
         defaults = default_labels(paths)
         labels = [n or d for (n, _), d in zip(named, defaults)]
     if not all(labels):
-        _usage_error(args, f"a label is empty: {labels}")
+        usage_error(args, f"a label is empty: {labels}")
     dup = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
     if dup is not None:
-        _usage_error(args, f"label {dup!r} is given to two reports; each report needs its own label")
+        usage_error(args, f"label {dup!r} is given to two reports; each report needs its own label")
     reports = [load_quality_report(p, label) for p, label in zip(paths, labels)]
     comparison = compare_quality(reports, threshold=args.gap_threshold, basis=args.normalise)
     print(render_quality_comparison(comparison), end="")

@@ -15,6 +15,7 @@ from posereid.argtypes import (
     add_progress_arg,
     csv_list,
     finite_float,
+    keep_usage_error,
     key_value,
     non_negative_int,
     per_image,
@@ -22,6 +23,7 @@ from posereid.argtypes import (
     positive_int,
     share,
     unit_interval,
+    usage_error,
 )
 from posereid.augment.sampling_settings import fill_from_own
 from posereid.experiments.quality.gate import DEFAULT_PAIRS, NEAR_FLOOR_MARGIN
@@ -311,17 +313,7 @@ def add_reid_gain_compare_args(parser: argparse.ArgumentParser) -> None:
         help="comma list of row labels, one per run, all different (default: from each run's settings, with "
         "the folder's name where two runs' settings read the same)",
     )
-    # what the run function reports a usage error with (a --labels count that does not fit the runs): the
-    # parser's own error, a usage line and exit code 2, as for a bad flag value
-    parser.set_defaults(usage_error=parser.error)
-
-
-def _usage_error(args: argparse.Namespace, message: str) -> None:
-    """``args``' parser's usage error (exit code 2), or ``ValueError`` for a namespace built by hand."""
-    report = getattr(args, "usage_error", None)
-    if report is None:
-        raise ValueError(message)
-    report(message)
+    keep_usage_error(parser)
 
 
 def run_reid_gain_compare(args: argparse.Namespace) -> int:
@@ -330,17 +322,17 @@ def run_reid_gain_compare(args: argparse.Namespace) -> int:
     resolved = [p.resolve() for p in folders]
     twice = next((p for i, p in enumerate(folders) if resolved[i] in resolved[:i]), None)
     if twice is not None:
-        _usage_error(args, f"run {twice} is given twice")
+        usage_error(args, f"run {twice} is given twice")
     labels: list[str | None] = [None] * len(folders)
     if args.labels is not None:
         labels = [s.strip() for s in args.labels.split(",")]
         if len(labels) != len(folders):
-            _usage_error(args, f"--labels has {len(labels)} label(s) for {len(folders)} run(s)")
+            usage_error(args, f"--labels has {len(labels)} label(s) for {len(folders)} run(s)")
         if not all(labels):
-            _usage_error(args, f"--labels {args.labels!r}: a label is empty")
+            usage_error(args, f"--labels {args.labels!r}: a label is empty")
         dup = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
         if dup is not None:
-            _usage_error(args, f"--labels: {dup!r} is given to two runs; each run needs its own label")
+            usage_error(args, f"--labels: {dup!r} is given to two runs; each run needs its own label")
     runs = [load_run(p, label) for p, label in zip(folders, labels)]
     if args.labels is None:
         runs = distinct_labels(runs)

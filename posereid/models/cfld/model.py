@@ -364,24 +364,21 @@ class CFLDModel(CheckpointMixin, ModelMixin, ConfigMixin):
         tokens = self.source_norm(tokens)
         prompt = self.prd(tokens) if self.prd is not None else tokens
         resized: dict[tuple[int, int, int], torch.Tensor] = {}
-        biases = []
-        for (_, src, size), proj in zip(self.hga_layers, self.hga_proj):
+
+        def at(src: int, size: tuple[int, int]) -> torch.Tensor:
+            """Pyramid level ``src`` at ``size`` as tokens ``(B, h·w, C)``, resized once per (level, size)."""
             key = (src, *size)
             if key not in resized:
                 m = maps[src]
                 if tuple(m.shape[-2:]) != size:
                     m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                 resized[key] = m.flatten(2).transpose(1, 2)
-            biases.append(proj(resized[key]))
-        references = []
-        for (_, src, size), proj in zip(self.ref_layers, self.reference_proj):
-            key = (src, *size)
-            if key not in resized:
-                m = maps[src]
-                if tuple(m.shape[-2:]) != size:
-                    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                resized[key] = m.flatten(2).transpose(1, 2)
-            references.append(proj(resized[key]))
+            return resized[key]
+
+        biases = [proj(at(src, size)) for (_, src, size), proj in zip(self.hga_layers, self.hga_proj)]
+        references = [
+            proj(at(src, size)) for (_, src, size), proj in zip(self.ref_layers, self.reference_proj)
+        ]
         return (prompt, *biases, *references)
 
     def null_source(self, appearance: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:

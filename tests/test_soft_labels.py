@@ -16,9 +16,11 @@ from torch.utils.data import default_collate
 from posereid.experiments.cli import main as cli_main
 from posereid.reid_integration.market1501 import Market1501, MarketWriter
 from posereid.reid_integration.soft_labels import (
+    SOFT_AGREE,
     OnlineSoftTargets,
     SoftLabelSoftmaxEngine,
     SoftTargets,
+    check_soft_weight,
     soft_label_loss,
     soft_targets_for_paths,
     synthetic_flags,
@@ -84,6 +86,39 @@ def test_the_soft_term_is_the_tempered_kl(weight=0.6, temperature=2.0):
         soft_label_loss(logits, labels, p, synthetic, weight=1.5, temperature=1.0)
     with pytest.raises(ValueError, match="soft_temperature"):
         soft_label_loss(logits, labels, p, synthetic, weight=0.5, temperature=0.0)
+
+
+def test_agree_keeps_the_hard_label_where_the_teacher_recognises_the_person_and_else_its_soft_label():
+    """``weight="agree"``: a synthetic item whose teacher's most probable identity is its label is trained on the
+    hard label alone; one the teacher takes for someone else on the teacher's soft label alone."""
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 3, generator=gen)
+    labels = torch.tensor([0, 1, 2, 0])
+    t_logits = torch.tensor([[3.0, 0.0, 0.0], [2.0, 0.5, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    synthetic = torch.tensor([True, True, True, False])  # item 1: the teacher sees person 0, not 1
+    p = F.softmax(t_logits / 2.0, 1)
+    loss = soft_label_loss(logits, labels, p, synthetic, weight=SOFT_AGREE, temperature=2.0)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    q = F.softmax(logits / 2.0, 1)
+    kl = (p * (p.log() - q.log())).sum(1)
+    expected = torch.stack([ce[0], 4.0 * kl[1], ce[2], ce[3]]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(
+        soft_label_loss(logits, labels, p, synthetic, weight=0.5, temperature=2.0).item(), rel=1e-3
+    )
+    assert check_soft_weight("agree") == SOFT_AGREE and check_soft_weight(0.25) == 0.25
+    with pytest.raises(ValueError, match="soft_weight"):
+        check_soft_weight("sometimes")
+    assert (
+        ReidTrainConfig(data="d", synthetic=["s"], soft_teacher="t", soft_weight="agree").soft_weight
+        == "agree"
+    )
+    from posereid.experiments.cli import build_parser
+
+    parser, _ = build_parser("train-reid")
+    assert (
+        parser.parse_args(["--data", "d", "--out", "o", "--soft-weight", "agree"]).soft_weight == SOFT_AGREE
+    )
 
 
 def _kl_to_teacher(model, batch, targets: SoftTargets) -> float:

@@ -25,9 +25,11 @@ __getattr__, __dir__, __all__ = attach(
             "registered_posereid_dataset", "save_reid_checkpoint", "scan_reid_lists", "unregister_posereid_dataset",
         ],
         "soft_labels": [
-            "OnlineSoftTargets", "SYNTHETIC_KEYS", "SoftLabelSoftmaxEngine", "SoftTargets", "check_soft_temperature",
-            "check_soft_weight", "load_teacher", "soft_label_loss", "soft_targets_for_paths", "synthetic_flags",
-            "teacher_soft_targets",
+            "OnlineSoftTargets", "SYNTHETIC_KEYS", "SoftLabelSoftmaxEngine", "SoftTargets", "load_teacher",
+            "soft_label_loss", "soft_targets_for_paths", "synthetic_flags", "teacher_soft_targets",
+        ],
+        "soft_settings": [
+            "SOFT_AGREE", "check_soft_temperature", "check_soft_weight", "describe_soft_weight", "soft_weight_arg",
         ],
         "train": ["PosereidDataManager", "ReidTrainConfig", "build_lr_scheduler", "extract_loader_features", "train_reid"],
     },

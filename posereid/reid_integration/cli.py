@@ -18,7 +18,6 @@ from posereid.argtypes import (
     non_negative_float,
     positive_float,
     positive_int,
-    unit_interval,
 )
 from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
 from posereid.reid_integration.annotate import (
@@ -29,6 +28,7 @@ from posereid.reid_integration.annotate import (
 )
 from posereid.reid_integration.market1501 import MarketFormatError
 from posereid.reid_integration.recipes import RECIPES
+from posereid.reid_integration.soft_settings import soft_weight_arg
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,10 +162,12 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--soft-weight",
-        type=unit_interval,
+        type=soft_weight_arg,
         default=d.soft_weight,
         metavar="W",
-        help="share of the teacher's soft term in a synthetic image's loss, in [0, 1] (1 - W: its hard label)",
+        help="share of the teacher's soft term in a synthetic image's loss, in [0, 1] (1 - W: its hard label), "
+        "or 'agree': the hard label alone where the teacher's most probable identity is the image's source pid, "
+        "the teacher's soft label alone elsewhere",
     )
     parser.add_argument(
         "--soft-temperature",

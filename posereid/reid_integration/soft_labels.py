@@ -14,7 +14,6 @@ soft-label loss and the batch hooks of
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +26,11 @@ import torch.nn.functional as F
 
 from posereid.models.runtime import resolve_device
 from posereid.reid_integration.market1501 import load_image
+from posereid.reid_integration.soft_settings import (
+    SOFT_AGREE,
+    check_soft_temperature,
+    check_soft_weight,
+)
 from posereid.reid_integration.torchreid_plugin import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -42,25 +46,13 @@ with warnings.catch_warnings():  # torchreid's "Cython evaluation is unavailable
     from torchreid.reid import metrics
 
 
-def check_soft_weight(weight: float) -> None:
-    """Raise ``ValueError`` naming ``soft_weight`` unless it is a finite number in ``[0, 1]``."""
-    if not (math.isfinite(weight) and 0.0 <= weight <= 1.0):
-        raise ValueError(f"soft_weight must be in [0, 1], got {weight}")
-
-
-def check_soft_temperature(temperature: float) -> None:
-    """Raise ``ValueError`` naming ``soft_temperature`` unless it is a finite number > 0."""
-    if not (math.isfinite(temperature) and temperature > 0.0):
-        raise ValueError(f"soft_temperature must be a finite number > 0, got {temperature}")
-
-
 def soft_label_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
     teacher_probs: torch.Tensor,
     synthetic: torch.Tensor,
     *,
-    weight: float,
+    weight: float | str,
     temperature: float,
     label_smooth: float = 0.0,
 ) -> torch.Tensor:
@@ -76,9 +68,10 @@ def soft_label_loss(
     ``[0, 1]``, ``T`` = ``temperature`` > 0 (the ``T²`` keeps the soft term's gradient scale independent of
     ``T``, Hinton et al. 2015). ``label_smooth`` is the CE's label smoothing ``eps`` (torchreid's softmax
     engine trains with 0.1; 0 is the plain CE). With a one-hot teacher on ``labels``, ``T = 1`` and
-    ``label_smooth = 0`` the loss equals the hard loss for any ``w``.
+    ``label_smooth = 0`` the loss equals the hard loss for any ``w``. ``weight="agree"`` (:data:`SOFT_AGREE`)
+    sets ``w`` per item: 0 where the teacher's most probable identity is ``labels_i``, else 1.
     """
-    check_soft_weight(weight)
+    weight = check_soft_weight(weight)
     check_soft_temperature(temperature)
     if student_logits.ndim != 2 or teacher_probs.shape != student_logits.shape:
         raise ValueError(
@@ -96,7 +89,12 @@ def soft_label_loss(
         log_q = F.log_softmax(student_logits[synthetic].float() / temperature, dim=1)
         # kl_div(log q, p) = sum p (log p - log q), with 0 log 0 = 0 (a teacher certain of one class)
         kl = F.kl_div(log_q, teacher_probs[synthetic].to(log_q), reduction="none").sum(dim=1)
-        mixed = (1.0 - weight) * per_item[synthetic] + weight * temperature**2 * kl
+        if weight == SOFT_AGREE:
+            recognised = teacher_probs[synthetic].argmax(dim=1) == labels[synthetic].to(teacher_probs.device)
+            w: torch.Tensor | float = (~recognised).to(kl.dtype)
+        else:
+            w = float(weight)
+        mixed = (1.0 - w) * per_item[synthetic] + w * temperature**2 * kl
         per_item = per_item.masked_scatter(synthetic, mixed)
     return per_item.mean()
 
@@ -333,13 +331,12 @@ class SoftLabelSoftmaxEngine(BatchAugmentSoftmaxEngine):
         self,
         *args: Any,
         soft_targets: SoftTargets | OnlineSoftTargets,
-        soft_weight: float = 0.5,
+        soft_weight: float | str = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        check_soft_weight(soft_weight)
         self.soft_targets = soft_targets
-        self.soft_weight = float(soft_weight)
+        self.soft_weight = check_soft_weight(soft_weight)
 
     def soft_loss(self, data: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loss, logits, labels)`` of a batch (already augmented), with gradients."""
@@ -393,8 +390,6 @@ __all__ = [
     "OnlineSoftTargets",
     "SoftLabelSoftmaxEngine",
     "SoftTargets",
-    "check_soft_temperature",
-    "check_soft_weight",
     "load_teacher",
     "soft_label_loss",
     "soft_targets_for_paths",

@@ -108,7 +108,9 @@ class ReidTrainConfig:
     # teacher soft labels for the synthetic images (posereid.reid_integration.soft_labels): a re-ID
     # checkpoint trained on the same real train identities; None: hard labels only
     soft_teacher: Path | None = None
-    soft_weight: float = 0.5  # w: the soft term's share of a synthetic image's loss, in [0, 1]
+    soft_weight: float | str = (
+        0.5  # w: the soft term's share of a synthetic image's loss, in [0, 1], or 'agree'
+    )
     soft_temperature: float = 1.0  # T > 0 of the teacher's and the student's softmax
     extra: dict[str, Any] = field(default_factory=dict)  # free-form tags recorded with the results
 
@@ -132,7 +134,7 @@ class ReidTrainConfig:
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")  # numpy's seed range
         self.synthetic = tuple(str(s) for s in self.synthetic)
-        check_soft_weight(self.soft_weight)
+        self.soft_weight = check_soft_weight(self.soft_weight)
         check_soft_temperature(self.soft_temperature)
         if self.soft_teacher is not None:
             self.soft_teacher = Path(self.soft_teacher)

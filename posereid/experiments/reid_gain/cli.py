@@ -50,6 +50,7 @@ from posereid.reid_integration.recipes import (
     fill_from_recipe,
     probe_step_seconds,
 )
+from posereid.reid_integration.soft_settings import soft_weight_arg
 
 
 def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
@@ -146,9 +147,10 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter-score", choices=("similarity", "margin"), default=d.filter_score)
     parser.add_argument("--filter-threshold", type=finite_float, default=d.filter_threshold)
     parser.add_argument(
-        "--soft-weight", type=unit_interval, default=d.soft_weight, metavar="W",
+        "--soft-weight", type=soft_weight_arg, default=d.soft_weight, metavar="W",
         help=f"{SOFT_ARM}: share of the teacher's soft term in a synthetic image's loss, in [0, 1] (1 - W: its "
-        "hard source-pid label)",
+        "hard source-pid label), or 'agree': the hard label alone where the teacher's most probable identity is "
+        "the source pid, the teacher's soft label alone elsewhere",
     )  # fmt: skip
     parser.add_argument(
         "--soft-temperature", type=positive_float, default=d.soft_temperature, metavar="T",

@@ -181,7 +181,7 @@ class GainConfig:
     filter_checkpoint: Path | str | None = None
     filter_score: Literal["similarity", "margin"] = "margin"
     filter_threshold: float = 0.0
-    soft_weight: float = 0.5
+    soft_weight: float | str = 0.5
     soft_temperature: float = 1.0
     device: str = "auto"
     num_workers: int = 0
@@ -228,13 +228,13 @@ class GainConfig:
                 f"arm '{soft[0]}' needs arm 'strong': its teacher is the strong cell model of the same seed and "
                 "fraction (and its gain is paired with that cell)"
             )
-        for name in ("soft_weight", "soft_temperature"):
-            try:
-                setattr(self, name, float(getattr(self, name)))
-            except (TypeError, ValueError):
-                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}") from None
-        if not (math.isfinite(self.soft_weight) and 0.0 <= self.soft_weight <= 1.0):
-            raise ValueError(f"soft_weight must be in [0, 1], got {self.soft_weight}")
+        from posereid.reid_integration.soft_settings import check_soft_weight
+
+        self.soft_weight = check_soft_weight(self.soft_weight)
+        try:
+            self.soft_temperature = float(self.soft_temperature)
+        except (TypeError, ValueError):
+            raise ValueError(f"soft_temperature must be a number, got {self.soft_temperature!r}") from None
         if not (math.isfinite(self.soft_temperature) and self.soft_temperature > 0.0):
             raise ValueError(f"soft_temperature must be a finite number > 0, got {self.soft_temperature}")
         if not self.seeds:

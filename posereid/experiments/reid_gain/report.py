@@ -472,6 +472,8 @@ def _baselines_line(config: GainConfig, rows: Sequence[dict[str, Any]]) -> str:
 
 def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[str, Path]:
     """``results.md`` and ``results.png`` from the CSV rows; returns their paths."""
+    from posereid.reid_integration.soft_settings import describe_soft_weight
+
     summary = summarize(rows)
     seeds = sorted({int(r["seed"]) for r in rows})
     md_path, png_path = config.out / "results.md", config.out / "results.png"
@@ -510,13 +512,13 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
         )
         + (
             f"- `{SOFT_ARM}`: `strong+synthetic` where each synthetic image's loss is (1 − w)·CE(source pid) + "
-            f"w·T²·KL(teacher ‖ student), w = {config.soft_weight:g}, T = {config.soft_temperature:g}; the teacher is "
+            f"w·T²·KL(teacher ‖ student), {describe_soft_weight(config.soft_weight)}, T = {config.soft_temperature:g}; the teacher is "
             "the `strong` cell model of the same seed and fraction (kept real images only)\n"
             if any(r["arm"] == SOFT_ARM for r in rows)
             else ""
         )
         + (
-            f"- `{NOISE_SOFT_ARM}`: `{NOISE_ARM}` with the same soft labels (w = {config.soft_weight:g}, "
+            f"- `{NOISE_SOFT_ARM}`: `{NOISE_ARM}` with the same soft labels ({describe_soft_weight(config.soft_weight)}, "
             f"T = {config.soft_temperature:g}) on its noise images\n"
             if any(r["arm"] == NOISE_SOFT_ARM for r in rows)
             else ""

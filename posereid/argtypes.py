@@ -322,6 +322,20 @@ def usage_error(args: argparse.Namespace, message: str) -> None:
     report(message)
 
 
+def check_labels(
+    args: argparse.Namespace, labels: list[str], count: int, noun: str, *, source: str = "--labels"
+) -> None:
+    """Row labels of a comparison: one per ``noun`` (``count`` of them), none empty, all different; otherwise
+    :func:`usage_error` saying which (``source``: where the labels came from, for the message)."""
+    if len(labels) != count:
+        usage_error(args, f"{source} has {len(labels)} label(s) for {count} {noun}(s)")
+    if not all(labels):
+        usage_error(args, f"{source}: a label is empty: {labels}")
+    dup = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
+    if dup is not None:
+        usage_error(args, f"{source}: {dup!r} is given to two {noun}s; each {noun} needs its own label")
+
+
 __all__ = [
     "PLAIN_GUIDANCE",
     "add_alias",
@@ -329,6 +343,7 @@ __all__ = [
     "add_device_arg",
     "add_guidance_arg",
     "add_progress_arg",
+    "check_labels",
     "guidance",
     "keep_usage_error",
     "non_negative_float",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from posereid.argtypes import keep_usage_error, unit_interval, usage_error
+from posereid.argtypes import check_labels, keep_usage_error, unit_interval, usage_error
 from posereid.experiments.quality.compare import (
     BASES,
     COMPARE_NAME,
@@ -74,17 +74,11 @@ def run_quality_compare(args: argparse.Namespace) -> int:
     if args.labels is not None:
         if any(n for n, _ in named):
             usage_error(args, "name the reports either with --labels or with NAME=PATH, not both")
-        labels = [s.strip() for s in args.labels.split(",")]
-        if len(labels) != len(paths):
-            usage_error(args, f"--labels has {len(labels)} label(s) for {len(paths)} report(s)")
+        labels, source = [s.strip() for s in args.labels.split(",")], "--labels"
     else:
         defaults = default_labels(paths)
-        labels = [n or d for (n, _), d in zip(named, defaults)]
-    if not all(labels):
-        usage_error(args, f"a label is empty: {labels}")
-    dup = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
-    if dup is not None:
-        usage_error(args, f"label {dup!r} is given to two reports; each report needs its own label")
+        labels, source = [n or d for (n, _), d in zip(named, defaults)], "the labels"
+    check_labels(args, labels, len(paths), "report", source=source)
     reports = [load_quality_report(p, label) for p, label in zip(paths, labels)]
     comparison = compare_quality(reports, threshold=args.gap_threshold, basis=args.normalise)
     print(render_quality_comparison(comparison), end="")

@@ -13,6 +13,7 @@ from posereid.argtypes import (
     add_device_arg,
     add_guidance_arg,
     add_progress_arg,
+    check_labels,
     csv_list,
     finite_float,
     keep_usage_error,
@@ -328,13 +329,7 @@ def run_reid_gain_compare(args: argparse.Namespace) -> int:
     labels: list[str | None] = [None] * len(folders)
     if args.labels is not None:
         labels = [s.strip() for s in args.labels.split(",")]
-        if len(labels) != len(folders):
-            usage_error(args, f"--labels has {len(labels)} label(s) for {len(folders)} run(s)")
-        if not all(labels):
-            usage_error(args, f"--labels {args.labels!r}: a label is empty")
-        dup = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
-        if dup is not None:
-            usage_error(args, f"--labels: {dup!r} is given to two runs; each run needs its own label")
+        check_labels(args, labels, len(folders), "run")
     runs = [load_run(p, label) for p, label in zip(folders, labels)]
     if args.labels is None:
         runs = distinct_labels(runs)

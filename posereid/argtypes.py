@@ -90,6 +90,11 @@ def share(text: str) -> float:
     return value
 
 
+def share_or_uniform(text: str) -> float | None:
+    """A share in [0, 1) as :func:`share`, or ``uniform`` (``None``: sample uniformly over all images)."""
+    return None if text.strip().lower() == "uniform" else share(text)
+
+
 def unit_interval(text: str) -> float:
     """A number in [0, 1], both ends included (e.g. a mixing weight)."""
     value = finite_float(text)

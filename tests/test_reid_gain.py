@@ -833,7 +833,17 @@ def test_floor_variants_are_read_from_another_run_only_with_the_same_soft_and_fi
         return {r["arm"] for r in rg.import_baselines(mine, plan, set())}
 
     assert read(filter_checkpoint="auto", soft_weight=0.5) == set(arms)
-    assert read(filter_checkpoint="auto", soft_weight=0.25) == {"strong", rg.NOISE_ARM}
+    assert read(filter_checkpoint="auto", soft_weight=0.25) == set(arms) - {rg.NOISE_SOFT_ARM}
+    assert read(filter_checkpoint="auto", filter_threshold=0.1) == set(arms) - {rg.NOISE_FILTERED_ARM}
+    # the soft floor's batches follow soft_synthetic_ratio, the other floors' synthetic_ratio
+    assert read(filter_checkpoint="auto", soft_synthetic_ratio=None) == set(arms) - {rg.NOISE_SOFT_ARM}
+    assert read(filter_checkpoint="auto", synthetic_ratio=0.5) == {"strong", rg.NOISE_SOFT_ARM}
+    # a folder written before soft_synthetic_ratio existed mixed its soft arms by synthetic_ratio (uniform here)
+    old = json.loads((src / "gain_config.json").read_text())
+    del old["soft_synthetic_ratio"]
+    (src / "gain_config.json").write_text(json.dumps(old))
+    assert read(filter_checkpoint="auto") == set(arms) - {rg.NOISE_SOFT_ARM}
+    assert read(filter_checkpoint="auto", soft_synthetic_ratio=None) == set(arms)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -862,6 +872,9 @@ def test_soft_arm_is_taught_by_the_strong_cell_of_its_seed_and_fraction(soft_run
         assert c.soft_teacher == teacher and teacher.is_file()
         assert cfgs.index(c) > next(i for i, s in enumerate(cfgs) if s in strong and s.seed == c.seed)
         assert (c.soft_weight, c.soft_temperature, c.augment) == (0.7, 2.0, "strong")
+        assert (
+            c.synthetic_ratio == rg.GainConfig.soft_synthetic_ratio == 0.25
+        )  # the soft arms' own default mix
         assert c.synthetic == (str(rg.synthetic_dir(config, 0.5)),) and c.steps == config.reid_steps
         detail = json.loads((config.work / "cells" / f"0.5_{rg.SOFT_ARM}_s{c.seed}.json").read_text())
         assert detail["soft_labels"]["teacher"] == str(teacher) and detail["soft_labels"]["weight"] == 0.7
@@ -878,6 +891,7 @@ def test_soft_arm_is_taught_by_the_strong_cell_of_its_seed_and_fraction(soft_run
     )
     md = (config.out / "results.md").read_text()
     assert f"| 50% | {rg.SOFT_ARM} | 2 |" in md and "w = 0.7, T = 2" in md
+    assert "25 % of each batch synthetic (in expectation) in the soft-label arms" in md
     (entry,) = [e for e in rg.summarize(rows) if e["arm"] == rg.SOFT_ARM]
     assert entry["d_mAP_strong_n"] == 2  # paired with the strong cells of the same seeds
 
@@ -960,6 +974,15 @@ def test_soft_arm_settings_are_validated(market: Path, tmp_path: Path) -> None:
         ["--data", "d", "--out", "o", "--soft-weight", "0.25", "--soft-temperature", "3"]
     )
     assert (args.soft_weight, args.soft_temperature) == (0.25, 3.0)
+    assert parser.parse_args(["--data", "d", "--out", "o"]).soft_synthetic_ratio == 0.25
+    assert (
+        parser.parse_args(
+            ["--data", "d", "--out", "o", "--soft-synthetic-ratio", "uniform"]
+        ).soft_synthetic_ratio
+        is None
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "d", "--out", "o", "--soft-synthetic-ratio", "1"])
     for bad in (["--soft-weight", "1.5"], ["--soft-temperature", "0"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["--data", "d", "--out", "o", *bad])

@@ -213,10 +213,28 @@ def test_train_reid_with_a_soft_teacher_end_to_end(synth_market, synthetic_dir, 
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["soft_teacher"] == str(ckpt)
     assert res["config"]["soft_weight"] == 0.7 and res["config"]["soft_temperature"] == 2.0
+    assert res["config"]["synthetic_ratio"] == 0.25  # soft labels' default mix: a quarter of each batch
     soft = res["soft_labels"]
     assert soft["teacher"] == str(ckpt) and soft["weight"] == 0.7 and soft["temperature"] == 2.0
     assert soft["targets"] == res["synthetic_images"] > 0 and 0.0 <= soft["teacher_agreement"] <= 1.0
     assert res["steps"] == 4 and res["synthetic_seen"] > 0
+
+
+def test_train_reid_mixes_a_quarter_synthetic_with_a_teacher_unless_told(tmp_path):
+    """``--soft-teacher`` without ``--synthetic-ratio`` trains with a quarter of each batch synthetic (half left
+    noise images settled below strong); a given share or ``uniform`` wins; without a teacher: uniform."""
+    from posereid.experiments.cli import build_parser
+    from posereid.reid_integration.cli import synthetic_ratio_of
+
+    parser, _ = build_parser("train-reid")
+    base = ["--data", "d", "--out", "o", "--synthetic", "s"]
+    teacher = ["--soft-teacher", str(tmp_path / "t.safetensors")]
+    assert synthetic_ratio_of(parser.parse_args([*base, *teacher])) == 0.25
+    assert synthetic_ratio_of(parser.parse_args([*base, *teacher, "--synthetic-ratio", "0.4"])) == 0.4
+    assert synthetic_ratio_of(parser.parse_args([*base, *teacher, "--synthetic-ratio", "uniform"])) is None
+    assert synthetic_ratio_of(parser.parse_args(base)) is None
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--synthetic-ratio", "1"])
 
 
 def test_weight_zero_trains_exactly_like_hard_labels(synth_market, synthetic_dir, tmp_path):

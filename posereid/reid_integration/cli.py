@@ -18,6 +18,7 @@ from posereid.argtypes import (
     non_negative_float,
     positive_float,
     positive_int,
+    share_or_uniform,
 )
 from posereid.models.pose_estimation import MissingExtraError, PoseEstimator
 from posereid.reid_integration.annotate import (
@@ -28,7 +29,7 @@ from posereid.reid_integration.annotate import (
 )
 from posereid.reid_integration.market1501 import MarketFormatError
 from posereid.reid_integration.recipes import RECIPES
-from posereid.reid_integration.soft_settings import soft_weight_arg
+from posereid.reid_integration.soft_settings import SOFT_SYNTHETIC_RATIO, soft_weight_arg
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,11 +140,11 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument(
         "--synthetic-ratio",
-        type=float,
-        default=None,
-        metavar="R",
-        help="share of synthetic images per batch, in expectation (default: uniform over "
-        "real and synthetic images)",
+        type=share_or_uniform,
+        default=_UNSET,
+        metavar="R|uniform",
+        help="share of synthetic images per batch, in expectation (default: uniform over real and synthetic "
+        f"images; with --soft-teacher {SOFT_SYNTHETIC_RATIO}, the share measured to keep soft labels harmless)",
     )
     parser.add_argument("--out", required=True, help="output folder (results.json, model.safetensors)")
     parser.add_argument(
@@ -183,6 +184,24 @@ def add_train_reid_args(parser: argparse.ArgumentParser) -> None:
     add_strict_arg(parser)
 
 
+#: ``--synthetic-ratio`` not given (``uniform`` is given as ``None``)
+_UNSET = object()
+
+
+def synthetic_ratio_of(args: argparse.Namespace) -> float | None:
+    """``--synthetic-ratio`` as given, else :data:`SOFT_SYNTHETIC_RATIO` with ``--soft-teacher`` (soft labels with
+    half of each batch synthetic left noise images settled below the strong baseline; a quarter kept them
+    harmless, ``results/gain_protocol_soft``), else ``None`` (uniform)."""
+    if args.synthetic_ratio is not _UNSET:
+        return args.synthetic_ratio
+    if getattr(args, "soft_teacher", None) is not None and args.synthetic:
+        print(
+            f"--soft-teacher: {SOFT_SYNTHETIC_RATIO:g} of each batch synthetic (--synthetic-ratio uniform: uniform)"
+        )
+        return SOFT_SYNTHETIC_RATIO
+    return None
+
+
 def run_train_reid(args: argparse.Namespace) -> int:
     """``posereid train-reid``: train, evaluate and print the metrics and the skipped inputs."""
     from posereid.reid_integration.recipes import choose_recipe, fill_from_recipe
@@ -217,7 +236,7 @@ def run_train_reid(args: argparse.Namespace) -> int:
         workers=args.workers,
         metric=args.metric,
         strict=args.strict,
-        synthetic_ratio=args.synthetic_ratio,
+        synthetic_ratio=synthetic_ratio_of(args),
         soft_teacher=args.soft_teacher,
         soft_weight=args.soft_weight,
         soft_temperature=args.soft_temperature,

@@ -23,6 +23,7 @@ from posereid.argtypes import (
     positive_float,
     positive_int,
     share,
+    share_or_uniform,
     unit_interval,
     usage_error,
 )
@@ -131,6 +132,11 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         metavar="R",
         help="share of synthetic images in the synthetic arms' batches (default: uniform over all images)",
     )
+    parser.add_argument(
+        "--soft-synthetic-ratio", type=share_or_uniform, default=d.soft_synthetic_ratio, metavar="R|uniform",
+        help=f"the same share for the soft-label arms (default {d.soft_synthetic_ratio}: with half of each batch "
+        "synthetic, soft labels left noise images settled below strong)",
+    )  # fmt: skip
     parser.add_argument("--sampler", default=None, help="diffusion sampler (dpmsolver++, ddim, unipc, …)")
     parser.add_argument("--steps", type=positive_int, default=None, help="sampling steps")
     add_guidance_arg(parser, what="the synthetic images (default: the recipe's)")
@@ -264,7 +270,8 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         generator_preset=args.generator_preset, generator_options=dict(args.generator_option),
         generator_steps=args.generator_steps, generator_batch_size=args.generator_batch_size,
         generator_lr=args.generator_lr, generator=args.generator, generator_data=args.generator_data,
-        per_image=args.per_image, synthetic_ratio=args.synthetic_ratio, sampler=args.sampler, steps=args.steps,
+        per_image=args.per_image, synthetic_ratio=args.synthetic_ratio,
+        soft_synthetic_ratio=args.soft_synthetic_ratio, sampler=args.sampler, steps=args.steps,
         guidance=guidance * 2 if len(guidance) == 1 else guidance, pose_sampling=args.pose_sampling,
         gen_batch_size=args.gen_batch_size, annotation_hw=args.annotation_size,
         filter_checkpoint=args.filter_checkpoint, filter_score=args.filter_score,

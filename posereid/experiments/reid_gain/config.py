@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from posereid.models.io_utils import file_sha256
 from posereid.reid_integration.market1501 import find_annotations
+from posereid.reid_integration.soft_settings import SOFT_SYNTHETIC_RATIO
 
 #: every arm the protocol knows; ``strong+synthetic+filtered`` needs the identity filter,
 #: ``strong+synthetic+soft`` the ``strong`` arm (:data:`SOFT_ARM`) and ``strong+oracle`` a synthetic
@@ -82,7 +83,8 @@ _PROTOCOL_FIELDS: tuple[str, ...] = (
     "generator_family", "generator_preset", "generator_options", "generator_steps", "generator_batch_size",
     "generator_lr", "generator",
     "generator_data", "per_image", "sampler", "steps", "guidance", "pose_sampling", "annotation_hw",
-    "filter_checkpoint", "filter_score", "filter_threshold", "synthetic_ratio", "soft_weight", "soft_temperature",
+    "filter_checkpoint", "filter_score", "filter_threshold", "synthetic_ratio", "soft_synthetic_ratio", "soft_weight",
+    "soft_temperature",
 )  # fmt: skip
 #: the protocol fields a baseline or oracle cell depends on (plus the data and its annotations): two runs
 #: that agree on them train the same ``strong`` / ``plain`` / ``strong+oracle`` models, whatever their
@@ -127,6 +129,10 @@ class GainConfig:
         per_image: synthetic images generated per kept source image.
         synthetic_ratio: share of synthetic images in the synthetic arms' batches (in expectation);
             ``None`` samples uniformly over real and synthetic images, so ``per_image=1`` gives half.
+        soft_synthetic_ratio: the same share for the soft-label arms (``strong+synthetic+soft``,
+            ``strong+noise+soft``); default :data:`~posereid.reid_integration.soft_settings.SOFT_SYNTHETIC_RATIO`
+            (a quarter: with half of each batch synthetic, soft labels left the floor settled below strong;
+            ``results/gain_protocol_soft``); ``None``: uniform, as ``synthetic_ratio=None``.
         sampler / steps / guidance: diffusion sampler name, sampling steps and guidance weight.
         pose_sampling: how target poses are drawn from the kept images' pose bank
             (``uniform``/``cluster``/``view``).
@@ -172,6 +178,7 @@ class GainConfig:
     generator_data: Literal["kept", "full"] = "kept"
     per_image: int = 1
     synthetic_ratio: float | None = None
+    soft_synthetic_ratio: float | None = SOFT_SYNTHETIC_RATIO
     sampler: str = "dpmsolver++"
     steps: int = 20
     guidance: tuple[float, float] = (2.0, 2.0)
@@ -243,10 +250,11 @@ class GainConfig:
             raise ValueError(f"max_minutes must be > 0 or None, got {self.max_minutes}")
         if self.generator_data not in ("kept", "full"):
             raise ValueError(f"generator_data must be 'kept' or 'full', got {self.generator_data!r}")
-        if self.synthetic_ratio is not None:  # checked here too: fail before any generation, not hours in
-            from posereid.reid_integration.train import check_synthetic_ratio  # (torchreid: import lazily)
+        from posereid.reid_integration.train import check_synthetic_ratio  # (torchreid: import lazily)
 
-            check_synthetic_ratio(self.synthetic_ratio)
+        # checked here too: fail before any generation, not hours in
+        for ratio in (self.synthetic_ratio, self.soft_synthetic_ratio):
+            check_synthetic_ratio(ratio)
         for name in ("reid_steps", "generator_steps", "per_image", "steps", "height", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -491,8 +491,14 @@ def _reid_config(
         steps=config.reid_steps, batch_size=config.reid_batch_size, lr=config.reid_lr, height=config.height,
         width=config.width, augment="strong" if arm.startswith("strong") else "plain", seed=int(seed),
         device=device, workers=config.num_workers, extra={"fraction": subset.fraction, "arm": arm},
-        synthetic_ratio=config.synthetic_ratio if synthetic else None, **soft,
+        synthetic_ratio=batch_share(config, arm) if synthetic else None, **soft,
     )  # fmt: skip
+
+
+def batch_share(config: GainConfig, arm: str) -> float | None:
+    """The share of extra images in ``arm``'s batches: ``soft_synthetic_ratio`` for a soft-label arm,
+    ``synthetic_ratio`` for the others (``None``: uniform over all images)."""
+    return config.soft_synthetic_ratio if is_soft(arm) else config.synthetic_ratio
 
 
 def run_cell(
@@ -548,9 +554,14 @@ _UNRECORDED: dict[str, Any] = {
 
 
 #: the settings a floor cell with soft labels or the identity filter depends on beyond :data:`BASELINE_FIELDS`
-_FLOOR_VARIANT_FIELDS: tuple[str, ...] = (
-    "soft_weight", "soft_temperature", "filter_checkpoint", "filter_score", "filter_threshold",
-)  # fmt: skip
+_SOFT_FIELDS: tuple[str, ...] = ("soft_weight", "soft_temperature")
+_FILTER_FIELDS: tuple[str, ...] = ("filter_checkpoint", "filter_score", "filter_threshold")
+
+
+def with_unrecorded(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``gain_config.json`` with the fields it predates filled with the values its run used (a run
+    before ``soft_synthetic_ratio`` mixed its soft-label arms by ``synthetic_ratio``)."""
+    return {**_UNRECORDED, "soft_synthetic_ratio": saved.get("synthetic_ratio"), **saved}
 
 
 def _check_protocol(config: GainConfig) -> None:
@@ -564,7 +575,7 @@ def _check_protocol(config: GainConfig) -> None:
     now = config.protocol()
     if path.is_file():
         saved = json.loads(path.read_text())
-        saved = {**_UNRECORDED, **saved}
+        saved = with_unrecorded(saved)
         diff = {k: (saved.get(k), now[k]) for k in now if _jsonable(saved.get(k)) != _jsonable(now[k])}
         if not diff:
             return
@@ -645,35 +656,38 @@ def import_baselines(
 
     Refuses (:class:`ProtocolMismatchError`) a folder whose :data:`BASELINE_FIELDS` differ from this run's:
     its cells would not be the models this run would train. Oracle and floor cells are read only when its
-    ``synthetic_ratio`` is this run's too (their batches mix extra images by it). The asked-for cells it lacks
-    are trained here.
+    ``synthetic_ratio`` is this run's too (their batches mix extra images by it; a soft floor's by
+    ``soft_synthetic_ratio``, and it needs the same soft-label settings; a filtered floor the same filter). The
+    asked-for cells it lacks are trained here.
     """
     src = config.baselines_from
     if src is None:
         return []
     theirs = _baselines_source(config)
-    # the oracle and floor arms add images, so their batches follow synthetic_ratio: read them only from a run
-    # that mixed them the same way (the baselines add none and are the same models whatever the ratio)
     saved, _ = read_run(src)
-    same_mix = _jsonable(saved.get("synthetic_ratio")) == _jsonable(config.protocol()["synthetic_ratio"])
-    extras = ("", "oracle", "noise") if same_mix else ("",)
-    # the floor's soft-label and filtered cells also depend on the soft-label and filter settings
-    now = config.protocol()
-    same_variants = all(
-        _jsonable(saved.get(k, _UNRECORDED.get(k))) == _jsonable(now[k]) for k in _FLOOR_VARIANT_FIELDS
-    )
-    if not same_mix:
+    saved, now = with_unrecorded(saved), config.protocol()
+
+    def same(keys: Sequence[str]) -> bool:
+        return all(_jsonable(saved.get(k)) == _jsonable(now[k]) for k in keys)
+
+    def readable(arm: str) -> bool:
+        # the oracle and floor arms add images, so their batches follow the arm's share of extra images (a
+        # soft-label arm's own); a floor variant also depends on the soft-label or filter settings. The
+        # baselines add none and are the same models whatever these settings.
+        if arm_extra(arm) not in ("oracle", "noise"):
+            return arm_extra(arm) == ""
+        mix = ("soft_synthetic_ratio", *_SOFT_FIELDS) if is_soft(arm) else ("synthetic_ratio",)
+        return same(mix) and (not is_filtered(arm) or same(_FILTER_FIELDS))
+
+    if not same(("synthetic_ratio",)):
         logger.info(
             "reid-gain: %s mixed extra images with synthetic_ratio %r (here %r): its oracle and floor cells are "
             "other models, trained here instead", src, saved.get("synthetic_ratio"), config.synthetic_ratio,
         )  # fmt: skip
-    wanted = {
-        c for c in set(plan) - done
-        if arm_extra(c[1]) in extras and (same_variants or not (is_soft(c[1]) or is_filtered(c[1])))
-    }  # fmt: skip
+    wanted = {c for c in set(plan) - done if readable(c[1])}
     rows = [
         {**r, "read_from": str(src)} for r in theirs
-        if arm_extra(r["arm"]) in extras and cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
+        if cell_key(r["fraction"], r["arm"], r["seed"]) in wanted
     ]  # fmt: skip
     missing = sorted(wanted - {cell_key(r["fraction"], r["arm"], r["seed"]) for r in rows})
     logger.info("reid-gain: %d baseline, oracle and floor cell(s) read from %s", len(rows), src)

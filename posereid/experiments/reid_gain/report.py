@@ -470,6 +470,13 @@ def _baselines_line(config: GainConfig, rows: Sequence[dict[str, Any]]) -> str:
     return ""
 
 
+def _describe_mix(ratio: float | None) -> str:
+    """How a run's batches mix real and extra images, in words."""
+    if ratio is None:
+        return "batches sample real and synthetic images uniformly"
+    return f"{100 * ratio:g} % of each batch synthetic (in expectation)"
+
+
 def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[str, Path]:
     """``results.md`` and ``results.png`` from the CSV rows; returns their paths."""
     from posereid.reid_integration.soft_settings import describe_soft_weight
@@ -491,11 +498,8 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
         f"{config.reid_steps} optimisation steps in EVERY run (batch {config.reid_batch_size})\n"
         f"- generator: {gen_text}; {config.per_image} image(s) per kept image, `{config.sampler}` "
         f"{config.steps} steps, guidance {tuple(config.guidance)}, pose sampling `{config.pose_sampling}`; "
-        + (
-            "batches sample real and synthetic images uniformly\n"
-            if config.synthetic_ratio is None
-            else f"{100 * config.synthetic_ratio:.0f} % of each batch synthetic (in expectation)\n"
-        )
+        + _describe_mix(config.synthetic_ratio)
+        + ".\n"
         + f"- subset seed {config.subset_seed}; metrics in %, mean ± std over the seeds ({', '.join(map(str, seeds))}); "
         "deltas are paired by seed, with 95 % t-intervals, and called settled only when the interval excludes 0\n"
         + (
@@ -513,13 +517,15 @@ def write_reports(config: GainConfig, rows: Sequence[dict[str, Any]]) -> dict[st
         + (
             f"- `{SOFT_ARM}`: `strong+synthetic` where each synthetic image's loss is (1 − w)·CE(source pid) + "
             f"w·T²·KL(teacher ‖ student), {describe_soft_weight(config.soft_weight)}, T = {config.soft_temperature:g}; the teacher is "
-            "the `strong` cell model of the same seed and fraction (kept real images only)\n"
+            "the `strong` cell model of the same seed and fraction (kept real images only); "
+            f"{_describe_mix(config.soft_synthetic_ratio)} in the soft-label arms\n"
             if any(r["arm"] == SOFT_ARM for r in rows)
             else ""
         )
         + (
             f"- `{NOISE_SOFT_ARM}`: `{NOISE_ARM}` with the same soft labels ({describe_soft_weight(config.soft_weight)}, "
-            f"T = {config.soft_temperature:g}) on its noise images\n"
+            f"T = {config.soft_temperature:g}) on its noise images; "
+            f"{_describe_mix(config.soft_synthetic_ratio)}\n"
             if any(r["arm"] == NOISE_SOFT_ARM for r in rows)
             else ""
         )

@@ -306,6 +306,37 @@ def test_compare_puts_each_generator_beside_the_others_on_the_same_baselines(tmp
         rg.load_run(tmp_path / "cmp")
 
 
+def test_compare_lends_the_oracle_to_runs_without_one_and_keeps_each_soft_setting(tmp_path: Path) -> None:
+    """A run made with ``--baselines-from`` without the oracle arm takes the oracle cells of a compared run with
+    the same ``strong`` cells (its shares appear, and the table says whose); a floor variant with other soft
+    settings gets its own row, each naming its weight and mix; the plot draws a run's arms as separate series."""
+    from posereid.experiments.reid_gain import compare
+
+    strong = [40.0, 42.0, 41.0, 43.0, 40.0]
+    base = _write_run(tmp_path / "base", _rows({"strong": strong, "strong+oracle": [50.0, 52.0, 51.0, 53.0, 50.0],
+                                                rg.NOISE_SOFT_ARM: [38.0] * 5}), synthetic_ratio=None)  # fmt: skip
+    soft = _write_run(tmp_path / "soft", _rows({"strong": strong, rg.NOISE_SOFT_ARM: [41.0] * 5,
+                                                "strong+synthetic": [45.0, 47.0, 46.0, 48.0, 45.0],
+                                                rg.SOFT_ARM: [43.0, 45.0, 44.0, 46.0, 43.0]}),
+                      synthetic_ratio=None, soft_synthetic_ratio=0.25, soft_weight=0.5, soft_temperature=1.0)  # fmt: skip
+    runs = [rg.load_run(base, "floor"), rg.load_run(soft, "asset")]
+    assert [r.oracle_from for r in compare.lend_oracle(runs)] == [None, "floor"]
+    md = rg.compare_table(runs)
+    row = next(
+        ln
+        for ln in md.splitlines()
+        if f"| {rg.SOFT_ARM} | asset (w = 0.5, T = 1, 25 % of each batch) |" in ln
+    )
+    assert "| 0.30 [0.30, 0.30] settled |" in row  # gain 3 of the oracle's 10
+    assert "asset: shares from the oracle cells of floor" in md
+    floors = [ln for ln in md.splitlines() if f"| {rg.NOISE_SOFT_ARM} |" in ln]
+    assert len(floors) == 2 and "uniform batches" in floors[0] and "25 % of each batch" in floors[1]
+    other = _write_run(tmp_path / "other", _rows({"strong": [30.0] * 5, "strong+synthetic": [31.0] * 5}))
+    assert compare.lend_oracle([rg.load_run(other)] + runs)[0].oracle_from is None  # other strong cells
+    labels = [label for label, _ in compare.plot_series(runs)]
+    assert labels == ["strong+oracle", "asset: strong+synthetic", f"asset: {rg.SOFT_ARM}"]
+
+
 def test_default_seeds_are_five() -> None:
     assert rg.GainConfig(data=Path("."), out=Path(".")).seeds == (0, 1, 2, 3, 4)
     parser = argparse.ArgumentParser()
@@ -805,8 +836,11 @@ def test_floor_soft_and_filtered_arms_use_the_noise_images_the_teacher_and_the_f
     from posereid.experiments.reid_gain.compare import compare_table, load_run
 
     table = compare_table([load_run(config.out)])
-    assert f"| 100% | {rg.NOISE_SOFT_ARM} | pixel noise, soft labels | 1 |" in table
-    assert f"| 100% | {rg.NOISE_FILTERED_ARM} | pixel noise, filtered | 1 |" in table
+    assert (
+        f"| 100% | {rg.NOISE_SOFT_ARM} | pixel noise, soft labels (w = 0.5, T = 1, 25 % of each batch) | 1 |"
+        in table
+    )
+    assert f"| 100% | {rg.NOISE_FILTERED_ARM} | pixel noise, filtered (margin ≥ 0.0) | 1 |" in table
 
 
 def test_floor_variants_are_read_from_another_run_only_with_the_same_soft_and_filter_settings(

@@ -26,6 +26,9 @@ from posereid.experiments.reid_gain.config import (
     ORACLE_ARM,
     arm_extra,
     fraction_tag,
+    is_filtered,
+    is_soft,
+    with_unrecorded,
 )
 from posereid.experiments.reid_gain.report import (
     Interval,
@@ -38,6 +41,7 @@ from posereid.experiments.reid_gain.report import (
     summary_delta,
 )
 from posereid.models.io_utils import atomic_save, atomic_write
+from posereid.reid_integration.soft_settings import describe_soft_weight
 
 #: the floor's soft-label and filtered variants: rows beside the floor, from the first run that has them
 _FLOOR_VARIANTS: dict[str, str] = {
@@ -55,6 +59,8 @@ class GainRun:
     settings: dict[str, Any]
     rows: list[dict[str, Any]]
     summary: list[dict[str, Any]]
+    #: the label of the compared run whose oracle cells this run's shares use (:func:`lend_oracle`)
+    oracle_from: str | None = None
 
     def strong_cells(self) -> dict[tuple[str, str, int], float]:
         """``strong`` mAP by cell: two runs with equal values here share their baseline models."""
@@ -121,6 +127,46 @@ def _same_baselines(a: dict[tuple[str, str, int], float], b: dict[tuple[str, str
     return bool(common) and all(a[k] == b[k] for k in common)
 
 
+def _has_oracle(run: GainRun) -> bool:
+    return any(r["arm"] == ORACLE_ARM for r in run.rows)
+
+
+def lend_oracle(runs: Sequence[GainRun]) -> list[GainRun]:
+    """``runs``, where a run without ``strong+oracle`` cells takes them from the first compared run that has them
+    and the same ``strong`` cells (a run made with ``--baselines-from`` that did not ask for the oracle arm), so
+    its arms get their shares of the oracle's gain; the borrowed rows are marked ``read_from``."""
+    out = list(runs)
+    for i, run in enumerate(out):
+        if _has_oracle(run):
+            continue
+        donor = next(
+            (d for d in runs if _has_oracle(d) and _same_baselines(run.strong_cells(), d.strong_cells())),
+            None,
+        )
+        tags = {fraction_tag(r["fraction"]) for r in run.rows}
+        lent = [] if donor is None else [
+            {**r, "read_from": str(donor.path)} for r in donor.rows
+            if r["arm"] == ORACLE_ARM and fraction_tag(r["fraction"]) in tags
+        ]  # fmt: skip
+        if lent:
+            rows = [*run.rows, *lent]
+            out[i] = replace(run, rows=rows, summary=summarize(rows), oracle_from=donor.label)
+    return out
+
+
+def arm_settings(run: GainRun, arm: str) -> str:
+    """What else than the generator an arm's cells depend on, in words: a soft-label arm's weight, temperature
+    and share of synthetic images per batch; a filtered arm's filter; ``""`` for the others."""
+    s = with_unrecorded(run.settings)
+    if is_soft(arm):
+        ratio = s.get("soft_synthetic_ratio")
+        mix = "uniform batches" if ratio is None else f"{100 * float(ratio):g} % of each batch"
+        return f"{describe_soft_weight(s['soft_weight'])}, T = {float(s['soft_temperature']):g}, {mix}"
+    if is_filtered(arm):
+        return f"{s.get('filter_score')} ≥ {s.get('filter_threshold')}"
+    return ""
+
+
 def _share(entry: dict[str, Any]) -> Interval | None:
     """An entry's share of the oracle's mAP gain (ratio of means, Fieller), if it has an oracle."""
     return entry["share_mAP"].of_means if "share_mAP" in entry else None
@@ -178,7 +224,7 @@ def compare_table(runs: Sequence[GainRun]) -> str:
     (ΔmAP / Δrank-1 vs ``strong`` [95 % CI], verdict, recovered share of the oracle's gain)."""
     if not runs:
         raise ValueError("no run to compare")
-    runs = distinct_labels(runs)  # a row must say which run it is
+    runs = lend_oracle(distinct_labels(runs))  # a row must say which run it is
     first = runs[0].strong_cells()
     shared = [r.label for r in runs[1:] if not _same_baselines(first, r.strong_cells())]
     lines = [
@@ -213,20 +259,26 @@ def compare_table(runs: Sequence[GainRun]) -> str:
                 f"{format_interval(summary_delta(floor, 'rank1', 'strong'))} | – | {_share_cells(floor)} |"
             )
         for arm, what in _FLOOR_VARIANTS.items():
-            e = first_cells(runs, arm).get(f)
-            if e is not None:
+            shown: list[dict[int, float]] = []  # a variant run with other settings gets its own row
+            for run in runs:
+                seeds = _by_seed(run.rows, arm).get(tag)
+                if not seeds or seeds in shown:
+                    continue
+                shown.append(seeds)
+                e = next(e for e in run.summary if e["arm"] == arm and e["fraction"] == f)
                 lines.append(
-                    f"| {kept} | {arm} | {what} | {e['seeds']} | {e['mAP']:.1f} ± {e['mAP_std']:.1f} | "
-                    f"{format_interval(summary_delta(e, 'mAP', 'strong'))} | "
-                    f"{format_interval(summary_delta(e, 'rank1', 'strong'))} | "
-                    f"{_vs_floor(_first_by_seed(runs, arm).get(tag, {}), fl)} | {_share_cells(e)} |"
+                    f"| {kept} | {arm} | {what} ({arm_settings(run, arm)}) | {e['seeds']} | {e['mAP']:.1f} ± "
+                    f"{e['mAP_std']:.1f} | {format_interval(summary_delta(e, 'mAP', 'strong'))} | "
+                    f"{format_interval(summary_delta(e, 'rank1', 'strong'))} | {_vs_floor(seeds, fl)} | "
+                    f"{_share_cells(e)} |"
                 )
         for run in runs:
             for e in _synthetic_entries(run):
                 if e["fraction"] != f:
                     continue
+                extra = arm_settings(run, e["arm"])
                 lines.append(
-                    f"| {kept} | {e['arm']} | {run.label} | {e['seeds']} | {e['mAP']:.1f} ± {e['mAP_std']:.1f} | "
+                    f"| {kept} | {e['arm']} | {run.label}{f' ({extra})' if extra else ''} | {e['seeds']} | {e['mAP']:.1f} ± {e['mAP_std']:.1f} | "
                     f"{format_interval(summary_delta(e, 'mAP', 'strong'))} | {format_interval(summary_delta(e, 'rank1', 'strong'))} "
                     f"| {_vs_floor(_by_seed(run.rows, e['arm']).get(tag, {}), fl)} | {_share_cells(e)} |"
                 )
@@ -237,6 +289,11 @@ def compare_table(runs: Sequence[GainRun]) -> str:
         "Share: mean gain / mean oracle gain, with Fieller's "
         "interval (every ratio r for which the paired (arm − strong) − r·(oracle − strong) has a t-interval "
         "containing 0)."
+        + "".join(
+            f" {r.label}: shares from the oracle cells of {r.oracle_from} (the same `strong` cells)."
+            for r in runs
+            if r.oracle_from
+        )
     )
     lines.append(
         "\nAll runs share the first run's `strong` models (the same values in every cell both have)."
@@ -251,16 +308,9 @@ def _clip(v: float, lo: float, hi: float) -> float:
     return min(max(v, lo), hi)
 
 
-def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
-    """ΔmAP vs ``strong`` by kept fraction for the oracle and each run's synthetic arm (95 % CI, filled =
-    settled), and beside it the recovered share of the oracle's gain (ratio of means, Fieller's interval,
-    clipped to [-1, 2] where it is unbounded); PNG, atomic."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+def plot_series(runs: Sequence[GainRun]) -> list[tuple[str, list[tuple[float, Interval, Interval | None]]]]:
+    """The plot's lines: ``(label, [(fraction, ΔmAP vs strong, share of the oracle's gain), ...])`` for the
+    oracle, the floor and each run's synthetic arms (one line per arm, labelled with it when a run has several)."""
     series: list[tuple[str, list[tuple[float, Interval, Interval | None]]]] = []
     oracle = first_cells(runs, ORACLE_ARM)
     if oracle:
@@ -275,17 +325,32 @@ def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
                 [(f, summary_delta(e, "mAP", "strong"), _share(e)) for f, e in sorted(floor.items())],
             )
         )
-    for run in runs:
-        pts = [
-            (
-                e["fraction"],
-                summary_delta(e, "mAP", "strong"),
-                _share(e),
+    for run in lend_oracle(runs):
+        entries = _synthetic_entries(run)
+        arms = sorted({e["arm"] for e in entries})
+        for arm in arms:  # one series per arm: a run's hard, soft and filtered arms are separate lines
+            pts = [
+                (e["fraction"], summary_delta(e, "mAP", "strong"), _share(e))
+                for e in entries
+                if e["arm"] == arm
+            ]
+            series.append(
+                (run.label if len(arms) == 1 else f"{run.label}: {arm}", sorted(pts, key=lambda p: p[0]))
             )
-            for e in _synthetic_entries(run)
-        ]
-        if pts:
-            series.append((run.label, sorted(pts, key=lambda p: p[0])))
+    return series
+
+
+def plot_compare(runs: Sequence[GainRun], path: Path, title: str = "") -> None:
+    """ΔmAP vs ``strong`` by kept fraction for the oracle and each run's synthetic arm (95 % CI, filled =
+    settled), and beside it the recovered share of the oracle's gain (ratio of means, Fieller's interval,
+    clipped to [-1, 2] where it is unbounded); PNG, atomic."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    series = plot_series(runs)
     width = 1.2
     for i, (label, pts) in enumerate(series):
         # tab10 without its grey (C7): grey and black are the floor's and the oracle's
@@ -423,10 +488,13 @@ def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:
 
 __all__ = [
     "GainRun",
+    "arm_settings",
     "compare_table",
     "distinct_labels",
+    "lend_oracle",
     "load_run",
     "plot_compare",
+    "plot_series",
     "run_label",
     "sheet_fraction",
     "write_compare_sheet",

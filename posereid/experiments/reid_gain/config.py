@@ -95,6 +95,18 @@ BASELINE_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+#: protocol fields that folders written before the field existed did not record, and the value they used
+_UNRECORDED: dict[str, Any] = {
+    "generator_family": "pidm", "generator_options": {}, "soft_weight": 0.5, "soft_temperature": 1.0,
+}  # fmt: skip
+
+
+def with_unrecorded(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``gain_config.json`` with the fields it predates filled with the values its run used (a run
+    before ``soft_synthetic_ratio`` mixed its soft-label arms by ``synthetic_ratio``)."""
+    return {**_UNRECORDED, "soft_synthetic_ratio": saved.get("synthetic_ratio"), **saved}
+
+
 class ProtocolMismatchError(RuntimeError):
     """The output folder holds results made with different protocol settings."""
 

@@ -63,6 +63,7 @@ from posereid.experiments.reid_gain.config import (
     fraction_tag,
     is_filtered,
     is_soft,
+    with_unrecorded,
 )
 from posereid.experiments.reid_gain.report import (
     cell_key,
@@ -547,21 +548,9 @@ def run_cell(
 # --------------------------------------------------------------------------------------------------
 # The protocol
 # --------------------------------------------------------------------------------------------------
-#: protocol fields that folders written before the field existed did not record, and the value they used
-_UNRECORDED: dict[str, Any] = {
-    "generator_family": "pidm", "generator_options": {}, "soft_weight": 0.5, "soft_temperature": 1.0,
-}  # fmt: skip
-
-
 #: the settings a floor cell with soft labels or the identity filter depends on beyond :data:`BASELINE_FIELDS`
 _SOFT_FIELDS: tuple[str, ...] = ("soft_weight", "soft_temperature")
 _FILTER_FIELDS: tuple[str, ...] = ("filter_checkpoint", "filter_score", "filter_threshold")
-
-
-def with_unrecorded(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved ``gain_config.json`` with the fields it predates filled with the values its run used (a run
-    before ``soft_synthetic_ratio`` mixed its soft-label arms by ``synthetic_ratio``)."""
-    return {**_UNRECORDED, "soft_synthetic_ratio": saved.get("synthetic_ratio"), **saved}
 
 
 def _check_protocol(config: GainConfig) -> None:

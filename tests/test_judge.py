@@ -301,3 +301,36 @@ def test_the_package_re_exports_its_names_and_no_library_module_imports_the_comm
     for path in pathlib.Path(J.__file__).parent.glob("*.py"):
         if path.stem != "cli":
             assert "judge.cli" not in path.read_text(encoding="utf-8"), path
+
+
+def test_data_targets_read_the_annotation_csv_in_its_own_frame(synth_market, tmp_path):
+    """``--data`` with a test annotation CSV written at twice the images' size: with its frame
+    (``data_annotation_hw``, ``--annotation-size``) a judge that finds the true keypoints scores 1; read in the
+    images' own frame the same judge looked wrong."""
+    import shutil
+
+    from posereid.experiments.quality.pairs import load_eval_pairs
+    from posereid.reid_integration.market1501 import read_patn_csv, write_patn_csv
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_market, data)
+    truth = load_eval_pairs(data, (64, 32), n_pairs=None)
+    table = {im.numpy().tobytes(): kp for im, kp in zip(truth.target, truth.target_kps)}
+    csv = data / "market-annotation-test.csv"
+    ann = read_patn_csv(csv, image_hw=None)
+    write_patn_csv(
+        csv, {n: np.where(k >= 0, 2 * k + 0.5, -1) for n, k in ann.items()}
+    )  # pixel-centre aligned
+
+    def judge(images: torch.Tensor) -> np.ndarray:
+        return np.stack(
+            [table.get(im.numpy().tobytes(), np.full((18, 2), -1.0, np.float32)) for im in images]
+        )
+
+    def data_row(**kw) -> dict:
+        result = J.evaluate_judge(judge, None, n_images=4, sizes=[(64, 32)], robustness=False, data=data,
+                                  data_pairs=None, **kw)  # fmt: skip
+        return next(r for r in result["rows"] if r["set"].startswith("data targets"))
+
+    assert data_row(data_annotation_hw=(128, 64))["pckh"] == pytest.approx(1.0)
+    assert data_row()["pckh"] < 0.5

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from posereid.argtypes import hw_at_least, non_negative_int, positive_int
+from posereid.argtypes import add_annotation_size_arg, hw_at_least, non_negative_int, positive_int
 from posereid.experiments.quality.judge.model import PoseJudgeEstimator
 from posereid.experiments.quality.judge.renders import EVAL_SEED, SIZES, TRAIN_SEED
 from posereid.experiments.quality.judge.report import REPORT_MD, evaluate_judge, render_judge_markdown
@@ -60,6 +60,7 @@ def add_pose_judge_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--data-seed", type=non_negative_int, default=0, help="seed of that draw (evaluate-generator --seed)"
     )
+    add_annotation_size_arg(e, what="--data's test annotation CSV")
     e.add_argument("--threshold", type=float, help="override the judge's presence threshold")
     e.add_argument("--threads", type=positive_int, help="torch CPU threads")
     e.add_argument("--device", help="cpu / cuda (default cpu)")
@@ -87,7 +88,7 @@ def run_pose_judge(args: argparse.Namespace) -> int:
         est = PoseJudgeEstimator.from_pretrained(args.judge, device=device, threshold=args.threshold)
         result = evaluate_judge(
             est, args.out, n_images=args.n_images, sizes=args.sizes, seed=args.seed, data=args.data,
-            data_pairs=args.data_pairs or None, data_seed=args.data_seed,
+            data_pairs=args.data_pairs or None, data_seed=args.data_seed, data_annotation_hw=args.annotation_size,
         )  # fmt: skip
         print(render_judge_markdown(result))
         print(f"report: {args.out}/{REPORT_MD}")

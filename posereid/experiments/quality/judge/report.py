@@ -80,6 +80,7 @@ def evaluate_judge(
     data: str | os.PathLike[str] | None = None,
     data_pairs: int | None = 200,
     data_seed: int = 0,
+    data_annotation_hw: tuple[int, int] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """PCKh@0.5 and the share of people found on held-out renders at each size; report to ``out_dir``.
@@ -88,7 +89,9 @@ def evaluate_judge(
     ``people, blurred`` (:func:`blur_images`) and ``backgrounds`` (``false_find_rate``: person-free
     images where someone was found). With ``data`` (a Market-format folder with its test annotations and
     pairs), also the real target images of ``evaluate-generator``'s pairs (``data_pairs`` drawn with
-    ``data_seed``, the same draw as ``evaluate-generator --n-pairs --seed``) at each size.
+    ``data_seed``, the same draw as ``evaluate-generator --n-pairs --seed``) at each size;
+    ``data_annotation_hw``: the ``(H, W)`` frame of its annotation CSV (``--annotation-size``; ``None``: the
+    images' own size), as ``evaluate-generator`` reads it.
 
     Returns:
         ``{"rows": [{"set", "size", metrics...}], "acceptance": {...}, "config": {...}}``; with
@@ -119,7 +122,9 @@ def evaluate_judge(
         if data is not None:
             from posereid.experiments.quality.pairs import load_eval_pairs
 
-            pairs = load_eval_pairs(data, hw, n_pairs=data_pairs, seed=data_seed)
+            pairs = load_eval_pairs(
+                data, hw, n_pairs=data_pairs, seed=data_seed, annotation_hw=data_annotation_hw
+            )
             rows.append({"set": f"data targets ({Path(data).name})", "size": size,
                          **judge_metrics(predict(pairs.target), pairs.target_kps)})  # fmt: skip
     people = [r for r in rows if r["set"] == "people"]
@@ -146,6 +151,7 @@ def evaluate_judge(
             "data": None if data is None else str(data),
             "data_pairs": data_pairs,
             "data_seed": data_seed,
+            "data_annotation_hw": None if data_annotation_hw is None else list(data_annotation_hw),
             "seconds": round(time.perf_counter() - t0, 1),
             "judge": name,
             **(extra or {}),

@@ -314,7 +314,8 @@ def test_compare_lends_the_oracle_to_runs_without_one_and_keeps_each_soft_settin
 
     strong = [40.0, 42.0, 41.0, 43.0, 40.0]
     base = _write_run(tmp_path / "base", _rows({"strong": strong, "strong+oracle": [50.0, 52.0, 51.0, 53.0, 50.0],
-                                                rg.NOISE_SOFT_ARM: [38.0] * 5}), synthetic_ratio=None)  # fmt: skip
+                                                rg.NOISE_SOFT_ARM: [38.0] * 5, rg.NOISE_ARM: [35.0] * 5}),
+                      synthetic_ratio=None)  # fmt: skip
     soft = _write_run(tmp_path / "soft", _rows({"strong": strong, rg.NOISE_SOFT_ARM: [41.0] * 5,
                                                 "strong+synthetic": [45.0, 47.0, 46.0, 48.0, 45.0],
                                                 rg.SOFT_ARM: [43.0, 45.0, 44.0, 46.0, 43.0]}),
@@ -333,8 +334,20 @@ def test_compare_lends_the_oracle_to_runs_without_one_and_keeps_each_soft_settin
     assert len(floors) == 2 and "uniform batches" in floors[0] and "25 % of each batch" in floors[1]
     other = _write_run(tmp_path / "other", _rows({"strong": [30.0] * 5, "strong+synthetic": [31.0] * 5}))
     assert compare.lend_oracle([rg.load_run(other)] + runs)[0].oracle_from is None  # other strong cells
+    variants = compare.variant_table(runs).splitlines()[2:]  # each soft arm against its generator's hard arm
+    assert [ln.split(" | ")[4:] for ln in variants] == [
+        ["5", "+3.0 [+3.0, +3.0] settled |"],  # the floor's soft arm vs the floor
+        ["5", "+6.0 [+6.0, +6.0] settled |"],  # the other run's soft floor vs the first run's floor
+        ["5", "-2.0 [-2.0, -2.0] settled |"],  # the asset's soft arm vs its hard arm
+    ]
+    assert "| strong+noise (floor) |" in variants[1] and "| strong+synthetic |" in variants[2]
     labels = [label for label, _ in compare.plot_series(runs)]
-    assert labels == ["strong+oracle", "asset: strong+synthetic", f"asset: {rg.SOFT_ARM}"]
+    assert labels == [
+        "strong+oracle",
+        f"{rg.NOISE_ARM} (floor)",
+        "asset: strong+synthetic",
+        f"asset: {rg.SOFT_ARM}",
+    ]
 
 
 def test_default_seeds_are_five() -> None:

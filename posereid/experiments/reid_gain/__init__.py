@@ -21,7 +21,7 @@ __getattr__, __dir__, __all__ = attach(
         "gate": ["GATED_ARMS", "GATE_JSON", "GainGate", "GeneratorGateError"],
         "compare": ["GainRun", "arm_settings", "compare_table", "distinct_labels", "first_cells", "lend_oracle", "load_run",
                     "plot_compare", "plot_series", "run_label",
-                    "write_comparison"],
+                    "variant_table", "write_comparison"],
         "report": ["CSV_FIELDS", "Interval", "Share", "cell_key", "format_interval", "markdown_table", "paired_interval",
                    "format_share_of_means", "plot_results", "read_results", "read_run", "summary_delta", "recovered_share", "share_of_mean_gains", "summarize", "verdict", "write_reports",
                    "write_results"],

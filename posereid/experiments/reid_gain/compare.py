@@ -304,6 +304,54 @@ def compare_table(runs: Sequence[GainRun]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant_table(runs: Sequence[GainRun]) -> str:
+    """Markdown: each soft-label or filtered arm against the hard-label arm of the same generator (its own run's
+    ``strong+synthetic`` / ``strong+noise``, else that of a compared run with the same generator settings and
+    ``strong`` cells), ΔmAP paired by seed [95 % CI]; ``""`` when no arm has such a partner."""
+    runs = distinct_labels(runs)
+
+    def generator_key(run: GainRun) -> tuple[str, ...]:
+        keys = ("generator", "generator_family", "generator_preset", "generator_options", "generator_steps",
+                "generator_lr", "generator_data", "sampler", "steps", "guidance", "per_image", "pose_sampling")  # fmt: skip
+        return tuple(repr(run.settings.get(k)) for k in keys)
+
+    def hard_arm(arm: str) -> str:
+        return NOISE_ARM if arm_extra(arm) == "noise" else "strong+synthetic"
+
+    lines: list[str] = []
+    shown: set[tuple[str, str, tuple[float, ...]]] = set()  # a variant another run read in is shown once
+    for run in runs:
+        variants = sorted({r["arm"] for r in run.rows if is_soft(r["arm"]) or is_filtered(r["arm"])})
+        for arm in variants:
+            hard = hard_arm(arm)
+            partners = [run] + [
+                o for o in runs if o is not run and (arm_extra(arm) == "noise" or generator_key(o) == generator_key(run))
+                and _same_baselines(run.strong_cells(), o.strong_cells())
+            ]  # fmt: skip
+            partner = next((o for o in partners if any(r["arm"] == hard for r in o.rows)), None)
+            if partner is None:
+                continue
+            mine, theirs = _by_seed(run.rows, arm), _by_seed(partner.rows, hard)
+            for tag in sorted(mine, key=float):
+                seeds = sorted(mine[tag].keys() & theirs.get(tag, {}).keys())
+                key = (tag, arm, tuple(mine[tag][s] for s in sorted(mine[tag])))
+                if not seeds or key in shown:
+                    continue
+                shown.add(key)
+                diff = paired_interval([mine[tag][s] - theirs[tag][s] for s in seeds])
+                where = "" if partner is run else f" ({partner.label})"
+                lines.append(
+                    f"| {100 * float(tag):.0f}% | {run.label} | {arm} ({arm_settings(run, arm)}) | {hard}{where} | "
+                    f"{len(seeds)} | {format_interval(diff)} |"
+                )
+    if not lines:
+        return ""
+    return (
+        "| kept | run | arm | against | seeds | ΔmAP vs the hard-label arm [95 % CI] |\n"
+        "|---:|---|---|---|---:|---|\n" + "\n".join(lines) + "\n"
+    )
+
+
 def _clip(v: float, lo: float, hi: float) -> float:
     return min(max(v, lo), hi)
 
@@ -475,8 +523,13 @@ def write_comparison(runs: Sequence[GainRun], out: Path) -> dict[str, Path]:
         f"{', '.join(fraction_tag(f) for f in sorted({e['fraction'] for e in r.summary}))})\n"
         for r in runs
     )
+    variants = variant_table(runs)
     with atomic_write(md, "w", encoding="utf-8") as fh:
         fh.write(header + "\n" + compare_table(runs))
+        if variants:
+            fh.write(
+                "\n## Soft-label and filtered arms against the same generator's hard labels\n\n" + variants
+            )
     plot_compare(runs, png, title="re-ID gain over the strong baseline, by generator")
     paths = {"markdown": md, "plot": png}
     fraction = sheet_fraction(runs)
@@ -497,6 +550,7 @@ __all__ = [
     "plot_series",
     "run_label",
     "sheet_fraction",
+    "variant_table",
     "write_compare_sheet",
     "write_comparison",
 ]

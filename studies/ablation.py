@@ -23,9 +23,13 @@ model, ``--identity-model``, as ``train-generator --identity-model``) and ``+ref
 is recorded in each ``+id`` run (file name, sha256 prefix, weight) and listed under the table; score those
 rows with an ``--independent-reid-checkpoint`` too, as the identity loss trains towards its own model::
 
+    python -m studies.ablation bench --rows flow,flow+ref,...,cfld+ref+id --identity-model IDMODEL --out BENCH.json
     python -m studies.ablation run --work runs/ablation24 --data DATA --reid-checkpoint REID \
-        --independent-reid-checkpoint JUDGE2 --identity-model IDMODEL --seeds 0,1 --steps 500 \
+        --independent-reid-checkpoint JUDGE2 --identity-model IDMODEL --seeds 0,1 --equal-budget BENCH.json \
         --rows flow,flow+ref,flow+id,flow+ref+id,cfld,cfld+ref,cfld+id,cfld+ref+id
+
+``--equal-budget`` gives every row the quiet CPU-minutes of the PIDM flow row at 500 steps (the budget of
+``results/generator_v2``): a row that costs more per step trains for fewer steps.
 """
 
 from __future__ import annotations
@@ -177,9 +181,12 @@ def train_row(
     steps: int,
     max_minutes: float | None,
     identity: IdentityLoss | None = None,
+    *,
+    exact_steps: bool = False,
 ) -> bool:
     """Train one (row, seed) to ``steps``; ``False`` when ``max_minutes`` ran out first (rerun resumes).
-    An ``IDENTITY_ROWS`` row trains with ``identity``'s loss (required for those rows)."""
+    An ``IDENTITY_ROWS`` row trains with ``identity``'s loss (required for those rows). A family row trains
+    for its own budget (``FAMILY_ROWS[row]["steps"]``) unless ``exact_steps`` (an equal-budget run)."""
     from accelerate.utils import set_seed
 
     from posereid.experiments.data import market_pose_records
@@ -193,7 +200,7 @@ def train_row(
 
     out = run_dir(work, row, seed)
     spec = FAMILY_ROWS.get(row, {})
-    stage_steps = spec.get("stage_steps") or {"": spec.get("steps", steps)}
+    stage_steps = spec.get("stage_steps") or {"": steps if exact_steps else spec.get("steps", steps)}
     if all(stage_done(out / stage, n) for stage, n in stage_steps.items()) and (out / "final").is_dir():
         return True
     records = market_pose_records(data, data / "market-annotation-train.csv")
@@ -388,13 +395,37 @@ def bench_rows(
     return res
 
 
+#: the row whose budget every row of an equal-budget run gets (``run --equal-budget``): the PIDM flow row at 500
+#: steps, the budget of ``results/generator_v2``
+BUDGET_ROW, BUDGET_STEPS = "flow", 500
+
+
+def equal_budget_steps(rows: list[str], bench: dict, minutes: float | None = None) -> dict[str, int]:
+    """Training steps per row that cost the same quiet CPU-minutes (from ``bench``'s seconds per step):
+    ``minutes``, default those of :data:`BUDGET_ROW` at :data:`BUDGET_STEPS`. A row more expensive per step
+    (reference attention, the identity loss) gets fewer steps, so it is compared at equal cost, not equal
+    steps. Staged rows (PCDMs) keep their own split. ``KeyError`` naming a row ``bench`` lacks."""
+    missing = [r for r in [*rows, *([] if minutes is not None else [BUDGET_ROW])] if r not in bench]
+    if missing:
+        raise KeyError(f"the bench has no {', '.join(missing)}: run `bench --rows {','.join(missing)}` first")
+    if minutes is None:
+        minutes = bench[BUDGET_ROW]["sec_per_train_step"]["all"] * BUDGET_STEPS / 60.0
+    steps = {}
+    for row in rows:
+        if "stage_steps" in FAMILY_ROWS.get(row, {}):
+            continue
+        steps[row] = max(1, round(minutes * 60.0 / bench[row]["sec_per_train_step"]["all"]))
+    return steps
+
+
 def budget_minutes(row: str, bench: dict, steps: int) -> float | None:
     """Quiet CPU-minutes of a row's training from its measured cost per step."""
     if row not in bench:
         return None
     cost = bench[row]["sec_per_train_step"]
     spec = FAMILY_ROWS.get(row, {})
-    stage_steps = spec.get("stage_steps") or {"all": spec.get("steps", steps)}
+    # the steps a run trained (an equal-budget run's own), else the row's budget
+    stage_steps = spec.get("stage_steps") or {"all": steps or spec.get("steps", 0)}
     return sum(cost[stage] * n for stage, n in stage_steps.items()) / 60.0
 
 
@@ -524,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--n-pairs", type=positive_int, default=64)
     run.add_argument("--max-minutes", type=positive_float, default=None, help="per training call")
     run.add_argument(
+        "--equal-budget", type=Path, default=None, metavar="BENCH_JSON",
+        help=f"train each row for the quiet CPU-minutes of {BUDGET_ROW} at {BUDGET_STEPS} steps, its steps from this "
+        "`bench` output (rows that cost more per step get fewer steps); default: --steps / each family row's own",
+    )  # fmt: skip
+    run.add_argument(
         "--source-pose-rows", type=csv_list(str), default=[], help="rows also scored without source kps"
     )
     run.add_argument(
@@ -573,6 +609,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         check_identity(args.rows, identity)
         _warn_identity_judge(identity, args.rows, args.reid_checkpoint, args.independent_reid_checkpoint)
+        budget = {}
+        if args.equal_budget is not None:
+            budget = equal_budget_steps(args.rows, json.loads(args.equal_budget.read_text()))
+            print(
+                "equal CPU budget, steps per row: " + ", ".join(f"{r} {n}" for r, n in budget.items()),
+                flush=True,
+            )
         first = not any(args.work.glob("*/result.json"))
         for seed in (int(s) for s in args.seeds):
             for row in args.rows:
@@ -580,7 +623,9 @@ def main(argv: list[str] | None = None) -> int:
                 if (out / "result.json").is_file():
                     logger.info("%s seed %d: done", row, seed)
                 else:
-                    if not train_row(args.work, args.data, row, seed, args.steps, args.max_minutes, identity):
+                    steps = budget.get(row, args.steps)
+                    if not train_row(args.work, args.data, row, seed, steps, args.max_minutes, identity,
+                                     exact_steps=row in budget):  # fmt: skip
                         print(f"{row} seed {seed}: out of time; rerun to continue")
                         return 3
                     res = evaluate_row(args.work, args.data, args.reid_checkpoint, row, seed,

@@ -132,3 +132,28 @@ def test_an_id_row_trains_with_the_loss_and_records_it(
     assert config.steps == 320  # the cfld rows' budget, whatever --steps says
     (features, _), config = seen["cfld+ref-s0"]
     assert features is None and config.identity_loss is None
+
+
+def test_an_equal_budget_gives_rows_that_cost_more_per_step_fewer_steps(tmp_path: Path) -> None:
+    """``run --equal-budget BENCH``: every row gets the quiet CPU-minutes of the PIDM flow row at 500 steps,
+    so a row 25 % dearer per step trains 400 steps; staged rows keep their split; a row the bench lacks is
+    refused before any training, naming it."""
+    import json
+
+    bench = {
+        "flow": {"sec_per_train_step": {"all": 0.8}, "sec_per_image": 1.0},
+        "flow+ref+id": {"sec_per_train_step": {"all": 1.0}, "sec_per_image": 1.0},
+        "cfld": {"sec_per_train_step": {"all": 1.25}, "sec_per_image": 1.0},
+        "pcdms": {"sec_per_train_step": {"inpaint": 0.5, "prior": 0.1, "refine": 0.5}, "sec_per_image": 1.0},
+    }
+    steps = ablation.equal_budget_steps(["flow", "flow+ref+id", "cfld", "pcdms"], bench)
+    assert steps == {"flow": 500, "flow+ref+id": 400, "cfld": 320}
+    for row, n in steps.items():  # each costs what the flow row at 500 steps costs
+        assert ablation.budget_minutes(row, bench, n) == pytest.approx(0.8 * 500 / 60, rel=0.01)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    work = tmp_path / "work"
+    with pytest.raises(KeyError, match="cfld\\+ref"):
+        ablation.main(["run", "--work", str(work), "--data", str(tmp_path), "--reid-checkpoint", str(tmp_path),
+                       "--rows", "flow,cfld+ref", "--equal-budget", str(path)])  # fmt: skip
+    assert not work.exists()

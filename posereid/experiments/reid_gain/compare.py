@@ -290,9 +290,9 @@ def compare_table(runs: Sequence[GainRun]) -> str:
         "interval (every ratio r for which the paired (arm − strong) − r·(oracle − strong) has a t-interval "
         "containing 0)."
         + "".join(
-            f" {r.label}: shares from the oracle cells of {r.oracle_from} (the same `strong` cells)."
-            for r in runs
-            if r.oracle_from
+            f" {', '.join(r.label for r in runs if r.oracle_from == donor)}: shares from the oracle cells of "
+            f"{donor} (the same `strong` cells)."
+            for donor in dict.fromkeys(r.oracle_from for r in runs if r.oracle_from)
         )
     )
     lines.append(

@@ -964,6 +964,15 @@ def test_soft_arm_rerun_reuses_its_cells_and_other_runs_keep_no_model(
     assert cfg.out is None and not rg.cell_dir(plain, 0.5, "strong", 0).exists()
     detail = json.loads((plain.work / "cells" / "0.5_strong_s0.json").read_text())
     assert "checkpoint" not in detail
+    # a folder without a soft-label cell takes other soft-label settings (they shape only those cells)
+    reid_spy.calls.clear()
+    rg.run_gain(_config(market, plain.out, fractions=(0.5,), arms=("strong",), soft_weight=0.7,
+                        soft_synthetic_ratio=None))  # fmt: skip
+    assert not reid_spy.calls
+    saved = json.loads((plain.out / "gain_config.json").read_text())
+    assert (saved["soft_weight"], saved["soft_synthetic_ratio"]) == (0.7, None)
+    with pytest.raises(rg.ProtocolMismatchError, match="reid_steps"):  # the others still count
+        rg.run_gain(_config(market, plain.out, fractions=(0.5,), arms=("strong",), reid_steps=4))
 
 
 def test_soft_arm_with_baselines_from_uses_their_strong_models_or_trains_its_own_teacher(

@@ -551,6 +551,8 @@ def run_cell(
 #: the settings a floor cell with soft labels or the identity filter depends on beyond :data:`BASELINE_FIELDS`
 _SOFT_FIELDS: tuple[str, ...] = ("soft_weight", "soft_temperature")
 _FILTER_FIELDS: tuple[str, ...] = ("filter_checkpoint", "filter_score", "filter_threshold")
+#: the settings only the soft-label cells depend on
+_SOFT_SETTING_FIELDS: tuple[str, ...] = ("soft_synthetic_ratio", *_SOFT_FIELDS)
 
 
 def _check_protocol(config: GainConfig) -> None:
@@ -558,7 +560,8 @@ def _check_protocol(config: GainConfig) -> None:
 
     A folder whose ``gain_config.json`` differs but which holds neither a result (``results.csv`` rows)
     nor ``work/`` (subsets, generators, images made with the old settings) takes the new settings: nothing
-    made with the old ones would be mixed in.
+    made with the old ones would be mixed in. The soft-label settings shape only soft-label cells: a folder
+    without one takes new ones whatever it holds (e.g. a run made before the soft arms' default mix changed).
     """
     path = config.out / "gain_config.json"
     now = config.protocol()
@@ -566,10 +569,19 @@ def _check_protocol(config: GainConfig) -> None:
         saved = json.loads(path.read_text())
         saved = with_unrecorded(saved)
         diff = {k: (saved.get(k), now[k]) for k in now if _jsonable(saved.get(k)) != _jsonable(now[k])}
+        rows = read_results(config.out / "results.csv")
+        if not any(is_soft(r["arm"]) for r in rows):
+            benign = {k: diff.pop(k) for k in _SOFT_SETTING_FIELDS if k in diff}
+            if benign and not diff:
+                logger.info(
+                    "%s: no soft-label cell yet; its soft-label settings are replaced (%s)", path, benign
+                )
         if not diff:
+            with atomic_write(path) as fh:
+                json.dump(now, fh, indent=2)
             return
         changes = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
-        if read_results(config.out / "results.csv"):
+        if rows:
             raise ProtocolMismatchError(
                 f"{config.out} holds results made with other settings {changes}; use a new --out (or delete "
                 "the folder)"

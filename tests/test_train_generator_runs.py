@@ -224,6 +224,26 @@ def test_model_flag_of_a_family_without_the_field_is_refused_with_init(tmp_path:
         _preset_model(_parsed(tmp_path, "--family", "cfld", "--p-drop-source-pose", "0.1"))
 
 
+def test_a_pcdms_refiner_trained_with_another_prediction_type_is_refused(tmp_path: Path) -> None:
+    """PCDMs' refiner shares the image stages' schedule (``SHARED_SCHEDULE``): ``--init`` of a checkpoint whose
+    refiner predicts ε while its inpainter predicts v is refused for ``--prediction-type v_prediction`` (both
+    values named); a checkpoint whose two agree passes."""
+    from posereid.experiments.train_generator import _load_init
+    from posereid.models.pcdms import PCDMsPipeline
+    from posereid.models.pipeline import training_scheduler
+
+    torch.manual_seed(0)
+    pipe = PCDMsPipeline.from_preset("tiny", prediction_type="v_prediction")
+    pipe.save_pretrained(tmp_path / "same")
+    pipe.refiner_scheduler = training_scheduler(prediction_type="epsilon")
+    pipe.save_pretrained(tmp_path / "mixed")
+    args = _parsed(tmp_path, "--family", "pcdms", "--prediction-type", "v_prediction")
+    assert _load_init(args, tmp_path / "same").prediction_type == "v_prediction"
+    match = f"but {tmp_path / 'mixed'} was made with prediction_type v_prediction / epsilon"
+    with pytest.raises(SystemExit, match=re.escape(match)):
+        _load_init(args, tmp_path / "mixed")
+
+
 def test_model_flags_must_agree_with_the_resumed_checkpoint(tmp_path: Path) -> None:
     """A resume loads the latest checkpoint's weights into the fresh model: a model setting of the two that
     differs (given or the preset's) is refused naming the flag, the checkpoint and both values."""

@@ -391,16 +391,33 @@ def _require_field(pipeline: type, flag: ModelFlag) -> None:
     )
 
 
-def _model_values(flag: ModelFlag, configs: list[Mapping[str, Any]], scheduler: Any) -> tuple[Any, ...]:
-    """``flag``'s field in a model: the (main) training scheduler's, or the distinct values of the model
-    configs ``configs`` (main model first, then components) that have it."""
+def _model_values(
+    flag: ModelFlag, configs: list[Mapping[str, Any]], schedulers: list[Any]
+) -> tuple[Any, ...]:
+    """``flag``'s field in a model: its training schedulers' (the main one, then those that share the plain
+    schedule fields, ``SHARED_SCHEDULE``), or the distinct values of the model configs ``configs`` (main model
+    first, then components) that have it."""
     if flag.field == "prediction_type":
-        values: list[Any] = [prediction_type(scheduler)]
+        values: list[Any] = [prediction_type(s) for s in schedulers]
     elif flag.schedule:
-        values = [scheduler.config.get(flag.field, False)]
+        values = [s.config.get(flag.field, False) for s in schedulers]
     else:
         values = [config[flag.field] for config in configs if flag.field in config]
     return tuple(dict.fromkeys(flag.normalize(v) for v in values))
+
+
+def _schedulers(model: Any) -> list[Any]:
+    """A loaded pipeline's training schedulers that the schedule flags set: the main one, then ``SHARED_SCHEDULE``'s."""
+    parts = type(model).COMPONENTS
+    found = [getattr(model, parts[name].scheduler, None) for name in type(model).SHARED_SCHEDULE]
+    return [model.scheduler, *(s for s in found if s is not None)]
+
+
+def _saved_schedulers(pipeline: type, directory: Path) -> list[Any]:
+    """The training schedulers :func:`_schedulers` reads, from a checkpoint ``directory`` (the main one required)."""
+    main = [load_scheduler(directory / pipeline.MODEL_FOLDER)]
+    shared = [directory / name for name in pipeline.SHARED_SCHEDULE]
+    return main + [load_scheduler(folder) for folder in shared if (folder / SCHEDULER_CONFIG_NAME).is_file()]
 
 
 def _pipeline_configs(model: Any) -> list[Mapping[str, Any]]:
@@ -444,7 +461,7 @@ def _check_model_flags(args: argparse.Namespace, model: Any, path: Path) -> None
         if asked is None:
             continue
         _require_field(type(model), flag)
-        saved = _model_values(flag, configs, model.scheduler)
+        saved = _model_values(flag, configs, _schedulers(model))
         if saved and saved != (asked,):
             raise SystemExit(
                 f"{flag.flag} asks for {flag.field} {_show(asked)}, but {path} was made with {flag.field} "
@@ -465,10 +482,10 @@ def _check_resume(args: argparse.Namespace, model: Any, out: Path) -> None:
     saved_configs = _saved_configs(type(model), directory)
     if not saved_configs or not (main / SCHEDULER_CONFIG_NAME).is_file():
         return  # not a checkpoint of this family: the resume itself refuses it
-    saved_scheduler, now_configs = load_scheduler(main), _pipeline_configs(model)
+    saved_schedulers, now_configs = _saved_schedulers(type(model), directory), _pipeline_configs(model)
     for flag in MODEL_FLAGS:
-        saved = _model_values(flag, saved_configs, saved_scheduler)
-        now = _model_values(flag, now_configs, model.scheduler)
+        saved = _model_values(flag, saved_configs, saved_schedulers)
+        now = _model_values(flag, now_configs, _schedulers(model))
         if saved != now:
             origin = f"from {flag.flag}" if flag.given(args) is not None else _start(args)
             raise SystemExit(

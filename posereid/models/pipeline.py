@@ -218,6 +218,9 @@ class GeneratorPipeline(nn.Module):
     MODEL_FOLDER: ClassVar[str] = ""
     #: further components, by checkpoint folder
     COMPONENTS: ClassVar[dict[str, Component]] = {}
+    #: components whose training scheduler takes the plain schedule fields (``prediction_type``, …) with the
+    #: main one (:meth:`from_preset`), so a check of those fields covers them too
+    SHARED_SCHEDULE: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: ModelMixin, scheduler: TrainingScheduler | None = None) -> None:
         super().__init__()

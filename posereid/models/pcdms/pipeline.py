@@ -110,6 +110,7 @@ class PCDMsPipeline(GeneratorPipeline):
         "prior": Component("prior", PCDMsPrior, scheduler="prior_scheduler"),
         "refiner": Component("refiner", PCDMsRefiner, scheduler="refiner_scheduler"),
     }
+    SHARED_SCHEDULE: ClassVar[tuple[str, ...]] = ("refiner",)  # the prior always predicts the clean embedding
 
     PRESETS: ClassVar[dict[str, dict]] = {
         # tests / CPU; the image stages have the sizes of PIDM's preset of the same name (parts.TOKEN_UNET_SIZES)

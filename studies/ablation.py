@@ -28,6 +28,9 @@ rows with an ``--independent-reid-checkpoint`` too, as the identity loss trains 
         --independent-reid-checkpoint JUDGE2 --identity-model IDMODEL --seeds 0,1 --equal-budget BENCH.json \
         --rows flow,flow+ref,flow+id,flow+ref+id,cfld,cfld+ref,cfld+id,cfld+ref+id
 
+``--unseen-data SEED1_DATA --unseen-reid-checkpoint J1 --unseen-independent-reid-checkpoint J2`` also scores
+every run on people and a style it never saw; the table then reports each row's identity and pose shares seen
+vs unseen and flags a gap above 0.2 (memorising, not transferring).
 ``--equal-budget`` gives every row the quiet CPU-minutes of the PIDM flow row at 500 steps (the budget of
 ``results/generator_v2``): a row that costs more per step trains for fewer steps.
 """
@@ -40,6 +43,7 @@ import logging
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +299,43 @@ def evaluate_row(
     return result
 
 
+@dataclass(frozen=True)
+class Unseen:
+    """People the generators never saw (a dataset rendered with another seed: other people and style) and its
+    own re-ID judges (trained on its real train images), to tell transfer from memorising."""
+
+    data: Path
+    reid: Path
+    independent_reid: Path | None = None
+
+
+def evaluate_unseen(
+    work: Path, row: str, seed: int, unseen: Unseen, *, references: bool, n_pairs: int
+) -> dict[str, Any]:
+    """Score a trained (row, seed) on ``unseen``'s test pairs as :func:`evaluate_row` does on the training data's
+    (``eval_unseen/``) and add the scores to its ``result.json`` under ``"unseen"`` (with the real images and
+    the untrained generator there when ``references``); returns that entry."""
+    from posereid.experiments.quality.evaluate import evaluate_generator
+    from posereid.models.contract import load_generator
+
+    out = run_dir(work, row, seed)
+    result = json.loads((out / "result.json").read_text())
+    gen = load_generator(out / "final", device="cpu")
+    report = evaluate_generator(
+        gen, unseen.data, reid_checkpoint=unseen.reid, steps=20, guidance=(2.0, 2.0), n_pairs=n_pairs, seed=0,
+        out_dir=out / "eval_unseen", include_ceiling=references, include_floor=references, generator_name=row,
+        independent_reid_checkpoint=unseen.independent_reid,
+    )  # fmt: skip
+    systems = report["systems"]
+    entry: dict[str, Any] = {"data": str(unseen.data), "trained": systems["trained"]}
+    if references:
+        entry["ceiling"] = systems["real (ceiling)"]
+        entry["floor"] = systems["untrained (floor)"]
+    result["unseen"] = entry
+    _write_text(out / "result.json", json.dumps(result, indent=1))
+    return entry
+
+
 def _trained_steps(out: Path, row: str) -> int | dict[str, int]:
     """Optimizer steps run (per stage for a staged family)."""
     from posereid.models.training import list_checkpoints
@@ -493,6 +534,61 @@ def render_table(runs: dict[str, list[dict]], bench: dict | None = None) -> str:
     return "\n".join(lines) + (f"\n\n{identity}" if identity else "")
 
 
+def render_seen_unseen(runs: dict[str, list[dict]]) -> str:
+    """Per row scored on unseen people too: identity (the independent judge's mAP, else the judge's) and pose
+    (PCKh) as shares of the way from the floor to the real images on the training data's test people ("seen"
+    style) and on the unseen dataset, and the gap; a gap above ``quality-compare``'s threshold is flagged: a
+    generator that keeps identity only in its training style is memorising, not transferring."""
+    from posereid.experiments.quality.compare import DEFAULT_GAP_THRESHOLD, share
+
+    seen_refs = next((r for rs in runs.values() for r in rs if "ceiling" in r), None)
+    unseen_refs = next(
+        (r["unseen"] for rs in runs.values() for r in rs if "ceiling" in r.get("unseen", {})), None
+    )
+    if seen_refs is None or unseen_refs is None:
+        return ""
+    independent = all("mAP_independent" in ref for ref in (seen_refs["ceiling"], unseen_refs["ceiling"]))
+    metrics = (("identity", "mAP_independent" if independent else "mAP"), ("pose", "pckh"))
+
+    def mean_share(values: list[dict], refs: dict, metric: str) -> float | None:
+        shares = [
+            share(v.get(metric), refs["ceiling"].get(metric), refs["floor"].get(metric)) for v in values
+        ]
+        return None if not shares or any(x is None for x in shares) else statistics.mean(shares)
+
+    lines = [
+        "| row | seeds | " + " | ".join(f"{k} share seen | unseen | gap" for k, _ in metrics) + " |",
+        "|---|---|" + "---|---|---|" * len(metrics),
+    ]
+    flagged = []
+    for row in [*ROWS, *FAMILY_ROWS]:
+        rs = sorted((r for r in runs.get(row, []) if "unseen" in r), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        cells = []
+        for kind, metric in metrics:
+            a = mean_share([r["trained"] for r in rs], seen_refs, metric)
+            b = mean_share([r["unseen"]["trained"] for r in rs], unseen_refs, metric)
+            gap = None if a is None or b is None else a - b
+            if gap is not None and gap > DEFAULT_GAP_THRESHOLD:
+                flagged.append(f"{row} ({kind} {gap:+.2f})")
+            cells += ["–" if x is None else f"{x:.2f}" for x in (a, b)] + [
+                "–" if gap is None else f"{gap:+.2f}"
+            ]
+        lines.append(f"| {row} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+    judge = "the independent judge's mAP" if independent else "the re-ID judge's mAP"
+    note = (
+        f"\nShares: 0 = the untrained generator, 1 = the real images, on each dataset's own test pairs (identity: "
+        f"{judge}; pose: PCKh). Unseen: `{unseen_refs.get('data', '?')}`. "
+        + (
+            f"**Gap above {DEFAULT_GAP_THRESHOLD:g}** (keeps it only for its training style): {', '.join(flagged)}."
+            if flagged
+            else f"No gap above {DEFAULT_GAP_THRESHOLD:g}."
+        )
+    )
+    return "\n".join(lines) + "\n" + note
+
+
 def render_identity(runs: dict[str, list[dict]]) -> str:
     """One line per identity-loss row: the re-ID model it trained against (file, sha256 prefix, weight)."""
     out = []
@@ -560,6 +656,18 @@ def main(argv: list[str] | None = None) -> int:
         "`bench` output (rows that cost more per step get fewer steps); default: --steps / each family row's own",
     )  # fmt: skip
     run.add_argument(
+        "--unseen-data", type=Path, default=None,
+        help="also score every run on this dataset's test pairs (people and style it never saw: a dataset "
+        "rendered with another seed), with --unseen-reid-checkpoint; the table reports the seen/unseen gap",
+    )  # fmt: skip
+    run.add_argument(
+        "--unseen-reid-checkpoint", type=Path, default=None, help="the re-ID judge of --unseen-data"
+    )
+    run.add_argument(
+        "--unseen-independent-reid-checkpoint", type=Path, default=None,
+        help="the independent re-ID judge of --unseen-data",
+    )  # fmt: skip
+    run.add_argument(
         "--source-pose-rows", type=csv_list(str), default=[], help="rows also scored without source kps"
     )
     run.add_argument(
@@ -608,6 +716,15 @@ def main(argv: list[str] | None = None) -> int:
             None if args.identity_model is None else IdentityLoss(args.identity_model, args.identity_weight)
         )
         check_identity(args.rows, identity)
+        unseen = None
+        if args.unseen_data is not None:
+            if args.unseen_reid_checkpoint is None:
+                raise SystemExit(
+                    "--unseen-data needs --unseen-reid-checkpoint (a re-ID judge of that dataset)"
+                )
+            unseen = Unseen(
+                args.unseen_data, args.unseen_reid_checkpoint, args.unseen_independent_reid_checkpoint
+            )
         _warn_identity_judge(identity, args.rows, args.reid_checkpoint, args.independent_reid_checkpoint)
         budget = {}
         if args.equal_budget is not None:
@@ -635,6 +752,17 @@ def main(argv: list[str] | None = None) -> int:
                     t = res["trained"]
                     print(f"{row} seed {seed}: PCKh {t['pckh']:.3f} rank-1 {t['rank1']:.3f} mAP {t['mAP']:.3f} "
                           f"SSIM {t['ssim']:.3f} ({res['train_wall_s'] / 60:.1f} train-min)", flush=True)  # fmt: skip
+                if unseen is not None and "unseen" not in json.loads((out / "result.json").read_text()):
+                    first_unseen = not any(
+                        "ceiling" in json.loads(p.read_text()).get("unseen", {})
+                        for p in args.work.glob("*/result.json")
+                    )
+                    u = evaluate_unseen(
+                        args.work, row, seed, unseen, references=first_unseen, n_pairs=args.n_pairs
+                    )
+                    t = u["trained"]
+                    print(f"{row} seed {seed} unseen: PCKh {t['pckh']:.3f} rank-1 {t['rank1']:.3f} mAP {t['mAP']:.3f}",
+                          flush=True)  # fmt: skip
                 if row in args.source_pose_rows:
                     for r in source_pose_row(args.work, args.data, row, seed, args.n_pairs):
                         print(f"{row} seed {seed}: {r}", flush=True)
@@ -654,6 +782,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         runs = collect(args.work, args.include)
         text = render_table(runs, bench) + "\n\n" + render_steps(runs)
+        gap = render_seen_unseen(runs)
+        if gap:
+            text += "\n\n## Seen vs unseen people\n\n" + gap
         _write_text(args.out / "ablation_table.md", text)
         _write_text(args.out / "ablation_runs.json", json.dumps(runs, indent=1))
         print(text)

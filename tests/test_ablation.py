@@ -157,3 +157,58 @@ def test_an_equal_budget_gives_rows_that_cost_more_per_step_fewer_steps(tmp_path
         ablation.main(["run", "--work", str(work), "--data", str(tmp_path), "--reid-checkpoint", str(tmp_path),
                        "--rows", "flow,cfld+ref", "--equal-budget", str(path)])  # fmt: skip
     assert not work.exists()
+
+
+def test_unseen_people_scores_join_the_result_and_the_table_flags_a_memorising_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run --unseen-data``: each run is scored on the unseen dataset too (its own judges; the real images and
+    the untrained generator there on the first) and the table gives identity and pose shares seen vs unseen:
+    a row that keeps identity only on the people of its training style is flagged, one that transfers is not."""
+    import json
+
+    from posereid.experiments.quality import evaluate
+    from posereid.models import contract
+
+    work, calls = tmp_path / "work", []
+    scores: dict[str, tuple[float, float]] = {}  # row → (trained mAP_independent, PCKh) on the unseen data
+
+    def fake_evaluate(gen, data, **kw):
+        calls.append((gen, data, kw))
+        m, p = scores[kw["generator_name"]]
+        systems = {"trained": {"pckh": p, "rank1": m, "mAP": m, "mAP_independent": m}}
+        if kw["include_ceiling"]:
+            systems["real (ceiling)"] = {"pckh": 1.0, "rank1": 1.0, "mAP": 1.0, "mAP_independent": 1.0}
+            systems["untrained (floor)"] = {"pckh": 0.0, "rank1": 0.0, "mAP": 0.0, "mAP_independent": 0.0}
+        return {"systems": systems}
+
+    monkeypatch.setattr(evaluate, "evaluate_generator", fake_evaluate)
+    monkeypatch.setattr(contract, "load_generator", lambda path, device: f"gen:{path.parent.name}")
+    refs = {"ceiling": {"pckh": 1.0, "mAP_independent": 1.0}, "floor": {"pckh": 0.0, "mAP_independent": 0.0}}
+    for row, seen in (("flow+ref", 0.9), ("cfld", 0.6)):
+        out = ablation.run_dir(work, row, 0)
+        out.mkdir(parents=True)
+        (out / "result.json").write_text(json.dumps(
+            {"row": row, "seed": 0, "trained": {"pckh": 0.9, "mAP_independent": seen}, **(refs if row == "cfld" else {})}
+        ))  # fmt: skip
+    unseen = ablation.Unseen(
+        tmp_path / "seed1", tmp_path / "judge.safetensors", tmp_path / "judge2.safetensors"
+    )
+    scores.update({"flow+ref": (0.3, 0.85), "cfld": (0.55, 0.85)})  # seen identity shares: 0.9 and 0.6
+    ablation.evaluate_unseen(work, "flow+ref", 0, unseen, references=True, n_pairs=8)
+    ablation.evaluate_unseen(work, "cfld", 0, unseen, references=False, n_pairs=8)
+    assert [c[1] for c in calls] == [unseen.data] * 2
+    assert (
+        calls[0][2]["reid_checkpoint"] == unseen.reid
+        and calls[0][2]["independent_reid_checkpoint"] == unseen.independent_reid
+    )
+    saved = json.loads((ablation.run_dir(work, "flow+ref", 0) / "result.json").read_text())
+    assert saved["unseen"]["trained"]["mAP_independent"] == 0.3 and "ceiling" in saved["unseen"]
+    table = ablation.render_seen_unseen(ablation.collect(work))
+    rows = {
+        ln.split(" | ")[0].strip("| "): ln
+        for ln in table.splitlines()
+        if ln.startswith("| flow") or ln.startswith("| cfld")
+    }
+    assert "| 0.90 | 0.30 | +0.60 |" in rows["flow+ref"] and "| 0.60 | 0.55 | +0.05 |" in rows["cfld"]
+    assert "**Gap above 0.2**" in table and "flow+ref (identity +0.60)" in table and "cfld (" not in table

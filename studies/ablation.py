@@ -242,6 +242,36 @@ def train_row(
     return result is None or not result.out_of_time
 
 
+def _score(
+    out: Path,
+    row: str,
+    data: Path,
+    reid: Path,
+    independent_reid: Path | None,
+    folder: str,
+    *,
+    references: bool,
+    n_pairs: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trained run's EMA weights scored on ``data``'s test pairs, the same way for every dataset (20 steps,
+    guidance 2, seed 0; report in ``out/folder``): the report and ``{"trained", and with ``references`` the real
+    images' "ceiling" and the untrained generator's "floor"}``."""
+    from posereid.experiments.quality.evaluate import evaluate_generator
+    from posereid.models.contract import load_generator
+
+    gen = load_generator(out / "final", device="cpu")
+    report = evaluate_generator(
+        gen, data, reid_checkpoint=reid, steps=20, guidance=(2.0, 2.0), n_pairs=n_pairs, seed=0,
+        out_dir=out / folder, include_ceiling=references, include_floor=references, generator_name=row,
+        independent_reid_checkpoint=independent_reid,
+    )  # fmt: skip
+    systems = report["systems"]
+    scores = {"trained": systems["trained"]}
+    if references:
+        scores.update(ceiling=systems["real (ceiling)"], floor=systems["untrained (floor)"])
+    return report, scores
+
+
 def evaluate_row(
     work: Path,
     data: Path,
@@ -258,8 +288,6 @@ def evaluate_row(
 
     ``identity``: recorded for an ``IDENTITY_ROWS`` row (what it trained against). ``independent_reid``: a
     second re-ID judge (``*_independent`` scores), which the identity loss never saw."""
-    from posereid.experiments.quality.evaluate import evaluate_generator
-    from posereid.models.contract import load_generator
     from posereid.models.io_utils import file_sha256
 
     out = run_dir(work, row, seed)
@@ -276,25 +304,17 @@ def evaluate_row(
                 f"{out} was trained with the identity loss {recorded!r}, not {identity.description()!r}: "
                 "give the --identity-model / --identity-weight it was trained with"
             )
-    gen = load_generator(out / "final", device="cpu")
-    report = evaluate_generator(
-        gen, data, reid_checkpoint=reid, steps=20, guidance=(2.0, 2.0), n_pairs=n_pairs, seed=0,
-        out_dir=out / "eval", include_ceiling=references, include_floor=references, generator_name=row,
-        independent_reid_checkpoint=independent_reid,
-    )  # fmt: skip
-    systems = report["systems"]
+    report, scores = _score(
+        out, row, data, reid, independent_reid, "eval", references=references, n_pairs=n_pairs
+    )
     result = {
         "row": row, "seed": seed, "overrides": ROWS.get(row, FAMILY_ROWS.get(row)), "preset": PRESET,
         "steps": _trained_steps(out, row),
         "train_wall_s": json.loads((out / "wall.json").read_text())["train_wall_s"],
-        "trained": systems["trained"],
-        "identity_loss": trained_with,
+        "identity_loss": trained_with, **scores,
     }  # fmt: skip
     if "reid_judges" in report:
         result["reid_judges"] = report["reid_judges"]
-    if references:
-        result["ceiling"] = systems["real (ceiling)"]
-        result["floor"] = systems["untrained (floor)"]
     _write_text(out / "result.json", json.dumps(result, indent=1))
     return result
 
@@ -315,22 +335,20 @@ def evaluate_unseen(
     """Score a trained (row, seed) on ``unseen``'s test pairs as :func:`evaluate_row` does on the training data's
     (``eval_unseen/``) and add the scores to its ``result.json`` under ``"unseen"`` (with the real images and
     the untrained generator there when ``references``); returns that entry."""
-    from posereid.experiments.quality.evaluate import evaluate_generator
-    from posereid.models.contract import load_generator
 
     out = run_dir(work, row, seed)
     result = json.loads((out / "result.json").read_text())
-    gen = load_generator(out / "final", device="cpu")
-    report = evaluate_generator(
-        gen, unseen.data, reid_checkpoint=unseen.reid, steps=20, guidance=(2.0, 2.0), n_pairs=n_pairs, seed=0,
-        out_dir=out / "eval_unseen", include_ceiling=references, include_floor=references, generator_name=row,
-        independent_reid_checkpoint=unseen.independent_reid,
-    )  # fmt: skip
-    systems = report["systems"]
-    entry: dict[str, Any] = {"data": str(unseen.data), "trained": systems["trained"]}
-    if references:
-        entry["ceiling"] = systems["real (ceiling)"]
-        entry["floor"] = systems["untrained (floor)"]
+    _, scores = _score(
+        out,
+        row,
+        unseen.data,
+        unseen.reid,
+        unseen.independent_reid,
+        "eval_unseen",
+        references=references,
+        n_pairs=n_pairs,
+    )
+    entry: dict[str, Any] = {"data": str(unseen.data), **scores}
     result["unseen"] = entry
     _write_text(out / "result.json", json.dumps(result, indent=1))
     return entry

@@ -427,7 +427,8 @@ def bench_rows(
         src, tgt = torch.rand(b, 3, h, w), torch.rand(b, 3, h, w)
         kps = torch.rand(b, 18, 2) * torch.tensor([w - 1, h - 1])
         per_stage = {}
-        for stage in getattr(pipe, "TRAINING_STAGES", ("",)):
+        # a one-model family's TRAINING_STAGES is empty: its one "stage" is the whole model
+        for stage in pipe.TRAINING_STAGES or ("",):
             if stage:
                 pipe.set_training_stage(stage)
             opt = torch.optim.AdamW([p for p in pipe.parameters() if p.requires_grad], lr=1e-4)
@@ -464,9 +465,15 @@ def equal_budget_steps(rows: list[str], bench: dict, minutes: float | None = Non
     ``minutes``, default those of :data:`BUDGET_ROW` at :data:`BUDGET_STEPS`. A row more expensive per step
     (reference attention, the identity loss) gets fewer steps, so it is compared at equal cost, not equal
     steps. Staged rows (PCDMs) keep their own split. ``KeyError`` naming a row ``bench`` lacks."""
-    missing = [r for r in [*rows, *([] if minutes is not None else [BUDGET_ROW])] if r not in bench]
+    missing = [
+        r
+        for r in [*rows, *([] if minutes is not None else [BUDGET_ROW])]
+        if not bench.get(r, {}).get("sec_per_train_step")
+    ]
     if missing:
-        raise KeyError(f"the bench has no {', '.join(missing)}: run `bench --rows {','.join(missing)}` first")
+        raise KeyError(
+            f"the bench has no training cost for {', '.join(missing)}: run `bench --rows {','.join(missing)}` first"
+        )
     if minutes is None:
         minutes = bench[BUDGET_ROW]["sec_per_train_step"]["all"] * BUDGET_STEPS / 60.0
     steps = {}

@@ -157,6 +157,18 @@ def test_an_equal_budget_gives_rows_that_cost_more_per_step_fewer_steps(tmp_path
         ablation.main(["run", "--work", str(work), "--data", str(tmp_path), "--reid-checkpoint", str(tmp_path),
                        "--rows", "flow,cfld+ref", "--equal-budget", str(path)])  # fmt: skip
     assert not work.exists()
+    bench["flow+ref"] = {"sec_per_train_step": {}, "sec_per_image": 1.0}  # a bench that timed no training
+    with pytest.raises(KeyError, match="flow\\+ref"):
+        ablation.equal_budget_steps(["flow", "flow+ref"], bench)
+
+
+def test_bench_times_the_training_of_a_one_model_family() -> None:
+    """``bench``: a one-model family (its ``TRAINING_STAGES`` empty) gets its seconds per training step under
+    ``all`` (the key ``--equal-budget`` reads), not an empty timing."""
+    res = ablation.bench_rows(["flow"], train_steps=1, images=1, steps=1)
+    cost = res["flow"]["sec_per_train_step"]
+    assert list(cost) == ["all"] and cost["all"] > 0
+    assert ablation.equal_budget_steps(["flow"], res) == {"flow": 500}
 
 
 def test_unseen_people_scores_join_the_result_and_the_table_flags_a_memorising_row(

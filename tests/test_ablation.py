@@ -165,10 +165,26 @@ def test_an_equal_budget_gives_rows_that_cost_more_per_step_fewer_steps(tmp_path
 def test_bench_times_the_training_of_a_one_model_family() -> None:
     """``bench``: a one-model family (its ``TRAINING_STAGES`` empty) gets its seconds per training step under
     ``all`` (the key ``--equal-budget`` reads), not an empty timing."""
-    res = ablation.bench_rows(["flow"], train_steps=1, images=1, steps=1)
+    res = ablation.bench_rows(["flow"], train_steps=1, images=1, steps=1, rounds=2)
     cost = res["flow"]["sec_per_train_step"]
     assert list(cost) == ["all"] and cost["all"] > 0
     assert ablation.equal_budget_steps(["flow"], res) == {"flow": 500}
+
+
+def test_bench_keeps_each_rows_fastest_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stall during one row's timing (the first row of a bench read 3x its cost) must not set the budget:
+    the rows are timed in order, then in reverse, and each keeps its fastest timing."""
+    calls = []
+
+    def fake(row, train_steps, images, steps, identity):  # the flow row stalls on its first timing only
+        calls.append(row)
+        stalled = row == "flow" and calls.count("flow") == 1
+        return {"sec_per_train_step": {"all": 2.3 if stalled else 0.7}, "sec_per_image": 0.9}
+
+    monkeypatch.setattr(ablation, "_bench_row", fake)
+    res = ablation.bench_rows(["flow", "cfld"], rounds=2)
+    assert calls == ["flow", "cfld", "cfld", "flow"]
+    assert res["flow"]["sec_per_train_step"]["all"] == 0.7
 
 
 def test_unseen_people_scores_join_the_result_and_the_table_flags_a_memorising_row(

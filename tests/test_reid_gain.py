@@ -14,6 +14,7 @@ from PIL import Image
 from posereid.augment.manifest import parse_synthetic_name
 from posereid.experiments import reid_gain as rg
 from posereid.experiments.cli import main as cli_main
+from posereid.experiments.identity_loss import IdentityLoss
 from posereid.experiments.reid_gain.report import write_results
 from posereid.experiments.synthetic import SynthConfig, write_synthetic_market
 from posereid.models import training
@@ -602,6 +603,36 @@ def test_filtered_arm_uses_a_filter_trained_on_the_kept_images(
     ]
     assert sorted(m["name"] for m in manifest if m["kept"]) == kept
     assert all((m["filter_margin"] >= 0) == m["kept"] for m in manifest)
+
+
+def test_generator_identity_loss_trains_against_a_model_of_the_kept_images_apart_from_the_gates(
+    market: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """``generator_identity_weight``: the protocol's generator trains with the identity loss against a strong
+    re-ID model of the kept images only (no leakage), seeded apart from the filter model that gates and
+    filters its images; the weight is recorded (a rerun with another is refused), and it needs the protocol's
+    own kept-image generators."""
+    gen_spy, reid_spy = Spy(training.train_generator), Spy(reid_train.train_reid)
+    monkeypatch.setattr(training, "train_generator", gen_spy)
+    monkeypatch.setattr(reid_train, "train_reid", reid_spy)
+    config = _config(market, tmp_path / "out", fractions=(0.5,), arms=("plain+synthetic",),
+                     generator_identity_weight=0.3)  # fmt: skip
+    rg.run_gain(config)
+    identity_cfg = reid_spy.calls[0][0][0]  # trained before the generator, on the kept images only
+    assert identity_cfg.data == str(config.work / "subset-0.5") and identity_cfg.augment == "strong"
+    assert identity_cfg.seed == config.subset_seed + rg.IDENTITY_MODEL_SEED_OFFSET
+    model, _dataset, tcfg = gen_spy.calls[0][0][:3]
+    features, weight = model._identity
+    assert callable(features) and weight == 0.3
+    ckpt = config.work / "identity-model-0.5" / "model.safetensors"
+    assert tcfg.identity_loss == IdentityLoss(ckpt, 0.3).description()
+    saved = json.loads((config.out / "gain_config.json").read_text())
+    assert saved["generator_identity_weight"] == 0.3
+    with pytest.raises(rg.ProtocolMismatchError, match="generator_identity_weight"):
+        rg.run_gain(_config(market, tmp_path / "out", fractions=(0.5,), arms=("plain+synthetic",)))
+    for bad in ({"generator_data": "full"}, {"generator": tmp_path}):
+        with pytest.raises(ValueError, match="identity"):
+            _config(market, tmp_path / "x", generator_identity_weight=0.3, **bad)
 
 
 def test_generator_data_full_trains_one_generator_on_all_images(

@@ -15,7 +15,7 @@ __getattr__, __dir__, __all__ = attach(
         "config": ["ARMS", "BASELINE_FIELDS", "BASELINES", "DEFAULT_ARMS", "DEFAULT_FRACTIONS", "DEFAULT_SEEDS", "GainConfig", "GainOutOfTimeError", "NOISE_ARM", "NOISE_FILTERED_ARM",
                    "NOISE_SOFT_ARM", "ORACLE_ARM", "ProtocolMismatchError", "SOFT_ARM", "arm_extra", "is_filtered", "is_soft", "find_annotations", "fraction_tag", "parse_fractions", "with_unrecorded"],
         "subset": ["Subset", "materialize_subset", "select_subset", "subset_order"],
-        "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filter_model", "ensure_filtered", "ensure_generator", "ensure_noise", "ensure_oracle",
+        "protocol": ["OracleUnavailableError", "check_oracle", "ensure_filter_model", "ensure_filtered", "ensure_generator", "ensure_identity_model", "IDENTITY_MODEL_SEED_OFFSET", "ensure_noise", "ensure_oracle",
                      "ensure_synthetic", "ensure_teacher", "generator_dir", "import_baselines", "new_generator", "market_source", "noise_dir", "oracle_dir", "planned_cells",
                      "prepare_fraction", "run_cell", "run_gain", "batch_share", "synthetic_dir", "teacher_checkpoint", "validate_run", "cell_dir"],
         "gate": ["GATED_ARMS", "GATE_JSON", "GainGate", "GeneratorGateError"],

@@ -18,6 +18,7 @@ from posereid.argtypes import (
     finite_float,
     keep_usage_error,
     key_value,
+    non_negative_float,
     non_negative_int,
     per_image,
     positive_float,
@@ -122,6 +123,13 @@ def add_reid_gain_args(parser: argparse.ArgumentParser) -> None:
         default=d.generator_data,
         help="train the generator on the kept fraction only (default) or on all train images",
     )
+    parser.add_argument(
+        "--generator-identity-weight", type=non_negative_float, default=d.generator_identity_weight,
+        metavar="W",
+        help="train the protocol's generators with the identity loss of this weight (train-generator "
+        "--identity-model) against a strong re-ID model of the kept images only (no leakage), seeded apart from "
+        "the gate's and filter's; 0 (default): none",
+    )  # fmt: skip
     parser.add_argument(
         "--per-image", type=per_image, default=d.per_image, help="synthetic images per kept image (1-100)"
     )
@@ -270,6 +278,7 @@ def config_from_args(args: argparse.Namespace) -> GainConfig:
         generator_preset=args.generator_preset, generator_options=dict(args.generator_option),
         generator_steps=args.generator_steps, generator_batch_size=args.generator_batch_size,
         generator_lr=args.generator_lr, generator=args.generator, generator_data=args.generator_data,
+        generator_identity_weight=args.generator_identity_weight,
         per_image=args.per_image, synthetic_ratio=args.synthetic_ratio,
         soft_synthetic_ratio=args.soft_synthetic_ratio, sampler=args.sampler, steps=args.steps,
         guidance=guidance * 2 if len(guidance) == 1 else guidance, pose_sampling=args.pose_sampling,

@@ -81,7 +81,7 @@ def arm_extra(arm: str) -> str:
 _PROTOCOL_FIELDS: tuple[str, ...] = (
     "subset_seed", "reid_steps", "reid_model", "reid_batch_size", "reid_lr", "height", "width",
     "generator_family", "generator_preset", "generator_options", "generator_steps", "generator_batch_size",
-    "generator_lr", "generator",
+    "generator_lr", "generator", "generator_identity_weight",
     "generator_data", "per_image", "sampler", "steps", "guidance", "pose_sampling", "annotation_hw",
     "filter_checkpoint", "filter_score", "filter_threshold", "synthetic_ratio", "soft_synthetic_ratio", "soft_weight",
     "soft_temperature",
@@ -98,6 +98,7 @@ BASELINE_FIELDS: tuple[str, ...] = (
 #: protocol fields that folders written before the field existed did not record, and the value they used
 _UNRECORDED: dict[str, Any] = {
     "generator_family": "pidm", "generator_options": {}, "soft_weight": 0.5, "soft_temperature": 1.0,
+    "generator_identity_weight": 0.0,
 }  # fmt: skip
 
 
@@ -136,6 +137,10 @@ class GainConfig:
             ``generator_steps``. generator_options: overrides of that preset (model or schedule fields,
             e.g. ``{"prediction_type": "v_prediction"}``), as ``from_preset(preset, **options)`` takes them.
         generator: reuse this generator checkpoint for every fraction instead of training one.
+        generator_identity_weight: > 0 trains the protocol's generators with the identity loss of this weight
+            (``train-generator --identity-model``) against a strong re-ID model trained on the kept images only
+            (no dropped image reaches the generator through it), seeded apart from the filter model that
+            gates and filters the images. Needs ``generator_data="kept"``; ``0``: no identity loss.
         generator_data: ``"kept"`` trains one generator per fraction on that fraction's images only;
             ``"full"`` trains one on all train images (PIDM's leaky setting, for comparison).
         per_image: synthetic images generated per kept source image.
@@ -188,6 +193,7 @@ class GainConfig:
     generator_lr: float = 1e-4
     generator: Path | None = None
     generator_data: Literal["kept", "full"] = "kept"
+    generator_identity_weight: float = 0.0
     per_image: int = 1
     synthetic_ratio: float | None = None
     soft_synthetic_ratio: float | None = SOFT_SYNTHETIC_RATIO
@@ -262,6 +268,15 @@ class GainConfig:
             raise ValueError(f"max_minutes must be > 0 or None, got {self.max_minutes}")
         if self.generator_data not in ("kept", "full"):
             raise ValueError(f"generator_data must be 'kept' or 'full', got {self.generator_data!r}")
+        w = self.generator_identity_weight
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise ValueError(f"generator_identity_weight must be a finite number >= 0, got {w!r}")
+        if w > 0 and (self.generator_data != "kept" or self.generator is not None):
+            raise ValueError(
+                "generator_identity_weight trains the protocol's own generators (generator_data 'kept', no "
+                "given generator) against a re-ID model of the kept images; for another generator, train it "
+                "with `train-generator --identity-model` and pass it as the generator"
+            )
         from posereid.reid_integration.train import check_synthetic_ratio  # (torchreid: import lazily)
 
         # checked here too: fail before any generation, not hours in

@@ -230,6 +230,14 @@ def ensure_generator(
     pairs = read_pairs_csv(pairs_csv) if config.generator_data == "kept" and pairs_csv.is_file() else None
     model = new_generator(config)
     pipeline = type(model)
+    identity = None
+    if config.generator_identity_weight > 0:  # against a re-ID model of the kept images only (no leakage)
+        from posereid.experiments.identity_loss import IdentityLoss
+
+        identity = IdentityLoss(
+            ensure_identity_model(config, subset, device=device), config.generator_identity_weight
+        )
+        model = identity.apply(model, device="cpu" if device == "cpu" else None)
     dataset = training.PosePairDataset(
         records, model.image_size, pairs=pairs or None, seed=config.subset_seed
     )
@@ -239,6 +247,7 @@ def ensure_generator(
         warmup_steps=min(500, steps // 10), checkpoint_every=max(1, steps // 5) if steps >= 50 else 0,
         sample_every=0, seed=config.subset_seed, tensorboard=False, num_workers=config.num_workers,
         mixed_precision="bf16" if device.startswith("cuda") and _bf16_ok() else "no", max_minutes=max_minutes,
+        identity_loss=identity.description() if identity is not None else None,
     )  # fmt: skip
     logger.info(
         "training the %s generator on %d images (%s) for %d steps → %s",
@@ -403,19 +412,37 @@ def _link_or_copy_str(src: str, dst: str) -> str:
     return dst
 
 
+def _kept_reid_model(config: GainConfig, subset: Subset, name: str, seed: int, *, device: str) -> Path:
+    """A strong-baseline re-ID model trained on the kept images only, once (``work/<name>-<fraction>``)."""
+    from posereid.reid_integration import train as reid_train
+
+    out = config.work / f"{name}-{fraction_tag(subset.fraction)}"
+    ckpt = out / "model.safetensors"
+    if not ckpt.is_file():
+        cfg = _reid_config(config, subset, "strong", seed, (), device)
+        cfg.out = str(out)
+        reid_train.train_reid(cfg, progress=config.progress)
+    return ckpt
+
+
 def ensure_filter_model(config: GainConfig, fraction: float, subset: Subset, *, device: str) -> Path:
     """The ``auto`` filter model of ``fraction``: a strong-baseline re-ID model trained on the kept images only,
     once (``work/filter-model-<fraction>``); ``filter_checkpoint="auto"`` filters with it and the generator
     gate (:class:`~posereid.experiments.reid_gain.gate.GainGate`) judges with it."""
-    from posereid.reid_integration import train as reid_train
+    return _kept_reid_model(config, subset, "filter-model", config.subset_seed, device=device)
 
-    out = config.work / f"filter-model-{fraction_tag(fraction)}"
-    ckpt = out / "model.safetensors"
-    if not ckpt.is_file():
-        cfg = _reid_config(config, subset, "strong", config.subset_seed, (), device)
-        cfg.out = str(out)
-        reid_train.train_reid(cfg, progress=config.progress)
-    return ckpt
+
+#: added to ``subset_seed`` for the identity model's seed, so the generator is not trained against the very
+#: network (the filter model) that gates and filters its images
+IDENTITY_MODEL_SEED_OFFSET = 1000
+
+
+def ensure_identity_model(config: GainConfig, subset: Subset, *, device: str) -> Path:
+    """The re-ID model of the protocol generator's identity loss (``generator_identity_weight``): trained on
+    the kept images only, as the filter model, but with another seed (``work/identity-model-<fraction>``), so
+    the gate and the filter judge the generator with a network it was not trained against."""
+    seed = config.subset_seed + IDENTITY_MODEL_SEED_OFFSET
+    return _kept_reid_model(config, subset, "identity-model", seed, device=device)
 
 
 def cell_dir(config: GainConfig, fraction: float, arm: str, seed: int) -> Path:

@@ -628,6 +628,7 @@ def test_generator_identity_loss_trains_against_a_model_of_the_kept_images_apart
     assert tcfg.identity_loss == IdentityLoss(ckpt, 0.3).description()
     saved = json.loads((config.out / "gain_config.json").read_text())
     assert saved["generator_identity_weight"] == 0.3
+    assert "identity loss 0.3" in rg.run_label(saved)  # the comparison names it
     with pytest.raises(rg.ProtocolMismatchError, match="generator_identity_weight"):
         rg.run_gain(_config(market, tmp_path / "out", fractions=(0.5,), arms=("plain+synthetic",)))
     for bad in ({"generator_data": "full"}, {"generator": tmp_path}):

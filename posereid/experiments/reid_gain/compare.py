@@ -77,6 +77,8 @@ def run_label(settings: dict[str, Any]) -> str:
         return f"given `{Path(str(settings['generator'])).name}`"
     family = settings.get("generator_family", "pidm")
     options = "".join(f", {k}={v}" for k, v in (settings.get("generator_options") or {}).items())
+    if settings.get("generator_identity_weight"):
+        options += f", identity loss {settings['generator_identity_weight']:g}"
     return (
         f"{family} `{settings.get('generator_preset')}`{options}, {settings.get('generator_steps')} steps "
         f"(lr {settings.get('generator_lr')}, {settings.get('generator_data', 'kept')})"

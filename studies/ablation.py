@@ -402,8 +402,45 @@ def steps_sweep(
     return scores
 
 
-def _bench_row(row: str, train_steps: int, images: int, steps: int, identity: IdentityLoss | None) -> dict:
+def _loop_seconds_per_step(row: str, data: Path, train_steps: int, identity: IdentityLoss | None) -> float:
+    """Seconds per step of the real training loop (:func:`train_row`'s: the data set, EMA, gradient clipping,
+    scheduler and logging included) on ``data``: the time of a ``train_steps + 5``-step run less that of a
+    5-step run (each fresh, in a temporary folder), so set-up and the final save cancel."""
+    import tempfile
+
+    from posereid.experiments.data import market_pose_records
+    from posereid.models.training import PosePairDataset, TrainConfig, train_generator
+
+    records = market_pose_records(data, data / "market-annotation-train.csv", progress=False)
+    wall = {}
+    for n in (5, train_steps + 5):
+        torch.manual_seed(0)
+        model = _pipeline(row).from_preset(PRESET, **_overrides(row))
+        if row in IDENTITY_ROWS and identity is not None:
+            model = identity.apply(model)
+        dataset = PosePairDataset(records, model.image_size, seed=0)
+        cfg = TrainConfig(steps=n, warmup_steps=1, sample_every=0, seed=0, tensorboard=False,
+                          **{**TRAIN, "checkpoint_every": 0})  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            train_generator(model, dataset, cfg, Path(tmp), progress=False)
+            wall[n] = time.perf_counter() - t0
+    return (wall[train_steps + 5] - wall[5]) / train_steps
+
+
+def _bench_row(
+    row: str,
+    train_steps: int,
+    images: int,
+    steps: int,
+    identity: IdentityLoss | None,
+    data: Path | None = None,
+) -> dict:
     """One timing of one row (see :func:`bench_rows`)."""
+    if data is not None and "stage_steps" in FAMILY_ROWS.get(row, {}):
+        raise ValueError(
+            f"{row}: bench --data times one-model rows only (a staged row times its stages bare)"
+        )
     pipe = _pipeline(row).from_preset(PRESET, **_overrides(row))
     if row in IDENTITY_ROWS:
         if identity is None:
@@ -416,7 +453,7 @@ def _bench_row(row: str, train_steps: int, images: int, steps: int, identity: Id
     kps = torch.rand(b, 18, 2) * torch.tensor([w - 1, h - 1])
     per_stage = {}
     # a one-model family's TRAINING_STAGES is empty: its one "stage" is the whole model
-    for stage in pipe.TRAINING_STAGES or ("",):
+    for stage in () if data is not None else pipe.TRAINING_STAGES or ("",):
         if stage:
             pipe.set_training_stage(stage)
         opt = torch.optim.AdamW([p for p in pipe.parameters() if p.requires_grad], lr=1e-4)
@@ -430,6 +467,8 @@ def _bench_row(row: str, train_steps: int, images: int, steps: int, identity: Id
             if i:  # the first step warms up
                 times.append(time.perf_counter() - t0)
         per_stage[stage or "all"] = statistics.median(times)
+    if data is not None:
+        per_stage["all"] = _loop_seconds_per_step(row, data, train_steps, identity)
     pipe.eval()
     n = min(images, b)
     t0 = time.perf_counter()
@@ -445,6 +484,7 @@ def bench_rows(
     steps: int = 20,
     identity: IdentityLoss | None = None,
     rounds: int = 2,
+    data: Path | None = None,
 ) -> dict:
     """Quiet-machine cost per row: seconds per training step (batch 16; per stage for a staged family) and
     per image (``steps`` sampler steps per stage), so budgets in steps convert to CPU-minutes. An ``+id``
@@ -452,12 +492,17 @@ def bench_rows(
 
     Each row is timed ``rounds`` times (the rows in order, then in reverse, ...) and keeps its fastest
     timing: a stall of the machine during one row (another process, the first row's warm-up) otherwise
-    inflates that row alone and, through ``--equal-budget``, every other row's steps."""
+    inflates that row alone and, through ``--equal-budget``, every other row's steps.
+
+    With ``data`` (a synth-market folder) the training cost is that of the real training loop on it
+    (:func:`_loop_seconds_per_step`, ``train_steps`` timed steps), what a run of the grid pays per step: the
+    bare step on random tensors left out about a third of it (the data set, EMA, clipping), the same for every
+    row, so rows dearer per bare step were given too few steps."""
     res: dict[str, dict] = {}
     for r in range(rounds):
         for row in rows if r % 2 == 0 else rows[::-1]:
             torch.manual_seed(0)
-            t = _bench_row(row, train_steps, images, steps, identity)
+            t = _bench_row(row, train_steps, images, steps, identity, data)
             logger.info("%s (round %d): %s", row, r + 1, t)
             if row not in res:
                 res[row] = t
@@ -466,6 +511,8 @@ def bench_rows(
             for stage, sec in t["sec_per_train_step"].items():
                 best["sec_per_train_step"][stage] = min(best["sec_per_train_step"][stage], sec)
             best["sec_per_image"] = min(best["sec_per_image"], t["sec_per_image"])
+    for t in res.values():
+        t["timed"] = "training loop" if data is not None else "bare step"
     return res
 
 
@@ -739,6 +786,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     be.add_argument("--identity-weight", type=non_negative_float, default=IDENTITY_WEIGHT)
     be.add_argument(
+        "--data", type=Path, default=None,
+        help="time the real training loop on this synth-market folder (what a run pays per step) instead of a "
+        "bare step on random tensors; one-model rows only",
+    )  # fmt: skip
+    be.add_argument(
         "--rounds", type=positive_int, default=2, help="time each row this many times, keep its fastest"
     )
     ta = sub.add_parser("table", help="write the markdown table")
@@ -816,7 +868,8 @@ def main(argv: list[str] | None = None) -> int:
         identity = (
             None if args.identity_model is None else IdentityLoss(args.identity_model, args.identity_weight)
         )
-        res = bench_rows(args.rows, train_steps=args.train_steps, identity=identity, rounds=args.rounds)
+        res = bench_rows(args.rows, train_steps=args.train_steps, identity=identity, rounds=args.rounds,
+                         data=args.data)  # fmt: skip
         _write_text(args.out, json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
     else:

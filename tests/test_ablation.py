@@ -171,12 +171,38 @@ def test_bench_times_the_training_of_a_one_model_family() -> None:
     assert ablation.equal_budget_steps(["flow"], res) == {"flow": 500}
 
 
+def test_bench_with_data_times_the_real_training_loop(
+    synth_market: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench --data``: the training cost is the real loop's (the shared ``train_generator`` on the data),
+    from a longer run less a 5-step one; the bench says which it timed, and refuses a staged row."""
+    from posereid.models import training
+
+    runs = []
+    real = training.train_generator
+
+    def spy(model, dataset, cfg, out, **kw):
+        runs.append(cfg.steps)
+        return real(model, dataset, cfg, out, **kw)
+
+    monkeypatch.setattr(training, "train_generator", spy)
+    res = ablation.bench_rows(["flow"], train_steps=2, images=1, steps=1, rounds=1, data=synth_market)
+    assert runs == [5, 7]
+    assert res["flow"]["timed"] == "training loop" and res["flow"]["sec_per_train_step"]["all"] > 0
+    assert (
+        ablation.bench_rows(["flow"], train_steps=1, images=1, steps=1, rounds=1)["flow"]["timed"]
+        == "bare step"
+    )
+    with pytest.raises(ValueError, match="pcdms"):
+        ablation.bench_rows(["pcdms"], rounds=1, data=synth_market)
+
+
 def test_bench_keeps_each_rows_fastest_round(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stall during one row's timing (the first row of a bench read 3x its cost) must not set the budget:
     the rows are timed in order, then in reverse, and each keeps its fastest timing."""
     calls = []
 
-    def fake(row, train_steps, images, steps, identity):  # the flow row stalls on its first timing only
+    def fake(row, train_steps, images, steps, identity, data):  # the flow row stalls on its first timing only
         calls.append(row)
         stalled = row == "flow" and calls.count("flow") == 1
         return {"sec_per_train_step": {"all": 2.3 if stalled else 0.7}, "sec_per_image": 0.9}

@@ -495,9 +495,11 @@ def bench_rows(
     inflates that row alone and, through ``--equal-budget``, every other row's steps.
 
     With ``data`` (a synth-market folder) the training cost is that of the real training loop on it
-    (:func:`_loop_seconds_per_step`, ``train_steps`` timed steps), what a run of the grid pays per step: the
-    bare step on random tensors left out about a third of it (the data set, EMA, clipping), the same for every
-    row, so rows dearer per bare step were given too few steps."""
+    (:func:`_loop_seconds_per_step`, ``train_steps`` timed steps), what a run of the grid pays per step, the data
+    set, EMA, clipping and logging included (about 7 % of a PIDM step in a profile). On the shared 2-core
+    machine the speed itself drifts by up to a quarter over minutes (the flow row: 0.83 then 0.65 s/step a
+    quarter of an hour apart), which ``rounds`` only partly absorbs: budgets from a bench are good to
+    about ±20 %."""
     res: dict[str, dict] = {}
     for r in range(rounds):
         for row in rows if r % 2 == 0 else rows[::-1]:

@@ -229,6 +229,32 @@ def test_train_generator_few_step_from_a_teacher(synth_market, tmp_path, capsys)
     assert "few_step: checkpoint 'teacher" in capsys.readouterr().err
 
 
+def test_a_cfld_teacher_distils_into_a_few_step_cfld_generator(synth_market, tmp_path) -> None:
+    """Few-step distillation is a shared family part: a CFLD flow teacher gives a CFLD student that loads with
+    its step-size embedding and samples in one call by default, on its own UNet."""
+    from posereid.experiments.cli import main as cli_main
+    from posereid.models import load_generator
+    from posereid.models.cfld import CFLDPipeline
+
+    teacher_dir = tmp_path / "teacher"
+    CFLDPipeline.from_preset("tiny", image_size=(64, 32), prediction_type="flow").save_pretrained(teacher_dir)
+    assert cli_main(["train-generator", "--data", str(synth_market), "--few-step-from", str(teacher_dir),
+                     "--steps", "2", "--batch-size", "2", "--checkpoint-every", "0", "--sample-every", "0",
+                     "--few-step-trajectories", "2", "--no-progress", "--device", "cpu",
+                     "--out", str(tmp_path / "fs")]) == 0  # fmt: skip
+    student = load_generator(tmp_path / "fs" / "final")
+    assert isinstance(student, CFLDPipeline) and student.few_step is not None
+    assert student.sampling_defaults()["sampler"] == "few-step"
+    src = torch.rand(1, 3, 64, 32)
+    kps = torch.rand(1, 18, 2) * torch.tensor([31.0, 63.0])
+    calls = []
+    hook = student.denoiser().register_forward_hook(lambda *a: calls.append(1))
+    out = student.generate(src, kps, kps, seeds=[0])
+    hook.remove()
+    assert student.sampling_defaults() == {"steps": 1, "sampler": "few-step", "guidance": (1.0, 1.0)}
+    assert len(calls) == 1 and out.shape == (1, 3, 64, 32) and torch.isfinite(out).all()
+
+
 def test_the_shipped_generator_samples_in_one_call_and_follows_the_target_pose(synth_market) -> None:
     """The shipped generator is a few-step checkpoint: by default one network call per image, and that
     call reads the target pose. Two target poses, same source and seed: the images differ inside the

@@ -173,6 +173,15 @@ def _pipeline(row: str) -> Any:
     return family_class(FAMILY_ROWS.get(row, {}).get("family", "pidm"))
 
 
+def _row_model(row: str, identity: IdentityLoss | None) -> Any:
+    """A fresh ``small`` generator of ``row``, with ``identity``'s loss set on an ``IDENTITY_ROWS`` row (when
+    given): what :func:`train_row` trains and :func:`bench_rows` times."""
+    model = _pipeline(row).from_preset(PRESET, **_overrides(row))
+    if row in IDENTITY_ROWS and identity is not None:
+        model = identity.apply(model)
+    return model
+
+
 def run_dir(work: Path, row: str, seed: int) -> Path:
     return work / f"{row}-s{seed}"
 
@@ -211,11 +220,8 @@ def train_row(
     check_identity([row], identity)
     set_seed(seed)
     pipeline = _pipeline(row)
-    model = pipeline.from_preset(PRESET, **_overrides(row))
-    id_loss = None
-    if row in IDENTITY_ROWS:
-        model = identity.apply(model)
-        id_loss = identity.description()
+    model = _row_model(row, identity)
+    id_loss = identity.description() if row in IDENTITY_ROWS else None
     dataset = PosePairDataset(records, model.image_size, seed=seed)
     configs = {
         stage: TrainConfig(
@@ -402,22 +408,18 @@ def steps_sweep(
     return scores
 
 
-def _loop_seconds_per_step(row: str, data: Path, train_steps: int, identity: IdentityLoss | None) -> float:
+def _loop_seconds_per_step(row: str, records: list, train_steps: int, identity: IdentityLoss | None) -> float:
     """Seconds per step of the real training loop (:func:`train_row`'s: the data set, EMA, gradient clipping,
-    scheduler and logging included) on ``data``: the time of a ``train_steps + 5``-step run less that of a
+    scheduler and logging included) on ``records`` (the data's pose records): the time of a ``train_steps + 5``-step run less that of a
     5-step run (each fresh, in a temporary folder), so set-up and the final save cancel."""
     import tempfile
 
-    from posereid.experiments.data import market_pose_records
     from posereid.models.training import PosePairDataset, TrainConfig, train_generator
 
-    records = market_pose_records(data, data / "market-annotation-train.csv", progress=False)
     wall = {}
     for n in (5, train_steps + 5):
         torch.manual_seed(0)
-        model = _pipeline(row).from_preset(PRESET, **_overrides(row))
-        if row in IDENTITY_ROWS and identity is not None:
-            model = identity.apply(model)
+        model = _row_model(row, identity)
         dataset = PosePairDataset(records, model.image_size, seed=0)
         cfg = TrainConfig(steps=n, warmup_steps=1, sample_every=0, seed=0, tensorboard=False,
                           **{**TRAIN, "checkpoint_every": 0})  # fmt: skip
@@ -434,26 +436,23 @@ def _bench_row(
     images: int,
     steps: int,
     identity: IdentityLoss | None,
-    data: Path | None = None,
+    records: list | None = None,
 ) -> dict:
-    """One timing of one row (see :func:`bench_rows`)."""
-    if data is not None and "stage_steps" in FAMILY_ROWS.get(row, {}):
+    """One timing of one row (see :func:`bench_rows`); ``records``: time the real training loop on them."""
+    if records is not None and "stage_steps" in FAMILY_ROWS.get(row, {}):
         raise ValueError(
             f"{row}: bench --data times one-model rows only (a staged row times its stages bare)"
         )
-    pipe = _pipeline(row).from_preset(PRESET, **_overrides(row))
-    if row in IDENTITY_ROWS:
-        if identity is None:
-            logger.warning("%s: timed without its identity loss (no --identity-model)", row)
-        else:
-            pipe = identity.apply(pipe)
+    if row in IDENTITY_ROWS and identity is None:
+        logger.warning("%s: timed without its identity loss (no --identity-model)", row)
+    pipe = _row_model(row, identity)
     h, w = pipe.image_size
     b = TRAIN["batch_size"]
     src, tgt = torch.rand(b, 3, h, w), torch.rand(b, 3, h, w)
     kps = torch.rand(b, 18, 2) * torch.tensor([w - 1, h - 1])
     per_stage = {}
     # a one-model family's TRAINING_STAGES is empty: its one "stage" is the whole model
-    for stage in () if data is not None else pipe.TRAINING_STAGES or ("",):
+    for stage in () if records is not None else pipe.TRAINING_STAGES or ("",):
         if stage:
             pipe.set_training_stage(stage)
         opt = torch.optim.AdamW([p for p in pipe.parameters() if p.requires_grad], lr=1e-4)
@@ -467,8 +466,8 @@ def _bench_row(
             if i:  # the first step warms up
                 times.append(time.perf_counter() - t0)
         per_stage[stage or "all"] = statistics.median(times)
-    if data is not None:
-        per_stage["all"] = _loop_seconds_per_step(row, data, train_steps, identity)
+    if records is not None:
+        per_stage["all"] = _loop_seconds_per_step(row, records, train_steps, identity)
     pipe.eval()
     n = min(images, b)
     t0 = time.perf_counter()
@@ -500,11 +499,16 @@ def bench_rows(
     machine the speed itself drifts by up to a quarter over minutes (the flow row: 0.83 then 0.65 s/step a
     quarter of an hour apart), which ``rounds`` only partly absorbs: budgets from a bench are good to
     about ±20 %."""
+    records = None
+    if data is not None:  # read once for every row and round
+        from posereid.experiments.data import market_pose_records
+
+        records = market_pose_records(data, data / "market-annotation-train.csv", progress=False)
     res: dict[str, dict] = {}
     for r in range(rounds):
         for row in rows if r % 2 == 0 else rows[::-1]:
             torch.manual_seed(0)
-            t = _bench_row(row, train_steps, images, steps, identity, data)
+            t = _bench_row(row, train_steps, images, steps, identity, records)
             logger.info("%s (round %d): %s", row, r + 1, t)
             if row not in res:
                 res[row] = t

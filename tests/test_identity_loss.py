@@ -62,6 +62,41 @@ def test_the_identity_loss_moves_the_output_towards_the_identity() -> None:
     assert gains[5.0] > gains[0.0] + 0.05, gains
 
 
+def _loss(pipe, batch: PairBatch) -> float:  # noqa: ANN001
+    with torch.no_grad():
+        return pipe.training_loss(*batch, generator=torch.Generator().manual_seed(7)).item()
+
+
+def test_the_identity_loss_leaves_out_samples_whose_appearance_was_dropped() -> None:
+    """A sample trained without the source's appearance (guidance's unconditional branch) cannot know the
+    person, so the loss must not pull it towards one: with every appearance dropped it adds nothing, with
+    none dropped it adds a positive term."""
+    batch = PairBatch(_images(4, 0), _images(4, 1), _pose(0.0, 4), _pose(2.0, 4))
+    for p_drop, adds in ((1.0, False), (0.0, True)):
+        torch.manual_seed(0)
+        pipe = PIDMPipeline.from_preset("tiny", p_drop_appearance=p_drop)
+        plain = _loss(pipe, batch)
+        with_id = _loss(pipe.set_identity_loss(_features, weight=5.0), batch)
+        if adds:
+            assert with_id > plain + 1e-4, (plain, with_id)
+        else:
+            assert with_id == pytest.approx(plain, abs=1e-7)
+
+
+@pytest.mark.parametrize("stage", ["inpaint", "refine"])
+def test_each_pcdms_image_stage_trains_with_the_identity_loss(stage: str) -> None:
+    """PCDMs trains its image stages with its own losses; the identity loss must join them, not be set and
+    silently ignored (the prior predicts an embedding, not an image: it has none)."""
+    from posereid.models.pcdms import PCDMsPipeline
+
+    batch = PairBatch(_images(4, 0), _images(4, 1), _pose(0.0, 4), _pose(2.0, 4))
+    torch.manual_seed(0)
+    pipe = PCDMsPipeline.from_preset("tiny")
+    pipe.set_training_stage(stage)
+    plain = _loss(pipe, batch)
+    assert _loss(pipe.set_identity_loss(_features, weight=5.0), batch) > plain + 1e-4
+
+
 def test_the_identity_network_is_not_part_of_the_generator() -> None:
     net = torch.nn.Linear(8, 4)
     pipe = PIDMPipeline.from_preset("tiny").set_identity_loss(lambda x: net(x.flatten(1)[:, :8]), weight=0.5)

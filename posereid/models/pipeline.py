@@ -253,19 +253,51 @@ class GeneratorPipeline(nn.Module):
         return self
 
     def identity_loss(
-        self, noisy: torch.Tensor, out: torch.Tensor, t: torch.Tensor, target: torch.Tensor
+        self,
+        noisy: torch.Tensor,
+        out: torch.Tensor,
+        t: torch.Tensor,
+        target: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        scheduler: TrainingScheduler | None = None,
     ) -> torch.Tensor:
         """The signal-weighted ``1 − cos`` between the identity features of the predicted clean image and of
-        the real ``target`` (images in ``[0, 1]``); 0 when no identity loss is set."""
+        the real ``target`` (images in ``[0, 1]``), averaged over the batch; 0 when no identity loss is set.
+
+        ``keep`` ``(B,)`` bool: the samples that were given the source's appearance. A sample whose appearance
+        was dropped (the unconditional branch guidance needs) cannot know whom to draw, so it is left out of
+        the loss rather than pulled towards a person it never saw. ``scheduler``: the one ``noisy`` was made
+        with (default: the main model's).
+        """
         features, weight = self._identity
         if features is None or weight == 0:
             return out.new_zeros(())
-        x0, signal = clean_estimate(self.scheduler, noisy, out, t)
+        x0, signal = clean_estimate(scheduler if scheduler is not None else self.scheduler, noisy, out, t)
         predicted = (self.decode(x0).clamp(-1.0, 1.0) + 1.0) / 2.0
         with torch.no_grad():
             reference = features(target)
         cos = torch.nn.functional.cosine_similarity(features(predicted), reference, dim=-1)
-        return (signal.to(cos.dtype) * (1.0 - cos)).mean()
+        w = signal.to(cos.dtype)
+        if keep is not None:
+            w = w * keep.to(device=w.device, dtype=w.dtype)
+        return (w * (1.0 - cos)).mean()
+
+    def with_identity_loss(
+        self,
+        loss: torch.Tensor,
+        noisy: torch.Tensor,
+        out: torch.Tensor,
+        t: torch.Tensor,
+        target: torch.Tensor,
+        drop_appearance: torch.Tensor,
+        scheduler: TrainingScheduler | None = None,
+    ) -> torch.Tensor:
+        """``loss`` plus the weighted :meth:`identity_loss` of the samples that kept their appearance (every
+        family's denoising stage adds it this way); ``loss`` unchanged when no identity loss is set."""
+        features, weight = self._identity
+        if features is None or weight == 0:
+            return loss
+        return loss + weight * self.identity_loss(noisy, out, t, target, ~drop_appearance, scheduler)
 
     # ------------------------------------------------------------------ few-step sampling
     def denoiser(self) -> nn.Module:
@@ -566,9 +598,7 @@ class GeneratorPipeline(nn.Module):
         )
         out = self.model_output(noisy, t, pose, appearance)
         loss = diffusion_loss(self.scheduler, out, x0, noise, t, snr_gamma=cfg.get("snr_gamma"))
-        if self._identity[0] is not None and self._identity[1] > 0:
-            loss = loss + self._identity[1] * self.identity_loss(noisy, out, t, batch.target)
-        return loss
+        return self.with_identity_loss(loss, noisy, out, t, batch.target, drop_app)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

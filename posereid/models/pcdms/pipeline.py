@@ -382,12 +382,14 @@ class PCDMsPipeline(GeneratorPipeline):
             pose, tokens, torch.zeros_like(pose), self.model.null_like(tokens), drop_pose, drop_app
         )
         out = self.model(noisy, t, x0[..., :w], pose, tokens)
-        return diffusion_loss(
+        loss = diffusion_loss(
             self.scheduler, out[..., w:], x0[..., w:], noise[..., w:], t, snr_gamma=cfg.snr_gamma
         )
+        return self.with_identity_loss(loss, noisy[..., w:], out[..., w:], t, tgt, drop_app)
 
     def prior_loss(self, batch: PairBatch, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Stage 1: MSE of the predicted clean target embedding (the frozen embedder's code of the target)."""
+        """Stage 1: MSE of the predicted clean target embedding (the frozen embedder's code of the target).
+        No identity loss here: the prior predicts an embedding, not an image."""
         cfg, (src, tgt, source_kps, target_kps) = self.prior.config, batch
         b = tgt.shape[0]
         with torch.no_grad():
@@ -419,7 +421,8 @@ class PCDMsPipeline(GeneratorPipeline):
             pose, tokens, torch.zeros_like(pose), self.refiner.null_like(tokens), drop_pose, drop_app
         )
         out = self.refiner(noisy, t, coarse, pose, tokens)
-        return diffusion_loss(self.refiner_scheduler, out, tgt * 2.0 - 1.0, noise, t, snr_gamma=cfg.snr_gamma)
+        loss = diffusion_loss(self.refiner_scheduler, out, tgt * 2.0 - 1.0, noise, t, snr_gamma=cfg.snr_gamma)
+        return self.with_identity_loss(loss, noisy, out, t, tgt, drop_app, self.refiner_scheduler)
 
     # ------------------------------------------------------------------ sampling: stage 1
     @torch.no_grad()

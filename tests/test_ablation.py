@@ -202,9 +202,8 @@ def test_bench_keeps_each_rows_fastest_round(monkeypatch: pytest.MonkeyPatch) ->
     the rows are timed in order, then in reverse, and each keeps its fastest timing."""
     calls = []
 
-    def fake(
-        row, train_steps, images, steps, identity, records
-    ):  # the flow row stalls on its first timing only
+    def fake(row, train_steps, images, steps, identity, records):
+        # the flow row stalls on its first timing only
         calls.append(row)
         stalled = row == "flow" and calls.count("flow") == 1
         return {"sec_per_train_step": {"all": 2.3 if stalled else 0.7}, "sec_per_image": 0.9}
